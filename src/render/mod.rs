@@ -1,0 +1,3 @@
+//! Renderings for humans: tables (and later an SVG page map).
+
+pub mod table;
