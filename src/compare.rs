@@ -13,6 +13,15 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// The `system` facts shown first, since they decide what the evidence can show.
+const SYSTEM_FACTS: [&str; 5] = [
+    "thp_enabled",
+    "pfn_visible",
+    "kpage_readable",
+    "pagemap_scan",
+    "page_size",
+];
+
 /// The scenario whose one-byte child write shows how much one THP COW fault copies.
 pub const THP_SCENARIO: &str = "thp-child-writes";
 
@@ -123,7 +132,21 @@ pub fn render(cols: &[Column]) -> String {
         ("evidence", evidence),
     ];
 
-    // The THP figure first: it is the one that changed most visibly across kernels (5.8).
+    // What each kernel let cowscope see: this explains most differences below.
+    let facts: Vec<(String, Vec<String>)> = SYSTEM_FACTS
+        .iter()
+        .map(|key| {
+            let cells = cols
+                .iter()
+                .map(|c| scalar(c.doc.get("system").and_then(|s| s.get(*key))))
+                .collect();
+            (key.to_string(), cells)
+        })
+        .collect();
+    s.push('\n');
+    s.push_str(&table_with_heading("system", "fact", cols, &facts));
+
+    // The THP figure next: it is the one that changed most visibly across kernels (5.8).
     let thp_row: Vec<String> = cols
         .iter()
         .map(|c| thp_bytes(&c.doc, scenario(&c.doc, THP_SCENARIO)))
@@ -181,6 +204,14 @@ fn scenario<'a>(doc: &'a Value, name: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|sc| sc.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// A string, number or boolean as the report gave it, or `-`.
+fn scalar(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        other => number(other),
+    }
 }
 
 /// A number as the report gave it, or `-`.
@@ -325,6 +356,16 @@ fn thp_bytes(doc: &Value, sc: Option<&Value>) -> String {
 
 /// One section: title, heading row, then one row per scenario with difference marks.
 fn table(title: &str, cols: &[Column], rows: &[(String, Vec<String>)]) -> String {
+    table_with_heading(title, "scenario", cols, rows)
+}
+
+/// [`table`] with another name for the first column.
+fn table_with_heading(
+    title: &str,
+    heading: &str,
+    cols: &[Column],
+    rows: &[(String, Vec<String>)],
+) -> String {
     // Mark cells first, so widths account for the marks.
     let marked: Vec<(bool, &str, Vec<String>)> = rows
         .iter()
@@ -347,7 +388,7 @@ fn table(title: &str, cols: &[Column], rows: &[(String, Vec<String>)]) -> String
     let name_w = marked
         .iter()
         .map(|(_, n, _)| n.len())
-        .chain(std::iter::once("scenario".len()))
+        .chain(std::iter::once(heading.len()))
         .max()
         .unwrap_or(8);
     let widths: Vec<usize> = cols
@@ -364,7 +405,7 @@ fn table(title: &str, cols: &[Column], rows: &[(String, Vec<String>)]) -> String
         .collect();
     let mut s = String::new();
     let _ = writeln!(s, "{title}");
-    let _ = write!(s, "  {:<name_w$}", "scenario");
+    let _ = write!(s, "  {heading:<name_w$}");
     for (c, w) in cols.iter().zip(&widths) {
         let _ = write!(s, "  {:<w$}", c.label);
     }

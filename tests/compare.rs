@@ -105,3 +105,15 @@ fn a_missing_file_is_refused() {
     assert_eq!(code, 2);
     assert!(err.contains("no-such-dir/fork-report.json"), "{err}");
 }
+
+#[test]
+fn system_facts_that_differ_are_marked() {
+    let (_, out, _) = compare(&[
+        "6.1.0-fixture/fork-report.json",
+        "6.12.0-fixture/fork-report.json",
+    ]);
+    let r = row(&out, "system", "pagemap_scan");
+    assert!(r.starts_with('*'), "{r}");
+    assert!(r.trim_end().ends_with("true *"), "{r}");
+    assert!(!row(&out, "system", "page_size").contains('*'));
+}
