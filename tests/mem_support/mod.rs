@@ -1,0 +1,114 @@
+//! Memory the tests control: anonymous mappings, and a forked child that only blocks.
+#![allow(dead_code)]
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+/// The base page size.
+pub fn page_size() -> usize {
+    cowscope::system::page_size()
+}
+
+/// Whether we run as root (the kpage files and PFNs need it).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// An mmap'd region, unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+impl Mapping {
+    /// An anonymous mapping of `pages` pages; `flags` is MAP_PRIVATE or MAP_SHARED.
+    pub fn anon(pages: usize, flags: libc::c_int) -> Mapping {
+        let len = pages * page_size();
+        // SAFETY: a fresh anonymous mapping at a kernel-chosen address aliases nothing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap failed: {}",
+            std::io::Error::last_os_error()
+        );
+        Mapping { ptr: p.cast(), len }
+    }
+
+    /// First byte's address.
+    pub fn start(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.start() + self.len as u64
+    }
+
+    /// Write one distinct byte into every page (faults each in as a private copy).
+    pub fn touch_all(&self) {
+        for i in (0..self.len).step_by(page_size()) {
+            // SAFETY: i < len, inside our own writable mapping.
+            unsafe { std::ptr::write_volatile(self.ptr.add(i), (i / page_size()) as u8 | 1) };
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len came from our own successful mmap and nothing borrows it any more.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// A forked child that does nothing but block on a pipe read, then `_exit(0)`.
+/// Dropping it releases and reaps the child, even when an assertion failed.
+#[derive(Debug)]
+pub struct BlockedChild {
+    pub pid: i32,
+    release: Option<OwnedFd>,
+}
+
+impl BlockedChild {
+    /// Fork now. The child touches no memory at all.
+    pub fn fork() -> BlockedChild {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let (rfd, wfd) = (r.as_raw_fd(), w.as_raw_fd());
+        // SAFETY: the child only calls close(2), read(2) and _exit(2), all async-signal-safe,
+        // so forking from a multi-threaded test process is sound.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // CHILD (async-signal-safe): close the write end, block until the parent writes
+            // or closes, then leave without running any destructor or atexit handler.
+            let mut b = 0u8;
+            // SAFETY: raw fds inherited from the parent; `b` is a live local byte.
+            unsafe {
+                libc::close(wfd);
+                libc::read(rfd, (&raw mut b).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        drop(r);
+        BlockedChild {
+            pid,
+            release: Some(w),
+        }
+    }
+}
+
+impl Drop for BlockedChild {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+    }
+}
