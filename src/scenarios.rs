@@ -40,6 +40,8 @@ pub struct ProcessPlan {
     pub touches_after_release: Option<usize>,
     /// A grandchild it forks, with its own plan.
     pub grandchild: Option<Box<ProcessPlan>>,
+    /// It blocks forever before reporting ready (tests of the timeout path).
+    pub hangs: bool,
     /// seed-09c: overwrite the 09a arena's second message with this text.
     pub overwrite_second_message: Option<&'static str>,
 }

@@ -120,6 +120,8 @@ pub struct Subject {
     report: OwnedFd,
     buf: Vec<u8>,
     exit: Option<ExitInfo>,
+    /// False for a grandchild: its own parent reaps it, we can only signal it.
+    ours: bool,
 }
 
 /// Fork a subject that runs `ops`; return it and the time `fork()` took in the parent.
@@ -145,14 +147,38 @@ pub fn spawn(pipes: SubjectPipes, ops: &[ChildOp<'_>]) -> Result<(Subject, Durat
             // The child's ends are closed here, so EOF on `report` means the child is gone.
             drop(release_read);
             drop(report_write);
-            Ok((Subject { pid: child, release: Some(release_write), report: report_read, buf: Vec::new(), exit: None }, took))
+            Ok((Subject { pid: child, release: Some(release_write), report: report_read, buf: Vec::new(), exit: None, ours: true }, took))
         }
     }
 }
 
 impl Subject {
-    /// Adopt a process that is not our child (a grandchild, reaped by its own parent):
-    /// only its pid is known; it is released through its parent's program.
+    /// Adopt a process that is not our child (a grandchild, reaped by its own parent), given
+    /// the pipes created for it before its parent was forked. Call after that fork: the
+    /// subject's ends are closed here.
+    pub fn adopt(pipes: SubjectPipes, pid: i32) -> Subject {
+        let SubjectPipes { release_read, release_write, report_read, report_write } = pipes;
+        drop(release_read);
+        drop(report_write);
+        Subject {
+            pid: Pid::from_raw(pid),
+            release: Some(release_write),
+            report: report_read,
+            buf: Vec::new(),
+            exit: None,
+            ours: false,
+        }
+    }
+
+    /// Stop tracking an adopted subject after releasing it: its own parent reaps it.
+    pub fn forget(&mut self) {
+        self.release();
+        if self.exit.is_none() {
+            self.exit = Some(ExitInfo::default());
+        }
+    }
+
+    /// The subject's pid.
     pub fn pid(&self) -> Pid {
         self.pid
     }
@@ -237,6 +263,11 @@ impl Subject {
     }
 
     fn reap_blocking(&mut self) -> ExitInfo {
+        if !self.ours {
+            let info = ExitInfo::default();
+            self.exit = Some(info.clone());
+            return info;
+        }
         loop {
             match waitpid(self.pid, None) {
                 Ok(s) => {
