@@ -1,10 +1,1227 @@
 //! The arena engine: one anonymous mapping between guard regions, bump allocation with checked
 //! arithmetic, a ledger of every block, red zones, dumps, snapshots and diffs.
+//!
+//! What the seed's 09a/09b do by hand, done so that every mistake they make is reported:
+//!
+//! * the arena is one `mmap` whose capacity is rounded up to whole pages, with PROT_NONE guard
+//!   pages on both sides (its own VMA; an overrun of the mapping faults);
+//! * [`Arena::alloc`] bumps upwards like the seed, but every addition is checked, so a length
+//!   near `usize::MAX` is an error, never a wrap; results are `#[must_use]` (the seed ignored a
+//!   NULL);
+//! * [`Arena::write`] is the seed's `strcpy`: it may run past the block's end (never past the
+//!   capacity) and the ledger records exactly how far;
+//! * [`Arena::check`] reports leaks, overflows (including damaged red zones), double releases,
+//!   use after reset and stale bytes.
+//!
+//! The engine never prints: it returns data, and the CLI renders it.
+//!
+//! # Example
+//! ```
+//! use cowscope::arena::{Arena, ArenaConfig};
+//!
+//! let mut arena = Arena::new(ArenaConfig::new(256)).unwrap();
+//! let a = arena.alloc(32).unwrap();
+//! let leaked = arena.alloc(32).unwrap();
+//! arena.write(&a, 0, b"hi\0").unwrap();
+//! let findings = arena.check();
+//! assert_eq!(findings.leaks[0].index, leaked.index());
+//! assert!(arena.dump().starts_with("hi."));
+//! ```
+
+mod ledger;
+mod map;
+
+pub use ledger::{BlockRef, Findings, LedgerEntry, Misuse, Overflow, OverflowSource, StaleRange};
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::errno::Errno;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use ledger::{Ledger, block_ref};
+use map::Mapping;
+
+/// The value written into red zones. Not printable, not zero, not a common fill byte.
+pub const CANARY: u8 = 0xCB;
+
+/// Source of arena ids, so a block presented to the wrong arena is recognised.
+static NEXT_ARENA_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Why the arena refused an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArenaError {
-    /// Placeholder until the engine lands.
-    #[error("the arena engine is not built yet")]
-    NotBuilt,
+    /// Zero-length allocations are refused: a zero-length block would share its offset with the
+    /// next one and make the ledger ambiguous.
+    #[error(
+        "zero-length allocation refused at offset {offset} of capacity {capacity}: blocks are at least one byte"
+    )]
+    ZeroLength {
+        /// The arena's bump offset at the time.
+        offset: usize,
+        /// The arena's capacity.
+        capacity: usize,
+    },
+    /// The request does not fit in what is left.
+    #[error(
+        "arena out of memory: {len} bytes (align {align}, red zone {red_zone}) do not fit at offset {offset} of capacity {capacity}"
+    )]
+    OutOfMemory {
+        /// Requested length.
+        len: usize,
+        /// Requested alignment.
+        align: usize,
+        /// Red-zone bytes that would follow the block.
+        red_zone: usize,
+        /// The bump offset at the time.
+        offset: usize,
+        /// The arena's capacity.
+        capacity: usize,
+    },
+    /// The alignment is not a power of two.
+    #[error(
+        "alignment {align} is not a power of two (allocation at offset {offset} of capacity {capacity})"
+    )]
+    BadAlign {
+        /// The alignment asked for.
+        align: usize,
+        /// The bump offset at the time.
+        offset: usize,
+        /// The arena's capacity.
+        capacity: usize,
+    },
+    /// A write would run past the arena's capacity (nothing was written).
+    #[error(
+        "write of {len} bytes at offset {block_offset}+{offset_in_block} runs past the arena's capacity {capacity}; nothing was written"
+    )]
+    OutOfBounds {
+        /// The block's offset.
+        block_offset: usize,
+        /// Offset of the write inside the block.
+        offset_in_block: usize,
+        /// Bytes to write.
+        len: usize,
+        /// The arena's capacity.
+        capacity: usize,
+    },
+    /// The block was already released.
+    #[error(
+        "double release: block {index} at offset {offset} was already released (capacity {capacity})"
+    )]
+    DoubleRelease {
+        /// Block index.
+        index: usize,
+        /// Block offset.
+        offset: usize,
+        /// The arena's capacity.
+        capacity: usize,
+    },
+    /// The block belongs to a generation before the last reset.
+    #[error(
+        "use after reset: block {index} at offset {offset} is from generation {block_generation}, the arena (capacity {capacity}) is at generation {generation}"
+    )]
+    UseAfterReset {
+        /// Block index.
+        index: usize,
+        /// Block offset.
+        offset: usize,
+        /// The block's generation.
+        block_generation: u32,
+        /// The arena's generation.
+        generation: u32,
+        /// The arena's capacity.
+        capacity: usize,
+    },
+    /// The block was released and then written.
+    #[error(
+        "use after release: block {index} at offset {offset} was released (capacity {capacity})"
+    )]
+    UseAfterRelease {
+        /// Block index.
+        index: usize,
+        /// Block offset.
+        offset: usize,
+        /// The arena's capacity.
+        capacity: usize,
+    },
+    /// The block was handed out by another arena (or forged).
+    #[error("block {index} at offset {offset} does not belong to this arena (capacity {capacity})")]
+    ForeignBlock {
+        /// Block index.
+        index: usize,
+        /// Block offset.
+        offset: usize,
+        /// This arena's capacity.
+        capacity: usize,
+    },
+    /// The operation needs the ledger, which is off.
+    #[error("{op} needs the ledger; build the arena with ArenaConfig::ledger(true)")]
+    NoLedger {
+        /// The operation.
+        op: &'static str,
+    },
+    /// The arena was already released (munmapped).
+    #[error("cannot {op}: the arena (capacity {capacity}) was already released")]
+    Released {
+        /// The operation.
+        op: &'static str,
+        /// The capacity it had.
+        capacity: usize,
+    },
+    /// The configuration cannot be honoured.
+    #[error("invalid arena configuration: {reason}")]
+    BadConfig {
+        /// One sentence saying what is wrong.
+        reason: String,
+    },
+    /// `mmap` failed.
+    #[error("mmap of {len} bytes for the arena failed: {errno}")]
+    Map {
+        /// Bytes asked for.
+        len: usize,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+    /// `munmap` failed.
+    #[error("munmap of {len} bytes of the arena failed: {errno}")]
+    Unmap {
+        /// Bytes being unmapped.
+        len: usize,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+    /// `madvise` refused advice given in the configuration.
+    #[error("madvise({advice}) on the arena (offset 0, capacity {capacity}) failed: {errno}")]
+    Advise {
+        /// The advice.
+        advice: Advice,
+        /// The arena's capacity.
+        capacity: usize,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+}
+
+/// Advice that cannot change what this process reads from the arena, so it is safe to give at
+/// any time (memmap2's split: destructive advice is [`UncheckedAdvice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Advice {
+    /// `MADV_WIPEONFORK`: a child sees zeroes (private mappings only).
+    WipeOnFork,
+    /// `MADV_KEEPONFORK`: undo WipeOnFork.
+    KeepOnFork,
+    /// `MADV_DONTFORK`: the child does not inherit the mapping at all.
+    DontFork,
+    /// `MADV_DOFORK`: undo DontFork.
+    DoFork,
+    /// `MADV_HUGEPAGE`: eligible for transparent huge pages (THP mode `madvise`).
+    HugePage,
+    /// `MADV_NOHUGEPAGE`: never back with huge pages.
+    NoHugePage,
+    /// `MADV_MERGEABLE`: let KSM merge identical pages.
+    Mergeable,
+    /// `MADV_UNMERGEABLE`: undo Mergeable.
+    Unmergeable,
+}
+
+impl Advice {
+    /// The `MADV_*` constant.
+    pub fn as_raw(self) -> libc::c_int {
+        match self {
+            Advice::WipeOnFork => libc::MADV_WIPEONFORK,
+            Advice::KeepOnFork => libc::MADV_KEEPONFORK,
+            Advice::DontFork => libc::MADV_DONTFORK,
+            Advice::DoFork => libc::MADV_DOFORK,
+            Advice::HugePage => libc::MADV_HUGEPAGE,
+            Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
+            Advice::Mergeable => libc::MADV_MERGEABLE,
+            Advice::Unmergeable => libc::MADV_UNMERGEABLE,
+        }
+    }
+
+    /// The constant's name, e.g. `MADV_WIPEONFORK`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Advice::WipeOnFork => "MADV_WIPEONFORK",
+            Advice::KeepOnFork => "MADV_KEEPONFORK",
+            Advice::DontFork => "MADV_DONTFORK",
+            Advice::DoFork => "MADV_DOFORK",
+            Advice::HugePage => "MADV_HUGEPAGE",
+            Advice::NoHugePage => "MADV_NOHUGEPAGE",
+            Advice::Mergeable => "MADV_MERGEABLE",
+            Advice::Unmergeable => "MADV_UNMERGEABLE",
+        }
+    }
+}
+
+impl fmt::Display for Advice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Advice that can change or discard the arena's contents; only through
+/// [`Arena::advise_unchecked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UncheckedAdvice {
+    /// `MADV_DONTNEED`: private pages are dropped and read back as zeroes.
+    DontNeed,
+    /// `MADV_FREE`: the kernel may drop pages lazily; contents become zero at an unknown time.
+    Free,
+}
+
+impl UncheckedAdvice {
+    /// The `MADV_*` constant.
+    pub fn as_raw(self) -> libc::c_int {
+        match self {
+            UncheckedAdvice::DontNeed => libc::MADV_DONTNEED,
+            UncheckedAdvice::Free => libc::MADV_FREE,
+        }
+    }
+}
+
+/// How to build an [`Arena`]. Builder; every setter takes and returns `self`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArenaConfig {
+    capacity: usize,
+    shared: bool,
+    advice: Vec<Advice>,
+    align: usize,
+    populate: bool,
+    guard_pages: usize,
+    red_zone: usize,
+    ledger: bool,
+}
+
+impl ArenaConfig {
+    /// An arena of at least `capacity` bytes ([`Arena::new`] rounds up to whole pages):
+    /// private, page-aligned, not populated, one guard page each side, no red zone, ledger on.
+    pub fn new(capacity: usize) -> Self {
+        ArenaConfig {
+            capacity,
+            shared: false,
+            advice: Vec::new(),
+            align: 0,
+            populate: false,
+            guard_pages: 1,
+            red_zone: 0,
+            ledger: true,
+        }
+    }
+
+    /// Map `MAP_SHARED | MAP_ANONYMOUS` (a forked child then writes the same pages) instead of
+    /// the default `MAP_PRIVATE`.
+    pub fn shared(mut self) -> Self {
+        self.shared = true;
+        self
+    }
+
+    /// Give this advice right after mapping (before populating). Repeatable; applied in order.
+    pub fn advise(mut self, a: Advice) -> Self {
+        self.advice.push(a);
+        self
+    }
+
+    /// Align the arena's base to `bytes` (a power of two; e.g. 2 MiB so THP can back it).
+    /// Values below the page size mean page alignment.
+    pub fn align(mut self, bytes: usize) -> Self {
+        self.align = bytes;
+        self
+    }
+
+    /// Fault every page in at creation. This is *not* `MAP_POPULATE`: after the advice is given,
+    /// cowscope writes one zero byte at the start of each page, so the faults happen after
+    /// `MADV_HUGEPAGE` (and can be served by a huge page) and every page is a real, written
+    /// page rather than the shared zero page.
+    pub fn populate(mut self, yes: bool) -> Self {
+        self.populate = yes;
+        self
+    }
+
+    /// PROT_NONE guard pages on each side (default 1; 0 allows the kernel to merge the arena
+    /// with a neighbouring mapping and lets an overrun go unnoticed).
+    pub fn guard_pages(mut self, n: usize) -> Self {
+        self.guard_pages = n;
+        self
+    }
+
+    /// Canary bytes ([`CANARY`]) placed after every block and checked by [`Arena::check`]
+    /// (default 0). Needs the ledger to be checked.
+    pub fn red_zone(mut self, bytes: usize) -> Self {
+        self.red_zone = bytes;
+        self
+    }
+
+    /// Keep the ledger (default on). Off gives the fastest allocation path, but no leak,
+    /// overflow or misuse reports.
+    pub fn ledger(mut self, on: bool) -> Self {
+        self.ledger = on;
+        self
+    }
+
+    /// The capacity asked for (before rounding).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// A block handed out by [`Arena::alloc`]. A plain description (index, offset, length, label);
+/// it does not borrow the arena. Writes go through [`Arena::write`], which checks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    index: usize,
+    offset: usize,
+    len: usize,
+    label: Option<Cow<'static, str>>,
+    arena: u32,
+    generation: u32,
+}
+
+impl Block {
+    /// Unique (per arena) increasing index, never reused.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+    /// Offset of the first byte from the arena's base.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+    /// Length in bytes (never zero).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Always false: zero-length blocks are refused.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// One past the last byte.
+    pub fn end(&self) -> usize {
+        self.offset + self.len
+    }
+    /// `offset..end`.
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.end()
+    }
+    /// The caller's label, if any.
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+    /// The arena generation (number of resets before this block was allocated).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+}
+
+/// What [`Arena::write`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Absolute offset of the first byte written.
+    pub offset: usize,
+    /// Bytes written.
+    pub len: usize,
+    /// Bytes written past the block's end (0 for an in-bounds write).
+    pub bytes_past_end: usize,
+    /// Other blocks whose bytes the write reached (ledger on only).
+    pub victims: Vec<usize>,
+}
+
+/// What [`Arena::reset`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ResetOutcome {
+    /// `used` before the reset.
+    pub previous_used: usize,
+    /// Non-zero bytes left in the arena (always 0 after a zeroing reset).
+    pub stale_bytes: usize,
+    /// Whether the bytes were zeroed.
+    pub zeroed: bool,
+}
+
+/// A copy of the bytes the arena has touched, for [`Arena::diff`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    bytes: Vec<u8>,
+}
+
+impl Snapshot {
+    /// The copied bytes (offset 0 up to the arena's extent at the time).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// A bump arena over one anonymous mapping. See the [module docs](self).
+#[derive(Debug)]
+pub struct Arena {
+    // Hot fields first: the allocation fast path reads only these.
+    used: usize,
+    capacity: usize,
+    next_index: usize,
+    /// Ledger off, no red zone, not released: allocation needs no bookkeeping.
+    fast: bool,
+    id: u32,
+    generation: u32,
+    map: Mapping,
+    released: bool,
+    /// Highest offset the engine ever handed out or wrote (before resets too). Beyond it the
+    /// mapping still holds what mmap gave (zeroes), unless someone wrote through `as_ptr`.
+    high_water: usize,
+    red_zone: usize,
+    requested_capacity: usize,
+    shared: bool,
+    align: usize,
+    advice: Vec<Advice>,
+    ledger: Option<Ledger>,
+}
+
+// SAFETY: the arena exclusively owns its mapping (no thread-local or shared state); moving it to
+// another thread moves that ownership.
+unsafe impl Send for Arena {}
+// SAFETY: every `&self` method only reads the mapping or calls madvise with non-destructive
+// advice; all mutation needs `&mut self`, so shared references cannot race.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// Map a new arena.
+    ///
+    /// # Errors
+    /// [`ArenaError::BadConfig`] for a zero capacity, a non-power-of-two alignment or sizes that
+    /// overflow; [`ArenaError::Map`] when the kernel refuses the mapping;
+    /// [`ArenaError::Advise`] when it refuses configured advice (e.g. WipeOnFork on a shared
+    /// mapping), in which case nothing stays mapped.
+    pub fn new(cfg: ArenaConfig) -> Result<Arena, ArenaError> {
+        let page = crate::system::page_size();
+        if cfg.capacity == 0 {
+            return Err(ArenaError::BadConfig {
+                reason: "capacity 0: an arena needs at least one byte".into(),
+            });
+        }
+        let capacity = cfg
+            .capacity
+            .checked_next_multiple_of(page)
+            .filter(|c| *c <= isize::MAX as usize)
+            .ok_or_else(|| ArenaError::BadConfig {
+                reason: format!(
+                    "capacity {} cannot be rounded up to whole pages of {page} bytes",
+                    cfg.capacity
+                ),
+            })?;
+        if cfg.align != 0 && !cfg.align.is_power_of_two() {
+            return Err(ArenaError::BadConfig {
+                reason: format!("base alignment {} is not a power of two", cfg.align),
+            });
+        }
+        let align = cfg.align.max(page);
+        let guard_len = cfg
+            .guard_pages
+            .checked_mul(page)
+            .ok_or_else(|| ArenaError::BadConfig {
+                reason: format!("{} guard pages overflow the address space", cfg.guard_pages),
+            })?;
+        let map = map::map(capacity, guard_len, align, page, cfg.shared)?;
+        let mut arena = Arena {
+            used: 0,
+            capacity,
+            next_index: 0,
+            fast: !cfg.ledger && cfg.red_zone == 0,
+            id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
+            generation: 0,
+            map,
+            released: false,
+            high_water: 0,
+            red_zone: cfg.red_zone,
+            requested_capacity: cfg.capacity,
+            shared: cfg.shared,
+            align,
+            advice: Vec::new(),
+            ledger: cfg.ledger.then(Ledger::default),
+        };
+        // On error below, dropping `arena` unmaps everything.
+        for &a in &cfg.advice {
+            map::madvise(&arena.map, a.as_raw()).map_err(|errno| ArenaError::Advise {
+                advice: a,
+                capacity,
+                errno,
+            })?;
+            arena.advice.push(a);
+        }
+        if cfg.populate {
+            let base = arena.map.base.as_ptr();
+            for off in (0..capacity).step_by(page) {
+                // SAFETY: off < capacity, so base+off is inside our live read-write mapping;
+                // no Rust reference to the arena's bytes exists yet. Volatile so the store (and
+                // hence the fault) is not elided.
+                unsafe { base.add(off).write_volatile(0) };
+            }
+        }
+        Ok(arena)
+    }
+
+    /// Address of the first arena byte.
+    pub fn base_addr(&self) -> usize {
+        self.map.base.as_ptr() as usize
+    }
+
+    /// Pointer to the first arena byte. Writing through it bypasses the ledger (red zones still
+    /// catch damage); it is valid for `capacity()` bytes until the arena is released or dropped.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.base.as_ptr()
+    }
+
+    /// Usable bytes (the requested capacity rounded up to whole pages).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The capacity the configuration asked for, before rounding.
+    pub fn requested_capacity(&self) -> usize {
+        self.requested_capacity
+    }
+
+    /// Bytes handed out so far (including alignment padding and red zones).
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    /// Pages in the arena (`capacity / page size`).
+    pub fn page_count(&self) -> usize {
+        self.capacity / crate::system::page_size()
+    }
+
+    /// Bytes of PROT_NONE guard on each side.
+    pub fn guard_len(&self) -> usize {
+        self.map.guard_len
+    }
+
+    /// Whether the mapping is `MAP_SHARED`.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Base alignment in bytes (at least the page size).
+    pub fn alignment(&self) -> usize {
+        self.align
+    }
+
+    /// Advice given so far through the configuration or [`Arena::advise`], in order.
+    pub fn advice(&self) -> &[Advice] {
+        &self.advice
+    }
+
+    /// Red-zone bytes after each block.
+    pub fn red_zone(&self) -> usize {
+        self.red_zone
+    }
+
+    /// Number of resets so far.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Whether [`Arena::release`] has unmapped the arena.
+    pub fn is_released(&self) -> bool {
+        self.released
+    }
+
+    /// Whether the ledger is on.
+    pub fn has_ledger(&self) -> bool {
+        self.ledger.is_some()
+    }
+
+    /// The blocks of the current generation (empty without the ledger).
+    pub fn blocks(&self) -> &[LedgerEntry] {
+        self.ledger.as_ref().map_or(&[], |l| &l.entries)
+    }
+
+    /// Give non-destructive advice for the whole arena.
+    ///
+    /// # Errors
+    /// The kernel's refusal (e.g. `EINVAL` for WipeOnFork on a shared mapping), or an error
+    /// when the arena was released.
+    pub fn advise(&self, a: Advice) -> io::Result<()> {
+        if self.released {
+            return Err(io::Error::other("the arena was already released"));
+        }
+        map::madvise(&self.map, a.as_raw()).map_err(io::Error::from)
+    }
+
+    /// Give advice that may discard the arena's contents.
+    ///
+    /// # Safety
+    /// After `DontNeed` a private arena reads back as zeroes; after `Free` its pages may become
+    /// zero at any later time. The caller must hold no slice from [`Arena::bytes`] across the
+    /// call and must not rely on the contents afterwards (see `madvise(2)`). The ledger is not
+    /// told: written blocks stay marked written.
+    ///
+    /// # Errors
+    /// The kernel's refusal, or an error when the arena was released.
+    pub unsafe fn advise_unchecked(&self, a: UncheckedAdvice) -> io::Result<()> {
+        if self.released {
+            return Err(io::Error::other("the arena was already released"));
+        }
+        map::madvise(&self.map, a.as_raw()).map_err(io::Error::from)
+    }
+
+    /// Allocate `len` bytes at the bump offset (no alignment, like the seed).
+    ///
+    /// # Errors
+    /// [`ArenaError::ZeroLength`], [`ArenaError::OutOfMemory`] (also for `len` near
+    /// `usize::MAX`: the arithmetic is checked, never wraps), [`ArenaError::Released`].
+    #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
+    #[inline(always)]
+    pub fn alloc(&mut self, len: usize) -> Result<Block, ArenaError> {
+        let off = self.used;
+        debug_assert!(off <= self.capacity, "invariant: used <= capacity");
+        // `capacity - off` cannot wrap (used <= capacity), and `off + len <= capacity`.
+        if self.fast && len != 0 && len <= self.capacity - off {
+            self.used = off + len;
+            return Ok(self.hand_out(off, len));
+        }
+        self.alloc_slow(len, 1, None)
+    }
+
+    /// Allocate `len` bytes whose address is a multiple of `align` (a power of two).
+    ///
+    /// # Errors
+    /// As [`Arena::alloc`], plus [`ArenaError::BadAlign`].
+    #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
+    #[inline(always)]
+    pub fn alloc_aligned(&mut self, len: usize, align: usize) -> Result<Block, ArenaError> {
+        let off = self.used;
+        debug_assert!(off <= self.capacity, "invariant: used <= capacity");
+        // (-addr) mod align: the padding up to the next multiple; < align, no overflow.
+        let pad = (self.base_addr() + off).wrapping_neg() & align.wrapping_sub(1);
+        let room = self.capacity - off;
+        if self.fast && align.is_power_of_two() && len != 0 && pad <= room && len <= room - pad {
+            let start = off + pad;
+            self.used = start + len;
+            return Ok(self.hand_out(start, len));
+        }
+        self.alloc_slow(len, align, None)
+    }
+
+    /// [`Arena::alloc`] with a label for reports.
+    ///
+    /// # Errors
+    /// As [`Arena::alloc`].
+    #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
+    pub fn alloc_labeled(
+        &mut self,
+        len: usize,
+        label: impl Into<Cow<'static, str>>,
+    ) -> Result<Block, ArenaError> {
+        self.alloc_slow(len, 1, Some(label.into()))
+    }
+
+    /// [`Arena::alloc_aligned`] with a label for reports.
+    ///
+    /// # Errors
+    /// As [`Arena::alloc_aligned`].
+    #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
+    pub fn alloc_aligned_labeled(
+        &mut self,
+        len: usize,
+        align: usize,
+        label: impl Into<Cow<'static, str>>,
+    ) -> Result<Block, ArenaError> {
+        self.alloc_slow(len, align, Some(label.into()))
+    }
+
+    #[inline(always)]
+    fn hand_out(&mut self, offset: usize, len: usize) -> Block {
+        let index = self.next_index;
+        // 2^64 allocations would take centuries; wrapping keeps the fast path branch-free.
+        self.next_index = index.wrapping_add(1);
+        Block {
+            index,
+            offset,
+            len,
+            label: None,
+            arena: self.id,
+            generation: self.generation,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_slow(
+        &mut self,
+        len: usize,
+        align: usize,
+        label: Option<Cow<'static, str>>,
+    ) -> Result<Block, ArenaError> {
+        let (offset, capacity, red_zone) = (self.used, self.capacity, self.red_zone);
+        if self.released {
+            return Err(ArenaError::Released {
+                op: "allocate",
+                capacity,
+            });
+        }
+        if len == 0 {
+            return Err(ArenaError::ZeroLength { offset, capacity });
+        }
+        if !align.is_power_of_two() {
+            return Err(ArenaError::BadAlign {
+                align,
+                offset,
+                capacity,
+            });
+        }
+        let oom = ArenaError::OutOfMemory {
+            len,
+            align,
+            red_zone,
+            offset,
+            capacity,
+        };
+        let pad = (self.base_addr() + offset).wrapping_neg() & (align - 1);
+        let start = offset.checked_add(pad).ok_or_else(|| oom.clone())?;
+        let end = start
+            .checked_add(len)
+            .and_then(|e| e.checked_add(red_zone))
+            .filter(|e| *e <= capacity)
+            .ok_or(oom)?;
+        let block_end = start + len;
+        if red_zone > 0 {
+            // SAFETY: block_end + red_zone = end <= capacity, so the range is inside our live
+            // read-write mapping; `&mut self` excludes any outstanding slice of its bytes.
+            unsafe {
+                std::ptr::write_bytes(self.as_ptr().add(block_end), CANARY, red_zone);
+            }
+        }
+        self.used = end;
+        let mut block = self.hand_out(start, len);
+        if let Some(ledger) = self.ledger.as_mut() {
+            if red_zone > 0 {
+                ledger.mark_fresh(block_end..end);
+            }
+            ledger.entries.push(LedgerEntry {
+                index: block.index,
+                offset: start,
+                len,
+                red_zone,
+                label: label.clone(),
+                written: false,
+                released: false,
+            });
+        }
+        block.label = label;
+        Ok(block)
+    }
+
+    /// The whole arena (`capacity()` bytes); empty after release.
+    pub fn bytes(&self) -> &[u8] {
+        if self.released {
+            return &[];
+        }
+        // SAFETY: the mapping is live (not released), read-write and `capacity` long; it lives
+        // as long as `self`, and all writes through the engine need `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.map.base.as_ptr(), self.capacity) }
+    }
+
+    /// The whole arena, writable. Writes through it bypass the ledger (red zones still catch
+    /// damage).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        if self.released {
+            return &mut [];
+        }
+        // SAFETY: as in `bytes`, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.map.base.as_ptr(), self.capacity) }
+    }
+
+    /// The bytes handed out so far (`0..used()`).
+    pub fn used_bytes(&self) -> &[u8] {
+        let b = self.bytes();
+        &b[..self.used.min(b.len())]
+    }
+
+    /// Offset up to which the engine has handed out or written bytes (past resets too).
+    pub fn extent(&self) -> usize {
+        self.high_water.max(self.used)
+    }
+
+    /// Write `bytes` at `offset_in_block` inside `block`, like the seed's `strcpy`: the write
+    /// may run past the block's end (into red zones or the next blocks), but never past the
+    /// capacity. An overrun is returned in the outcome and recorded by the ledger with the
+    /// exact number of bytes past the end.
+    ///
+    /// # Errors
+    /// [`ArenaError::OutOfBounds`] (nothing written), [`ArenaError::ForeignBlock`],
+    /// [`ArenaError::UseAfterReset`], [`ArenaError::UseAfterRelease`] (both also recorded as
+    /// findings), [`ArenaError::Released`].
+    pub fn write(
+        &mut self,
+        block: &Block,
+        offset_in_block: usize,
+        bytes: &[u8],
+    ) -> Result<WriteOutcome, ArenaError> {
+        self.vet(block, "write")?;
+        let capacity = self.capacity;
+        let oob = || ArenaError::OutOfBounds {
+            block_offset: block.offset,
+            offset_in_block,
+            len: bytes.len(),
+            capacity,
+        };
+        let start = block.offset.checked_add(offset_in_block).ok_or_else(oob)?;
+        let end = start
+            .checked_add(bytes.len())
+            .filter(|e| *e <= capacity)
+            .ok_or_else(oob)?;
+        self.bytes_mut()[start..end].copy_from_slice(bytes);
+        self.high_water = self.high_water.max(end);
+        let block_end = block.end();
+        let past_start = start.max(block_end);
+        let bytes_past_end = end.saturating_sub(past_start);
+        let mut victims = Vec::new();
+        if let Some(ledger) = self.ledger.as_mut() {
+            if !bytes.is_empty() {
+                ledger.mark_fresh(start..end);
+                if let Some(e) = ledger.entry_mut(block.index) {
+                    e.written = true;
+                }
+            }
+            if bytes_past_end > 0 {
+                victims = ledger.overlapping(&(past_start..end), block.index);
+                ledger.overflows.push(Overflow {
+                    index: block.index,
+                    offset: block.offset,
+                    len: block.len,
+                    label: block.label.as_ref().map(|l| l.to_string()),
+                    bytes_past_end,
+                    write_offset: start,
+                    write_len: bytes.len(),
+                    victims: victims.clone(),
+                    source: OverflowSource::Write,
+                });
+            }
+        }
+        Ok(WriteOutcome {
+            offset: start,
+            len: bytes.len(),
+            bytes_past_end,
+            victims,
+        })
+    }
+
+    /// Check that `block` may be used now; record misuse in the ledger.
+    fn vet(&mut self, block: &Block, op: &'static str) -> Result<(), ArenaError> {
+        let capacity = self.capacity;
+        if self.released {
+            return Err(ArenaError::Released { op, capacity });
+        }
+        if block.arena != self.id {
+            return Err(ArenaError::ForeignBlock {
+                index: block.index,
+                offset: block.offset,
+                capacity,
+            });
+        }
+        let misuse = || Misuse {
+            block: BlockRef {
+                index: block.index,
+                offset: block.offset,
+                len: block.len,
+                label: block.label.as_ref().map(|l| l.to_string()),
+            },
+            op: op.to_string(),
+        };
+        if block.generation != self.generation {
+            if let Some(l) = self.ledger.as_mut() {
+                l.use_after_reset.push(misuse());
+            }
+            return Err(ArenaError::UseAfterReset {
+                index: block.index,
+                offset: block.offset,
+                block_generation: block.generation,
+                generation: self.generation,
+                capacity,
+            });
+        }
+        if op == "write"
+            && let Some(l) = self.ledger.as_mut()
+            && l.entry_mut(block.index).is_some_and(|e| e.released)
+        {
+            l.use_after_release.push(misuse());
+            return Err(ArenaError::UseAfterRelease {
+                index: block.index,
+                offset: block.offset,
+                capacity,
+            });
+        }
+        Ok(())
+    }
+
+    /// Mark `block` released. The bump arena never reuses its bytes; this is bookkeeping that
+    /// lets the ledger tell a released block from a leak and catch a double release.
+    ///
+    /// # Errors
+    /// [`ArenaError::DoubleRelease`] (also recorded as a finding), [`ArenaError::NoLedger`],
+    /// [`ArenaError::UseAfterReset`], [`ArenaError::ForeignBlock`], [`ArenaError::Released`].
+    pub fn release_block(&mut self, b: &Block) -> Result<(), ArenaError> {
+        self.vet(b, "release_block")?;
+        let capacity = self.capacity;
+        let Some(ledger) = self.ledger.as_mut() else {
+            return Err(ArenaError::NoLedger {
+                op: "release_block",
+            });
+        };
+        let Some(e) = ledger.entry_mut(b.index) else {
+            return Err(ArenaError::ForeignBlock {
+                index: b.index,
+                offset: b.offset,
+                capacity,
+            });
+        };
+        if e.released {
+            let r = block_ref(e);
+            ledger.double_releases.push(Misuse {
+                block: r,
+                op: "release_block".into(),
+            });
+            return Err(ArenaError::DoubleRelease {
+                index: b.index,
+                offset: b.offset,
+                capacity,
+            });
+        }
+        e.released = true;
+        Ok(())
+    }
+
+    /// Start over at offset 0. Blocks handed out before become invalid (using them is reported
+    /// as use after reset). With `zero == false` the old bytes stay and are reported as stale
+    /// by [`Arena::check`] until overwritten.
+    ///
+    /// # Errors
+    /// [`ArenaError::Released`].
+    pub fn reset(&mut self, zero: bool) -> Result<ResetOutcome, ArenaError> {
+        if self.released {
+            return Err(ArenaError::Released {
+                op: "reset",
+                capacity: self.capacity,
+            });
+        }
+        let previous_used = self.used;
+        let extent = self.extent();
+        let stale_bytes = if zero {
+            self.bytes_mut()[..extent].fill(0);
+            0
+        } else {
+            self.bytes()[..extent].iter().filter(|b| **b != 0).count()
+        };
+        self.used = 0;
+        self.high_water = if zero { 0 } else { extent };
+        self.generation = self.generation.wrapping_add(1);
+        if let Some(l) = self.ledger.as_mut() {
+            l.first_index = self.next_index;
+            l.entries.clear();
+            l.fresh.clear();
+            l.stale_limit = if zero { 0 } else { l.stale_limit.max(extent) };
+        }
+        Ok(ResetOutcome {
+            previous_used,
+            stale_bytes,
+            zeroed: zero,
+        })
+    }
+
+    /// Unmap the arena (the seed's `arena_free`).
+    ///
+    /// # Errors
+    /// [`ArenaError::Released`] on a second release; [`ArenaError::Unmap`] if the kernel
+    /// refuses.
+    pub fn release(&mut self) -> Result<(), ArenaError> {
+        if self.released {
+            return Err(ArenaError::Released {
+                op: "release",
+                capacity: self.capacity,
+            });
+        }
+        // SAFETY: the mapping is live (not yet released) and `&mut self` guarantees no slice
+        // from `bytes()` is alive; after this the `released` flag stops every access.
+        unsafe { map::unmap(&self.map) }?;
+        self.released = true;
+        self.fast = false;
+        self.used = 0;
+        Ok(())
+    }
+
+    /// Check, then release: the end of an arena's scope.
+    ///
+    /// # Errors
+    /// As [`Arena::release`].
+    pub fn finish(mut self) -> Result<Findings, ArenaError> {
+        let f = self.check();
+        self.release()?;
+        Ok(f)
+    }
+
+    /// The seed's rendering of the used bytes: one character per byte, printable ASCII
+    /// (32..=126) as itself, anything else as `.`.
+    pub fn dump(&self) -> String {
+        render_seed(self.used_bytes())
+    }
+
+    /// A hex + ASCII view of the used bytes, 16 per line (`hexdump -C` style).
+    pub fn dump_hex(&self) -> String {
+        render_hex(self.used_bytes())
+    }
+
+    /// Copy the bytes the engine has touched so far (`0..extent()`).
+    pub fn snapshot(&self) -> Snapshot {
+        let b = self.bytes();
+        Snapshot {
+            bytes: b[..self.extent().min(b.len())].to_vec(),
+        }
+    }
+
+    /// Byte ranges that differ from `s`, merged into maximal runs. Compares up to the larger of
+    /// the snapshot's length and the current extent; bytes beyond the snapshot count as the
+    /// zeroes a fresh mapping holds.
+    pub fn diff(&self, s: &Snapshot) -> Vec<Range<usize>> {
+        let now = self.bytes();
+        let n = s.bytes.len().max(self.extent()).min(now.len());
+        let mut out: Vec<Range<usize>> = Vec::new();
+        for (i, &new) in now[..n].iter().enumerate() {
+            let old = s.bytes.get(i).copied().unwrap_or(0);
+            if old != new {
+                match out.last_mut() {
+                    Some(r) if r.end == i => r.end = i + 1,
+                    _ => out.push(i..i + 1),
+                }
+            }
+        }
+        out
+    }
+
+    /// Judge the arena: leaks, overflows (recorded writes plus damaged red zones), double
+    /// releases, use after reset or release, stale bytes. Without the ledger nothing can be
+    /// judged and `Findings::ledger` is false.
+    pub fn check(&self) -> Findings {
+        let Some(l) = self.ledger.as_ref() else {
+            return Findings::default();
+        };
+        let bytes = self.bytes();
+        let leaks = l
+            .entries
+            .iter()
+            .filter(|e| !e.written && !e.released)
+            .map(block_ref)
+            .collect();
+        let mut overflows = l.overflows.clone();
+        for e in &l.entries {
+            let zone = e.end()..e.end() + e.red_zone;
+            if let Some(last) = bytes
+                .get(zone.clone())
+                .and_then(|z| z.iter().rposition(|b| *b != CANARY))
+            {
+                let damaged = zone.start..zone.start + last + 1;
+                overflows.push(Overflow {
+                    index: e.index,
+                    offset: e.offset,
+                    len: e.len,
+                    label: e.label.as_ref().map(|s| s.to_string()),
+                    bytes_past_end: last + 1,
+                    write_offset: damaged.start,
+                    write_len: last + 1,
+                    victims: Vec::new(),
+                    source: OverflowSource::RedZone,
+                });
+            }
+        }
+        let mut stale: Vec<StaleRange> = Vec::new();
+        let limit = l.stale_limit.min(bytes.len());
+        for (i, b) in bytes[..limit].iter().enumerate() {
+            if *b != 0 && !l.is_fresh(i) {
+                match stale.last_mut() {
+                    Some(r) if r.offset + r.len == i => r.len += 1,
+                    _ => stale.push(StaleRange { offset: i, len: 1 }),
+                }
+            }
+        }
+        Findings {
+            ledger: true,
+            leaks,
+            overflows,
+            double_releases: l.double_releases.clone(),
+            use_after_reset: l.use_after_reset.clone(),
+            use_after_release: l.use_after_release.clone(),
+            stale,
+        }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        if !self.released {
+            // SAFETY: the mapping is live and, with `&mut self` in drop, unreferenced. A failure
+            // cannot be reported from drop; the kernel reclaims the range at exit regardless.
+            let _ = unsafe { map::unmap(&self.map) };
+            self.released = true;
+        }
+    }
+}
+
+/// The seed's `arena_dump` loop: `c >= 32 && c < 127` prints as itself, else `.`.
+pub fn render_seed(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| {
+            if (32..127).contains(&b) {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect()
+}
+
+/// `hexdump -C` style: offset, 16 hex bytes (a gap after 8), `|ascii|`.
+pub fn render_hex(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    for (line, chunk) in bytes.chunks(16).enumerate() {
+        s.push_str(&format!("{:08x} ", line * 16));
+        for i in 0..16 {
+            if i == 8 {
+                s.push(' ');
+            }
+            match chunk.get(i) {
+                Some(b) => s.push_str(&format!(" {b:02x}")),
+                None => s.push_str("   "),
+            }
+        }
+        s.push_str("  |");
+        s.push_str(&render_seed(chunk));
+        s.push_str("|\n");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_seed_matches_the_c_condition() {
+        // 31 and 127 are the first values outside `c >= 32 && c < 127`; 0x80.. is negative as
+        // a signed char.
+        assert_eq!(
+            render_seed(&[31, 32, b'A', 126, 127, 0, 0x80, 0xff]),
+            ". A~...."
+        );
+    }
+
+    #[test]
+    fn render_hex_pads_the_last_line() {
+        let s = render_hex(b"Hello arena\0");
+        assert_eq!(
+            s,
+            "00000000  48 65 6c 6c 6f 20 61 72  65 6e 61 00              |Hello arena.|\n"
+        );
+    }
 }

@@ -1,0 +1,229 @@
+//! The ledger: what happened to every block of the current generation, and the misuse seen so
+//! far (overflowing writes, double releases, use after reset or release).
+//!
+//! The ledger is bookkeeping only; it never touches the arena's bytes. [`Arena::check`]
+//! (crate::arena::Arena::check) combines it with the bytes (red zones, stale bytes) into
+//! [`Findings`].
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One block as the ledger knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// The block's index (unique per arena, increasing, never reused, also across resets).
+    pub index: usize,
+    /// Offset of the block's first byte from the arena's base.
+    pub offset: usize,
+    /// Length the caller asked for.
+    pub len: usize,
+    /// Red-zone bytes that follow the block (0 when red zones are off).
+    pub red_zone: usize,
+    /// The caller's label, if any.
+    pub label: Option<Cow<'static, str>>,
+    /// Whether [`Arena::write`](crate::arena::Arena::write) ever wrote at least one byte
+    /// through this block.
+    pub written: bool,
+    /// Whether the block was released with
+    /// [`Arena::release_block`](crate::arena::Arena::release_block).
+    pub released: bool,
+}
+
+impl LedgerEntry {
+    /// One past the block's last byte.
+    pub fn end(&self) -> usize {
+        self.offset + self.len
+    }
+}
+
+/// A block named in a finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BlockRef {
+    /// Block index.
+    pub index: usize,
+    /// Offset from the arena base.
+    pub offset: usize,
+    /// Block length.
+    pub len: usize,
+    /// The block's label, if any.
+    pub label: Option<String>,
+}
+
+/// How an overflow was caught.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowSource {
+    /// A write through [`Arena::write`](crate::arena::Arena::write) ran past the block's end;
+    /// the count is exact.
+    Write,
+    /// The block's red zone was found damaged by [`Arena::check`](crate::arena::Arena::check);
+    /// `bytes_past_end` counts up to the last damaged canary byte (a write that stored the
+    /// canary value itself goes unseen, as with every canary).
+    RedZone,
+}
+
+/// A write that ran past the end of its block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Overflow {
+    /// The block written through.
+    pub index: usize,
+    /// The block's offset.
+    pub offset: usize,
+    /// The block's length.
+    pub len: usize,
+    /// The block's label, if any.
+    pub label: Option<String>,
+    /// Bytes stored past the block's end.
+    pub bytes_past_end: usize,
+    /// Absolute offset where the offending write started.
+    pub write_offset: usize,
+    /// Length of the offending write.
+    pub write_len: usize,
+    /// Other blocks whose bytes the overflow landed in.
+    pub victims: Vec<usize>,
+    /// How it was caught.
+    pub source: OverflowSource,
+}
+
+/// A misuse caught when it happened (double release, use after reset or release).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Misuse {
+    /// The block the caller presented.
+    pub block: BlockRef,
+    /// What was attempted: `write` or `release_block`.
+    pub op: String,
+}
+
+/// A run of stale bytes: non-zero bytes left from before a non-zeroing reset that nothing has
+/// written since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StaleRange {
+    /// Offset of the first stale byte.
+    pub offset: usize,
+    /// Number of consecutive stale bytes.
+    pub len: usize,
+}
+
+/// Everything [`Arena::check`](crate::arena::Arena::check) found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Findings {
+    /// Whether the ledger was on. Without it nothing can be judged and every list is empty.
+    pub ledger: bool,
+    /// Blocks allocated and never written nor released (the 09b "result not assigned" case).
+    pub leaks: Vec<BlockRef>,
+    /// Writes past a block's end, and damaged red zones.
+    pub overflows: Vec<Overflow>,
+    /// Blocks released twice.
+    pub double_releases: Vec<Misuse>,
+    /// Blocks used after the arena was reset.
+    pub use_after_reset: Vec<Misuse>,
+    /// Blocks written after they were released.
+    pub use_after_release: Vec<Misuse>,
+    /// Stale bytes from before a non-zeroing reset.
+    pub stale: Vec<StaleRange>,
+}
+
+impl Findings {
+    /// True when nothing at all was found.
+    pub fn is_clean(&self) -> bool {
+        self.leaks.is_empty()
+            && self.overflows.is_empty()
+            && self.double_releases.is_empty()
+            && self.use_after_reset.is_empty()
+            && self.use_after_release.is_empty()
+            && self.stale.is_empty()
+    }
+}
+
+/// The ledger proper.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Ledger {
+    /// Index of `entries[0]`: the first block of the current generation.
+    pub first_index: usize,
+    /// Blocks of the current generation, in allocation order (so offsets increase).
+    pub entries: Vec<LedgerEntry>,
+    /// Sorted, merged byte ranges written (or canary-filled) since the last reset.
+    pub fresh: Vec<Range<usize>>,
+    /// Bytes below this offset may hold content from before a non-zeroing reset.
+    pub stale_limit: usize,
+    /// Overflowing writes, in order.
+    pub overflows: Vec<Overflow>,
+    /// Double releases, in order.
+    pub double_releases: Vec<Misuse>,
+    /// Uses after reset, in order.
+    pub use_after_reset: Vec<Misuse>,
+    /// Uses after release, in order.
+    pub use_after_release: Vec<Misuse>,
+}
+
+impl Ledger {
+    /// The entry for block `index` of the current generation.
+    pub fn entry_mut(&mut self, index: usize) -> Option<&mut LedgerEntry> {
+        let i = index.checked_sub(self.first_index)?;
+        self.entries.get_mut(i)
+    }
+
+    /// Blocks (other than `except`) overlapping `r`.
+    pub fn overlapping(&self, r: &Range<usize>, except: usize) -> Vec<usize> {
+        self.entries
+            .iter()
+            .filter(|e| e.index != except && e.offset < r.end && r.start < e.end())
+            .map(|e| e.index)
+            .collect()
+    }
+
+    /// Record `r` as written since the last reset, keeping `fresh` sorted and merged.
+    pub fn mark_fresh(&mut self, r: Range<usize>) {
+        if r.is_empty() {
+            return;
+        }
+        // First range that ends at or after r.start (could touch or overlap r).
+        let i = self.fresh.partition_point(|x| x.end < r.start);
+        let mut j = i;
+        let mut merged = r;
+        while j < self.fresh.len() && self.fresh[j].start <= merged.end {
+            merged.start = merged.start.min(self.fresh[j].start);
+            merged.end = merged.end.max(self.fresh[j].end);
+            j += 1;
+        }
+        self.fresh.splice(i..j, std::iter::once(merged));
+    }
+
+    /// Whether byte `off` was written since the last reset.
+    pub fn is_fresh(&self, off: usize) -> bool {
+        let i = self.fresh.partition_point(|x| x.end <= off);
+        self.fresh.get(i).is_some_and(|x| x.start <= off)
+    }
+}
+
+/// Turn a ledger entry into the block reference used by findings.
+pub(super) fn block_ref(e: &LedgerEntry) -> BlockRef {
+    BlockRef {
+        index: e.index,
+        offset: e.offset,
+        len: e.len,
+        label: e.label.as_ref().map(|l| l.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mark_fresh_merges_touching_and_overlapping_ranges() {
+        let mut l = Ledger::default();
+        l.mark_fresh(10..20);
+        l.mark_fresh(30..40);
+        l.mark_fresh(0..5);
+        assert_eq!(l.fresh, vec![0..5, 10..20, 30..40]);
+        l.mark_fresh(20..30);
+        assert_eq!(l.fresh, vec![0..5, 10..40]);
+        l.mark_fresh(3..12);
+        assert_eq!(l.fresh, vec![0..40]);
+        assert!(l.is_fresh(0) && l.is_fresh(39) && !l.is_fresh(40));
+    }
+}

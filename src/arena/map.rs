@@ -1,0 +1,194 @@
+//! The arena's mapping: one anonymous read-write mapping between PROT_NONE guard regions.
+//!
+//! Layout, low to high addresses:
+//!
+//! ```text
+//! [ guard: guard_len bytes, PROT_NONE ][ arena: capacity bytes, RW ][ guard: guard_len, PROT_NONE ]
+//! ```
+//!
+//! The guards are separate VMAs with different protection, so the kernel never merges the arena
+//! with a neighbouring anonymous mapping (smaps then shows the arena alone), and an access one
+//! byte outside the arena faults. `MADV_GUARD_INSTALL` (Linux 6.13+) was not used on purpose: its
+//! guard markers live *inside* the VMA they protect, so smaps would fold them into the arena's
+//! VMA and the arena would no longer be a VMA of its own on every kernel we compare.
+
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+
+use super::ArenaError;
+
+/// Where the arena landed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mapping {
+    /// First byte of the read-write arena.
+    pub base: NonNull<u8>,
+    /// Arena bytes (a whole number of pages).
+    pub capacity: usize,
+    /// Bytes of PROT_NONE guard on each side.
+    pub guard_len: usize,
+}
+
+impl Mapping {
+    /// The whole reservation including both guards, as (start address, length).
+    pub fn full_range(&self) -> (usize, usize) {
+        // Cannot overflow: this exact range was mapped by `map`, which checked the sum.
+        (
+            self.base.as_ptr() as usize - self.guard_len,
+            self.capacity + 2 * self.guard_len,
+        )
+    }
+}
+
+/// Map `capacity` bytes (a non-zero multiple of `page`) aligned to `align` (a power of two, at
+/// least `page`) with `guard_len` bytes of PROT_NONE on each side.
+pub(super) fn map(
+    capacity: usize,
+    guard_len: usize,
+    align: usize,
+    page: usize,
+    shared: bool,
+) -> Result<Mapping, ArenaError> {
+    let share = if shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    };
+    let flags = share | libc::MAP_ANONYMOUS;
+    let slack = align - page;
+    let too_big = || ArenaError::BadConfig {
+        reason: format!(
+            "capacity {capacity} plus guards and alignment overflows the address space"
+        ),
+    };
+    let total = guard_len
+        .checked_mul(2)
+        .and_then(|g| g.checked_add(capacity))
+        .and_then(|t| t.checked_add(slack))
+        .filter(|t| *t <= isize::MAX as usize)
+        .ok_or_else(too_big)?;
+
+    if guard_len == 0 && slack == 0 {
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses (NULL hint, no
+        // MAP_FIXED) cannot alias any existing Rust object; the result is checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                capacity,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        let base = check_mmap(p, capacity)?;
+        return Ok(Mapping {
+            base,
+            capacity,
+            guard_len,
+        });
+    }
+
+    // Reserve the whole range PROT_NONE first, then place the arena inside it with MAP_FIXED:
+    // MAP_FIXED only ever replaces pages of our own reservation.
+    // SAFETY: fresh PROT_NONE anonymous mapping at a kernel-chosen address; nothing aliases it.
+    let r = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    let reserve = check_mmap(r, total)?.as_ptr() as usize;
+    let reserve_end = reserve + total;
+    // reserve + guard_len + slack <= reserve_end, and rounding up to `align` adds at most slack.
+    let base = (reserve + guard_len + align - 1) & !(align - 1);
+    let lo = base - guard_len;
+    let hi = base + capacity + guard_len;
+    debug_assert!(
+        lo >= reserve && hi <= reserve_end,
+        "arena must fit its reservation"
+    );
+
+    let trim = |start: usize, end: usize| -> Result<(), ArenaError> {
+        if end > start {
+            // SAFETY: [start, end) is part of the reservation mapped above and not yet handed
+            // out to anyone; unmapping it cannot invalidate any Rust reference.
+            let rc = unsafe { libc::munmap(start as *mut libc::c_void, end - start) };
+            Errno::result(rc).map_err(|errno| ArenaError::Unmap {
+                len: end - start,
+                errno,
+            })?;
+        }
+        Ok(())
+    };
+    let undo = |e: ArenaError| {
+        // Best effort: give back whatever is still mapped of the reservation.
+        let _ = trim(reserve, reserve_end);
+        e
+    };
+    trim(reserve, lo).map_err(undo)?;
+    trim(hi, reserve_end).map_err(undo)?;
+
+    // SAFETY: [base, base + capacity) lies inside our own PROT_NONE reservation (checked by the
+    // arithmetic above), so MAP_FIXED replaces only pages we own and no Rust object lives there.
+    let p = unsafe {
+        libc::mmap(
+            base as *mut libc::c_void,
+            capacity,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    match check_mmap(p, capacity) {
+        Ok(b) => Ok(Mapping {
+            base: b,
+            capacity,
+            guard_len,
+        }),
+        Err(e) => {
+            let _ = trim(lo, hi);
+            Err(e)
+        }
+    }
+}
+
+fn check_mmap(p: *mut libc::c_void, len: usize) -> Result<NonNull<u8>, ArenaError> {
+    if p == libc::MAP_FAILED {
+        return Err(ArenaError::Map {
+            len,
+            errno: Errno::last(),
+        });
+    }
+    NonNull::new(p.cast::<u8>()).ok_or(ArenaError::Map {
+        len,
+        errno: Errno::EFAULT,
+    })
+}
+
+/// Unmap the arena and both guards.
+///
+/// # Safety
+/// `m` must describe a live mapping made by [`map`] that nothing references any more.
+pub(super) unsafe fn unmap(m: &Mapping) -> Result<(), ArenaError> {
+    let (start, len) = m.full_range();
+    // SAFETY: the caller guarantees the range is our live mapping and unreferenced.
+    let rc = unsafe { libc::munmap(start as *mut libc::c_void, len) };
+    Errno::result(rc)
+        .map(|_| ())
+        .map_err(|errno| ArenaError::Unmap { len, errno })
+}
+
+/// `madvise` over the arena (not the guards).
+pub(super) fn madvise(m: &Mapping, advice: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: the range is exactly our live read-write mapping. The safe callers pass only
+    // advice that cannot change what the parent process reads (fork inheritance, THP, KSM);
+    // destructive advice goes through `Arena::advise_unchecked`, an `unsafe fn`.
+    let rc = unsafe { libc::madvise(m.base.as_ptr().cast(), m.capacity, advice) };
+    Errno::result(rc).map(|_| ())
+}
