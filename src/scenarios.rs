@@ -96,63 +96,114 @@ fn base(name: &'static str, summary: &'static str) -> Scenario {
 }
 
 fn child_writing(pages: std::ops::Range<usize>) -> ProcessPlan {
-    ProcessPlan { writes: pages.collect(), ..Default::default() }
+    ProcessPlan {
+        writes: pages.collect(),
+        ..Default::default()
+    }
 }
 
 /// The whole catalogue, in report order.
 pub fn catalogue() -> Vec<Scenario> {
     vec![
-        base("private-idle", "16 private pages written before fork; nobody writes after"),
+        base(
+            "private-idle",
+            "16 private pages written before fork; nobody writes after",
+        ),
         Scenario {
             children: vec![child_writing(0..4)],
-            ..base("private-child-writes", "16 private pages; the child writes pages 0-3")
+            ..base(
+                "private-child-writes",
+                "16 private pages; the child writes pages 0-3",
+            )
         },
         Scenario {
             parent_writes: (0..4).collect(),
-            ..base("private-parent-writes", "16 private pages; the parent writes pages 0-3")
+            ..base(
+                "private-parent-writes",
+                "16 private pages; the parent writes pages 0-3",
+            )
         },
         Scenario {
             children: vec![child_writing(0..1)],
             parent_writes: vec![0],
-            ..base("private-both-write", "the child writes page 0, then the parent writes page 0")
+            ..base(
+                "private-both-write",
+                "the child writes page 0, then the parent writes page 0",
+            )
         },
         Scenario {
             mapping: Mapping::Shared,
             children: vec![child_writing(0..4)],
-            ..base("shared-child-writes", "16 MAP_SHARED pages; the child writes pages 0-3")
+            ..base(
+                "shared-child-writes",
+                "16 MAP_SHARED pages; the child writes pages 0-3",
+            )
         },
         Scenario {
             advice: ForkAdvice::WipeOnFork,
-            children: vec![ProcessPlan { reads_all: true, ..Default::default() }],
-            ..base("wipeonfork", "16 pages with MADV_WIPEONFORK; the child reads every page")
+            children: vec![ProcessPlan {
+                reads_all: true,
+                ..Default::default()
+            }],
+            ..base(
+                "wipeonfork",
+                "16 pages with MADV_WIPEONFORK; the child reads every page",
+            )
         },
         Scenario {
             advice: ForkAdvice::DontFork,
-            children: vec![ProcessPlan { touches_after_release: Some(0), ..Default::default() }],
-            ..base("dontfork", "16 pages with MADV_DONTFORK; the child touches page 0")
+            children: vec![ProcessPlan {
+                touches_after_release: Some(0),
+                ..Default::default()
+            }],
+            ..base(
+                "dontfork",
+                "16 pages with MADV_DONTFORK; the child touches page 0",
+            )
         },
         Scenario {
             pages: 512,
             scalable: false,
             thp: true,
-            children: vec![ProcessPlan { writes_one_byte: vec![0], ..Default::default() }],
-            ..base("thp-child-writes", "one 2 MiB THP (512 pages); the child writes one byte of page 0")
+            children: vec![ProcessPlan {
+                writes_one_byte: vec![0],
+                ..Default::default()
+            }],
+            ..base(
+                "thp-child-writes",
+                "one 2 MiB THP (512 pages); the child writes one byte of page 0",
+            )
         },
         Scenario {
             children: (0..4).map(|i| child_writing(i..i + 1)).collect(),
-            ..base("many-children", "16 pages, 4 children; child i writes page i")
+            ..base(
+                "many-children",
+                "16 pages, 4 children; child i writes page i",
+            )
         },
         Scenario {
-            children: vec![ProcessPlan { grandchild: Some(Box::new(child_writing(0..1))), ..Default::default() }],
-            ..base("fork-chain", "16 pages; the child forks a grandchild, which writes page 0")
+            children: vec![ProcessPlan {
+                grandchild: Some(Box::new(child_writing(0..1))),
+                ..Default::default()
+            }],
+            ..base(
+                "fork-chain",
+                "16 pages; the child forks a grandchild, which writes page 0",
+            )
         },
         Scenario {
             pages: 1,
             scalable: false,
             seed_09c: true,
             populate: false,
-            children: vec![ProcessPlan { overwrite_second_message: Some(SEED_09C_CHILD_TEXT), ..Default::default() }],
-            ..base("seed-09c", "the 09a arena and strings; the child overwrites the second message")
+            children: vec![ProcessPlan {
+                overwrite_second_message: Some(SEED_09C_CHILD_TEXT),
+                ..Default::default()
+            }],
+            ..base(
+                "seed-09c",
+                "the 09a arena and strings; the child overwrites the second message",
+            )
         },
     ]
 }
@@ -184,7 +235,12 @@ impl Scenario {
                 None => return Vec::new(),
             }
         }
-        let mut pages: Vec<usize> = plan.writes.iter().chain(&plan.writes_one_byte).copied().collect();
+        let mut pages: Vec<usize> = plan
+            .writes
+            .iter()
+            .chain(&plan.writes_one_byte)
+            .copied()
+            .collect();
         if plan.overwrite_second_message.is_some() {
             pages.push(0);
         }
@@ -269,7 +325,10 @@ mod tests {
 
         let s = by_name("private-both-write").unwrap();
         assert!(s.expects_new_pfn(&[0], 0));
-        assert!(!s.expects_new_pfn(&[], 0), "the parent's page is exclusive again: reused");
+        assert!(
+            !s.expects_new_pfn(&[], 0),
+            "the parent's page is exclusive again: reused"
+        );
 
         let s = by_name("fork-chain").unwrap();
         assert_eq!(s.expected_class(&[0], 0), PageClass::Shared);
@@ -278,6 +337,11 @@ mod tests {
         let s = by_name("many-children").unwrap();
         assert_eq!(s.expected_class(&[2], 2), PageClass::Copied);
         assert_eq!(s.expected_class(&[2], 3), PageClass::Shared);
-        assert_eq!(by_name("shared-child-writes").unwrap().expected_class(&[0], 0), PageClass::Shared);
+        assert_eq!(
+            by_name("shared-child-writes")
+                .unwrap()
+                .expected_class(&[0], 0),
+            PageClass::Shared
+        );
     }
 }

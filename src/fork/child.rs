@@ -134,27 +134,50 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
             }
             ChildOp::DieWithParent => {
                 // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory.
-                unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+                unsafe {
+                    libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    )
+                };
             }
             ChildOp::WriteByte { addr, byte } => {
                 // SAFETY: the caller guarantees addr is mapped writable, or that the fault is
                 // the intended outcome (the child then dies of the signal).
                 unsafe { std::ptr::write_volatile(addr as *mut u8, byte) };
             }
-            ChildOp::Stamp { addr, first_index, pages, page_size, side } => {
+            ChildOp::Stamp {
+                addr,
+                first_index,
+                pages,
+                page_size,
+                side,
+            } => {
                 for i in 0..pages {
                     // SAFETY: the caller guarantees [addr, addr + pages*page_size) is mapped
                     // writable; `stamp_page` stays within one page.
                     unsafe { stamp_page(addr + i * page_size, first_index + i, page_size, side) };
                 }
             }
-            ChildOp::ReadPages { addr, pages, page_size } => {
+            ChildOp::ReadPages {
+                addr,
+                pages,
+                page_size,
+            } => {
                 for i in 0..pages {
                     // SAFETY: the caller guarantees the pages are mapped readable.
                     unsafe { std::ptr::read_volatile((addr + i * page_size) as *const u8) };
                 }
             }
-            ChildOp::TimeWrites { addr, pages, page_size, fd } => {
+            ChildOp::TimeWrites {
+                addr,
+                pages,
+                page_size,
+                fd,
+            } => {
                 for i in 0..pages {
                     let p = (addr + i * page_size) as *mut u8;
                     let t0 = now_ns();
@@ -244,10 +267,15 @@ fn send(fd: RawFd, tag: u8, value: u64) {
 }
 
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime is async-signal-safe and writes only to the local `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 fn errno() -> i32 {

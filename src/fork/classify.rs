@@ -5,7 +5,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// What happened to one page between the parent and another process of the scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PageClass {
     /// Both present, same physical page.
@@ -35,7 +37,9 @@ impl PageClass {
 }
 
 /// Which witness decided a page's class.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Basis {
     /// PFN equality from pagemap (needs CAP_SYS_ADMIN).
@@ -50,6 +54,8 @@ pub enum Basis {
     Kpageflags,
     /// The VMA itself is missing in the other process.
     Vma,
+    /// Both VMAs are shared mappings (VmFlags `sh`).
+    SharedMapping,
     /// Nothing decided it.
     None,
 }
@@ -71,6 +77,9 @@ pub struct PageWitness {
     pub zero_page: Option<bool>,
     /// kpageflags says THP (None when unreadable).
     pub thp: Option<bool>,
+    /// The page is mapped through a PMD (THP) in this process; bit 56 is not trustworthy
+    /// per subpage there (some kernels report the head page's exclusivity for all 512).
+    pub pmd_mapped: bool,
 }
 
 /// Facts about the other process's VMA that some rules need.
@@ -82,6 +91,12 @@ pub struct OtherVma {
     pub rss_zero: bool,
     /// The arena was advised MADV_WIPEONFORK.
     pub wipe_on_fork: bool,
+    /// Only two processes of the scenario map the arena, so two non-exclusive mappings of a
+    /// private page must be the same page.
+    pub two_processes: bool,
+    /// Both processes' VMAs are shared mappings (smaps VmFlags `sh`): one page cache object,
+    /// so a page one side has not faulted in yet is still the same page.
+    pub shared_mapping: bool,
 }
 
 /// Classify one page of `other` against the same page of `parent`.
@@ -103,20 +118,34 @@ pub fn classify(parent: &PageWitness, other: &PageWitness, vma: OtherVma) -> (Pa
             return (PageClass::Wiped, Basis::Smaps);
         }
     }
+    if vma.shared_mapping && parent.present && parent.file_or_shared && !other.present {
+        // fork() does not copy the page tables of shared mappings; the child faults the same
+        // page-cache page in on first access.
+        return (PageClass::Shared, Basis::SharedMapping);
+    }
     if !(parent.present && other.present) {
         // Present on one side only, without WIPEONFORK: not something fork produces.
         return (PageClass::Unproven, Basis::None);
     }
     if let (Some(a), Some(b)) = (parent.pfn, other.pfn) {
-        return if a == b { (PageClass::Shared, Basis::Pfn) } else { (PageClass::Copied, Basis::Pfn) };
+        return if a == b {
+            (PageClass::Shared, Basis::Pfn)
+        } else {
+            (PageClass::Copied, Basis::Pfn)
+        };
     }
     if parent.file_or_shared && other.file_or_shared {
         // A MAP_SHARED page: the page cache holds one page per offset, writes never copy.
         return (PageClass::Shared, Basis::SharedBit);
     }
-    match (parent.exclusive, other.exclusive) {
-        (true, true) => (PageClass::Copied, Basis::ExclusiveBit),
-        (false, false) => (PageClass::Shared, Basis::ExclusiveBit),
+    // Without PFNs: a page with bit 56 is mapped by one process only, so the other process
+    // cannot map the same page: they differ (copied). Two non-exclusive mappings are the same
+    // page only when no third process could hold either of them.
+    let pe = (!parent.pmd_mapped).then_some(parent.exclusive);
+    let oe = (!other.pmd_mapped).then_some(other.exclusive);
+    match (pe, oe) {
+        (Some(true), _) | (_, Some(true)) => (PageClass::Copied, Basis::ExclusiveBit),
+        (Some(false), Some(false)) if vma.two_processes => (PageClass::Shared, Basis::ExclusiveBit),
         _ => (PageClass::Unproven, Basis::None),
     }
 }
@@ -174,21 +203,76 @@ mod tests {
     use rstest::rstest;
 
     fn w(present: bool, pfn: Option<u64>, exclusive: bool) -> PageWitness {
-        PageWitness { present, pfn, exclusive, ..Default::default() }
+        PageWitness {
+            present,
+            pfn,
+            exclusive,
+            ..Default::default()
+        }
     }
-    const VMA: OtherVma = OtherVma { exists: true, rss_zero: false, wipe_on_fork: false };
+    const VMA: OtherVma = OtherVma {
+        exists: true,
+        rss_zero: false,
+        wipe_on_fork: false,
+        shared_mapping: false,
+        two_processes: true,
+    };
 
     #[rstest]
-    #[case::same_pfn_is_shared(w(true, Some(7), false), w(true, Some(7), false), VMA, PageClass::Shared, Basis::Pfn)]
-    #[case::new_pfn_is_copied(w(true, Some(7), true), w(true, Some(9), true), VMA, PageClass::Copied, Basis::Pfn)]
-    #[case::hidden_pfns_both_exclusive_is_copied(w(true, None, true), w(true, None, true), VMA, PageClass::Copied, Basis::ExclusiveBit)]
-    #[case::hidden_pfns_neither_exclusive_is_shared(w(true, None, false), w(true, None, false), VMA, PageClass::Shared, Basis::ExclusiveBit)]
-    #[case::hidden_pfns_mixed_is_unproven(w(true, None, true), w(true, None, false), VMA, PageClass::Unproven, Basis::None)]
-    #[case::neither_present_is_absent(w(false, None, false), w(false, None, false), VMA, PageClass::Absent, Basis::Pfn)]
+    #[case::same_pfn_is_shared(
+        w(true, Some(7), false),
+        w(true, Some(7), false),
+        VMA,
+        PageClass::Shared,
+        Basis::Pfn
+    )]
+    #[case::new_pfn_is_copied(
+        w(true, Some(7), true),
+        w(true, Some(9), true),
+        VMA,
+        PageClass::Copied,
+        Basis::Pfn
+    )]
+    #[case::hidden_pfns_both_exclusive_is_copied(
+        w(true, None, true),
+        w(true, None, true),
+        VMA,
+        PageClass::Copied,
+        Basis::ExclusiveBit
+    )]
+    #[case::hidden_pfns_neither_exclusive_is_shared(
+        w(true, None, false),
+        w(true, None, false),
+        VMA,
+        PageClass::Shared,
+        Basis::ExclusiveBit
+    )]
+    #[case::hidden_pfns_one_exclusive_is_copied(
+        w(true, None, true),
+        w(true, None, false),
+        VMA,
+        PageClass::Copied,
+        Basis::ExclusiveBit
+    )]
+    #[case::hidden_pfns_neither_exclusive_among_three_is_unproven(w(true, None, false), w(true, None, false), OtherVma { two_processes: false, ..VMA }, PageClass::Unproven, Basis::None)]
+    #[case::hidden_pfns_pmd_mapped_bit_is_ignored(PageWitness { pmd_mapped: true, ..w(true, None, true) }, w(true, None, false), VMA, PageClass::Unproven, Basis::None)]
+    #[case::neither_present_is_absent(
+        w(false, None, false),
+        w(false, None, false),
+        VMA,
+        PageClass::Absent,
+        Basis::Pfn
+    )]
     #[case::no_vma_is_not_inherited(w(true, Some(1), true), w(false, None, false), OtherVma { exists: false, ..VMA }, PageClass::NotInherited, Basis::Vma)]
     #[case::wiped_absent(w(true, Some(1), true), w(false, None, false), OtherVma { wipe_on_fork: true, ..VMA }, PageClass::Wiped, Basis::Pfn)]
-    #[case::wiped_zero_page_hidden_pfn_rss_zero(w(true, None, true), w(true, None, false), OtherVma { wipe_on_fork: true, rss_zero: true, exists: true }, PageClass::Wiped, Basis::Smaps)]
-    #[case::one_side_missing_without_wipe_is_unproven(w(true, Some(1), true), w(false, None, false), VMA, PageClass::Unproven, Basis::None)]
+    #[case::wiped_zero_page_hidden_pfn_rss_zero(w(true, None, true), w(true, None, false), OtherVma { wipe_on_fork: true, rss_zero: true, ..VMA }, PageClass::Wiped, Basis::Smaps)]
+    #[case::one_side_missing_without_wipe_is_unproven(
+        w(true, Some(1), true),
+        w(false, None, false),
+        VMA,
+        PageClass::Unproven,
+        Basis::None
+    )]
     fn classify_rules(
         #[case] parent: PageWitness,
         #[case] other: PageWitness,
@@ -201,15 +285,48 @@ mod tests {
 
     #[test]
     fn zero_page_flag_means_wiped() {
-        let other = PageWitness { present: true, pfn: Some(5), zero_page: Some(true), ..Default::default() };
-        let vma = OtherVma { exists: true, rss_zero: true, wipe_on_fork: true };
-        assert_eq!(classify(&w(true, Some(9), true), &other, vma), (PageClass::Wiped, Basis::Kpageflags));
+        let other = PageWitness {
+            present: true,
+            pfn: Some(5),
+            zero_page: Some(true),
+            ..Default::default()
+        };
+        let vma = OtherVma {
+            rss_zero: true,
+            wipe_on_fork: true,
+            ..VMA
+        };
+        assert_eq!(
+            classify(&w(true, Some(9), true), &other, vma),
+            (PageClass::Wiped, Basis::Kpageflags)
+        );
     }
 
     #[test]
     fn shared_mapping_with_hidden_pfns_is_shared_by_bit_61() {
-        let p = PageWitness { present: true, file_or_shared: true, ..Default::default() };
+        let p = PageWitness {
+            present: true,
+            file_or_shared: true,
+            ..Default::default()
+        };
         assert_eq!(classify(&p, &p, VMA), (PageClass::Shared, Basis::SharedBit));
+    }
+
+    #[test]
+    fn shared_mapping_page_not_yet_faulted_in_child_is_shared() {
+        let p = PageWitness {
+            present: true,
+            file_or_shared: true,
+            ..Default::default()
+        };
+        let vma = OtherVma {
+            shared_mapping: true,
+            ..VMA
+        };
+        assert_eq!(
+            classify(&p, &PageWitness::default(), vma),
+            (PageClass::Shared, Basis::SharedMapping)
+        );
     }
 
     #[test]

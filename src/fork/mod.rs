@@ -33,7 +33,12 @@ pub struct ForkReportOptions {
 
 impl Default for ForkReportOptions {
     fn default() -> Self {
-        ForkReportOptions { scenarios: Vec::new(), pages: None, timeout: Duration::from_secs(10), runs: 5 }
+        ForkReportOptions {
+            scenarios: Vec::new(),
+            pages: None,
+            timeout: Duration::from_secs(10),
+            runs: 5,
+        }
     }
 }
 
@@ -230,6 +235,10 @@ pub struct Verdict {
     /// Witnesses that disagreed, and how.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub disagreements: Vec<String>,
+    /// Documented kernel behaviours that explain an otherwise surprising witness (kept apart
+    /// from disagreements, and never used to decide a class).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub kernel_quirks: Vec<String>,
     /// Expectations that failed, and other remarks.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub notes: Vec<String>,
@@ -295,7 +304,10 @@ pub fn fork_report(opts: &ForkReportOptions) -> Result<ForkReport> {
 pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario>> {
     use crate::scenarios::{by_name, catalogue, list};
     if opts.runs == 0 || opts.runs > MAX_RUNS {
-        return Err(Error::usage(format!("--runs must be between 1 and {MAX_RUNS}, got {}", opts.runs)));
+        return Err(Error::usage(format!(
+            "--runs must be between 1 and {MAX_RUNS}, got {}",
+            opts.runs
+        )));
     }
     if opts.timeout.is_zero() {
         return Err(Error::usage("--timeout must be at least 1 second"));
@@ -307,9 +319,14 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario
         for n in &opts.scenarios {
             let s = by_name(n).ok_or_else(|| {
                 let names: Vec<_> = list().into_iter().map(|(n, _)| n).collect();
-                Error::usage(format!("unknown scenario '{n}'; expected one of: {}", names.join(", ")))
+                Error::usage(format!(
+                    "unknown scenario '{n}'; expected one of: {}",
+                    names.join(", ")
+                ))
             })?;
-            if v.iter().any(|x: &crate::scenarios::Scenario| x.name == s.name) {
+            if v.iter()
+                .any(|x: &crate::scenarios::Scenario| x.name == s.name)
+            {
                 return Err(Error::usage(format!("scenario '{n}' given twice")));
             }
             v.push(s);
@@ -318,11 +335,15 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario
     };
     if let Some(p) = opts.pages {
         if p == 0 || p > MAX_PAGES {
-            return Err(Error::usage(format!("--pages must be between 1 and {MAX_PAGES}, got {p}")));
+            return Err(Error::usage(format!(
+                "--pages must be between 1 and {MAX_PAGES}, got {p}"
+            )));
         }
         let page = crate::system::page_size();
         if p.checked_mul(page).is_none() {
-            return Err(Error::usage(format!("--pages {p} overflows the address space")));
+            return Err(Error::usage(format!(
+                "--pages {p} overflows the address space"
+            )));
         }
         for s in &mut chosen {
             if s.scalable {
@@ -338,7 +359,11 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario
             .enumerate()
             .flat_map(|(i, _)| s.written_by(&[i]))
             .chain(s.parent_writes.iter().copied())
-            .chain(s.children.iter().flat_map(|c| c.grandchild.iter().flat_map(|g| g.writes.clone())))
+            .chain(
+                s.children
+                    .iter()
+                    .flat_map(|c| c.grandchild.iter().flat_map(|g| g.writes.clone())),
+            )
             .max();
         if let Some(m) = max_named {
             if m >= s.pages {

@@ -8,8 +8,8 @@ use super::classify::{self, Basis, ClassCounts, OtherVma, PageClass, PageWitness
 use super::observe::{self, ProcessSample};
 use super::subject::{self, ExitInfo, NotReady, Subject, SubjectPipes};
 use super::{
-    ContentReport, Dumps, ExpectedSmaps, ForkReportOptions, PageRow, ProcessReport, ScenarioConfig, ScenarioReport,
-    SmapsFigures, ThpReport, TimingReport, Verdict,
+    ContentReport, Dumps, ExpectedSmaps, ForkReportOptions, PageRow, ProcessReport, ScenarioConfig,
+    ScenarioReport, SmapsFigures, ThpReport, TimingReport, Verdict,
 };
 use crate::arena::{Advice, Arena, ArenaConfig};
 use crate::error::{Error, Result};
@@ -25,7 +25,11 @@ const MAX_PAGE_ROWS: usize = 64;
 const TIMED_PAGES: usize = 64;
 
 /// The 09a strings (the seed's 09a writes these into three 64-byte blocks).
-const SEED_09A: [&str; 3] = ["Hello arena", "Scoped allocator is born", "This is not malloc"];
+const SEED_09A: [&str; 3] = [
+    "Hello arena",
+    "Scoped allocator is born",
+    "This is not malloc",
+];
 const SEED_BLOCK: usize = 64;
 
 /// Build the arena a scenario asks for.
@@ -72,21 +76,48 @@ fn role(path: &[usize]) -> String {
 }
 
 /// The memory actions of a plan, as child ops (no fds involved).
-fn action_ops(plan: &ProcessPlan, base: usize, page_size: usize, side: u8, pages: usize) -> Vec<ChildOp<'static>> {
+fn action_ops(
+    plan: &ProcessPlan,
+    base: usize,
+    page_size: usize,
+    side: u8,
+    pages: usize,
+) -> Vec<ChildOp<'static>> {
     let mut ops = Vec::new();
     for &p in &plan.writes {
-        ops.push(ChildOp::Stamp { addr: base + p * page_size, first_index: p, pages: 1, page_size, side });
+        ops.push(ChildOp::Stamp {
+            addr: base + p * page_size,
+            first_index: p,
+            pages: 1,
+            page_size,
+            side,
+        });
     }
     for &p in &plan.writes_one_byte {
-        ops.push(ChildOp::WriteByte { addr: base + p * page_size + HEAD / 2, byte: side });
+        ops.push(ChildOp::WriteByte {
+            addr: base + p * page_size + HEAD / 2,
+            byte: side,
+        });
     }
     if plan.reads_all {
-        ops.push(ChildOp::ReadPages { addr: base, pages, page_size });
+        ops.push(ChildOp::ReadPages {
+            addr: base,
+            pages,
+            page_size,
+        });
     }
     if let Some(text) = plan.overwrite_second_message {
         let at = base + SEED_BLOCK;
-        for (k, b) in text.bytes().chain(std::iter::once(0)).enumerate().take(SEED_BLOCK) {
-            ops.push(ChildOp::WriteByte { addr: at + k, byte: b });
+        for (k, b) in text
+            .bytes()
+            .chain(std::iter::once(0))
+            .enumerate()
+            .take(SEED_BLOCK)
+        {
+            ops.push(ChildOp::WriteByte {
+                addr: at + k,
+                byte: b,
+            });
         }
     }
     ops
@@ -97,7 +128,11 @@ fn action_ops(plan: &ProcessPlan, base: usize, page_size: usize, side: u8, pages
 /// # Errors
 /// Only when memory cannot be set up at all (mmap failing); everything that goes wrong with
 /// a subject is reported in the scenario's verdict instead.
-pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) -> Result<ScenarioReport> {
+pub fn run_scenario(
+    s: &Scenario,
+    sys: &SystemInfo,
+    opts: &ForkReportOptions,
+) -> Result<ScenarioReport> {
     let page_size = sys.page_size as usize;
     let mut verdict = Verdict::default();
     let config = |addr: usize| ScenarioConfig {
@@ -117,7 +152,11 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
         arena_addr: format!("{addr:#x}"),
     };
     if s.thp && (sys.thp_enabled == "never" || sys.thp_enabled == "unavailable") {
-        return Ok(skipped(s, config(0), format!("THP is '{}' on this kernel", sys.thp_enabled)));
+        return Ok(skipped(
+            s,
+            config(0),
+            format!("THP is '{}' on this kernel", sys.thp_enabled),
+        ));
     }
 
     let mut arena = make_arena(s, page_size)?;
@@ -148,10 +187,15 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
             return Ok(skipped(
                 s,
                 config(base),
-                format!("no THP formed: AnonHugePages is {huge} kB after populating a 2 MiB-aligned MADV_HUGEPAGE range"),
+                format!(
+                    "no THP formed: AnonHugePages is {huge} kB after populating a 2 MiB-aligned MADV_HUGEPAGE range"
+                ),
             ));
         }
-        thp = Some(ThpReport { parent_anon_huge_kb_before: huge, bytes_copied_by_one_write: 0 });
+        thp = Some(ThpReport {
+            parent_anon_huge_kb_before: huge,
+            bytes_copied_by_one_write: 0,
+        });
     }
 
     let self_pid = nix::unistd::getpid().as_raw();
@@ -187,7 +231,10 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
             gc_ops = Vec::new();
         }
         if let Some(gp) = &gc_pipes {
-            ops.push(ChildOp::Fork { ops: &gc_ops, fd: pipes.child_report_fd() });
+            ops.push(ChildOp::Fork {
+                ops: &gc_ops,
+                fd: pipes.child_report_fd(),
+            });
             ops.push(ChildOp::Close(gp.child_report_fd()));
             ops.push(ChildOp::Close(gp.child_release_fd()));
         }
@@ -198,7 +245,10 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
         let [ready, wait, reap, exit] = pipes.epilogue();
         ops.extend([ready, wait]);
         if let Some(p) = plan.touches_after_release {
-            ops.push(ChildOp::WriteByte { addr: base + p * page_size, byte: side::CHILD });
+            ops.push(ChildOp::WriteByte {
+                addr: base + p * page_size,
+                byte: side::CHILD,
+            });
         }
         ops.extend([reap, exit]);
 
@@ -212,20 +262,39 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
         match res {
             Ok(msgs) => {
                 if let Some(gp) = gc_pipes {
-                    let gpid = msgs.iter().find(|m| m.tag == TAG_PID).map(|m| m.value as i32);
+                    let gpid = msgs
+                        .iter()
+                        .find(|m| m.tag == TAG_PID)
+                        .map(|m| m.value as i32);
                     match gpid {
                         Some(gpid) => {
                             let mut g = Subject::adopt(gp, gpid);
                             let r = g.wait_ready(deadline_for(opts.timeout));
                             gc = Some((g, r));
                         }
-                        None => verdict.notes.push(format!("{} reported no grandchild pid", role(&[i]))),
+                        None => verdict
+                            .notes
+                            .push(format!("{} reported no grandchild pid", role(&[i]))),
                     }
                 }
-                procs.push(Proc { path: vec![i], role: role(&[i]), subject: Some(subj), pid, ready: true, not_ready: None });
+                procs.push(Proc {
+                    path: vec![i],
+                    role: role(&[i]),
+                    subject: Some(subj),
+                    pid,
+                    ready: true,
+                    not_ready: None,
+                });
             }
             Err(nr) => {
-                procs.push(Proc { path: vec![i], role: role(&[i]), subject: Some(subj), pid, ready: false, not_ready: Some(nr) });
+                procs.push(Proc {
+                    path: vec![i],
+                    role: role(&[i]),
+                    subject: Some(subj),
+                    pid,
+                    ready: false,
+                    not_ready: Some(nr),
+                });
             }
         }
         if let Some((g, r)) = gc {
@@ -234,7 +303,14 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
                 Ok(_) => (true, None),
                 Err(nr) => (false, Some(nr)),
             };
-            procs.push(Proc { path: vec![i, 0], role: role(&[i, 0]), subject: Some(g), pid: gpid, ready, not_ready });
+            procs.push(Proc {
+                path: vec![i, 0],
+                role: role(&[i, 0]),
+                subject: Some(g),
+                pid: gpid,
+                ready,
+                not_ready,
+            });
         }
     }
 
@@ -248,7 +324,11 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
     let parent_sample = observe::sample(self_pid, base as u64, pages, page_size)?;
     let mut samples: Vec<Option<ProcessSample>> = Vec::new();
     for p in &procs {
-        samples.push(if p.ready { observe::sample(p.pid, base as u64, pages, page_size).ok() } else { None });
+        samples.push(if p.ready {
+            observe::sample(p.pid, base as u64, pages, page_size).ok()
+        } else {
+            None
+        });
     }
     let mut all: Vec<&ProcessSample> = vec![&parent_sample];
     all.extend(samples.iter().flatten());
@@ -258,12 +338,17 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
         .iter()
         .zip(&samples)
         .map(|(p, smp)| match smp {
-            Some(sm) if sm.vma.is_some() => observe::read_heads(p.pid, base as u64, pages, page_size, HEAD),
+            Some(sm) if sm.vma.is_some() => {
+                observe::read_heads(p.pid, base as u64, pages, page_size, HEAD)
+            }
             _ => None,
         })
         .collect();
     let child_dump = if s.seed_09c {
-        procs.first().filter(|p| p.ready).and_then(|p| observe::read_bytes(p.pid, base as u64, arena.used()))
+        procs
+            .first()
+            .filter(|p| p.ready)
+            .and_then(|p| observe::read_bytes(p.pid, base as u64, arena.used()))
     } else {
         None
     };
@@ -291,7 +376,11 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
         }
     }
     // Grandchildren were reaped by their parents; their exit is not ours to see.
-    drop(procs.iter_mut().filter(|p| p.path.len() > 1).map(|p| p.subject.take().map(|mut s| s.forget())).count());
+    for p in procs.iter_mut().filter(|p| p.path.len() > 1) {
+        if let Some(mut sj) = p.subject.take() {
+            sj.forget();
+        }
+    }
 
     // ── judge ───────────────────────────────────────────────────────────────────────────
     let pfn_ok = sys.pfn_visible;
@@ -301,7 +390,14 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
 
     let mut aggregate = vec![None::<PageClass>; pages];
     let mut bases = std::collections::BTreeSet::new();
-    let mut proc_reports = vec![process_report("parent", self_pid, &parent_sample, None, None, None)];
+    let mut proc_reports = vec![process_report(
+        "parent",
+        self_pid,
+        &parent_sample,
+        None,
+        None,
+        None,
+    )];
     let mut mismatched_expectations = Vec::new();
     let mut new_pfn_mismatch = Vec::new();
 
@@ -332,7 +428,11 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
                 exit: exits[idx].clone(),
             };
             if !p.ready {
-                verdict.notes.push(format!("{} never reported ready (exit: {})", p.role, describe_exit(exits[idx].as_ref())));
+                verdict.notes.push(format!(
+                    "{} never reported ready (exit: {})",
+                    p.role,
+                    describe_exit(exits[idx].as_ref())
+                ));
             }
             r.exit = exits[idx].clone();
             proc_reports.push(r);
@@ -342,6 +442,9 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
             exists: smp.vma.is_some(),
             rss_zero: smp.vma.as_ref().is_some_and(|v| v.rss_kb == 0),
             wipe_on_fork: s.advice == ForkAdvice::WipeOnFork,
+            two_processes: procs.len() == 1,
+            shared_mapping: smp.vma.as_ref().is_some_and(|v| v.has_flag("sh"))
+                && parent_sample.vma.as_ref().is_some_and(|v| v.has_flag("sh")),
         };
         let mut cc = ClassCounts::default();
         let mut new_pfns = 0u64;
@@ -352,14 +455,22 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
             bases.insert(basis);
             let expected = s.expected_class(&p.path, i);
             if class != PageClass::Unproven && class != expected {
-                mismatched_expectations.push(format!("{} page {i}: {class:?}, expected {expected:?}", p.role));
+                mismatched_expectations.push(format!(
+                    "{} page {i}: {class:?}, expected {expected:?}",
+                    p.role
+                ));
             }
             aggregate[i] = Some(match (aggregate[i], class) {
                 (_, PageClass::Copied) | (Some(PageClass::Copied), _) => PageClass::Copied,
                 (Some(PageClass::Unproven), _) | (_, PageClass::Unproven) => PageClass::Unproven,
                 _ => class,
             });
-            if pfn_ok && ow.present && before_w[i].pfn.is_some() && vma.exists && s.advice == ForkAdvice::None {
+            if pfn_ok
+                && ow.present
+                && before_w[i].pfn.is_some()
+                && vma.exists
+                && s.advice == ForkAdvice::None
+            {
                 let moved = ow.pfn != before_w[i].pfn;
                 new_pfns += u64::from(moved);
                 if moved != s.expects_new_pfn(&p.path, i) {
@@ -371,7 +482,8 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
                 }
             }
         }
-        let expected_smaps = expected_smaps(smp, pages, page_size, &|i| w(smp, i), &mappers, pfn_ok);
+        let expected_smaps =
+            expected_smaps(smp, pages, page_size, &|i| w(smp, i), &mappers, pfn_ok);
         proc_reports.push(process_report(
             &p.role,
             p.pid,
@@ -392,13 +504,23 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
                 let moved = a != b;
                 moved_total += u64::from(moved);
                 if moved != s.expects_new_pfn(&[], i) {
-                    new_pfn_mismatch.push(format!("parent page {i}: PFN {} the pre-fork one", if moved { "differs from" } else { "is still" }));
+                    new_pfn_mismatch.push(format!(
+                        "parent page {i}: PFN {} the pre-fork one",
+                        if moved { "differs from" } else { "is still" }
+                    ));
                 }
             }
         }
         proc_reports[0].new_pfns = Some(moved_total);
     }
-    proc_reports[0].expected_smaps = expected_smaps(&parent_sample, pages, page_size, &|i| parent_w[i], &mappers, pfn_ok);
+    proc_reports[0].expected_smaps = expected_smaps(
+        &parent_sample,
+        pages,
+        page_size,
+        &|i| parent_w[i],
+        &mappers,
+        pfn_ok,
+    );
 
     let mut pages_cc = ClassCounts::default();
     for c in aggregate.iter().flatten() {
@@ -427,7 +549,7 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
             Basis::Kpageflags => {
                 evidence.insert("kpageflags");
             }
-            Basis::Vma => {
+            Basis::Vma | Basis::SharedMapping => {
                 evidence.insert("vma");
             }
             _ => {}
@@ -440,15 +562,23 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
         for (pfn, n) in &mappers {
             if let Some(&kc) = counts.get(pfn) {
                 if kc != *n {
-                    disagreements.push(format!("kpagecount of PFN {pfn:#x} is {kc}, but {n} of our processes map it"));
+                    disagreements.push(format!(
+                        "kpagecount of PFN {pfn:#x} is {kc}, but {n} of our processes map it"
+                    ));
                 }
             }
         }
     }
-    // Bit 56: set exactly when a single process maps the page (CONFIG_PAGE_MAPCOUNT semantics;
-    // with CONFIG_NO_PAGE_MAPCOUNT a set bit still implies one mapper).
+    // Bit 56: set exactly when a single process maps the page (CONFIG_PAGE_MAPCOUNT
+    // semantics). One documented exception: for a PMD-mapped THP, some kernels derive every
+    // subpage's bit from the head page (pagemap_pmd_range uses `page_mapcount(page)` before
+    // 6.10, and `__folio_page_mapped_exclusively(folio, page)` with `page`, not `page + idx`,
+    // since 6.15); where that rule and only that rule explains the bit, it is a quirk, not a
+    // disagreement.
     evidence.insert("exclusive_bit");
+    let mut head_rule_pages = 0u64;
     for smp in &all {
+        let pmd_mapped = smp.vma.as_ref().is_some_and(|v| v.anon_huge_pages_kb > 0);
         for i in 0..pages {
             let wi = w(smp, i);
             let Some(pfn) = wi.pfn else { continue };
@@ -456,13 +586,32 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
                 continue;
             }
             let n = mappers.get(&pfn).copied().unwrap_or(0);
-            let thp_page = wi.thp == Some(true);
-            if wi.exclusive && n != 1 {
-                disagreements.push(format!("pid {} page {i}: exclusive bit set but {n} processes map PFN {pfn:#x}", smp.pid));
-            } else if !wi.exclusive && n == 1 && !thp_page {
-                disagreements.push(format!("pid {} page {i}: exclusive bit clear but only this process maps PFN {pfn:#x}", smp.pid));
+            if wi.exclusive == (n == 1) {
+                continue;
             }
+            if pmd_mapped && wi.thp == Some(true) {
+                let head = i & !(THP_SIZE / page_size - 1);
+                let head_n = w(smp, head)
+                    .pfn
+                    .and_then(|p| mappers.get(&p).copied())
+                    .unwrap_or(0);
+                if wi.exclusive == (head_n == 1) {
+                    head_rule_pages += 1;
+                    continue;
+                }
+            }
+            disagreements.push(format!(
+                "pid {} page {i}: exclusive bit {} but {n} of our processes map PFN {pfn:#x}",
+                smp.pid,
+                if wi.exclusive { "set" } else { "clear" }
+            ));
         }
+    }
+    if head_rule_pages > 0 {
+        verdict.kernel_quirks.push(format!(
+            "pagemap bit 56 of {head_rule_pages} PMD-mapped THP subpages follows the THP's head page, not the subpage \
+             (kpagecount shows the subpage's true mapcount)"
+        ));
     }
     // smaps: the VMA's figures match what the page witnesses predict.
     evidence.insert("smaps");
@@ -486,7 +635,11 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
                 }
             }
             if !bad.is_empty() {
-                disagreements.push(format!("{} smaps disagrees with its pages: {}", r.role, bad.join(", ")));
+                disagreements.push(format!(
+                    "{} smaps disagrees with its pages: {}",
+                    r.role,
+                    bad.join(", ")
+                ));
             }
         }
     }
@@ -498,7 +651,11 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
     if !s.seed_09c && s.populate {
         for i in 0..pages {
             let expect = expected_marker(s, &[], i);
-            if !stamp_ok(&parent_bytes[i * page_size..i * page_size + HEAD], i, expect) {
+            if !stamp_ok(
+                &parent_bytes[i * page_size..i * page_size + HEAD],
+                i,
+                expect,
+            ) {
                 mismatches.push(format!("parent:{i}"));
             }
         }
@@ -509,7 +666,10 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
             }
             for i in 0..pages {
                 let expect = expected_marker(s, &p.path, i);
-                if !stamp_ok(&h[i * HEAD..(i + 1) * HEAD], i, expect) {
+                let head = &h[i * HEAD..(i + 1) * HEAD];
+                let one_byte_ok =
+                    one_byte_marker(s, &p.path, i).is_none_or(|m| head[HEAD / 2] == m);
+                if !stamp_ok(head, i, expect) || !one_byte_ok {
                     mismatches.push(format!("{}:{i}", p.role));
                 }
             }
@@ -518,24 +678,33 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
         mismatches.truncate(16);
         content.mismatches = mismatches;
     }
-    let child_wrote: Vec<usize> = (0..s.children.len()).flat_map(|i| s.written_by(&[i])).collect();
+    let child_wrote: Vec<usize> = (0..s.children.len())
+        .flat_map(|i| s.written_by(&[i]))
+        .collect();
     if !child_wrote.is_empty() && !s.seed_09c {
         content.parent_sees_child_writes = Some(child_wrote.iter().any(|&pg| {
             let off = pg * page_size;
-            parent_bytes[off + child::STAMP_SIDE_OFFSET] == side::CHILD || parent_bytes[off + HEAD / 2] == side::CHILD
+            parent_bytes[off + child::STAMP_SIDE_OFFSET] == side::CHILD
+                || parent_bytes[off + HEAD / 2] == side::CHILD
         }));
     }
     if !s.parent_writes.is_empty() {
         content.child_sees_parent_writes = heads.first().and_then(|h| h.as_ref()).map(|h| {
-            s.parent_writes.iter().any(|&pg| h[pg * HEAD + child::STAMP_SIDE_OFFSET] == side::PARENT_AFTER)
+            s.parent_writes
+                .iter()
+                .any(|&pg| h[pg * HEAD + child::STAMP_SIDE_OFFSET] == side::PARENT_AFTER)
         });
     }
     if let Some(Some(h)) = heads.first() {
         content.child_reads_zero = Some(h.iter().all(|&b| b == 0));
     }
-    let dumps = child_dump.map(|c| Dumps { parent: seed_dump(arena.used_bytes()), child: seed_dump(&c) });
+    let dumps = child_dump.map(|c| Dumps {
+        parent: seed_dump(arena.used_bytes()),
+        child: seed_dump(&c),
+    });
     if let Some(d) = &dumps {
-        content.parent_sees_child_writes = Some(d.parent.contains(crate::scenarios::SEED_09C_CHILD_TEXT));
+        content.parent_sees_child_writes =
+            Some(d.parent.contains(crate::scenarios::SEED_09C_CHILD_TEXT));
     }
 
     if let Some(t) = thp.as_mut() {
@@ -572,21 +741,33 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
         ));
     }
     if content.child_sees_parent_writes == Some(true) && private {
-        verdict.notes.push("the child sees the parent's after-fork writes on a private mapping".into());
+        verdict
+            .notes
+            .push("the child sees the parent's after-fork writes on a private mapping".into());
     }
     if s.advice == ForkAdvice::WipeOnFork && content.child_reads_zero != Some(true) {
-        verdict.notes.push("the WIPEONFORK child does not read zero everywhere".into());
+        verdict
+            .notes
+            .push("the WIPEONFORK child does not read zero everywhere".into());
     }
     if content.stamps_match == Some(false) {
-        verdict.notes.push("some pages do not carry the stamp of their last writer".into());
+        verdict
+            .notes
+            .push("some pages do not carry the stamp of their last writer".into());
     }
     if let Some(d) = &dumps {
-        if !d.child.contains(crate::scenarios::SEED_09C_CHILD_TEXT) || !d.parent.contains(SEED_09A[1]) {
-            verdict.notes.push("seed-09c: the dumps do not show the child's rewrite on its side only".into());
+        if !d.child.contains(crate::scenarios::SEED_09C_CHILD_TEXT)
+            || !d.parent.contains(SEED_09A[1])
+        {
+            verdict.notes.push(
+                "seed-09c: the dumps do not show the child's rewrite on its side only".into(),
+            );
         }
     }
     mismatched_expectations.truncate(16);
-    verdict.notes.extend(mismatched_expectations.iter().cloned());
+    verdict
+        .notes
+        .extend(mismatched_expectations.iter().cloned());
     new_pfn_mismatch.truncate(16);
     verdict.notes.extend(new_pfn_mismatch.iter().cloned());
     if !pfn_ok {
@@ -605,9 +786,16 @@ pub fn run_scenario(s: &Scenario, sys: &SystemInfo, opts: &ForkReportOptions) ->
         && procs.iter().all(|p| p.ready);
     verdict.evidence = evidence.into_iter().map(String::from).collect();
     if !pfn_ok {
-        verdict.evidence.retain(|e| e != "pfn" && e != "kpagecount" && e != "kpageflags");
+        verdict
+            .evidence
+            .retain(|e| e != "pfn" && e != "kpagecount" && e != "kpageflags");
     }
-    verdict.holds = verdict.cow_proven && verdict.agree && verdict.notes.iter().all(|n| n.starts_with("PFNs are hidden"));
+    verdict.holds = verdict.cow_proven
+        && verdict.agree
+        && verdict
+            .notes
+            .iter()
+            .all(|n| n.starts_with("PFNs are hidden"));
 
     let page_rows = if pages <= MAX_PAGE_ROWS {
         (0..pages)
@@ -676,7 +864,11 @@ fn skipped(s: &Scenario, config: ScenarioConfig, reason: String) -> ScenarioRepo
         thp: None,
         dumps: None,
         page_rows: Vec::new(),
-        verdict: Verdict { holds: true, skipped: Some(reason), ..Default::default() },
+        verdict: Verdict {
+            holds: true,
+            skipped: Some(reason),
+            ..Default::default()
+        },
     }
 }
 
@@ -703,7 +895,11 @@ fn process_report(
         }),
         expected_smaps: None,
         present: smp.entries.iter().filter(|e| e.present()).count() as u64,
-        exclusive: smp.entries.iter().filter(|e| e.present() && e.exclusive()).count() as u64,
+        exclusive: smp
+            .entries
+            .iter()
+            .filter(|e| e.present() && e.exclusive())
+            .count() as u64,
         pages,
         new_pfns,
         exit,
@@ -724,7 +920,10 @@ fn expected_smaps(
 ) -> Option<ExpectedSmaps> {
     smp.vma.as_ref()?;
     let kb = (page_size / 1024) as u64;
-    let mut e = ExpectedSmaps { pss_kb: Some(0), ..Default::default() };
+    let mut e = ExpectedSmaps {
+        pss_kb: Some(0),
+        ..Default::default()
+    };
     let mut pss_bytes_x = 0u128; // in units of 1/420 of a page: exact for 1..=7 mappers
     let mut pss_known = true;
     for i in 0..pages {
@@ -765,7 +964,7 @@ fn expected_marker(s: &Scenario, path: &[usize], page: usize) -> u8 {
         if s.parent_writes.contains(&page) {
             return side::PARENT_AFTER;
         }
-        if (0..s.children.len()).any(|i| s.written_by(&[i]).contains(&page)) {
+        if (0..s.children.len()).any(|i| stamped_by(s, &[i]).contains(&page)) {
             return side::CHILD;
         }
         return side::PARENT_BEFORE;
@@ -776,10 +975,35 @@ fn expected_marker(s: &Scenario, path: &[usize], page: usize) -> u8 {
         }
         return side::PARENT_BEFORE;
     }
-    if s.written_by(path).contains(&page) {
-        return if path.len() > 1 { side::GRANDCHILD } else { side::CHILD };
+    if stamped_by(s, path).contains(&page) {
+        return if path.len() > 1 {
+            side::GRANDCHILD
+        } else {
+            side::CHILD
+        };
     }
     side::PARENT_BEFORE
+}
+
+/// Pages the process at `path` (non-empty) stamps whole.
+fn stamped_by(s: &Scenario, path: &[usize]) -> Vec<usize> {
+    let mut plan = match path.first().and_then(|&i| s.children.get(i)) {
+        Some(p) => p,
+        None => return Vec::new(),
+    };
+    for _ in &path[1..] {
+        match &plan.grandchild {
+            Some(g) => plan = g,
+            None => return Vec::new(),
+        }
+    }
+    plan.writes.clone()
+}
+
+/// The byte a one-byte write left at offset HEAD/2 of page `page` in process `path`, if any.
+fn one_byte_marker(s: &Scenario, path: &[usize], page: usize) -> Option<u8> {
+    let plan = path.first().and_then(|&i| s.children.get(i))?;
+    (path.len() == 1 && plan.writes_one_byte.contains(&page)).then_some(side::CHILD)
 }
 
 /// A page head carries its index and the expected marker (one-byte writes at offset 32 keep
@@ -792,13 +1016,27 @@ fn stamp_ok(head: &[u8], index: usize, marker: u8) -> bool {
 
 /// The seed's rendering: printable ASCII (32..=126) as itself, anything else as '.'.
 fn seed_dump(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| if (32..127).contains(&b) { b as char } else { '.' }).collect()
+    bytes
+        .iter()
+        .map(|&b| {
+            if (32..127).contains(&b) {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect()
 }
 
 fn describe_exit(e: Option<&ExitInfo>) -> String {
     match e {
-        Some(ExitInfo { killed_on_timeout: true, .. }) => "killed after the timeout".into(),
-        Some(ExitInfo { signal: Some(s), .. }) => format!("signal {s}"),
+        Some(ExitInfo {
+            killed_on_timeout: true,
+            ..
+        }) => "killed after the timeout".into(),
+        Some(ExitInfo {
+            signal: Some(s), ..
+        }) => format!("signal {s}"),
         Some(ExitInfo { code: Some(c), .. }) => format!("exit code {c}"),
         _ => "unknown".into(),
     }
@@ -814,12 +1052,24 @@ fn median(v: &mut [u64]) -> Option<u64> {
 
 /// Separate, small runs for timing: fork latency, and per-page first-write (COW fault) vs
 /// second-write (owned) cost in the child, for private scenarios without fork advice.
-fn timing_runs(s: &Scenario, page_size: usize, opts: &ForkReportOptions, observed: Option<u64>) -> Result<TimingReport> {
+fn timing_runs(
+    s: &Scenario,
+    page_size: usize,
+    opts: &ForkReportOptions,
+    observed: Option<u64>,
+) -> Result<TimingReport> {
     let mut forks = Vec::new();
     let mut cows = Vec::new();
     let mut owned = Vec::new();
     let cow_case = s.mapping == Mapping::Private && s.advice == ForkAdvice::None;
-    let small = Scenario { pages: if s.thp { s.pages } else { s.pages.min(TIMED_PAGES) }, ..s.clone() };
+    let small = Scenario {
+        pages: if s.thp {
+            s.pages
+        } else {
+            s.pages.min(TIMED_PAGES)
+        },
+        ..s.clone()
+    };
     for _ in 0..opts.runs {
         let arena = make_arena(&small, page_size)?;
         let base = arena.base_addr();
@@ -831,14 +1081,23 @@ fn timing_runs(s: &Scenario, page_size: usize, opts: &ForkReportOptions, observe
         let mut ops = pipes.prologue().to_vec();
         if cow_case {
             let timed = if s.thp { 1 } else { small.pages };
-            ops.push(ChildOp::TimeWrites { addr: base, pages: timed, page_size, fd: pipes.child_report_fd() });
+            ops.push(ChildOp::TimeWrites {
+                addr: base,
+                pages: timed,
+                page_size,
+                fd: pipes.child_report_fd(),
+            });
         }
         ops.extend(pipes.epilogue());
         let (mut subj, took) = subject::spawn(pipes, &ops)?;
         forks.push(took.as_nanos() as u64);
         if let Ok(msgs) = subj.wait_ready(Instant::now() + opts.timeout) {
             cows.extend(msgs.iter().filter(|m| m.tag == TAG_COW_NS).map(|m| m.value));
-            owned.extend(msgs.iter().filter(|m| m.tag == TAG_OWNED_NS).map(|m| m.value));
+            owned.extend(
+                msgs.iter()
+                    .filter(|m| m.tag == TAG_OWNED_NS)
+                    .map(|m| m.value),
+            );
         }
         subj.finish(Instant::now() + opts.timeout);
     }

@@ -33,9 +33,16 @@ impl SubjectPipes {
     /// # Errors
     /// When the process is out of descriptors.
     pub fn new() -> Result<Self> {
-        let (release_read, release_write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("creating a pipe", e))?;
-        let (report_read, report_write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("creating a pipe", e))?;
-        Ok(SubjectPipes { release_read, release_write, report_read, report_write })
+        let (release_read, release_write) =
+            pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("creating a pipe", e))?;
+        let (report_read, report_write) =
+            pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::io("creating a pipe", e))?;
+        Ok(SubjectPipes {
+            release_read,
+            release_write,
+            report_read,
+            report_write,
+        })
     }
 
     /// The descriptor the subject blocks on ([`ChildOp::Wait`]).
@@ -62,7 +69,11 @@ impl SubjectPipes {
     /// Standard epilogue: report ready, block until released, reap own children, exit 0.
     pub fn epilogue(&self) -> [ChildOp<'static>; 4] {
         [
-            ChildOp::Send { fd: self.child_report_fd(), tag: TAG_READY, value: 0 },
+            ChildOp::Send {
+                fd: self.child_report_fd(),
+                tag: TAG_READY,
+                value: 0,
+            },
             ChildOp::Wait(self.child_release_fd()),
             ChildOp::ReapAll,
             ChildOp::Exit(0),
@@ -87,8 +98,14 @@ pub struct ExitInfo {
 impl ExitInfo {
     fn from_status(s: WaitStatus) -> Option<Self> {
         match s {
-            WaitStatus::Exited(_, code) => Some(ExitInfo { code: Some(code), ..Default::default() }),
-            WaitStatus::Signaled(_, sig, _) => Some(ExitInfo { signal: Some(sig.as_str().to_string()), ..Default::default() }),
+            WaitStatus::Exited(_, code) => Some(ExitInfo {
+                code: Some(code),
+                ..Default::default()
+            }),
+            WaitStatus::Signaled(_, sig, _) => Some(ExitInfo {
+                signal: Some(sig.as_str().to_string()),
+                ..Default::default()
+            }),
             _ => None,
         }
     }
@@ -143,11 +160,26 @@ pub fn spawn(pipes: SubjectPipes, ops: &[ChildOp<'_>]) -> Result<(Subject, Durat
         }
         ForkResult::Parent { child } => {
             let took = t0.elapsed();
-            let SubjectPipes { release_read, release_write, report_read, report_write } = pipes;
+            let SubjectPipes {
+                release_read,
+                release_write,
+                report_read,
+                report_write,
+            } = pipes;
             // The child's ends are closed here, so EOF on `report` means the child is gone.
             drop(release_read);
             drop(report_write);
-            Ok((Subject { pid: child, release: Some(release_write), report: report_read, buf: Vec::new(), exit: None, ours: true }, took))
+            Ok((
+                Subject {
+                    pid: child,
+                    release: Some(release_write),
+                    report: report_read,
+                    buf: Vec::new(),
+                    exit: None,
+                    ours: true,
+                },
+                took,
+            ))
         }
     }
 }
@@ -157,7 +189,12 @@ impl Subject {
     /// the pipes created for it before its parent was forked. Call after that fork: the
     /// subject's ends are closed here.
     pub fn adopt(pipes: SubjectPipes, pid: i32) -> Subject {
-        let SubjectPipes { release_read, release_write, report_read, report_write } = pipes;
+        let SubjectPipes {
+            release_read,
+            release_write,
+            report_read,
+            report_write,
+        } = pipes;
         drop(release_read);
         drop(report_write);
         Subject {
@@ -194,7 +231,10 @@ impl Subject {
                 let m: Vec<u8> = self.buf.drain(..MSG_LEN).collect();
                 let mut v = [0u8; 8];
                 v.copy_from_slice(&m[1..9]);
-                let msg = Msg { tag: m[0], value: u64::from_le_bytes(v) };
+                let msg = Msg {
+                    tag: m[0],
+                    value: u64::from_le_bytes(v),
+                };
                 if msg.tag == TAG_READY {
                     return Ok(msgs);
                 }
@@ -205,7 +245,10 @@ impl Subject {
                 return Err(NotReady::TimedOut(self.kill_and_reap(true)));
             }
             let ms = u16::try_from(left.as_millis().min(u128::from(u16::MAX))).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&self.report), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(
+                std::os::fd::AsFd::as_fd(&self.report),
+                PollFlags::POLLIN,
+            )];
             match poll(&mut fds, PollTimeout::from(ms.max(1))) {
                 Ok(0) => continue,
                 Ok(_) => {}
