@@ -1,8 +1,22 @@
 //! The seed's reference programs (09a, 09b, 09b-overflow) replayed on the arena engine.
+//!
+//! Each case performs the seed's `arena_alloc` and `strcpy` calls in the seed's order on an
+//! [`Arena`](crate::arena::Arena) with the ledger on and no red zones (so the bytes, and hence
+//! the dump, are the seed's byte for byte), then lets the engine judge what the seed only
+//! printed: which block leaked, and whether any write crossed a block end.
+//!
+//! The 09b question, worked out: block `c` is bytes 96..128. `strcpy(c + 20, " 🤡 Oops!")`
+//! copies 11 characters' worth of bytes (space, the 4-byte U+1F921, space, `Oops!`) plus the
+//! NUL that `strcpy` always writes: 12 bytes at offsets 20..32 of the block. The last byte
+//! written is the block's last byte, so the seed's "overflow" does **not** cross the block end
+//! (it only overwrites the tail of "This will overwrite next"). `09b-overflow` moves the same
+//! write 4 bytes later (`c + 24`), which really crosses: 4 bytes (`p`, `s`, `!`, NUL) land in
+//! the next block.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::arena::{Arena, ArenaConfig, Block, Findings};
 use crate::error::{Error, Result};
 use crate::report::Envelope;
 
@@ -27,6 +41,15 @@ impl BaselineCase {
         ("09b", BaselineCase::B09),
         ("09b-overflow", BaselineCase::B09Overflow),
     ];
+
+    /// The case's stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BaselineCase::A09 => "09a",
+            BaselineCase::B09 => "09b",
+            BaselineCase::B09Overflow => "09b-overflow",
+        }
+    }
 }
 
 impl std::str::FromStr for BaselineCase {
@@ -44,27 +67,362 @@ impl std::str::FromStr for BaselineCase {
     }
 }
 
+/// A block as the baseline reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BaselineBlock {
+    /// Block index (allocation order, from 0).
+    pub index: usize,
+    /// Offset from the arena's base.
+    pub offset: usize,
+    /// Length in bytes.
+    pub len: usize,
+    /// The seed's variable name (`unassigned` for the result 09b never kept).
+    pub label: String,
+    /// Whether anything was ever written through this block.
+    pub written: bool,
+    /// Whether the block was released.
+    pub released: bool,
+    /// Address of its first byte, hex.
+    pub addr: String,
+}
+
+/// A leaked block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BaselineLeak {
+    /// Block index.
+    pub index: usize,
+    /// Offset from the arena's base.
+    pub offset: usize,
+    /// Length in bytes.
+    pub len: usize,
+    /// The block's label.
+    pub label: Option<String>,
+}
+
+/// A write that crossed its block's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BaselineOverflow {
+    /// The block written through.
+    pub index: usize,
+    /// That block's offset.
+    pub offset: usize,
+    /// That block's length.
+    pub len: usize,
+    /// Exact number of bytes written past the block's end.
+    pub bytes_past_end: usize,
+    /// Absolute offset where the write started.
+    pub write_offset: usize,
+    /// Length of the write (including the NUL that strcpy writes).
+    pub write_len: usize,
+    /// Blocks the overflow landed in.
+    pub victims: Vec<usize>,
+}
+
+/// One `strcpy` of the seed, as replayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BaselineWrite {
+    /// The C expression, e.g. `strcpy(c + 20, " 🤡 Oops!")`.
+    pub call: String,
+    /// The destination block's index.
+    pub block: usize,
+    /// Offset inside the block where the copy starts.
+    pub offset_in_block: usize,
+    /// Bytes copied, counting the terminating NUL.
+    pub len: usize,
+    /// Bytes that landed past the block's end.
+    pub bytes_past_end: usize,
+}
+
 /// The body of a baseline document.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct BaselineBody {
     /// The case's stable name.
     pub case: String,
+    /// What the case replays.
+    pub description: String,
+    /// Arena capacity in bytes, as mapped (whole pages).
+    pub capacity: usize,
+    /// The seed's `ARENA_SIZE` (what `arena_alloc` checked against).
+    pub requested_capacity: usize,
+    /// Bytes handed out (the seed's `offset`).
+    pub used: usize,
+    /// Base address of the arena, hex.
+    pub base_addr: String,
+    /// Every block, in allocation order.
+    pub blocks: Vec<BaselineBlock>,
+    /// Every `strcpy`, in order.
+    pub writes: Vec<BaselineWrite>,
+    /// The seed's `arena_dump` rendering of the used bytes, byte for byte.
+    pub dump: String,
+    /// The used bytes as hex + ASCII.
+    pub dump_hex: String,
+    /// Blocks allocated and never written or released.
+    pub leaks: Vec<BaselineLeak>,
+    /// Writes that crossed a block end.
+    pub overflows: Vec<BaselineOverflow>,
+    /// Everything the engine's check found.
+    pub findings: Findings,
+    /// The seed's log lines, replayed (addresses are this run's).
+    pub log: Vec<String>,
 }
 
 impl BaselineBody {
-    /// A transcript in the spirit of the seed's log.
+    /// A transcript in the spirit of the seed's log, followed by the engine's judgement.
     pub fn transcript(&self) -> String {
-        String::new()
+        let mut s = String::new();
+        for line in &self.log {
+            s.push_str(line);
+            s.push('\n');
+        }
+        s.push_str("\n🔎 cowscope's judgement:\n");
+        if self.leaks.is_empty() {
+            s.push_str("  ✅ no leak: every block was written or released\n");
+        }
+        for l in &self.leaks {
+            s.push_str(&format!(
+                "  ⚠️  leak: block {} '{}' (offset {}, {} bytes) was allocated and never written or released\n",
+                l.index,
+                l.label.as_deref().unwrap_or("?"),
+                l.offset,
+                l.len
+            ));
+        }
+        for w in &self.writes {
+            let verdict = if w.bytes_past_end == 0 {
+                "stays inside the block".to_string()
+            } else {
+                format!("runs {} byte(s) past the block's end", w.bytes_past_end)
+            };
+            s.push_str(&format!(
+                "  ✍️  {}: {} bytes incl. NUL at +{} of block {}: {}\n",
+                w.call, w.len, w.offset_in_block, w.block, verdict
+            ));
+        }
+        if self.overflows.is_empty() {
+            s.push_str("  ✅ no write crossed a block end\n");
+        }
+        for o in &self.overflows {
+            let victims = if o.victims.is_empty() {
+                "no other block".to_string()
+            } else {
+                format!(
+                    "block(s) {}",
+                    o.victims
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            s.push_str(&format!(
+                "  🤡 overflow: block {} (offset {}, {} bytes) written {} byte(s) past its end, into {}\n",
+                o.index, o.offset, o.len, o.bytes_past_end, victims
+            ));
+        }
+        s
     }
 }
 
 /// A whole baseline document.
 pub type BaselineReport = Envelope<BaselineBody>;
 
+/// The seed's `arena_alloc` and `strcpy`, replayed on the engine with the seed's log lines.
+struct Replay {
+    arena: Arena,
+    log: Vec<String>,
+    writes: Vec<BaselineWrite>,
+}
+
+impl Replay {
+    fn init(size: usize, icon: &str) -> Result<Replay> {
+        let arena = Arena::new(ArenaConfig::new(size))?;
+        let log = vec![format!(
+            "{icon} Arena initialized at {:#x} ({size} bytes; mapped {} bytes, one guard page each side)",
+            arena.base_addr(),
+            arena.capacity()
+        )];
+        Ok(Replay {
+            arena,
+            log,
+            writes: Vec::new(),
+        })
+    }
+
+    /// `arena_alloc(size)`, labelled with the C variable it is assigned to.
+    fn alloc(&mut self, size: usize, label: &'static str) -> Result<Block> {
+        let b = self.arena.alloc_labeled(size, label)?;
+        self.log.push(format!(
+            "✅ arena_alloc({size}) → {:#x} (offset now {})",
+            self.arena.base_addr() + b.offset(),
+            self.arena.used()
+        ));
+        Ok(b)
+    }
+
+    /// `strcpy(block + at, s)`: copies `s` and its terminating NUL.
+    fn strcpy(&mut self, block: &Block, at: usize, s: &str) -> Result<()> {
+        let mut bytes = Vec::with_capacity(s.len() + 1);
+        bytes.extend_from_slice(s.as_bytes());
+        bytes.push(0);
+        let out = self.arena.write(block, at, &bytes)?;
+        let name = block.label().unwrap_or("?");
+        let dest = if at == 0 {
+            name.to_string()
+        } else {
+            format!("{name} + {at}")
+        };
+        self.writes.push(BaselineWrite {
+            call: format!("strcpy({dest}, \"{s}\")"),
+            block: block.index(),
+            offset_in_block: at,
+            len: bytes.len(),
+            bytes_past_end: out.bytes_past_end,
+        });
+        Ok(())
+    }
+
+    fn finish(
+        mut self,
+        case: BaselineCase,
+        description: &str,
+        header: String,
+    ) -> Result<BaselineBody> {
+        let a = &self.arena;
+        let dump = a.dump();
+        self.log.push(header);
+        self.log.push(dump.clone());
+        let findings = a.check();
+        let base = a.base_addr();
+        let blocks = a
+            .blocks()
+            .iter()
+            .map(|e| BaselineBlock {
+                index: e.index,
+                offset: e.offset,
+                len: e.len,
+                label: e.label.as_deref().unwrap_or("").to_string(),
+                written: e.written,
+                released: e.released,
+                addr: format!("{:#x}", base + e.offset),
+            })
+            .collect();
+        let leaks = findings
+            .leaks
+            .iter()
+            .map(|l| BaselineLeak {
+                index: l.index,
+                offset: l.offset,
+                len: l.len,
+                label: l.label.clone(),
+            })
+            .collect();
+        let overflows = findings
+            .overflows
+            .iter()
+            .map(|o| BaselineOverflow {
+                index: o.index,
+                offset: o.offset,
+                len: o.len,
+                bytes_past_end: o.bytes_past_end,
+                write_offset: o.write_offset,
+                write_len: o.write_len,
+                victims: o.victims.clone(),
+            })
+            .collect();
+        let (capacity, requested_capacity, used, dump_hex) =
+            (a.capacity(), a.requested_capacity(), a.used(), a.dump_hex());
+        self.arena.release()?;
+        self.log.push("🧹 Arena memory freed".to_string());
+        Ok(BaselineBody {
+            case: case.name().to_string(),
+            description: description.to_string(),
+            capacity,
+            requested_capacity,
+            used,
+            base_addr: format!("{base:#x}"),
+            blocks,
+            writes: self.writes,
+            dump,
+            dump_hex,
+            leaks,
+            overflows,
+            findings,
+            log: self.log,
+        })
+    }
+}
+
+fn run_09a() -> Result<BaselineBody> {
+    const ARENA_SIZE: usize = 4096;
+    const BLOCK_SIZE: usize = 64;
+    let mut r = Replay::init(ARENA_SIZE, "📦")?;
+    let msg1 = r.alloc(BLOCK_SIZE, "msg1")?;
+    let msg2 = r.alloc(BLOCK_SIZE, "msg2")?;
+    let msg3 = r.alloc(BLOCK_SIZE, "msg3")?;
+    r.strcpy(&msg1, 0, "Hello arena")?;
+    r.strcpy(&msg2, 0, "Scoped allocator is born")?;
+    r.strcpy(&msg3, 0, "This is not malloc")?;
+    r.finish(
+        BaselineCase::A09,
+        "09a_arena_scope_local_mmap.c: a 4096-byte mmap arena, three 64-byte blocks, three strings",
+        "🧠 Arena dump:".to_string(),
+    )
+}
+
+fn run_09b(overflow: bool) -> Result<BaselineBody> {
+    const ARENA_SIZE: usize = 256;
+    const BLOCK_SIZE: usize = 32;
+    let mut r = Replay::init(ARENA_SIZE, "🎯")?;
+    let a = r.alloc(BLOCK_SIZE, "a")?;
+    let b = r.alloc(BLOCK_SIZE, "b")?;
+    r.strcpy(&a, 0, "First block ok.")?;
+    r.strcpy(&b, 0, "Second block too.")?;
+    // The seed drops this result on the floor; the engine still knows the block.
+    let _unassigned = r.alloc(BLOCK_SIZE, "unassigned")?;
+    r.log.push("⚠️ Leaked 32 bytes — no tracking.".to_string());
+    let c = r.alloc(BLOCK_SIZE, "c")?;
+    let clown_at = if overflow {
+        // The next block, so the overflow has something to corrupt.
+        let d = r.alloc(BLOCK_SIZE, "d")?;
+        r.strcpy(&c, 0, "This will overwrite next")?;
+        r.strcpy(&d, 0, "Next block intact?")?;
+        24
+    } else {
+        r.strcpy(&c, 0, "This will overwrite next")?;
+        20
+    };
+    r.strcpy(&c, clown_at, " \u{1F921} Oops!")?;
+    let header = format!(
+        "\n📦 Arena dump ({} used / {} total):",
+        r.arena.used(),
+        ARENA_SIZE
+    );
+    let (case, description) = if overflow {
+        (
+            BaselineCase::B09Overflow,
+            "09b with a fifth block d after c and the clown written at c + 24: 12 bytes from \
+             offset 24 of a 32-byte block, so 4 bytes land in d",
+        )
+    } else {
+        (
+            BaselineCase::B09,
+            "09b_arena_scope_leak_tracer.c: 256-byte arena, 32-byte blocks, one result never \
+             assigned, strcpy(c + 20, \" \u{1F921} Oops!\") (12 bytes with the NUL, ending \
+             exactly at c's end)",
+        )
+    };
+    r.finish(case, description, header)
+}
+
 /// Replay `case`.
 ///
 /// # Errors
-/// Not built yet.
-pub fn run(_case: BaselineCase) -> Result<BaselineReport> {
-    Err(Error::usage("baseline is not built yet"))
+/// Only if the kernel refuses the arena's mapping ([`Error::Arena`]).
+pub fn run(case: BaselineCase) -> Result<BaselineReport> {
+    let body = match case {
+        BaselineCase::A09 => run_09a()?,
+        BaselineCase::B09 => run_09b(false)?,
+        BaselineCase::B09Overflow => run_09b(true)?,
+    };
+    Ok(Envelope::new(crate::system::detect(), body))
 }
