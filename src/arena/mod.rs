@@ -468,7 +468,11 @@ enum Refusal {
 #[derive(Debug)]
 pub struct Arena {
     // Hot fields first: the allocation fast path reads only these.
-    used: usize,
+    /// Address of the next free byte (`base + used`). Bumping an address rather than an offset
+    /// takes one addition off the aligned fast path. Invariant: `base <= cur <= end`.
+    cur: usize,
+    /// `base + capacity`.
+    end: usize,
     capacity: usize,
     next_index: usize,
     /// Ledger off, no red zone, not released: allocation needs no bookkeeping.
@@ -534,8 +538,10 @@ impl Arena {
                 value: cfg.guard_pages,
             })?;
         let map = map::map(capacity, guard_len, align, page, cfg.shared)?;
+        let base_addr = map.base.as_ptr() as usize;
         let mut arena = Arena {
-            used: 0,
+            cur: base_addr,
+            end: base_addr + capacity,
             capacity,
             next_index: 0,
             fast: !cfg.ledger && cfg.red_zone == 0,
@@ -594,8 +600,14 @@ impl Arena {
     }
 
     /// Bytes handed out so far (including alignment padding and red zones).
+    #[inline(always)]
     pub fn used(&self) -> usize {
-        self.used
+        self.cur - self.base_addr()
+    }
+
+    fn set_used(&mut self, used: usize) {
+        debug_assert!(used <= self.capacity, "invariant: used <= capacity");
+        self.cur = self.base_addr() + used;
     }
 
     /// Pages in the arena (`capacity / page size`).
@@ -685,12 +697,12 @@ impl Arena {
     #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
     #[inline(always)]
     pub fn alloc(&mut self, len: usize) -> Result<Block, ArenaError> {
-        let off = self.used;
-        debug_assert!(off <= self.capacity, "invariant: used <= capacity");
-        // `capacity - off` cannot wrap (used <= capacity), and `off + len <= capacity`.
-        let start = if self.fast && len != 0 && len <= self.capacity - off {
-            self.used = off + len;
-            off
+        let cur = self.cur;
+        debug_assert!(cur <= self.end, "invariant: cur <= end");
+        // `end - cur` cannot wrap (cur <= end), and `cur + len <= end`.
+        let start = if self.fast && len != 0 && len <= self.end - cur {
+            self.cur = cur + len;
+            cur - self.base_addr()
         } else {
             match self.alloc_slow(len, 1, None) {
                 Ok(start) => start,
@@ -707,16 +719,17 @@ impl Arena {
     #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
     #[inline(always)]
     pub fn alloc_aligned(&mut self, len: usize, align: usize) -> Result<Block, ArenaError> {
-        let off = self.used;
-        debug_assert!(off <= self.capacity, "invariant: used <= capacity");
-        // (-addr) mod align: the padding up to the next multiple; < align, no overflow.
-        let pad = (self.base_addr() + off).wrapping_neg() & align.wrapping_sub(1);
-        let room = self.capacity - off;
+        let cur = self.cur;
+        debug_assert!(cur <= self.end, "invariant: cur <= end");
+        // (-cur) mod align: the padding up to the next multiple; < align, no overflow.
+        let pad = cur.wrapping_neg() & align.wrapping_sub(1);
+        let room = self.end - cur;
         let start =
             if self.fast && align.is_power_of_two() && len != 0 && pad <= room && len <= room - pad
             {
-                self.used = off + pad + len;
-                off + pad
+                let at = cur + pad;
+                self.cur = at + len;
+                at - self.base_addr()
             } else {
                 match self.alloc_slow(len, align, None) {
                     Ok(start) => start,
@@ -778,7 +791,7 @@ impl Arena {
         align: usize,
         label: Option<&'static str>,
     ) -> Result<usize, Refusal> {
-        let (offset, capacity, red_zone) = (self.used, self.capacity, self.red_zone);
+        let (offset, capacity, red_zone) = (self.used(), self.capacity, self.red_zone);
         if self.released {
             return Err(Refusal::Released);
         }
@@ -803,7 +816,7 @@ impl Arena {
                 std::ptr::write_bytes(self.as_ptr().add(block_end), CANARY, red_zone);
             }
         }
-        self.used = end;
+        self.set_used(end);
         if let Some(ledger) = self.ledger.as_mut() {
             if red_zone > 0 {
                 ledger.mark_fresh(block_end..end);
@@ -825,7 +838,7 @@ impl Arena {
     #[cold]
     #[inline(never)]
     fn refusal(&self, why: Refusal, len: usize, align: usize) -> ArenaError {
-        let (offset, capacity) = (self.used, self.capacity);
+        let (offset, capacity) = (self.used(), self.capacity);
         match why {
             Refusal::Released => ArenaError::Released {
                 op: "allocate",
@@ -870,12 +883,12 @@ impl Arena {
     /// The bytes handed out so far (`0..used()`).
     pub fn used_bytes(&self) -> &[u8] {
         let b = self.bytes();
-        &b[..self.used.min(b.len())]
+        &b[..self.used().min(b.len())]
     }
 
     /// Offset up to which the engine has handed out or written bytes (past resets too).
     pub fn extent(&self) -> usize {
-        self.high_water.max(self.used)
+        self.high_water.max(self.used())
     }
 
     /// Write `bytes` at `offset_in_block` inside `block`, like the seed's `strcpy`: the write
@@ -1040,7 +1053,7 @@ impl Arena {
                 capacity: self.capacity,
             });
         }
-        let previous_used = self.used;
+        let previous_used = self.used();
         let extent = self.extent();
         let stale_bytes = if zero {
             self.bytes_mut()[..extent].fill(0);
@@ -1048,7 +1061,7 @@ impl Arena {
         } else {
             self.bytes()[..extent].iter().filter(|b| **b != 0).count()
         };
-        self.used = 0;
+        self.set_used(0);
         self.high_water = if zero { 0 } else { extent };
         self.generation = self.generation.wrapping_add(1);
         if let Some(l) = self.ledger.as_mut() {
@@ -1081,7 +1094,7 @@ impl Arena {
         unsafe { map::unmap(&self.map) }?;
         self.released = true;
         self.fast = false;
-        self.used = 0;
+        self.set_used(0);
         Ok(())
     }
 
