@@ -107,6 +107,13 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the JSON Schema of a document (fork-report, baseline, pages, experiment),
+    /// generated from the same types that write the documents.
+    Schema {
+        /// Which document.
+        #[arg(default_value = "fork-report")]
+        document: String,
+    },
     /// Run as PID 1 in a test VM: mount /proc and /sys, collect, print between markers,
     /// power off. Used by scripts/kernel-matrix.sh.
     #[command(hide = true)]
@@ -230,6 +237,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Compare { files } => {
             let table = cowscope::compare::compare_files(&files)?;
             output::emit(&table, None)?;
+            Ok(EXIT_OK)
+        }
+        Command::Schema { document } => {
+            let schema = cowscope::report::schema(&document)?;
+            output::emit(&output::to_json(&schema)?, None)?;
             Ok(EXIT_OK)
         }
         Command::GuestInit => cowscope::guest::run_as_init(),

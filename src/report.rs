@@ -77,3 +77,26 @@ impl<T> Envelope<T> {
         }
     }
 }
+
+/// Names of the documents whose JSON Schema `cowscope schema` prints.
+pub const DOCUMENTS: [&str; 4] = ["fork-report", "baseline", "pages", "experiment"];
+
+/// The JSON Schema (draft 2020-12) of one document, generated from the serde types.
+///
+/// # Errors
+/// An unknown document name (usage).
+pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
+    let schema = match document {
+        "fork-report" => schemars::schema_for!(crate::fork::ForkReport),
+        "baseline" => schemars::schema_for!(crate::baseline::BaselineReport),
+        "pages" => schemars::schema_for!(crate::mem::report::PagesReport),
+        "experiment" => schemars::schema_for!(crate::experiments::ExperimentReport),
+        other => {
+            return Err(crate::Error::usage(format!(
+                "unknown document '{other}'; expected one of: {}",
+                DOCUMENTS.join(", ")
+            )));
+        }
+    };
+    Ok(serde_json::to_value(schema)?)
+}

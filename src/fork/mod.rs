@@ -1,4 +1,12 @@
-//! The fork orchestrator: scenario -> run -> observations -> page classes -> verdict.
+//! The fork orchestrator: scenario -> arena -> fork -> the children run their programs
+//! (`child.rs`, the only code that runs after fork) -> the parent samples every process while
+//! all are alive -> content -> release and reap -> classify every page -> verdict.
+
+pub mod child;
+pub mod classify;
+pub mod observe;
+pub mod run;
+pub mod subject;
 
 use std::time::Duration;
 
@@ -7,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::report::Envelope;
+use classify::ClassCounts;
+use subject::ExitInfo;
 
 /// What `fork-report` was asked.
 #[derive(Debug, Clone)]
@@ -21,24 +31,349 @@ pub struct ForkReportOptions {
     pub runs: usize,
 }
 
+impl Default for ForkReportOptions {
+    fn default() -> Self {
+        ForkReportOptions {
+            scenarios: Vec::new(),
+            pages: None,
+            timeout: Duration::from_secs(10),
+            runs: 5,
+        }
+    }
+}
+
+/// Largest `--pages`: 16 GiB of 4 KiB pages. Beyond that a report is not a fork experiment
+/// but a memory-exhaustion test.
+pub const MAX_PAGES: usize = 1 << 22;
+/// Largest `--runs`.
+pub const MAX_RUNS: usize = 1000;
+
 /// The body of a fork report.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ForkReportBody {}
+pub struct ForkReportBody {
+    /// One entry per scenario run, in catalogue order.
+    pub scenarios: Vec<ScenarioReport>,
+}
 
 impl ForkReportBody {
     /// Whether every scenario's verdict held (skips count as holding).
     pub fn all_verdicts_hold(&self) -> bool {
-        false
+        self.scenarios.iter().all(|s| s.verdict.holds)
     }
 }
 
 /// A whole fork report.
 pub type ForkReport = Envelope<ForkReportBody>;
 
-/// Run the scenarios.
+/// How a scenario was set up.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ScenarioConfig {
+    /// Arena size in pages.
+    pub pages: u64,
+    /// Page size in bytes.
+    pub page_size: u64,
+    /// `private` or `shared`.
+    pub mapping: String,
+    /// `none`, `wipeonfork` or `dontfork`.
+    pub advice: String,
+    /// 2 MiB aligned with MADV_HUGEPAGE.
+    pub thp: bool,
+    /// Number of processes forked directly by the parent.
+    pub children: u64,
+    /// Arena base address (hex), in every process.
+    pub arena_addr: String,
+}
+
+/// The smaps figures of the arena's own VMA in one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SmapsFigures {
+    /// Rss.
+    pub rss_kb: u64,
+    /// Pss.
+    pub pss_kb: u64,
+    /// Shared_Clean.
+    pub shared_clean_kb: u64,
+    /// Shared_Dirty.
+    pub shared_dirty_kb: u64,
+    /// Private_Clean.
+    pub private_clean_kb: u64,
+    /// Private_Dirty.
+    pub private_dirty_kb: u64,
+    /// AnonHugePages.
+    pub anon_huge_kb: u64,
+}
+
+/// What smaps should say, computed from the per-page witnesses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ExpectedSmaps {
+    /// Present pages, excluding the zero page.
+    pub rss_kb: u64,
+    /// Pages mapped by more than one process (Shared_Clean + Shared_Dirty).
+    pub shared_kb: u64,
+    /// Pages mapped by this process alone (Private_Clean + Private_Dirty).
+    pub private_kb: u64,
+    /// Sum over pages of page_size / mapcount, when every mapcount is known.
+    pub pss_kb: Option<u64>,
+}
+
+/// One process of a scenario.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessReport {
+    /// `parent`, `child`, `child-2`.., `grandchild`.
+    pub role: String,
+    /// Its pid.
+    pub pid: i32,
+    /// Whether it has a VMA at the arena's address.
+    pub vma_present: bool,
+    /// smaps of the arena VMA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smaps: Option<SmapsFigures>,
+    /// smaps as the page witnesses predict it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_smaps: Option<ExpectedSmaps>,
+    /// Pages present in its page table.
+    pub present: u64,
+    /// Pages with the exclusively-mapped bit.
+    pub exclusive: u64,
+    /// Page classes against the parent (absent for the parent itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages: Option<ClassCounts>,
+    /// Pages whose PFN differs from the parent's PFN before the fork (who got the copy),
+    /// when PFNs are visible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_pfns: Option<u64>,
+    /// How it ended (absent for the parent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+}
+
+/// Which side sees which bytes (checked after the page tables).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ContentReport {
+    /// The parent's pages carry a child's stamp (true only for MAP_SHARED).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_sees_child_writes: Option<bool>,
+    /// A child's pages carry the parent's after-fork stamp.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_sees_parent_writes: Option<bool>,
+    /// Every page of the (first) child reads zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_reads_zero: Option<bool>,
+    /// Every page of every process carries its own index and the marker of its last writer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stamps_match: Option<bool>,
+    /// Pages whose stamp did not match (first few), as `process:page`.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub mismatches: Vec<String>,
+}
+
+/// Timing medians in nanoseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct TimingReport {
+    /// Runs the medians are taken over.
+    pub runs: u64,
+    /// Median `fork()` latency in the parent over the timing runs (arena of at most 64 pages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fork_ns: Option<u64>,
+    /// `fork()` latency of the observed run, at the scenario's full size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fork_ns_observed: Option<u64>,
+    /// Median of a child's first store to a shared private page (a copy-on-write fault).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cow_fault_ns: Option<u64>,
+    /// Median of a second store to the same page, owned by then (no fault).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owned_write_ns: Option<u64>,
+}
+
+/// THP facts for the `thp-child-writes` scenario.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ThpReport {
+    /// AnonHugePages of the parent's arena before the fork.
+    pub parent_anon_huge_kb_before: u64,
+    /// Bytes the child's one-byte write made the kernel copy (copied pages x page size).
+    pub bytes_copied_by_one_write: u64,
+}
+
+/// The seed's 09c: both sides' dumps in the seed's rendering.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Dumps {
+    /// The parent's arena after the child wrote.
+    pub parent: String,
+    /// The child's arena.
+    pub child: String,
+}
+
+/// One page, for small arenas.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PageRow {
+    /// Page index in the arena.
+    pub index: u64,
+    /// Aggregate class.
+    pub class: classify::PageClass,
+    /// PFN in each process (parent first), 0 when hidden or absent.
+    pub pfns: Vec<u64>,
+    /// kpagecount per process's PFN, when readable.
+    pub mapcounts: Vec<Option<u64>>,
+    /// Exclusive bit per process.
+    pub exclusive: Vec<bool>,
+}
+
+/// The verdict of one scenario.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Verdict {
+    /// The scenario ran, every page has the class first principles predict, the witnesses
+    /// agree, and content and exits are as expected. A skip holds.
+    pub holds: bool,
+    /// Every page's class was proven by the kernel's evidence (no `unproven` page) and matches
+    /// the expectation.
+    pub cow_proven: bool,
+    /// The witnesses consulted (never `pfn` or `kpagecount` when PFNs are hidden).
+    pub evidence: Vec<String>,
+    /// The witnesses agree with each other.
+    pub agree: bool,
+    /// Witnesses that disagreed, and how.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub disagreements: Vec<String>,
+    /// Documented kernel behaviours that explain an otherwise surprising witness (kept apart
+    /// from disagreements, and never used to decide a class).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub kernel_quirks: Vec<String>,
+    /// Expectations that failed, and other remarks.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub notes: Vec<String>,
+    /// Why the scenario was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// One scenario's results.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ScenarioReport {
+    /// Stable name.
+    pub name: String,
+    /// One line.
+    pub summary: String,
+    /// Setup.
+    pub config: ScenarioConfig,
+    /// Aggregate page classes (a page copied by any process counts as copied).
+    pub pages: ClassCounts,
+    /// The parent.
+    pub parent: ProcessReport,
+    /// The first child (convenience; also in `processes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child: Option<ProcessReport>,
+    /// Every process: parent, children, grandchildren.
+    pub processes: Vec<ProcessReport>,
+    /// Content checks.
+    pub content: ContentReport,
+    /// Timing medians.
+    pub timing: TimingReport,
+    /// THP facts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thp: Option<ThpReport>,
+    /// The seed's dumps (seed-09c).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dumps: Option<Dumps>,
+    /// Per-page rows (arenas of at most 64 pages).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub page_rows: Vec<PageRow>,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// Run the selected scenarios and build the report.
 ///
 /// # Errors
-/// Not built yet.
-pub fn fork_report(_opts: &ForkReportOptions) -> Result<ForkReport> {
-    Err(Error::usage("fork-report is not built yet"))
+/// Unknown scenario names, absurd sizes (usage), or a failure to set up memory.
+pub fn fork_report(opts: &ForkReportOptions) -> Result<ForkReport> {
+    let scenarios = select(opts)?;
+    let system = crate::system::detect();
+    let mut reports = Vec::with_capacity(scenarios.len());
+    for s in &scenarios {
+        reports.push(run::run_scenario(s, &system, opts)?);
+    }
+    Ok(Envelope::new(system, ForkReportBody { scenarios: reports }))
+}
+
+/// Resolve names and `--pages` into scenarios.
+///
+/// # Errors
+/// Unknown names, duplicate names, `--pages` 0 or above [`MAX_PAGES`], `--runs` 0 or above
+/// [`MAX_RUNS`], a zero timeout.
+pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario>> {
+    use crate::scenarios::{by_name, catalogue, list};
+    if opts.runs == 0 || opts.runs > MAX_RUNS {
+        return Err(Error::usage(format!(
+            "--runs must be between 1 and {MAX_RUNS}, got {}",
+            opts.runs
+        )));
+    }
+    if opts.timeout.is_zero() {
+        return Err(Error::usage("--timeout must be at least 1 second"));
+    }
+    let mut chosen = if opts.scenarios.is_empty() {
+        catalogue()
+    } else {
+        let mut v = Vec::new();
+        for n in &opts.scenarios {
+            let s = by_name(n).ok_or_else(|| {
+                let names: Vec<_> = list().into_iter().map(|(n, _)| n).collect();
+                Error::usage(format!(
+                    "unknown scenario '{n}'; expected one of: {}",
+                    names.join(", ")
+                ))
+            })?;
+            if v.iter()
+                .any(|x: &crate::scenarios::Scenario| x.name == s.name)
+            {
+                return Err(Error::usage(format!("scenario '{n}' given twice")));
+            }
+            v.push(s);
+        }
+        v
+    };
+    if let Some(p) = opts.pages {
+        if p == 0 || p > MAX_PAGES {
+            return Err(Error::usage(format!(
+                "--pages must be between 1 and {MAX_PAGES}, got {p}"
+            )));
+        }
+        let page = crate::system::page_size();
+        if p.checked_mul(page).is_none() {
+            return Err(Error::usage(format!(
+                "--pages {p} overflows the address space"
+            )));
+        }
+        for s in &mut chosen {
+            if s.scalable {
+                s.pages = p;
+            }
+        }
+    }
+    // Every page a plan names must exist in the (possibly shrunk) arena.
+    for s in &chosen {
+        let max_named = s
+            .children
+            .iter()
+            .enumerate()
+            .flat_map(|(i, _)| s.written_by(&[i]))
+            .chain(s.parent_writes.iter().copied())
+            .chain(
+                s.children
+                    .iter()
+                    .flat_map(|c| c.grandchild.iter().flat_map(|g| g.writes.clone())),
+            )
+            .max();
+        if let Some(m) = max_named {
+            if m >= s.pages {
+                return Err(Error::usage(format!(
+                    "scenario '{}' writes page {m}, so it needs --pages of at least {}",
+                    s.name,
+                    m + 1
+                )));
+            }
+        }
+    }
+    Ok(chosen)
 }

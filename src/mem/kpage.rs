@@ -263,16 +263,32 @@ fn read_indexed(file: &File, pfns: &[u64]) -> io::Result<Vec<u64>> {
     if pfns.is_empty() {
         return Ok(out);
     }
-    let mut order: Vec<u32> = (0..pfns.len() as u32).collect();
-    order.sort_unstable_by_key(|&i| pfns[i as usize]);
+    // Sort (pfn, index) packed into one u64 when both fit in 32 bits (16 TiB of RAM, 4 Gi
+    // entries): sorting plain integers is several times faster than sorting by a key lookup.
+    let packed = pfns.len() <= u32::MAX as usize && pfns.iter().all(|&p| p <= u32::MAX as u64);
+    let order: Vec<(u64, usize)> = if packed {
+        let mut keys: Vec<u64> = pfns
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| (p << 32) | i as u64)
+            .collect();
+        keys.sort_unstable();
+        keys.into_iter()
+            .map(|k| (k >> 32, (k & 0xffff_ffff) as usize))
+            .collect()
+    } else {
+        let mut o: Vec<(u64, usize)> = pfns.iter().copied().zip(0..).collect();
+        o.sort_unstable();
+        o
+    };
     let mut scratch: Vec<u64> = Vec::new();
-    let mut run_start = 0usize; // index into `order`
+    let mut run_start = 0usize;
     while run_start < order.len() {
-        let first = pfns[order[run_start] as usize];
+        let first = order[run_start].0;
         let mut last = first;
         let mut run_end = run_start + 1;
         while run_end < order.len() {
-            let p = pfns[order[run_end] as usize];
+            let p = order[run_end].0;
             if p - last > RUN_GAP || p - first >= MAX_RUN {
                 break;
             }
@@ -283,8 +299,8 @@ fn read_indexed(file: &File, pfns: &[u64]) -> io::Result<Vec<u64>> {
         scratch.clear();
         scratch.resize(n, 0);
         pread_u64s(file, first, &mut scratch)?;
-        for &i in &order[run_start..run_end] {
-            out[i as usize] = scratch[(pfns[i as usize] - first) as usize];
+        for &(p, i) in &order[run_start..run_end] {
+            out[i] = scratch[(p - first) as usize];
         }
         run_start = run_end;
     }

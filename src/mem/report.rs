@@ -1,10 +1,30 @@
 //! `cowscope pages`: the evidence for a range (or every VMA) of one process, as JSON.
+//!
+//! Data flow: smaps (the VMAs) -> per VMA∩range span: PAGEMAP_SCAN for `huge` (or kpageflags
+//! in the fallback) -> pagemap in 64 Ki-entry chunks -> with visible PFNs, kpagecount and
+//! kpageflags of the present frames -> counts, histograms, optional rows.
+//!
+//! Without visible PFNs every `pfn`, `mapcount` and `flags` is `null` and the histograms are
+//! absent: PFN 0 would mean "unknown", never "same page".
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::kpage::{Kpage, KpageFlags};
+use super::pagemap::{Pagemap, PagemapEntry};
+use super::privilege::{self, Privilege};
+use super::scan::{self, HugeDetector, ScanMethod};
+use super::smaps::{self, SmapsEntry};
 use crate::error::{Error, Result};
 use crate::report::Envelope;
+
+/// Most rows `--per-page` will emit.
+pub const MAX_PER_PAGE_ROWS: u64 = 1 << 20;
+/// Pagemap entries read per `pread`.
+const CHUNK: usize = 1 << 16;
 
 /// What `cowscope pages` was asked.
 #[derive(Debug, Clone)]
@@ -19,11 +39,132 @@ pub struct PagesRequest {
     pub force_fallback: bool,
 }
 
+/// Page counts over a span. `huge` is `None` where it cannot be known (no PAGEMAP_SCAN and
+/// no kpageflags).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PageCounts {
+    /// Pages in the span.
+    pub pages: u64,
+    /// Pages of the span inside no VMA.
+    pub unmapped: u64,
+    /// Present in RAM (bit 63).
+    pub present: u64,
+    /// In swap (bit 62).
+    pub swapped: u64,
+    /// Mapped exactly once (bit 56).
+    pub exclusive: u64,
+    /// File page or shared anonymous page (bit 61).
+    pub file_or_shared: u64,
+    /// Soft-dirty (bit 55).
+    pub soft_dirty: u64,
+    /// uffd-wp protected (bit 57).
+    pub uffd_wp: u64,
+    /// Guard region (bit 58).
+    pub guard: u64,
+    /// PMD-mapped THP or hugetlb, when known.
+    pub huge: Option<u64>,
+    /// Whether the PFNs behind these counts were visible.
+    pub pfn_visible: bool,
+}
+
+impl PageCounts {
+    fn add(&mut self, o: &PageCounts) {
+        self.pages += o.pages;
+        self.unmapped += o.unmapped;
+        self.present += o.present;
+        self.swapped += o.swapped;
+        self.exclusive += o.exclusive;
+        self.file_or_shared += o.file_or_shared;
+        self.soft_dirty += o.soft_dirty;
+        self.uffd_wp += o.uffd_wp;
+        self.guard += o.guard;
+        self.huge = match (self.huge, o.huge) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+
+    #[inline(always)]
+    fn count(&mut self, e: PagemapEntry) {
+        self.present += e.present() as u64;
+        self.swapped += e.swapped() as u64;
+        self.exclusive += e.exclusive() as u64;
+        self.file_or_shared += e.file_or_shared() as u64;
+        self.soft_dirty += e.soft_dirty() as u64;
+        self.uffd_wp += e.uffd_wp() as u64;
+        self.guard += e.guard() as u64;
+    }
+}
+
+/// One VMA touched by the request, with its smaps entry and the counts over the part of it
+/// that was examined (`None` when its pagemap cannot be read, e.g. `[vsyscall]`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct VmaReport {
+    /// The smaps entry of the whole VMA.
+    pub smaps: SmapsEntry,
+    /// First byte examined (range ∩ VMA).
+    pub examined_start: u64,
+    /// One past the last byte examined.
+    pub examined_end: u64,
+    /// Counts over the examined part.
+    pub counts: Option<PageCounts>,
+    /// Why counts are missing, if they are.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One page, for `--per-page`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PageRow {
+    /// Index from the start of the range.
+    pub index: u64,
+    /// Virtual address.
+    pub address: u64,
+    /// Present (bit 63).
+    pub present: bool,
+    /// Swapped (bit 62).
+    pub swapped: bool,
+    /// Mapped exactly once (bit 56).
+    pub exclusive: bool,
+    /// File or shared anonymous (bit 61).
+    pub file_or_shared: bool,
+    /// Guard region (bit 58).
+    pub guard: bool,
+    /// The frame, only when present and PFNs are visible.
+    pub pfn: Option<u64>,
+    /// kpagecount of the frame, only with a visible PFN.
+    pub mapcount: Option<u64>,
+    /// kpageflags names, only with a visible PFN.
+    pub flags: Option<Vec<String>>,
+}
+
 /// The body of a pages document.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct PagesBody {
     /// The process inspected.
     pub pid: i32,
+    /// The examined range (page aligned), or `None` for every VMA.
+    pub range: Option<(u64, u64)>,
+    /// Whether PFNs were visible: without them, PFN equality proves nothing.
+    pub pfn_visible: bool,
+    /// Whether kpagecount/kpageflags were read.
+    pub kpage_readable: bool,
+    /// How `huge` was determined: `pagemap_scan`, or `pagemap_read` (kpageflags).
+    pub huge_method: ScanMethod,
+    /// The VMAs covered, in address order.
+    pub vmas: Vec<VmaReport>,
+    /// Counts over the whole request.
+    pub counts: PageCounts,
+    /// kpagecount value -> present pages with it (only with visible PFNs).
+    pub mapcount_histogram: Option<BTreeMap<String, u64>>,
+    /// kpageflags combination (`anon|lru|...`) -> present pages with it (only with visible
+    /// PFNs).
+    pub kpageflags_histogram: Option<BTreeMap<String, u64>>,
+    /// One row per page, with `--per-page`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_page: Option<Vec<PageRow>>,
+    /// What the evidence cannot show here, in plain words.
+    pub notes: Vec<String>,
 }
 
 /// A whole pages document.
@@ -32,15 +173,400 @@ pub type PagesReport = Envelope<PagesBody>;
 /// Parse `START-END` (hex, `0x` optional).
 ///
 /// # Errors
-/// Malformed or reversed ranges are usage errors.
+/// Malformed, overflowing, empty or reversed ranges are usage errors.
 pub fn parse_range(s: &str) -> Result<(u64, u64)> {
-    Err(Error::usage(format!("cannot parse range '{s}' yet")))
+    let shape = || {
+        Error::usage(format!(
+            "--range '{s}' must be START-END in hex, e.g. 0x7f0000000000-0x7f0000100000"
+        ))
+    };
+    let (a, b) = s.trim().split_once('-').ok_or_else(shape)?;
+    let hex = |t: &str, which: &str| {
+        let t = t.trim();
+        let digits = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::usage(format!(
+                "--range {which} '{t}' is not a hexadecimal address"
+            )));
+        }
+        u64::from_str_radix(digits, 16)
+            .map_err(|_| Error::usage(format!("--range {which} '{t}' does not fit in 64 bits")))
+    };
+    let (start, end) = (hex(a, "start")?, hex(b, "end")?);
+    if end <= start {
+        return Err(Error::usage(format!(
+            "--range '{s}' is empty or reversed: END must be greater than START"
+        )));
+    }
+    Ok((start, end))
 }
 
 /// Collect the evidence.
 ///
 /// # Errors
-/// Not built yet.
-pub fn pages(_req: &PagesRequest) -> Result<PagesReport> {
-    Err(Error::usage("pages is not built yet"))
+/// Usage errors for a bad pid, an unreadable process, or too many `--per-page` rows; I/O
+/// errors if the process changes under us in a way the kernel reports.
+pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
+    let pid = req.pid;
+    if pid <= 0 {
+        return Err(Error::usage(format!(
+            "--pid must be a positive process id, got {pid}"
+        )));
+    }
+    let ps = crate::system::page_size() as u64;
+    let all = smaps::all_vmas(pid).map_err(|e| explain_open(pid, "smaps", e))?;
+    let pm = Pagemap::open(pid).map_err(|e| {
+        explain_open(
+            pid,
+            "pagemap",
+            Error::io(format!("opening /proc/{pid}/pagemap"), e),
+        )
+    })?;
+    let privilege = privilege::detect();
+    let kpage = if privilege.pfn_visible && privilege.kpage_readable {
+        Kpage::open().ok()
+    } else {
+        None
+    };
+    let use_scan = scan::available() && !req.force_fallback;
+
+    let range = match req.range {
+        Some((s, e)) => {
+            let start = s & !(ps - 1);
+            let end = e
+                .checked_next_multiple_of(ps)
+                .ok_or_else(|| Error::usage(format!("--range end {e:#x} is past the last page")))?;
+            Some((start, end))
+        }
+        None => None,
+    };
+    let spans: Vec<(SmapsEntry, u64, u64)> = all
+        .into_iter()
+        .filter_map(|v| match range {
+            Some((s, e)) => {
+                let (a, b) = (v.start.max(s), v.end.min(e));
+                (a < b).then_some((v, a, b))
+            }
+            None => {
+                let (a, b) = (v.start, v.end);
+                Some((v, a, b))
+            }
+        })
+        .collect();
+    let total_pages = match range {
+        Some((s, e)) => (e - s) / ps,
+        None => spans.iter().map(|(_, a, b)| (b - a) / ps).sum(),
+    };
+    if req.per_page && total_pages > MAX_PER_PAGE_ROWS {
+        return Err(Error::usage(format!(
+            "--per-page over {total_pages} pages is too many (limit {MAX_PER_PAGE_ROWS}); narrow --range"
+        )));
+    }
+
+    let mut acc = Collector {
+        pm: &pm,
+        kpage: kpage.as_ref(),
+        privilege,
+        use_scan,
+        rows: req.per_page.then(Vec::new),
+        mapcounts: BTreeMap::new(),
+        flags: HashMap::new(),
+        huge: HugeDetector::default(),
+        raw: Vec::new(),
+        pfns: Vec::new(),
+        origin: range.map(|(s, _)| s),
+    };
+    let mut total = PageCounts {
+        huge: Some(0),
+        pfn_visible: privilege.pfn_visible,
+        ..PageCounts::default()
+    };
+    let mut vmas = Vec::with_capacity(spans.len());
+    let mut covered = 0u64;
+    for (v, a, b) in spans {
+        covered += (b - a) / ps;
+        let (counts, error) = match acc.span(a, b) {
+            Ok(c) => (Some(c), None),
+            Err(e) if vmas_unreadable(&v, &e) => (None, Some(e.to_string())),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading /proc/{pid}/pagemap over {a:#x}-{b:#x}"),
+                    e,
+                ));
+            }
+        };
+        if let Some(c) = &counts {
+            total.add(c);
+        }
+        vmas.push(VmaReport {
+            smaps: v,
+            examined_start: a,
+            examined_end: b,
+            counts,
+            error,
+        });
+    }
+    if let Some((s, e)) = range {
+        let unmapped = (e - s) / ps - covered;
+        total.pages += unmapped;
+        total.unmapped += unmapped;
+    }
+    if let (Some(rows), Some((s, e))) = (&mut acc.rows, range) {
+        fill_unmapped_rows(rows, s, e, ps);
+    }
+
+    let mut notes = Vec::new();
+    if !privilege.pfn_visible {
+        notes.push(
+            "PFNs are hidden (no CAP_SYS_ADMIN): pfn, mapcount and flags are null and PFN \
+             equality proves nothing; rely on the exclusive bit and smaps."
+                .to_string(),
+        );
+    } else if kpage.is_none() {
+        notes.push("kpagecount/kpageflags unreadable: no mapcount or flags.".to_string());
+    }
+    if total.huge.is_none() {
+        notes
+            .push("huge is unknown: no PAGEMAP_SCAN (or --no-scan) and no kpageflags.".to_string());
+    }
+    let have_kpage = kpage.is_some();
+    let flags_hist = have_kpage.then(|| {
+        let mut h = BTreeMap::new();
+        for (f, n) in &acc.flags {
+            *h.entry(KpageFlags(*f).key()).or_insert(0) += n;
+        }
+        h
+    });
+    let map_hist = have_kpage.then(|| {
+        acc.mapcounts
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect::<BTreeMap<_, _>>()
+    });
+    let body = PagesBody {
+        pid,
+        range,
+        pfn_visible: privilege.pfn_visible,
+        kpage_readable: privilege.kpage_readable,
+        huge_method: if use_scan {
+            ScanMethod::PagemapScan
+        } else {
+            ScanMethod::PagemapRead
+        },
+        vmas,
+        counts: total,
+        mapcount_histogram: map_hist,
+        kpageflags_histogram: flags_hist,
+        per_page: acc.rows.take(),
+        notes,
+    };
+    Ok(Envelope::new(crate::system::detect(), body))
+}
+
+/// `[vsyscall]` and similar special VMAs have no readable pagemap: report, do not fail.
+fn vmas_unreadable(v: &SmapsEntry, e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::UnexpectedEof || v.pathname == "[vsyscall]"
+}
+
+/// Turn "cannot open /proc/<pid>/..." into one sentence a user can act on.
+fn explain_open(pid: i32, what: &str, e: Error) -> Error {
+    match &e {
+        Error::Io { source, .. } => match source.kind() {
+            io::ErrorKind::NotFound => Error::usage(format!("no process with pid {pid}")),
+            io::ErrorKind::PermissionDenied => Error::usage(format!(
+                "cannot read /proc/{pid}/{what}: permission denied (inspecting another user's \
+                 process needs root or ptrace rights over it)"
+            )),
+            _ => e,
+        },
+        _ => e,
+    }
+}
+
+/// Rows for pages of the range inside no VMA, then everything sorted by address.
+fn fill_unmapped_rows(rows: &mut Vec<PageRow>, s: u64, e: u64, ps: u64) {
+    let n = ((e - s) / ps) as usize;
+    if rows.len() == n {
+        return;
+    }
+    let mut have = vec![false; n];
+    for r in rows.iter() {
+        have[r.index as usize] = true;
+    }
+    for (i, h) in have.iter().enumerate() {
+        if !h {
+            rows.push(PageRow {
+                index: i as u64,
+                address: s + i as u64 * ps,
+                present: false,
+                swapped: false,
+                exclusive: false,
+                file_or_shared: false,
+                guard: false,
+                pfn: None,
+                mapcount: None,
+                flags: None,
+            });
+        }
+    }
+    rows.sort_unstable_by_key(|r| r.index);
+}
+
+/// Accumulates counts, histograms and rows over spans, reusing its buffers.
+struct Collector<'a> {
+    pm: &'a Pagemap,
+    kpage: Option<&'a Kpage>,
+    privilege: Privilege,
+    use_scan: bool,
+    rows: Option<Vec<PageRow>>,
+    mapcounts: BTreeMap<u64, u64>,
+    flags: HashMap<u64, u64>,
+    huge: HugeDetector,
+    raw: Vec<u64>,
+    pfns: Vec<u64>,
+    /// Row indexes count from here (the range start), or from each VMA's start.
+    origin: Option<u64>,
+}
+
+impl Collector<'_> {
+    fn span(&mut self, a: u64, b: u64) -> io::Result<PageCounts> {
+        let ps = crate::system::page_size() as u64;
+        let mut c = PageCounts {
+            pages: (b - a) / ps,
+            pfn_visible: self.privilege.pfn_visible,
+            ..PageCounts::default()
+        };
+        // `huge` from PAGEMAP_SCAN regions (cheap: THP-sized runs merge), else kpageflags.
+        let scan_huge = if self.use_scan {
+            Some(scan::scan(self.pm, a, b, false)?)
+        } else {
+            None
+        };
+        c.huge = match (&scan_huge, self.kpage) {
+            (Some(s), _) => s.counts().huge,
+            (None, Some(_)) => Some(0),
+            (None, None) => None,
+        };
+        let origin = self.origin.unwrap_or(a);
+        if self.raw.len() < CHUNK {
+            self.raw.resize(CHUNK, 0);
+        }
+        let mut cur = a;
+        while cur < b {
+            let n = (((b - cur) / ps) as usize).min(CHUNK);
+            let mut raw = std::mem::take(&mut self.raw);
+            let res = self.chunk(cur, &mut raw[..n], &mut c, origin);
+            self.raw = raw;
+            res?;
+            cur += n as u64 * ps;
+        }
+        Ok(c)
+    }
+
+    fn chunk(
+        &mut self,
+        cur: u64,
+        raw: &mut [u64],
+        c: &mut PageCounts,
+        origin: u64,
+    ) -> io::Result<()> {
+        let ps = crate::system::page_size() as u64;
+        self.pm.read_into(cur, raw)?;
+        for &e in raw.iter() {
+            c.count(PagemapEntry(e));
+        }
+        let (counts, flags) = match self.kpage {
+            Some(k) => {
+                self.pfns.clear();
+                self.pfns.extend(
+                    raw.iter()
+                        .map(|&e| PagemapEntry(e))
+                        .filter(|e| e.present())
+                        .map(|e| e.pfn()),
+                );
+                (k.counts(&self.pfns)?, k.flags(&self.pfns)?)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        for (&m, f) in counts.iter().zip(&flags) {
+            *self.mapcounts.entry(m).or_insert(0) += 1;
+            *self.flags.entry(f.0).or_insert(0) += 1;
+        }
+        let need_huge = !self.use_scan && self.kpage.is_some();
+        if !need_huge && self.rows.is_none() {
+            return Ok(());
+        }
+        let mut j = 0; // index into counts/flags (present pages only)
+        for (i, &e) in raw.iter().enumerate() {
+            let e = PagemapEntry(e);
+            let addr = cur + i as u64 * ps;
+            let (m, f) = if e.present() && j < flags.len() {
+                j += 1;
+                (Some(counts[j - 1]), Some(flags[j - 1]))
+            } else {
+                (None, None)
+            };
+            if need_huge
+                && let (Some(k), Some(f)) = (self.kpage, f)
+                && self.huge.is_huge(self.pm, k, addr, f)?
+            {
+                c.huge = Some(c.huge.unwrap_or(0) + 1);
+            }
+            if let Some(rows) = &mut self.rows {
+                let visible = self.privilege.pfn_visible && e.present();
+                rows.push(PageRow {
+                    index: (addr - origin) / ps,
+                    address: addr,
+                    present: e.present(),
+                    swapped: e.swapped(),
+                    exclusive: e.exclusive(),
+                    file_or_shared: e.file_or_shared(),
+                    guard: e.guard(),
+                    pfn: visible.then(|| e.pfn()),
+                    mapcount: m,
+                    flags: f.map(|f| f.names().into_iter().map(str::to_owned).collect()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_range_accepts_hex_with_or_without_prefix() {
+        assert_eq!(parse_range("0x1000-0x3000").ok(), Some((0x1000, 0x3000)));
+        assert_eq!(parse_range("1000-3000").ok(), Some((0x1000, 0x3000)));
+        assert_eq!(
+            parse_range(" 7f00AB000-0X7f00ac000 ").ok(),
+            Some((0x7f00ab000, 0x7f00ac000))
+        );
+    }
+
+    #[test]
+    fn parse_range_rejects_bad_input_as_usage_errors() {
+        for bad in [
+            "",
+            "0x1000",
+            "-0x1000",
+            "0x1000-",
+            "0xzz-0x1000",
+            "0x2000-0x1000",
+            "0x1000-0x1000",
+            "0x-0x10",
+            "10000000000000000-10000000000000001",
+            "1000--2000",
+        ] {
+            match parse_range(bad) {
+                Err(Error::Usage(msg)) => assert!(msg.contains("--range"), "{bad}: {msg}"),
+                other => panic!("{bad:?} should be a usage error, got {other:?}"),
+            }
+        }
+    }
 }

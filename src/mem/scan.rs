@@ -324,7 +324,7 @@ fn fallback_scan(pm: &Pagemap, start: u64, end: u64) -> io::Result<Scan> {
     let mut regions = Vec::new();
     let mut raw = vec![0u64; CHUNK];
     let mut pfns: Vec<u64> = Vec::new();
-    let (mut thp_block, mut thp_block_mapped) = (None, false);
+    let mut huge = HugeDetector::default();
     let mut cur = start;
     while cur < end {
         let n = (((end - cur) / ps) as usize).min(CHUNK);
@@ -343,17 +343,8 @@ fn fallback_scan(pm: &Pagemap, start: u64, end: u64) -> io::Result<Scan> {
             let mut c = categories_of(e);
             if let (Some(f), Some(k), true) = (&flags, &kpage, e.present()) {
                 let f = f[i];
-                if f.huge() {
+                if huge.is_huge(pm, k, cur + i as u64 * ps, f)? {
                     c |= PAGE_IS_HUGE;
-                } else if f.thp() {
-                    let block = (cur + i as u64 * ps) & !(PMD_SIZE - 1);
-                    if thp_block != Some(block) {
-                        thp_block = Some(block);
-                        thp_block_mapped = pmd_sized_folio_at(pm, k, block)?;
-                    }
-                    if thp_block_mapped {
-                        c |= PAGE_IS_HUGE;
-                    }
                 }
                 if f.zero_page() {
                     c |= PAGE_IS_PFNZERO;
@@ -378,6 +369,43 @@ fn fallback_scan(pm: &Pagemap, start: u64, end: u64) -> io::Result<Scan> {
         known,
         regions,
     })
+}
+
+/// The fallback's answer to "is this page PMD-mapped huge?" from kpageflags, remembering the
+/// last 2 MiB block it examined so a THP costs one extra check per block, not per page.
+#[derive(Debug, Default)]
+pub struct HugeDetector {
+    block: Option<(u64, bool)>,
+}
+
+impl HugeDetector {
+    /// Whether the present page at `addr` with kpageflags `f` counts as `PAGE_IS_HUGE`.
+    ///
+    /// # Errors
+    /// Kernel read errors from pagemap or kpageflags.
+    pub fn is_huge(
+        &mut self,
+        pm: &Pagemap,
+        k: &Kpage,
+        addr: u64,
+        f: super::kpage::KpageFlags,
+    ) -> io::Result<bool> {
+        if f.huge() {
+            return Ok(true);
+        }
+        if !f.thp() {
+            return Ok(false);
+        }
+        let block = addr & !(PMD_SIZE - 1);
+        match self.block {
+            Some((b, v)) if b == block => Ok(v),
+            _ => {
+                let v = pmd_sized_folio_at(pm, k, block)?;
+                self.block = Some((block, v));
+                Ok(v)
+            }
+        }
+    }
 }
 
 /// PMD size on x86-64 and arm64 with 4 KiB pages.

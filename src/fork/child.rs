@@ -1,0 +1,290 @@
+//! ┌──────────────────────────────────────────────────────────────────────────────────────┐
+//! │ CHILD CODE. Everything in this file runs in a process created by `fork()` from a      │
+//! │ possibly multi-threaded parent (cargo test runs threads). Only async-signal-safe       │
+//! │ operations are allowed here: plain loads and stores, `read`, `write`, `close`,        │
+//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `_exit`. No allocation, no stdio, no     │
+//! │ locks, no panics (no indexing that can fail, no unwrap), no /proc parsing.            │
+//! └──────────────────────────────────────────────────────────────────────────────────────┘
+//!
+//! A child's behaviour is data: the parent builds a slice of [`ChildOp`] before forking, and the
+//! child walks it with [`run`]. The slice lives in memory the child inherited, so reading it
+//! allocates nothing. Messages to the parent are fixed-size (`MSG_LEN` bytes: a tag and a
+//! little-endian u64), so the child never formats anything.
+
+use std::os::fd::RawFd;
+
+/// Length of one message on a report pipe: 1 tag byte + 8 value bytes.
+pub const MSG_LEN: usize = 9;
+/// "I have done my work and am blocked waiting for release."
+pub const TAG_READY: u8 = b'R';
+/// "I forked a process; its pid is the value."
+pub const TAG_PID: u8 = b'P';
+/// Nanoseconds of a first store to a page the child did not own (a copy-on-write fault).
+pub const TAG_COW_NS: u8 = b'C';
+/// Nanoseconds of a second store to the same page, now owned (no fault).
+pub const TAG_OWNED_NS: u8 = b'O';
+
+/// Exit code of a child whose pipe to the parent failed.
+pub const EXIT_PIPE_FAILED: i32 = 120;
+/// Exit code of a child whose `fork()` of a grandchild failed.
+pub const EXIT_FORK_FAILED: i32 = 121;
+
+/// Side markers stamped into pages, so a content check names who wrote a page last.
+pub mod side {
+    /// The parent, before fork.
+    pub const PARENT_BEFORE: u8 = b'P';
+    /// The parent, after fork.
+    pub const PARENT_AFTER: u8 = b'Q';
+    /// A child.
+    pub const CHILD: u8 = b'C';
+    /// A grandchild.
+    pub const GRANDCHILD: u8 = b'G';
+}
+
+/// Offset of the side marker inside a stamped page (after the 8-byte page index).
+pub const STAMP_SIDE_OFFSET: usize = 8;
+
+/// One step of a child's program.
+#[derive(Debug, Clone, Copy)]
+pub enum ChildOp<'a> {
+    /// Close an inherited descriptor the child must not hold (so EOF semantics work).
+    Close(RawFd),
+    /// Ask the kernel to SIGKILL this process when the forking thread of its parent exits, so
+    /// an orphaned subject never lingers.
+    DieWithParent,
+    /// Store one byte (volatile). Used for single-byte writes and for deliberate faults.
+    WriteByte {
+        /// Address to store to.
+        addr: usize,
+        /// The byte.
+        byte: u8,
+    },
+    /// Stamp `pages` whole pages from `addr`: each page starts with its index (u64 LE), then
+    /// the side marker, and the rest of the page is filled with the marker.
+    Stamp {
+        /// Address of the first page (page aligned).
+        addr: usize,
+        /// Index of the first page within the arena.
+        first_index: usize,
+        /// How many pages.
+        pages: usize,
+        /// Page size in bytes.
+        page_size: usize,
+        /// Side marker, see [`side`].
+        side: u8,
+    },
+    /// Load one byte from each page (volatile), e.g. to fault in the zero page.
+    ReadPages {
+        /// Address of the first page.
+        addr: usize,
+        /// How many pages.
+        pages: usize,
+        /// Page size in bytes.
+        page_size: usize,
+    },
+    /// For each page: time a first store (a COW fault when the page is shared) and a second
+    /// store to the same page (owned by then), and send both as [`TAG_COW_NS`] and
+    /// [`TAG_OWNED_NS`] messages.
+    TimeWrites {
+        /// Address of the first page.
+        addr: usize,
+        /// How many pages.
+        pages: usize,
+        /// Page size in bytes.
+        page_size: usize,
+        /// Report pipe.
+        fd: RawFd,
+    },
+    /// Send one message.
+    Send {
+        /// Report pipe.
+        fd: RawFd,
+        /// Message tag.
+        tag: u8,
+        /// Message value.
+        value: u64,
+    },
+    /// Block until one byte arrives (the parent's release) or EOF.
+    Wait(RawFd),
+    /// Fork a grandchild that runs `ops`, and send its pid with [`TAG_PID`] on `fd`.
+    Fork {
+        /// The grandchild's program.
+        ops: &'a [ChildOp<'a>],
+        /// Where to report the grandchild's pid.
+        fd: RawFd,
+    },
+    /// Reap every child of this process (waitpid until ECHILD).
+    ReapAll,
+    /// `_exit` with this code.
+    Exit(i32),
+}
+
+/// Run a child's program, then `_exit(0)` (or the code of an [`ChildOp::Exit`]).
+///
+/// # Safety
+/// Call only in the child, straight after `fork()`. Every address in `ops` must be mapped
+/// for the access it names, except where the fault is the point of the scenario (then the
+/// child dies of the signal, which the parent observes). Descriptors must be the child's own.
+pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
+    for op in ops {
+        match *op {
+            ChildOp::Close(fd) => {
+                // SAFETY: close(2) is async-signal-safe; a bad fd only yields EBADF.
+                unsafe { libc::close(fd) };
+            }
+            ChildOp::DieWithParent => {
+                // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory.
+                unsafe {
+                    libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGKILL as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    )
+                };
+            }
+            ChildOp::WriteByte { addr, byte } => {
+                // SAFETY: the caller guarantees addr is mapped writable, or that the fault is
+                // the intended outcome (the child then dies of the signal).
+                unsafe { std::ptr::write_volatile(addr as *mut u8, byte) };
+            }
+            ChildOp::Stamp {
+                addr,
+                first_index,
+                pages,
+                page_size,
+                side,
+            } => {
+                for i in 0..pages {
+                    // SAFETY: the caller guarantees [addr, addr + pages*page_size) is mapped
+                    // writable; `stamp_page` stays within one page.
+                    unsafe { stamp_page(addr + i * page_size, first_index + i, page_size, side) };
+                }
+            }
+            ChildOp::ReadPages {
+                addr,
+                pages,
+                page_size,
+            } => {
+                for i in 0..pages {
+                    // SAFETY: the caller guarantees the pages are mapped readable.
+                    unsafe { std::ptr::read_volatile((addr + i * page_size) as *const u8) };
+                }
+            }
+            ChildOp::TimeWrites {
+                addr,
+                pages,
+                page_size,
+                fd,
+            } => {
+                for i in 0..pages {
+                    let p = (addr + i * page_size) as *mut u8;
+                    let t0 = now_ns();
+                    // SAFETY: mapped writable (caller's guarantee); offsets 16 and 24 are
+                    // within the page.
+                    unsafe { std::ptr::write_volatile(p.add(16), 0xA5) };
+                    let t1 = now_ns();
+                    // SAFETY: as above.
+                    unsafe { std::ptr::write_volatile(p.add(24), 0x5A) };
+                    let t2 = now_ns();
+                    send(fd, TAG_COW_NS, t1.saturating_sub(t0));
+                    send(fd, TAG_OWNED_NS, t2.saturating_sub(t1));
+                }
+            }
+            ChildOp::Send { fd, tag, value } => send(fd, tag, value),
+            ChildOp::Wait(fd) => {
+                let mut b = 0u8;
+                loop {
+                    // SAFETY: reads at most 1 byte into a local.
+                    let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+                    if n >= 0 || errno() != libc::EINTR {
+                        break;
+                    }
+                }
+            }
+            ChildOp::Fork { ops, fd } => {
+                // SAFETY: we are single-threaded here (a fork child has one thread), and the
+                // grandchild only runs this same async-signal-safe interpreter.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // SAFETY: in the grandchild, straight after fork; `ops` obey the caller's
+                    // contract for `run`.
+                    unsafe { run(ops) };
+                }
+                if pid < 0 {
+                    exit(EXIT_FORK_FAILED);
+                }
+                send(fd, TAG_PID, pid as u64);
+            }
+            ChildOp::ReapAll => loop {
+                let mut status = 0;
+                // SAFETY: waitpid writes only to the local `status`.
+                let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+                if r < 0 && errno() != libc::EINTR {
+                    break;
+                }
+            },
+            ChildOp::Exit(code) => exit(code),
+        }
+    }
+    exit(0)
+}
+
+/// Fill one page: index (u64 LE), side marker, then the marker repeated.
+///
+/// # Safety
+/// `addr .. addr + page_size` must be mapped writable and `page_size >= 9`.
+#[inline]
+pub unsafe fn stamp_page(addr: usize, index: usize, page_size: usize, side: u8) {
+    let p = addr as *mut u8;
+    let idx = (index as u64).to_le_bytes();
+    for (k, b) in idx.iter().enumerate() {
+        // SAFETY: k < 8 < page_size, inside the page (caller's guarantee).
+        unsafe { std::ptr::write_volatile(p.add(k), *b) };
+    }
+    for k in STAMP_SIDE_OFFSET..page_size {
+        // SAFETY: k < page_size, inside the page.
+        unsafe { std::ptr::write_volatile(p.add(k), side) };
+    }
+}
+
+fn send(fd: RawFd, tag: u8, value: u64) {
+    let v = value.to_le_bytes();
+    let msg = [tag, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]];
+    loop {
+        // SAFETY: writes MSG_LEN bytes from a local array; MSG_LEN <= PIPE_BUF, so the write
+        // is atomic and never partial on a pipe.
+        let n = unsafe { libc::write(fd, msg.as_ptr().cast(), MSG_LEN) };
+        if n == MSG_LEN as isize {
+            return;
+        }
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        exit(EXIT_PIPE_FAILED);
+    }
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime is async-signal-safe and writes only to the local `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
+}
+
+fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and skips atexit handlers and stdio flushing, which
+    // must not run in a fork child.
+    unsafe { libc::_exit(code) }
+}

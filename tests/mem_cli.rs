@@ -1,0 +1,259 @@
+//! `cowscope pages` end to end: exit codes, messages, and what the JSON may claim.
+
+mod mem_support;
+
+use std::process::{Child, Command, Stdio};
+
+use assert_cmd::cargo::cargo_bin;
+use mem_support::{Mapping, is_root, page_size};
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn cowscope() -> assert_cmd::Command {
+    assert_cmd::Command::new(cargo_bin("cowscope"))
+}
+
+fn own_pid() -> String {
+    std::process::id().to_string()
+}
+
+fn pages_json(args: &[&str]) -> Value {
+    let out = cowscope().arg("pages").args(args).assert().success();
+    serde_json::from_slice(&out.get_output().stdout).expect("pages prints JSON")
+}
+
+#[test]
+fn a_pid_that_does_not_exist_is_exit_2_with_a_clear_message() {
+    cowscope()
+        .args(["pages", "--pid", "2147483646"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no process with pid 2147483646"));
+}
+
+#[test]
+fn a_pid_that_is_not_a_positive_number_is_exit_2() {
+    for bad in ["abc", "-5", "0"] {
+        cowscope()
+            .args(["pages", "--pid", bad])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("--pid"));
+    }
+}
+
+#[test]
+fn a_reversed_or_malformed_range_is_exit_2() {
+    let pid = own_pid();
+    for (bad, says) in [
+        ("0x2000-0x1000", "reversed"),
+        ("0x1000", "START-END"),
+        ("0xzz-0x1000", "not a hexadecimal address"),
+    ] {
+        cowscope()
+            .args(["pages", "--pid", &pid, "--range", bad])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(says));
+    }
+}
+
+#[test]
+fn populated_range_counts_every_page_present_and_exclusive_on_both_paths() {
+    let m = Mapping::anon(64, libc::MAP_PRIVATE);
+    m.touch_all();
+    let range = format!("{:x}-{:x}", m.start(), m.end());
+    let pid = own_pid();
+    for extra in [None, Some("--no-scan")] {
+        let mut args = vec!["--pid", &pid, "--range", &range, "--per-page"];
+        args.extend(extra);
+        let d = pages_json(&args);
+        let c = &d["counts"];
+        assert_eq!(c["pages"], 64, "{extra:?}");
+        assert_eq!(c["present"], 64, "{extra:?}");
+        assert_eq!(c["exclusive"], 64, "{extra:?}");
+        assert_eq!(c["file_or_shared"], 0, "{extra:?}");
+        assert_eq!(c["unmapped"], 0, "{extra:?}");
+        let rows = d["per_page"].as_array().expect("rows");
+        assert_eq!(rows.len(), 64);
+        assert_eq!(rows[5]["address"], m.start() + 5 * page_size() as u64);
+        assert_eq!(d["vmas"].as_array().map(Vec::len), Some(1));
+        if is_root() {
+            assert_eq!(d["pfn_visible"], true);
+            assert_eq!(d["mapcount_histogram"]["1"], 64, "each page mapped once");
+            assert!(rows.iter().all(|r| r["mapcount"] == 1 && r["pfn"].is_u64()));
+        }
+    }
+}
+
+#[test]
+fn a_range_over_a_hole_counts_unmapped_pages() {
+    let m = Mapping::anon(32, libc::MAP_PRIVATE);
+    m.touch_all();
+    let ps = page_size();
+    // SAFETY: the last 16 pages of our own mapping; nothing refers to them.
+    assert_eq!(
+        unsafe { libc::munmap(m.ptr.add(16 * ps).cast(), 16 * ps) },
+        0
+    );
+    let range = format!("0x{:x}-0x{:x}", m.start(), m.end());
+    let d = pages_json(&["--pid", &own_pid(), "--range", &range, "--per-page"]);
+    assert_eq!(d["counts"]["pages"], 32);
+    assert_eq!(d["counts"]["unmapped"], 16);
+    assert_eq!(d["counts"]["present"], 16);
+    assert_eq!(d["per_page"].as_array().map(Vec::len), Some(32));
+}
+
+/// A process owned by nobody: `setpriv ... sleep`, which execs, so its pid is the child's.
+struct NobodySleep(Child);
+
+impl NobodySleep {
+    fn spawn() -> Option<NobodySleep> {
+        let child = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sleep",
+                "30",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .ok()?;
+        // Wait until the exec happened (the process is then owned by nobody).
+        for _ in 0..200 {
+            let st = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+            if st
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.contains("65534"))
+                && std::fs::read_to_string(format!("/proc/{}/comm", child.id()))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            {
+                return Some(NobodySleep(child));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for NobodySleep {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(cargo_bin("cowscope"))
+        .args(args)
+        .output()
+        .expect("run setpriv")
+}
+
+#[test]
+fn non_root_sees_no_pfns_and_never_presents_one() {
+    if !is_root() {
+        eprintln!("SKIP: need root to switch to uid 65534 with setpriv");
+        return;
+    }
+    let Some(sleeper) = NobodySleep::spawn() else {
+        eprintln!("SKIP: could not start `setpriv ... sleep` as nobody");
+        return;
+    };
+    let pid = sleeper.0.id().to_string();
+    // A range of the sleeper with present pages: its first VMA (the binary's first page).
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let range = maps.split_whitespace().next().expect("a VMA").to_string();
+    for args in [
+        vec!["pages", "--pid", &pid],
+        vec!["pages", "--pid", &pid, "--range", &range, "--per-page"],
+        vec![
+            "pages",
+            "--pid",
+            &pid,
+            "--range",
+            &range,
+            "--per-page",
+            "--no-scan",
+        ],
+    ] {
+        let out = as_nobody(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let d: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(d["system"]["euid"], 65534);
+        assert_eq!(d["pfn_visible"], false, "{args:?}");
+        assert_eq!(d["system"]["pfn_visible"], false);
+        assert_eq!(d["counts"]["pfn_visible"], false);
+        assert!(d["mapcount_histogram"].is_null() && d["kpageflags_histogram"].is_null());
+        assert!(
+            d["notes"].as_array().is_some_and(|n| n
+                .iter()
+                .any(|s| s.as_str().is_some_and(|s| s.contains("PFNs are hidden")))),
+            "a note must say PFNs are hidden"
+        );
+        if let Some(rows) = d["per_page"].as_array() {
+            assert!(
+                rows.iter().any(|r| r["present"] == true),
+                "binary page resident"
+            );
+            assert!(
+                rows.iter()
+                    .all(|r| r["pfn"].is_null() && r["mapcount"].is_null() && r["flags"].is_null())
+            );
+        }
+    }
+}
+
+#[test]
+fn non_root_inspecting_a_root_process_is_exit_2_permission_denied() {
+    if !is_root() {
+        eprintln!("SKIP: need root to switch to uid 65534 with setpriv");
+        return;
+    }
+    let out = as_nobody(&["pages", "--pid", &own_pid()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+}
+
+#[test]
+fn a_thp_range_counts_512_huge_pages_on_both_paths() {
+    let mode = cowscope::system::thp_enabled();
+    if mode == "never" || mode == "unavailable" {
+        eprintln!("SKIP: THP is {mode}");
+        return;
+    }
+    let huge = 2usize << 20;
+    let m = Mapping::anon(2 * huge / page_size(), libc::MAP_PRIVATE);
+    let aligned = (m.start() + huge as u64 - 1) & !(huge as u64 - 1);
+    // SAFETY: the aligned 2 MiB window lies inside our 4 MiB mapping.
+    assert_eq!(
+        unsafe { libc::madvise(aligned as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) },
+        0
+    );
+    for off in (0..huge).step_by(page_size()) {
+        // SAFETY: inside the aligned window.
+        unsafe { std::ptr::write_volatile((aligned as *mut u8).add(off), 9) };
+    }
+    let range = format!("{:x}-{:x}", aligned, aligned + huge as u64);
+    let pid = own_pid();
+    let d = pages_json(&["--pid", &pid, "--range", &range]);
+    if d["vmas"][0]["smaps"]["anon_huge_pages_kb"] != 2048 {
+        eprintln!("SKIP: no THP formed");
+        return;
+    }
+    assert_eq!(d["counts"]["huge"], 512, "PAGEMAP_SCAN path");
+    if is_root() {
+        let d = pages_json(&["--pid", &pid, "--range", &range, "--no-scan"]);
+        assert_eq!(d["counts"]["huge"], 512, "kpageflags fallback");
+        assert_eq!(d["huge_method"], "pagemap_read");
+    }
+}
