@@ -5,7 +5,7 @@ mod mem_support;
 use std::process::{Child, Command, Stdio};
 
 use assert_cmd::cargo::cargo_bin;
-use mem_support::{Mapping, is_root, page_size};
+use mem_support::{BlockedChild, Mapping, is_root, page_size};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -96,12 +96,26 @@ fn a_range_over_a_hole_counts_unmapped_pages() {
         unsafe { libc::munmap(m.ptr.add(16 * ps).cast(), 16 * ps) },
         0
     );
+    // Inspect a blocked fork child: its address space is frozen, while ours may map new
+    // things (e.g. a posix_spawn stack) into the hole.
+    let child = BlockedChild::fork();
     let range = format!("0x{:x}-0x{:x}", m.start(), m.end());
-    let d = pages_json(&["--pid", &own_pid(), "--range", &range, "--per-page"]);
+    let d = pages_json(&[
+        "--pid",
+        &child.pid.to_string(),
+        "--range",
+        &range,
+        "--per-page",
+    ]);
     assert_eq!(d["counts"]["pages"], 32);
     assert_eq!(d["counts"]["unmapped"], 16);
     assert_eq!(d["counts"]["present"], 16);
+    assert_eq!(
+        d["counts"]["exclusive"], 0,
+        "shared with the parent after fork"
+    );
     assert_eq!(d["per_page"].as_array().map(Vec::len), Some(32));
+    drop(child);
 }
 
 /// A process owned by nobody: `setpriv ... sleep`, which execs, so its pid is the child's.

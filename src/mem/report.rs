@@ -23,8 +23,10 @@ use crate::report::Envelope;
 
 /// Most rows `--per-page` will emit.
 pub const MAX_PER_PAGE_ROWS: u64 = 1 << 20;
-/// Pagemap entries read per `pread`.
-const CHUNK: usize = 1 << 16;
+/// Pagemap entries per batch (2 MiB of entries, 1 GiB of address space): one `pread` of
+/// pagemap, and one sorted pass over the batch's frames in the kpage files. Bigger batches
+/// find longer PFN runs, so fewer kpage `pread`s.
+const CHUNK: usize = 1 << 18;
 
 /// What `cowscope pages` was asked.
 #[derive(Debug, Clone)]
@@ -206,6 +208,11 @@ pub fn parse_range(s: &str) -> Result<(u64, u64)> {
 
 /// Collect the evidence.
 ///
+/// Geometry comes from `/proc/<pid>/maps` (no page walk). smaps (a page walk of its own) and,
+/// where smaps shows PMD-mapped memory, PAGEMAP_SCAN for `huge` run on a second thread while
+/// this one reads pagemap and the kpage files. The two walks are not one atomic snapshot of
+/// the process; neither are any two reads of /proc.
+///
 /// # Errors
 /// Usage errors for a bad pid, an unreadable process, or too many `--per-page` rows; I/O
 /// errors if the process changes under us in a way the kernel reports.
@@ -217,7 +224,7 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
         )));
     }
     let ps = crate::system::page_size() as u64;
-    let all = smaps::all_vmas(pid).map_err(|e| explain_open(pid, "smaps", e))?;
+    let geometry = smaps::vma_bounds(pid).map_err(|e| explain_open(pid, "maps", e))?;
     let pm = Pagemap::open(pid).map_err(|e| {
         explain_open(
             pid,
@@ -243,7 +250,7 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
         }
         None => None,
     };
-    let spans: Vec<(SmapsEntry, u64, u64)> = all
+    let spans: Vec<(SmapsEntry, u64, u64)> = geometry
         .into_iter()
         .filter_map(|v| match range {
             Some((s, e)) => {
@@ -270,7 +277,7 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
         pm: &pm,
         kpage: kpage.as_ref(),
         privilege,
-        use_scan,
+        huge_from_kpage: !use_scan && kpage.is_some(),
         rows: req.per_page.then(Vec::new),
         mapcounts: BTreeMap::new(),
         flags: HashMap::new(),
@@ -279,6 +286,34 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
         pfns: Vec::new(),
         origin: range.map(|(s, _)| s),
     };
+    // Second thread: smaps, then PAGEMAP_SCAN only where smaps shows PMD-mapped memory.
+    let (pagemap_results, smaps_result) = std::thread::scope(|s| {
+        let spans = &spans;
+        let pm = &pm;
+        let side = s.spawn(move || -> Result<(Vec<SmapsEntry>, Vec<Option<u64>>)> {
+            let all = smaps::all_vmas(pid).map_err(|e| explain_open(pid, "smaps", e))?;
+            let mut huge = Vec::with_capacity(spans.len());
+            for (g, a, b) in spans {
+                let entry = all.iter().find(|v| v.contains(g.start));
+                huge.push(match entry {
+                    _ if !use_scan => None,
+                    Some(v) if !smaps::has_pmd_mapped_memory(v) => Some(0),
+                    _ => scan::scan(pm, *a, *b, false)
+                        .ok()
+                        .and_then(|sc| sc.counts().huge),
+                });
+            }
+            Ok((all, huge))
+        });
+        let mine: Vec<io::Result<PageCounts>> =
+            spans.iter().map(|(_, a, b)| acc.span(*a, *b)).collect();
+        let side = side
+            .join()
+            .unwrap_or_else(|_| Err(Error::usage("the smaps reader panicked")));
+        (mine, side)
+    });
+    let (all_smaps, scan_huge) = smaps_result?;
+
     let mut total = PageCounts {
         huge: Some(0),
         pfn_visible: privilege.pfn_visible,
@@ -286,11 +321,22 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
     };
     let mut vmas = Vec::with_capacity(spans.len());
     let mut covered = 0u64;
-    for (v, a, b) in spans {
+    let mut changed = false;
+    for (((g, a, b), res), huge) in spans.into_iter().zip(pagemap_results).zip(scan_huge) {
         covered += (b - a) / ps;
-        let (counts, error) = match acc.span(a, b) {
-            Ok(c) => (Some(c), None),
-            Err(e) if vmas_unreadable(&v, &e) => (None, Some(e.to_string())),
+        let smaps_entry = all_smaps
+            .iter()
+            .find(|v| v.start == g.start && v.end == g.end)
+            .cloned();
+        changed |= smaps_entry.is_none();
+        let (counts, error) = match res {
+            Ok(mut c) => {
+                if use_scan {
+                    c.huge = huge;
+                }
+                (Some(c), None)
+            }
+            Err(e) if vmas_unreadable(&g, &e) => (None, Some(e.to_string())),
             Err(e) => {
                 return Err(Error::io(
                     format!("reading /proc/{pid}/pagemap over {a:#x}-{b:#x}"),
@@ -302,7 +348,7 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
             total.add(c);
         }
         vmas.push(VmaReport {
-            smaps: v,
+            smaps: smaps_entry.unwrap_or(g),
             examined_start: a,
             examined_end: b,
             counts,
@@ -331,6 +377,13 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
     if total.huge.is_none() {
         notes
             .push("huge is unknown: no PAGEMAP_SCAN (or --no-scan) and no kpageflags.".to_string());
+    }
+    if changed {
+        notes.push(
+            "the process's VMAs changed while it was read: a VMA without smaps figures has \
+             only its /proc/<pid>/maps fields."
+                .to_string(),
+        );
     }
     let have_kpage = kpage.is_some();
     let flags_hist = have_kpage.then(|| {
@@ -420,7 +473,8 @@ struct Collector<'a> {
     pm: &'a Pagemap,
     kpage: Option<&'a Kpage>,
     privilege: Privilege,
-    use_scan: bool,
+    /// Count `huge` here from kpageflags (the `--no-scan` path as root).
+    huge_from_kpage: bool,
     rows: Option<Vec<PageRow>>,
     mapcounts: BTreeMap<u64, u64>,
     flags: HashMap<u64, u64>,
@@ -439,17 +493,8 @@ impl Collector<'_> {
             pfn_visible: self.privilege.pfn_visible,
             ..PageCounts::default()
         };
-        // `huge` from PAGEMAP_SCAN regions (cheap: THP-sized runs merge), else kpageflags.
-        let scan_huge = if self.use_scan {
-            Some(scan::scan(self.pm, a, b, false)?)
-        } else {
-            None
-        };
-        c.huge = match (&scan_huge, self.kpage) {
-            (Some(s), _) => s.counts().huge,
-            (None, Some(_)) => Some(0),
-            (None, None) => None,
-        };
+        // `huge`: counted here from kpageflags, or filled in by the smaps thread.
+        c.huge = self.huge_from_kpage.then_some(0);
         let origin = self.origin.unwrap_or(a);
         if self.raw.len() < CHUNK {
             self.raw.resize(CHUNK, 0);
@@ -487,7 +532,7 @@ impl Collector<'_> {
                         .filter(|e| e.present())
                         .map(|e| e.pfn()),
                 );
-                (k.counts(&self.pfns)?, k.flags(&self.pfns)?)
+                k.counts_and_flags(&self.pfns)?
             }
             None => (Vec::new(), Vec::new()),
         };
@@ -495,7 +540,7 @@ impl Collector<'_> {
             *self.mapcounts.entry(m).or_insert(0) += 1;
             *self.flags.entry(f.0).or_insert(0) += 1;
         }
-        let need_huge = !self.use_scan && self.kpage.is_some();
+        let need_huge = self.huge_from_kpage;
         if !need_huge && self.rows.is_none() {
             return Ok(());
         }

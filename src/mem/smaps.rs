@@ -197,6 +197,30 @@ fn read_smaps(pid: i32) -> Result<String> {
     std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))
 }
 
+/// The VMAs of `pid` from `/proc/<pid>/maps`: bounds, perms, offset, dev, inode and path
+/// only (every kB field 0, no VmFlags). `maps` lines are exactly smaps header lines, so the
+/// same parser reads them; unlike smaps, reading maps walks no page tables (microseconds).
+///
+/// # Errors
+/// [`Error::Io`] naming `/proc/<pid>/maps`.
+pub fn vma_bounds(pid: i32) -> Result<Vec<SmapsEntry>> {
+    let path = format!("/proc/{pid}/maps");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+    Ok(parse(&text))
+}
+
+/// Whether smaps shows any PMD-mapped or hugetlb memory in this VMA (the only memory
+/// PAGEMAP_SCAN calls `PAGE_IS_HUGE`).
+pub fn has_pmd_mapped_memory(v: &SmapsEntry) -> bool {
+    v.anon_huge_pages_kb
+        + v.shmem_pmd_mapped_kb
+        + v.file_pmd_mapped_kb
+        + v.shared_hugetlb_kb
+        + v.private_hugetlb_kb
+        > 0
+}
+
 /// Every VMA of `pid`.
 ///
 /// # Errors
