@@ -473,3 +473,42 @@ fn schema_rejects_an_unknown_document() {
     let out = cowscope().args(["schema", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_fault_in_a_subject_reports_its_address_and_signal() {
+    use cowscope::fork::child::{ChildOp, TAG_FAULT_ADDR, TAG_FAULT_SIGNAL};
+    use cowscope::fork::subject::{SubjectPipes, spawn};
+    let arena = cowscope::arena::Arena::new(cowscope::arena::ArenaConfig::new(4096)).unwrap();
+    let past_end = arena.base_addr() + arena.capacity();
+    let pipes = SubjectPipes::new().unwrap();
+    let mut ops = pipes.prologue().to_vec();
+    ops.push(ChildOp::ReportFaults {
+        fd: pipes.child_report_fd(),
+    });
+    ops.push(ChildOp::WriteByte {
+        addr: past_end,
+        byte: 1,
+    });
+    ops.extend(pipes.epilogue());
+    let (mut subj, _) = spawn(pipes, &ops).unwrap();
+    let (msgs, exit) = subj.collect_until_exit(std::time::Instant::now() + Duration::from_secs(10));
+    assert_eq!(
+        exit.signal.as_deref(),
+        Some("SIGSEGV"),
+        "the guard page faults"
+    );
+    let addr = msgs
+        .iter()
+        .find(|m| m.tag == TAG_FAULT_ADDR)
+        .map(|m| m.value as usize);
+    assert_eq!(
+        addr,
+        Some(past_end),
+        "si_addr is the first byte past the arena"
+    );
+    let sig = msgs
+        .iter()
+        .find(|m| m.tag == TAG_FAULT_SIGNAL)
+        .map(|m| m.value as i32);
+    assert_eq!(sig, Some(libc::SIGSEGV));
+}

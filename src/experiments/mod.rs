@@ -1,4 +1,9 @@
 //! The seed's open questions as experiments, each with a verdict and evidence.
+//!
+//! Every experiment is one file in this folder exporting
+//! `pub fn run(opts: &ExperimentOptions) -> crate::Result<Outcome>`, registered once in
+//! [`REGISTRY`]. An experiment measures, then states a verdict backed by evidence; a missing
+//! precondition is a skip with its reason, never a pass.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,37 +18,162 @@ pub struct ExperimentOptions {
     pub allow_sysfs: bool,
 }
 
-/// The body of an experiment document.
+/// The verdict of one experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExperimentVerdict {
+    /// One sentence saying what was shown (or why it was skipped).
+    pub sentence: String,
+    /// `true` the claim held, `false` it did not; absent when skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holds: Option<bool>,
+    /// Why the experiment was skipped (a missing precondition), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// What an experiment returns: its verdict and its evidence (addresses, signals, PFNs,
+/// bytes...) as free-form JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Outcome {
+    /// The verdict.
+    pub verdict: ExperimentVerdict,
+    /// The evidence behind it.
+    pub evidence: serde_json::Value,
+}
+
+impl Outcome {
+    /// A verdict that held or not, with evidence.
+    pub fn verdict(holds: bool, sentence: impl Into<String>, evidence: serde_json::Value) -> Self {
+        Outcome {
+            verdict: ExperimentVerdict {
+                sentence: sentence.into(),
+                holds: Some(holds),
+                skipped: None,
+            },
+            evidence,
+        }
+    }
+
+    /// A skip for a missing precondition.
+    pub fn skipped(reason: impl Into<String>, evidence: serde_json::Value) -> Self {
+        let reason = reason.into();
+        Outcome {
+            verdict: ExperimentVerdict {
+                sentence: format!("skipped: {reason}"),
+                holds: None,
+                skipped: Some(reason),
+            },
+            evidence,
+        }
+    }
+
+    /// Whether this outcome counts as holding (a skip does).
+    pub fn holds(&self) -> bool {
+        self.verdict.holds.unwrap_or(true)
+    }
+}
+
+/// One experiment's result in a document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExperimentResult {
+    /// Stable name.
+    pub name: String,
+    /// One line describing it.
+    pub description: String,
+    /// The verdict.
+    pub verdict: ExperimentVerdict,
+    /// The evidence.
+    pub evidence: serde_json::Value,
+}
+
+/// The body of an experiment document: one experiment's fields at the top level
+/// (`cowscope experiment NAME`), or `experiments: [...]` for `--all`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ExperimentBody {}
+#[serde(untagged)]
+pub enum ExperimentBody {
+    /// A single experiment.
+    One(ExperimentResult),
+    /// Every experiment.
+    All {
+        /// The results, in registry order.
+        experiments: Vec<ExperimentResult>,
+    },
+}
 
 impl ExperimentBody {
-    /// Whether the verdict held (a skip holds).
+    /// Whether every verdict held (a skip holds).
     pub fn holds(&self) -> bool {
-        false
+        match self {
+            ExperimentBody::One(r) => r.verdict.holds.unwrap_or(true),
+            ExperimentBody::All { experiments } => {
+                experiments.iter().all(|r| r.verdict.holds.unwrap_or(true))
+            }
+        }
     }
 }
 
 /// A whole experiment document.
 pub type ExperimentReport = Envelope<ExperimentBody>;
 
+/// An experiment's entry point.
+pub type RunFn = fn(&ExperimentOptions) -> Result<Outcome>;
+
+/// Every experiment: stable name, one-line description, entry point. Order is report order.
+pub const REGISTRY: &[(&str, &str, RunFn)] = &[];
+
 /// Every experiment name with a one-line description.
 pub fn list() -> Vec<(&'static str, &'static str)> {
-    Vec::new()
+    REGISTRY.iter().map(|(n, d, _)| (*n, *d)).collect()
+}
+
+fn run_entry(
+    name: &str,
+    description: &str,
+    f: RunFn,
+    opts: &ExperimentOptions,
+) -> Result<ExperimentResult> {
+    let o = f(opts)?;
+    Ok(ExperimentResult {
+        name: name.into(),
+        description: description.into(),
+        verdict: o.verdict,
+        evidence: o.evidence,
+    })
 }
 
 /// Run one experiment.
 ///
 /// # Errors
-/// Unknown name (usage).
-pub fn run(name: &str, _opts: &ExperimentOptions) -> Result<ExperimentReport> {
-    Err(Error::usage(format!("unknown experiment '{name}'")))
+/// Unknown name (usage), or a setup failure the experiment could not turn into a verdict.
+pub fn run(name: &str, opts: &ExperimentOptions) -> Result<ExperimentReport> {
+    let (n, d, f) = REGISTRY
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .ok_or_else(|| {
+            let names: Vec<_> = REGISTRY.iter().map(|(n, _, _)| *n).collect();
+            Error::usage(format!(
+                "unknown experiment '{name}'; expected one of: {}",
+                names.join(", ")
+            ))
+        })?;
+    let r = run_entry(n, d, *f, opts)?;
+    Ok(Envelope::new(
+        crate::system::detect(),
+        ExperimentBody::One(r),
+    ))
 }
 
 /// Run every experiment.
 ///
 /// # Errors
-/// Not built yet.
-pub fn run_all(_opts: &ExperimentOptions) -> Result<ExperimentReport> {
-    Err(Error::usage("experiments are not built yet"))
+/// A setup failure an experiment could not turn into a verdict.
+pub fn run_all(opts: &ExperimentOptions) -> Result<ExperimentReport> {
+    let mut experiments = Vec::new();
+    for (n, d, f) in REGISTRY {
+        experiments.push(run_entry(n, d, *f, opts)?);
+    }
+    Ok(Envelope::new(
+        crate::system::detect(),
+        ExperimentBody::All { experiments },
+    ))
 }

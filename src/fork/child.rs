@@ -24,6 +24,11 @@ pub const TAG_COW_NS: u8 = b'C';
 /// Nanoseconds of a second store to the same page, now owned (no fault).
 pub const TAG_OWNED_NS: u8 = b'O';
 
+/// The faulting address (`si_addr`) of a SIGSEGV/SIGBUS caught by [`ChildOp::ReportFaults`].
+pub const TAG_FAULT_ADDR: u8 = b'F';
+/// The signal number of that fault.
+pub const TAG_FAULT_SIGNAL: u8 = b'S';
+
 /// Exit code of a child whose pipe to the parent failed.
 pub const EXIT_PIPE_FAILED: i32 = 120;
 /// Exit code of a child whose `fork()` of a grandchild failed.
@@ -52,6 +57,15 @@ pub enum ChildOp<'a> {
     /// Ask the kernel to SIGKILL this process when the forking thread of its parent exits, so
     /// an orphaned subject never lingers.
     DieWithParent,
+    /// Install a one-shot SIGSEGV/SIGBUS handler that sends the signal number
+    /// ([`TAG_FAULT_SIGNAL`]) and the faulting address ([`TAG_FAULT_ADDR`]) on `fd`, then
+    /// lets the fault kill the process as usual (SA_RESETHAND: the faulting instruction
+    /// re-executes under the default action). The parent thus sees both `si_addr` and the
+    /// death by signal.
+    ReportFaults {
+        /// Report pipe.
+        fd: RawFd,
+    },
     /// Store one byte (volatile). Used for single-byte writes and for deliberate faults.
     WriteByte {
         /// Address to store to.
@@ -143,6 +157,19 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                         0,
                     )
                 };
+            }
+            ChildOp::ReportFaults { fd } => {
+                FAULT_FD.store(fd, std::sync::atomic::Ordering::Relaxed);
+                // SAFETY: sigaction with a zeroed struct plus handler and flags; the handler
+                // only calls async-signal-safe `write`.
+                unsafe {
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = fault_handler as *const () as usize;
+                    sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+                    libc::sigemptyset(&mut sa.sa_mask);
+                    libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut());
+                    libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+                }
             }
             ChildOp::WriteByte { addr, byte } => {
                 // SAFETY: the caller guarantees addr is mapped writable, or that the fault is
@@ -247,6 +274,18 @@ pub unsafe fn stamp_page(addr: usize, index: usize, page_size: usize, side: u8) 
         // SAFETY: k < page_size, inside the page.
         unsafe { std::ptr::write_volatile(p.add(k), side) };
     }
+}
+
+static FAULT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn fault_handler(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    let fd = FAULT_FD.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize as u64;
+    send(fd, TAG_FAULT_SIGNAL, sig as u64);
+    send(fd, TAG_FAULT_ADDR, addr);
+    // Returning re-executes the faulting access; SA_RESETHAND restored the default action,
+    // so the process now dies of the signal, as it would have without this handler.
 }
 
 fn send(fd: RawFd, tag: u8, value: u64) {

@@ -136,6 +136,8 @@ pub struct Subject {
     release: Option<OwnedFd>,
     report: OwnedFd,
     buf: Vec<u8>,
+    /// Messages read but not yet returned (kept when the subject dies before READY).
+    pending: Vec<Msg>,
     exit: Option<ExitInfo>,
     /// False for a grandchild: its own parent reaps it, we can only signal it.
     ours: bool,
@@ -175,6 +177,7 @@ pub fn spawn(pipes: SubjectPipes, ops: &[ChildOp<'_>]) -> Result<(Subject, Durat
                     release: Some(release_write),
                     report: report_read,
                     buf: Vec::new(),
+                    pending: Vec::new(),
                     exit: None,
                     ours: true,
                 },
@@ -202,6 +205,7 @@ impl Subject {
             release: Some(release_write),
             report: report_read,
             buf: Vec::new(),
+            pending: Vec::new(),
             exit: None,
             ours: false,
         }
@@ -225,7 +229,6 @@ impl Subject {
     /// # Errors
     /// `Err(NotReady)` when the subject died or the deadline passed (then it is reaped).
     pub fn wait_ready(&mut self, deadline: Instant) -> std::result::Result<Vec<Msg>, NotReady> {
-        let mut msgs = Vec::new();
         loop {
             while self.buf.len() >= MSG_LEN {
                 let m: Vec<u8> = self.buf.drain(..MSG_LEN).collect();
@@ -236,9 +239,9 @@ impl Subject {
                     value: u64::from_le_bytes(v),
                 };
                 if msg.tag == TAG_READY {
-                    return Ok(msgs);
+                    return Ok(std::mem::take(&mut self.pending));
                 }
-                msgs.push(msg);
+                self.pending.push(msg);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -335,6 +338,31 @@ impl Subject {
         info.killed_on_timeout = timeout;
         self.exit = Some(info.clone());
         info
+    }
+
+    /// Read every message until the subject closes its pipe (it exited or died), then reap.
+    /// For subjects whose program ends without READY, e.g. one that faults on purpose.
+    pub fn collect_until_exit(&mut self, deadline: Instant) -> (Vec<Msg>, ExitInfo) {
+        let mut msgs = Vec::new();
+        loop {
+            match self.wait_ready(deadline) {
+                Ok(mut m) => msgs.append(&mut m),
+                Err(NotReady::Died(e)) | Err(NotReady::TimedOut(e)) => {
+                    // Complete records that arrived before EOF.
+                    while self.buf.len() >= MSG_LEN {
+                        let m: Vec<u8> = self.buf.drain(..MSG_LEN).collect();
+                        let mut v = [0u8; 8];
+                        v.copy_from_slice(&m[1..9]);
+                        self.pending.push(Msg {
+                            tag: m[0],
+                            value: u64::from_le_bytes(v),
+                        });
+                    }
+                    msgs.append(&mut self.pending);
+                    return (msgs, e);
+                }
+            }
+        }
     }
 
     /// How the subject ended, once reaped.
