@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::report::Envelope;
 
+pub mod use_after_unmap;
+
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
 pub struct ExperimentOptions {
@@ -119,7 +121,11 @@ pub type ExperimentReport = Envelope<ExperimentBody>;
 pub type RunFn = fn(&ExperimentOptions) -> Result<Outcome>;
 
 /// Every experiment: stable name, one-line description, entry point. Order is report order.
-pub const REGISTRY: &[(&str, &str, RunFn)] = &[];
+pub const REGISTRY: &[(&str, &str, RunFn)] = &[(
+    "use-after-unmap",
+    "a child touching a released arena dies of SIGSEGV at the arena's base (si_addr)",
+    use_after_unmap::run,
+)];
 
 /// Every experiment name with a one-line description.
 pub fn list() -> Vec<(&'static str, &'static str)> {
