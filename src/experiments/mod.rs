@@ -5,6 +5,8 @@
 //! [`REGISTRY`]. An experiment measures, then states a verdict backed by evidence; a missing
 //! precondition is a skip with its reason, never a pass.
 
+mod ignored_error;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -119,7 +121,11 @@ pub type ExperimentReport = Envelope<ExperimentBody>;
 pub type RunFn = fn(&ExperimentOptions) -> Result<Outcome>;
 
 /// Every experiment: stable name, one-line description, entry point. Order is report order.
-pub const REGISTRY: &[(&str, &str, RunFn)] = &[];
+pub const REGISTRY: &[(&str, &str, RunFn)] = &[(
+    "ignored-error",
+    "allocation past capacity is an Err the caller cannot silently drop (#[must_use]); reports the error and its offset",
+    ignored_error::run,
+)];
 
 /// Every experiment name with a one-line description.
 pub fn list() -> Vec<(&'static str, &'static str)> {
