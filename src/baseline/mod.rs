@@ -300,7 +300,7 @@ impl Replay {
                 index: e.index,
                 offset: e.offset,
                 len: e.len,
-                label: e.label.as_deref().unwrap_or("").to_string(),
+                label: e.label.unwrap_or("").to_string(),
                 written: e.written,
                 released: e.released,
                 addr: format!("{:#x}", base + e.offset),
