@@ -13,6 +13,8 @@ use crate::report::Envelope;
 
 pub mod use_after_unmap;
 
+pub mod ignored_error;
+
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
 pub struct ExperimentOptions {
@@ -121,11 +123,18 @@ pub type ExperimentReport = Envelope<ExperimentBody>;
 pub type RunFn = fn(&ExperimentOptions) -> Result<Outcome>;
 
 /// Every experiment: stable name, one-line description, entry point. Order is report order.
-pub const REGISTRY: &[(&str, &str, RunFn)] = &[(
-    "use-after-unmap",
-    "a child touching a released arena dies of SIGSEGV at the arena's base (si_addr)",
-    use_after_unmap::run,
-)];
+pub const REGISTRY: &[(&str, &str, RunFn)] = &[
+    (
+        "use-after-unmap",
+        "a child touching a released arena dies of SIGSEGV at the arena's base (si_addr)",
+        use_after_unmap::run,
+    ),
+    (
+        "ignored-error",
+        "allocation past capacity is an Err the caller cannot silently drop (#[must_use]); reports the error and its offset",
+        ignored_error::run,
+    ),
+];
 
 /// Every experiment name with a one-line description.
 pub fn list() -> Vec<(&'static str, &'static str)> {
