@@ -169,6 +169,31 @@ fn a_huge_alignment_is_out_of_memory_not_a_wrap(
     assert!(matches!(e, ArenaError::OutOfMemory { .. }), "{e:?}");
 }
 
+#[rstest]
+fn base_alignment_and_guards_combine(
+    #[values(0, 1, 3)] guards: usize,
+    #[values(1, 16, 512)] align_pages: usize,
+) {
+    let align = align_pages * page();
+    let a = Arena::new(
+        ArenaConfig::new(2 * page())
+            .guard_pages(guards)
+            .align(align),
+    )
+    .unwrap();
+    assert_eq!(a.base_addr() % align, 0);
+    assert_eq!(a.guard_len(), guards * page());
+    if guards > 0 {
+        let (start, end) = (a.base_addr(), a.base_addr() + a.capacity());
+        let (lo, lo_end, lo_perms) = vma_containing(start - 1).expect("lower guard");
+        assert_eq!((lo_end, lo_perms.as_str()), (start, "---p"));
+        assert!(start - lo >= a.guard_len());
+        let (hi, hi_end, hi_perms) = vma_containing(end).expect("upper guard");
+        assert_eq!((hi, hi_perms.as_str()), (end, "---p"));
+        assert!(hi_end - end >= a.guard_len());
+    }
+}
+
 #[test]
 fn base_alignment_of_two_mib_is_honoured() {
     let mib2 = 2 << 20;

@@ -1,9 +1,9 @@
 //! The ledger: what happened to every block of the current generation, and the misuse seen so
 //! far (overflowing writes, double releases, use after reset or release).
 //!
-//! The ledger is bookkeeping only; it never touches the arena's bytes. [`Arena::check`]
-//! (crate::arena::Arena::check) combines it with the bytes (red zones, stale bytes) into
-//! [`Findings`].
+//! The ledger is bookkeeping only; it never touches the arena's bytes.
+//! [`Arena::check`](crate::arena::Arena::check) combines it with the bytes (red zones, stale
+//! bytes) into [`Findings`].
 
 use std::ops::Range;
 
