@@ -16,6 +16,8 @@ pub mod overlapping_arenas;
 pub mod stale_reset;
 pub mod use_after_unmap;
 
+pub mod ignored_error;
+
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
 pub struct ExperimentOptions {
@@ -144,6 +146,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "double-release",
         "releasing a block or the arena twice is detected and reported, not undefined behaviour",
         double_release::run,
+    ),
+    (
+        "ignored-error",
+        "allocation past capacity is an Err the caller cannot silently drop (#[must_use]); reports the error and its offset",
+        ignored_error::run,
     ),
 ];
 
