@@ -14,6 +14,7 @@ use crate::report::Envelope;
 pub mod use_after_unmap;
 
 pub mod ignored_error;
+pub mod overflow_tools;
 
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
@@ -133,6 +134,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "ignored-error",
         "allocation past capacity is an Err the caller cannot silently drop (#[must_use]); reports the error and its offset",
         ignored_error::run,
+    ),
+    (
+        "overflow-tools",
+        "the 09b-style overflow caught three ways: red zones, a guard page (SIGSEGV in a child), valgrind memcheck",
+        overflow_tools::run,
     ),
 ];
 
