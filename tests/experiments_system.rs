@@ -15,7 +15,7 @@ use rstest::rstest;
 use serde_json::Value;
 
 /// The experiments this suite covers, in registry order.
-const MINE: &[&str] = &["ignored-error", "overflow-tools"];
+const MINE: &[&str] = &["ignored-error", "overflow-tools", "fork-with-threads"];
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -106,9 +106,29 @@ fn overflow_tools(r: &ExperimentResult) {
     );
 }
 
+/// fork() copies only the calling thread: the child has one task, whose tid is its pid; a
+/// mutex locked by another thread is never unlocked in the child; a free one is taken by the
+/// first trylock.
+fn fork_with_threads(r: &ExperimentResult) {
+    let e = &r.evidence;
+    let parent = e["parent_tasks_at_fork"].as_array().expect("tids");
+    assert!(parent.len() >= 2, "the parent had a second thread: {e}");
+    assert!(parent.contains(&e["holder_tid"]));
+    assert!(parent.contains(&e["forking_tid"]));
+    assert_eq!(e["child_tasks"], serde_json::json!([e["child_pid"]]));
+    let held = &e["held_mutex"];
+    assert_eq!(held["acquired_in_child"], false);
+    assert!(held["tried_ns"].as_u64() >= held["timeout_ns"].as_u64());
+    assert_eq!(held["parent_relocked_after_release"], true);
+    assert_eq!(e["free_mutex"]["acquired_in_child"], true);
+    assert_eq!(e["free_mutex"]["tries"], 1);
+    assert_eq!(e["child_exit"]["code"], 0, "the child did not hang");
+}
+
 #[rstest]
 #[case::ignored_error("ignored-error", ignored_error as fn(&ExperimentResult), false)]
 #[case::overflow_tools("overflow-tools", overflow_tools as fn(&ExperimentResult), false)]
+#[case::fork_with_threads("fork-with-threads", fork_with_threads as fn(&ExperimentResult), false)]
 fn experiment_verdict_holds(
     #[case] name: &str,
     #[case] check: fn(&ExperimentResult),
@@ -133,6 +153,7 @@ fn experiment_verdict_holds(
 #[rstest]
 #[case::ignored_error("ignored-error")]
 #[case::overflow_tools("overflow-tools")]
+#[case::fork_with_threads("fork-with-threads")]
 fn cli_prints_the_experiment_document(#[case] name: &str) {
     let out = Command::new(assert_cmd::cargo::cargo_bin!("cowscope"))
         .args(["experiment", name])

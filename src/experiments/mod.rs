@@ -13,6 +13,7 @@ use crate::report::Envelope;
 
 pub mod use_after_unmap;
 
+pub mod fork_with_threads;
 pub mod ignored_error;
 pub mod overflow_tools;
 
@@ -139,6 +140,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "overflow-tools",
         "the 09b-style overflow caught three ways: red zones, a guard page (SIGSEGV in a child), valgrind memcheck",
         overflow_tools::run,
+    ),
+    (
+        "fork-with-threads",
+        "only the forking thread exists in the child; a lock another thread held at fork time stays locked there (shown with a timeout)",
+        fork_with_threads::run,
     ),
 ];
 
