@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::report::Envelope;
 
+pub mod double_release;
+pub mod overlapping_arenas;
+pub mod stale_reset;
 pub mod use_after_unmap;
 
 pub mod fork_with_threads;
@@ -130,6 +133,21 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "use-after-unmap",
         "a child touching a released arena dies of SIGSEGV at the arena's base (si_addr)",
         use_after_unmap::run,
+    ),
+    (
+        "overlapping-arenas",
+        "mmap MAP_FIXED over a live arena silently replaces its pages; MAP_FIXED_NOREPLACE refuses with EEXIST",
+        overlapping_arenas::run,
+    ),
+    (
+        "stale-reset",
+        "reset without zeroing leaves old bytes readable through new blocks; with zeroing it does not",
+        stale_reset::run,
+    ),
+    (
+        "double-release",
+        "releasing a block or the arena twice is detected and reported, not undefined behaviour",
+        double_release::run,
     ),
     (
         "ignored-error",
