@@ -15,7 +15,7 @@ use rstest::rstest;
 use serde_json::Value;
 
 /// The experiments this suite covers, in registry order.
-const MINE: &[&str] = &["ignored-error"];
+const MINE: &[&str] = &["ignored-error", "overflow-tools", "fork-with-threads"];
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -58,8 +58,77 @@ fn ignored_error(r: &ExperimentResult) {
     assert_eq!(e["usize_max_request"]["refused"], true);
 }
 
+fn hex(v: &Value) -> u64 {
+    let s = v.as_str().expect("a hex string");
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex")
+}
+
+/// The clown " 🤡 Oops!" plus strcpy's NUL is 1 + 4 + 1 + 5 + 1 = 12 bytes; written at +24
+/// of a 32-byte block, 24 + 12 - 32 = 4 bytes land past the end: "ps!" and the NUL.
+fn overflow_tools(r: &ExperimentResult) {
+    let e = &r.evidence;
+    let past = 24 + " \u{1F921} Oops!".len() + 1 - 32;
+    assert_eq!(past, 4);
+    let red = &e["red_zones"];
+    assert_eq!(red["found"]["source"], "red_zone");
+    assert_eq!(red["found"]["index"], red["block"]["index"]);
+    assert_eq!(red["found"]["offset"], red["block"]["offset"]);
+    assert_eq!(red["found"]["bytes_past_end"], past);
+    assert_eq!(red["bytes_past_end_hex"], "70 73 21 00", "p s ! NUL");
+    // The guard page: c is the last 32 bytes, so the write's 9th byte is the first past the
+    // arena, and that is where the child faults.
+    let g = &e["guard_page"];
+    assert_eq!(g["child_exit"]["signal"], "SIGSEGV");
+    assert_eq!(g["fault_signal"], "SIGSEGV");
+    assert_eq!(hex(&g["si_addr"]), hex(&g["arena_end"]));
+    assert_eq!(hex(&g["write_start"]) + 8, hex(&g["arena_end"]));
+    let vg = &e["valgrind"];
+    if let Some(reason) = vg.get("skipped") {
+        eprintln!("SKIP overflow-tools/valgrind: {reason}");
+        return;
+    }
+    assert_eq!(vg["malloc_block"]["furthest_byte_past_end"], past);
+    for w in vg["malloc_block"]["bytes_after_block"]
+        .as_array()
+        .expect("contexts")
+    {
+        assert_eq!(w["block_size"], 32);
+    }
+    assert!(
+        vg["malloc_block"]["invalid_write_lines"][0]
+            .as_str()
+            .is_some_and(|l| l.starts_with("Invalid write of size ")),
+        "memcheck's line: {vg}"
+    );
+    assert_eq!(
+        vg["mmap_arena"]["error_count"], 0,
+        "memcheck is blind inside mmap"
+    );
+}
+
+/// fork() copies only the calling thread: the child has one task, whose tid is its pid; a
+/// mutex locked by another thread is never unlocked in the child; a free one is taken by the
+/// first trylock.
+fn fork_with_threads(r: &ExperimentResult) {
+    let e = &r.evidence;
+    let parent = e["parent_tasks_at_fork"].as_array().expect("tids");
+    assert!(parent.len() >= 2, "the parent had a second thread: {e}");
+    assert!(parent.contains(&e["holder_tid"]));
+    assert!(parent.contains(&e["forking_tid"]));
+    assert_eq!(e["child_tasks"], serde_json::json!([e["child_pid"]]));
+    let held = &e["held_mutex"];
+    assert_eq!(held["acquired_in_child"], false);
+    assert!(held["tried_ns"].as_u64() >= held["timeout_ns"].as_u64());
+    assert_eq!(held["parent_relocked_after_release"], true);
+    assert_eq!(e["free_mutex"]["acquired_in_child"], true);
+    assert_eq!(e["free_mutex"]["tries"], 1);
+    assert_eq!(e["child_exit"]["code"], 0, "the child did not hang");
+}
+
 #[rstest]
 #[case::ignored_error("ignored-error", ignored_error as fn(&ExperimentResult), false)]
+#[case::overflow_tools("overflow-tools", overflow_tools as fn(&ExperimentResult), false)]
+#[case::fork_with_threads("fork-with-threads", fork_with_threads as fn(&ExperimentResult), false)]
 fn experiment_verdict_holds(
     #[case] name: &str,
     #[case] check: fn(&ExperimentResult),
@@ -83,6 +152,8 @@ fn experiment_verdict_holds(
 
 #[rstest]
 #[case::ignored_error("ignored-error")]
+#[case::overflow_tools("overflow-tools")]
+#[case::fork_with_threads("fork-with-threads")]
 fn cli_prints_the_experiment_document(#[case] name: &str) {
     let out = Command::new(assert_cmd::cargo::cargo_bin!("cowscope"))
         .args(["experiment", name])

@@ -17,7 +17,9 @@ pub mod stale_reset;
 pub mod threads;
 pub mod use_after_unmap;
 
+pub mod fork_with_threads;
 pub mod ignored_error;
+pub mod overflow_tools;
 
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
@@ -157,6 +159,16 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "ignored-error",
         "allocation past capacity is an Err the caller cannot silently drop (#[must_use]); reports the error and its offset",
         ignored_error::run,
+    ),
+    (
+        "overflow-tools",
+        "the 09b-style overflow caught three ways: red zones, a guard page (SIGSEGV in a child), valgrind memcheck",
+        overflow_tools::run,
+    ),
+    (
+        "fork-with-threads",
+        "only the forking thread exists in the child; a lock another thread held at fork time stays locked there (shown with a timeout)",
+        fork_with_threads::run,
     ),
 ];
 
