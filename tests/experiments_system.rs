@@ -15,7 +15,12 @@ use rstest::rstest;
 use serde_json::Value;
 
 /// The experiments this suite covers, in registry order.
-const MINE: &[&str] = &["ignored-error", "overflow-tools", "fork-with-threads"];
+const MINE: &[&str] = &[
+    "ignored-error",
+    "overflow-tools",
+    "stdio-at-fork",
+    "fork-with-threads",
+];
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -106,6 +111,25 @@ fn overflow_tools(r: &ExperimentResult) {
     );
 }
 
+/// One printf before fork, two processes that each flush their copy of the buffer at exit:
+/// the line arrives twice; flushed before the fork, the child's buffer is empty: once.
+fn stdio_at_fork(r: &ExperimentResult) {
+    let e = &r.evidence;
+    let line = e["line"].as_str().expect("line");
+    let count = |v: &Value| {
+        v["stdout"]
+            .as_str()
+            .expect("stdout")
+            .lines()
+            .filter(|l| *l == line)
+            .count()
+    };
+    assert_eq!(count(&e["without_flush"]), 2);
+    assert_eq!(count(&e["with_flush"]), 1);
+    assert_eq!(e["without_flush"]["exit_code"], 0);
+    assert_eq!(e["with_flush"]["exit_code"], 0);
+}
+
 /// fork() copies only the calling thread: the child has one task, whose tid is its pid; a
 /// mutex locked by another thread is never unlocked in the child; a free one is taken by the
 /// first trylock.
@@ -128,6 +152,7 @@ fn fork_with_threads(r: &ExperimentResult) {
 #[rstest]
 #[case::ignored_error("ignored-error", ignored_error as fn(&ExperimentResult), false)]
 #[case::overflow_tools("overflow-tools", overflow_tools as fn(&ExperimentResult), false)]
+#[case::stdio_at_fork("stdio-at-fork", stdio_at_fork as fn(&ExperimentResult), false)]
 #[case::fork_with_threads("fork-with-threads", fork_with_threads as fn(&ExperimentResult), false)]
 fn experiment_verdict_holds(
     #[case] name: &str,
@@ -153,6 +178,7 @@ fn experiment_verdict_holds(
 #[rstest]
 #[case::ignored_error("ignored-error")]
 #[case::overflow_tools("overflow-tools")]
+#[case::stdio_at_fork("stdio-at-fork")]
 #[case::fork_with_threads("fork-with-threads")]
 fn cli_prints_the_experiment_document(#[case] name: &str) {
     let out = Command::new(assert_cmd::cargo::cargo_bin!("cowscope"))

@@ -19,6 +19,7 @@ pub mod use_after_unmap;
 pub mod fork_with_threads;
 pub mod ignored_error;
 pub mod overflow_tools;
+pub mod stdio_at_fork;
 
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
@@ -158,6 +159,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "overflow-tools",
         "the 09b-style overflow caught three ways: red zones, a guard page (SIGSEGV in a child), valgrind memcheck",
         overflow_tools::run,
+    ),
+    (
+        "stdio-at-fork",
+        "a buffered line written before fork appears twice when stdout is a pipe; flushing first prevents it",
+        stdio_at_fork::run,
     ),
     (
         "fork-with-threads",
