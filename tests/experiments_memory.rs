@@ -111,10 +111,53 @@ fn double_release_is_reported_not_undefined() {
     assert_eq!(e["kernel_munmap_twice"]["second"], "0 (success)");
 }
 
+#[test]
+fn threads_never_share_a_block() {
+    use cowscope::experiments::threads::{PER_THREAD, THREADS};
+    let Some(e) = held("threads") else {
+        return;
+    };
+    let c = &e["concurrent"];
+    assert_eq!(c["allocations"], THREADS * PER_THREAD);
+    assert_eq!(c["overlapping_ranges"], 0);
+    assert_eq!(c["ranges_tile_without_gaps"], true);
+    // Disjoint ranges that tile 0..offset: the offset is the sum of the lengths.
+    assert_eq!(c["final_offset"], c["bytes_requested"]);
+    let x = &e["exhaustion"];
+    let (cap, len) = (
+        x["capacity"].as_u64().unwrap(),
+        x["block_len"].as_u64().unwrap(),
+    );
+    // Blocks of `len` fill the arena up to the largest multiple of `len`, never past it.
+    assert_eq!(x["final_offset"].as_u64().unwrap(), cap / len * len);
+    assert_eq!(x["threads_refused"], THREADS);
+    // Both loads happen before either store: both threads read offset 0.
+    let f = &e["seed_style_forced_interleaving"];
+    assert_eq!(f["thread_a"], "0..32");
+    assert_eq!(f["thread_b"], "0..32");
+}
+
+#[test]
+fn concurrent_arena_refuses_zero_and_overflowing_lengths() {
+    use cowscope::arena::ArenaError;
+    use cowscope::experiments::threads::ConcurrentArena;
+    let a = ConcurrentArena::new(100);
+    assert!(matches!(a.alloc(0), Err(ArenaError::ZeroLength { .. })));
+    assert_eq!(a.alloc(60).unwrap(), 0..60);
+    assert!(matches!(
+        a.alloc(usize::MAX),
+        Err(ArenaError::OutOfMemory { offset: 60, .. })
+    ));
+    assert!(matches!(a.alloc(41), Err(ArenaError::OutOfMemory { .. })));
+    assert_eq!(a.alloc(40).unwrap(), 60..100);
+    assert_eq!(a.used(), 100);
+}
+
 #[rstest]
 #[case::use_after_unmap("use-after-unmap")]
 #[case::overlapping_arenas("overlapping-arenas")]
 #[case::stale_reset("stale-reset")]
+#[case::threads("threads")]
 #[case::double_release("double-release")]
 fn cli_prints_the_envelope(#[case] name: &str) {
     let out = Command::cargo_bin("cowscope")

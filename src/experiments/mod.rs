@@ -14,6 +14,7 @@ use crate::report::Envelope;
 pub mod double_release;
 pub mod overlapping_arenas;
 pub mod stale_reset;
+pub mod threads;
 pub mod use_after_unmap;
 
 pub mod fork_with_threads;
@@ -144,6 +145,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "stale-reset",
         "reset without zeroing leaves old bytes readable through new blocks; with zeroing it does not",
         stale_reset::run,
+    ),
+    (
+        "threads",
+        "the single-threaded arena is !Sync; an atomic-offset arena never hands out overlapping blocks to 2 threads x 10^6 allocations",
+        threads::run,
     ),
     (
         "double-release",
