@@ -20,7 +20,9 @@ pub mod use_after_unmap;
 
 pub mod fork_with_threads;
 pub mod ignored_error;
+pub mod ksm;
 pub mod overflow_tools;
+pub mod stdio_at_fork;
 
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
@@ -172,9 +174,19 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         overflow_tools::run,
     ),
     (
+        "stdio-at-fork",
+        "a buffered line written before fork appears twice when stdout is a pipe; flushing first prevents it",
+        stdio_at_fork::run,
+    ),
+    (
         "fork-with-threads",
         "only the forking thread exists in the child; a lock another thread held at fork time stays locked there (shown with a timeout)",
         fork_with_threads::run,
+    ),
+    (
+        "ksm",
+        "two identical arenas merged by KSM share one PFN; a write un-merges it (a COW break)",
+        ksm::run,
     ),
 ];
 

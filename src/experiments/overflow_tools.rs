@@ -258,7 +258,8 @@ fn run_memcheck(valgrind: &Path, prog: &Path, arg: &str) -> std::io::Result<(Mem
     Ok((m, stderr))
 }
 
-fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
+/// The first executable file called `name` on `PATH`.
+pub(crate) fn find_in_path(name: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
