@@ -117,7 +117,7 @@ pub fn render(cols: &[Column]) -> String {
         cols.first().map_or("", |c| c.label.as_str())
     );
 
-    let sections: [(&str, CellFn); 6] = [
+    let sections: [(&str, CellFn); 7] = [
         ("copied pages", |sc| number(sc.pointer("/pages/copied"))),
         ("page classes (non-zero counts)", page_classes),
         (
@@ -127,6 +127,18 @@ pub fn render(cols: &[Column]) -> String {
         (
             "child smaps of the arena, kB: rss/pss/shared_dirty/private_dirty/anon_huge",
             |sc| smaps(sc.pointer("/child/smaps")),
+        ),
+        (
+            "pages with pagemap bit 56 (exclusively mapped) set: parent/child",
+            |sc| {
+                let p = number(sc.pointer("/parent/exclusive"));
+                let c = number(sc.pointer("/child/exclusive"));
+                if p == MISSING && c == MISSING {
+                    MISSING.to_string()
+                } else {
+                    format!("{p}/{c}")
+                }
+            },
         ),
         ("verdict", verdict),
         ("evidence", evidence),
@@ -175,6 +187,8 @@ pub fn render(cols: &[Column]) -> String {
         s.push('\n');
         s.push_str(&table(title, cols, &rows));
     }
+    s.push('\n');
+    s.push_str(&remarks(cols, &scenarios));
     s
 }
 
@@ -307,16 +321,56 @@ fn verdict(sc: &Value) -> String {
     let Some(v) = sc.get("verdict").filter(|v| v.is_object()) else {
         return MISSING.to_string();
     };
-    let proven = match v.get("cow_proven").and_then(Value::as_bool) {
-        Some(true) => "proven",
-        Some(false) => "NOT proven",
-        None => "proven?",
-    };
-    match v.get("agree").and_then(Value::as_bool) {
-        Some(true) => format!("{proven}, witnesses agree"),
-        Some(false) => format!("{proven}, witnesses DISAGREE"),
-        None => proven.to_string(),
+    let mut parts = Vec::new();
+    match v.get("holds").and_then(Value::as_bool) {
+        Some(true) => parts.push("holds"),
+        Some(false) => parts.push("FAILS"),
+        None => {}
     }
+    match v.get("cow_proven").and_then(Value::as_bool) {
+        Some(true) => parts.push("proven"),
+        Some(false) => parts.push("NOT proven"),
+        None => {}
+    }
+    match v.get("agree").and_then(Value::as_bool) {
+        Some(true) => parts.push("witnesses agree"),
+        Some(false) => parts.push("witnesses DISAGREE"),
+        None => {}
+    }
+    if parts.is_empty() {
+        MISSING.to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Verdict remarks worth reading next to the tables: kernel quirks, disagreements and notes,
+/// per kernel and scenario.
+fn remarks(cols: &[Column], scenarios: &[String]) -> String {
+    let mut s = String::new();
+    for c in cols {
+        for name in scenarios {
+            let Some(v) = scenario(&c.doc, name).and_then(|sc| sc.get("verdict")) else {
+                continue;
+            };
+            for (key, what) in [
+                ("kernel_quirks", "quirk"),
+                ("disagreements", "DISAGREEMENT"),
+                ("notes", "note"),
+            ] {
+                for item in v.get(key).and_then(Value::as_array).into_iter().flatten() {
+                    let text = item
+                        .as_str()
+                        .map_or_else(|| item.to_string(), str::to_string);
+                    let _ = writeln!(s, "  {} {name}: {what}: {text}", c.label);
+                }
+            }
+        }
+    }
+    if s.is_empty() {
+        s.push_str("  none\n");
+    }
+    format!("verdict remarks (kernel, scenario: kind: text)\n{s}")
 }
 
 fn evidence(sc: &Value) -> String {
@@ -331,7 +385,8 @@ fn evidence(sc: &Value) -> String {
     }
 }
 
-/// Bytes one THP write copied: the copied pages of [`THP_SCENARIO`] times the page size.
+/// Bytes one THP write copied: the report's `thp.bytes_copied_by_one_write`, else the copied
+/// pages of [`THP_SCENARIO`] times the page size.
 fn thp_bytes(doc: &Value, sc: Option<&Value>) -> String {
     let Some(sc) = sc else {
         return MISSING.to_string();
@@ -345,11 +400,13 @@ fn thp_bytes(doc: &Value, sc: Option<&Value>) -> String {
     }
     let copied = sc.pointer("/pages/copied").and_then(Value::as_u64);
     let page = doc.pointer("/system/page_size").and_then(Value::as_u64);
-    match (copied, page) {
-        (Some(c), Some(p)) => match c.checked_mul(p) {
-            Some(bytes) => format!("{bytes} B ({} KiB, {c} page(s))", bytes / 1024),
-            None => MISSING.to_string(),
-        },
+    let bytes = sc
+        .pointer("/thp/bytes_copied_by_one_write")
+        .and_then(Value::as_u64)
+        .or_else(|| copied?.checked_mul(page?));
+    match (bytes, copied) {
+        (Some(b), Some(c)) => format!("{b} B ({} KiB, {c} page(s) copied)", b / 1024),
+        (Some(b), None) => format!("{b} B ({} KiB)", b / 1024),
         _ => MISSING.to_string(),
     }
 }
@@ -455,7 +512,7 @@ mod tests {
         ]);
         let out = render(&cols);
         assert!(!out.lines().any(|l| l.starts_with('*')), "{out}");
-        assert!(out.contains("4096 B (4 KiB, 1 page(s))"), "{out}");
+        assert!(out.contains("4096 B (4 KiB, 1 page(s) copied)"), "{out}");
     }
 
     #[test]
@@ -470,7 +527,10 @@ mod tests {
             .find(|l| l.contains("thp write"))
             .expect("thp row");
         assert!(thp.starts_with('*'), "{thp}");
-        assert!(thp.contains("2097152 B (2048 KiB, 512 page(s))"), "{thp}");
+        assert!(
+            thp.contains("2097152 B (2048 KiB, 512 page(s) copied)"),
+            "{thp}"
+        );
         assert!(thp.trim_end().ends_with('*'), "{thp}");
     }
 

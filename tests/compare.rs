@@ -57,7 +57,11 @@ fn a_thp_write_copying_2_mib_versus_4_kib_is_marked() {
     assert!(r.starts_with('*'), "{r}");
     // 512 pages x 4096 bytes on the first kernel; 1 page on the others, each marked.
     assert!(r.contains("2097152 B"), "{r}");
-    assert_eq!(r.matches("4096 B (4 KiB, 1 page(s)) *").count(), 2, "{r}");
+    assert_eq!(
+        r.matches("4096 B (4 KiB, 1 page(s) copied) *").count(),
+        2,
+        "{r}"
+    );
 }
 
 #[test]
@@ -116,4 +120,28 @@ fn system_facts_that_differ_are_marked() {
     assert!(r.starts_with('*'), "{r}");
     assert!(r.trim_end().ends_with("true *"), "{r}");
     assert!(!row(&out, "system", "page_size").contains('*'));
+}
+
+#[test]
+fn verdict_remarks_are_listed_per_kernel() {
+    let (_, out, _) = compare(&ALL);
+    let remarks = out
+        .split("verdict remarks")
+        .nth(1)
+        .expect("remarks section");
+    assert!(
+        remarks.contains("5.4.0-fixture private-child-writes: note: no exclusive bit before 5.19"),
+        "{remarks}"
+    );
+}
+
+#[test]
+fn exclusive_bit_counts_that_differ_are_marked() {
+    let (_, out, _) = compare(&[
+        "6.1.0-fixture/fork-report.json",
+        "6.12.0-fixture/fork-report.json",
+    ]);
+    let r = row(&out, "bit 56", "thp-child-writes");
+    assert!(r.starts_with('*'), "{r}");
+    assert!(r.contains("512/-") && r.contains("1/- *"), "{r}");
 }

@@ -271,3 +271,47 @@ fn a_thp_range_counts_512_huge_pages_on_both_paths() {
         assert_eq!(d["huge_method"], "pagemap_read");
     }
 }
+
+#[test]
+fn a_sparse_reservation_over_4_gib_counts_the_same_with_and_without_pagemap_scan() {
+    let ps = page_size();
+    let pages = (1usize << 20) + 4096; // more than MAX_PER_PAGE_ROWS: the sparse path
+    let len = pages * ps;
+    // SAFETY: a fresh anonymous reservation at a kernel-chosen address; MAP_NORESERVE keeps
+    // it virtual, and only the pages written below get memory.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let m = Mapping { ptr: p.cast(), len };
+    let touched: Vec<usize> = vec![0, 1, 777, 4095, 1 << 19, pages - 1];
+    for &i in &touched {
+        // SAFETY: page i < pages lies inside the reservation.
+        unsafe { std::ptr::write_volatile(m.ptr.add(i * ps), 1) };
+    }
+    let child = BlockedChild::fork();
+    let range = format!("{:x}-{:x}", m.start(), m.end());
+    let pid = child.pid.to_string();
+    let fast = pages_json(&["--pid", &pid, "--range", &range]);
+    let slow = pages_json(&["--pid", &pid, "--range", &range, "--no-scan"]);
+    for d in [&fast, &slow] {
+        assert_eq!(d["counts"]["pages"], pages as u64);
+        assert_eq!(d["counts"]["present"], touched.len() as u64);
+        assert_eq!(
+            d["counts"]["exclusive"], 0,
+            "shared with the parent after fork"
+        );
+    }
+    if is_root() {
+        assert_eq!(fast["mapcount_histogram"], slow["mapcount_histogram"]);
+        assert_eq!(fast["mapcount_histogram"]["2"], touched.len() as u64);
+    }
+    drop(child);
+}

@@ -232,3 +232,37 @@ fn guest_init_refuses_to_run_outside_a_vm() {
     assert!(err.contains("only runs as PID 1"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn committed_fork_reports_validate_against_the_schema() {
+    let results = root().join("results");
+    let schema_path = results.join("schema.json");
+    if !schema_path.exists() {
+        eprintln!("skip: results/schema.json is not generated yet");
+        return;
+    }
+    let schema = read_json(&schema_path);
+    let validator = jsonschema::validator_for(&schema).expect("results/schema.json is a schema");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&results).expect("results/") {
+        let report = entry.expect("entry").path().join("fork-report.json");
+        if !report.exists() {
+            continue;
+        }
+        let doc = read_json(&report);
+        let errors: Vec<String> = validator
+            .iter_errors(&doc)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{}:\n{}",
+            report.display(),
+            errors.join("\n")
+        );
+        checked += 1;
+    }
+    if checked == 0 {
+        eprintln!("skip: no results/<release>/fork-report.json committed yet");
+    }
+}

@@ -1,11 +1,10 @@
 //! The ledger: what happened to every block of the current generation, and the misuse seen so
 //! far (overflowing writes, double releases, use after reset or release).
 //!
-//! The ledger is bookkeeping only; it never touches the arena's bytes. [`Arena::check`]
-//! (crate::arena::Arena::check) combines it with the bytes (red zones, stale bytes) into
-//! [`Findings`].
+//! The ledger is bookkeeping only; it never touches the arena's bytes.
+//! [`Arena::check`](crate::arena::Arena::check) combines it with the bytes (red zones, stale
+//! bytes) into [`Findings`].
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use schemars::JsonSchema;
@@ -23,7 +22,7 @@ pub struct LedgerEntry {
     /// Red-zone bytes that follow the block (0 when red zones are off).
     pub red_zone: usize,
     /// The caller's label, if any.
-    pub label: Option<Cow<'static, str>>,
+    pub label: Option<&'static str>,
     /// Whether [`Arena::write`](crate::arena::Arena::write) ever wrote at least one byte
     /// through this block.
     pub written: bool,
@@ -205,7 +204,7 @@ pub(super) fn block_ref(e: &LedgerEntry) -> BlockRef {
         index: e.index,
         offset: e.offset,
         len: e.len,
-        label: e.label.as_ref().map(|l| l.to_string()),
+        label: e.label.map(str::to_string),
     }
 }
 

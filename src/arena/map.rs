@@ -57,9 +57,8 @@ pub(super) fn map(
     let flags = share | libc::MAP_ANONYMOUS;
     let slack = align - page;
     let too_big = || ArenaError::BadConfig {
-        reason: format!(
-            "capacity {capacity} plus guards and alignment overflows the address space"
-        ),
+        reason: "the capacity plus guards and alignment overflows the address space",
+        value: capacity,
     };
     let total = guard_len
         .checked_mul(2)

@@ -33,7 +33,6 @@ mod map;
 
 pub use ledger::{BlockRef, Findings, LedgerEntry, Misuse, Overflow, OverflowSource, StaleRange};
 
-use std::borrow::Cow;
 use std::fmt;
 use std::io;
 use std::ops::Range;
@@ -173,10 +172,12 @@ pub enum ArenaError {
         capacity: usize,
     },
     /// The configuration cannot be honoured.
-    #[error("invalid arena configuration: {reason}")]
+    #[error("invalid arena configuration: {reason} (got {value})")]
     BadConfig {
-        /// One sentence saying what is wrong.
-        reason: String,
+        /// What is wrong.
+        reason: &'static str,
+        /// The offending value.
+        value: usize,
     },
     /// `mmap` failed.
     #[error("mmap of {len} bytes for the arena failed: {errno}")]
@@ -377,7 +378,7 @@ pub struct Block {
     index: usize,
     offset: usize,
     len: usize,
-    label: Option<Cow<'static, str>>,
+    label: Option<&'static str>,
     arena: u32,
     generation: u32,
 }
@@ -408,8 +409,8 @@ impl Block {
         self.offset..self.end()
     }
     /// The caller's label, if any.
-    pub fn label(&self) -> Option<&str> {
-        self.label.as_deref()
+    pub fn label(&self) -> Option<&'static str> {
+        self.label
     }
     /// The arena generation (number of resets before this block was allocated).
     pub fn generation(&self) -> u32 {
@@ -454,11 +455,24 @@ impl Snapshot {
     }
 }
 
+/// Why the slow path refused; turned into an [`ArenaError`] by `Arena::refusal`.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Released,
+    ZeroLength,
+    BadAlign,
+    OutOfMemory,
+}
+
 /// A bump arena over one anonymous mapping. See the [module docs](self).
 #[derive(Debug)]
 pub struct Arena {
     // Hot fields first: the allocation fast path reads only these.
-    used: usize,
+    /// Address of the next free byte (`base + used`). Bumping an address rather than an offset
+    /// takes one addition off the aligned fast path. Invariant: `base <= cur <= end`.
+    cur: usize,
+    /// `base + capacity`.
+    end: usize,
     capacity: usize,
     next_index: usize,
     /// Ledger off, no red zone, not released: allocation needs no bookkeeping.
@@ -481,9 +495,9 @@ pub struct Arena {
 // SAFETY: the arena exclusively owns its mapping (no thread-local or shared state); moving it to
 // another thread moves that ownership.
 unsafe impl Send for Arena {}
-// SAFETY: every `&self` method only reads the mapping or calls madvise with non-destructive
-// advice; all mutation needs `&mut self`, so shared references cannot race.
-unsafe impl Sync for Arena {}
+// Deliberately not `Sync`: the arena is single-threaded (the seed's question "Is this
+// thread-safe?"); sharing one between threads is refused by the compiler, as the compile-fail
+// doctest on `experiments::threads::ConcurrentArena` shows. That type is the shareable one.
 
 impl Arena {
     /// Map a new arena.
@@ -497,34 +511,37 @@ impl Arena {
         let page = crate::system::page_size();
         if cfg.capacity == 0 {
             return Err(ArenaError::BadConfig {
-                reason: "capacity 0: an arena needs at least one byte".into(),
+                reason: "the capacity must be at least one byte",
+                value: 0,
             });
         }
         let capacity = cfg
             .capacity
             .checked_next_multiple_of(page)
             .filter(|c| *c <= isize::MAX as usize)
-            .ok_or_else(|| ArenaError::BadConfig {
-                reason: format!(
-                    "capacity {} cannot be rounded up to whole pages of {page} bytes",
-                    cfg.capacity
-                ),
+            .ok_or(ArenaError::BadConfig {
+                reason: "the capacity cannot be rounded up to whole pages",
+                value: cfg.capacity,
             })?;
         if cfg.align != 0 && !cfg.align.is_power_of_two() {
             return Err(ArenaError::BadConfig {
-                reason: format!("base alignment {} is not a power of two", cfg.align),
+                reason: "the base alignment is not a power of two",
+                value: cfg.align,
             });
         }
         let align = cfg.align.max(page);
         let guard_len = cfg
             .guard_pages
             .checked_mul(page)
-            .ok_or_else(|| ArenaError::BadConfig {
-                reason: format!("{} guard pages overflow the address space", cfg.guard_pages),
+            .ok_or(ArenaError::BadConfig {
+                reason: "the guard pages overflow the address space",
+                value: cfg.guard_pages,
             })?;
         let map = map::map(capacity, guard_len, align, page, cfg.shared)?;
+        let base_addr = map.base.as_ptr() as usize;
         let mut arena = Arena {
-            used: 0,
+            cur: base_addr,
+            end: base_addr + capacity,
             capacity,
             next_index: 0,
             fast: !cfg.ledger && cfg.red_zone == 0,
@@ -583,8 +600,14 @@ impl Arena {
     }
 
     /// Bytes handed out so far (including alignment padding and red zones).
+    #[inline(always)]
     pub fn used(&self) -> usize {
-        self.used
+        self.cur - self.base_addr()
+    }
+
+    fn set_used(&mut self, used: usize) {
+        debug_assert!(used <= self.capacity, "invariant: used <= capacity");
+        self.cur = self.base_addr() + used;
     }
 
     /// Pages in the arena (`capacity / page size`).
@@ -674,14 +697,19 @@ impl Arena {
     #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
     #[inline(always)]
     pub fn alloc(&mut self, len: usize) -> Result<Block, ArenaError> {
-        let off = self.used;
-        debug_assert!(off <= self.capacity, "invariant: used <= capacity");
-        // `capacity - off` cannot wrap (used <= capacity), and `off + len <= capacity`.
-        if self.fast && len != 0 && len <= self.capacity - off {
-            self.used = off + len;
-            return Ok(self.hand_out(off, len));
-        }
-        self.alloc_slow(len, 1, None)
+        let cur = self.cur;
+        debug_assert!(cur <= self.end, "invariant: cur <= end");
+        // `end - cur` cannot wrap (cur <= end), and `cur + len <= end`.
+        let start = if self.fast && len != 0 && len <= self.end - cur {
+            self.cur = cur + len;
+            cur - self.base_addr()
+        } else {
+            match self.alloc_slow(len, 1, None) {
+                Ok(start) => start,
+                Err(why) => return Err(self.refusal(why, len, 1)),
+            }
+        };
+        Ok(self.hand_out(start, len, None))
     }
 
     /// Allocate `len` bytes whose address is a multiple of `align` (a power of two).
@@ -691,17 +719,24 @@ impl Arena {
     #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
     #[inline(always)]
     pub fn alloc_aligned(&mut self, len: usize, align: usize) -> Result<Block, ArenaError> {
-        let off = self.used;
-        debug_assert!(off <= self.capacity, "invariant: used <= capacity");
-        // (-addr) mod align: the padding up to the next multiple; < align, no overflow.
-        let pad = (self.base_addr() + off).wrapping_neg() & align.wrapping_sub(1);
-        let room = self.capacity - off;
-        if self.fast && align.is_power_of_two() && len != 0 && pad <= room && len <= room - pad {
-            let start = off + pad;
-            self.used = start + len;
-            return Ok(self.hand_out(start, len));
-        }
-        self.alloc_slow(len, align, None)
+        let cur = self.cur;
+        debug_assert!(cur <= self.end, "invariant: cur <= end");
+        // (-cur) mod align: the padding up to the next multiple; < align, no overflow.
+        let pad = cur.wrapping_neg() & align.wrapping_sub(1);
+        let room = self.end - cur;
+        let start =
+            if self.fast && align.is_power_of_two() && len != 0 && pad <= room && len <= room - pad
+            {
+                let at = cur + pad;
+                self.cur = at + len;
+                at - self.base_addr()
+            } else {
+                match self.alloc_slow(len, align, None) {
+                    Ok(start) => start,
+                    Err(why) => return Err(self.refusal(why, len, align)),
+                }
+            };
+        Ok(self.hand_out(start, len, None))
     }
 
     /// [`Arena::alloc`] with a label for reports.
@@ -709,12 +744,8 @@ impl Arena {
     /// # Errors
     /// As [`Arena::alloc`].
     #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
-    pub fn alloc_labeled(
-        &mut self,
-        len: usize,
-        label: impl Into<Cow<'static, str>>,
-    ) -> Result<Block, ArenaError> {
-        self.alloc_slow(len, 1, Some(label.into()))
+    pub fn alloc_labeled(&mut self, len: usize, label: &'static str) -> Result<Block, ArenaError> {
+        self.alloc_aligned_labeled(len, 1, label)
     }
 
     /// [`Arena::alloc_aligned`] with a label for reports.
@@ -726,13 +757,16 @@ impl Arena {
         &mut self,
         len: usize,
         align: usize,
-        label: impl Into<Cow<'static, str>>,
+        label: &'static str,
     ) -> Result<Block, ArenaError> {
-        self.alloc_slow(len, align, Some(label.into()))
+        match self.alloc_slow(len, align, Some(label)) {
+            Ok(start) => Ok(self.hand_out(start, len, Some(label))),
+            Err(why) => Err(self.refusal(why, len, align)),
+        }
     }
 
     #[inline(always)]
-    fn hand_out(&mut self, offset: usize, len: usize) -> Block {
+    fn hand_out(&mut self, offset: usize, len: usize, label: Option<&'static str>) -> Block {
         let index = self.next_index;
         // 2^64 allocations would take centuries; wrapping keeps the fast path branch-free.
         self.next_index = index.wrapping_add(1);
@@ -740,51 +774,40 @@ impl Arena {
             index,
             offset,
             len,
-            label: None,
+            label,
             arena: self.id,
             generation: self.generation,
         }
     }
 
+    /// Everything the fast path skips: checks that name the refusal, red zones, the ledger.
+    /// Returns the block's start; the caller hands the block out (and counts its index).
+    /// The result fits in registers, so the fast path's `Block` never has to go through memory.
     #[cold]
     #[inline(never)]
     fn alloc_slow(
         &mut self,
         len: usize,
         align: usize,
-        label: Option<Cow<'static, str>>,
-    ) -> Result<Block, ArenaError> {
-        let (offset, capacity, red_zone) = (self.used, self.capacity, self.red_zone);
+        label: Option<&'static str>,
+    ) -> Result<usize, Refusal> {
+        let (offset, capacity, red_zone) = (self.used(), self.capacity, self.red_zone);
         if self.released {
-            return Err(ArenaError::Released {
-                op: "allocate",
-                capacity,
-            });
+            return Err(Refusal::Released);
         }
         if len == 0 {
-            return Err(ArenaError::ZeroLength { offset, capacity });
+            return Err(Refusal::ZeroLength);
         }
         if !align.is_power_of_two() {
-            return Err(ArenaError::BadAlign {
-                align,
-                offset,
-                capacity,
-            });
+            return Err(Refusal::BadAlign);
         }
-        let oom = ArenaError::OutOfMemory {
-            len,
-            align,
-            red_zone,
-            offset,
-            capacity,
-        };
         let pad = (self.base_addr() + offset).wrapping_neg() & (align - 1);
-        let start = offset.checked_add(pad).ok_or_else(|| oom.clone())?;
+        let start = offset.checked_add(pad).ok_or(Refusal::OutOfMemory)?;
         let end = start
             .checked_add(len)
             .and_then(|e| e.checked_add(red_zone))
             .filter(|e| *e <= capacity)
-            .ok_or(oom)?;
+            .ok_or(Refusal::OutOfMemory)?;
         let block_end = start + len;
         if red_zone > 0 {
             // SAFETY: block_end + red_zone = end <= capacity, so the range is inside our live
@@ -793,24 +816,48 @@ impl Arena {
                 std::ptr::write_bytes(self.as_ptr().add(block_end), CANARY, red_zone);
             }
         }
-        self.used = end;
-        let mut block = self.hand_out(start, len);
+        self.set_used(end);
         if let Some(ledger) = self.ledger.as_mut() {
             if red_zone > 0 {
                 ledger.mark_fresh(block_end..end);
             }
             ledger.entries.push(LedgerEntry {
-                index: block.index,
+                index: self.next_index,
                 offset: start,
                 len,
                 red_zone,
-                label: label.clone(),
+                label,
                 written: false,
                 released: false,
             });
         }
-        block.label = label;
-        Ok(block)
+        Ok(start)
+    }
+
+    /// The error for a refused allocation, with the arena's offset and capacity.
+    #[cold]
+    #[inline(never)]
+    fn refusal(&self, why: Refusal, len: usize, align: usize) -> ArenaError {
+        let (offset, capacity) = (self.used(), self.capacity);
+        match why {
+            Refusal::Released => ArenaError::Released {
+                op: "allocate",
+                capacity,
+            },
+            Refusal::ZeroLength => ArenaError::ZeroLength { offset, capacity },
+            Refusal::BadAlign => ArenaError::BadAlign {
+                align,
+                offset,
+                capacity,
+            },
+            Refusal::OutOfMemory => ArenaError::OutOfMemory {
+                len,
+                align,
+                red_zone: self.red_zone,
+                offset,
+                capacity,
+            },
+        }
     }
 
     /// The whole arena (`capacity()` bytes); empty after release.
@@ -836,12 +883,12 @@ impl Arena {
     /// The bytes handed out so far (`0..used()`).
     pub fn used_bytes(&self) -> &[u8] {
         let b = self.bytes();
-        &b[..self.used.min(b.len())]
+        &b[..self.used().min(b.len())]
     }
 
     /// Offset up to which the engine has handed out or written bytes (past resets too).
     pub fn extent(&self) -> usize {
-        self.high_water.max(self.used)
+        self.high_water.max(self.used())
     }
 
     /// Write `bytes` at `offset_in_block` inside `block`, like the seed's `strcpy`: the write
@@ -891,7 +938,7 @@ impl Arena {
                     index: block.index,
                     offset: block.offset,
                     len: block.len,
-                    label: block.label.as_ref().map(|l| l.to_string()),
+                    label: block.label.map(str::to_string),
                     bytes_past_end,
                     write_offset: start,
                     write_len: bytes.len(),
@@ -926,7 +973,7 @@ impl Arena {
                 index: block.index,
                 offset: block.offset,
                 len: block.len,
-                label: block.label.as_ref().map(|l| l.to_string()),
+                label: block.label.map(str::to_string),
             },
             op: op.to_string(),
         };
@@ -1006,7 +1053,7 @@ impl Arena {
                 capacity: self.capacity,
             });
         }
-        let previous_used = self.used;
+        let previous_used = self.used();
         let extent = self.extent();
         let stale_bytes = if zero {
             self.bytes_mut()[..extent].fill(0);
@@ -1014,7 +1061,7 @@ impl Arena {
         } else {
             self.bytes()[..extent].iter().filter(|b| **b != 0).count()
         };
-        self.used = 0;
+        self.set_used(0);
         self.high_water = if zero { 0 } else { extent };
         self.generation = self.generation.wrapping_add(1);
         if let Some(l) = self.ledger.as_mut() {
@@ -1047,7 +1094,7 @@ impl Arena {
         unsafe { map::unmap(&self.map) }?;
         self.released = true;
         self.fast = false;
-        self.used = 0;
+        self.set_used(0);
         Ok(())
     }
 
@@ -1125,7 +1172,7 @@ impl Arena {
                     index: e.index,
                     offset: e.offset,
                     len: e.len,
-                    label: e.label.as_ref().map(|s| s.to_string()),
+                    label: e.label.map(str::to_string),
                     bytes_past_end: last + 1,
                     write_offset: damaged.start,
                     write_len: last + 1,

@@ -1,7 +1,7 @@
 //! The seed's reference programs (09a, 09b, 09b-overflow) replayed on the arena engine.
 //!
 //! Each case performs the seed's `arena_alloc` and `strcpy` calls in the seed's order on an
-//! [`Arena`](crate::arena::Arena) with the ledger on and no red zones (so the bytes, and hence
+//! [`Arena`] with the ledger on and no red zones (so the bytes, and hence
 //! the dump, are the seed's byte for byte), then lets the engine judge what the seed only
 //! printed: which block leaked, and whether any write crossed a block end.
 //!
@@ -300,7 +300,7 @@ impl Replay {
                 index: e.index,
                 offset: e.offset,
                 len: e.len,
-                label: e.label.as_deref().unwrap_or("").to_string(),
+                label: e.label.unwrap_or("").to_string(),
                 written: e.written,
                 released: e.released,
                 addr: format!("{:#x}", base + e.offset),

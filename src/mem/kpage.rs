@@ -267,31 +267,29 @@ impl Kpage {
     /// # Errors
     /// As for [`Kpage::counts`].
     pub fn counts_and_flags(&self, pfns: &[u64]) -> io::Result<(Vec<u64>, Vec<KpageFlags>)> {
+        let order = sorted_order(pfns);
+        let to_flags = |v: Vec<u64>| v.into_iter().map(KpageFlags).collect::<Vec<_>>();
         if pfns.len() < 4096 {
-            return Ok((self.counts(pfns)?, self.flags(pfns)?));
+            let c = read_sorted(&self.count, &order)?;
+            return Ok((c, to_flags(read_sorted(&self.flags, &order)?)));
         }
         std::thread::scope(|s| {
-            let counts = s.spawn(|| self.counts(pfns));
-            let flags = self.flags(pfns);
+            let counts = s.spawn(|| read_sorted(&self.count, &order));
+            let flags = read_sorted(&self.flags, &order);
             let counts = counts
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("kpagecount reader panicked")));
-            Ok((counts?, flags?))
+            Ok((counts?, to_flags(flags?)))
         })
     }
 }
 
-/// Read the entries at `pfns` from a PFN-indexed file, sorting once and reading each run of
-/// nearby PFNs with one `pread`.
-fn read_indexed(file: &File, pfns: &[u64]) -> io::Result<Vec<u64>> {
-    let mut out = vec![0u64; pfns.len()];
-    if pfns.is_empty() {
-        return Ok(out);
-    }
+/// `(pfn, input index)` sorted by PFN.
+fn sorted_order(pfns: &[u64]) -> Vec<(u64, usize)> {
     // Sort (pfn, index) packed into one u64 when both fit in 32 bits (16 TiB of RAM, 4 Gi
-    // entries): sorting plain integers is several times faster than sorting by a key lookup.
+    // entries): sorting plain integers is several times faster than sorting pairs.
     let packed = pfns.len() <= u32::MAX as usize && pfns.iter().all(|&p| p <= u32::MAX as u64);
-    let order: Vec<(u64, usize)> = if packed {
+    if packed {
         let mut keys: Vec<u64> = pfns
             .iter()
             .enumerate()
@@ -305,7 +303,19 @@ fn read_indexed(file: &File, pfns: &[u64]) -> io::Result<Vec<u64>> {
         let mut o: Vec<(u64, usize)> = pfns.iter().copied().zip(0..).collect();
         o.sort_unstable();
         o
-    };
+    }
+}
+
+/// Read the entries at `pfns` from a PFN-indexed file, sorting once and reading each run of
+/// nearby PFNs with one `pread`.
+fn read_indexed(file: &File, pfns: &[u64]) -> io::Result<Vec<u64>> {
+    read_sorted(file, &sorted_order(pfns))
+}
+
+/// Read along `order` (from [`sorted_order`]), one `pread` per run of nearby PFNs; the
+/// result is indexed like the original input.
+fn read_sorted(file: &File, order: &[(u64, usize)]) -> io::Result<Vec<u64>> {
+    let mut out = vec![0u64; order.len()];
     let mut scratch: Vec<u64> = Vec::new();
     let mut run_start = 0usize;
     while run_start < order.len() {

@@ -278,6 +278,7 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
         kpage: kpage.as_ref(),
         privilege,
         huge_from_kpage: !use_scan && kpage.is_some(),
+        use_scan,
         rows: req.per_page.then(Vec::new),
         mapcounts: BTreeMap::new(),
         flags: HashMap::new(),
@@ -475,6 +476,8 @@ struct Collector<'a> {
     privilege: Privilege,
     /// Count `huge` here from kpageflags (the `--no-scan` path as root).
     huge_from_kpage: bool,
+    /// PAGEMAP_SCAN may be used to skip the empty parts of big spans.
+    use_scan: bool,
     rows: Option<Vec<PageRow>>,
     mapcounts: BTreeMap<u64, u64>,
     flags: HashMap<u64, u64>,
@@ -496,6 +499,33 @@ impl Collector<'_> {
         // `huge`: counted here from kpageflags, or filled in by the smaps thread.
         c.huge = self.huge_from_kpage.then_some(0);
         let origin = self.origin.unwrap_or(a);
+        if self.use_scan && self.rows.is_none() && c.pages > MAX_PER_PAGE_ROWS {
+            // A big span (reservations of GiBs or TiBs are common): let PAGEMAP_SCAN find
+            // the populated parts, read pagemap only there, and take the categories of the
+            // empty parts (soft-dirty, guard) from the scan's regions.
+            let sc = scan::scan(self.pm, a, b, false)?;
+            for r in &sc.regions {
+                if r.categories & (scan::PAGE_IS_PRESENT | scan::PAGE_IS_SWAPPED) != 0 {
+                    self.dense(r.start, r.end, &mut c, origin)?;
+                } else {
+                    let n = (r.end - r.start) / ps;
+                    if r.categories & scan::PAGE_IS_SOFT_DIRTY != 0 {
+                        c.soft_dirty += n;
+                    }
+                    if r.categories & scan::PAGE_IS_GUARD != 0 {
+                        c.guard += n;
+                    }
+                }
+            }
+            return Ok(c);
+        }
+        self.dense(a, b, &mut c, origin)?;
+        Ok(c)
+    }
+
+    /// Read every pagemap entry of `[a, b)` in batches of [`CHUNK`].
+    fn dense(&mut self, a: u64, b: u64, c: &mut PageCounts, origin: u64) -> io::Result<()> {
+        let ps = crate::system::page_size() as u64;
         if self.raw.len() < CHUNK {
             self.raw.resize(CHUNK, 0);
         }
@@ -503,12 +533,12 @@ impl Collector<'_> {
         while cur < b {
             let n = (((b - cur) / ps) as usize).min(CHUNK);
             let mut raw = std::mem::take(&mut self.raw);
-            let res = self.chunk(cur, &mut raw[..n], &mut c, origin);
+            let res = self.chunk(cur, &mut raw[..n], c, origin);
             self.raw = raw;
             res?;
             cur += n as u64 * ps;
         }
-        Ok(c)
+        Ok(())
     }
 
     fn chunk(
@@ -583,35 +613,37 @@ impl Collector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
 
-    #[test]
-    fn parse_range_accepts_hex_with_or_without_prefix() {
-        assert_eq!(parse_range("0x1000-0x3000").ok(), Some((0x1000, 0x3000)));
-        assert_eq!(parse_range("1000-3000").ok(), Some((0x1000, 0x3000)));
-        assert_eq!(
-            parse_range(" 7f00AB000-0X7f00ac000 ").ok(),
-            Some((0x7f00ab000, 0x7f00ac000))
-        );
+    #[rstest]
+    #[case::with_prefix("0x1000-0x3000", 0x1000, 0x3000)]
+    #[case::without_prefix("1000-3000", 0x1000, 0x3000)]
+    #[case::mixed_case_and_spaces(" 7f00AB000-0X7f00ac000 ", 0x7f00ab000, 0x7f00ac000)]
+    #[case::unaligned_is_kept_for_pages_to_round("1001-1002", 0x1001, 0x1002)]
+    fn parse_range_accepts_hex(#[case] s: &str, #[case] start: u64, #[case] end: u64) {
+        assert_eq!(parse_range(s).ok(), Some((start, end)));
     }
 
-    #[test]
-    fn parse_range_rejects_bad_input_as_usage_errors() {
-        for bad in [
-            "",
-            "0x1000",
-            "-0x1000",
-            "0x1000-",
-            "0xzz-0x1000",
-            "0x2000-0x1000",
-            "0x1000-0x1000",
-            "0x-0x10",
-            "10000000000000000-10000000000000001",
-            "1000--2000",
-        ] {
-            match parse_range(bad) {
-                Err(Error::Usage(msg)) => assert!(msg.contains("--range"), "{bad}: {msg}"),
-                other => panic!("{bad:?} should be a usage error, got {other:?}"),
+    #[rstest]
+    #[case::empty("", "START-END")]
+    #[case::one_address("0x1000", "START-END")]
+    #[case::no_start("-0x1000", "not a hexadecimal address")]
+    #[case::no_end("0x1000-", "not a hexadecimal address")]
+    #[case::not_hex("0xzz-0x1000", "not a hexadecimal address")]
+    #[case::bare_prefix("0x-0x10", "not a hexadecimal address")]
+    #[case::double_dash("1000--2000", "not a hexadecimal address")]
+    #[case::reversed("0x2000-0x1000", "reversed")]
+    #[case::empty_range("0x1000-0x1000", "reversed")]
+    #[case::overflow("10000000000000000-10000000000000001", "64 bits")]
+    fn parse_range_rejects_with_a_usage_error(#[case] s: &str, #[case] says: &str) {
+        match parse_range(s) {
+            Err(Error::Usage(msg)) => {
+                assert!(
+                    msg.contains("--range") && msg.contains(says),
+                    "{s:?}: {msg}"
+                )
             }
+            other => panic!("{s:?} should be a usage error, got {other:?}"),
         }
     }
 }

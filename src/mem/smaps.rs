@@ -193,8 +193,18 @@ fn parse_header(line: &str) -> Option<SmapsEntry> {
 }
 
 fn read_smaps(pid: i32) -> Result<String> {
-    let path = format!("/proc/{pid}/smaps");
-    std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))
+    read_proc(&format!("/proc/{pid}/smaps"))
+}
+
+/// Read a /proc text file with a large first buffer: procfs files report size 0, so
+/// `read_to_string` would start with tiny reads, and each read re-enters the seq_file.
+fn read_proc(path: &str) -> Result<String> {
+    use std::io::Read;
+    let ctx = || format!("reading {path}");
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(ctx(), e))?;
+    let mut s = String::with_capacity(64 << 10);
+    f.read_to_string(&mut s).map_err(|e| Error::io(ctx(), e))?;
+    Ok(s)
 }
 
 /// The VMAs of `pid` from `/proc/<pid>/maps`: bounds, perms, offset, dev, inode and path
@@ -204,10 +214,7 @@ fn read_smaps(pid: i32) -> Result<String> {
 /// # Errors
 /// [`Error::Io`] naming `/proc/<pid>/maps`.
 pub fn vma_bounds(pid: i32) -> Result<Vec<SmapsEntry>> {
-    let path = format!("/proc/{pid}/maps");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
-    Ok(parse(&text))
+    Ok(parse(&read_proc(&format!("/proc/{pid}/maps"))?))
 }
 
 /// Whether smaps shows any PMD-mapped or hugetlb memory in this VMA (the only memory

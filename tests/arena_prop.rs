@@ -1,0 +1,196 @@
+//! Random alloc / alloc_aligned / reset / release sequences against a model computed in u128
+//! (so the model itself cannot wrap). 800 cases x at least 125 operations = at least 100,000
+//! operations per run.
+//!
+//! Properties: an allocation succeeds exactly when the model says it fits; blocks never
+//! overlap (checked geometrically and by a fill pattern that later blocks would clobber), never
+//! leave the capacity and honour their alignment; sizes and alignments near `usize::MAX` are
+//! errors, never wraps or panics; misuse (double release, use after reset) is reported.
+
+use cowscope::arena::{Arena, ArenaConfig, ArenaError, Block};
+use proptest::prelude::*;
+
+const CASES: u32 = 800;
+const MIN_OPS: usize = 125;
+const MAX_OPS: usize = 200;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc(usize),
+    AllocAligned(usize, usize),
+    Reset(bool),
+    ReleaseBlock(usize),
+    WriteStale(usize),
+}
+
+fn len_strategy() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        20 => 1usize..=300,
+        2 => 301usize..=5000,
+        1 => Just(0usize),
+        1 => (0usize..64).prop_map(|d| usize::MAX - d),
+        1 => (0usize..64).prop_map(|d| (isize::MAX as usize).wrapping_add(d)),
+        1 => (0u32..64).prop_map(|s| 1usize << s),
+    ]
+}
+
+fn align_strategy() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        20 => (0u32..=13).prop_map(|s| 1usize << s),
+        1 => Just(0usize),
+        1 => Just(3usize),
+        1 => Just(24usize),
+        1 => (40u32..64).prop_map(|s| 1usize << s),
+        1 => Just(usize::MAX),
+    ]
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => len_strategy().prop_map(Op::Alloc),
+        10 => (len_strategy(), align_strategy()).prop_map(|(l, a)| Op::AllocAligned(l, a)),
+        1 => any::<bool>().prop_map(Op::Reset),
+        3 => any::<usize>().prop_map(Op::ReleaseBlock),
+        1 => any::<usize>().prop_map(Op::WriteStale),
+    ]
+}
+
+/// What the model predicts for an allocation, in u128 so it cannot wrap.
+fn predict(base: usize, used: usize, cap: usize, len: usize, align: usize, rz: usize) -> bool {
+    if len == 0 || !align.is_power_of_two() {
+        return false;
+    }
+    let addr = base as u128 + used as u128;
+    let a = align as u128;
+    let aligned = addr.div_ceil(a) * a;
+    aligned + len as u128 + rz as u128 <= base as u128 + cap as u128
+}
+
+struct Live {
+    block: Block,
+    fill: u8,
+    released: bool,
+}
+
+fn fill_of(index: usize) -> u8 {
+    (index % 251) as u8 + 1
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn random_sequences_keep_blocks_disjoint_aligned_and_inside(
+        pages in prop_oneof![Just(1usize), Just(4), Just(16)],
+        ledger in any::<bool>(),
+        red_zone in prop_oneof![Just(0usize), Just(8)],
+        ops in prop::collection::vec(op_strategy(), MIN_OPS..=MAX_OPS),
+    ) {
+        let page = cowscope::system::page_size();
+        let mut a = Arena::new(ArenaConfig::new(pages * page).ledger(ledger).red_zone(red_zone))
+            .expect("mapping a few pages");
+        let (base, cap) = (a.base_addr(), a.capacity());
+        let mut live: Vec<Live> = Vec::new();
+        let mut stale: Vec<Block> = Vec::new();
+        let mut last_end = 0usize; // end of the last block + its red zone, this generation
+        let mut double_releases = 0usize;
+        let mut uses_after_reset = 0usize;
+
+        for op in &ops {
+            match *op {
+                Op::Alloc(len) | Op::AllocAligned(len, _) => {
+                    let align = if let Op::AllocAligned(_, al) = *op { al } else { 1 };
+                    let used = a.used();
+                    prop_assert_eq!(used, last_end);
+                    let fits = predict(base, used, cap, len, align, red_zone);
+                    let r = if let Op::AllocAligned(..) = *op {
+                        a.alloc_aligned(len, align)
+                    } else {
+                        a.alloc(len)
+                    };
+                    match r {
+                        Ok(b) => {
+                            prop_assert!(fits, "allocated {len} align {align} at used {used}");
+                            prop_assert!(b.offset() >= last_end, "overlap with previous block");
+                            prop_assert!(b.len() == len);
+                            prop_assert!(b.end() + red_zone <= cap, "block leaves the capacity");
+                            prop_assert_eq!((base + b.offset()) % align, 0);
+                            prop_assert_eq!(a.used(), b.end() + red_zone);
+                            last_end = a.used();
+                            let fill = fill_of(b.index());
+                            let out = a.write(&b, 0, &vec![fill; len]).expect("in-bounds write");
+                            prop_assert_eq!(out.bytes_past_end, 0);
+                            live.push(Live { block: b, fill, released: false });
+                        }
+                        Err(e) => {
+                            prop_assert!(!fits, "refused {len} align {align} at used {used}: {e}");
+                            let kind_ok = match e {
+                                ArenaError::ZeroLength { .. } => len == 0,
+                                ArenaError::BadAlign { .. } => !align.is_power_of_two() && len != 0,
+                                ArenaError::OutOfMemory { offset, capacity, .. } => {
+                                    offset == used && capacity == cap
+                                }
+                                _ => false,
+                            };
+                            prop_assert!(kind_ok, "wrong error for len {len} align {align}");
+                            prop_assert_eq!(a.used(), used, "a refusal moves nothing");
+                        }
+                    }
+                }
+                Op::Reset(zero) => {
+                    let extent = a.extent();
+                    a.reset(zero).expect("reset a live arena");
+                    prop_assert_eq!(a.used(), 0);
+                    if zero {
+                        prop_assert!(a.bytes()[..extent].iter().all(|b| *b == 0));
+                    }
+                    stale.extend(live.drain(..).map(|l| l.block));
+                    last_end = 0;
+                }
+                Op::ReleaseBlock(sel) => {
+                    if live.is_empty() {
+                        continue;
+                    }
+                    let i = sel % live.len();
+                    let r = a.release_block(&live[i].block);
+                    match (ledger, live[i].released) {
+                        (false, _) => prop_assert!(matches!(r, Err(ArenaError::NoLedger { .. })), "{:?}", r),
+                        (true, false) => {
+                            prop_assert!(r.is_ok());
+                            live[i].released = true;
+                        }
+                        (true, true) => {
+                            prop_assert!(matches!(r, Err(ArenaError::DoubleRelease { .. })), "{:?}", r);
+                            double_releases += 1;
+                        }
+                    }
+                }
+                Op::WriteStale(sel) => {
+                    if stale.is_empty() {
+                        continue;
+                    }
+                    let b = &stale[sel % stale.len()];
+                    let r = a.write(b, 0, b"x");
+                    prop_assert!(matches!(r, Err(ArenaError::UseAfterReset { .. })), "{:?}", r);
+                    uses_after_reset += 1;
+                }
+            }
+        }
+
+        // Every live block still holds its own fill: no later block or red zone overlapped it.
+        for l in &live {
+            let bytes = &a.bytes()[l.block.range()];
+            prop_assert!(bytes.iter().all(|b| *b == l.fill), "block {} clobbered", l.block.index());
+        }
+        let f = a.check();
+        prop_assert_eq!(f.ledger, ledger);
+        prop_assert!(f.overflows.is_empty(), "no write ran past its block: {:?}", f.overflows);
+        if ledger {
+            prop_assert_eq!(f.double_releases.len(), double_releases);
+            prop_assert_eq!(f.use_after_reset.len(), uses_after_reset);
+            prop_assert!(f.leaks.is_empty(), "every block was written");
+        }
+        a.release().expect("first release");
+        prop_assert!(a.release().is_err(), "second release must be an error");
+    }
+}
