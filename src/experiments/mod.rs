@@ -19,6 +19,7 @@ pub mod use_after_unmap;
 
 pub mod fork_with_threads;
 pub mod ignored_error;
+pub mod ksm;
 pub mod overflow_tools;
 pub mod stdio_at_fork;
 
@@ -175,6 +176,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "fork-with-threads",
         "only the forking thread exists in the child; a lock another thread held at fork time stays locked there (shown with a timeout)",
         fork_with_threads::run,
+    ),
+    (
+        "ksm",
+        "two identical arenas merged by KSM share one PFN; a write un-merges it (a COW break)",
+        ksm::run,
     ),
 ];
 
