@@ -99,6 +99,33 @@ fn stale_reset_leaks_the_old_bytes_only_without_zeroing() {
 }
 
 #[test]
+fn resize_moves_the_arena_and_the_old_address_dangles() {
+    use cowscope::experiments::resize::{CONTENT, GROW_PAGES};
+    let Some(e) = held("resize") else {
+        return;
+    };
+    let g = &e["grow"];
+    assert_eq!(g["moved"], true);
+    assert_ne!(g["old_base"], g["new_base"]);
+    let page = cowscope::system::page_size();
+    assert_eq!(g["old_capacity"], page);
+    assert_eq!(g["new_capacity"], GROW_PAGES * page);
+    assert_eq!(
+        e["contents"]["after_seed"],
+        std::str::from_utf8(CONTENT).unwrap()
+    );
+    // The child stored to the block's old address: the kernel names exactly that address.
+    let old = &e["old_block_address"];
+    assert_eq!(old["si_addr"], old["addr"]);
+    assert_eq!(old["child_exit"]["signal"], "SIGSEGV");
+    assert_eq!(old["parent_vma"], Value::Null);
+    assert_eq!(
+        hex(&old["addr"]),
+        hex(&g["old_base"]) + e["contents"]["block_offset"].as_u64().unwrap() as usize
+    );
+}
+
+#[test]
 fn double_release_is_reported_not_undefined() {
     let Some(e) = held("double-release") else {
         return;
@@ -111,10 +138,54 @@ fn double_release_is_reported_not_undefined() {
     assert_eq!(e["kernel_munmap_twice"]["second"], "0 (success)");
 }
 
+#[test]
+fn threads_never_share_a_block() {
+    use cowscope::experiments::threads::{PER_THREAD, THREADS};
+    let Some(e) = held("threads") else {
+        return;
+    };
+    let c = &e["concurrent"];
+    assert_eq!(c["allocations"], THREADS * PER_THREAD);
+    assert_eq!(c["overlapping_ranges"], 0);
+    assert_eq!(c["ranges_tile_without_gaps"], true);
+    // Disjoint ranges that tile 0..offset: the offset is the sum of the lengths.
+    assert_eq!(c["final_offset"], c["bytes_requested"]);
+    let x = &e["exhaustion"];
+    let (cap, len) = (
+        x["capacity"].as_u64().unwrap(),
+        x["block_len"].as_u64().unwrap(),
+    );
+    // Blocks of `len` fill the arena up to the largest multiple of `len`, never past it.
+    assert_eq!(x["final_offset"].as_u64().unwrap(), cap / len * len);
+    assert_eq!(x["threads_refused"], THREADS);
+    // Both loads happen before either store: both threads read offset 0.
+    let f = &e["seed_style_forced_interleaving"];
+    assert_eq!(f["thread_a"], "0..32");
+    assert_eq!(f["thread_b"], "0..32");
+}
+
+#[test]
+fn concurrent_arena_refuses_zero_and_overflowing_lengths() {
+    use cowscope::arena::ArenaError;
+    use cowscope::experiments::threads::ConcurrentArena;
+    let a = ConcurrentArena::new(100);
+    assert!(matches!(a.alloc(0), Err(ArenaError::ZeroLength { .. })));
+    assert_eq!(a.alloc(60).unwrap(), 0..60);
+    assert!(matches!(
+        a.alloc(usize::MAX),
+        Err(ArenaError::OutOfMemory { offset: 60, .. })
+    ));
+    assert!(matches!(a.alloc(41), Err(ArenaError::OutOfMemory { .. })));
+    assert_eq!(a.alloc(40).unwrap(), 60..100);
+    assert_eq!(a.used(), 100);
+}
+
 #[rstest]
 #[case::use_after_unmap("use-after-unmap")]
 #[case::overlapping_arenas("overlapping-arenas")]
 #[case::stale_reset("stale-reset")]
+#[case::threads("threads")]
+#[case::resize("resize")]
 #[case::double_release("double-release")]
 fn cli_prints_the_envelope(#[case] name: &str) {
     let out = Command::cargo_bin("cowscope")
