@@ -117,7 +117,7 @@ pub fn render(cols: &[Column]) -> String {
         cols.first().map_or("", |c| c.label.as_str())
     );
 
-    let sections: [(&str, CellFn); 6] = [
+    let sections: [(&str, CellFn); 7] = [
         ("copied pages", |sc| number(sc.pointer("/pages/copied"))),
         ("page classes (non-zero counts)", page_classes),
         (
@@ -127,6 +127,18 @@ pub fn render(cols: &[Column]) -> String {
         (
             "child smaps of the arena, kB: rss/pss/shared_dirty/private_dirty/anon_huge",
             |sc| smaps(sc.pointer("/child/smaps")),
+        ),
+        (
+            "pages with pagemap bit 56 (exclusively mapped) set: parent/child",
+            |sc| {
+                let p = number(sc.pointer("/parent/exclusive"));
+                let c = number(sc.pointer("/child/exclusive"));
+                if p == MISSING && c == MISSING {
+                    MISSING.to_string()
+                } else {
+                    format!("{p}/{c}")
+                }
+            },
         ),
         ("verdict", verdict),
         ("evidence", evidence),

@@ -134,3 +134,14 @@ fn verdict_remarks_are_listed_per_kernel() {
         "{remarks}"
     );
 }
+
+#[test]
+fn exclusive_bit_counts_that_differ_are_marked() {
+    let (_, out, _) = compare(&[
+        "6.1.0-fixture/fork-report.json",
+        "6.12.0-fixture/fork-report.json",
+    ]);
+    let r = row(&out, "bit 56", "thp-child-writes");
+    assert!(r.starts_with('*'), "{r}");
+    assert!(r.contains("512/-") && r.contains("1/- *"), "{r}");
+}

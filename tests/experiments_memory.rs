@@ -50,8 +50,115 @@ fn use_after_unmap_faults_at_the_released_base() {
     assert_eq!(e["after_release_mapped"], false);
 }
 
+#[test]
+fn overlapping_arenas_replace_silently_and_noreplace_refuses() {
+    let Some(e) = held("overlapping-arenas") else {
+        return;
+    };
+    let m = &e["map_fixed"];
+    assert_eq!(
+        m["returned"], e["arena_base"],
+        "MAP_FIXED maps exactly where asked"
+    );
+    assert_eq!(
+        m["bytes_before_seed"],
+        std::str::from_utf8(cowscope::experiments::overlapping_arenas::STAMP).unwrap()
+    );
+    // A fresh anonymous mapping reads as zeroes.
+    let after = m["bytes_after_hex"].as_str().unwrap();
+    assert!(!after.is_empty() && after.chars().all(|c| c == '0'));
+    assert_eq!(e["map_fixed_noreplace"]["errno"], "EEXIST");
+}
+
+#[test]
+fn stale_reset_leaks_the_old_bytes_only_without_zeroing() {
+    let Some(e) = held("stale-reset") else {
+        return;
+    };
+    let secret: String = cowscope::experiments::stale_reset::SECRET
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // A bump arena restarts at offset 0, so the new block sits on the old one.
+    assert_eq!(e["reset_false"]["new_block_offset"], 0);
+    assert_eq!(e["reset_false"]["new_block_bytes_hex"], secret.as_str());
+    assert!(
+        !e["reset_false"]["engine_stale_findings"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        e["reset_true"]["new_block_bytes_hex"],
+        "0".repeat(secret.len())
+    );
+    assert_eq!(
+        e["reset_true"]["engine_stale_findings"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn double_release_is_reported_not_undefined() {
+    let Some(e) = held("double-release") else {
+        return;
+    };
+    assert_eq!(e["block"]["first_release"], "ok");
+    assert_eq!(e["block"]["second_release_kind"], "DoubleRelease");
+    assert_eq!(e["arena"]["first_release"], "ok");
+    assert_eq!(e["arena"]["second_release_kind"], "Released");
+    // munmap(2): unmapping a range with no mapping in it is not an error.
+    assert_eq!(e["kernel_munmap_twice"]["second"], "0 (success)");
+}
+
+#[test]
+fn threads_never_share_a_block() {
+    use cowscope::experiments::threads::{PER_THREAD, THREADS};
+    let Some(e) = held("threads") else {
+        return;
+    };
+    let c = &e["concurrent"];
+    assert_eq!(c["allocations"], THREADS * PER_THREAD);
+    assert_eq!(c["overlapping_ranges"], 0);
+    assert_eq!(c["ranges_tile_without_gaps"], true);
+    // Disjoint ranges that tile 0..offset: the offset is the sum of the lengths.
+    assert_eq!(c["final_offset"], c["bytes_requested"]);
+    let x = &e["exhaustion"];
+    let (cap, len) = (
+        x["capacity"].as_u64().unwrap(),
+        x["block_len"].as_u64().unwrap(),
+    );
+    // Blocks of `len` fill the arena up to the largest multiple of `len`, never past it.
+    assert_eq!(x["final_offset"].as_u64().unwrap(), cap / len * len);
+    assert_eq!(x["threads_refused"], THREADS);
+    // Both loads happen before either store: both threads read offset 0.
+    let f = &e["seed_style_forced_interleaving"];
+    assert_eq!(f["thread_a"], "0..32");
+    assert_eq!(f["thread_b"], "0..32");
+}
+
+#[test]
+fn concurrent_arena_refuses_zero_and_overflowing_lengths() {
+    use cowscope::arena::ArenaError;
+    use cowscope::experiments::threads::ConcurrentArena;
+    let a = ConcurrentArena::new(100);
+    assert!(matches!(a.alloc(0), Err(ArenaError::ZeroLength { .. })));
+    assert_eq!(a.alloc(60).unwrap(), 0..60);
+    assert!(matches!(
+        a.alloc(usize::MAX),
+        Err(ArenaError::OutOfMemory { offset: 60, .. })
+    ));
+    assert!(matches!(a.alloc(41), Err(ArenaError::OutOfMemory { .. })));
+    assert_eq!(a.alloc(40).unwrap(), 60..100);
+    assert_eq!(a.used(), 100);
+}
+
 #[rstest]
 #[case::use_after_unmap("use-after-unmap")]
+#[case::overlapping_arenas("overlapping-arenas")]
+#[case::stale_reset("stale-reset")]
+#[case::threads("threads")]
+#[case::double_release("double-release")]
 fn cli_prints_the_envelope(#[case] name: &str) {
     let out = Command::cargo_bin("cowscope")
         .expect("binary built")

@@ -495,9 +495,9 @@ pub struct Arena {
 // SAFETY: the arena exclusively owns its mapping (no thread-local or shared state); moving it to
 // another thread moves that ownership.
 unsafe impl Send for Arena {}
-// SAFETY: every `&self` method only reads the mapping or calls madvise with non-destructive
-// advice; all mutation needs `&mut self`, so shared references cannot race.
-unsafe impl Sync for Arena {}
+// Deliberately not `Sync`: the arena is single-threaded (the seed's question "Is this
+// thread-safe?"); sharing one between threads is refused by the compiler, as the compile-fail
+// doctest on `experiments::threads::ConcurrentArena` shows. That type is the shareable one.
 
 impl Arena {
     /// Map a new arena.

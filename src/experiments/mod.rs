@@ -11,9 +11,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::report::Envelope;
 
+pub mod double_release;
+pub mod overlapping_arenas;
+pub mod stale_reset;
+pub mod threads;
 pub mod use_after_unmap;
 
+pub mod fork_with_threads;
 pub mod ignored_error;
+pub mod ksm;
+pub mod overflow_tools;
+pub mod stdio_at_fork;
 
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
@@ -130,9 +138,49 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         use_after_unmap::run,
     ),
     (
+        "overlapping-arenas",
+        "mmap MAP_FIXED over a live arena silently replaces its pages; MAP_FIXED_NOREPLACE refuses with EEXIST",
+        overlapping_arenas::run,
+    ),
+    (
+        "stale-reset",
+        "reset without zeroing leaves old bytes readable through new blocks; with zeroing it does not",
+        stale_reset::run,
+    ),
+    (
+        "threads",
+        "the single-threaded arena is !Sync; an atomic-offset arena never hands out overlapping blocks to 2 threads x 10^6 allocations",
+        threads::run,
+    ),
+    (
+        "double-release",
+        "releasing a block or the arena twice is detected and reported, not undefined behaviour",
+        double_release::run,
+    ),
+    (
         "ignored-error",
         "allocation past capacity is an Err the caller cannot silently drop (#[must_use]); reports the error and its offset",
         ignored_error::run,
+    ),
+    (
+        "overflow-tools",
+        "the 09b-style overflow caught three ways: red zones, a guard page (SIGSEGV in a child), valgrind memcheck",
+        overflow_tools::run,
+    ),
+    (
+        "stdio-at-fork",
+        "a buffered line written before fork appears twice when stdout is a pipe; flushing first prevents it",
+        stdio_at_fork::run,
+    ),
+    (
+        "fork-with-threads",
+        "only the forking thread exists in the child; a lock another thread held at fork time stays locked there (shown with a timeout)",
+        fork_with_threads::run,
+    ),
+    (
+        "ksm",
+        "two identical arenas merged by KSM share one PFN; a write un-merges it (a COW break)",
+        ksm::run,
     ),
 ];
 

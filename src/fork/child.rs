@@ -29,6 +29,14 @@ pub const TAG_FAULT_ADDR: u8 = b'F';
 /// The signal number of that fault.
 pub const TAG_FAULT_SIGNAL: u8 = b'S';
 
+/// Result of a [`ChildOp::TryLockFor`]: 1 the mutex was taken, 0 it stayed locked until the
+/// time ran out.
+pub const TAG_LOCK_ACQUIRED: u8 = b'L';
+/// How many `pthread_mutex_trylock` calls a [`ChildOp::TryLockFor`] made.
+pub const TAG_LOCK_TRIES: u8 = b'Y';
+/// Nanoseconds a [`ChildOp::TryLockFor`] spent trying.
+pub const TAG_LOCK_WAITED_NS: u8 = b'W';
+
 /// Exit code of a child whose pipe to the parent failed.
 pub const EXIT_PIPE_FAILED: i32 = 120;
 /// Exit code of a child whose `fork()` of a grandchild failed.
@@ -131,6 +139,23 @@ pub enum ChildOp<'a> {
     ReapAll,
     /// `_exit` with this code.
     Exit(i32),
+    /// Try to take a pthread mutex without ever blocking: `pthread_mutex_trylock` in a loop,
+    /// 1 ms apart, for at most `timeout_ns`; then send [`TAG_LOCK_TRIES`],
+    /// [`TAG_LOCK_WAITED_NS`] and [`TAG_LOCK_ACQUIRED`] (last) on `fd`. A mutex that another
+    /// thread held at fork time stays locked here forever (that thread was not copied), and
+    /// this op shows it with a timeout instead of a hang. A mutex taken is left locked.
+    ///
+    /// Why this is safe in a fork child: for a default (`PTHREAD_MUTEX_NORMAL`) mutex,
+    /// glibc's and musl's trylock is one compare-and-swap on the lock word plus plain stores
+    /// of the owner fields: no allocation, no blocking, no other lock.
+    TryLockFor {
+        /// Address of a `pthread_mutex_t` of the default type, in memory the child inherited.
+        mutex: usize,
+        /// Give up after this many nanoseconds.
+        timeout_ns: u64,
+        /// Report pipe.
+        fd: RawFd,
+    },
 }
 
 /// Run a child's program, then `_exit(0)` (or the code of an [`ChildOp::Exit`]).
@@ -253,6 +278,37 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 }
             },
             ChildOp::Exit(code) => exit(code),
+            ChildOp::TryLockFor {
+                mutex,
+                timeout_ns,
+                fd,
+            } => {
+                let t0 = now_ns();
+                let mut tries = 0u64;
+                let acquired = loop {
+                    tries += 1;
+                    // SAFETY: the caller guarantees `mutex` points to an initialised default
+                    // pthread mutex in inherited memory; trylock never blocks (see the op's
+                    // docs for why it is fit for a fork child).
+                    let rc = unsafe { libc::pthread_mutex_trylock(mutex as *mut _) };
+                    if rc == 0 {
+                        break true;
+                    }
+                    if now_ns().saturating_sub(t0) >= timeout_ns {
+                        break false;
+                    }
+                    let pause = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 1_000_000,
+                    };
+                    // SAFETY: nanosleep is async-signal-safe; it reads the local `pause` and
+                    // may write nothing (null remainder). An EINTR just ends this pause early.
+                    unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+                };
+                send(fd, TAG_LOCK_TRIES, tries);
+                send(fd, TAG_LOCK_WAITED_NS, now_ns().saturating_sub(t0));
+                send(fd, TAG_LOCK_ACQUIRED, u64::from(acquired));
+            }
         }
     }
     exit(0)

@@ -1,0 +1,132 @@
+//! `overlapping-arenas`: the seed asks "What if two arenas overlap?". Two mappings cannot
+//! overlap: `mmap` with `MAP_FIXED` at a live arena's address does not fail, it silently
+//! *replaces* the arena's pages with fresh zero-filled ones (same base, data gone), and the
+//! arena engine cannot notice (its ledger still lists the written block). `MAP_FIXED_NOREPLACE`
+//! (Linux 4.17+) at the same address refuses with `EEXIST` instead.
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+use serde_json::json;
+
+use super::{ExperimentOptions, Outcome};
+use crate::arena::{Arena, ArenaConfig, render_seed};
+use crate::error::{Error, Result};
+use crate::mem::smaps;
+
+/// What the first arena holds before the second mapping lands on it.
+pub const STAMP: &[u8] = b"arena A: live data";
+
+/// Run the experiment.
+///
+/// # Errors
+/// When the arena cannot be mapped or `/proc/self/smaps` cannot be read.
+pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
+    let pid = std::process::id() as i32;
+    let mut arena = Arena::new(ArenaConfig::new(crate::system::page_size()))?;
+    let base = arena.base_addr();
+    let capacity = arena.capacity();
+    let block = arena.alloc_labeled(STAMP.len(), "A")?;
+    arena.write(&block, 0, STAMP)?;
+    let before = arena.bytes()[block.range()].to_vec();
+    let rss_before = smaps::vma_containing(pid, base as u64)?.rss_kb;
+
+    // The NOREPLACE attempt first, while the arena is still the original mapping.
+    let noreplace = map_at(base, capacity, MapFlags::MAP_FIXED_NOREPLACE);
+    let noreplace_errno = match noreplace {
+        Ok(p) if p.as_ptr() as usize == base => {
+            return Err(Error::io(
+                "MAP_FIXED_NOREPLACE replaced a live mapping",
+                std::io::Error::other("kernel contradicts mmap(2)"),
+            ));
+        }
+        Ok(p) => {
+            // A kernel before 4.17 ignores the flag and treats the address as a hint: the
+            // mapping landed elsewhere. Give it back.
+            // SAFETY: `p` is the mapping just made, elsewhere; nothing references it.
+            unsafe { munmap(p.cast(), capacity) }.map_err(|e| Error::io("unmapping a probe", e))?;
+            None
+        }
+        Err(e) => Some(e),
+    };
+
+    // The overlap. `arena` keeps believing it owns [base, base + capacity): that stays true in
+    // the sense that matters for Drop — the replacement lies exactly inside the arena's own
+    // range (between its guards), nothing else refers to it, so the arena's munmap of its full
+    // range later unmaps the replacement, and nothing is leaked or unmapped twice.
+    let replaced = map_at(base, capacity, MapFlags::MAP_FIXED)
+        .map_err(|e| Error::io(format!("mmap MAP_FIXED at {base:#x}"), e))?;
+    let replaced_at = replaced.as_ptr() as usize;
+    let after = arena.bytes()[block.range()].to_vec();
+    let vma_after = smaps::vma_containing(pid, base as u64)?;
+    let engine_findings = arena.check();
+    arena.release()?;
+
+    let replaced_silently = replaced_at == base && before == STAMP && after.iter().all(|b| *b == 0);
+    let refused = noreplace_errno == Some(Errno::EEXIST);
+    let holds = replaced_silently && refused;
+    let sentence = if holds {
+        format!(
+            "mmap(MAP_FIXED) at the live arena's base {base:#x} succeeded and returned the same \
+             base; the arena's first bytes went from {:?} to zeroes without any error, and the \
+             engine saw nothing; MAP_FIXED_NOREPLACE at the same address failed with EEXIST",
+            render_seed(STAMP)
+        )
+    } else {
+        format!(
+            "expected a silent replacement at {base:#x} and EEXIST from MAP_FIXED_NOREPLACE; got \
+             base {replaced_at:#x}, NOREPLACE errno {noreplace_errno:?}"
+        )
+    };
+    Ok(Outcome::verdict(
+        holds,
+        sentence,
+        json!({
+            "arena_base": format!("{base:#x}"),
+            "capacity": capacity,
+            "map_fixed": {
+                "returned": format!("{replaced_at:#x}"),
+                "same_base": replaced_at == base,
+                "bytes_before_hex": hex(&before),
+                "bytes_before_seed": render_seed(&before),
+                "bytes_after_hex": hex(&after),
+                "bytes_after_seed": render_seed(&after),
+                "rss_kb_before": rss_before,
+                "rss_kb_after": vma_after.rss_kb,
+                "vma_after": format!("{:#x}-{:#x} {}", vma_after.start, vma_after.end, vma_after.perms),
+                "engine_findings_clean": engine_findings.is_clean(),
+            },
+            "map_fixed_noreplace": {
+                "errno": noreplace_errno.map(|e| format!("{e:?}")),
+                "message": noreplace_errno.map(|e| e.desc()),
+            },
+        }),
+    ))
+}
+
+/// `mmap` one private anonymous read-write region at `addr` with `extra` flags.
+fn map_at(addr: usize, len: usize, extra: MapFlags) -> std::result::Result<NonNull<u8>, Errno> {
+    let (Some(a), Some(l)) = (NonZeroUsize::new(addr), NonZeroUsize::new(len)) else {
+        return Err(Errno::EINVAL);
+    };
+    // SAFETY: the only ranges this is called on are the arena's own read-write pages: with
+    // MAP_FIXED_NOREPLACE the kernel refuses (or, before 4.17, maps elsewhere); with MAP_FIXED
+    // it replaces pages only the arena owns, and no Rust reference into them is alive (the
+    // slices taken above were copied into Vecs). Reading them afterwards through the arena is
+    // sound: they are a valid read-write mapping of the same length, just zero-filled.
+    unsafe {
+        mmap_anonymous(
+            Some(a),
+            l,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_PRIVATE | extra,
+        )
+    }
+    .map(NonNull::cast)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
