@@ -512,3 +512,70 @@ fn a_fault_in_a_subject_reports_its_address_and_signal() {
         .map(|m| m.value as i32);
     assert_eq!(sig, Some(libc::SIGSEGV));
 }
+
+/// Why content is read through /proc/<pid>/mem: process_vm_readv pins pages, and pinning a
+/// shared anonymous page unshares (copies) it on kernels with anon-exclusive tracking (5.19+).
+#[test]
+fn process_vm_readv_unshares_but_proc_mem_does_not() {
+    use cowscope::fork::child::stamp_page;
+    use cowscope::fork::subject::{SubjectPipes, spawn};
+    use cowscope::mem::pagemap::Pagemap;
+    use std::os::unix::fs::FileExt;
+    if !cowscope::system::detect().pfn_visible {
+        eprintln!("SKIP: PFNs hidden");
+        return;
+    }
+    let ps = cowscope::system::page_size();
+    let arena = cowscope::arena::Arena::new(cowscope::arena::ArenaConfig::new(2 * ps)).unwrap();
+    let base = arena.base_addr();
+    for i in 0..2 {
+        // SAFETY: both pages are inside the arena's writable mapping.
+        unsafe { stamp_page(base + i * ps, i, ps, b'P') };
+    }
+    let pipes = SubjectPipes::new().unwrap();
+    let mut ops = pipes.prologue().to_vec();
+    ops.extend(pipes.epilogue());
+    let (mut subj, _) = spawn(pipes, &ops).unwrap();
+    subj.wait_ready(std::time::Instant::now() + Duration::from_secs(10))
+        .unwrap();
+    let pid = subj.pid().as_raw();
+    let pfns = || {
+        Pagemap::open(pid)
+            .unwrap()
+            .read(base as u64, (base + 2 * ps) as u64)
+            .unwrap()
+    };
+    let before = pfns();
+    // Page 0 through /proc/<pid>/mem.
+    let mut buf = vec![0u8; 16];
+    std::fs::File::open(format!("/proc/{pid}/mem"))
+        .unwrap()
+        .read_exact_at(&mut buf, base as u64)
+        .unwrap();
+    // Page 1 through process_vm_readv.
+    let mut buf2 = vec![0u8; 16];
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: base + ps,
+        len: 16,
+    }];
+    nix::sys::uio::process_vm_readv(
+        subj.pid(),
+        &mut [std::io::IoSliceMut::new(&mut buf2)],
+        &remote,
+    )
+    .unwrap();
+    let after = pfns();
+    subj.finish(std::time::Instant::now() + Duration::from_secs(10));
+    assert_eq!(buf[8], b'P');
+    assert_eq!(buf2[8], b'P');
+    assert_eq!(
+        before[0].pfn(),
+        after[0].pfn(),
+        "/proc/<pid>/mem left page 0 shared"
+    );
+    assert_ne!(
+        before[1].pfn(),
+        after[1].pfn(),
+        "process_vm_readv copied page 1 in the child"
+    );
+}

@@ -322,14 +322,17 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
 pub unsafe fn stamp_page(addr: usize, index: usize, page_size: usize, side: u8) {
     let p = addr as *mut u8;
     let idx = (index as u64).to_le_bytes();
-    for (k, b) in idx.iter().enumerate() {
-        // SAFETY: k < 8 < page_size, inside the page (caller's guarantee).
-        unsafe { std::ptr::write_volatile(p.add(k), *b) };
-    }
-    for k in STAMP_SIDE_OFFSET..page_size {
-        // SAFETY: k < page_size, inside the page.
-        unsafe { std::ptr::write_volatile(p.add(k), side) };
-    }
+    // SAFETY: 8 bytes at the page start, inside the page (caller's guarantee); a local source.
+    unsafe { std::ptr::copy_nonoverlapping(idx.as_ptr(), p, 8) };
+    // SAFETY: [STAMP_SIDE_OFFSET, page_size) is inside the page. write_bytes is a plain memset:
+    // no allocation, no locks, safe to run in a fork child.
+    unsafe {
+        std::ptr::write_bytes(
+            p.add(STAMP_SIDE_OFFSET),
+            side,
+            page_size - STAMP_SIDE_OFFSET,
+        )
+    };
 }
 
 static FAULT_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
@@ -342,6 +345,22 @@ extern "C" fn fault_handler(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: 
     send(fd, TAG_FAULT_ADDR, addr);
     // Returning re-executes the faulting access; SA_RESETHAND restored the default action,
     // so the process now dies of the signal, as it would have without this handler.
+}
+
+/// Write only a page's header: its index (u64 LE) and the side marker. Enough for the content
+/// check, and an eighth of the cost of a whole stamp on a 1 GiB arena.
+///
+/// # Safety
+/// `addr .. addr + 9` must be mapped writable.
+#[inline]
+pub unsafe fn stamp_head(addr: usize, index: usize, side: u8) {
+    let p = addr as *mut u8;
+    let idx = (index as u64).to_le_bytes();
+    // SAFETY: 9 bytes from the page start, inside the page (caller's guarantee).
+    unsafe {
+        std::ptr::copy_nonoverlapping(idx.as_ptr(), p, 8);
+        p.add(STAMP_SIDE_OFFSET).write(side);
+    }
 }
 
 fn send(fd: RawFd, tag: u8, value: u64) {

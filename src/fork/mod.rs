@@ -162,6 +162,10 @@ pub struct ContentReport {
     /// Every page of every process carries its own index and the marker of its last writer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stamps_match: Option<bool>,
+    /// Pages whose PFN changed while the content was read (must be 0: the bytes are read
+    /// through /proc/<pid>/mem, which does not unshare pages). Absent when PFNs are hidden.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pages_moved_by_reading: Option<u64>,
     /// Pages whose stamp did not match (first few), as `process:page`.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub mismatches: Vec<String>,
@@ -184,6 +188,28 @@ pub struct TimingReport {
     /// Median of a second store to the same page, owned by then (no fault).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owned_write_ns: Option<u64>,
+    /// Where the observed run spent its time, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases_us: Option<PhaseTimes>,
+}
+
+/// Wall-clock time of each phase of the observed run, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema)]
+pub struct PhaseTimes {
+    /// mmap, populate and stamp the arena.
+    pub setup_us: u64,
+    /// Fork every subject and wait until each reported ready (includes the children's writes).
+    pub fork_and_writes_us: u64,
+    /// Read pagemap, smaps, kpagecount and kpageflags of every process.
+    pub evidence_us: u64,
+    /// Read content back and re-check the page tables.
+    pub content_us: u64,
+    /// Release and reap the subjects.
+    pub reap_us: u64,
+    /// Classify, check the witnesses, build the report.
+    pub judge_us: u64,
+    /// Unmap the arena.
+    pub unmap_us: u64,
 }
 
 /// THP facts for the `thp-child-writes` scenario.

@@ -3,10 +3,6 @@
 //! fault pages in).
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
-
-use nix::sys::uio::{RemoteIoVec, process_vm_readv};
-use nix::unistd::Pid;
 
 use super::classify::PageWitness;
 use crate::mem::kpage::Kpage;
@@ -42,14 +38,36 @@ pub fn sample(pid: i32, base: u64, pages: usize, page_size: usize) -> crate::Res
     Ok(ProcessSample { pid, entries, vma })
 }
 
+/// A hasher for PFN keys: one multiply (Fibonacci hashing). PFNs are not attacker-chosen, and
+/// SipHash showed up as the top cost of judging a 1 GiB arena.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PfnHasher(u64);
+
+impl std::hash::Hasher for PfnHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by PFN.
+pub type PfnMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PfnHasher>>;
+
 /// kpagecount and kpageflags of every distinct PFN in `samples`, when the kernel lets us read
 /// them; empty maps otherwise.
 pub fn kpage_facts(
     samples: &[&ProcessSample],
     visible: bool,
-) -> (HashMap<u64, u64>, HashMap<u64, (bool, bool)>) {
-    let mut counts = HashMap::new();
-    let mut flags = HashMap::new();
+) -> (PfnMap<u64>, PfnMap<(bool, bool)>) {
+    let mut counts = PfnMap::default();
+    let mut flags = PfnMap::default();
     if !visible {
         return (counts, flags);
     }
@@ -64,10 +82,10 @@ pub fn kpage_facts(
         .collect();
     pfns.sort_unstable();
     pfns.dedup();
-    if let Ok(c) = kp.counts(&pfns) {
+    // Both files at once (two threads for large sets): the kpage reads dominate the evidence
+    // phase of a large arena.
+    if let Ok((c, f)) = kp.counts_and_flags(&pfns) {
         counts.extend(pfns.iter().copied().zip(c));
-    }
-    if let Ok(f) = kp.flags(&pfns) {
         flags.extend(
             pfns.iter()
                 .copied()
@@ -82,8 +100,8 @@ pub fn witness(
     s: &ProcessSample,
     i: usize,
     pfn_visible: bool,
-    counts: &HashMap<u64, u64>,
-    flags: &HashMap<u64, (bool, bool)>,
+    counts: &PfnMap<u64>,
+    flags: &PfnMap<(bool, bool)>,
 ) -> PageWitness {
     let Some(e) = s.entries.get(i).copied() else {
         return PageWitness::default();
@@ -102,9 +120,13 @@ pub fn witness(
     }
 }
 
-/// Read the first `head` bytes of each of `pages` pages of another process's memory
-/// (process_vm_readv, in batches of IOV_MAX). None when the memory cannot be read (no
-/// mapping, as under DONTFORK).
+/// Read the first `head` bytes of each of `pages` pages of another process's memory, through
+/// `/proc/<pid>/mem` in large chunks. None when the memory cannot be read (no mapping, as under
+/// DONTFORK).
+///
+/// Not `process_vm_readv`: it pins the pages it reads (FOLL_PIN), and since Linux 5.19 pinning a
+/// shared anonymous page unshares it, i.e. every page read would be copied, destroying the very
+/// sharing being observed. `/proc/<pid>/mem` reads without pinning.
 pub fn read_heads(
     pid: i32,
     base: u64,
@@ -112,37 +134,32 @@ pub fn read_heads(
     page_size: usize,
     head: usize,
 ) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
     let head = head.min(page_size);
-    let mut out = vec![0u8; pages * head];
-    const BATCH: usize = 1024;
-    for (chunk_idx, chunk) in out.chunks_mut(BATCH * head).enumerate() {
-        let first = chunk_idx * BATCH;
-        let n = chunk.len() / head;
-        let remote: Vec<RemoteIoVec> = (0..n)
-            .map(|k| RemoteIoVec {
-                base: base as usize + (first + k) * page_size,
-                len: head,
-            })
-            .collect();
-        let mut local = [IoSliceMut::new(chunk)];
-        match process_vm_readv(Pid::from_raw(pid), &mut local, &remote) {
-            Ok(got) if got == n * head => {}
-            _ => return None,
+    let f = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut out = Vec::with_capacity(pages * head);
+    const CHUNK_PAGES: usize = 256;
+    let mut buf = vec![0u8; CHUNK_PAGES * page_size];
+    let mut first = 0;
+    while first < pages {
+        let n = (pages - first).min(CHUNK_PAGES);
+        let bytes = &mut buf[..n * page_size];
+        f.read_exact_at(bytes, base + (first * page_size) as u64)
+            .ok()?;
+        for k in 0..n {
+            out.extend_from_slice(&bytes[k * page_size..k * page_size + head]);
         }
+        first += n;
     }
     Some(out)
 }
 
-/// Read `len` bytes at `addr` of another process.
+/// Read `len` bytes at `addr` of another process (through `/proc/<pid>/mem`, see
+/// [`read_heads`]).
 pub fn read_bytes(pid: i32, addr: u64, len: usize) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
     let mut out = vec![0u8; len];
-    let remote = [RemoteIoVec {
-        base: addr as usize,
-        len,
-    }];
-    let mut local = [IoSliceMut::new(&mut out)];
-    match process_vm_readv(Pid::from_raw(pid), &mut local, &remote) {
-        Ok(got) if got == len => Some(out),
-        _ => None,
-    }
+    f.read_exact_at(&mut out, addr).ok()?;
+    Some(out)
 }

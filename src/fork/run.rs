@@ -1,6 +1,5 @@
 //! Running one scenario: set up the arena, fork the subjects, sample, release, judge.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::child::{self, ChildOp, TAG_COW_NS, TAG_OWNED_NS, TAG_PID, side};
@@ -159,9 +158,13 @@ pub fn run_scenario(
         ));
     }
 
+    let t_setup = Instant::now();
     let mut arena = make_arena(s, page_size)?;
     let base = arena.base_addr();
     let pages = s.pages;
+    if s.populate && !s.thp {
+        populate_write(&arena);
+    }
 
     // Populate: the 09a strings, or a stamp on every page naming its index and the parent.
     if s.seed_09c {
@@ -173,8 +176,16 @@ pub fn run_scenario(
         }
     } else if s.populate {
         for i in 0..pages {
-            // SAFETY: page i lies inside the arena's mapping, which is readable and writable.
-            unsafe { child::stamp_page(base + i * page_size, i, page_size, side::PARENT_BEFORE) };
+            if s.thp {
+                // Whole pages, so the first touch of the 2 MiB range faults in a huge page.
+                // SAFETY: page i lies inside the arena's readable, writable mapping.
+                unsafe {
+                    child::stamp_page(base + i * page_size, i, page_size, side::PARENT_BEFORE)
+                };
+            } else {
+                // SAFETY: as above; populate_write already faulted every page in.
+                unsafe { child::stamp_head(base + i * page_size, i, side::PARENT_BEFORE) };
+            }
         }
     }
 
@@ -201,6 +212,11 @@ pub fn run_scenario(
     let self_pid = nix::unistd::getpid().as_raw();
     let before = observe::sample(self_pid, base as u64, pages, page_size)?;
 
+    let mut phases = super::PhaseTimes {
+        setup_us: us(t_setup),
+        ..Default::default()
+    };
+    let t_fork = Instant::now();
     // ── fork the subjects ────────────────────────────────────────────────────────────────
     let deadline_for = |t: Duration| Instant::now() + t;
     let mut procs: Vec<Proc> = Vec::new();
@@ -320,7 +336,9 @@ pub fn run_scenario(
         unsafe { child::stamp_page(base + p * page_size, p, page_size, side::PARENT_AFTER) };
     }
 
+    phases.fork_and_writes_us = us(t_fork);
     // ── sample: page tables of every live process, then content ─────────────────────────
+    let t_evidence = Instant::now();
     let parent_sample = observe::sample(self_pid, base as u64, pages, page_size)?;
     let mut samples: Vec<Option<ProcessSample>> = Vec::new();
     for p in &procs {
@@ -334,6 +352,8 @@ pub fn run_scenario(
     all.extend(samples.iter().flatten());
     let (counts, flags) = observe::kpage_facts(&all, sys.pfn_visible && sys.kpage_readable);
 
+    phases.evidence_us = us(t_evidence);
+    let t_content = Instant::now();
     let heads: Vec<Option<Vec<u8>>> = procs
         .iter()
         .zip(&samples)
@@ -344,6 +364,20 @@ pub fn run_scenario(
             _ => None,
         })
         .collect();
+    // Reading content must not have changed the page tables (principle 7): re-read them.
+    let mut moved_by_reading = 0u64;
+    for (p, smp) in procs.iter().zip(&samples) {
+        if let (Some(smp), true) = (smp, sys.pfn_visible) {
+            if let Ok(again) = observe::sample(p.pid, base as u64, pages, page_size) {
+                moved_by_reading += smp
+                    .entries
+                    .iter()
+                    .zip(&again.entries)
+                    .filter(|(a, b)| a.present() && b.present() && a.pfn() != b.pfn())
+                    .count() as u64;
+            }
+        }
+    }
     let child_dump = if s.seed_09c {
         procs
             .first()
@@ -353,6 +387,8 @@ pub fn run_scenario(
         None
     };
 
+    phases.content_us = us(t_content);
+    let t_reap = Instant::now();
     // ── release and reap (grandchildren first: their parents reap them) ─────────────────
     let mut exits: Vec<Option<ExitInfo>> = vec![None; procs.len()];
     for idx in (0..procs.len()).rev() {
@@ -382,11 +418,27 @@ pub fn run_scenario(
         }
     }
 
+    phases.reap_us = us(t_reap);
+    let t_judge = Instant::now();
     // ── judge ───────────────────────────────────────────────────────────────────────────
     let pfn_ok = sys.pfn_visible;
-    let w = |smp: &ProcessSample, i: usize| observe::witness(smp, i, pfn_ok, &counts, &flags);
-    let parent_w: Vec<PageWitness> = (0..pages).map(|i| w(&parent_sample, i)).collect();
-    let before_w: Vec<PageWitness> = (0..pages).map(|i| w(&before, i)).collect();
+    // Every witness is computed once: the judging below looks each page up several times.
+    let witnesses = |smp: &ProcessSample| -> Vec<PageWitness> {
+        (0..pages)
+            .map(|i| observe::witness(smp, i, pfn_ok, &counts, &flags))
+            .collect()
+    };
+    let by_pid: Vec<(i32, Vec<PageWitness>)> =
+        all.iter().map(|smp| (smp.pid, witnesses(smp))).collect();
+    let w = |smp: &ProcessSample, i: usize| -> PageWitness {
+        by_pid
+            .iter()
+            .find(|(pid, _)| *pid == smp.pid)
+            .map(|(_, v)| v[i])
+            .unwrap_or_default()
+    };
+    let parent_w: Vec<PageWitness> = by_pid[0].1.clone();
+    let before_w: Vec<PageWitness> = witnesses(&before);
 
     let mut aggregate = vec![None::<PageClass>; pages];
     let mut bases = std::collections::BTreeSet::new();
@@ -402,7 +454,7 @@ pub fn run_scenario(
     let mut new_pfn_mismatch = Vec::new();
 
     // PFN -> how many of our processes map it (for kpagecount, bit 56 and smaps checks).
-    let mut mappers: HashMap<u64, u64> = HashMap::new();
+    let mut mappers: observe::PfnMap<u64> = observe::PfnMap::default();
     for smp in &all {
         for i in 0..pages {
             if let Some(pfn) = w(smp, i).pfn {
@@ -645,7 +697,10 @@ pub fn run_scenario(
     }
 
     // ── content (last) ──────────────────────────────────────────────────────────────────
-    let mut content = ContentReport::default();
+    let mut content = ContentReport {
+        pages_moved_by_reading: sys.pfn_visible.then_some(moved_by_reading),
+        ..Default::default()
+    };
     let parent_bytes = arena.bytes();
     let mut mismatches = Vec::new();
     if !s.seed_09c && s.populate {
@@ -750,6 +805,9 @@ pub fn run_scenario(
             .notes
             .push("the WIPEONFORK child does not read zero everywhere".into());
     }
+    if moved_by_reading > 0 {
+        verdict.notes.push(format!("reading content moved {moved_by_reading} pages: the content check disturbed the evidence"));
+    }
     if content.stamps_match == Some(false) {
         verdict
             .notes
@@ -815,8 +873,13 @@ pub fn run_scenario(
         Vec::new()
     };
 
-    let timing = timing_runs(s, page_size, opts, fork_ns_observed)?;
+    phases.judge_us = us(t_judge);
+    // Unmap before the timing runs, so their forks do not copy this arena's page tables.
+    let t_unmap = Instant::now();
     drop(arena);
+    phases.unmap_us = us(t_unmap);
+    let mut timing = timing_runs(s, page_size, opts, fork_ns_observed)?;
+    timing.phases_us = Some(phases);
 
     let parent = proc_reports[0].clone();
     let child = proc_reports.get(1).cloned();
@@ -835,6 +898,21 @@ pub fn run_scenario(
         page_rows,
         verdict,
     })
+}
+
+/// Fault every page of the arena in for writing in one call (MADV_POPULATE_WRITE, Linux
+/// 5.14+), much faster than one fault per page. Without it, the stamping loop faults the pages
+/// in itself, so failure here only costs time.
+fn populate_write(arena: &Arena) {
+    // SAFETY: the range is exactly the arena's own live read-write mapping; POPULATE_WRITE
+    // only faults pages in (it never discards contents).
+    unsafe {
+        libc::madvise(
+            arena.as_ptr().cast(),
+            arena.capacity(),
+            libc::MADV_POPULATE_WRITE,
+        );
+    }
 }
 
 fn skipped(s: &Scenario, config: ScenarioConfig, reason: String) -> ScenarioReport {
@@ -915,7 +993,7 @@ fn expected_smaps(
     pages: usize,
     page_size: usize,
     w: &dyn Fn(usize) -> PageWitness,
-    mappers: &HashMap<u64, u64>,
+    mappers: &observe::PfnMap<u64>,
     pfn_ok: bool,
 ) -> Option<ExpectedSmaps> {
     smp.vma.as_ref()?;
@@ -1042,6 +1120,10 @@ fn describe_exit(e: Option<&ExitInfo>) -> String {
     }
 }
 
+fn us(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}
+
 fn median(v: &mut [u64]) -> Option<u64> {
     if v.is_empty() {
         return None;
@@ -1107,5 +1189,6 @@ fn timing_runs(
         fork_ns_observed: observed,
         cow_fault_ns: median(&mut cows),
         owned_write_ns: median(&mut owned),
+        phases_us: None,
     })
 }

@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 /// development VM (Linux 6.18): the kernel spends ~95 ns per frame in these files (one
 /// `put_user` each) and ~0.5 µs per `pread`, so skipping more than ~5 unneeded frames costs
 /// more than a new syscall.
-pub const RUN_GAP: u64 = 4;
+pub const RUN_GAP: u64 = 512;
 /// Longest single `pread`, in entries (bounds the scratch buffer).
 const MAX_RUN: u64 = 1 << 16;
 
