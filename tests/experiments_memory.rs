@@ -99,6 +99,33 @@ fn stale_reset_leaks_the_old_bytes_only_without_zeroing() {
 }
 
 #[test]
+fn resize_moves_the_arena_and_the_old_address_dangles() {
+    use cowscope::experiments::resize::{CONTENT, GROW_PAGES};
+    let Some(e) = held("resize") else {
+        return;
+    };
+    let g = &e["grow"];
+    assert_eq!(g["moved"], true);
+    assert_ne!(g["old_base"], g["new_base"]);
+    let page = cowscope::system::page_size();
+    assert_eq!(g["old_capacity"], page);
+    assert_eq!(g["new_capacity"], GROW_PAGES * page);
+    assert_eq!(
+        e["contents"]["after_seed"],
+        std::str::from_utf8(CONTENT).unwrap()
+    );
+    // The child stored to the block's old address: the kernel names exactly that address.
+    let old = &e["old_block_address"];
+    assert_eq!(old["si_addr"], old["addr"]);
+    assert_eq!(old["child_exit"]["signal"], "SIGSEGV");
+    assert_eq!(old["parent_vma"], Value::Null);
+    assert_eq!(
+        hex(&old["addr"]),
+        hex(&g["old_base"]) + e["contents"]["block_offset"].as_u64().unwrap() as usize
+    );
+}
+
+#[test]
 fn double_release_is_reported_not_undefined() {
     let Some(e) = held("double-release") else {
         return;
@@ -158,6 +185,7 @@ fn concurrent_arena_refuses_zero_and_overflowing_lengths() {
 #[case::overlapping_arenas("overlapping-arenas")]
 #[case::stale_reset("stale-reset")]
 #[case::threads("threads")]
+#[case::resize("resize")]
 #[case::double_release("double-release")]
 fn cli_prints_the_envelope(#[case] name: &str) {
     let out = Command::cargo_bin("cowscope")

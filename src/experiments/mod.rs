@@ -13,6 +13,7 @@ use crate::report::Envelope;
 
 pub mod double_release;
 pub mod overlapping_arenas;
+pub mod resize;
 pub mod stale_reset;
 pub mod threads;
 pub mod use_after_unmap;
@@ -151,6 +152,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "threads",
         "the single-threaded arena is !Sync; an atomic-offset arena never hands out overlapping blocks to 2 threads x 10^6 allocations",
         threads::run,
+    ),
+    (
+        "resize",
+        "growing the arena with mremap(MREMAP_MAYMOVE) can move it: old addresses dangle; the engine reports old and new base",
+        resize::run,
     ),
     (
         "double-release",
