@@ -23,6 +23,7 @@ pub mod ignored_error;
 pub mod ksm;
 pub mod overflow_tools;
 pub mod stdio_at_fork;
+pub mod thp_sizes;
 
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
@@ -182,6 +183,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "fork-with-threads",
         "only the forking thread exists in the child; a lock another thread held at fork time stays locked there (shown with a timeout)",
         fork_with_threads::run,
+    ),
+    (
+        "thp-sizes",
+        "for each anonymous THP size, how many bytes one child write makes the kernel copy (needs --allow-sysfs)",
+        thp_sizes::run,
     ),
     (
         "ksm",
