@@ -180,6 +180,33 @@ fn concurrent_arena_refuses_zero_and_overflowing_lengths() {
     assert_eq!(a.used(), 100);
 }
 
+#[test]
+fn child_munmap_reports_success_and_errno() {
+    use cowscope::fork::child::{ChildOp, TAG_MUNMAP_RESULT};
+    use cowscope::fork::subject::{SubjectPipes, spawn};
+    use std::time::{Duration, Instant};
+    let pipes = SubjectPipes::new().unwrap();
+    let fd = pipes.child_report_fd();
+    let mut ops = pipes.prologue().to_vec();
+    // munmap(2): EINVAL when addr is not a multiple of the page size.
+    ops.push(ChildOp::Munmap {
+        addr: 1,
+        len: 1,
+        fd,
+    });
+    ops.extend(pipes.epilogue());
+    let (mut subj, _) = spawn(pipes, &ops).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let msgs = subj.wait_ready(deadline).unwrap();
+    assert_eq!(subj.finish(deadline).code, Some(0));
+    let r: Vec<u64> = msgs
+        .iter()
+        .filter(|m| m.tag == TAG_MUNMAP_RESULT)
+        .map(|m| m.value)
+        .collect();
+    assert_eq!(r, vec![libc::EINVAL as u64]);
+}
+
 #[rstest]
 #[case::use_after_unmap("use-after-unmap")]
 #[case::overlapping_arenas("overlapping-arenas")]
@@ -200,4 +227,33 @@ fn cli_prints_the_envelope(#[case] name: &str) {
     }
     assert_eq!(v["name"], name);
     assert_eq!(v["verdict"]["holds"], true);
+}
+
+/// None of these experiments needs privilege: as nobody each verdict still holds.
+#[rstest]
+#[case::use_after_unmap("use-after-unmap")]
+#[case::overlapping_arenas("overlapping-arenas")]
+#[case::stale_reset("stale-reset")]
+#[case::threads("threads")]
+#[case::resize("resize")]
+#[case::double_release("double-release")]
+fn as_nobody_the_verdict_still_holds(#[case] name: &str) {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP {name}: not root, cannot drop to nobody with setpriv");
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(assert_cmd::cargo::cargo_bin!("cowscope"))
+        .args(["experiment", name])
+        .output()
+        .expect("setpriv runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(v["verdict"]["holds"], true, "{name}: {}", v["verdict"]);
 }

@@ -5,7 +5,7 @@
 //! one write-protected KSM page: pagemap then shows the same PFN for page *k* of both arenas,
 //! and kpageflags has the KSM bit. A write to one arena is a copy-on-write break: the writer's
 //! PFN changes to a fresh, non-KSM page; the other arena keeps the KSM page. Every sysfs value
-//! changed is restored when the experiment ends, even on error or panic ([`SysfsGuard`]).
+//! changed is restored when the experiment ends, even on error or panic (`SysfsGuard`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
