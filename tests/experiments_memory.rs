@@ -99,6 +99,33 @@ fn stale_reset_leaks_the_old_bytes_only_without_zeroing() {
 }
 
 #[test]
+fn resize_moves_the_arena_and_the_old_address_dangles() {
+    use cowscope::experiments::resize::{CONTENT, GROW_PAGES};
+    let Some(e) = held("resize") else {
+        return;
+    };
+    let g = &e["grow"];
+    assert_eq!(g["moved"], true);
+    assert_ne!(g["old_base"], g["new_base"]);
+    let page = cowscope::system::page_size();
+    assert_eq!(g["old_capacity"], page);
+    assert_eq!(g["new_capacity"], GROW_PAGES * page);
+    assert_eq!(
+        e["contents"]["after_seed"],
+        std::str::from_utf8(CONTENT).unwrap()
+    );
+    // The child stored to the block's old address: the kernel names exactly that address.
+    let old = &e["old_block_address"];
+    assert_eq!(old["si_addr"], old["addr"]);
+    assert_eq!(old["child_exit"]["signal"], "SIGSEGV");
+    assert_eq!(old["parent_vma"], Value::Null);
+    assert_eq!(
+        hex(&old["addr"]),
+        hex(&g["old_base"]) + e["contents"]["block_offset"].as_u64().unwrap() as usize
+    );
+}
+
+#[test]
 fn double_release_is_reported_not_undefined() {
     let Some(e) = held("double-release") else {
         return;
@@ -153,11 +180,39 @@ fn concurrent_arena_refuses_zero_and_overflowing_lengths() {
     assert_eq!(a.used(), 100);
 }
 
+#[test]
+fn child_munmap_reports_success_and_errno() {
+    use cowscope::fork::child::{ChildOp, TAG_MUNMAP_RESULT};
+    use cowscope::fork::subject::{SubjectPipes, spawn};
+    use std::time::{Duration, Instant};
+    let pipes = SubjectPipes::new().unwrap();
+    let fd = pipes.child_report_fd();
+    let mut ops = pipes.prologue().to_vec();
+    // munmap(2): EINVAL when addr is not a multiple of the page size.
+    ops.push(ChildOp::Munmap {
+        addr: 1,
+        len: 1,
+        fd,
+    });
+    ops.extend(pipes.epilogue());
+    let (mut subj, _) = spawn(pipes, &ops).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let msgs = subj.wait_ready(deadline).unwrap();
+    assert_eq!(subj.finish(deadline).code, Some(0));
+    let r: Vec<u64> = msgs
+        .iter()
+        .filter(|m| m.tag == TAG_MUNMAP_RESULT)
+        .map(|m| m.value)
+        .collect();
+    assert_eq!(r, vec![libc::EINVAL as u64]);
+}
+
 #[rstest]
 #[case::use_after_unmap("use-after-unmap")]
 #[case::overlapping_arenas("overlapping-arenas")]
 #[case::stale_reset("stale-reset")]
 #[case::threads("threads")]
+#[case::resize("resize")]
 #[case::double_release("double-release")]
 fn cli_prints_the_envelope(#[case] name: &str) {
     let out = Command::cargo_bin("cowscope")
@@ -172,4 +227,33 @@ fn cli_prints_the_envelope(#[case] name: &str) {
     }
     assert_eq!(v["name"], name);
     assert_eq!(v["verdict"]["holds"], true);
+}
+
+/// None of these experiments needs privilege: as nobody each verdict still holds.
+#[rstest]
+#[case::use_after_unmap("use-after-unmap")]
+#[case::overlapping_arenas("overlapping-arenas")]
+#[case::stale_reset("stale-reset")]
+#[case::threads("threads")]
+#[case::resize("resize")]
+#[case::double_release("double-release")]
+fn as_nobody_the_verdict_still_holds(#[case] name: &str) {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP {name}: not root, cannot drop to nobody with setpriv");
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(assert_cmd::cargo::cargo_bin!("cowscope"))
+        .args(["experiment", name])
+        .output()
+        .expect("setpriv runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    assert_eq!(v["verdict"]["holds"], true, "{name}: {}", v["verdict"]);
 }

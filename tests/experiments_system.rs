@@ -187,6 +187,52 @@ fn ksm(r: &ExperimentResult) {
     assert_eq!(e["restore_failures"], serde_json::json!([]));
 }
 
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let rel = cowscope::system::kernel_release();
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    let (Some(a), Some(b)) = (it.next(), it.next()) else {
+        return false;
+    };
+    (a.parse::<u32>().unwrap_or(0), b.parse::<u32>().unwrap_or(0)) >= (major, minor)
+}
+
+/// A shared large folio must have at least the written page copied for the child, and never
+/// more than the folio; the parent keeps its frames. Since 5.8 a write to a shared PMD THP
+/// splits the PMD and copies one base page (design.md, "Kernels").
+fn thp_sizes(r: &ExperimentResult) {
+    let e = &r.evidence;
+    let page = e["page_size"].as_u64().expect("page size");
+    let pmd_kb = cowscope::system::thp_pmd_size_kb();
+    let rows = e["sizes"].as_array().expect("rows");
+    assert!(!rows.is_empty());
+    for row in rows {
+        let kb = row["size_kb"].as_u64().expect("size");
+        if row["folio_formed"] != true {
+            eprintln!("thp-sizes: {kb} kB formed no large folio: {row}");
+            continue;
+        }
+        assert_eq!(row["pfns_contiguous"], true);
+        assert_eq!(row["compound_head_then_tails_thp"], true);
+        let pages = row["copied_pages"].as_u64().expect("pages");
+        assert_eq!(row["copied_bytes"].as_u64(), Some(pages * page));
+        assert!(pages >= 1, "{kb} kB: the written page was copied");
+        assert!(
+            pages * page <= kb * 1024,
+            "{kb} kB: never more than the folio"
+        );
+        assert_ne!(row["child_written_page_pfn"], row["head_pfn"]);
+        assert_eq!(row["parent_pfns_unchanged"], true);
+        assert_eq!(row["child_pages_absent"], 0, "fork copies anonymous PTEs");
+        if Some(kb) == pmd_kb {
+            assert_eq!(row["smaps_anon_huge_pages_kb"], kb);
+            if kernel_at_least(5, 8) {
+                assert_eq!(pages, 1, "a PMD THP COW copies one base page since 5.8");
+            }
+        }
+    }
+    assert_eq!(e["restore_failures"], serde_json::json!([]));
+}
+
 /// Every sysfs value an experiment of this suite may change.
 fn sysfs_settings() -> Vec<(String, String)> {
     let mut files: Vec<PathBuf> = ["run", "pages_to_scan", "sleep_millisecs"]
@@ -214,6 +260,7 @@ fn sysfs_settings() -> Vec<(String, String)> {
 #[case::overflow_tools("overflow-tools", overflow_tools as fn(&ExperimentResult), false)]
 #[case::stdio_at_fork("stdio-at-fork", stdio_at_fork as fn(&ExperimentResult), false)]
 #[case::fork_with_threads("fork-with-threads", fork_with_threads as fn(&ExperimentResult), false)]
+#[case::thp_sizes("thp-sizes", thp_sizes as fn(&ExperimentResult), true)]
 #[case::ksm("ksm", ksm as fn(&ExperimentResult), true)]
 fn experiment_verdict_holds(
     #[case] name: &str,
@@ -247,6 +294,7 @@ fn experiment_verdict_holds(
 #[case::overflow_tools("overflow-tools")]
 #[case::stdio_at_fork("stdio-at-fork")]
 #[case::fork_with_threads("fork-with-threads")]
+#[case::thp_sizes("thp-sizes")]
 #[case::ksm("ksm")]
 fn cli_prints_the_experiment_document(#[case] name: &str) {
     let out = Command::new(assert_cmd::cargo::cargo_bin!("cowscope"))
@@ -386,6 +434,7 @@ fn ignoring_alloc_result_is_an_unused_must_use_error_under_deny() {
 /// Without --allow-sysfs, experiments that would have to change /sys skip and say why
 /// (unless the setting is already as needed, e.g. ksmd already running).
 #[rstest]
+#[case::thp_sizes("thp-sizes", "", "")]
 #[case::ksm("ksm", "/sys/kernel/mm/ksm/run", "1")]
 fn without_allow_sysfs_it_skips_with_the_reason(
     #[case] name: &str,
@@ -411,6 +460,7 @@ fn without_allow_sysfs_it_skips_with_the_reason(
 /// Not root: the experiments that need PFNs or /sys skip with the reason (exit 0, never a
 /// pass or a failure).
 #[rstest]
+#[case::thp_sizes("thp-sizes")]
 #[case::ksm("ksm")]
 fn as_nobody_it_skips_with_the_reason(#[case] name: &str) {
     if !is_root() {

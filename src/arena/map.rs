@@ -191,3 +191,152 @@ pub(super) fn madvise(m: &Mapping, advice: libc::c_int) -> Result<(), Errno> {
     let rc = unsafe { libc::madvise(m.base.as_ptr().cast(), m.capacity, advice) };
     Errno::result(rc).map(|_| ())
 }
+
+/// Unmap `[start, start + len)` if `len > 0`.
+///
+/// # Safety
+/// The range must be ours (part of a mapping made here) and unreferenced.
+unsafe fn unmap_range(start: usize, len: usize) -> Result<(), ArenaError> {
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: the caller guarantees the range is ours and unreferenced.
+    let rc = unsafe { libc::munmap(start as *mut libc::c_void, len) };
+    Errno::result(rc)
+        .map(|_| ())
+        .map_err(|errno| ArenaError::Unmap { len, errno })
+}
+
+/// What [`grow`] did.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Grown {
+    /// The arena's new mapping.
+    pub map: Mapping,
+    /// Whether the kernel had to move it (`mremap` with `MREMAP_MAYMOVE | MREMAP_FIXED`).
+    pub moved: bool,
+    /// Whether both old guards could be unmapped after a move (always true otherwise).
+    pub old_guards_unmapped: bool,
+}
+
+/// Grow a private arena to `new_capacity` bytes (a multiple of `page`, larger than the
+/// current capacity), keeping a guard of `m.guard_len` bytes on each side.
+///
+/// In place when the `new_capacity - capacity` bytes right after the end guard are free: they
+/// are claimed first with `MAP_FIXED_NOREPLACE` (so nobody else's mapping is ever touched),
+/// the arena then grows over its old end guard with `mremap` (no flags: in place or fail), and
+/// the claim's last `guard_len` bytes are the new end guard. Otherwise the arena moves: a fresh
+/// guarded region is mapped (aligned to `align`, like [`map`]) and `mremap(MREMAP_MAYMOVE |
+/// MREMAP_FIXED)` moves the arena's pages over its read-write part, growing them; the old
+/// guards are then unmapped. On error the arena is left as it was.
+///
+/// # Safety
+/// `m` must describe a live private mapping made by [`map`] that nothing references (no slice
+/// of its bytes is alive); after success only the returned mapping may be used.
+pub(super) unsafe fn grow(
+    m: &Mapping,
+    new_capacity: usize,
+    align: usize,
+    page: usize,
+) -> Result<Grown, ArenaError> {
+    let base = m.base.as_ptr() as usize;
+    let (capacity, guard_len) = (m.capacity, m.guard_len);
+    debug_assert!(new_capacity > capacity && new_capacity % page == 0);
+    let extra = new_capacity - capacity;
+    let old_end = base + capacity;
+    let claim_at = old_end + guard_len;
+    let remap_err = |errno| ArenaError::Remap {
+        old_capacity: capacity,
+        new_capacity,
+        errno,
+    };
+
+    let mut old_end_guard_ours = true;
+    // In place: claim the bytes after the end guard without replacing anything. The end of the
+    // claim cannot overflow: `map` checked that base + capacity + guards fits, and new_capacity
+    // was checked against isize::MAX by the caller; an address-space overflow makes the kernel
+    // refuse (ENOMEM), which leads to the move below.
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping (EEXIST instead); a fresh
+    // PROT_NONE mapping aliases no Rust object.
+    let claim = unsafe {
+        libc::mmap(
+            claim_at as *mut libc::c_void,
+            extra,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_NORESERVE
+                | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if claim != libc::MAP_FAILED {
+        let got = claim as usize;
+        if got == claim_at {
+            // [old_end, claim_at + extra) is ours: old end guard + claim. The arena grows into
+            // its first `extra` bytes; the last `guard_len` bytes stay as the new end guard.
+            // SAFETY: that range is our old guard plus our claim, PROT_NONE, unreferenced.
+            unsafe { unmap_range(old_end, extra) }?;
+            // SAFETY: [base, old_end) is our live arena (caller's guarantee) and the range it
+            // grows into was just freed by us. Without MREMAP_MAYMOVE the kernel grows it in
+            // place or fails.
+            let r = unsafe { libc::mremap(base as *mut libc::c_void, capacity, new_capacity, 0) };
+            if r != libc::MAP_FAILED {
+                return Ok(Grown {
+                    map: Mapping {
+                        base: m.base,
+                        capacity: new_capacity,
+                        guard_len,
+                    },
+                    moved: false,
+                    old_guards_unmapped: true,
+                });
+            }
+            // Another thread mapped into the hole in the meantime: give back the rest of the
+            // claim (the would-be guard) and move instead. The old end guard is gone.
+            old_end_guard_ours = false;
+            // SAFETY: [old_end + extra, claim_at + extra) is the tail of our claim.
+            unsafe { unmap_range(old_end + extra, guard_len) }?;
+        } else {
+            // A kernel before 4.17 treats the address as a hint: not where we asked. Give it back.
+            // SAFETY: `claim` is the mapping just made, `extra` bytes, unreferenced.
+            unsafe { unmap_range(got, extra) }?;
+        }
+    }
+
+    // Move: a fresh guarded, aligned region; the arena's pages replace its read-write part.
+    let fresh = map(new_capacity, guard_len, align, page, false)?;
+    // SAFETY: the source is our live arena, the destination the read-write part of the region
+    // just mapped (ours, unreferenced); MREMAP_FIXED replaces only that. Afterwards the old
+    // range is unmapped by the kernel and only `fresh` may be used, as the caller agreed.
+    let r = unsafe {
+        libc::mremap(
+            base as *mut libc::c_void,
+            capacity,
+            new_capacity,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            fresh.base.as_ptr() as *mut libc::c_void,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        let errno = Errno::last();
+        // SAFETY: `fresh` is ours and unreferenced; the arena stayed where it was.
+        let _ = unsafe { unmap(&fresh) };
+        return Err(remap_err(errno));
+    }
+    // The arena moved; its old guards are now strays of ours. Failing to unmap them leaks a
+    // few PROT_NONE pages, not the arena, so it is reported, not an error.
+    // SAFETY: both guards were made by `map` for this arena and nothing references them.
+    let low = unsafe { unmap_range(base - guard_len, guard_len) };
+    let high = if old_end_guard_ours {
+        // SAFETY: as above.
+        unsafe { unmap_range(old_end, guard_len) }
+    } else {
+        Ok(())
+    };
+    Ok(Grown {
+        map: fresh,
+        moved: true,
+        old_guards_unmapped: low.is_ok() && high.is_ok(),
+    })
+}

@@ -195,6 +195,16 @@ pub enum ArenaError {
         /// The kernel's answer.
         errno: Errno,
     },
+    /// `mremap` refused to grow the arena (it stayed where it was, unchanged).
+    #[error("mremap growing the arena from {old_capacity} to {new_capacity} bytes failed: {errno}")]
+    Remap {
+        /// Capacity before.
+        old_capacity: usize,
+        /// Capacity asked for.
+        new_capacity: usize,
+        /// The kernel's answer.
+        errno: Errno,
+    },
     /// `madvise` refused advice given in the configuration.
     #[error("madvise({advice}) on the arena (offset 0, capacity {capacity}) failed: {errno}")]
     Advise {
@@ -440,6 +450,25 @@ pub struct ResetOutcome {
     pub stale_bytes: usize,
     /// Whether the bytes were zeroed.
     pub zeroed: bool,
+}
+
+/// What [`Arena::grow`] did. Offsets (and so [`Block`]s) stay valid across a grow; absolute
+/// addresses taken before a move (`base_addr() + offset`, `as_ptr()`) dangle afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GrowOutcome {
+    /// Base address before.
+    pub old_base: usize,
+    /// Base address after (equal to `old_base` unless `moved`).
+    pub new_base: usize,
+    /// Capacity before.
+    pub old_capacity: usize,
+    /// Capacity after.
+    pub new_capacity: usize,
+    /// Whether the arena moved (the pages after its end guard were not free).
+    pub moved: bool,
+    /// After a move: whether the old guard regions were unmapped (a failure leaks only those
+    /// PROT_NONE pages).
+    pub old_guards_unmapped: bool,
 }
 
 /// A copy of the bytes the arena has touched, for [`Arena::diff`].
@@ -1096,6 +1125,76 @@ impl Arena {
         self.fast = false;
         self.set_used(0);
         Ok(())
+    }
+
+    /// Grow the arena to at least `new_capacity` bytes (rounded up to whole pages), the seed's
+    /// "What if you realloc or resize this arena?". The arena grows in place when the pages
+    /// after its end guard are free, and otherwise moves (`mremap` with `MREMAP_MAYMOVE`,
+    /// placed in a fresh guarded region so both guard regions exist again around the new
+    /// location). Contents, blocks, the ledger and advice (VMA flags) are kept; the outcome
+    /// says whether it moved and from where to where, because every absolute address taken
+    /// before a move now dangles. After a move, blocks aligned to more than the arena's base
+    /// alignment ([`Arena::alignment`]) may no longer be aligned.
+    ///
+    /// # Errors
+    /// [`ArenaError::Released`]; [`ArenaError::BadConfig`] for a smaller capacity, a capacity
+    /// that cannot be rounded up, or a shared arena (the shmem object behind
+    /// `MAP_SHARED | MAP_ANONYMOUS` keeps its size, so grown pages would fault with SIGBUS);
+    /// [`ArenaError::Map`] / [`ArenaError::Remap`] / [`ArenaError::Unmap`] when the kernel
+    /// refuses, in which case the arena is unchanged.
+    pub fn grow(&mut self, new_capacity: usize) -> Result<GrowOutcome, ArenaError> {
+        if self.released {
+            return Err(ArenaError::Released {
+                op: "grow",
+                capacity: self.capacity,
+            });
+        }
+        if self.shared {
+            return Err(ArenaError::BadConfig {
+                reason: "a shared arena cannot grow: its shmem object keeps the capacity it was created with",
+                value: new_capacity,
+            });
+        }
+        let page = crate::system::page_size();
+        let rounded = new_capacity
+            .checked_next_multiple_of(page)
+            .filter(|c| *c <= isize::MAX as usize)
+            .ok_or(ArenaError::BadConfig {
+                reason: "the new capacity cannot be rounded up to whole pages",
+                value: new_capacity,
+            })?;
+        if rounded < self.capacity {
+            return Err(ArenaError::BadConfig {
+                reason: "grow cannot shrink the arena below its capacity",
+                value: new_capacity,
+            });
+        }
+        let (old_base, old_capacity, used) = (self.base_addr(), self.capacity, self.used());
+        let mut out = GrowOutcome {
+            old_base,
+            new_base: old_base,
+            old_capacity,
+            new_capacity: rounded,
+            moved: false,
+            old_guards_unmapped: true,
+        };
+        if rounded == old_capacity {
+            return Ok(out);
+        }
+        // SAFETY: the mapping is live (not released), private (checked above), made by
+        // `map::map`, and `&mut self` means no slice of its bytes is alive. On success only the
+        // returned mapping is used from here on.
+        let grown = unsafe { map::grow(&self.map, rounded, self.align, page) }?;
+        self.map = grown.map;
+        self.capacity = rounded;
+        self.requested_capacity = new_capacity;
+        let base = self.base_addr();
+        self.end = base + rounded;
+        self.set_used(used);
+        out.new_base = base;
+        out.moved = grown.moved;
+        out.old_guards_unmapped = grown.old_guards_unmapped;
+        Ok(out)
     }
 
     /// Check, then release: the end of an arena's scope.

@@ -6,9 +6,11 @@
 //! Why the engine has to keep the books itself: the kernel does not. `munmap(2)` of a range
 //! that holds no mapping succeeds, so a second raw `munmap` of the same range returns 0 and
 //! says nothing (and had the range been reused meanwhile, it would have unmapped the new
-//! owner's memory). The experiment shows that on a scratch page, beside the engine's answers.
+//! owner's memory). The experiment shows that on a scratch page, unmapped twice by a forked
+//! child (one thread, so nothing can slip into the hole), beside the engine's answers.
 
 use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
@@ -17,6 +19,8 @@ use serde_json::json;
 use super::{ExperimentOptions, Outcome};
 use crate::arena::{Arena, ArenaConfig, ArenaError};
 use crate::error::{Error, Result};
+use crate::fork::child::{ChildOp, TAG_MUNMAP_RESULT};
+use crate::fork::subject::{SubjectPipes, spawn};
 
 /// Run the experiment.
 ///
@@ -133,7 +137,9 @@ struct RawMunmap {
     second: std::result::Result<(), Errno>,
 }
 
-/// Map a scratch page, `munmap` it, `munmap` it again, and keep both answers.
+/// Map a scratch page, then let a forked child `munmap` it twice and report both answers.
+/// In the child (one thread) nothing can be mapped into the hole between the two calls, so
+/// the second call can only meet an empty range; in this process another thread could.
 fn raw_double_munmap(page: usize) -> Result<RawMunmap> {
     let len = NonZeroUsize::new(page).ok_or_else(|| Error::usage("page size 0"))?;
     // SAFETY: a fresh private anonymous mapping at a kernel-chosen address aliases nothing.
@@ -146,17 +152,49 @@ fn raw_double_munmap(page: usize) -> Result<RawMunmap> {
         )
     }
     .map_err(|e| Error::io("mapping a scratch page", e))?;
-    // SAFETY: `p` is the page mapped just above; nothing references it.
-    let first = unsafe { munmap(p, page) };
-    // The second call is the double release. It is harmless only because nothing was mapped
-    // in between: cowscope runs experiments on one thread and maps nothing here. The kernel
-    // accepts it either way, which is the point.
-    // SAFETY: the range is unmapped (first call) and, with nothing mapped since, no memory of
-    // this process lives there; munmap of an empty range changes nothing.
-    let second = unsafe { munmap(p, page) };
+    let addr = p.as_ptr() as usize;
+    let answers = ask_child(addr, page);
+    // SAFETY: `p` is the page mapped above (the child unmapped only its own copy); nothing
+    // references it.
+    let parent = unsafe { munmap(p, page) };
+    let answers = answers?;
+    parent.map_err(|e| Error::io("unmapping the scratch page", e))?;
+    let [first, second] = answers;
     Ok(RawMunmap {
-        addr: p.as_ptr() as usize,
+        addr,
         first,
         second,
     })
+}
+
+fn ask_child(addr: usize, len: usize) -> Result<[std::result::Result<(), Errno>; 2]> {
+    let pipes = SubjectPipes::new()?;
+    let fd = pipes.child_report_fd();
+    let mut ops = pipes.prologue().to_vec();
+    ops.push(ChildOp::Munmap { addr, len, fd });
+    ops.push(ChildOp::Munmap { addr, len, fd });
+    ops.extend(pipes.epilogue());
+    let (mut subject, _) = spawn(pipes, &ops)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let msgs = subject.wait_ready(deadline).map_err(|e| {
+        Error::io(
+            "waiting for the munmap child",
+            std::io::Error::other(format!("{e:?}")),
+        )
+    })?;
+    subject.finish(deadline);
+    let mut results = msgs
+        .iter()
+        .filter(|m| m.tag == TAG_MUNMAP_RESULT)
+        .map(|m| match m.value {
+            0 => Ok(()),
+            e => Err(Errno::from_raw(i32::try_from(e).unwrap_or(libc::EINVAL))),
+        });
+    match (results.next(), results.next()) {
+        (Some(a), Some(b)) => Ok([a, b]),
+        _ => Err(Error::io(
+            "reading the munmap child's answers",
+            std::io::Error::other("fewer than two answers"),
+        )),
+    }
 }

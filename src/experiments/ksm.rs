@@ -5,7 +5,7 @@
 //! one write-protected KSM page: pagemap then shows the same PFN for page *k* of both arenas,
 //! and kpageflags has the KSM bit. A write to one arena is a copy-on-write break: the writer's
 //! PFN changes to a fresh, non-KSM page; the other arena keeps the KSM page. Every sysfs value
-//! changed is restored when the experiment ends, even on error or panic ([`SysfsGuard`]).
+//! changed is restored when the experiment ends, even on error or panic (`SysfsGuard`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -284,4 +284,31 @@ fn measure() -> Result<(bool, String, serde_json::Value)> {
                             "contents_differ_only_at_byte_0": content_ok},
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysfs_guard_restores_the_selected_value_even_when_the_code_panics() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let f = dir.path().join("enabled");
+        std::fs::write(&f, "always inherit [madvise] never\n").expect("write");
+        let path = f.display().to_string();
+        let r = std::panic::catch_unwind(|| {
+            let mut g = SysfsGuard::default();
+            g.set(&path, "never").expect("set");
+            g.set(&path, "always")
+                .expect("set again keeps the first original");
+            assert_eq!(
+                std::fs::read_to_string(&path).ok().as_deref(),
+                Some("always")
+            );
+            panic!("an experiment failing half-way");
+        });
+        assert!(r.is_err());
+        // The kernel's file would show `[madvise]` again; the guard wrote the word back.
+        assert_eq!(std::fs::read_to_string(&f).ok().as_deref(), Some("madvise"));
+    }
 }

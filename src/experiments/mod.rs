@@ -13,6 +13,7 @@ use crate::report::Envelope;
 
 pub mod double_release;
 pub mod overlapping_arenas;
+pub mod resize;
 pub mod stale_reset;
 pub mod threads;
 pub mod use_after_unmap;
@@ -22,6 +23,7 @@ pub mod ignored_error;
 pub mod ksm;
 pub mod overflow_tools;
 pub mod stdio_at_fork;
+pub mod thp_sizes;
 
 /// Options shared by the experiments.
 #[derive(Debug, Clone, Default)]
@@ -153,6 +155,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         threads::run,
     ),
     (
+        "resize",
+        "growing the arena with mremap(MREMAP_MAYMOVE) can move it: old addresses dangle; the engine reports old and new base",
+        resize::run,
+    ),
+    (
         "double-release",
         "releasing a block or the arena twice is detected and reported, not undefined behaviour",
         double_release::run,
@@ -176,6 +183,11 @@ pub const REGISTRY: &[(&str, &str, RunFn)] = &[
         "fork-with-threads",
         "only the forking thread exists in the child; a lock another thread held at fork time stays locked there (shown with a timeout)",
         fork_with_threads::run,
+    ),
+    (
+        "thp-sizes",
+        "for each anonymous THP size, how many bytes one child write makes the kernel copy (needs --allow-sysfs)",
+        thp_sizes::run,
     ),
     (
         "ksm",

@@ -37,6 +37,9 @@ pub const TAG_LOCK_TRIES: u8 = b'Y';
 /// Nanoseconds a [`ChildOp::TryLockFor`] spent trying.
 pub const TAG_LOCK_WAITED_NS: u8 = b'W';
 
+/// Result of a [`ChildOp::Munmap`]: 0 when `munmap` returned 0, else the errno.
+pub const TAG_MUNMAP_RESULT: u8 = b'U';
+
 /// Exit code of a child whose pipe to the parent failed.
 pub const EXIT_PIPE_FAILED: i32 = 120;
 /// Exit code of a child whose `fork()` of a grandchild failed.
@@ -153,6 +156,18 @@ pub enum ChildOp<'a> {
         mutex: usize,
         /// Give up after this many nanoseconds.
         timeout_ns: u64,
+        /// Report pipe.
+        fd: RawFd,
+    },
+    /// `munmap(addr, len)` in the child's own address space, then send the result
+    /// ([`TAG_MUNMAP_RESULT`]: 0 or the errno) on `fd`. The child has one thread, so nothing
+    /// can be mapped into the range between two such ops: repeating one is a safe way to ask
+    /// the kernel what a double unmap does.
+    Munmap {
+        /// Start (page aligned).
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
         /// Report pipe.
         fd: RawFd,
     },
@@ -308,6 +323,13 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 send(fd, TAG_LOCK_TRIES, tries);
                 send(fd, TAG_LOCK_WAITED_NS, now_ns().saturating_sub(t0));
                 send(fd, TAG_LOCK_ACQUIRED, u64::from(acquired));
+            }
+            ChildOp::Munmap { addr, len, fd } => {
+                // SAFETY: munmap(2) is a plain syscall; the caller names a range of the child's
+                // own copy of the address space that the rest of `ops` no longer uses.
+                let rc = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+                let result = if rc == 0 { 0 } else { errno().max(1) as u64 };
+                send(fd, TAG_MUNMAP_RESULT, result);
             }
         }
     }

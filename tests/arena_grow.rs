@@ -1,0 +1,130 @@
+//! `Arena::grow`: in place when the pages after the end guard are free, a move otherwise; in
+//! both cases contents survive and guards surround the arena.
+//!
+//! In its own test binary: the in-place case frees address space on purpose and looks at
+//! /proc/self/maps, which tests mapping memory on parallel threads could disturb.
+
+use cowscope::arena::{Arena, ArenaConfig, ArenaError};
+
+/// The VMA of this process containing `addr`, as (start, end, perms).
+fn vma(addr: usize) -> Option<(usize, usize, String)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    maps.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (a, b) = f.next()?.split_once('-')?;
+        let (a, b) = (
+            usize::from_str_radix(a, 16).ok()?,
+            usize::from_str_radix(b, 16).ok()?,
+        );
+        let perms = f.next()?.to_string();
+        (a <= addr && addr < b).then_some((a, b, perms))
+    })
+}
+
+/// The arena is one rw VMA of exactly its capacity, with a PROT_NONE VMA on each side.
+fn assert_guarded(a: &Arena) {
+    let (base, end) = (a.base_addr(), a.base_addr() + a.capacity());
+    let (s, e, p) = vma(base).expect("arena mapped");
+    assert_eq!((s, e, p.as_str()), (base, end, "rw-p"));
+    assert!(vma(base - 1).expect("low guard").2.starts_with("---"));
+    assert!(vma(end).expect("high guard").2.starts_with("---"));
+}
+
+fn page() -> usize {
+    cowscope::system::page_size()
+}
+
+#[test]
+fn grow_moves_when_the_next_pages_are_taken_and_keeps_the_bytes() {
+    let mut a = Arena::new(ArenaConfig::new(page())).unwrap();
+    let b = a.alloc(5).unwrap();
+    a.write(&b, 0, b"keep\0").unwrap();
+    let old = a.base_addr();
+    // Take the page right after the end guard (if it is free; if not, it is taken already).
+    let at = old + a.capacity() + a.guard_len();
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping; a fresh PROT_NONE page aliases
+    // nothing. Checked and unmapped below.
+    let blocker = unsafe {
+        libc::mmap(
+            at as *mut libc::c_void,
+            page(),
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    let g = a.grow(8 * page()).unwrap();
+    if blocker != libc::MAP_FAILED {
+        // SAFETY: the page mapped above, ours, unreferenced.
+        assert_eq!(unsafe { libc::munmap(blocker, page()) }, 0);
+    }
+    assert!(
+        g.moved,
+        "the pages after the guard were taken, so growth had to move"
+    );
+    assert_eq!((g.old_base, g.new_base), (old, a.base_addr()));
+    assert_ne!(old, a.base_addr());
+    assert_eq!(a.capacity(), 8 * page());
+    assert_eq!(&a.bytes()[b.range()], b"keep\0");
+    assert_eq!(vma(old), None, "the old location is unmapped");
+    assert_guarded(&a);
+    // Blocks stay valid (offsets), and the new room is usable.
+    a.write(&b, 0, b"new\0").unwrap();
+    let big = a.alloc(6 * page()).unwrap();
+    a.write(&big, 6 * page() - 1, b"z").unwrap();
+}
+
+#[test]
+fn grow_in_place_when_the_next_pages_are_free() {
+    // Mappings go top-down into the highest gap that fits: an arena made right after a bigger
+    // one usually lands just below it. Dropping the upper one then frees the pages after the
+    // lower one's end guard. Gaps fill up as we go, so a few tries find such a pair.
+    let mut keep = Vec::new();
+    let mut found = None;
+    for _ in 0..16 {
+        let upper = Arena::new(ArenaConfig::new(32 * page())).unwrap();
+        let lower = Arena::new(ArenaConfig::new(page())).unwrap();
+        let lower_top = lower.base_addr() + lower.capacity() + lower.guard_len();
+        if lower_top == upper.base_addr() - upper.guard_len() {
+            found = Some((upper, lower));
+            break;
+        }
+        keep.push((upper, lower));
+    }
+    let Some((upper, mut a)) = found else {
+        eprintln!("SKIP in-place growth: no arena landed right below another in 16 tries");
+        return;
+    };
+    drop(upper);
+    let b = a.alloc(3).unwrap();
+    a.write(&b, 0, b"in\0").unwrap();
+    let old = a.base_addr();
+    let g = a.grow(16 * page()).unwrap();
+    assert!(!g.moved, "the pages after the end guard were free");
+    assert_eq!((g.old_base, g.new_base, a.base_addr()), (old, old, old));
+    assert_eq!(&a.bytes()[b.range()], b"in\0");
+    assert_guarded(&a);
+}
+
+#[test]
+fn grow_refuses_what_it_cannot_do() {
+    let mut a = Arena::new(ArenaConfig::new(2 * page())).unwrap();
+    assert!(matches!(a.grow(page()), Err(ArenaError::BadConfig { .. })));
+    assert!(matches!(
+        a.grow(usize::MAX),
+        Err(ArenaError::BadConfig { .. })
+    ));
+    let same = a.grow(2 * page()).unwrap();
+    assert!(!same.moved && same.new_base == same.old_base);
+    let mut s = Arena::new(ArenaConfig::new(page()).shared()).unwrap();
+    assert!(matches!(
+        s.grow(2 * page()),
+        Err(ArenaError::BadConfig { .. })
+    ));
+    a.release().unwrap();
+    assert!(matches!(
+        a.grow(4 * page()),
+        Err(ArenaError::Released { op: "grow", .. })
+    ));
+}
