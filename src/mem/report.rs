@@ -566,9 +566,23 @@ impl Collector<'_> {
             }
             None => (Vec::new(), Vec::new()),
         };
+        // Neighbouring pages mostly share a mapcount and a flag set: count runs, and touch
+        // the maps once per run instead of once per page.
+        let mut run: Option<(u64, u64, u64)> = None; // (mapcount, flags, pages)
         for (&m, f) in counts.iter().zip(&flags) {
-            *self.mapcounts.entry(m).or_insert(0) += 1;
-            *self.flags.entry(f.0).or_insert(0) += 1;
+            match &mut run {
+                Some((rm, rf, n)) if *rm == m && *rf == f.0 => *n += 1,
+                _ => {
+                    if let Some((rm, rf, n)) = run.replace((m, f.0, 1)) {
+                        *self.mapcounts.entry(rm).or_insert(0) += n;
+                        *self.flags.entry(rf).or_insert(0) += n;
+                    }
+                }
+            }
+        }
+        if let Some((rm, rf, n)) = run {
+            *self.mapcounts.entry(rm).or_insert(0) += n;
+            *self.flags.entry(rf).or_insert(0) += n;
         }
         let need_huge = self.huge_from_kpage;
         if !need_huge && self.rows.is_none() {
