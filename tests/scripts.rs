@@ -71,6 +71,13 @@ fn collect_sh_writes_one_valid_document_per_collection() {
     for case in ["09a", "09b", "09b-overflow"] {
         expected.push(format!("baseline-{case}.json"));
     }
+    let listed = Command::new(bin())
+        .args(["experiment", "--list"])
+        .output()
+        .expect("experiment --list runs");
+    if !listed.stdout.is_empty() {
+        expected.push("experiments.json".to_string());
+    }
     for f in &expected {
         let v = assert_envelope(&dest.join(f));
         assert_eq!(v["system"]["kernel_release"], release.as_str(), "{f}");

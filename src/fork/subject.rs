@@ -271,6 +271,13 @@ impl Subject {
         }
     }
 
+    /// Let the subject pass one `Wait` (a gate) and keep it for the next.
+    pub fn open_gate(&self) {
+        if let Some(fd) = &self.release {
+            let _ = nix::unistd::write(fd, b"o");
+        }
+    }
+
     /// Let the subject go on past its `Wait` (it then reaps its own children and exits).
     pub fn release(&mut self) {
         if let Some(fd) = self.release.take() {
