@@ -579,3 +579,38 @@ fn process_vm_readv_unshares_but_proc_mem_does_not() {
         "process_vm_readv copied page 1 in the child"
     );
 }
+
+#[test]
+fn svg_page_map_draws_one_cell_per_page_and_process() {
+    let opts = ForkReportOptions {
+        scenarios: vec!["many-children".into()],
+        runs: 1,
+        ..Default::default()
+    };
+    let r = fork_report(&opts).unwrap();
+    let svg = cowscope::render::svg::fork_report(&r);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let s = &r.body.scenarios[0];
+    let cells = svg.matches("<title>").count();
+    // One row for the page classes plus one per process after the parent, 16 pages each.
+    assert_eq!(cells, s.page_rows.len() * s.processes.len());
+    let copied_cells = svg.matches(": copied</title>").count();
+    if r.system.pfn_visible {
+        // The class row shows pages 0-3 copied; each child row shows its own page copied.
+        assert_eq!(copied_cells, 4 + 4);
+    }
+    let out = cowscope()
+        .args([
+            "fork-report",
+            "--scenario",
+            "private-idle",
+            "--runs",
+            "1",
+            "--format",
+            "svg",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("private-idle"));
+}
