@@ -26,6 +26,8 @@ enum Format {
     Table,
     /// A transcript in the spirit of the seed's log.
     Text,
+    /// An SVG page map (fork-report only).
+    Svg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,7 +50,7 @@ enum Command {
         /// Write the report here atomically instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// json (default) or table.
+        /// json (default), table, or svg (a page map).
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
         /// List the scenario names with one line each and exit.
@@ -156,6 +158,7 @@ fn run(cli: Cli) -> Result<i32> {
             let report = cowscope::fork::fork_report(&opts)?;
             let text = match format {
                 Format::Table | Format::Text => cowscope::render::table::fork_report(&report),
+                Format::Svg => cowscope::render::svg::fork_report(&report),
                 Format::Json => output::to_json(&report)?,
             };
             output::emit(&text, out.as_deref())?;
@@ -171,6 +174,7 @@ fn run(cli: Cli) -> Result<i32> {
             let text = match format {
                 Format::Json => output::to_json(&report)?,
                 Format::Text | Format::Table => report.body.transcript(),
+                Format::Svg => return Err(Error::usage("--format svg is only for fork-report")),
             };
             output::emit(&text, out.as_deref())?;
             Ok(EXIT_OK)

@@ -48,6 +48,11 @@ pub struct SystemInfo {
     pub kpage_readable: bool,
     /// Whether the PAGEMAP_SCAN ioctl (Linux 6.7+) works here.
     pub pagemap_scan: bool,
+    /// Whether soft-dirty tracking works (CONFIG_MEM_SOFT_DIRTY: `clear_refs` 4, then pagemap
+    /// bit 55 marks pages written since). When true, fork-report also says which pages each
+    /// process wrote after the fork.
+    #[serde(default)]
+    pub soft_dirty: bool,
     /// Effective user id of the process that collected the evidence.
     pub euid: u32,
 }

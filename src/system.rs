@@ -41,6 +41,44 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// Clear the soft-dirty bits of every page of `pid` (`echo 4 > /proc/<pid>/clear_refs`).
+///
+/// # Errors
+/// When the file cannot be written (no permission, process gone).
+pub fn clear_soft_dirty(pid: i32) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), b"4")
+}
+
+/// Probe soft-dirty tracking on a private page of our own: after `clear_refs` 4 its bit 55
+/// must be clear, and after a write it must be set. Kernels without CONFIG_MEM_SOFT_DIRTY
+/// accept the write to clear_refs but never set the bit. Cached: the probe clears the
+/// soft-dirty bits of this whole process.
+pub fn soft_dirty_works() -> bool {
+    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let Ok(mut arena) =
+            crate::arena::Arena::new(crate::arena::ArenaConfig::new(page_size()).ledger(false))
+        else {
+            return false;
+        };
+        let pid = nix::unistd::getpid().as_raw();
+        let addr = arena.base_addr() as u64;
+        let bit = |a: u64| {
+            crate::mem::pagemap::Pagemap::open(pid)
+                .and_then(|pm| pm.read(a, a + page_size() as u64))
+                .ok()
+                .and_then(|v| v.first().copied())
+                .map(|e| e.soft_dirty())
+        };
+        arena.bytes_mut()[0] = 1;
+        if clear_soft_dirty(pid).is_err() || bit(addr) != Some(false) {
+            return false;
+        }
+        arena.bytes_mut()[0] = 2;
+        bit(addr) == Some(true)
+    })
+}
+
 /// Collect every fact, probing privilege and PAGEMAP_SCAN support.
 pub fn detect() -> SystemInfo {
     let privilege = crate::mem::privilege::detect();
@@ -52,6 +90,7 @@ pub fn detect() -> SystemInfo {
         pfn_visible: privilege.pfn_visible,
         kpage_readable: privilege.kpage_readable,
         pagemap_scan: crate::mem::scan::available(),
+        soft_dirty: soft_dirty_works(),
         euid: nix::unistd::geteuid().as_raw(),
     }
 }

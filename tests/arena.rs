@@ -540,113 +540,78 @@ fn without_the_ledger_nothing_is_judged_and_release_block_says_why() {
     assert!(e.to_string().contains("ledger"));
 }
 
-/// A forked child writes one byte outside the arena; the guard page must kill it with SIGSEGV.
-fn child_touching(addr: usize) -> nix::sys::wait::WaitStatus {
-    use nix::sys::wait::waitpid;
-    use nix::unistd::{ForkResult, fork};
-    // SAFETY: the child runs only the async-signal-safe block below (setrlimit, one volatile
-    // store, _exit); it allocates nothing and takes no locks.
-    match unsafe { fork() }.expect("fork") {
-        ForkResult::Child => {
-            // CHILD (async-signal-safe): raw syscalls and one memory store, then _exit.
-            let no_core = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: setrlimit reads the struct we pass; no core file for the expected crash.
-            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
-            // SAFETY: deliberately invalid store: the address is a PROT_NONE guard page, so the
-            // kernel delivers SIGSEGV before any memory is modified.
-            unsafe { (addr as *mut u8).write_volatile(1) };
-            // SAFETY: _exit is async-signal-safe; reached only if the guard failed.
-            unsafe { libc::_exit(0) }
-        }
-        ForkResult::Parent { child } => waitpid(child, None).expect("waitpid"),
-    }
+/// Run a forked subject that does `ops` (through cowscope's one child interpreter) and then
+/// exits; return its messages and how it ended.
+fn child_doing(
+    ops: impl FnOnce(std::os::fd::RawFd) -> Vec<cowscope::fork::child::ChildOp<'static>>,
+) -> (
+    Vec<cowscope::fork::subject::Msg>,
+    cowscope::fork::subject::ExitInfo,
+) {
+    use cowscope::fork::subject::{SubjectPipes, spawn};
+    let pipes = SubjectPipes::new().unwrap();
+    let mut prog = pipes.prologue().to_vec();
+    prog.extend(ops(pipes.child_report_fd()));
+    prog.push(cowscope::fork::child::ChildOp::Exit(0));
+    let (mut subj, _) = spawn(pipes, &prog).unwrap();
+    subj.collect_until_exit(std::time::Instant::now() + std::time::Duration::from_secs(10))
+}
+
+/// A forked child writes one byte at `addr`; how did it end?
+fn child_touching(addr: usize) -> cowscope::fork::subject::ExitInfo {
+    use cowscope::fork::child::ChildOp;
+    child_doing(|_| vec![ChildOp::WriteByte { addr, byte: 1 }]).1
 }
 
 #[rstest]
 #[case::one_past_the_end(true)]
 #[case::one_before_the_start(false)]
 fn a_forked_child_touching_a_guard_page_dies_of_sigsegv(#[case] past_end: bool) {
-    use nix::sys::signal::Signal;
-    use nix::sys::wait::WaitStatus;
     let a = arena(4096);
     let addr = if past_end {
         a.base_addr() + a.capacity()
     } else {
         a.base_addr() - 1
     };
-    match child_touching(addr) {
-        WaitStatus::Signaled(_, sig, _) => assert_eq!(sig, Signal::SIGSEGV),
-        other => panic!("child was not killed by SIGSEGV: {other:?}"),
-    }
+    let e = child_touching(addr);
+    assert_eq!(e.signal.as_deref(), Some("SIGSEGV"), "{e:?}");
     // Sanity: the last arena byte itself is fine in a child.
-    match child_touching(a.base_addr() + a.capacity() - 1) {
-        WaitStatus::Exited(_, 0) => {}
-        other => panic!("writing inside the arena must not fault: {other:?}"),
-    }
-}
-
-/// What a forked child does to the arena's first byte.
-#[derive(Debug, Clone, Copy)]
-enum ChildOp {
-    /// Exit with the byte's value as the status.
-    Read,
-    /// Store b'X' there, then exit 0.
-    Write,
-}
-
-fn child_at_first_byte(a: &Arena, op: ChildOp) -> nix::sys::wait::WaitStatus {
-    use nix::sys::wait::waitpid;
-    use nix::unistd::{ForkResult, fork};
-    let p = a.as_ptr();
-    // SAFETY: the child runs only the async-signal-safe block below (one volatile access,
-    // setrlimit, _exit); it allocates nothing and takes no locks.
-    match unsafe { fork() }.expect("fork") {
-        ForkResult::Child => {
-            // CHILD (async-signal-safe): raw syscalls and one memory access, then _exit.
-            let no_core = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: setrlimit reads the struct we pass; no core file if the access faults.
-            unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) };
-            let code = match op {
-                // SAFETY: p is the arena's first byte; if the mapping was not inherited
-                // (DontFork) the access faults, which is what the test looks for.
-                ChildOp::Read => i32::from(unsafe { p.read_volatile() }),
-                ChildOp::Write => {
-                    // SAFETY: as above.
-                    unsafe { p.write_volatile(b'X') };
-                    0
-                }
-            };
-            // SAFETY: _exit is async-signal-safe.
-            unsafe { libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => waitpid(child, None).expect("waitpid"),
-    }
+    let e = child_touching(a.base_addr() + a.capacity() - 1);
+    assert_eq!(
+        e.code,
+        Some(0),
+        "writing inside the arena must not fault: {e:?}"
+    );
 }
 
 #[rstest]
-#[case::private_child_sees_the_parents_byte(ArenaConfig::new(4096), Some(b'A' as i32))]
+#[case::private_child_sees_the_parents_byte(ArenaConfig::new(4096), Some(b'A'))]
 #[case::wipe_on_fork_child_sees_zero(ArenaConfig::new(4096).advise(Advice::WipeOnFork), Some(0))]
-#[case::shared_child_sees_the_parents_byte(ArenaConfig::new(4096).shared(), Some(b'A' as i32))]
+#[case::shared_child_sees_the_parents_byte(ArenaConfig::new(4096).shared(), Some(b'A'))]
 #[case::dont_fork_child_has_no_arena(ArenaConfig::new(4096).advise(Advice::DontFork), None)]
 fn what_a_forked_child_reads_follows_the_fork_advice(
     #[case] cfg: ArenaConfig,
-    #[case] expect: Option<i32>,
+    #[case] expect: Option<u8>,
 ) {
-    use nix::sys::signal::Signal;
-    use nix::sys::wait::WaitStatus;
+    use cowscope::fork::child::{ChildOp, TAG_BYTE};
     let mut a = Arena::new(cfg).unwrap();
     let b = a.alloc(1).unwrap();
     a.write(&b, 0, b"A").unwrap();
-    match (child_at_first_byte(&a, ChildOp::Read), expect) {
-        (WaitStatus::Exited(_, code), Some(want)) => assert_eq!(code, want),
-        (WaitStatus::Signaled(_, Signal::SIGSEGV, _), None) => {}
-        (other, want) => panic!("child ended {other:?}, expected {want:?}"),
+    let addr = a.base_addr();
+    let (msgs, exit) = child_doing(|fd| vec![ChildOp::ReadByte { addr, fd }]);
+    let byte = msgs
+        .iter()
+        .find(|m| m.tag == TAG_BYTE)
+        .map(|m| m.value as u8);
+    match expect {
+        Some(want) => {
+            assert_eq!(byte, Some(want));
+            assert_eq!(exit.code, Some(0));
+        }
+        None => {
+            assert_eq!(byte, None, "nothing to read without the mapping");
+            assert_eq!(exit.signal.as_deref(), Some("SIGSEGV"));
+        }
     }
 }
 
@@ -654,7 +619,7 @@ fn what_a_forked_child_reads_follows_the_fork_advice(
 #[case::private_write_stays_in_the_child(false, b'A')]
 #[case::shared_write_reaches_the_parent(true, b'X')]
 fn a_childs_write_reaches_the_parent_only_when_shared(#[case] shared: bool, #[case] seen: u8) {
-    use nix::sys::wait::WaitStatus;
+    use cowscope::fork::child::ChildOp;
     let cfg = if shared {
         ArenaConfig::new(4096).shared()
     } else {
@@ -663,7 +628,8 @@ fn a_childs_write_reaches_the_parent_only_when_shared(#[case] shared: bool, #[ca
     let mut a = Arena::new(cfg).unwrap();
     let b = a.alloc(1).unwrap();
     a.write(&b, 0, b"A").unwrap();
-    let st = child_at_first_byte(&a, ChildOp::Write);
-    assert!(matches!(st, WaitStatus::Exited(_, 0)), "{st:?}");
+    let addr = a.base_addr();
+    let (_, exit) = child_doing(|_| vec![ChildOp::WriteByte { addr, byte: b'X' }]);
+    assert_eq!(exit.code, Some(0), "{exit:?}");
     assert_eq!(a.bytes()[0], seen);
 }

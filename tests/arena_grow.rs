@@ -128,3 +128,25 @@ fn grow_refuses_what_it_cannot_do() {
         Err(ArenaError::Released { op: "grow", .. })
     ));
 }
+
+#[test]
+fn a_moved_arena_keeps_its_base_alignment_and_advice() {
+    const ALIGN: usize = 1 << 16;
+    let mut a = Arena::new(
+        ArenaConfig::new(page())
+            .align(ALIGN)
+            .advise(cowscope::arena::Advice::DontFork),
+    )
+    .unwrap();
+    let b = a.alloc(2).unwrap();
+    a.write(&b, 0, b"x\0").unwrap();
+    // 64 MiB more than a one-page arena: the pages after its end guard are rarely all free.
+    let g = a.grow(64 << 20).unwrap();
+    assert_eq!(a.base_addr() % ALIGN, 0, "alignment kept ({g:?})");
+    assert_eq!(&a.bytes()[b.range()], b"x\0");
+    assert_guarded(&a);
+    // MADV_DONTFORK is a VMA flag ("dc" in smaps): mremap carries it along.
+    let v = cowscope::mem::smaps::vma_containing(std::process::id() as i32, a.base_addr() as u64)
+        .unwrap();
+    assert!(v.has_flag("dc"), "VmFlags {:?}", v.vm_flags);
+}

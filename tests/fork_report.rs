@@ -579,3 +579,88 @@ fn process_vm_readv_unshares_but_proc_mem_does_not() {
         "process_vm_readv copied page 1 in the child"
     );
 }
+
+#[test]
+fn svg_page_map_draws_one_cell_per_page_and_process() {
+    let opts = ForkReportOptions {
+        scenarios: vec!["many-children".into()],
+        runs: 1,
+        ..Default::default()
+    };
+    let r = fork_report(&opts).unwrap();
+    let svg = cowscope::render::svg::fork_report(&r);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    let s = &r.body.scenarios[0];
+    let cells = svg.matches("<title>").count();
+    // One row for the page classes plus one per process after the parent, 16 pages each.
+    assert_eq!(cells, s.page_rows.len() * s.processes.len());
+    let copied_cells = svg.matches(": copied</title>").count();
+    if r.system.pfn_visible {
+        // The class row shows pages 0-3 copied; each child row shows its own page copied.
+        assert_eq!(copied_cells, 4 + 4);
+    }
+    let out = cowscope()
+        .args([
+            "fork-report",
+            "--scenario",
+            "private-idle",
+            "--runs",
+            "1",
+            "--format",
+            "svg",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("private-idle"));
+}
+
+/// The invariant "code run in a fork child lives in src/fork/child.rs" is enforced here: no
+/// other Rust file of the crate or its tests calls fork (the forking call itself lives in
+/// subject.rs, and child.rs forks grandchildren).
+#[test]
+fn every_fork_goes_through_the_one_child_interpreter() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut offenders = Vec::new();
+    let mut stack = vec![
+        root.join("src"),
+        root.join("tests"),
+        root.join("benches"),
+        root.join("examples"),
+    ];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.extension().is_none_or(|x| x != "rs")
+                || p.ends_with("fork/child.rs")
+                || p.ends_with("fork/subject.rs")
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or("");
+                // Built from pieces so this file does not match itself.
+                let calls = [
+                    ["libc::", "fork("].concat(),
+                    ["unistd::", "fork("].concat(),
+                    ["{ ", "fork() }"].concat(),
+                ];
+                if calls.iter().any(|c| code.contains(c.as_str())) {
+                    offenders.push(format!("{}:{}", p.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "fork outside src/fork/{{child,subject}}.rs: {offenders:?}"
+    );
+}

@@ -34,7 +34,9 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     let rss_before = smaps::vma_containing(pid, base as u64)?.rss_kb;
 
     // The NOREPLACE attempt first, while the arena is still the original mapping.
-    let noreplace = map_at(base, capacity, MapFlags::MAP_FIXED_NOREPLACE);
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping (EEXIST; before 4.17 the address
+    // is only a hint and the mapping lands elsewhere).
+    let noreplace = unsafe { map_at(base, capacity, MapFlags::MAP_FIXED_NOREPLACE) };
     let noreplace_errno = match noreplace {
         Ok(p) if p.as_ptr() as usize == base => {
             return Err(Error::io(
@@ -56,7 +58,10 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     // the sense that matters for Drop — the replacement lies exactly inside the arena's own
     // range (between its guards), nothing else refers to it, so the arena's munmap of its full
     // range later unmaps the replacement, and nothing is leaked or unmapped twice.
-    let replaced = map_at(base, capacity, MapFlags::MAP_FIXED)
+    // SAFETY: [base, base + capacity) is exactly the arena's read-write part, which this
+    // function owns (the arena is a local); the slices taken above were copied into Vecs, so
+    // no reference into it is alive; afterwards it is a valid zero-filled rw mapping again.
+    let replaced = unsafe { map_at(base, capacity, MapFlags::MAP_FIXED) }
         .map_err(|e| Error::io(format!("mmap MAP_FIXED at {base:#x}"), e))?;
     let replaced_at = replaced.as_ptr() as usize;
     let after = arena.bytes()[block.range()].to_vec();
@@ -107,15 +112,19 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
 }
 
 /// `mmap` one private anonymous read-write region at `addr` with `extra` flags.
-fn map_at(addr: usize, len: usize, extra: MapFlags) -> std::result::Result<NonNull<u8>, Errno> {
+///
+/// # Safety
+/// With `MAP_FIXED`, `[addr, addr + len)` must be memory the caller owns and no Rust reference
+/// into it may be alive: its pages are replaced by zero-filled ones.
+unsafe fn map_at(
+    addr: usize,
+    len: usize,
+    extra: MapFlags,
+) -> std::result::Result<NonNull<u8>, Errno> {
     let (Some(a), Some(l)) = (NonZeroUsize::new(addr), NonZeroUsize::new(len)) else {
         return Err(Errno::EINVAL);
     };
-    // SAFETY: the only ranges this is called on are the arena's own read-write pages: with
-    // MAP_FIXED_NOREPLACE the kernel refuses (or, before 4.17, maps elsewhere); with MAP_FIXED
-    // it replaces pages only the arena owns, and no Rust reference into them is alive (the
-    // slices taken above were copied into Vecs). Reading them afterwards through the arena is
-    // sound: they are a valid read-write mapping of the same length, just zero-filled.
+    // SAFETY: the caller's contract covers MAP_FIXED; without it the kernel never replaces.
     unsafe {
         mmap_anonymous(
             Some(a),

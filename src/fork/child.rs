@@ -40,6 +40,9 @@ pub const TAG_LOCK_WAITED_NS: u8 = b'W';
 /// Result of a [`ChildOp::Munmap`]: 0 when `munmap` returned 0, else the errno.
 pub const TAG_MUNMAP_RESULT: u8 = b'U';
 
+/// The byte read by [`ChildOp::ReadByte`].
+pub const TAG_BYTE: u8 = b'B';
+
 /// Exit code of a child whose pipe to the parent failed.
 pub const EXIT_PIPE_FAILED: i32 = 120;
 /// Exit code of a child whose `fork()` of a grandchild failed.
@@ -65,6 +68,16 @@ pub const STAMP_SIDE_OFFSET: usize = 8;
 pub enum ChildOp<'a> {
     /// Close an inherited descriptor the child must not hold (so EOF semantics work).
     Close(RawFd),
+    /// No core file if this process dies of a signal (the scenarios that fault on purpose
+    /// would otherwise leave `core` files in the user's directory): RLIMIT_CORE = 0.
+    NoCoreDump,
+    /// Load one byte (volatile) and send it with [`TAG_BYTE`].
+    ReadByte {
+        /// Address to load from (a fault is the point where the mapping is missing).
+        addr: usize,
+        /// Report pipe.
+        fd: RawFd,
+    },
     /// Ask the kernel to SIGKILL this process when the forking thread of its parent exits, so
     /// an orphaned subject never lingers.
     DieWithParent,
@@ -185,6 +198,20 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
             ChildOp::Close(fd) => {
                 // SAFETY: close(2) is async-signal-safe; a bad fd only yields EBADF.
                 unsafe { libc::close(fd) };
+            }
+            ChildOp::NoCoreDump => {
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                // SAFETY: setrlimit only reads the local struct.
+                unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
+            }
+            ChildOp::ReadByte { addr, fd } => {
+                // SAFETY: the caller guarantees addr is mapped readable, or that the fault is
+                // the intended outcome.
+                let b = unsafe { std::ptr::read_volatile(addr as *const u8) };
+                send(fd, TAG_BYTE, u64::from(b));
             }
             ChildOp::DieWithParent => {
                 // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory.

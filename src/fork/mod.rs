@@ -142,6 +142,9 @@ pub struct ProcessReport {
     /// when PFNs are visible.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub new_pfns: Option<u64>,
+    /// Pages it wrote after the fork by soft-dirty bit 55 (where the kernel tracks it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written_since_fork: Option<u64>,
     /// How it ended (absent for the parent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit: Option<ExitInfo>,

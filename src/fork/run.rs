@@ -211,6 +211,8 @@ pub fn run_scenario(
 
     let self_pid = nix::unistd::getpid().as_raw();
     let before = observe::sample(self_pid, base as u64, pages, page_size)?;
+    // With soft-dirty tracking, every process's bit 55 says which pages it wrote after fork.
+    let track_writes = sys.soft_dirty && s.advice == ForkAdvice::None;
 
     let mut phases = super::PhaseTimes {
         setup_us: us(t_setup),
@@ -224,6 +226,10 @@ pub fn run_scenario(
     for (i, plan) in s.children.iter().enumerate() {
         let pipes = SubjectPipes::new()?;
         let mut ops: Vec<ChildOp<'_>> = pipes.prologue().to_vec();
+        if track_writes {
+            // Wait until the parent has cleared our soft-dirty bits, then write.
+            ops.push(ChildOp::Wait(pipes.child_release_fd()));
+        }
         ops.extend(action_ops(plan, base, page_size, side::CHILD, pages));
         // The grandchild, if any: its pipes exist before the child is forked.
         let gc_pipes = match &plan.grandchild {
@@ -271,6 +277,15 @@ pub fn run_scenario(
         let (mut subj, took) = subject::spawn(pipes, &ops)?;
         if i == 0 {
             fork_ns_observed = Some(took.as_nanos() as u64);
+        }
+        if track_writes {
+            if let Err(e) = crate::system::clear_soft_dirty(subj.pid().as_raw()) {
+                verdict.notes.push(format!(
+                    "could not clear the soft-dirty bits of {}: {e}",
+                    role(&[i])
+                ));
+            }
+            subj.open_gate();
         }
         let pid = subj.pid().as_raw();
         let res = subj.wait_ready(deadline_for(opts.timeout));
@@ -330,6 +345,13 @@ pub fn run_scenario(
         }
     }
 
+    if track_writes {
+        if let Err(e) = crate::system::clear_soft_dirty(self_pid) {
+            verdict
+                .notes
+                .push(format!("could not clear the parent's soft-dirty bits: {e}"));
+        }
+    }
     // The parent's own writes come after every subject did its part.
     for &p in &s.parent_writes {
         // SAFETY: page p < pages (checked by `select`), inside the writable arena.
@@ -477,6 +499,7 @@ pub fn run_scenario(
                 exclusive: 0,
                 pages: None,
                 new_pfns: None,
+                written_since_fork: None,
                 exit: exits[idx].clone(),
             };
             if !p.ready {
@@ -664,6 +687,54 @@ pub fn run_scenario(
             "pagemap bit 56 of {head_rule_pages} PMD-mapped THP subpages follows the THP's head page, not the subpage \
              (kpagecount shows the subpage's true mapcount)"
         ));
+    }
+    // Soft-dirty (bit 55): exactly the pages each process wrote after the fork.
+    if track_writes {
+        evidence.insert("soft_dirty");
+        let mut paths: Vec<(&[usize], &ProcessSample, usize)> = vec![(&[], &parent_sample, 0)];
+        for (idx, (p, smp)) in procs.iter().zip(&samples).enumerate() {
+            if let Some(smp) = smp {
+                paths.push((&p.path, smp, idx + 1));
+            }
+        }
+        for (path, smp, report_idx) in paths {
+            let dirty: Vec<usize> = (0..pages)
+                .filter(|&i| {
+                    smp.entries
+                        .get(i)
+                        .is_some_and(|e| e.present() && e.soft_dirty())
+                })
+                .collect();
+            let mut wrote = s.written_by(path);
+            wrote.sort_unstable();
+            wrote.dedup();
+            if let Some(r) = proc_reports.get_mut(report_idx) {
+                r.written_since_fork = Some(dirty.len() as u64);
+            }
+            // A write into a THP can mark the whole huge page soft-dirty (seen on 6.12: the
+            // child's one-byte write left all 512 subpages dirty). Accept exactly that, and say so.
+            let thp_pages = THP_SIZE / page_size;
+            let mut whole_thps: Vec<usize> = wrote
+                .iter()
+                .flat_map(|&p| (p / thp_pages * thp_pages)..((p / thp_pages + 1) * thp_pages))
+                .collect();
+            whole_thps.dedup();
+            if s.thp && dirty != wrote && dirty == whole_thps {
+                verdict.kernel_quirks.push(format!(
+                    "soft-dirty: {}'s write to {} page(s) of a THP marked all {} pages of that THP soft-dirty",
+                    role(path),
+                    wrote.len(),
+                    dirty.len()
+                ));
+            } else if dirty != wrote {
+                let shown: Vec<usize> = dirty.iter().copied().take(8).collect();
+                disagreements.push(format!(
+                    "{}: soft-dirty pages {shown:?}{} but it wrote {wrote:?}",
+                    role(path),
+                    if dirty.len() > 8 { ".." } else { "" }
+                ));
+            }
+        }
     }
     // smaps: the VMA's figures match what the page witnesses predict.
     evidence.insert("smaps");
@@ -927,6 +998,7 @@ fn skipped(s: &Scenario, config: ScenarioConfig, reason: String) -> ScenarioRepo
         exclusive: 0,
         pages: None,
         new_pfns: None,
+        written_since_fork: None,
         exit: None,
     };
     ScenarioReport {
@@ -980,6 +1052,7 @@ fn process_report(
             .count() as u64,
         pages,
         new_pfns,
+        written_since_fork: None,
         exit,
     }
 }

@@ -60,10 +60,16 @@ impl SubjectPipes {
         [self.release_write.as_raw_fd(), self.report_read.as_raw_fd()]
     }
 
-    /// Standard prologue of a subject's program: close the parent's ends, die with the parent.
-    pub fn prologue(&self) -> [ChildOp<'static>; 3] {
+    /// Standard prologue of a subject's program: close the parent's ends, die with the
+    /// parent, leave no core file when a fault is the point.
+    pub fn prologue(&self) -> [ChildOp<'static>; 4] {
         let [a, b] = self.parent_fds();
-        [ChildOp::Close(a), ChildOp::Close(b), ChildOp::DieWithParent]
+        [
+            ChildOp::Close(a),
+            ChildOp::Close(b),
+            ChildOp::DieWithParent,
+            ChildOp::NoCoreDump,
+        ]
     }
 
     /// Standard epilogue: report ready, block until released, reap own children, exit 0.
@@ -268,6 +274,13 @@ impl Subject {
                 Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
                 Err(_) => return Err(NotReady::Died(self.kill_and_reap(false))),
             }
+        }
+    }
+
+    /// Let the subject pass one `Wait` (a gate) and keep it for the next.
+    pub fn open_gate(&self) {
+        if let Some(fd) = &self.release {
+            let _ = nix::unistd::write(fd, b"o");
         }
     }
 

@@ -118,7 +118,8 @@ pub struct VmaReport {
 /// One page, for `--per-page`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PageRow {
-    /// Index from the start of the range.
+    /// Page index from the start of `--range` (without `--range`: from the start of the
+    /// page's VMA).
     pub index: u64,
     /// Virtual address.
     pub address: u64,

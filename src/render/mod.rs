@@ -1,3 +1,4 @@
-//! Renderings for humans: tables (and later an SVG page map).
+//! Renderings for humans: a table and an SVG page map.
 
+pub mod svg;
 pub mod table;

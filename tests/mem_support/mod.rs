@@ -1,8 +1,6 @@
 //! Memory the tests control: anonymous mappings, and a forked child that only blocks.
 #![allow(dead_code)]
 
-use std::os::fd::{AsRawFd, OwnedFd};
-
 /// The base page size.
 pub fn page_size() -> usize {
     cowscope::system::page_size()
@@ -75,40 +73,31 @@ impl Drop for Mapping {
 #[derive(Debug)]
 pub struct BlockedChild {
     pub pid: i32,
-    release: Option<OwnedFd>,
+    subject: cowscope::fork::subject::Subject,
 }
 
 impl BlockedChild {
-    /// Fork now. The child touches no memory at all.
+    /// Fork now, through cowscope's one child interpreter. The child touches no memory at
+    /// all: it reports ready and blocks until released (on drop).
     pub fn fork() -> BlockedChild {
-        let (r, w) = nix::unistd::pipe().expect("pipe");
-        let (rfd, wfd) = (r.as_raw_fd(), w.as_raw_fd());
-        // SAFETY: the child only calls close(2), read(2) and _exit(2), all async-signal-safe,
-        // so forking from a multi-threaded test process is sound.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
-        if pid == 0 {
-            // CHILD (async-signal-safe): close the write end, block until the parent writes
-            // or closes, then leave without running any destructor or atexit handler.
-            let mut b = 0u8;
-            // SAFETY: raw fds inherited from the parent; `b` is a live local byte.
-            unsafe {
-                libc::close(wfd);
-                libc::read(rfd, (&raw mut b).cast(), 1);
-                libc::_exit(0);
-            }
-        }
-        drop(r);
+        use cowscope::fork::subject::{SubjectPipes, spawn};
+        let pipes = SubjectPipes::new().expect("pipes");
+        let mut ops = pipes.prologue().to_vec();
+        ops.extend(pipes.epilogue());
+        let (mut subject, _) = spawn(pipes, &ops).expect("fork");
+        subject
+            .wait_ready(std::time::Instant::now() + std::time::Duration::from_secs(10))
+            .expect("child ready");
         BlockedChild {
-            pid,
-            release: Some(w),
+            pid: subject.pid().as_raw(),
+            subject,
         }
     }
 }
 
 impl Drop for BlockedChild {
     fn drop(&mut self) {
-        drop(self.release.take());
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+        self.subject
+            .finish(std::time::Instant::now() + std::time::Duration::from_secs(10));
     }
 }
