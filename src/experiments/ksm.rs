@@ -186,6 +186,19 @@ fn measure() -> Result<(bool, String, serde_json::Value)> {
     let (a_base, b_base) = (a.base_addr(), b.base_addr());
     let before_a = frames(&pm, &kp, a_base, page)?;
     let before_b = frames(&pm, &kp, b_base, page)?;
+    // A control page that KSM must never touch (not MADV_MERGEABLE). If kpageflags calls it
+    // KSM, the bit is unreliable on this kernel: some kernels (seen on Debian's 6.12.117) set
+    // KPF_KSM for every anonymous page ("fs/proc: fix KPF_KSM reported for all anonymous
+    // pages" fixed it). Then only PFN equality and smaps judge the merge.
+    let mut control = Arena::new(ArenaConfig::new(page).advise(Advice::NoHugePage))?;
+    control.bytes_mut()[0] = 1;
+    let control_ksm = frames(&pm, &kp, control.base_addr(), page)?
+        .first()
+        .is_some_and(|f| f.1);
+    let bit_ok = !control_ksm;
+    // With a reliable bit, require it (or its absence); otherwise ignore it.
+    let is_ksm = |k: bool| !bit_ok || k;
+    let not_ksm = |k: bool| !bit_ok || !k;
 
     let t0 = Instant::now();
     let merged = loop {
@@ -194,7 +207,7 @@ fn measure() -> Result<(bool, String, serde_json::Value)> {
         let all = fa
             .iter()
             .zip(&fb)
-            .all(|(x, y)| x.0 != 0 && x.0 == y.0 && x.1 && y.1);
+            .all(|(x, y)| x.0 != 0 && x.0 == y.0 && is_ksm(x.1) && is_ksm(y.1));
         if all {
             break Some((fa, fb));
         }
@@ -245,12 +258,25 @@ fn measure() -> Result<(bool, String, serde_json::Value)> {
     let distinct_before = before_a
         .iter()
         .zip(&before_b)
-        .all(|(x, y)| x.0 != 0 && x.0 != y.0 && !x.1 && !y.1);
-    let unmerged = after_a[0].0 != shared_pfn && after_a[0].0 != 0 && !after_a[0].1;
-    let other_kept = after_b[0] == (shared_pfn, true);
+        .all(|(x, y)| x.0 != 0 && x.0 != y.0 && not_ksm(x.1) && not_ksm(y.1));
+    let unmerged = after_a[0].0 != shared_pfn && after_a[0].0 != 0 && not_ksm(after_a[0].1);
+    let other_kept = after_b[0].0 == shared_pfn && is_ksm(after_b[0].1);
+    // Without a trustworthy bit, smaps must still count KSM memory in b after the merge.
+    let smaps_ok = bit_ok || smaps_b_ksm_kb.is_some_and(|kb| kb > 0);
     let rest_still_merged = after_a[1..] == merged_a[1..] && after_b[1..] == merged_b[1..];
-    let holds = distinct_before && unmerged && other_kept && rest_still_merged && content_ok;
-    let sentence = if holds {
+    let holds =
+        distinct_before && unmerged && other_kept && rest_still_merged && content_ok && smaps_ok;
+    let sentence = if holds && !bit_ok {
+        format!(
+            "KSM merged page 0 of both arenas into PFN {shared_pfn:#x} (mapped {} times, smaps Ksm \
+             {} kB) after {waited_ms} ms; one byte written into arena a broke the sharing: a's \
+             page moved to PFN {:#x} while b kept the merged page. kpageflags' KSM bit was not \
+             used: this kernel sets it on a page that was never mergeable",
+            count_merged.first().copied().unwrap_or(0),
+            smaps_b_ksm_kb.unwrap_or(0),
+            after_a[0].0
+        )
+    } else if holds {
         format!(
             "KSM merged page 0 of both arenas into PFN {shared_pfn:#x} (KSM bit set, mapped \
              {} times) after {waited_ms} ms; one byte written into arena a broke the sharing: \
@@ -270,6 +296,7 @@ fn measure() -> Result<(bool, String, serde_json::Value)> {
             "pages": PAGES,
             "arena_a": format!("{a_base:#x}"),
             "arena_b": format!("{b_base:#x}"),
+            "ksm_bit_reliable": bit_ok,
             "before_merge": {"pfns_a": pfns(&before_a), "pfns_b": pfns(&before_b),
                              "ksm_a": ksm(&before_a), "ksm_b": ksm(&before_b)},
             "merged": {"pfns_a": pfns(&merged_a), "pfns_b": pfns(&merged_b),

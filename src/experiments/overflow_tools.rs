@@ -15,17 +15,16 @@
 //!    unseen (shown: 0 errors); on a `malloc`'d 32-byte block it reports `Invalid write of
 //!    size 1` at 0..3 bytes after the block. The C program is compiled at run time with `cc`.
 
+use crate::fork::subject::{FaultProbe, store_and_report_fault};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use super::{ExperimentOptions, Outcome};
 use crate::arena::{Arena, ArenaConfig, OverflowSource};
 use crate::error::{Error, Result};
-use crate::fork::child::{ChildOp, TAG_FAULT_ADDR, TAG_FAULT_SIGNAL};
-use crate::fork::subject::{SubjectPipes, spawn};
 
 /// The seed's block size.
 const BLOCK: usize = 32;
@@ -140,29 +139,11 @@ fn guard_page() -> Result<(bool, Value)> {
     let base = arena.base_addr();
     let start = base + c.offset() + CLOWN_AT;
     let arena_end = base + arena.capacity();
-    let pipes = SubjectPipes::new()?;
-    let mut ops = pipes.prologue().to_vec();
-    ops.push(ChildOp::ReportFaults {
-        fd: pipes.child_report_fd(),
-    });
-    for (i, &byte) in CLOWN.iter().enumerate() {
-        ops.push(ChildOp::WriteByte {
-            addr: start + i,
-            byte,
-        });
-    }
-    ops.extend(pipes.epilogue());
-    let (mut subj, _) = spawn(pipes, &ops)?;
-    let (msgs, exit) = subj.collect_until_exit(Instant::now() + Duration::from_secs(10));
-    let si_addr = msgs
-        .iter()
-        .find(|m| m.tag == TAG_FAULT_ADDR)
-        .map(|m| m.value as usize);
-    let signal = msgs
-        .iter()
-        .find(|m| m.tag == TAG_FAULT_SIGNAL)
-        .and_then(|m| nix::sys::signal::Signal::try_from(m.value as i32).ok())
-        .map(|s| s.as_str().to_string());
+    let FaultProbe {
+        exit,
+        signal,
+        si_addr,
+    } = store_and_report_fault(start, CLOWN, Duration::from_secs(10))?;
     let ok = exit.signal.as_deref() == Some("SIGSEGV")
         && signal.as_deref() == Some("SIGSEGV")
         && si_addr == Some(arena_end);

@@ -7,20 +7,18 @@
 //! contains it, and a forked child that stores there dies of SIGSEGV with that `si_addr`. Both
 //! guard regions exist again around the new location.
 
+use crate::fork::subject::{FaultProbe, store_and_report_fault};
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
-use nix::sys::signal::Signal;
 use serde_json::json;
 
 use super::{ExperimentOptions, Outcome};
 use crate::arena::{Arena, ArenaConfig, render_seed};
 use crate::error::{Error, Result};
-use crate::fork::child::{ChildOp, TAG_FAULT_ADDR, TAG_FAULT_SIGNAL};
-use crate::fork::subject::{SubjectPipes, spawn};
 use crate::mem::smaps::{self, SmapsEntry};
 
 /// What the arena holds before it grows.
@@ -81,31 +79,11 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     let guards_ok = guard == 0 || (is_guard(guard_below) && is_guard(guard_above));
 
     // The old address in a child: it dangles, so the store faults.
-    let pipes = SubjectPipes::new()?;
-    let mut ops = pipes.prologue().to_vec();
-    ops.push(ChildOp::ReportFaults {
-        fd: pipes.child_report_fd(),
-    });
-    ops.push(ChildOp::WriteByte {
-        addr: old_block_addr,
-        byte: b'!',
-    });
-    ops.extend(pipes.epilogue());
-    let (mut subject, _) = spawn(pipes, &ops)?;
-    let (msgs, exit) = subject.collect_until_exit(Instant::now() + CHILD_DEADLINE);
-    let si_addr = msgs
-        .iter()
-        .find(|m| m.tag == TAG_FAULT_ADDR)
-        .map(|m| m.value as usize);
-    let fault_signal = msgs
-        .iter()
-        .find(|m| m.tag == TAG_FAULT_SIGNAL)
-        .and_then(|m| i32::try_from(m.value).ok())
-        .map(|n| {
-            Signal::try_from(n)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| format!("signal {n}"))
-        });
+    let FaultProbe {
+        exit,
+        signal: fault_signal,
+        si_addr,
+    } = store_and_report_fault(old_block_addr, b"!", CHILD_DEADLINE)?;
     let dangles = old_addr_vma.is_none()
         && exit.signal.as_deref() == Some("SIGSEGV")
         && si_addr == Some(old_block_addr);

@@ -7,16 +7,14 @@
 //! fault here would kill cowscope, and the address could in principle be reused by a later
 //! mapping of this process, which the child would then silently write into (its own copy).
 
-use std::time::{Duration, Instant};
+use crate::fork::subject::{FaultProbe, store_and_report_fault};
+use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use serde_json::json;
 
 use super::{ExperimentOptions, Outcome};
 use crate::arena::{Arena, ArenaConfig};
 use crate::error::{Error, Result};
-use crate::fork::child::{ChildOp, TAG_FAULT_ADDR, TAG_FAULT_SIGNAL};
-use crate::fork::subject::{SubjectPipes, spawn};
 use crate::mem::smaps;
 
 /// How long the child may take to fault and die.
@@ -53,32 +51,11 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
         Some(v) => format!("{base:#x} is mapped again: {v}"),
     };
 
-    let pipes = SubjectPipes::new()?;
-    let mut ops = pipes.prologue().to_vec();
-    ops.push(ChildOp::ReportFaults {
-        fd: pipes.child_report_fd(),
-    });
-    ops.push(ChildOp::WriteByte {
-        addr: base,
-        byte: b'!',
-    });
-    ops.extend(pipes.epilogue());
-    let (mut subject, _) = spawn(pipes, &ops)?;
-    let (msgs, exit) = subject.collect_until_exit(Instant::now() + CHILD_DEADLINE);
-
-    let si_addr = msgs
-        .iter()
-        .find(|m| m.tag == TAG_FAULT_ADDR)
-        .map(|m| m.value as usize);
-    let fault_signal = msgs
-        .iter()
-        .find(|m| m.tag == TAG_FAULT_SIGNAL)
-        .and_then(|m| i32::try_from(m.value).ok())
-        .map(|n| {
-            Signal::try_from(n)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| format!("signal {n}"))
-        });
+    let FaultProbe {
+        exit,
+        signal: fault_signal,
+        si_addr,
+    } = store_and_report_fault(base, b"!", CHILD_DEADLINE)?;
 
     let died_of_segv = exit.signal.as_deref() == Some("SIGSEGV");
     let at_base = si_addr == Some(base);

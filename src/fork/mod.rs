@@ -150,6 +150,26 @@ pub struct ProcessReport {
     pub exit: Option<ExitInfo>,
 }
 
+impl ProcessReport {
+    /// A process we have no page-table evidence for (it died early, or the scenario was
+    /// skipped).
+    pub fn without_evidence(role: &str, pid: i32) -> Self {
+        ProcessReport {
+            role: role.into(),
+            pid,
+            vma_present: false,
+            smaps: None,
+            expected_smaps: None,
+            present: 0,
+            exclusive: 0,
+            pages: None,
+            new_pfns: None,
+            written_since_fork: None,
+            exit: None,
+        }
+    }
+}
+
 /// Which side sees which bytes (checked after the page tables).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ContentReport {

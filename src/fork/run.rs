@@ -489,19 +489,7 @@ pub fn run_scenario(
 
     for (idx, p) in procs.iter().enumerate() {
         let Some(smp) = &samples[idx] else {
-            let mut r = ProcessReport {
-                role: p.role.clone(),
-                pid: p.pid,
-                vma_present: false,
-                smaps: None,
-                expected_smaps: None,
-                present: 0,
-                exclusive: 0,
-                pages: None,
-                new_pfns: None,
-                written_since_fork: None,
-                exit: exits[idx].clone(),
-            };
+            let mut r = ProcessReport::without_evidence(&p.role, p.pid);
             if !p.ready {
                 verdict.notes.push(format!(
                     "{} never reported ready (exit: {})",
@@ -825,8 +813,8 @@ pub fn run_scenario(
         content.child_reads_zero = Some(h.iter().all(|&b| b == 0));
     }
     let dumps = child_dump.map(|c| Dumps {
-        parent: seed_dump(arena.used_bytes()),
-        child: seed_dump(&c),
+        parent: crate::arena::render_seed(arena.used_bytes()),
+        child: crate::arena::render_seed(&c),
     });
     if let Some(d) = &dumps {
         content.parent_sees_child_writes =
@@ -988,19 +976,7 @@ fn populate_write(arena: &Arena) {
 
 fn skipped(s: &Scenario, config: ScenarioConfig, reason: String) -> ScenarioReport {
     let pid = nix::unistd::getpid().as_raw();
-    let parent = ProcessReport {
-        role: "parent".into(),
-        pid,
-        vma_present: false,
-        smaps: None,
-        expected_smaps: None,
-        present: 0,
-        exclusive: 0,
-        pages: None,
-        new_pfns: None,
-        written_since_fork: None,
-        exit: None,
-    };
+    let parent = ProcessReport::without_evidence("parent", pid);
     ScenarioReport {
         name: s.name.into(),
         summary: s.summary.into(),
@@ -1163,20 +1139,6 @@ fn stamp_ok(head: &[u8], index: usize, marker: u8) -> bool {
     head.len() > child::STAMP_SIDE_OFFSET
         && head[..8] == (index as u64).to_le_bytes()
         && head[child::STAMP_SIDE_OFFSET] == marker
-}
-
-/// The seed's rendering: printable ASCII (32..=126) as itself, anything else as '.'.
-fn seed_dump(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|&b| {
-            if (32..127).contains(&b) {
-                b as char
-            } else {
-                '.'
-            }
-        })
-        .collect()
 }
 
 fn describe_exit(e: Option<&ExitInfo>) -> String {

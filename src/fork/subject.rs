@@ -391,3 +391,59 @@ impl Drop for Subject {
         }
     }
 }
+
+/// How a subject that stored bytes, possibly faulting, ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultProbe {
+    /// Its exit (a signal name when the fault killed it).
+    pub exit: ExitInfo,
+    /// The signal its fault handler saw (`SIGSEGV`, `SIGBUS`), if it faulted.
+    pub signal: Option<String>,
+    /// The faulting address (`si_addr`), if it faulted.
+    pub si_addr: Option<usize>,
+}
+
+/// Fork a subject that installs the one-shot fault reporter, stores `bytes` one by one from
+/// `addr`, and exits 0 if nothing faulted. The shared shape of every "does this address still
+/// belong to us?" experiment.
+///
+/// # Errors
+/// When the pipes or the fork fail.
+pub fn store_and_report_fault(addr: usize, bytes: &[u8], timeout: Duration) -> Result<FaultProbe> {
+    use super::child::{TAG_FAULT_ADDR, TAG_FAULT_SIGNAL};
+    let pipes = SubjectPipes::new()?;
+    let mut ops = pipes.prologue().to_vec();
+    ops.push(ChildOp::ReportFaults {
+        fd: pipes.child_report_fd(),
+    });
+    ops.extend(
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, &byte)| ChildOp::WriteByte {
+                addr: addr + i,
+                byte,
+            }),
+    );
+    ops.push(ChildOp::Exit(0));
+    let (mut subject, _) = spawn(pipes, &ops)?;
+    let (msgs, exit) = subject.collect_until_exit(Instant::now() + timeout);
+    let si_addr = msgs
+        .iter()
+        .find(|m| m.tag == TAG_FAULT_ADDR)
+        .map(|m| m.value as usize);
+    let signal = msgs
+        .iter()
+        .find(|m| m.tag == TAG_FAULT_SIGNAL)
+        .and_then(|m| i32::try_from(m.value).ok())
+        .map(|n| {
+            Signal::try_from(n)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {n}"))
+        });
+    Ok(FaultProbe {
+        exit,
+        signal,
+        si_addr,
+    })
+}
