@@ -117,7 +117,7 @@ pub fn render(cols: &[Column]) -> String {
         cols.first().map_or("", |c| c.label.as_str())
     );
 
-    let sections: [(&str, CellFn); 7] = [
+    let sections: [(&str, CellFn); 8] = [
         ("copied pages", |sc| number(sc.pointer("/pages/copied"))),
         ("page classes (non-zero counts)", page_classes),
         (
@@ -133,6 +133,18 @@ pub fn render(cols: &[Column]) -> String {
             |sc| {
                 let p = number(sc.pointer("/parent/exclusive"));
                 let c = number(sc.pointer("/child/exclusive"));
+                if p == MISSING && c == MISSING {
+                    MISSING.to_string()
+                } else {
+                    format!("{p}/{c}")
+                }
+            },
+        ),
+        (
+            "pages written since fork by soft-dirty (bit 55): parent/child",
+            |sc| {
+                let p = number(sc.pointer("/parent/written_since_fork"));
+                let c = number(sc.pointer("/child/written_since_fork"));
                 if p == MISSING && c == MISSING {
                     MISSING.to_string()
                 } else {

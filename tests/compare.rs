@@ -145,3 +145,21 @@ fn exclusive_bit_counts_that_differ_are_marked() {
     assert!(r.starts_with('*'), "{r}");
     assert!(r.contains("512/-") && r.contains("1/- *"), "{r}");
 }
+
+#[test]
+fn soft_dirty_counts_that_differ_are_marked() {
+    let (_, out, _) = compare(&[
+        "6.1.0-fixture/fork-report.json",
+        "6.12.0-fixture/fork-report.json",
+    ]);
+    let r = row(&out, "soft-dirty", "thp-child-writes");
+    assert!(r.starts_with('*'), "{r}");
+    assert!(r.contains("0/1") && r.contains("0/512 *"), "{r}");
+    // A report without the field shows '-', not 0.
+    let (_, out, _) = compare(&["5.4.0-fixture/fork-report.json"]);
+    assert!(
+        row(&out, "soft-dirty", "thp-child-writes")
+            .trim_end()
+            .ends_with(" -")
+    );
+}
