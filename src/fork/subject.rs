@@ -297,52 +297,39 @@ impl Subject {
             return e.clone();
         }
         self.release();
-        loop {
-            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+        self.reap(Some(deadline))
+    }
+
+    fn reap_blocking(&mut self) -> ExitInfo {
+        self.reap(None)
+    }
+
+    /// Wait for the subject's exit and record it: blocking, or polling until `deadline` and
+    /// then killing it. A subject that is not our child (an adopted grandchild) cannot be
+    /// waited for; its own parent reaps it.
+    fn reap(&mut self, deadline: Option<Instant>) -> ExitInfo {
+        let info = loop {
+            if !self.ours {
+                break ExitInfo::default();
+            }
+            match waitpid(self.pid, deadline.map(|_| WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {
-                    if Instant::now() >= deadline {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
                         return self.kill_and_reap(true);
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Ok(s) => {
                     if let Some(info) = ExitInfo::from_status(s) {
-                        self.exit = Some(info.clone());
-                        return info;
+                        break info;
                     }
                 }
                 Err(Errno::EINTR) => {}
-                Err(_) => {
-                    let info = ExitInfo::default();
-                    self.exit = Some(info.clone());
-                    return info;
-                }
+                Err(_) => break ExitInfo::default(),
             }
-        }
-    }
-
-    fn reap_blocking(&mut self) -> ExitInfo {
-        if !self.ours {
-            let info = ExitInfo::default();
-            self.exit = Some(info.clone());
-            return info;
-        }
-        loop {
-            match waitpid(self.pid, None) {
-                Ok(s) => {
-                    if let Some(info) = ExitInfo::from_status(s) {
-                        self.exit = Some(info.clone());
-                        return info;
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(_) => {
-                    let info = ExitInfo::default();
-                    self.exit = Some(info.clone());
-                    return info;
-                }
-            }
-        }
+        };
+        self.exit = Some(info.clone());
+        info
     }
 
     fn kill_and_reap(&mut self, timeout: bool) -> ExitInfo {
