@@ -219,22 +219,26 @@ pub fn by_name(name: &str) -> Option<Scenario> {
 }
 
 impl Scenario {
+    /// The plan of the forked process at `path` (`[i]` = child i, `[i, 0]` = its child);
+    /// None for the parent (`[]`) or a path the scenario does not have.
+    pub fn plan(&self, path: &[usize]) -> Option<&ProcessPlan> {
+        let (&first, rest) = path.split_first()?;
+        let mut plan = self.children.get(first)?;
+        for _ in rest {
+            plan = plan.grandchild.as_deref()?;
+        }
+        Some(plan)
+    }
+
     /// Pages written after the fork by the process at `path` (empty = the parent; `[i]` =
     /// child i; `[i, 0]` = child i's grandchild), whole or one byte.
     pub fn written_by(&self, path: &[usize]) -> Vec<usize> {
-        let Some((&first, rest)) = path.split_first() else {
+        if path.is_empty() {
             return self.parent_writes.clone();
-        };
-        let mut plan = match self.children.get(first) {
-            Some(p) => p,
-            None => return Vec::new(),
-        };
-        for _ in rest {
-            match &plan.grandchild {
-                Some(g) => plan = g,
-                None => return Vec::new(),
-            }
         }
+        let Some(plan) = self.plan(path) else {
+            return Vec::new();
+        };
         let mut pages: Vec<usize> = plan
             .writes
             .iter()

@@ -1114,22 +1114,12 @@ fn expected_marker(s: &Scenario, path: &[usize], page: usize) -> u8 {
 
 /// Pages the process at `path` (non-empty) stamps whole.
 fn stamped_by(s: &Scenario, path: &[usize]) -> Vec<usize> {
-    let mut plan = match path.first().and_then(|&i| s.children.get(i)) {
-        Some(p) => p,
-        None => return Vec::new(),
-    };
-    for _ in &path[1..] {
-        match &plan.grandchild {
-            Some(g) => plan = g,
-            None => return Vec::new(),
-        }
-    }
-    plan.writes.clone()
+    s.plan(path).map(|p| p.writes.clone()).unwrap_or_default()
 }
 
 /// The byte a one-byte write left at offset HEAD/2 of page `page` in process `path`, if any.
 fn one_byte_marker(s: &Scenario, path: &[usize], page: usize) -> Option<u8> {
-    let plan = path.first().and_then(|&i| s.children.get(i))?;
+    let plan = s.plan(path)?;
     (path.len() == 1 && plan.writes_one_byte.contains(&page)).then_some(side::CHILD)
 }
 
