@@ -6,6 +6,7 @@ pub mod child;
 pub mod classify;
 pub mod observe;
 pub mod run;
+pub mod scenarios;
 pub mod subject;
 
 use std::time::Duration;
@@ -14,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::report::Envelope;
+use crate::mem::system::SystemInfo;
 use classify::ClassCounts;
 use subject::ExitInfo;
 
@@ -52,7 +53,7 @@ pub const MAX_RUNS: usize = 1000;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ForkReportBody {
     /// One entry per scenario run, in catalogue order.
-    pub scenarios: Vec<ScenarioReport>,
+    pub scenarios: Vec<ScenarioResult>,
 }
 
 impl ForkReportBody {
@@ -61,9 +62,6 @@ impl ForkReportBody {
         self.scenarios.iter().all(|s| s.verdict.holds)
     }
 }
-
-/// A whole fork report.
-pub type ForkReport = Envelope<ForkReportBody>;
 
 /// How a scenario was set up.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -118,7 +116,7 @@ pub struct ExpectedSmaps {
 
 /// One process of a scenario.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ProcessReport {
+pub struct ProcessEvidence {
     /// `parent`, `child`, `child-2`.., `grandchild`.
     pub role: String,
     /// Its pid.
@@ -150,11 +148,11 @@ pub struct ProcessReport {
     pub exit: Option<ExitInfo>,
 }
 
-impl ProcessReport {
+impl ProcessEvidence {
     /// A process we have no page-table evidence for (it died early, or the scenario was
     /// skipped).
     pub fn without_evidence(role: &str, pid: i32) -> Self {
-        ProcessReport {
+        ProcessEvidence {
             role: role.into(),
             pid,
             vma_present: false,
@@ -172,7 +170,7 @@ impl ProcessReport {
 
 /// Which side sees which bytes (checked after the page tables).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct ContentReport {
+pub struct ContentChecks {
     /// The parent's pages carry a child's stamp (true only for MAP_SHARED).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_sees_child_writes: Option<bool>,
@@ -196,7 +194,7 @@ pub struct ContentReport {
 
 /// Timing medians in nanoseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct TimingReport {
+pub struct Timing {
     /// Runs the medians are taken over.
     pub runs: u64,
     /// Median `fork()` latency in the parent over the timing runs (arena of at most 64 pages).
@@ -237,7 +235,7 @@ pub struct PhaseTimes {
 
 /// THP facts for the `thp-child-writes` scenario.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct ThpReport {
+pub struct ThpFacts {
     /// AnonHugePages of the parent's arena before the fork.
     pub parent_anon_huge_kb_before: u64,
     /// Bytes the child's one-byte write made the kernel copy (copied pages x page size).
@@ -298,7 +296,7 @@ pub struct Verdict {
 
 /// One scenario's results.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ScenarioReport {
+pub struct ScenarioResult {
     /// Stable name.
     pub name: String,
     /// One line.
@@ -308,19 +306,19 @@ pub struct ScenarioReport {
     /// Aggregate page classes (a page copied by any process counts as copied).
     pub pages: ClassCounts,
     /// The parent.
-    pub parent: ProcessReport,
+    pub parent: ProcessEvidence,
     /// The first child (convenience; also in `processes`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub child: Option<ProcessReport>,
+    pub child: Option<ProcessEvidence>,
     /// Every process: parent, children, grandchildren.
-    pub processes: Vec<ProcessReport>,
+    pub processes: Vec<ProcessEvidence>,
     /// Content checks.
-    pub content: ContentReport,
+    pub content: ContentChecks,
     /// Timing medians.
-    pub timing: TimingReport,
+    pub timing: Timing,
     /// THP facts.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub thp: Option<ThpReport>,
+    pub thp: Option<ThpFacts>,
     /// The seed's dumps (seed-09c).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dumps: Option<Dumps>,
@@ -335,14 +333,13 @@ pub struct ScenarioReport {
 ///
 /// # Errors
 /// Unknown scenario names, absurd sizes (usage), or a failure to set up memory.
-pub fn fork_report(opts: &ForkReportOptions) -> Result<ForkReport> {
+pub fn fork_report(opts: &ForkReportOptions, system: &SystemInfo) -> Result<ForkReportBody> {
     let scenarios = select(opts)?;
-    let system = crate::system::detect();
     let mut reports = Vec::with_capacity(scenarios.len());
     for s in &scenarios {
-        reports.push(run::run_scenario(s, &system, opts)?);
+        reports.push(run::run_scenario(s, system, opts)?);
     }
-    Ok(Envelope::new(system, ForkReportBody { scenarios: reports }))
+    Ok(ForkReportBody { scenarios: reports })
 }
 
 /// Resolve names and `--pages` into scenarios.
@@ -350,8 +347,8 @@ pub fn fork_report(opts: &ForkReportOptions) -> Result<ForkReport> {
 /// # Errors
 /// Unknown names, duplicate names, `--pages` 0 or above [`MAX_PAGES`], `--runs` 0 or above
 /// [`MAX_RUNS`], a zero timeout.
-pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario>> {
-    use crate::scenarios::{by_name, catalogue, list};
+pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::fork::scenarios::Scenario>> {
+    use crate::fork::scenarios::{by_name, catalogue, list};
     if opts.runs == 0 || opts.runs > MAX_RUNS {
         return Err(Error::usage(format!(
             "--runs must be between 1 and {MAX_RUNS}, got {}",
@@ -374,7 +371,7 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario
                 ))
             })?;
             if v.iter()
-                .any(|x: &crate::scenarios::Scenario| x.name == s.name)
+                .any(|x: &crate::fork::scenarios::Scenario| x.name == s.name)
             {
                 return Err(Error::usage(format!("scenario '{n}' given twice")));
             }
@@ -388,7 +385,7 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario
                 "--pages must be between 1 and {MAX_PAGES}, got {p}"
             )));
         }
-        let page = crate::system::page_size();
+        let page = crate::kernel::page_size();
         if p.checked_mul(page).is_none() {
             return Err(Error::usage(format!(
                 "--pages {p} overflows the address space"
