@@ -205,6 +205,20 @@ fn a_format_baseline_does_not_have_is_refused(#[case] format: &str) {
 }
 
 #[test]
+fn out_to_a_full_device_fails_naming_it_and_leaves_the_device_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    cowscope()
+        .args(["baseline", "09a", "--out", "/dev/full"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "writing /dev/full: No space left on device",
+        ));
+    let ft = std::fs::metadata("/dev/full").unwrap().file_type();
+    assert!(ft.is_char_device(), "/dev/full is still a device");
+}
+
+#[test]
 fn out_writes_the_document_to_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("b.json");
