@@ -330,6 +330,24 @@ fn bad_input_exits_2_with_a_message_naming_it(#[case] args: &[&str], #[case] nee
 }
 
 #[test]
+fn pages_beyond_the_available_memory_are_refused_before_anything_is_mapped() {
+    let avail_kb = cowscope::kernel::meminfo_kb("MemAvailable").expect("/proc/meminfo");
+    let page_kb = (cowscope::kernel::page_size() / 1024) as u64;
+    // Twice what is available: no concurrent change of MemAvailable makes that fit.
+    let pages = 2 * avail_kb / page_kb;
+    let out = cowscope()
+        .args(["fork-report", "--scenario", "private-idle", "--pages"])
+        .arg(pages.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MemAvailable"), "{err}");
+    assert!(err.contains(&format!("--pages {pages} needs")), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn out_writes_atomically_and_a_failed_run_keeps_the_old_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("report.json");
