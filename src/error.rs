@@ -8,6 +8,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_VERDICT_FAILED: i32 = 1;
 /// Exit code: bad usage or bad input (unknown name, malformed range, unreadable pid...).
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code: the run completed but a claim could not be proven: the kernel hides the
+/// evidence from this user (PFNs need CAP_SYS_ADMIN) or lacks the feature. Never a pass.
+pub const EXIT_UNPROVEN: i32 = 3;
 
 /// Everything that can stop a cowscope command.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum Error {
     /// The arena engine refused an operation.
     #[error(transparent)]
     Arena(#[from] crate::arena::ArenaError),
+    /// A pid that names no memory to read (no such process, a zombie, a kernel thread).
+    #[error("{0}")]
+    NotReadable(#[from] crate::mem::process::NotReadable),
     /// A serialisation step failed (should not happen for our own types).
     #[error("serialising JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -41,6 +47,31 @@ impl Error {
         }
     }
 
+    /// A failure reading `/proc/<pid>/<file>` after the process was found, as one sentence a
+    /// user can act on: the process exited while it was being read (ESRCH, ENOENT, or a
+    /// pagemap read cut short), or the kernel refused access (and why); anything else keeps
+    /// the OS error.
+    pub fn process_io(pid: i32, file: &str, e: io::Error) -> Self {
+        use crate::mem::process;
+        let gone = matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+        ) || e.raw_os_error() == Some(libc::ESRCH);
+        if gone && process::stat(pid).is_ok_and(|s| !s.is_zombie()) {
+            return Error::io(format!("reading /proc/{pid}/{file}"), e);
+        }
+        if gone {
+            return Error::Usage(format!("process {pid} exited while it was being read"));
+        }
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            return Error::Usage(format!(
+                "cannot read /proc/{pid}/{file}: permission denied: {}",
+                process::why_denied(pid)
+            ));
+        }
+        Error::io(format!("reading /proc/{pid}/{file}"), e)
+    }
+
     /// Build an [`Error::Usage`].
     pub fn usage(msg: impl Into<String>) -> Self {
         Error::Usage(msg.into())
@@ -49,7 +80,7 @@ impl Error {
     /// The process exit code this error maps to.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => EXIT_USAGE,
+            Error::Usage(_) | Error::NotReadable(_) => EXIT_USAGE,
             // Failing to read a process the user named is bad input; anything else is too,
             // since no verdict was reached. Verdict failures are not errors: they are reports
             // whose `verdict` says so, and the CLI maps them to EXIT_VERDICT_FAILED.

@@ -92,10 +92,8 @@ fn a_range_over_a_hole_counts_unmapped_pages() {
     m.touch_all();
     let ps = page_size();
     // SAFETY: the last 16 pages of our own mapping; nothing refers to them.
-    assert_eq!(
-        unsafe { libc::munmap(m.ptr.add(16 * ps).cast(), 16 * ps) },
-        0
-    );
+    let rc = unsafe { libc::munmap(m.ptr.add(16 * ps).cast(), 16 * ps) };
+    assert_eq!(rc, 0);
     // Inspect a blocked fork child: its address space is frozen, while ours may map new
     // things (e.g. a posix_spawn stack) into the hole.
     let child = BlockedChild::fork();
@@ -240,7 +238,7 @@ fn non_root_inspecting_a_root_process_is_exit_2_permission_denied() {
 
 #[test]
 fn a_thp_range_counts_512_huge_pages_on_both_paths() {
-    let mode = cowscope::system::thp_enabled();
+    let mode = cowscope::kernel::thp_enabled();
     if mode == "never" || mode == "unavailable" {
         eprintln!("SKIP: THP is {mode}");
         return;
@@ -249,10 +247,8 @@ fn a_thp_range_counts_512_huge_pages_on_both_paths() {
     let m = Mapping::anon(2 * huge / page_size(), libc::MAP_PRIVATE);
     let aligned = (m.start() + huge as u64 - 1) & !(huge as u64 - 1);
     // SAFETY: the aligned 2 MiB window lies inside our 4 MiB mapping.
-    assert_eq!(
-        unsafe { libc::madvise(aligned as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) },
-        0
-    );
+    let rc = unsafe { libc::madvise(aligned as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) };
+    assert_eq!(rc, 0);
     for off in (0..huge).step_by(page_size()) {
         // SAFETY: inside the aligned window.
         unsafe { std::ptr::write_volatile((aligned as *mut u8).add(off), 9) };

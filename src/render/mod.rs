@@ -1,4 +1,7 @@
-//! Renderings for humans: a table and an SVG page map.
+//! Renderings of documents for humans: tables, SVG page maps, the seed transcript. A renderer
+//! reads a document and draws what it carries; it never classifies or judges.
 
+pub mod baseline;
+pub mod compare;
 pub mod svg;
 pub mod table;

@@ -1,4 +1,4 @@
-//! `cowscope compare`: fork reports from several kernels side by side.
+//! The `compare` tables: fork reports from several kernels side by side.
 //!
 //! Reports are read as loose JSON ([`serde_json::Value`]) rather than as the current serde
 //! types, so files written by older or newer builds still compare: a missing figure shows as
@@ -7,11 +7,9 @@
 //! ends with `*`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
-
-use crate::error::{Error, Result};
 
 /// The `system` facts shown first, since they decide what the evidence can show.
 const SYSTEM_FACTS: [&str; 5] = [
@@ -40,38 +38,6 @@ pub struct Column {
     pub source: String,
     /// The whole document.
     pub doc: Value,
-}
-
-/// Read each file and render the comparison table.
-///
-/// # Errors
-/// [`Error::Io`] when a file cannot be read; [`Error::Usage`] when a file is not JSON or has no
-/// `scenarios` list (not a fork report).
-pub fn compare_files(files: &[PathBuf]) -> Result<String> {
-    if files.is_empty() {
-        return Err(Error::usage(
-            "compare needs at least one fork-report.json file",
-        ));
-    }
-    let mut docs = Vec::with_capacity(files.len());
-    for path in files {
-        docs.push((path.display().to_string(), load(path)?));
-    }
-    Ok(render(&columns(docs)))
-}
-
-fn load(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let doc: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::usage(format!("{} is not valid JSON: {e}", path.display())))?;
-    if !doc.get("scenarios").is_some_and(Value::is_array) {
-        return Err(Error::usage(format!(
-            "{} is not a fork report: it has no 'scenarios' list",
-            path.display()
-        )));
-    }
-    Ok(doc)
 }
 
 /// Label each document by its kernel release (falling back to the file's directory name, as in
