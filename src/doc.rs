@@ -70,7 +70,13 @@ pub type PagesDoc = Envelope<crate::pages::PagesBody>;
 pub type ExperimentDoc = Envelope<crate::experiments::ExperimentBody>;
 
 /// Names of the documents whose JSON Schema `cowscope schema` prints.
-pub const DOCUMENTS: [&str; 4] = ["fork-report", "baseline", "pages", "experiment"];
+pub const DOCUMENTS: [&str; 5] = [
+    "fork-report",
+    "baseline",
+    "pages",
+    "experiment",
+    "scenario-file",
+];
 
 /// The JSON Schema (draft 2020-12) of one document, generated from the serde types.
 ///
@@ -82,6 +88,7 @@ pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
         "baseline" => schemars::schema_for!(BaselineDoc),
         "pages" => schemars::schema_for!(PagesDoc),
         "experiment" => schemars::schema_for!(ExperimentDoc),
+        "scenario-file" => schemars::schema_for!(crate::fork::scenario_file::ScenarioFile),
         other => {
             return Err(crate::Error::usage(format!(
                 "unknown document '{other}'; expected one of: {}",

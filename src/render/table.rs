@@ -24,17 +24,26 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
         },
         if sys.pagemap_scan { "yes" } else { "no" },
     );
+    use crate::fork::classify::PageClass;
+    let w = r
+        .body
+        .scenarios
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
     let _ = writeln!(
         out,
-        "{:<22} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5}  {:>13} {:>13}  {:>9} {:>9}  verdict",
+        "{:<w$} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5}  {:>13} {:>13}  {:>9} {:>9}  verdict",
         "scenario",
         "pages",
-        "shared",
-        "copied",
-        "wiped",
-        "notin",
-        "absnt",
-        "unprv",
+        PageClass::Shared.short(),
+        PageClass::Copied.short(),
+        PageClass::Wiped.short(),
+        PageClass::NotInherited.short(),
+        PageClass::Absent.short(),
+        PageClass::Unproven.short(),
         "parent P/S kB",
         "child P/S kB",
         "fork µs",
@@ -42,11 +51,7 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
     );
     for s in &r.body.scenarios {
         let ps = |p: &Option<crate::fork::SmapsFigures>| match p {
-            Some(f) => format!(
-                "{}/{}",
-                f.private_clean_kb + f.private_dirty_kb,
-                f.shared_clean_kb + f.shared_dirty_kb
-            ),
+            Some(f) => format!("{}/{}", f.private_kb(), f.shared_kb()),
             None => "-".into(),
         };
         let child = s
@@ -65,25 +70,30 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
             .map(|n| n.to_string())
             .unwrap_or_else(|| "-".into());
         let v = &s.verdict;
-        let verdict = if let Some(reason) = &v.skipped {
-            format!("SKIP ({reason})")
-        } else if v.holds {
-            format!("ok [{}]", v.evidence.join(","))
-        } else {
-            format!(
-                "FAIL: {}",
-                v.notes
-                    .iter()
-                    .chain(&v.disagreements)
-                    .next()
+        use crate::fork::VerdictState;
+        let label = v.state.label();
+        let verdict = match v.state {
+            VerdictState::Skipped => format!(
+                "{label} ({})",
+                v.skipped.as_deref().unwrap_or("no reason given")
+            ),
+            VerdictState::Held => format!("{label} [{}]", v.evidence.join(",")),
+            VerdictState::Unproven => format!(
+                "{label}: {}",
+                v.unproven.first().map(String::as_str).unwrap_or("see JSON")
+            ),
+            VerdictState::Failed => format!(
+                "{label}: {}",
+                v.disagreements
+                    .first()
                     .map(String::as_str)
                     .unwrap_or("see JSON")
-            )
+            ),
         };
         let c = &s.pages;
         let _ = writeln!(
             out,
-            "{:<22} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5}  {:>13} {:>13}  {:>9} {:>9}  {}",
+            "{:<w$} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5}  {:>13} {:>13}  {:>9} {:>9}  {}",
             s.name,
             s.config.pages,
             c.shared,
