@@ -41,7 +41,7 @@ pub fn parse(text: &str, what: &str) -> Result<Vec<Scenario>> {
         let inner = e.into_inner();
         Error::usage(format!(
             "{what}: at {}: {}",
-            if path == "." {
+            if path == "." || path == "?" {
                 "the top level".to_string()
             } else {
                 path
@@ -261,13 +261,13 @@ mod tests {
     #[rstest::rstest]
     #[case::unknown_field(
         r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8, "colour": 1}]}"#,
-        "at scenarios[0]: unknown field `colour`"
+        "at scenarios[0].colour: unknown field `colour`"
     )]
     #[case::wrong_type(
         r#"{"scenarios": [{"name": "x", "summary": "y", "pages": "four"}]}"#,
         "at scenarios[0].pages:"
     )]
-    #[case::unknown_op(r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8, "children": [{"ops": [{"op": "jump"}]}]}]}"#, "at scenarios[0].children[0].ops[0]:")]
+    #[case::unknown_op(r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8, "children": [{"ops": [{"op": "jump"}]}]}]}"#, "at scenarios[0].children[0].ops[0]")]
     #[case::page_out_of_range(r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8, "children": [{"ops": [{"op": "write", "pages": [9]}]}]}]}"#, "at scenarios[0]: a step names page 9")]
     #[case::bad_mthp(r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 6, "memory": {"kind": "mthp", "size_kb": 24}}]}"#, "at scenarios[0].memory.size_kb")]
     #[case::duplicate(r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 1}, {"name": "x", "summary": "z", "pages": 1}]}"#, "at scenarios[1].name")]
