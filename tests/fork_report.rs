@@ -974,3 +974,85 @@ fn every_fork_goes_through_the_one_child_interpreter() {
         "fork outside src/fork/{{child,subject}}.rs: {offenders:?}"
     );
 }
+
+#[test]
+fn a_scenario_file_runs_in_the_catalogue_vocabulary() {
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/scenario-file.json");
+    let out = cowscope()
+        .args(["fork-report", "--runs", "1", "--scenario-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let names: Vec<_> = v["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        ["two-children-one-page", "pte-mapped-thp-parent-writes"]
+    );
+    let s = &v["scenarios"][0];
+    if v["system"]["pfn_visible"] == true {
+        assert_eq!(out.status.code(), Some(0), "{}", s["verdict"]);
+        // Both children copied page 2 (each its own frame); the parent's write to page 5
+        // copied into the parent, whose page 2 is still the pre-fork frame.
+        assert_eq!(s["processes"][1]["new_pfns"], 1);
+        assert_eq!(s["processes"][2]["new_pfns"], 1);
+        assert_eq!(s["parent"]["new_pfns"], 1);
+        assert_eq!(s["content"]["child_sees_parent_writes"], false);
+    }
+}
+
+#[rstest]
+#[case::wrong_type(r#"{"scenarios": [{"name": "a", "summary": "b", "pages": 4, "children": [{"ops": [{"op": "write", "pages": "x"}]}]}]}"#, "at scenarios[0].children[0].ops[0]")]
+#[case::page_past_the_end(r#"{"scenarios": [{"name": "a", "summary": "b", "pages": 4, "parent": {"ops": [{"op": "write", "pages": [4]}]}}]}"#, "at scenarios[0]: a step names page 4")]
+#[case::unknown_kind(
+    r#"{"scenarios": [{"name": "a", "summary": "b", "pages": 4, "memory": {"kind": "nvram"}}]}"#,
+    "at scenarios[0].memory"
+)]
+fn a_bad_scenario_file_exits_2_naming_the_json_path(#[case] text: &str, #[case] needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s.json");
+    std::fs::write(&f, text).unwrap();
+    let out = cowscope()
+        .args(["fork-report", "--scenario-file"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "{err}");
+    assert_eq!(err.lines().count(), 1, "one sentence: {err}");
+}
+
+#[test]
+fn the_scenario_file_schema_accepts_the_catalogue_and_the_example() {
+    let out = cowscope()
+        .args(["schema", "scenario-file"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let catalogue = serde_json::to_value(cowscope::fork::scenario_file::ScenarioFile {
+        scenarios: cowscope::fork::scenarios::catalogue(),
+    })
+    .unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&catalogue)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let example: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/scenario-file.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(validator.is_valid(&example));
+    assert!(!validator.is_valid(&serde_json::json!({"scenarios": [{"name": "x"}]})));
+}
