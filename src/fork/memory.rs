@@ -510,7 +510,10 @@ pub fn prepare(
         MemoryKind::File | MemoryKind::Memfd => {
             let f = if s.memory == MemoryKind::File {
                 let dir = std::env::temp_dir();
-                stamped_file(&dir, s.pages, page, side::PARENT_BEFORE)?
+                match stamped_file(&dir, s.pages, page, side::PARENT_BEFORE) {
+                    Ok(f) => f,
+                    Err(e) => skip!(format!("no file for the mapping: {e}")),
+                }
             } else {
                 let name = CString::new("cowscope").unwrap_or_default();
                 // SAFETY: memfd_create reads the C string only.
