@@ -220,6 +220,11 @@ pub fn classify(parent: &PageWitness, other: &PageWitness, vma: OtherVma) -> (Pa
         // Present on one side only, without WIPEONFORK: not something fork produces.
         return (PageClass::Unproven, Basis::None);
     }
+    if parent.zero_page == Some(true) && other.zero_page == Some(true) {
+        // Both read a zero page (the huge zero page's subpage on one side, the 4 KiB zero page
+        // after a PMD split on the other): different frames, yet nothing was copied.
+        return (PageClass::Shared, Basis::Kpageflags);
+    }
     if let (Some(a), Some(b)) = (parent.pfn, other.pfn) {
         return if a == b {
             (PageClass::Shared, Basis::Pfn)
@@ -393,6 +398,18 @@ mod tests {
         assert_eq!(
             classify(&w(true, Some(9), true), &other, vma),
             (PageClass::Wiped, Basis::Kpageflags)
+        );
+    }
+
+    #[test]
+    fn two_zero_pages_are_shared_although_the_frames_differ() {
+        let z = |pfn| PageWitness {
+            zero_page: Some(true),
+            ..w(true, Some(pfn), false)
+        };
+        assert_eq!(
+            classify(&z(0x1fc001), &z(0x3b34), VMA),
+            (PageClass::Shared, Basis::Kpageflags)
         );
     }
 

@@ -520,7 +520,7 @@ fn classes_match_first_principles(s: &Scenario, e: &Evidence, j: &mut Judgement)
         j.file(Finding::quirk(
             "classes",
             format!(
-                "a write to the huge zero page gave the writer a whole new THP ({whole_units} pages moved at once): the kernel allocates a THP on a write fault to the huge zero page (do_huge_zero_wp_pmd, Linux 6.13+) instead of splitting the PMD"
+                "a write to the huge zero page gave the writer a whole new huge page ({whole_units} more pages than it wrote got new frames at once): the kernel replaced the huge zero page with a THP on the write fault (do_huge_zero_wp_pmd, after 6.12) instead of splitting the PMD to 4 KiB zero pages"
             ),
         ));
     }
@@ -574,6 +574,8 @@ fn the_expected_side_got_the_new_frame(s: &Scenario, e: &Evidence, j: &mut Judge
         for (i, w) in p.pages.iter().enumerate() {
             let before = &e.before[i];
             let moved = match (before.pfn, w.pfn) {
+                // One zero page for another (a split huge zero page) is no new memory.
+                _ if before.zero_page == Some(true) && w.zero_page == Some(true) => false,
                 (Some(b), Some(now)) => b != now,
                 // The parent's page was in swap before the fork: a frame now is a new one
                 // (a write swaps in and copies; the judge's classes say which).
@@ -829,7 +831,28 @@ fn soft_dirty_names_the_writers(s: &Scenario, e: &Evidence, j: &mut Judgement) {
         if dirty == wrote {
             continue;
         }
-        if s.memory.is_thp() && dirty == whole {
+        let hugetlb = matches!(s.memory, MemoryKind::Hugetlb { .. });
+        let pinned_untouched: Vec<usize> = (0..p.pages.len())
+            .filter(|i| p.path.is_empty() && s.pinned() && p.pages[*i].present)
+            .collect();
+        if hugetlb && dirty.is_empty() {
+            j.file(Finding::quirk(
+                "soft_dirty",
+                format!(
+                    "{}'s copy-on-write of a hugetlb page left it without the soft-dirty bit (the hugetlb fault path does not set it)",
+                    p.role
+                ),
+            ));
+        } else if !pinned_untouched.is_empty() && dirty == pinned_untouched {
+            j.file(Finding::quirk(
+                "soft_dirty",
+                format!(
+                    "{}: clear_refs left the soft-dirty bit on all {} DMA-pinned pages (it does not write-protect pinned pages), so bit 55 cannot say which it wrote",
+                    p.role,
+                    dirty.len()
+                ),
+            ));
+        } else if s.memory.is_thp() && dirty == whole {
             j.file(Finding::quirk(
                 "soft_dirty",
                 format!(
@@ -1405,14 +1428,53 @@ mod tests {
         let j = judge(&s, &mk(&|_| true));
         assert_eq!(j.verdict().state, VerdictState::Held, "{:?}", j.findings);
         assert_eq!(j.bytes_copied_by_one_write, Some(2 << 20));
-        assert!(j.verdict().kernel_quirks[0].contains("whole new THP"));
+        assert!(j.verdict().kernel_quirks[0].contains("whole new huge page"));
         // Older kernels: one page.
         let j = judge(&s, &mk(&|i| i == 0));
         assert_eq!(j.verdict().state, VerdictState::Held, "{:?}", j.findings);
         assert_eq!(j.bytes_copied_by_one_write, Some(4096));
+        // What 6.1 and 6.12 do: split the PMD; the written page gets a frame, the other 511
+        // map the one 4 KiB zero page (other frames than the huge zero page's, nothing copied).
+        let mut split = mk(&|i| i == 0);
+        for w in split.procs[1].pages.iter_mut().skip(1) {
+            w.pfn = Some(0x3b34);
+        }
+        let j = judge(&s, &split);
+        assert_eq!(j.verdict().state, VerdictState::Held, "{:?}", j.findings);
+        assert_eq!(j.new_frames[1], Some(1));
+        assert_eq!(j.bytes_copied_by_one_write, Some(4096));
         // Anything between is a disagreement.
         let j = judge(&s, &mk(&|i| i < 3));
         assert_eq!(j.verdict().state, VerdictState::Failed);
+    }
+
+    #[test]
+    fn soft_dirty_names_the_writers_and_knows_two_kernel_behaviours() {
+        let s = by_name("private-child-writes").unwrap();
+        let mut e = child_writes_evidence(true);
+        e.soft_dirty_tracked = true;
+        for (i, w) in e.procs[1].pages.iter_mut().enumerate() {
+            w.soft_dirty = i < 4;
+        }
+        let j = judge(&s, &e);
+        assert_eq!(j.verdict().state, VerdictState::Held, "{:?}", j.findings);
+        assert_eq!(j.written_since_fork, vec![Some(0), Some(4)]);
+        e.procs[0].pages[7].soft_dirty = true;
+        assert_eq!(judge(&s, &e).verdict().state, VerdictState::Failed);
+
+        // clear_refs does not write-protect DMA-pinned pages: all stay soft-dirty.
+        let s = by_name("iouring-fixed-buffer-fork").unwrap();
+        let mut e = child_writes_evidence(true);
+        e.soft_dirty_tracked = true;
+        for w in e.procs[0].pages.iter_mut() {
+            w.soft_dirty = true;
+        }
+        let j = judge(&s, &e);
+        assert!(
+            j.findings.iter().any(|f| matches!(f, Finding::KernelQuirk { check, detail } if check == "soft_dirty" && detail.contains("DMA-pinned"))),
+            "{:?}",
+            j.findings
+        );
     }
 
     #[test]
