@@ -77,6 +77,7 @@ fn our_children() -> Vec<String> {
 )]
 #[case::vmsplice_before_fork_child_write_copies("vmsplice-before-fork-parent-unmap")]
 #[case::pinned_pages_are_copied_at_fork("iouring-fixed-buffer-fork")]
+#[case::a_pinned_thp_is_copied_at_fork_page_by_page("iouring-fixed-buffer-thp-fork")]
 #[case::o_direct_read_lands_in_the_readers_copy("o-direct-read-after-fork")]
 fn scenario_verdict_holds_and_first_principles_hold(#[case] name: &str) {
     let (sys, s) = run_one(name);
@@ -340,6 +341,19 @@ fn check_first_principles(name: &str, s: &ScenarioResult) {
         "vmsplice-before-fork-parent-unmap" => {
             assert_eq!(s.content.pipe_reads_pre_fork_data, Some(true));
             assert_eq!(s.child.as_ref().unwrap().new_pfns, Some(4));
+        }
+        "iouring-fixed-buffer-thp-fork" => {
+            // fork splits the pinned THP's PMD in the parent and copies all 512 pages for the
+            // child as 4 KiB pages, before anyone writes.
+            let c = s.child.as_ref().unwrap();
+            assert_eq!(c.new_pfns, Some(n as u64));
+            assert_eq!(
+                c.smaps.unwrap().anon_huge_kb,
+                0,
+                "the child's copies are 4 KiB pages"
+            );
+            assert_eq!(s.parent.new_pfns, Some(0));
+            assert_eq!(s.timing.bytes_copied_at_fork, Some(2 << 20));
         }
         "iouring-fixed-buffer-fork" => {
             // Copied at fork, before anyone wrote: every child frame is new.

@@ -775,6 +775,17 @@ pub fn catalogue() -> Vec<Scenario> {
             )
         },
         Scenario {
+            prepare: vec![Prep::RegisterFixedBuffer],
+            children: vec![ProcessPlan::default()],
+            parent: ProcessPlan::of(vec![write_byte(&[0])]),
+            ..thp(
+                "iouring-fixed-buffer-thp-fork",
+                "a 2 MiB THP registered as an io_uring fixed buffer; fork; the parent writes one byte of page 0",
+                ThpLayout::Pmd,
+                PMD_PAGES,
+            )
+        },
+        Scenario {
             scalable: false,
             children: child(vec![Op::ODirectRead {
                 pages: (0..4).collect(),
