@@ -76,8 +76,19 @@ fn populated_range_counts_every_page_present_and_exclusive_on_both_paths() {
         assert_eq!(c["unmapped"], 0, "{extra:?}");
         let rows = d["per_page"].as_array().expect("rows");
         assert_eq!(rows.len(), 64);
-        assert_eq!(rows[5]["address"], m.start() + 5 * page_size() as u64);
+        // Addresses are hex strings, as /proc prints them.
+        let fifth = format!("{:#x}", m.start() + 5 * page_size() as u64);
+        assert_eq!(rows[5]["address"], fifth.as_str());
+        assert_eq!(d["range"]["start"], format!("{:#x}", m.start()).as_str());
+        assert_eq!(d["range"]["end"], format!("{:#x}", m.end()).as_str());
         assert_eq!(d["vmas"].as_array().map(Vec::len), Some(1));
+        let vma = &d["vmas"][0];
+        assert!(
+            vma["smaps"]["start"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("0x"))
+        );
+        assert_eq!(vma["examined_start"], format!("{:#x}", m.start()).as_str());
         if is_root() {
             assert_eq!(d["pfn_visible"], true);
             assert_eq!(d["mapcount_histogram"]["1"], 64, "each page mapped once");
