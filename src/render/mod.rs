@@ -3,5 +3,7 @@
 
 pub mod baseline;
 pub mod compare;
+pub mod experiment;
+pub mod pages;
 pub mod svg;
 pub mod table;
