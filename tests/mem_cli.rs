@@ -245,6 +245,35 @@ fn non_root_inspecting_a_root_process_is_exit_2_permission_denied() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied"), "{err}");
+    assert!(
+        err.contains("belongs to uid 0 and cowscope runs as uid 65534"),
+        "{err}"
+    );
+}
+
+#[test]
+fn root_without_cap_sys_ptrace_is_told_that_is_why() {
+    if !is_root() {
+        eprintln!("SKIP: need root to drop capabilities with setpriv");
+        return;
+    }
+    // A process of another user; root may read it only with CAP_SYS_PTRACE.
+    let mut victim = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "30"])
+        .spawn()
+        .expect("setpriv runs");
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all"])
+        .arg(cargo_bin("cowscope"))
+        .args(["pages", "--pid", &victim.id().to_string()])
+        .output()
+        .unwrap();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains("without CAP_SYS_PTRACE"), "{err}");
 }
 
 #[test]
