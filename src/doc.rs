@@ -68,13 +68,16 @@ pub type BaselineDoc = Envelope<crate::baseline::BaselineBody>;
 pub type PagesDoc = Envelope<crate::pages::PagesBody>;
 /// The `experiment` document.
 pub type ExperimentDoc = Envelope<crate::experiments::ExperimentBody>;
+/// The `compare --format json` document (its `system` is the machine that compared).
+pub type CompareDoc = Envelope<crate::compare::Comparison>;
 
 /// Names of the documents whose JSON Schema `cowscope schema` prints.
-pub const DOCUMENTS: [&str; 5] = [
+pub const DOCUMENTS: [&str; 6] = [
     "fork-report",
     "baseline",
     "pages",
     "experiment",
+    "compare",
     "scenario-file",
 ];
 
@@ -88,6 +91,7 @@ pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
         "baseline" => schemars::schema_for!(BaselineDoc),
         "pages" => schemars::schema_for!(PagesDoc),
         "experiment" => schemars::schema_for!(ExperimentDoc),
+        "compare" => schemars::schema_for!(CompareDoc),
         "scenario-file" => schemars::schema_for!(crate::fork::scenario_file::ScenarioFile),
         other => {
             return Err(crate::Error::usage(format!(

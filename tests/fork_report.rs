@@ -1070,3 +1070,41 @@ fn the_scenario_file_schema_accepts_the_catalogue_and_the_example() {
     assert!(validator.is_valid(&example));
     assert!(!validator.is_valid(&serde_json::json!({"scenarios": [{"name": "x"}]})));
 }
+
+#[test]
+fn the_table_keeps_its_columns_in_line_for_large_arenas_and_explains_them() {
+    let out = cowscope()
+        .args([
+            "fork-report",
+            "--format",
+            "table",
+            "--runs",
+            "1",
+            "--pages",
+            "100000",
+            "--scenario",
+            "private-idle",
+            "--scenario",
+            "private-child-writes",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    // Heading and both rows: "verdict" and each row's verdict start in the same column.
+    let at = lines[1].find("verdict").expect("heading");
+    for row in &lines[2..4] {
+        let col = row.chars().count() - row[row.find("ok [").expect(row)..].chars().count();
+        assert_eq!(col, lines[1][..at].chars().count(), "{text}");
+        assert!(row.contains("100000"), "{row}");
+    }
+    for word in [
+        "notin = not inherited",
+        "unprv = not provable",
+        "P/S kB",
+        "cow ns",
+    ] {
+        assert!(text.contains(word), "legend names {word}: {text}");
+    }
+}
