@@ -1089,8 +1089,8 @@ fn the_table_keeps_its_columns_in_line_for_large_arenas_and_explains_them() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
     let lines: Vec<&str> = text.lines().collect();
     // Heading and both rows: "verdict" and each row's verdict start in the same column.
     let at = lines[1].find("verdict").expect("heading");
