@@ -1108,3 +1108,74 @@ fn the_table_keeps_its_columns_in_line_for_large_arenas_and_explains_them() {
         assert!(text.contains(word), "legend names {word}: {text}");
     }
 }
+
+/// `--allow-sysfs` changes what a case needs (an mTHP size, huge pages, a swap file) and puts
+/// every setting back when the case ends.
+#[test]
+fn allow_sysfs_restores_every_setting_it_changed() {
+    if !is_root() {
+        eprintln!("SKIP: changing sysfs needs root");
+        return;
+    }
+    let snapshot = || -> Vec<(String, String)> {
+        let mut files = vec![
+            "/proc/sys/vm/nr_hugepages".to_string(),
+            "/sys/kernel/mm/transparent_hugepage/enabled".to_string(),
+            "/sys/kernel/mm/transparent_hugepage/use_zero_page".to_string(),
+            "/proc/swaps".to_string(),
+        ];
+        if let Ok(d) = std::fs::read_dir("/sys/kernel/mm/transparent_hugepage") {
+            for e in d.flatten() {
+                let f = e.path().join("enabled");
+                if f.is_file() {
+                    files.push(f.display().to_string());
+                }
+            }
+        }
+        files.sort();
+        files
+            .into_iter()
+            .map(|f| {
+                let v = std::fs::read_to_string(&f).unwrap_or_default();
+                (f, v)
+            })
+            .collect()
+    };
+    let before = snapshot();
+    let opts = ForkReportOptions {
+        scenarios: vec![
+            "mthp-64k-child-writes".into(),
+            "hugetlb-2m-child-writes".into(),
+            "swapped-child-writes".into(),
+        ],
+        runs: 1,
+        allow_sysfs: true,
+        ..Default::default()
+    };
+    let r = fork_report(&opts).unwrap();
+    for s in &r.body.scenarios {
+        assert!(
+            s.verdict.holds,
+            "{}: {:?}",
+            s.name,
+            s.verdict
+                .skipped
+                .as_ref()
+                .or(s.verdict.disagreements.first())
+        );
+    }
+    assert_eq!(snapshot(), before, "every setting is back");
+    let leftovers: Vec<_> = ["/var/tmp", "/tmp"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("cowscope-swap-")
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the swap file is removed: {leftovers:?}"
+    );
+}
