@@ -266,7 +266,10 @@ fn a_write_past_the_mapping_is_refused_and_writes_nothing(
     assert!(msg.contains(&format!("capacity {capacity}")), "{msg}");
     assert!(msg.contains("4096 bytes"), "{msg}");
     assert!(a.diff(&before).is_empty());
-    assert!(a.slack().iter().all(|x| *x == 0), "nothing reached the slack");
+    assert!(
+        a.slack().iter().all(|x| *x == 0),
+        "nothing reached the slack"
+    );
     let f = a.check();
     assert!(f.overflows.is_empty(), "a refused write is no overflow");
     assert_eq!(f.slack, None);
@@ -682,7 +685,10 @@ fn the_seed_09b_arena_refuses_a_ninth_32_byte_block_at_offset_256(
         ),
         "{e:?}"
     );
-    assert!(e.to_string().contains("at offset 256 of capacity 256"), "{e}");
+    assert!(
+        e.to_string().contains("at offset 256 of capacity 256"),
+        "{e}"
+    );
     assert!(
         a.mapped_len() >= 256 + 32,
         "the page had room: the refusal is the capacity's, not the mapping's"
@@ -754,26 +760,28 @@ fn a_red_zone_that_would_cross_the_logical_end_is_refused_too() {
 const CLOWN: &[u8] = " \u{1F921} Oops!\0".as_bytes();
 
 #[rstest]
+// Cases: (filler, block length, next block), offset in the block, the bytes, and (bytes past
+// the block's end, bytes past the capacity, how far past the capacity the slack shows damage).
 // The clown at c + 24 with c the last 32 bytes of the arena: 24 + 12 = 36, so 4 bytes ('p',
 // 's', '!', NUL) go past c's end, which is the logical end; the NUL is zero, so the slack
 // shows 3 damaged bytes.
-#[case::the_clown_past_the_last_block(224, 32, None, 24, CLOWN, 4, 4, 3)]
+#[case::the_clown_past_the_last_block((224, 32, None), 24, CLOWN, (4, 4, 3))]
 // A block at 200..232 followed by one at 232..256; 30 bytes from 230 end at 260: 28 past the
 // block (24 of them in the next block), 4 past the logical end.
-#[case::through_the_next_block_into_the_slack(200, 32, Some(24), 30, &[0xAB; 30], 28, 4, 4)]
+#[case::through_the_next_block_into_the_slack((200, 32, Some(24)), 30, &[0xAB; 30], (28, 4, 4))]
 // Starting beyond the logical end: 2 bytes at 264..266.
-#[case::starting_inside_the_slack(224, 32, None, 40, &[0xAB; 2], 2, 2, 10)]
+#[case::starting_inside_the_slack((224, 32, None), 40, &[0xAB; 2], (2, 2, 10))]
 fn a_write_crossing_the_logical_end_inside_the_page_is_an_overflow_with_the_exact_bytes_past_the_end(
-    #[case] filler: usize,
-    #[case] block_len: usize,
-    #[case] next_len: Option<usize>,
+    // (filler before the block, the block's length, the length of a block after it)
+    #[case] layout: (usize, usize, Option<usize>),
     #[case] at: usize,
     #[case] bytes: &[u8],
-    #[case] past_end: usize,
-    #[case] past_capacity: usize,
-    #[case] slack_reach: usize,
+    // (bytes past the block's end, bytes past the capacity, reach of the slack damage)
+    #[case] expect: (usize, usize, usize),
     #[values(true, false)] ledger: bool,
 ) {
+    let (filler, block_len, next_len) = layout;
+    let (past_end, past_capacity, slack_reach) = expect;
     let mut a = Arena::new(ArenaConfig::new(256).ledger(ledger)).unwrap();
     let _filler = a.alloc(filler).unwrap();
     let b = a.alloc_labeled(block_len, "c").unwrap();
@@ -793,7 +801,10 @@ fn a_write_crossing_the_logical_end_inside_the_page_is_an_overflow_with_the_exac
     );
     let f = a.check();
     if !ledger {
-        assert!(!f.ledger && f.is_clean(), "without the ledger nothing is judged");
+        assert!(
+            !f.ledger && f.is_clean(),
+            "without the ledger nothing is judged"
+        );
         return;
     }
     assert_eq!(f.overflows.len(), 1, "{:?}", f.overflows);
@@ -804,7 +815,9 @@ fn a_write_crossing_the_logical_end_inside_the_page_is_an_overflow_with_the_exac
         (b.index(), past_end, past_capacity)
     );
     assert_eq!(o.victims, next.iter().map(Block::index).collect::<Vec<_>>());
-    let d = f.slack.expect("the bytes in the slack are seen as damage too");
+    let d = f
+        .slack
+        .expect("the bytes in the slack are seen as damage too");
     assert_eq!((d.capacity, d.mapped), (256, a.mapped_len()));
     assert_eq!(d.bytes_past_capacity, slack_reach);
 }
@@ -831,7 +844,11 @@ fn check_finds_bytes_written_into_the_slack_through_the_raw_pointer() {
     let mut a = arena(256);
     let b = a.alloc_labeled(256, "all").unwrap();
     a.write(&b, 0, &[b'x'; 256]).unwrap();
-    assert_eq!(a.check().slack, None, "a full arena with an untouched slack");
+    assert_eq!(
+        a.check().slack,
+        None,
+        "a full arena with an untouched slack"
+    );
     let last = a.mapped_len() - 1;
     // SAFETY: `as_ptr()` is valid for `mapped_len()` bytes and no slice of the arena is alive;
     // this is what C code holding the pointer does, unseen by the ledger.

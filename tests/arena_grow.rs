@@ -165,7 +165,10 @@ fn growing_within_the_last_page_moves_only_the_logical_end() {
     assert!(!g.moved);
     assert_eq!((g.old_capacity, g.new_capacity), (256, 1000));
     assert_eq!((g.old_mapped, g.new_mapped), (mapped, mapped));
-    assert_eq!((a.base_addr(), a.mapped_len(), a.capacity()), (base, mapped, 1000));
+    assert_eq!(
+        (a.base_addr(), a.mapped_len(), a.capacity()),
+        (base, mapped, 1000)
+    );
     assert_guarded(&a);
     // The new room is exactly up to the new logical end.
     let c = a.alloc(744).unwrap();
@@ -201,7 +204,10 @@ fn growing_past_the_last_page_maps_whole_pages_and_keeps_the_capacity_exact() {
 fn a_shared_arena_grows_within_its_last_page_but_not_past_it() {
     let mut s = Arena::new(ArenaConfig::new(256).shared()).unwrap();
     let g = s.grow(page()).unwrap();
-    assert_eq!((g.new_capacity, g.new_mapped, g.moved), (page(), page(), false));
+    assert_eq!(
+        (g.new_capacity, g.new_mapped, g.moved),
+        (page(), page(), false)
+    );
     assert!(matches!(
         s.grow(page() + 1),
         Err(ArenaError::BadConfig { .. })
