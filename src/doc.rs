@@ -68,9 +68,11 @@ pub type BaselineDoc = Envelope<crate::baseline::BaselineBody>;
 pub type PagesDoc = Envelope<crate::pages::PagesBody>;
 /// The `experiment` document.
 pub type ExperimentDoc = Envelope<crate::experiments::ExperimentBody>;
+/// The `compare --format json` document (its `system` is the machine that compared).
+pub type CompareDoc = Envelope<crate::compare::Comparison>;
 
 /// Names of the documents whose JSON Schema `cowscope schema` prints.
-pub const DOCUMENTS: [&str; 4] = ["fork-report", "baseline", "pages", "experiment"];
+pub const DOCUMENTS: [&str; 5] = ["fork-report", "baseline", "pages", "experiment", "compare"];
 
 /// The JSON Schema (draft 2020-12) of one document, generated from the serde types.
 ///
@@ -82,6 +84,7 @@ pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
         "baseline" => schemars::schema_for!(BaselineDoc),
         "pages" => schemars::schema_for!(PagesDoc),
         "experiment" => schemars::schema_for!(ExperimentDoc),
+        "compare" => schemars::schema_for!(CompareDoc),
         other => {
             return Err(crate::Error::usage(format!(
                 "unknown document '{other}'; expected one of: {}",

@@ -53,13 +53,14 @@ impl Error {
     /// the OS error.
     pub fn process_io(pid: i32, file: &str, e: io::Error) -> Self {
         use crate::mem::process;
-        let gone = matches!(
-            e.kind(),
-            io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
-        ) || e.raw_os_error() == Some(libc::ESRCH);
-        if gone && process::stat(pid).is_ok_and(|s| !s.is_zombie()) {
-            return Error::io(format!("reading /proc/{pid}/{file}"), e);
-        }
+        // ESRCH: the kernel found the task but not its memory (exiting, or a zombie). ENOENT
+        // or a short read: gone, unless the process is still there and alive (then it is
+        // some other problem, kept as it is).
+        let gone = e.raw_os_error() == Some(libc::ESRCH)
+            || (matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+            ) && !process::stat(pid).is_ok_and(|s| !s.is_zombie()));
         if gone {
             return Error::Usage(format!("process {pid} exited while it was being read"));
         }
@@ -91,3 +92,38 @@ impl Error {
 
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esrch_from_a_reaped_process_reads_as_exited_mid_read() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("true runs");
+        let pid = child.id() as i32;
+        child.wait().expect("reaped");
+        let e = Error::process_io(pid, "pagemap", io::Error::from_raw_os_error(libc::ESRCH));
+        assert_eq!(
+            e.to_string(),
+            format!("process {pid} exited while it was being read")
+        );
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+    }
+
+    #[test]
+    fn permission_denied_says_why() {
+        let me = std::process::id() as i32;
+        let e = Error::process_io(me, "pagemap", io::Error::from_raw_os_error(libc::EACCES));
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "cannot read /proc/{me}/pagemap: permission denied: "
+            )),
+            "{msg}"
+        );
+        // The reason is a clause after the colon, whatever this machine's reason is.
+        assert!(msg.len() > 60, "{msg}");
+    }
+}

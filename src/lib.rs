@@ -20,6 +20,7 @@ pub mod output;
 
 // 4. The orchestrator and the other producers of document bodies.
 pub mod baseline;
+pub mod compare;
 pub mod experiments;
 pub mod fork;
 pub mod pages;

@@ -179,7 +179,10 @@ mod tests {
         let dangling = dir.path().join("dangling.json");
         std::os::unix::fs::symlink(dir.path().join("created.json"), &dangling).unwrap();
         write_atomic(&dangling, b"made").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("created.json")).unwrap(), b"made");
+        assert_eq!(
+            std::fs::read(dir.path().join("created.json")).unwrap(),
+            b"made"
+        );
     }
 
     #[test]
@@ -246,7 +249,10 @@ mod tests {
     fn a_missing_directory_is_named_by_the_users_path_not_the_temp_file() {
         let e = write_atomic(Path::new("/nonexistent-dir/r.json"), b"{}").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with("writing /nonexistent-dir/r.json: "), "{msg}");
+        assert!(
+            msg.starts_with("writing /nonexistent-dir/r.json: "),
+            "{msg}"
+        );
         assert!(!msg.contains(".cowscope-"), "{msg}");
     }
 

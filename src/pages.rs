@@ -103,9 +103,13 @@ impl PageCounts {
 pub struct VmaSummary {
     /// The smaps entry of the whole VMA.
     pub smaps: SmapsEntry,
-    /// First byte examined (range ∩ VMA).
+    /// First byte examined (range ∩ VMA), hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
     pub examined_start: u64,
-    /// One past the last byte examined.
+    /// One past the last byte examined, hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
     pub examined_end: u64,
     /// Counts over the examined part.
     pub counts: Option<PageCounts>,
@@ -120,7 +124,9 @@ pub struct PageRow {
     /// Page index from the start of `--range` (without `--range`: from the start of the
     /// page's VMA).
     pub index: u64,
-    /// Virtual address.
+    /// Virtual address, hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
     pub address: u64,
     /// Present (bit 63).
     pub present: bool,
@@ -140,13 +146,26 @@ pub struct PageRow {
     pub flags: Option<Vec<String>>,
 }
 
+/// `[start, end)` in bytes, hex in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AddressRange {
+    /// First byte.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
+    pub start: u64,
+    /// One past the last byte.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
+    pub end: u64,
+}
+
 /// The body of a pages document.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct PagesBody {
     /// The process inspected.
     pub pid: i32,
     /// The examined range (page aligned), or `None` for every VMA.
-    pub range: Option<(u64, u64)>,
+    pub range: Option<AddressRange>,
     /// Whether PFNs were visible: without them, PFN equality proves nothing.
     pub pfn_visible: bool,
     /// Whether kpagecount/kpageflags were read.
@@ -157,8 +176,8 @@ pub struct PagesBody {
     pub vmas: Vec<VmaSummary>,
     /// Counts over the whole request.
     pub counts: PageCounts,
-    /// kpagecount value -> present pages with it (only with visible PFNs).
-    pub mapcount_histogram: Option<BTreeMap<String, u64>>,
+    /// kpagecount value -> present pages with it (only with visible PFNs), in numeric order.
+    pub mapcount_histogram: Option<BTreeMap<u64, u64>>,
     /// kpageflags combination (`anon|lru|...`) -> present pages with it (only with visible
     /// PFNs).
     pub kpageflags_histogram: Option<BTreeMap<String, u64>>,
@@ -384,12 +403,12 @@ pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
     let map_hist = have_kpage.then(|| {
         acc.mapcounts
             .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect::<BTreeMap<_, _>>()
+            .map(|(k, v)| (*k, *v))
+            .collect::<BTreeMap<u64, u64>>()
     });
     let body = PagesBody {
         pid,
-        range,
+        range: range.map(|(start, end)| AddressRange { start, end }),
         pfn_visible: privilege.pfn_visible,
         kpage_readable: privilege.kpage_readable,
         huge_method: if use_scan {
@@ -599,6 +618,16 @@ impl Collector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapcount_histogram_keys_are_in_numeric_order() {
+        let h: BTreeMap<u64, u64> = [(10, 1), (2, 5), (1, 7)].into_iter().collect();
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            r#"{"1":7,"2":5,"10":1}"#,
+            "10 sorts after 2, not between 1 and 2"
+        );
+    }
     use rstest::rstest;
 
     #[rstest]

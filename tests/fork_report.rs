@@ -330,6 +330,24 @@ fn bad_input_exits_2_with_a_message_naming_it(#[case] args: &[&str], #[case] nee
 }
 
 #[test]
+fn pages_beyond_the_available_memory_are_refused_before_anything_is_mapped() {
+    let avail_kb = cowscope::kernel::meminfo_kb("MemAvailable").expect("/proc/meminfo");
+    let page_kb = (cowscope::kernel::page_size() / 1024) as u64;
+    // Twice what is available: no concurrent change of MemAvailable makes that fit.
+    let pages = 2 * avail_kb / page_kb;
+    let out = cowscope()
+        .args(["fork-report", "--scenario", "private-idle", "--pages"])
+        .arg(pages.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MemAvailable"), "{err}");
+    assert!(err.contains(&format!("--pages {pages} needs")), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn out_writes_atomically_and_a_failed_run_keeps_the_old_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("report.json");
@@ -676,4 +694,42 @@ fn every_fork_goes_through_the_one_child_interpreter() {
         offenders.is_empty(),
         "fork outside src/fork/{{child,subject}}.rs: {offenders:?}"
     );
+}
+
+#[test]
+fn the_table_keeps_its_columns_in_line_for_large_arenas_and_explains_them() {
+    let out = cowscope()
+        .args([
+            "fork-report",
+            "--format",
+            "table",
+            "--runs",
+            "1",
+            "--pages",
+            "100000",
+            "--scenario",
+            "private-idle",
+            "--scenario",
+            "private-child-writes",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    // Heading and both rows: "verdict" and each row's verdict start in the same column.
+    let at = lines[1].find("verdict").expect("heading");
+    for row in &lines[2..4] {
+        let col = row.chars().count() - row[row.find("ok [").expect(row)..].chars().count();
+        assert_eq!(col, lines[1][..at].chars().count(), "{text}");
+        assert!(row.contains("100000"), "{row}");
+    }
+    for word in [
+        "notin = not inherited",
+        "unprv = not provable",
+        "P/S kB",
+        "cow ns",
+    ] {
+        assert!(text.contains(word), "legend names {word}: {text}");
+    }
 }

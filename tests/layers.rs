@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "output",
     "fork",
     "pages",
+    "compare",
     "baseline",
     "experiments",
     "inspect",

@@ -7,6 +7,8 @@ use crate::error::{EXIT_OK, EXIT_VERDICT_FAILED, Error, Result};
 use crate::experiments::ExperimentOptions;
 use crate::output;
 
+use super::DocFormat;
+
 /// `experiment` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,6 +23,9 @@ pub struct Args {
     /// Allow experiments that change (and then restore) system settings in /sys.
     #[arg(long)]
     pub allow_sysfs: bool,
+    /// json, or table (one line per experiment; the evidence is only in the JSON).
+    #[arg(long, value_enum, default_value_t = DocFormat::Json)]
+    pub format: DocFormat,
     /// Write the result here atomically instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -65,7 +70,11 @@ pub fn run(args: Args) -> Result<i32> {
         }
         (name, _) => report(name, &opts)?,
     };
-    output::emit(&output::to_json(&doc)?, args.out.as_deref())?;
+    let text = match args.format {
+        DocFormat::Json => output::to_json(&doc)?,
+        DocFormat::Table => crate::render::experiment::table(&doc),
+    };
+    output::emit(&text, args.out.as_deref())?;
     Ok(if doc.body.holds() {
         EXIT_OK
     } else {

@@ -7,7 +7,7 @@ use crate::error::{EXIT_OK, Result};
 use crate::output;
 use crate::pages::PagesRequest;
 
-use super::parse_number;
+use super::{DocFormat, parse_number};
 
 /// `pages` arguments.
 #[derive(Debug, clap::Args)]
@@ -24,6 +24,9 @@ pub struct Args {
     /// Never use the PAGEMAP_SCAN ioctl; read pagemap with plain preads.
     #[arg(long)]
     pub no_scan: bool,
+    /// json, or table (one row per VMA).
+    #[arg(long, value_enum, default_value_t = DocFormat::Json)]
+    pub format: DocFormat,
     /// Write the result here atomically instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -54,6 +57,10 @@ pub fn run(args: Args) -> Result<i32> {
         force_fallback: args.no_scan,
     };
     let doc = report(&req)?;
-    output::emit(&output::to_json(&doc)?, args.out.as_deref())?;
+    let text = match args.format {
+        DocFormat::Json => output::to_json(&doc)?,
+        DocFormat::Table => crate::render::pages::table(&doc),
+    };
+    output::emit(&text, args.out.as_deref())?;
     Ok(EXIT_OK)
 }

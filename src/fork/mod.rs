@@ -43,9 +43,9 @@ impl Default for ForkReportOptions {
     }
 }
 
-/// Largest `--pages`: 16 GiB of 4 KiB pages. Beyond that a report is not a fork experiment
-/// but a memory-exhaustion test.
-pub const MAX_PAGES: usize = 1 << 22;
+/// Largest `--pages`: 1 TiB of 4 KiB pages. The real bound is the memory the machine has
+/// available now ([`check_memory`]); this one only keeps sizes sane.
+pub const MAX_PAGES: usize = 1 << 28;
 /// Largest `--runs`.
 pub const MAX_RUNS: usize = 1000;
 
@@ -342,11 +342,44 @@ pub fn fork_report(opts: &ForkReportOptions, system: &SystemInfo) -> Result<Fork
     Ok(ForkReportBody { scenarios: reports })
 }
 
+/// Refuse `--pages` whose arena would not fit in the memory the kernel says is available now
+/// (`MemAvailable`), before anything is mapped: each scalable scenario populates every page of
+/// its arena (and the children copy a few more), so a larger arena would push the machine
+/// into swap or the OOM killer instead of producing a report. `None` (no /proc/meminfo):
+/// nothing to check against.
+///
+/// # Errors
+/// [`Error::Usage`] with both figures.
+pub fn check_memory(pages: usize, page_size: usize, mem_available_kb: Option<u64>) -> Result<()> {
+    let Some(avail_kb) = mem_available_kb else {
+        return Ok(());
+    };
+    let need_kb = (pages as u64).saturating_mul(page_size as u64) / 1024;
+    if need_kb > avail_kb {
+        return Err(Error::usage(format!(
+            "--pages {pages} needs {} of memory for one arena, but only {} is available \
+             (MemAvailable {avail_kb} kB); choose at most --pages {}",
+            human_kb(need_kb),
+            human_kb(avail_kb),
+            avail_kb * 1024 / page_size as u64
+        )));
+    }
+    Ok(())
+}
+
+fn human_kb(kb: u64) -> String {
+    if kb >= 1 << 20 {
+        format!("{:.1} GiB", kb as f64 / f64::from(1u32 << 20))
+    } else {
+        format!("{:.1} MiB", kb as f64 / 1024.0)
+    }
+}
+
 /// Resolve names and `--pages` into scenarios.
 ///
 /// # Errors
-/// Unknown names, duplicate names, `--pages` 0 or above [`MAX_PAGES`], `--runs` 0 or above
-/// [`MAX_RUNS`], a zero timeout.
+/// Unknown names, duplicate names, `--pages` 0, above [`MAX_PAGES`] or above the available
+/// memory ([`check_memory`]), `--runs` 0 or above [`MAX_RUNS`], a zero timeout.
 pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::fork::scenarios::Scenario>> {
     use crate::fork::scenarios::{by_name, catalogue, list};
     if opts.runs == 0 || opts.runs > MAX_RUNS {
@@ -391,6 +424,7 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::fork::scenarios::Sc
                 "--pages {p} overflows the address space"
             )));
         }
+        check_memory(p, page, crate::kernel::meminfo_kb("MemAvailable"))?;
         for s in &mut chosen {
             if s.scalable {
                 s.pages = p;
@@ -422,4 +456,23 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::fork::scenarios::Sc
         }
     }
     Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_arena_larger_than_mem_available_is_refused_with_both_figures() {
+        // 1 GiB available, 4 KiB pages: 262144 pages fit exactly, one more does not.
+        let avail = Some(1 << 20);
+        assert!(check_memory(262_144, 4096, avail).is_ok());
+        let e = check_memory(262_145, 4096, avail).unwrap_err().to_string();
+        assert!(e.contains("MemAvailable 1048576 kB"), "{e}");
+        assert!(e.contains("at most --pages 262144"), "{e}");
+        assert!(
+            check_memory(usize::MAX, 4096, None).is_ok(),
+            "nothing to check against"
+        );
+    }
 }

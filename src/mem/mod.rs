@@ -5,6 +5,7 @@
 //! these formats. The layer's rules: mem/ depends only on `crate::kernel`; it returns
 //! `std::io::Result` (callers add the context sentence) and never builds a document.
 
+pub mod hex;
 pub mod kpage;
 pub mod pagemap;
 pub mod privilege;

@@ -15,13 +15,19 @@ use serde::{Deserialize, Serialize};
 /// One VMA as smaps describes it. Sizes are in kB, as the kernel prints them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SmapsEntry {
-    /// First byte of the VMA.
+    /// First byte of the VMA (hex in JSON, as /proc prints it).
+    #[serde(with = "super::hex")]
+    #[schemars(with = "String")]
     pub start: u64,
-    /// One past the last byte.
+    /// One past the last byte (hex in JSON).
+    #[serde(with = "super::hex")]
+    #[schemars(with = "String")]
     pub end: u64,
     /// `rwxp` / `rwxs` as printed.
     pub perms: String,
-    /// File offset (bytes).
+    /// File offset in bytes (hex in JSON, as /proc prints it).
+    #[serde(with = "super::hex")]
+    #[schemars(with = "String")]
     pub offset: u64,
     /// Device `major:minor` as printed.
     pub dev: String,
