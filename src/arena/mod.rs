@@ -24,6 +24,8 @@
 //! use cowscope::arena::{Arena, ArenaConfig};
 //!
 //! let mut arena = Arena::new(ArenaConfig::new(256)).unwrap();
+//! assert_eq!(arena.capacity(), 256); // the seed's ARENA_SIZE; the mapping is one whole page
+//! assert!(arena.alloc(257).is_err()); // refused, although the page has room
 //! let a = arena.alloc(32).unwrap();
 //! let leaked = arena.alloc(32).unwrap();
 //! arena.write(&a, 0, b"hi\0").unwrap();
@@ -746,8 +748,10 @@ impl Arena {
     /// Allocate `len` bytes at the bump offset (no alignment, like the seed).
     ///
     /// # Errors
-    /// [`ArenaError::ZeroLength`], [`ArenaError::OutOfMemory`] (also for `len` near
-    /// `usize::MAX`: the arithmetic is checked, never wraps), [`ArenaError::Released`].
+    /// [`ArenaError::ZeroLength`], [`ArenaError::OutOfMemory`] when the block would cross the
+    /// capacity, as the seed's `arena_alloc` refuses (even when the last page has room; also
+    /// for `len` near `usize::MAX`: the arithmetic is checked, never wraps),
+    /// [`ArenaError::Released`].
     #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
     #[inline(always)]
     pub fn alloc(&mut self, len: usize) -> Result<Block, ArenaError> {
