@@ -329,4 +329,8 @@ fn baseline_needs_no_privilege() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["system"]["euid"], 65534);
     assert_eq!(v["dump"].as_str().unwrap(), dump_09b());
+    assert_eq!(
+        v["capacity"], 256,
+        "the seed's ARENA_SIZE, with or without privilege"
+    );
 }
