@@ -795,7 +795,7 @@ fn a_fault_in_a_subject_reports_its_address_and_signal() {
     use cowscope::fork::child::{ChildOp, TAG_FAULT_ADDR, TAG_FAULT_SIGNAL};
     use cowscope::fork::subject::{SubjectPipes, spawn};
     let arena = cowscope::arena::Arena::new(cowscope::arena::ArenaConfig::new(4096)).unwrap();
-    let past_end = arena.base_addr() + arena.capacity();
+    let past_end = arena.base_addr() + arena.mapped_len();
     let pipes = SubjectPipes::new().unwrap();
     let mut ops = pipes.prologue().to_vec();
     ops.push(ChildOp::ReportFaults {
