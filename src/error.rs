@@ -8,6 +8,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_VERDICT_FAILED: i32 = 1;
 /// Exit code: bad usage or bad input (unknown name, malformed range, unreadable pid...).
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code: the run completed but the evidence could not prove everything it was asked
+/// (privilege or kernel feature missing), e.g. pages `unproven` without visible PFNs.
+pub const EXIT_COULD_NOT_PROVE: i32 = 3;
 
 /// Everything that can stop a cowscope command.
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod experiments;
 pub mod fork;
 pub mod guest;
+pub mod inspect;
 pub mod mem;
 pub mod output;
 pub mod render;

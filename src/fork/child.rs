@@ -2,7 +2,8 @@
 //! │ CHILD CODE. Everything in this file runs in a process created by `fork()` from a      │
 //! │ possibly multi-threaded parent (cargo test runs threads). Only async-signal-safe       │
 //! │ operations are allowed here: plain loads and stores, `read`, `write`, `close`,        │
-//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `_exit`. No allocation, no stdio, no     │
+//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `setsid`, `sigaction`, `kill`,           │
+//! │ `pidfd_send_signal`, `_exit`. No allocation, no stdio, no                             │
 //! │ locks, no panics (no indexing that can fail, no unwrap), no /proc parsing.            │
 //! └──────────────────────────────────────────────────────────────────────────────────────┘
 //!
@@ -184,6 +185,20 @@ pub enum ChildOp<'a> {
         /// Report pipe.
         fd: RawFd,
     },
+    /// The `inspect --freeze` watchdog: leave cowscope's session and ignore terminal and
+    /// termination signals (so a Ctrl-C to the process group cannot kill it first), then block
+    /// reading `fd` (the release pipe). A byte means cowscope resumed its targets itself: exit.
+    /// EOF means cowscope died without releasing us (even by SIGKILL, which no handler sees):
+    /// send SIGCONT to every target, through its pidfd where one was opened (immune to pid
+    /// reuse), else by pid, then exit.
+    ResumeOnOrphan {
+        /// Release pipe (read end).
+        fd: RawFd,
+        /// The targets' pids.
+        pids: &'a [i32],
+        /// Their pidfds, index for index (-1: none, use the pid).
+        pidfds: &'a [RawFd],
+    },
 }
 
 /// Run a child's program, then `_exit(0)` (or the code of an [`ChildOp::Exit`]).
@@ -350,6 +365,55 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 send(fd, TAG_LOCK_TRIES, tries);
                 send(fd, TAG_LOCK_WAITED_NS, now_ns().saturating_sub(t0));
                 send(fd, TAG_LOCK_ACQUIRED, u64::from(acquired));
+            }
+            ChildOp::ResumeOnOrphan { fd, pids, pidfds } => {
+                // SAFETY: setsid and sigaction with SIG_IGN are async-signal-safe syscalls
+                // touching only a zeroed local struct.
+                unsafe {
+                    libc::setsid();
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = libc::SIG_IGN;
+                    libc::sigemptyset(&mut sa.sa_mask);
+                    for sig in [
+                        libc::SIGINT,
+                        libc::SIGQUIT,
+                        libc::SIGHUP,
+                        libc::SIGTERM,
+                        libc::SIGPIPE,
+                        libc::SIGTSTP,
+                    ] {
+                        libc::sigaction(sig, &sa, std::ptr::null_mut());
+                    }
+                }
+                let mut b = 0u8;
+                let n = loop {
+                    // SAFETY: reads at most 1 byte into a local.
+                    let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+                    if n >= 0 || errno() != libc::EINTR {
+                        break n;
+                    }
+                };
+                if n == 0 {
+                    for (k, &pid) in pids.iter().enumerate() {
+                        let pidfd = pidfds.get(k).copied().unwrap_or(-1);
+                        // SAFETY: pidfd_send_signal and kill take plain integers (a null
+                        // siginfo); both are async-signal-safe syscalls.
+                        let sent = pidfd >= 0
+                            && unsafe {
+                                libc::syscall(
+                                    libc::SYS_pidfd_send_signal,
+                                    pidfd,
+                                    libc::SIGCONT,
+                                    std::ptr::null::<libc::siginfo_t>(),
+                                    0,
+                                )
+                            } == 0;
+                        if !sent && pidfd < 0 {
+                            // SAFETY: as above.
+                            unsafe { libc::kill(pid, libc::SIGCONT) };
+                        }
+                    }
+                }
             }
             ChildOp::Munmap { addr, len, fd } => {
                 // SAFETY: munmap(2) is a plain syscall; the caller names a range of the child's
