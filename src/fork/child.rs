@@ -2,8 +2,8 @@
 //! │ CHILD CODE. Everything in this file runs in a process created by `fork()` from a      │
 //! │ possibly multi-threaded parent (cargo test runs threads). Only async-signal-safe       │
 //! │ operations are allowed here: plain loads and stores, `read`, `write`, `close`,        │
-//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `setsid`, `sigaction`, `kill`,           │
-//! │ `pidfd_send_signal`, `_exit`. No allocation, no stdio, no                             │
+//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `mmap`, `munmap`, `setsid`, `sigaction`, │
+//! │ `kill`, `pidfd_send_signal`, `_exit`. No allocation, no stdio, no                     │
 //! │ locks, no panics (no indexing that can fail, no unwrap), no /proc parsing.            │
 //! └──────────────────────────────────────────────────────────────────────────────────────┘
 //!
@@ -48,6 +48,8 @@ pub const TAG_BYTE: u8 = b'B';
 pub const EXIT_PIPE_FAILED: i32 = 120;
 /// Exit code of a child whose `fork()` of a grandchild failed.
 pub const EXIT_FORK_FAILED: i32 = 121;
+/// Exit code of a child whose [`ChildOp::MapAnon`] failed.
+pub const EXIT_MMAP_FAILED: i32 = 122;
 
 /// Side markers stamped into pages, so a content check names who wrote a page last.
 pub mod side {
@@ -184,6 +186,17 @@ pub enum ChildOp<'a> {
         len: usize,
         /// Report pipe.
         fd: RawFd,
+    },
+    /// `mmap(addr, len, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED)`: a fresh
+    /// private anonymous VMA at a known address; `_exit(EXIT_MMAP_FAILED)` if the kernel
+    /// refuses. The range must be the child's own: a reservation it inherited (which
+    /// `MAP_FIXED` replaces) or a hole it made with [`ChildOp::Munmap`]; the child has one
+    /// thread, so nothing else can map there meanwhile.
+    MapAnon {
+        /// Start (page aligned).
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
     },
     /// The `inspect --freeze` watchdog: leave cowscope's session and ignore terminal and
     /// termination signals (so a Ctrl-C to the process group cannot kill it first), then block
@@ -365,6 +378,23 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 send(fd, TAG_LOCK_TRIES, tries);
                 send(fd, TAG_LOCK_WAITED_NS, now_ns().saturating_sub(t0));
                 send(fd, TAG_LOCK_ACQUIRED, u64::from(acquired));
+            }
+            ChildOp::MapAnon { addr, len } => {
+                // SAFETY: MAP_FIXED over a range the caller guarantees is the child's own
+                // (see the op's docs); mmap is a plain syscall.
+                let p = unsafe {
+                    libc::mmap(
+                        addr as *mut libc::c_void,
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                if p as usize != addr {
+                    exit(EXIT_MMAP_FAILED);
+                }
             }
             ChildOp::ResumeOnOrphan { fd, pids, pidfds } => {
                 // SAFETY: setsid and sigaction with SIG_IGN are async-signal-safe syscalls

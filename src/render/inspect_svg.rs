@@ -50,12 +50,30 @@ fn esc(s: &str) -> String {
 }
 
 fn mib(pages: u64, ps: u64) -> String {
-    format!("{:.1} MiB", pages as f64 * ps as f64 / (1u64 << 20) as f64)
+    let bytes = pages * ps;
+    if bytes < 1 << 20 {
+        format!("{} kB", bytes / 1024)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// The last path component (a library's file name), or the pseudo-name as it is.
+fn short_name(path: &str) -> &str {
+    if path.starts_with('/') {
+        path.rsplit('/').next().unwrap_or(path)
+    } else {
+        path
+    }
 }
 
 const CELL_W: usize = 7;
 const CELL_H: usize = 12;
-const LABEL_W: usize = 330;
+const LABEL_W: usize = 400;
+/// With more rows than this, VMAs with fewer pages in RAM than [`SMALL_ROW`] are left out.
+const CROWDED: usize = 40;
+/// See [`CROWDED`].
+const SMALL_ROW: u64 = 16;
 const MAX_ROWS: usize = 120;
 const STYLE: &str = "<style>text{font-family:sans-serif;font-size:11px;fill:#222}\
 .t{font-size:15px;font-weight:bold}.s{font-size:12px}.m{font-family:monospace;font-size:10px}</style>";
@@ -78,7 +96,7 @@ fn rows_of(p: &PairReport) -> (Vec<Row<'_>>, usize) {
             (Some(c), Some(n)) if present > 0 => rows.push(Row {
                 start: v.start,
                 end: v.end,
-                title: format!("{} {}", v.kind.name(), v.pathname),
+                title: format!("{:<12} {}", v.kind.name(), short_name(&v.pathname)),
                 cell_pages: n,
                 cells: c,
                 present,
@@ -92,9 +110,9 @@ fn rows_of(p: &PairReport) -> (Vec<Row<'_>>, usize) {
                 start: o.start,
                 end: o.end,
                 title: format!(
-                    "{} {} (only in {})",
+                    "{:<12} {} (only {})",
                     o.kind.name(),
-                    o.pathname,
+                    short_name(&o.pathname),
                     match o.side {
                         SideName::Parent => "parent",
                         SideName::Child => "child",
@@ -106,6 +124,11 @@ fn rows_of(p: &PairReport) -> (Vec<Row<'_>>, usize) {
             }),
             _ => empty += 1,
         }
+    }
+    if rows.len() > CROWDED {
+        let before = rows.len();
+        rows.retain(|r| r.present >= SMALL_ROW);
+        empty += before - rows.len();
     }
     if rows.len() > MAX_ROWS {
         rows.sort_by_key(|r| std::cmp::Reverse(r.present));
@@ -193,11 +216,11 @@ pub fn page_map(r: &InspectReport) -> String {
             let pages = (row.end - row.start) / ps;
             let _ = write!(
                 body,
-                r#"<text x="10" y="{}" class="m">{:#014x} {:>9} {}</text>"#,
+                r#"<text x="10" y="{}" class="m" xml:space="preserve">{:#014x} {:>9} {}</text>"#,
                 y + 10,
                 row.start,
                 mib(pages, ps),
-                esc(&truncate(&row.title, 36))
+                esc(&truncate(&row.title, 40))
             );
             for (i, cell) in row.cells.iter().enumerate() {
                 let total: u64 = cell.iter().sum();
@@ -256,7 +279,7 @@ pub fn page_map(r: &InspectReport) -> String {
             },
             if empty > 0 {
                 format!(
-                    " · {} without pages (or beyond the first {MAX_ROWS}) not drawn",
+                    " · {} with few or no pages in RAM not drawn",
                     plural(empty as u64, "VMA")
                 )
             } else {
