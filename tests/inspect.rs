@@ -344,8 +344,8 @@ struct Thp {
 
 impl Thp {
     fn new(write: bool) -> Option<Thp> {
-        let huge = cowscope::system::thp_pmd_size_kb()? as usize * 1024;
-        let mode = cowscope::system::thp_enabled();
+        let huge = cowscope::kernel::thp_pmd_size_kb()? as usize * 1024;
+        let mode = cowscope::kernel::thp_enabled();
         if mode == "never" || mode == "unavailable" {
             return None;
         }
@@ -671,10 +671,9 @@ fn a_target_that_exits_before_it_is_read_is_named_in_one_sentence() {
     let err = cowscope::inspect::sample::take_snapshot(&plan, &req, &ctx)
         .expect_err("the only pair is gone");
     assert_eq!(err.exit_code(), 2);
-    let comm = plan.pairs[0].1.comm.clone();
     assert_eq!(
         err.to_string(),
-        format!("process {c} ({comm}) exited while it was being read")
+        format!("process {c} exited while it was being read")
     );
 }
 
@@ -774,7 +773,9 @@ fn another_users_process_is_refused_with_the_reason() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("belongs to another user (uid 0)") && err.contains("CAP_SYS_PTRACE"),
+        err.contains("permission denied")
+            && err.contains("belongs to uid 0")
+            && err.contains("CAP_SYS_PTRACE"),
         "{err}"
     );
 }
@@ -788,7 +789,7 @@ fn the_documents_match_their_schemas_and_renderings_carry_the_classes() {
     let (_res, fam) = small_family();
     let pid = fam.parent.to_string();
     let doc = inspect_json(&["--pid", &pid, "--cells", "32"], 0);
-    let schema = cowscope::report::schema("inspect").unwrap();
+    let schema = cowscope::doc::schema("inspect").unwrap();
     let v = jsonschema::validator_for(&schema).unwrap();
     assert!(v.is_valid(&doc), "{:?}", v.iter_errors(&doc).next());
     // The contract's field names.
@@ -828,7 +829,7 @@ fn the_documents_match_their_schemas_and_renderings_carry_the_classes() {
     let (rc, line, _) = inspect(&["--pid", &pid, "--format", "jsonl"]);
     assert_eq!(rc, 0);
     let rec: Value = serde_json::from_str(line.trim()).unwrap();
-    let s2 = cowscope::report::schema("inspect-sample").unwrap();
+    let s2 = cowscope::doc::schema("inspect-sample").unwrap();
     assert!(jsonschema::validator_for(&s2).unwrap().is_valid(&rec));
 
     let (rc, svg, _) = inspect(&["--pid", &pid, "--format", "svg"]);

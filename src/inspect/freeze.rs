@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::interrupt;
-use super::proc::{self, ProcStat};
+use super::proc::{self, Stat};
 use crate::error::{Error, Result};
 use crate::fork::child::ChildOp;
 use crate::fork::subject::{Subject, SubjectPipes, spawn};
@@ -45,7 +45,7 @@ pub struct FreezeInfo {
 /// Processes stopped by cowscope; resumed on [`Freeze::resume`] or drop.
 #[derive(Debug)]
 pub struct Freeze {
-    stopped: Vec<(ProcStat, Option<OwnedFd>)>,
+    stopped: Vec<(Stat, Option<OwnedFd>)>,
     already: Vec<i32>,
     watchdog: Option<Subject>,
     t0: Instant,
@@ -113,13 +113,15 @@ impl Freeze {
     ///
     /// # Errors
     /// When the watchdog cannot be forked (then nothing was stopped).
-    pub fn stop(targets: &[ProcStat]) -> Result<Freeze> {
+    pub fn stop(targets: &[Stat]) -> Result<Freeze> {
         let mut to_stop = Vec::new();
         let mut already = Vec::new();
         for t in targets {
             match proc::stat(t.pid) {
-                Ok(now) if now.starttime == t.starttime && now.is_stopped() => already.push(t.pid),
-                Ok(now) if now.starttime == t.starttime && !now.is_zombie() => to_stop.push(now),
+                Ok(now) if now.start_time == t.start_time && now.is_stopped() => {
+                    already.push(t.pid)
+                }
+                Ok(now) if now.start_time == t.start_time && !now.is_zombie() => to_stop.push(now),
                 _ => {}
             }
         }
@@ -203,7 +205,7 @@ impl Freeze {
         for (t, fd) in &self.stopped {
             // Only the process we stopped: same start time (a pidfd cannot be reused anyway).
             let same =
-                fd.is_some() || proc::stat(t.pid).is_ok_and(|now| now.starttime == t.starttime);
+                fd.is_some() || proc::stat(t.pid).is_ok_and(|now| now.start_time == t.start_time);
             if same {
                 send(t.pid, fd.as_ref(), libc::SIGCONT);
             }

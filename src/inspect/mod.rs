@@ -27,7 +27,6 @@
 
 pub mod access;
 pub mod classify;
-pub mod cmd;
 pub mod freeze;
 pub mod interrupt;
 pub mod model;
@@ -40,34 +39,16 @@ pub mod walk;
 pub mod watch;
 pub mod zero;
 
-pub use model::{InspectReport, InspectSampleRecord};
+pub use model::{InspectBody, SampleLine};
 pub use sample::InspectRequest;
 pub use watch::WatchOptions;
 
 use crate::error::{Error, Result};
-use crate::report::Envelope;
-use model::{InspectBody, ZeroInfo};
+use model::ZeroInfo;
 use sample::Context;
 
-/// Serde for addresses as `"0x7f..."` strings.
-pub mod hex {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    /// Serialize as `0x` + lower-case hex.
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{v:#x}"))
-    }
-
-    /// Parse `0x...` (or bare hex).
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let s = String::deserialize(d)?;
-        let t = s.trim_start_matches("0x").trim_start_matches("0X");
-        u64::from_str_radix(t, 16).map_err(serde::de::Error::custom)
-    }
-}
-
 fn hex_range((a, b): (u64, u64)) -> [String; 2] {
-    [format!("{a:#x}"), format!("{b:#x}")]
+    [crate::mem::hex::format(a), crate::mem::hex::format(b)]
 }
 
 fn zero_info(ctx: &Context) -> ZeroInfo {
@@ -82,7 +63,7 @@ fn zero_info(ctx: &Context) -> ZeroInfo {
 /// # Errors
 /// Usage errors for `--per-page` without `--range` or over too many pages.
 pub fn normalise(mut req: InspectRequest) -> Result<InspectRequest> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     if let Some((s, e)) = req.range {
         let end = e
             .checked_next_multiple_of(ps)
@@ -106,26 +87,23 @@ pub fn normalise(mut req: InspectRequest) -> Result<InspectRequest> {
     Ok(req)
 }
 
-/// Inspect once: plan the pairs, read them, return the document.
+/// Inspect once: plan the pairs, read them, return the document's body.
 ///
 /// # Errors
 /// Usage errors (exit 2) for bad pids, unreadable or vanished processes; see
 /// [`sample::plan`] and [`sample::take_snapshot`].
-pub fn inspect(req: &InspectRequest) -> Result<InspectReport> {
+pub fn inspect(req: &InspectRequest) -> Result<InspectBody> {
     let req = normalise(req.clone())?;
     let ctx = Context::detect();
     let plan = sample::plan(&req)?;
     let snapshot = sample::take_snapshot(&plan, &req, &ctx)?;
-    Ok(Envelope::new(
-        crate::system::detect(),
-        InspectBody {
-            snapshot,
-            zero_page: zero_info(&ctx),
-            range: req.range.map(hex_range),
-            watch: None,
-            samples: None,
-        },
-    ))
+    Ok(InspectBody {
+        snapshot,
+        zero_page: zero_info(&ctx),
+        range: req.range.map(hex_range),
+        watch: None,
+        samples: None,
+    })
 }
 
 /// Watch over time; see [`watch::watch`].
@@ -135,8 +113,8 @@ pub fn inspect(req: &InspectRequest) -> Result<InspectReport> {
 pub fn watch(
     req: &InspectRequest,
     opts: &WatchOptions,
-    on_sample: impl FnMut(&InspectSampleRecord) -> Result<()>,
-) -> Result<InspectReport> {
+    on_sample: impl FnMut(&SampleLine) -> Result<()>,
+) -> Result<InspectBody> {
     let req = normalise(req.clone())?;
     watch::watch(&req, opts, on_sample)
 }

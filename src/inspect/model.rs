@@ -1,5 +1,6 @@
-//! The serde types of the `inspect` documents: one JSON document (`cowscope schema inspect`)
-//! and one JSON Lines record per sample (`cowscope schema inspect-sample`).
+//! The serde bodies of the `inspect` documents: one JSON document (`cowscope schema inspect`,
+//! [`crate::doc::InspectDoc`]) and one JSON Lines record per sample (`cowscope schema
+//! inspect-sample`, [`crate::doc::InspectSampleDoc`]).
 //!
 //! Field names of `pairs[]`, `totals`, `vmas[]` and `processes[].smaps_rollup` are a contract
 //! (issue 10): scripts rely on them. Everything else is welcome extra.
@@ -14,7 +15,6 @@ use super::tally::{ClassCounts, PageRun};
 use super::vma::VmaKind;
 use super::zero::ZeroPfns;
 use crate::mem::smaps::SmapsEntry;
-use crate::report::Envelope;
 
 /// How pages were told apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -58,11 +58,11 @@ pub enum SideName {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct VmaRow {
     /// First byte, hex.
-    #[serde(with = "super::hex")]
+    #[serde(with = "crate::mem::hex")]
     #[schemars(with = "String")]
     pub start: u64,
     /// One past the last byte, hex.
-    #[serde(with = "super::hex")]
+    #[serde(with = "crate::mem::hex")]
     #[schemars(with = "String")]
     pub end: u64,
     /// The parent's permissions as in smaps (`rw-p`).
@@ -92,11 +92,11 @@ pub struct OneSidedVma {
     /// Who has it.
     pub side: SideName,
     /// First byte, hex.
-    #[serde(with = "super::hex")]
+    #[serde(with = "crate::mem::hex")]
     #[schemars(with = "String")]
     pub start: u64,
     /// One past the last byte, hex.
-    #[serde(with = "super::hex")]
+    #[serde(with = "crate::mem::hex")]
     #[schemars(with = "String")]
     pub end: u64,
     /// Permissions as in smaps.
@@ -398,9 +398,6 @@ pub struct InspectBody {
     pub samples: Option<Vec<SampleSummary>>,
 }
 
-/// A whole `inspect` document.
-pub type InspectReport = Envelope<InspectBody>;
-
 /// One line of `--format jsonl`: a sample with everything a single inspect reports.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct SampleLine {
@@ -412,9 +409,6 @@ pub struct SampleLine {
     #[serde(flatten)]
     pub snapshot: Snapshot,
 }
-
-/// A whole JSON Lines record.
-pub type InspectSampleRecord = Envelope<SampleLine>;
 
 impl Snapshot {
     /// The totals-only form for `samples[]`.

@@ -56,7 +56,7 @@ pub fn pool_sharing(
     zero: &ZeroPfns,
     kpage: Option<&Kpage>,
 ) -> Result<PoolSharing, MemberError> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let ranges = union(
         members
             .iter()

@@ -26,7 +26,7 @@ use super::model::{
     SideAccounting, SideName, Skipped, SmapsRollup, Snapshot, VmaRow,
 };
 use super::pool::{PoolMember, pool_sharing};
-use super::proc::{self, ProcStat};
+use super::proc::{self, Stat};
 use super::tally::{ClassCounts, Facts, Tally};
 use super::vma::{self, Mounts, Segment, VmaKind, kind_of, match_vmas};
 use super::walk::{PairReader, SPARSE_WALK_PAGES, Side, SideError, populated};
@@ -61,9 +61,9 @@ pub const MAX_PER_PAGE: u64 = 1 << 20;
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// The `--pid` process.
-    pub root: ProcStat,
+    pub root: Stat,
     /// (parent, child) pairs, parents before their children.
-    pub pairs: Vec<(ProcStat, ProcStat)>,
+    pub pairs: Vec<(Stat, Stat)>,
     /// Found but not inspectable.
     pub skipped: Vec<Skipped>,
     /// Whether the children were given with `--child`.
@@ -96,29 +96,13 @@ impl Context {
     }
 }
 
-fn stat_or_explain(pid: i32, what: &str) -> Result<ProcStat> {
+fn stat_or_explain(pid: i32, what: &str) -> Result<Stat> {
     if pid <= 0 {
         return Err(Error::usage(format!(
             "{what} must be a positive process id, got {pid}"
         )));
     }
-    let s = proc::stat(pid).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::usage(access::why_missing(pid)),
-        _ => Error::usage(format!("cannot read /proc/{pid}/stat: {e}")),
-    })?;
-    if s.is_kernel_thread() {
-        return Err(Error::usage(format!(
-            "process {pid} ({}) is a kernel thread and has no user memory",
-            s.comm
-        )));
-    }
-    if s.is_zombie() {
-        return Err(Error::usage(format!(
-            "process {pid} ({}) is a zombie: it has exited and its memory is gone",
-            s.comm
-        )));
-    }
-    Ok(s)
+    Ok(crate::mem::process::user_process(pid)?)
 }
 
 /// Decide the pairs: every live descendant of `req.pid` (or each `--child`), each with the
@@ -132,7 +116,7 @@ pub fn plan(req: &InspectRequest) -> Result<Plan> {
     let table = proc::all();
     let explicit = !req.children.is_empty();
     let mut skipped = Vec::new();
-    let children: Vec<ProcStat> = if explicit {
+    let children: Vec<Stat> = if explicit {
         let mut v = Vec::new();
         for &c in &req.children {
             let s = stat_or_explain(c, "--child")?;
@@ -142,7 +126,7 @@ pub fn plan(req: &InspectRequest) -> Result<Plan> {
                     s.comm, root.pid, root.comm, s.ppid
                 )));
             }
-            if !v.iter().any(|x: &ProcStat| x.pid == c) {
+            if !v.iter().any(|x: &Stat| x.pid == c) {
                 v.push(s);
             }
         }
@@ -221,19 +205,16 @@ pub fn plan(req: &InspectRequest) -> Result<Plan> {
 
 /// One opened process.
 struct Target {
-    stat: ProcStat,
+    stat: Stat,
     pm: Pagemap,
     maps: Vec<SmapsEntry>,
 }
 
-fn open_target(s: &ProcStat) -> std::result::Result<Target, std::io::Error> {
-    let pm = Pagemap::open(s.pid)?;
-    let maps = smaps::vma_bounds(s.pid).map_err(|e| match e {
-        Error::Io { source, .. } => source,
-        other => std::io::Error::other(other.to_string()),
-    })?;
+fn open_target(s: &Stat) -> std::result::Result<Target, (&'static str, std::io::Error)> {
+    let pm = Pagemap::open(s.pid).map_err(|e| ("pagemap", e))?;
+    let maps = smaps::vma_bounds(s.pid).map_err(|e| ("maps", e))?;
     if maps.is_empty() && !access::still_alive(s) {
-        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        return Err(("maps", std::io::Error::from_raw_os_error(libc::ESRCH)));
     }
     Ok(Target {
         stat: s.clone(),
@@ -285,7 +266,7 @@ fn walk_common(
     smaps_of: (Option<&SmapsEntry>, Option<&SmapsEntry>),
     tally: &mut Tally,
 ) -> std::result::Result<(), SideError> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let ranges = if (end - start) / ps > SPARSE_WALK_PAGES {
         populated(&[(&pt.pm, Side::Parent), (&ct.pm, Side::Child)], start, end)?
     } else {
@@ -328,7 +309,7 @@ fn walk_one_sided(
     (start, end): (u64, u64),
     tally: &mut Tally,
 ) -> std::result::Result<(), SideError> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let ranges = if (end - start) / ps > SPARSE_WALK_PAGES {
         populated(&[(&t.pm, side)], start, end)?
     } else {
@@ -395,7 +376,7 @@ fn walk_pair(
     ct: &Target,
     pre_smaps: &HashMap<i32, Vec<SmapsEntry>>,
 ) -> std::result::Result<Vec<Walked>, SideError> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let segs = match_vmas(&pt.maps, &ct.maps);
     let find = |pid: i32, v: &SmapsEntry| {
         pre_smaps
@@ -449,7 +430,7 @@ fn smaps_for<'a>(all: Option<&'a Vec<SmapsEntry>>, v: &SmapsEntry) -> Option<&'a
 /// Whether two anonymous one-sided pieces of equal length hold the same frames (an
 /// `mremap` moved them): the first present pages of both, compared by PFN.
 fn same_frames(pa: &Pagemap, a: u64, pb: &Pagemap, b: u64, len: u64, zero: &ZeroPfns) -> bool {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let n = (len / ps).min(64) as usize;
     let (mut x, mut y) = (vec![0u64; n], vec![0u64; n]);
     if pa.read_into(a, &mut x).is_err() || pb.read_into(b, &mut y).is_err() {
@@ -466,13 +447,13 @@ fn same_frames(pa: &Pagemap, a: u64, pb: &Pagemap, b: u64, len: u64, zero: &Zero
 /// Usage errors (exit 2) when the root process cannot be read or exits mid-read, when an
 /// explicitly given child cannot be read, or when every pair was lost.
 pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result<Snapshot> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let t0 = Instant::now();
     let mut notes: Vec<String> = Vec::new();
     let mut skipped = plan.skipped.clone();
 
     // Every process once: the root first, then in pair order.
-    let mut procs: Vec<ProcStat> = vec![plan.root.clone()];
+    let mut procs: Vec<Stat> = vec![plan.root.clone()];
     for (p, c) in &plan.pairs {
         for s in [p, c] {
             if !procs.iter().any(|x| x.pid == s.pid) {
@@ -493,20 +474,20 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
             Ok(t) => {
                 targets.insert(s.pid, t);
             }
-            Err(e) => {
+            Err((file, e)) => {
                 let gone = !access::still_alive(s);
                 let explicit_child = plan.explicit && s.pid != plan.root.pid;
                 if s.pid == plan.root.pid || (explicit_child && !gone) {
                     if gone {
-                        return Err(Error::usage(access::exited(s.pid, &s.comm)));
+                        return Err(Error::usage(access::exited(s.pid)));
                     }
-                    return Err(access::explain(s.pid, Some(s), &e));
+                    return Err(Error::process_io(s.pid, file, e));
                 }
                 lost.push(s.pid);
                 if gone {
-                    notes.push(access::exited(s.pid, &s.comm));
+                    notes.push(access::exited(s.pid));
                 } else {
-                    let why = access::explain(s.pid, Some(s), &e).to_string();
+                    let why = Error::process_io(s.pid, file, e).to_string();
                     skipped.push(Skipped {
                         pid: s.pid,
                         comm: s.comm.clone(),
@@ -523,13 +504,7 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
     let smaps_first = !ctx.pfn_visible && !ctx.scan;
     let read_smaps = |pids: Vec<i32>| -> HashMap<i32, std::io::Result<Vec<SmapsEntry>>> {
         pids.into_iter()
-            .map(|pid| {
-                let r = smaps::all_vmas(pid).map_err(|e| match e {
-                    Error::Io { source, .. } => source,
-                    other => std::io::Error::other(other.to_string()),
-                });
-                (pid, r)
-            })
+            .map(|pid| (pid, smaps::all_vmas(pid)))
             .collect()
     };
     let live: Vec<i32> = procs
@@ -649,9 +624,9 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                 let who = if e.side == Side::Parent { pt } else { ct };
                 if !access::still_alive(&who.stat) {
                     if who.stat.pid == plan.root.pid {
-                        return Err(Error::usage(access::exited(who.stat.pid, &who.stat.comm)));
+                        return Err(Error::usage(access::exited(who.stat.pid)));
                     }
-                    notes.push(access::exited(who.stat.pid, &who.stat.comm));
+                    notes.push(access::exited(who.stat.pid));
                     continue;
                 }
                 return Err(Error::io(
@@ -663,9 +638,9 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
         if gone.contains(&p) || gone.contains(&c) {
             let who = if gone.contains(&c) { ct } else { pt };
             if who.stat.pid == plan.root.pid {
-                return Err(Error::usage(access::exited(who.stat.pid, &who.stat.comm)));
+                return Err(Error::usage(access::exited(who.stat.pid)));
             }
-            notes.push(access::exited(who.stat.pid, &who.stat.comm));
+            notes.push(access::exited(who.stat.pid));
             continue;
         }
         pairs.push(build_pair(
@@ -680,7 +655,7 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
         ));
     }
     if gone.contains(&plan.root.pid) {
-        return Err(Error::usage(access::exited(plan.root.pid, &plan.root.comm)));
+        return Err(Error::usage(access::exited(plan.root.pid)));
     }
     if pairs.is_empty() {
         let why = notes
@@ -797,7 +772,7 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
 }
 
 fn kb(pages: u64) -> u64 {
-    pages * crate::system::page_size() as u64 / 1024
+    pages * crate::kernel::page_size() as u64 / 1024
 }
 
 /// Build the report of one pair from its walked segments.
@@ -812,7 +787,7 @@ fn build_pair(
     mounts: &Mounts,
     frozen: bool,
 ) -> PairReport {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let mut totals = ClassCounts::default();
     let mut by_kind: BTreeMap<VmaKind, ClassCounts> = BTreeMap::new();
     let mut vmas = Vec::new();

@@ -74,11 +74,11 @@ impl ClassCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PageRun {
     /// First byte.
-    #[serde(with = "super::hex")]
+    #[serde(with = "crate::mem::hex")]
     #[schemars(with = "String")]
     pub start: u64,
     /// One past the last byte.
-    #[serde(with = "super::hex")]
+    #[serde(with = "crate::mem::hex")]
     #[schemars(with = "String")]
     pub end: u64,
     /// The class of every page in the run.
@@ -177,7 +177,7 @@ impl Tally {
             child_private: [0; N_CLASSES],
             grid,
             runs: runs.then(Vec::new),
-            page_size: crate::system::page_size() as u64,
+            page_size: crate::kernel::page_size() as u64,
         }
     }
 
@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn cells_of_n_pages_add_up_to_the_segment() {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         let mut t = Tally::new(0x10000, 10, 4, true);
         // 10 pages in at most 4 cells: 3 pages per cell, 4 cells (3+3+3+1).
         let zero = ZeroPfns::default();

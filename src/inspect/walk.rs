@@ -92,7 +92,7 @@ impl PairReader {
         end: u64,
         mut visit: impl FnMut(u64, &[u64], &[u64]) -> Result<(), SideError>,
     ) -> Result<(), SideError> {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         debug_assert!(
             start % ps == 0 && end % ps == 0,
             "walk range must be page aligned"
@@ -129,7 +129,7 @@ impl PairReader {
         end: u64,
         mut visit: impl FnMut(u64, &[u64]) -> Result<(), SideError>,
     ) -> Result<(), SideError> {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         if self.parent.len() < self.chunk {
             self.parent.resize(self.chunk, 0);
         }
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn walking_a_process_against_itself_sees_equal_chunks_of_the_asked_size() {
-        let ps = crate::system::page_size();
+        let ps = crate::kernel::page_size();
         let v = vec![7u8; 5 * ps];
         let start = (v.as_ptr() as u64).next_multiple_of(ps as u64);
         let end = start + 3 * ps as u64;

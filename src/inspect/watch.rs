@@ -5,10 +5,9 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use super::interrupt;
-use super::model::{InspectBody, InspectReport, InspectSampleRecord, SampleLine, WatchInfo};
+use super::model::{InspectBody, SampleLine, WatchInfo};
 use super::sample::{Context, InspectRequest, plan, take_snapshot};
 use crate::error::{Error, Result};
-use crate::report::Envelope;
 
 /// How to watch.
 #[derive(Debug, Clone)]
@@ -54,8 +53,8 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Watch: take a snapshot every `opts.interval`, hand each to `on_sample` as a JSON Lines
-/// record, and return the final document (the last snapshot, plus `samples[]` when
+/// Watch: take a snapshot every `opts.interval`, hand each to `on_sample` (a JSON Lines
+/// record's body), and return the final document's body (the last snapshot, plus `samples[]` when
 /// `keep_samples`).
 ///
 /// # Errors
@@ -65,10 +64,10 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
 pub fn watch(
     req: &InspectRequest,
     opts: &WatchOptions,
-    mut on_sample: impl FnMut(&InspectSampleRecord) -> Result<()>,
-) -> Result<InspectReport> {
+    mut on_sample: impl FnMut(&SampleLine) -> Result<()>,
+) -> Result<InspectBody> {
     let ctx = Context::detect();
-    let system = crate::system::detect();
+    let page_size = crate::kernel::page_size() as u64;
     let mut current = plan(req)?;
     let t0 = Instant::now();
     let mut seq = 0u64;
@@ -107,22 +106,19 @@ pub fn watch(
                 break;
             }
         };
-        let record = Envelope::new(
-            system.clone(),
-            SampleLine {
-                seq,
-                t_ms,
-                snapshot: snap,
-            },
-        );
+        let record = SampleLine {
+            seq,
+            t_ms,
+            snapshot: snap,
+        };
         on_sample(&record)?;
-        let snap = record.body.snapshot;
+        let snap = record.snapshot;
         if opts.keep_samples {
             summaries.push(snap.summary(seq, t_ms));
         }
         if progress {
             let diverged: u64 = snap.pairs.iter().map(|p| p.totals.diverged).sum();
-            let mib = diverged as f64 * system.page_size as f64 / (1 << 20) as f64;
+            let mib = diverged as f64 * page_size as f64 / (1 << 20) as f64;
             let mut e = std::io::stderr().lock();
             let _ = write!(
                 e,
@@ -156,21 +152,18 @@ pub fn watch(
             "the watch ended ({ended_by}) before the first sample"
         )));
     };
-    Ok(Envelope::new(
-        system,
-        InspectBody {
-            snapshot,
-            zero_page: super::zero_info(&ctx),
-            range: req.range.map(super::hex_range),
-            watch: Some(WatchInfo {
-                interval_ms: opts.interval.as_millis() as u64,
-                duration_ms: opts.duration.map(|d| d.as_millis() as u64),
-                ended_by: ended_by.into(),
-                samples: seq,
-            }),
-            samples: opts.keep_samples.then_some(summaries),
-        },
-    ))
+    Ok(InspectBody {
+        snapshot,
+        zero_page: super::zero_info(&ctx),
+        range: req.range.map(super::hex_range),
+        watch: Some(WatchInfo {
+            interval_ms: opts.interval.as_millis() as u64,
+            duration_ms: opts.duration.map(|d| d.as_millis() as u64),
+            ended_by: ended_by.into(),
+            samples: seq,
+        }),
+        samples: opts.keep_samples.then_some(summaries),
+    })
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ pub fn learn() -> ZeroPfns {
         }
         let small = probe(false);
         let huge = probe(true).and_then(|first| {
-            let n = crate::system::thp_pmd_size_kb()? * 1024 / crate::system::page_size() as u64;
+            let n = crate::kernel::thp_pmd_size_kb()? * 1024 / crate::kernel::page_size() as u64;
             (Some(first) != small).then_some((first, first + n))
         });
         ZeroPfns { small, huge }
@@ -53,9 +53,9 @@ pub fn learn() -> ZeroPfns {
 /// return the frame pagemap shows for it. `huge`: a PMD-aligned block with `MADV_HUGEPAGE`,
 /// accepted only if all its pages show consecutive frames (one PMD mapping).
 fn probe(huge: bool) -> Option<u64> {
-    let ps = crate::system::page_size();
+    let ps = crate::kernel::page_size();
     let pmd = if huge {
-        crate::system::thp_pmd_size_kb()? as usize * 1024
+        crate::kernel::thp_pmd_size_kb()? as usize * 1024
     } else {
         ps
     };

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::inspect_table::plural;
+use crate::doc::InspectDoc;
 use crate::inspect::classify::{N_CLASSES, PairClass};
-use crate::inspect::model::{InspectReport, PairReport, SideName};
+use crate::inspect::model::{PairReport, SideName};
 use crate::inspect::vma::VmaKind;
 
 /// Okabe-Ito colours per class (`neither` is a light grey background).
@@ -155,7 +156,7 @@ fn legend(out: &mut String, y: usize) {
 }
 
 /// The page map of every pair of the document.
-pub fn page_map(r: &InspectReport) -> String {
+pub fn page_map(r: &InspectDoc) -> String {
     let s = &r.body.snapshot;
     let ps = r.system.page_size;
     let cols = s
@@ -310,7 +311,7 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 /// The timeline of a watch: per child, diverged MiB over time, stacked by VMA kind.
-pub fn timeline(r: &InspectReport) -> String {
+pub fn timeline(r: &InspectDoc) -> String {
     let ps = r.system.page_size;
     let samples = r.body.samples.as_deref().unwrap_or(&[]);
     // Series per (parent, child): t -> kind -> diverged pages.

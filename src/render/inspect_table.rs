@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::inspect::model::{InspectReport, PairReport, SideName, Snapshot};
+use crate::doc::InspectDoc;
+use crate::inspect::model::{PairReport, SideName, Snapshot};
 
 /// Rows of "most diverged VMAs" per pair.
 const TOP: usize = 5;
@@ -201,7 +202,7 @@ fn pair(out: &mut String, p: &PairReport, s: &Snapshot, ps: u64) {
 }
 
 /// Render the document.
-pub fn report(r: &InspectReport) -> String {
+pub fn report(r: &InspectDoc) -> String {
     let s = &r.body.snapshot;
     let ps = r.system.page_size;
     let mut out = String::new();

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// The base page size.
 pub fn ps() -> usize {
-    cowscope::system::page_size()
+    cowscope::kernel::page_size()
 }
 
 /// Whether we run as root.

@@ -1,4 +1,4 @@
-//! The `inspect` command as the CLI runs it: parse the flags' text, install the signal
+//! `cowscope inspect`: parse the flags' text, install the signal
 //! handlers, inspect once or watch, render, write, and pick the exit code.
 //!
 //! Exit codes: 0 every page was classified; 3 some pages are `unproven` (PFNs hidden: the
@@ -10,15 +10,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::interrupt;
-use super::model::InspectReport;
-use super::sample::InspectRequest;
-use super::watch::{WatchOptions, parse_duration};
-use crate::error::{EXIT_COULD_NOT_PROVE, EXIT_OK, Error, Result};
+use crate::doc::{Envelope, InspectDoc, InspectSampleDoc};
+use crate::error::{EXIT_OK, EXIT_UNPROVEN, Error, Result};
+use crate::inspect::interrupt;
+use crate::inspect::sample::InspectRequest;
+use crate::inspect::watch::{WatchOptions, parse_duration};
 use crate::output;
 
 /// Output formats of `inspect`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// One JSON document.
     Json,
@@ -30,28 +30,41 @@ pub enum Format {
     Jsonl,
 }
 
-/// The flags, as text.
-#[derive(Debug, Clone)]
-pub struct InspectArgs {
-    /// `--pid`.
+/// `inspect` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The parent process.
+    #[arg(long)]
     pub pid: String,
-    /// `--child` (repeatable).
+    /// Only these children (repeatable; each must descend from --pid). Default: every live
+    /// descendant, each against the process it was forked from.
+    #[arg(long = "child", value_name = "PID")]
     pub children: Vec<String>,
-    /// `--freeze`.
+    /// Stop every target with SIGSTOP for one consistent read; always resumed (also on
+    /// error, Ctrl-C, or if cowscope is killed: a watchdog process resumes them).
+    #[arg(long)]
     pub freeze: bool,
-    /// `--format`.
+    /// json, table, svg (a page map; with --interval a timeline), or jsonl (one record per
+    /// sample).
+    #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
-    /// `--out`.
+    /// Write the result here (atomically; jsonl is streamed) instead of stdout.
+    #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// `--range`.
+    /// Walk only START-END (hex).
+    #[arg(long)]
     pub range: Option<String>,
-    /// `--per-page`.
+    /// Add runs of pages with one class (needs --range).
+    #[arg(long)]
     pub per_page: bool,
-    /// `--cells`.
+    /// Add a page map of at most N cells per VMA to the JSON (svg uses 96).
+    #[arg(long, value_name = "N")]
     pub cells: Option<String>,
-    /// `--interval`.
+    /// Sample repeatedly at this interval (500ms, 2s, ...) until the children exit.
+    #[arg(long)]
     pub interval: Option<String>,
-    /// `--duration`.
+    /// With --interval: stop after this long.
+    #[arg(long)]
     pub duration: Option<String>,
 }
 
@@ -70,7 +83,7 @@ fn number(flag: &str, s: &str) -> Result<i32> {
 ///
 /// # Errors
 /// Usage and read errors (exit 2).
-pub fn run(a: InspectArgs) -> Result<i32> {
+pub fn run(a: Args) -> Result<i32> {
     let cells = match (&a.cells, a.format) {
         (Some(c), _) => {
             let n: usize = c
@@ -98,7 +111,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         range: a
             .range
             .as_deref()
-            .map(crate::mem::report::parse_range)
+            .map(crate::pages::parse_range)
             .transpose()?,
         cells,
         per_page: a.per_page,
@@ -119,7 +132,7 @@ pub fn run(a: InspectArgs) -> Result<i32> {
     interrupt::install().map_err(|e| Error::io("installing signal handlers", e))?;
 
     let Some(interval) = interval else {
-        let report = super::inspect(&req)?;
+        let report = Envelope::new(crate::mem::system::detect(), crate::inspect::inspect(&req)?);
         if let Some(sig) = interrupt::requested() {
             // Everything frozen was resumed on the way out of inspect(); leave as the
             // signal asked.
@@ -130,9 +143,9 @@ pub fn run(a: InspectArgs) -> Result<i32> {
             Format::Table => crate::render::inspect_table::report(&report),
             Format::Svg => crate::render::inspect_svg::page_map(&report),
             Format::Jsonl => {
-                let rec = crate::report::Envelope::new(
+                let rec: InspectSampleDoc = Envelope::new(
                     report.system.clone(),
-                    super::model::SampleLine {
+                    crate::inspect::SampleLine {
                         seq: 0,
                         t_ms: 0,
                         snapshot: report.body.snapshot.clone(),
@@ -151,7 +164,8 @@ pub fn run(a: InspectArgs) -> Result<i32> {
         keep_samples: a.format != Format::Jsonl,
         progress: true,
     };
-    let report = if a.format == Format::Jsonl {
+    let system = crate::mem::system::detect();
+    let body = if a.format == Format::Jsonl {
         // A stream: each record is written whole and flushed as it is taken (a file grows as
         // samples arrive; a stream cannot be replaced atomically).
         let mut sink: Box<dyn Write> = match &a.out {
@@ -161,16 +175,18 @@ pub fn run(a: InspectArgs) -> Result<i32> {
             ),
             None => Box::new(std::io::stdout()),
         };
-        super::watch(&req, &opts, |rec| {
-            let mut line = serde_json::to_string(rec)?;
+        crate::inspect::watch(&req, &opts, |rec| {
+            let rec: InspectSampleDoc = Envelope::new(system.clone(), rec.clone());
+            let mut line = serde_json::to_string(&rec)?;
             line.push('\n');
             sink.write_all(line.as_bytes())
                 .and_then(|()| sink.flush())
                 .map_err(|e| Error::io("writing a sample", e))
         })?
     } else {
-        super::watch(&req, &opts, |_| Ok(()))?
+        crate::inspect::watch(&req, &opts, |_| Ok(()))?
     };
+    let report: InspectDoc = Envelope::new(system, body);
     let text = match a.format {
         Format::Jsonl => return Ok(exit_code(&report)),
         Format::Json => output::to_json(&report)?,
@@ -182,9 +198,9 @@ pub fn run(a: InspectArgs) -> Result<i32> {
 }
 
 /// 3 when some page is unproven (the evidence could not prove everything), else 0.
-pub fn exit_code(r: &InspectReport) -> i32 {
+pub fn exit_code(r: &InspectDoc) -> i32 {
     if r.body.snapshot.unproven() > 0 {
-        EXIT_COULD_NOT_PROVE
+        EXIT_UNPROVEN
     } else {
         EXIT_OK
     }
