@@ -310,12 +310,15 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+/// One sample of one pair: time (ms) and diverged pages per kind.
+type Point = (u64, BTreeMap<VmaKind, u64>);
+
 /// The timeline of a watch: per child, diverged MiB over time, stacked by VMA kind.
 pub fn timeline(r: &InspectDoc) -> String {
     let ps = r.system.page_size;
     let samples = r.body.samples.as_deref().unwrap_or(&[]);
     // Series per (parent, child): t -> kind -> diverged pages.
-    let mut series: BTreeMap<(i32, i32), Vec<(u64, BTreeMap<VmaKind, u64>)>> = BTreeMap::new();
+    let mut series: BTreeMap<(i32, i32), Vec<Point>> = BTreeMap::new();
     for smp in samples {
         for p in &smp.pairs {
             let by: BTreeMap<VmaKind, u64> = p
