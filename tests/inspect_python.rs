@@ -88,12 +88,19 @@ fn diverged_in(py: &Py, runs: &[(u64, u64)]) -> (u64, u64) {
     let hi = runs.last().unwrap().1;
     let range = format!("{lo:#x}-{hi:#x}");
     let doc = inspect_json(&["--pid", &py.pid(), "--range", &range, "--per-page"], 0);
-    let cls = pair(&doc, py.child())["page_runs"].as_array().unwrap().clone();
+    let cls = pair(&doc, py.child())["page_runs"]
+        .as_array()
+        .unwrap()
+        .clone();
     let class_runs: Vec<(u64, u64, String)> = cls
         .iter()
         .map(|r| {
             let h = |k: &str| cowscope::mem::hex::parse(r[k].as_str().unwrap()).unwrap();
-            (h("start"), h("end"), r["class"].as_str().unwrap().to_string())
+            (
+                h("start"),
+                h("end"),
+                r["class"].as_str().unwrap().to_string(),
+            )
         })
         .collect();
     let ps = ps() as u64;
@@ -131,11 +138,18 @@ fn iterating_a_list_of_ints_copies_every_int_page_and_leaves_the_bytearray_share
     );
     let t = &pair(&doc, py.child())["totals"];
     let pages = (hi - lo) / ps;
-    assert_eq!(classes(t), [pages, 0, 0, 0, 0, 0], "the bytearray stays shared: {t}");
+    assert_eq!(
+        classes(t),
+        [pages, 0, 0, 0, 0, 0],
+        "the bytearray stays shared: {t}"
+    );
 
     let (d, n) = diverged_in(&py, &py.runs("int_pages"));
     eprintln!("int pages diverged: {d} of {n}");
-    assert!(n > 5000, "10^6 ints of 32 bytes fill thousands of pages: {n}");
+    assert!(
+        n > 5000,
+        "10^6 ints of 32 bytes fill thousands of pages: {n}"
+    );
     assert_eq!(d, n, "every page holding an int had its refcounts written");
 }
 
@@ -162,7 +176,9 @@ fn gc_freeze_spares_the_collectors_copies_but_not_the_refcount_copies() {
         };
         let (d, n) = diverged_in(&py, &py.runs(key));
         let doc = inspect_json(&["--pid", &py.pid()], 0);
-        let total = pair(&doc, py.child())["totals"]["diverged"].as_u64().unwrap();
+        let total = pair(&doc, py.child())["totals"]["diverged"]
+            .as_u64()
+            .unwrap();
         eprintln!(
             "{mode:8} gc.freeze={freeze:<5} {key}: {d} of {n} diverged; whole pair: {:.1} MiB diverged",
             total as f64 * ps() as f64 / (1 << 20) as f64
@@ -171,11 +187,21 @@ fn gc_freeze_spares_the_collectors_copies_but_not_the_refcount_copies() {
     }
     let frac = |(d, n, _): (u64, u64, u64)| d as f64 / n as f64;
     assert_eq!(frac(figures[0]), 1.0, "refcounts: every int page copied");
-    assert_eq!(frac(figures[1]), 1.0, "gc.freeze does not stop refcount writes");
-    assert!(frac(figures[2]) > 0.9, "gc.collect copies the containers' pages");
+    assert_eq!(
+        frac(figures[1]),
+        1.0,
+        "gc.freeze does not stop refcount writes"
+    );
+    assert!(
+        frac(figures[2]) > 0.9,
+        "gc.collect copies the containers' pages"
+    );
     assert!(
         frac(figures[3]) < 0.1,
         "after gc.freeze the collector leaves frozen containers alone"
     );
-    assert!(figures[3].2 * 4 < figures[2].2, "the whole pair diverges far less");
+    assert!(
+        figures[3].2 * 4 < figures[2].2,
+        "the whole pair diverges far less"
+    );
 }
