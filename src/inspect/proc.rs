@@ -77,6 +77,20 @@ pub fn ancestors(pid: i32, table: &[Stat]) -> Vec<i32> {
     out
 }
 
+/// The chain of ancestors of `pid` (its parent first), read from each one's stat.
+pub fn ancestors_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut cur = pid;
+    while let Ok(s) = stat(cur) {
+        if s.ppid <= 0 || out.contains(&s.ppid) {
+            break;
+        }
+        out.push(s.ppid);
+        cur = s.ppid;
+    }
+    out
+}
+
 /// Whether two processes share one address space (`kcmp(KCMP_VM)`): a `vfork()` child
 /// before it execs, or a `clone(CLONE_VM)` process. `None` when the kernel cannot say
 /// (no CONFIG_KCMP, or no ptrace read access to both).

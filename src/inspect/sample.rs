@@ -113,14 +113,15 @@ fn stat_or_explain(pid: i32, what: &str) -> Result<Stat> {
 /// descendant of `--pid`, no children at all.
 pub fn plan(req: &InspectRequest) -> Result<Plan> {
     let root = stat_or_explain(req.pid, "--pid")?;
-    let table = proc::all();
     let explicit = !req.children.is_empty();
+    // With explicit children only their ancestor chains are read, not the whole table.
+    let table = if explicit { Vec::new() } else { proc::all() };
     let mut skipped = Vec::new();
     let children: Vec<Stat> = if explicit {
         let mut v = Vec::new();
         for &c in &req.children {
             let s = stat_or_explain(c, "--child")?;
-            if !proc::ancestors(c, &table).contains(&root.pid) {
+            if !proc::ancestors_of(c).contains(&root.pid) {
                 return Err(Error::usage(format!(
                     "process {c} ({}) is not a descendant of process {} ({}): its parent is {}",
                     s.comm, root.pid, root.comm, s.ppid
@@ -534,11 +535,28 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
         .flatten();
 
     type Walks = Vec<((i32, i32), std::result::Result<Vec<Walked>, SideError>)>;
-    let (walks, pools_raw, side_smaps): (Walks, Vec<_>, _) = std::thread::scope(|sc| {
-        let side = (!smaps_first).then(|| {
-            let live = live.clone();
-            sc.spawn(move || read_smaps(live))
-        });
+    // smaps jobs are shared: the side thread takes them one by one while this thread walks
+    // the pagemaps, and this thread takes what is left when its walk is done.
+    let jobs: Vec<i32> = if smaps_first {
+        Vec::new()
+    } else {
+        live.clone()
+    };
+    let next_job = std::sync::atomic::AtomicUsize::new(0);
+    let done: std::sync::Mutex<HashMap<i32, std::io::Result<Vec<SmapsEntry>>>> =
+        std::sync::Mutex::new(HashMap::new());
+    let work = || {
+        loop {
+            let i = next_job.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&pid) = jobs.get(i) else { break };
+            let r = smaps::all_vmas(pid);
+            if let Ok(mut d) = done.lock() {
+                d.insert(pid, r);
+            }
+        }
+    };
+    let (walks, pools_raw): (Walks, Vec<_>) = std::thread::scope(|sc| {
+        let side = (!jobs.is_empty()).then(|| sc.spawn(work));
         let mut reader = PairReader::new();
         let walks: Walks = pairs_to_walk
             .iter()
@@ -595,11 +613,14 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
             };
             pools_raw.push((parent, members, result));
         }
-        let side = side.map(|h| h.join().unwrap_or_default());
-        (walks, pools_raw, side)
+        work();
+        if let Some(h) = side {
+            let _ = h.join();
+        }
+        (walks, pools_raw)
     });
-    if let Some(s) = side_smaps {
-        smaps_results = s;
+    if !jobs.is_empty() {
+        smaps_results = done.into_inner().unwrap_or_default();
     }
     let freeze_info = freeze.map(Freeze::resume);
     let read_us = t0.elapsed().as_micros() as u64;
