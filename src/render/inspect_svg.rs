@@ -364,8 +364,9 @@ pub fn timeline(r: &InspectDoc) -> String {
             .max()
             .unwrap_or(0);
         let peak_mib = (peak as f64 * ps as f64 / (1u64 << 20) as f64).max(0.1);
+        let top = y + 10;
         let sx = |t: u64| left as f64 + w as f64 * t as f64 / t_max as f64;
-        let sy = |m: f64| (y + h) as f64 - h as f64 * m / peak_mib;
+        let sy = |m: f64| (top + h) as f64 - h as f64 * m / peak_mib;
         let _ = writeln!(
             body,
             r#"<text x="10" y="{}" class="s">{parent} → {child}: peak {:.1} MiB diverged</text>"#,
@@ -374,15 +375,15 @@ pub fn timeline(r: &InspectDoc) -> String {
         );
         let _ = writeln!(
             body,
-            r##"<rect x="{left}" y="{}" width="{w}" height="{h}" fill="none" stroke="#999"/><text x="{}" y="{}" text-anchor="end">{:.1} MiB</text><text x="{}" y="{}" text-anchor="end">0</text><text x="{}" y="{}" text-anchor="end">{:.1} s</text>"##,
-            y + 10,
+            r##"<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/><text x="{}" y="{}" text-anchor="end">{:.1} MiB</text><text x="{}" y="{}" text-anchor="end">0</text><text x="{left}" y="{}">0 s</text><text x="{}" y="{}" text-anchor="end">{:.1} s</text>"##,
             left - 4,
-            y + 18,
+            top + 8,
             peak_mib,
             left - 4,
-            y + h + 10,
+            top + h,
+            top + h + 14,
             left + w,
-            y + h + 24,
+            top + h + 14,
             t_max as f64 / 1000.0
         );
         // Stacked areas: for each kind, the band between the sum of the kinds below it and
@@ -420,7 +421,7 @@ pub fn timeline(r: &InspectDoc) -> String {
             }
         }
         for (i, k) in kinds.iter().enumerate() {
-            let ly = y + 14 + i * 16;
+            let ly = top + 4 + i * 16;
             let _ = writeln!(
                 body,
                 r#"<rect x="{}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#,
@@ -432,7 +433,7 @@ pub fn timeline(r: &InspectDoc) -> String {
                 k.name()
             );
         }
-        y += h + 50;
+        y += h + 56;
     }
     format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{y}\" viewBox=\"0 0 {width} {y}\">{STYLE}<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"

@@ -136,7 +136,7 @@ fn pair(out: &mut String, p: &PairReport, s: &Snapshot, ps: u64) {
         if rows.len() > TOP {
             let _ = writeln!(
                 out,
-                "    ... and {} more",
+                "    ... plus {} with less divergence",
                 plural((rows.len() - TOP) as u64, "VMA")
             );
         }
