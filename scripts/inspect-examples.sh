@@ -2,7 +2,7 @@
 # Regenerate the README's worked examples of `cowscope inspect` on real programs:
 #   results/inspect-python.{txt,svg}   CPython: a child iterating a list of 10^6 ints
 #   results/inspect-redis.{txt,svg}    Redis 7: BGSAVE under a write load
-#   results/inspect-redis-timeline.svg the same BGSAVE watched every 500 ms
+#   results/inspect-redis-timeline.svg the same BGSAVE watched every 500 ms (numbers on stdout)
 # Needs root (PFNs), python3, redis-server and redis-cli. Every process it starts is stopped by
 # pid on exit.
 set -euo pipefail
@@ -56,12 +56,23 @@ redis-cli -p "$port" bgsave
 "$cs" inspect --pid "$rpid" --interval 500ms --duration 10s --format svg \
   --out "$out/inspect-redis-timeline.svg" &
 watcher=$!
+# The same samples as numbers (a second watcher: reading disturbs nothing).
+"$cs" inspect --pid "$rpid" --interval 500ms --duration 10s --format json --out "$work/watch.json" &
+numbers=$!
 sleep 1
 for batch in $(seq 0 11); do
   redis-cli -p "$port" --pipe <"$work/load$batch.resp" >/dev/null
   sleep 0.5
 done
-wait "$watcher"
+wait "$watcher" "$numbers"
+"$py" - "$work/watch.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+ps = d["system"]["page_size"]
+for s in d["samples"]:
+    for p in s["pairs"]:
+        print(f"t={s['t_ms'] / 1000:5.1f} s  diverged {p['totals']['diverged'] * ps / 2**20:5.1f} MiB")
+PY
 redis-cli -p "$port" info persistence | grep -E 'current_cow_size|rdb_bgsave_in_progress' | tr -d '\r'
 "$cs" inspect --pid "$rpid" --freeze --format table | tee "$out/inspect-redis.txt"
 "$cs" inspect --pid "$rpid" --freeze --format svg --out "$out/inspect-redis.svg"
