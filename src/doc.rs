@@ -76,12 +76,13 @@ pub type InspectDoc = Envelope<crate::inspect::InspectBody>;
 pub type InspectSampleDoc = Envelope<crate::inspect::SampleLine>;
 
 /// Names of the documents whose JSON Schema `cowscope schema` prints.
-pub const DOCUMENTS: [&str; 7] = [
+pub const DOCUMENTS: [&str; 8] = [
     "fork-report",
     "baseline",
     "pages",
     "experiment",
     "compare",
+    "scenario-file",
     "inspect",
     "inspect-sample",
 ];
@@ -97,6 +98,7 @@ pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
         "pages" => schemars::schema_for!(PagesDoc),
         "experiment" => schemars::schema_for!(ExperimentDoc),
         "compare" => schemars::schema_for!(CompareDoc),
+        "scenario-file" => schemars::schema_for!(crate::fork::scenario_file::ScenarioFile),
         "inspect" => schemars::schema_for!(InspectDoc),
         "inspect-sample" => schemars::schema_for!(InspectSampleDoc),
         other => {

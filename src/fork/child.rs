@@ -2,9 +2,10 @@
 //! │ CHILD CODE. Everything in this file runs in a process created by `fork()` from a      │
 //! │ possibly multi-threaded parent (cargo test runs threads). Only async-signal-safe       │
 //! │ operations are allowed here: plain loads and stores, `read`, `write`, `close`,        │
-//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `mmap`, `munmap`, `setsid`, `sigaction`, │
-//! │ `kill`, `pidfd_send_signal`, `_exit`. No allocation, no stdio, no                     │
-//! │ locks, no panics (no indexing that can fail, no unwrap), no /proc parsing.            │
+//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `mmap`, `mprotect`, `munmap`,            │
+//! │ `vmsplice`, `pread`, `setsid`, `sigaction`, `kill`, `pidfd_send_signal`, `_exit`.     │
+//! │ No allocation, no stdio, no locks, no panics (no indexing that can fail, no           │
+//! │ unwrap), no /proc parsing.                                                            │
 //! └──────────────────────────────────────────────────────────────────────────────────────┘
 //!
 //! A child's behaviour is data: the parent builds a slice of [`ChildOp`] before forking, and the
@@ -44,6 +45,10 @@ pub const TAG_MUNMAP_RESULT: u8 = b'U';
 /// The byte read by [`ChildOp::ReadByte`].
 pub const TAG_BYTE: u8 = b'B';
 
+/// Result of a [`ChildOp::Mprotect`], [`ChildOp::Vmsplice`] or [`ChildOp::ReadFile`]: the
+/// syscall's return value when it succeeded, else `u64::MAX - errno`.
+pub const TAG_SYSCALL_RESULT: u8 = b'X';
+
 /// Exit code of a child whose pipe to the parent failed.
 pub const EXIT_PIPE_FAILED: i32 = 120;
 /// Exit code of a child whose `fork()` of a grandchild failed.
@@ -61,6 +66,8 @@ pub mod side {
     pub const CHILD: u8 = b'C';
     /// A grandchild.
     pub const GRANDCHILD: u8 = b'G';
+    /// The disk file an O_DIRECT read copies from.
+    pub const DIRECT_FILE: u8 = b'D';
 }
 
 /// Offset of the side marker inside a stamped page (after the 8-byte page index).
@@ -172,6 +179,43 @@ pub enum ChildOp<'a> {
         mutex: usize,
         /// Give up after this many nanoseconds.
         timeout_ns: u64,
+        /// Report pipe.
+        fd: RawFd,
+    },
+    /// `mprotect(addr, len, prot)`, then send the result ([`TAG_SYSCALL_RESULT`]) on `fd`.
+    Mprotect {
+        /// Start (page aligned).
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
+        /// PROT_* bits.
+        prot: i32,
+        /// Report pipe.
+        fd: RawFd,
+    },
+    /// `vmsplice(pipe, {addr, len}, 1, 0)`: hand the pages to a pipe (the pipe takes a
+    /// reference to each page), then send the bytes spliced ([`TAG_SYSCALL_RESULT`]) on `fd`.
+    Vmsplice {
+        /// The pipe's write end.
+        pipe: RawFd,
+        /// Start of the range.
+        addr: usize,
+        /// Length in bytes (at most the pipe's capacity, or it blocks).
+        len: usize,
+        /// Report pipe.
+        fd: RawFd,
+    },
+    /// `pread(file, addr, len, offset)` (an O_DIRECT file makes the kernel pin the pages and
+    /// DMA into them), then send the bytes read ([`TAG_SYSCALL_RESULT`]) on `fd`.
+    ReadFile {
+        /// The file, opened before the fork.
+        file: RawFd,
+        /// Destination.
+        addr: usize,
+        /// Bytes.
+        len: usize,
+        /// File offset.
+        offset: i64,
         /// Report pipe.
         fd: RawFd,
     },
@@ -445,6 +489,44 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                     }
                 }
             }
+            ChildOp::Mprotect {
+                addr,
+                len,
+                prot,
+                fd,
+            } => {
+                // SAFETY: mprotect(2) is a plain syscall on the child's own copy of the address
+                // space; the caller names a range that later ops access as `prot` allows.
+                let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
+                send(fd, TAG_SYSCALL_RESULT, result(rc as i64));
+            }
+            ChildOp::Vmsplice {
+                pipe,
+                addr,
+                len,
+                fd,
+            } => {
+                let iov = libc::iovec {
+                    iov_base: addr as *mut libc::c_void,
+                    iov_len: len,
+                };
+                // SAFETY: vmsplice reads the one local iovec; the range is mapped readable
+                // (caller's guarantee). The pipe only takes references to the pages.
+                let n = unsafe { libc::vmsplice(pipe, &iov, 1, 0) };
+                send(fd, TAG_SYSCALL_RESULT, result(n as i64));
+            }
+            ChildOp::ReadFile {
+                file,
+                addr,
+                len,
+                offset,
+                fd,
+            } => {
+                // SAFETY: pread writes at most `len` bytes to [addr, addr + len), which the
+                // caller guarantees is mapped writable.
+                let n = unsafe { libc::pread(file, addr as *mut libc::c_void, len, offset) };
+                send(fd, TAG_SYSCALL_RESULT, result(n as i64));
+            }
             ChildOp::Munmap { addr, len, fd } => {
                 // SAFETY: munmap(2) is a plain syscall; the caller names a range of the child's
                 // own copy of the address space that the rest of `ops` no longer uses.
@@ -520,6 +602,15 @@ fn send(fd: RawFd, tag: u8, value: u64) {
             continue;
         }
         exit(EXIT_PIPE_FAILED);
+    }
+}
+
+/// A syscall's return as a message value: the value itself, or `u64::MAX - errno` on error.
+fn result(rc: i64) -> u64 {
+    if rc >= 0 {
+        rc as u64
+    } else {
+        u64::MAX - errno().max(1) as u64
     }
 }
 

@@ -448,7 +448,6 @@ fn same_frames(pa: &Pagemap, a: u64, pb: &Pagemap, b: u64, len: u64, zero: &Zero
 /// Usage errors (exit 2) when the root process cannot be read or exits mid-read, when an
 /// explicitly given child cannot be read, or when every pair was lost.
 pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result<Snapshot> {
-    let ps = crate::kernel::page_size() as u64;
     let t0 = Instant::now();
     let mut notes: Vec<String> = Vec::new();
     let mut skipped = plan.skipped.clone();
@@ -773,7 +772,6 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                 .into(),
         );
     }
-    let _ = ps;
     Ok(Snapshot {
         pid: plan.root.pid,
         pfn_visible: ctx.pfn_visible,
