@@ -22,7 +22,7 @@
 //! - [`freeze`], [`interrupt`]: SIGSTOP/SIGCONT with a Drop guard, signal handling and a
 //!   watchdog process.
 //! - [`sample`]: plan the pairs, take one snapshot.
-//! - [`watch`]: snapshots over time.
+//! - [`mod@watch`]: snapshots over time.
 //! - [`model`]: the JSON documents.
 
 pub mod access;

@@ -150,7 +150,7 @@ struct Grid {
 pub struct Tally {
     /// Pages per class.
     pub classes: [u64; N_CLASSES],
-    /// Parent pages that are private anonymous (see [`private_anon`]), by class.
+    /// Parent pages that are private anonymous (present, exclusive, not file), by class.
     pub parent_private: [u64; N_CLASSES],
     /// Child pages that are private anonymous, by class.
     pub child_private: [u64; N_CLASSES],
