@@ -70,15 +70,21 @@ pub type PagesDoc = Envelope<crate::pages::PagesBody>;
 pub type ExperimentDoc = Envelope<crate::experiments::ExperimentBody>;
 /// The `compare --format json` document (its `system` is the machine that compared).
 pub type CompareDoc = Envelope<crate::compare::Comparison>;
+/// The `inspect` document.
+pub type InspectDoc = Envelope<crate::inspect::InspectBody>;
+/// One record of `inspect --format jsonl`.
+pub type InspectSampleDoc = Envelope<crate::inspect::SampleLine>;
 
 /// Names of the documents whose JSON Schema `cowscope schema` prints.
-pub const DOCUMENTS: [&str; 6] = [
+pub const DOCUMENTS: [&str; 8] = [
     "fork-report",
     "baseline",
     "pages",
     "experiment",
     "compare",
     "scenario-file",
+    "inspect",
+    "inspect-sample",
 ];
 
 /// The JSON Schema (draft 2020-12) of one document, generated from the serde types.
@@ -93,6 +99,8 @@ pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
         "experiment" => schemars::schema_for!(ExperimentDoc),
         "compare" => schemars::schema_for!(CompareDoc),
         "scenario-file" => schemars::schema_for!(crate::fork::scenario_file::ScenarioFile),
+        "inspect" => schemars::schema_for!(InspectDoc),
+        "inspect-sample" => schemars::schema_for!(InspectSampleDoc),
         other => {
             return Err(crate::Error::usage(format!(
                 "unknown document '{other}'; expected one of: {}",

@@ -23,6 +23,7 @@ pub mod baseline;
 pub mod compare;
 pub mod experiments;
 pub mod fork;
+pub mod inspect;
 pub mod pages;
 
 // 5. The documents: envelope, one alias per document, the schema registry.

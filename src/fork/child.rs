@@ -2,9 +2,10 @@
 //! │ CHILD CODE. Everything in this file runs in a process created by `fork()` from a      │
 //! │ possibly multi-threaded parent (cargo test runs threads). Only async-signal-safe       │
 //! │ operations are allowed here: plain loads and stores, `read`, `write`, `close`,        │
-//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `mprotect`, `munmap`, `vmsplice`,        │
-//! │ `pread`, `_exit`. No allocation, no stdio, no                                          │
-//! │ locks, no panics (no indexing that can fail, no unwrap), no /proc parsing.            │
+//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `mmap`, `mprotect`, `munmap`,            │
+//! │ `vmsplice`, `pread`, `setsid`, `sigaction`, `kill`, `pidfd_send_signal`, `_exit`.     │
+//! │ No allocation, no stdio, no locks, no panics (no indexing that can fail, no           │
+//! │ unwrap), no /proc parsing.                                                            │
 //! └──────────────────────────────────────────────────────────────────────────────────────┘
 //!
 //! A child's behaviour is data: the parent builds a slice of [`ChildOp`] before forking, and the
@@ -52,6 +53,8 @@ pub const TAG_SYSCALL_RESULT: u8 = b'X';
 pub const EXIT_PIPE_FAILED: i32 = 120;
 /// Exit code of a child whose `fork()` of a grandchild failed.
 pub const EXIT_FORK_FAILED: i32 = 121;
+/// Exit code of a child whose [`ChildOp::MapAnon`] failed.
+pub const EXIT_MMAP_FAILED: i32 = 122;
 
 /// Side markers stamped into pages, so a content check names who wrote a page last.
 pub mod side {
@@ -228,6 +231,31 @@ pub enum ChildOp<'a> {
         /// Report pipe.
         fd: RawFd,
     },
+    /// `mmap(addr, len, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED)`: a fresh
+    /// private anonymous VMA at a known address; `_exit(EXIT_MMAP_FAILED)` if the kernel
+    /// refuses. The range must be the child's own: a reservation it inherited (which
+    /// `MAP_FIXED` replaces) or a hole it made with [`ChildOp::Munmap`]; the child has one
+    /// thread, so nothing else can map there meanwhile.
+    MapAnon {
+        /// Start (page aligned).
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// The `inspect --freeze` watchdog: leave cowscope's session and ignore terminal and
+    /// termination signals (so a Ctrl-C to the process group cannot kill it first), then block
+    /// reading `fd` (the release pipe). A byte means cowscope resumed its targets itself: exit.
+    /// EOF means cowscope died without releasing us (even by SIGKILL, which no handler sees):
+    /// send SIGCONT to every target, through its pidfd where one was opened (immune to pid
+    /// reuse), else by pid, then exit.
+    ResumeOnOrphan {
+        /// Release pipe (read end).
+        fd: RawFd,
+        /// The targets' pids.
+        pids: &'a [i32],
+        /// Their pidfds, index for index (-1: none, use the pid).
+        pidfds: &'a [RawFd],
+    },
 }
 
 /// Run a child's program, then `_exit(0)` (or the code of an [`ChildOp::Exit`]).
@@ -394,6 +422,72 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 send(fd, TAG_LOCK_TRIES, tries);
                 send(fd, TAG_LOCK_WAITED_NS, now_ns().saturating_sub(t0));
                 send(fd, TAG_LOCK_ACQUIRED, u64::from(acquired));
+            }
+            ChildOp::MapAnon { addr, len } => {
+                // SAFETY: MAP_FIXED over a range the caller guarantees is the child's own
+                // (see the op's docs); mmap is a plain syscall.
+                let p = unsafe {
+                    libc::mmap(
+                        addr as *mut libc::c_void,
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                if p as usize != addr {
+                    exit(EXIT_MMAP_FAILED);
+                }
+            }
+            ChildOp::ResumeOnOrphan { fd, pids, pidfds } => {
+                // SAFETY: setsid and sigaction with SIG_IGN are async-signal-safe syscalls
+                // touching only a zeroed local struct.
+                unsafe {
+                    libc::setsid();
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = libc::SIG_IGN;
+                    libc::sigemptyset(&mut sa.sa_mask);
+                    for sig in [
+                        libc::SIGINT,
+                        libc::SIGQUIT,
+                        libc::SIGHUP,
+                        libc::SIGTERM,
+                        libc::SIGPIPE,
+                        libc::SIGTSTP,
+                    ] {
+                        libc::sigaction(sig, &sa, std::ptr::null_mut());
+                    }
+                }
+                let mut b = 0u8;
+                let n = loop {
+                    // SAFETY: reads at most 1 byte into a local.
+                    let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+                    if n >= 0 || errno() != libc::EINTR {
+                        break n;
+                    }
+                };
+                if n == 0 {
+                    for (k, &pid) in pids.iter().enumerate() {
+                        let pidfd = pidfds.get(k).copied().unwrap_or(-1);
+                        // SAFETY: pidfd_send_signal and kill take plain integers (a null
+                        // siginfo); both are async-signal-safe syscalls.
+                        let sent = pidfd >= 0
+                            && unsafe {
+                                libc::syscall(
+                                    libc::SYS_pidfd_send_signal,
+                                    pidfd,
+                                    libc::SIGCONT,
+                                    std::ptr::null::<libc::siginfo_t>(),
+                                    0,
+                                )
+                            } == 0;
+                        if !sent && pidfd < 0 {
+                            // SAFETY: as above.
+                            unsafe { libc::kill(pid, libc::SIGCONT) };
+                        }
+                    }
+                }
             }
             ChildOp::Mprotect {
                 addr,
