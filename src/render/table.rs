@@ -99,15 +99,23 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
             ),
         };
         let c = &s.pages;
+        // A skipped scenario has no page counts: '-', not a row of zeros.
+        let count = |n: u64| {
+            if v.state == VerdictState::Skipped {
+                "-".to_string()
+            } else {
+                n.to_string()
+            }
+        };
         rows.push(vec![
             s.name.clone(),
             s.config.pages.to_string(),
-            c.shared.to_string(),
-            c.copied.to_string(),
-            c.wiped.to_string(),
-            c.not_inherited.to_string(),
-            c.absent.to_string(),
-            c.unproven.to_string(),
+            count(c.shared),
+            count(c.copied),
+            count(c.wiped),
+            count(c.not_inherited),
+            count(c.absent),
+            count(c.unproven),
             ps(&s.parent.smaps),
             child,
             fork_us,
