@@ -8,6 +8,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_VERDICT_FAILED: i32 = 1;
 /// Exit code: bad usage or bad input (unknown name, malformed range, unreadable pid...).
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code: could not prove: a privilege or kernel feature the evidence needs is missing.
+pub const EXIT_UNPROVEN: i32 = 3;
 
 /// Everything that can stop a cowscope command.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,10 @@ pub enum Error {
     /// The arena engine refused an operation.
     #[error(transparent)]
     Arena(#[from] crate::arena::ArenaError),
+    /// A privilege or kernel feature the command needs is missing (exit 3), e.g. ptrace
+    /// refused by Yama or for another user's process.
+    #[error("{0}")]
+    Privilege(String),
     /// A serialisation step failed (should not happen for our own types).
     #[error("serialising JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -50,6 +56,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => EXIT_USAGE,
+            Error::Privilege(_) => EXIT_UNPROVEN,
             // Failing to read a process the user named is bad input; anything else is too,
             // since no verdict was reached. Verdict failures are not errors: they are reports
             // whose `verdict` says so, and the CLI maps them to EXIT_VERDICT_FAILED.

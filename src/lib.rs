@@ -16,5 +16,6 @@ pub mod render;
 pub mod report;
 pub mod scenarios;
 pub mod system;
+pub mod trace;
 
 pub use error::{Error, Result};

@@ -109,7 +109,39 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Print the JSON Schema of a document (fork-report, baseline, pages, experiment),
+    /// Run a command (or attach to a running process), follow its forks, forks of forks and
+    /// vforks with ptrace, and prove page by page who copied what since each fork: the
+    /// child, the parent, or neither (a release, or a frame that moved without a write).
+    /// Exits with the traced program's status (128 + signal when a signal killed it).
+    #[command(after_help = "Examples:\n  cowscope trace -- python3 server.py\n  \
+        cowscope trace --out trace.json --interval 500ms -- redis-server --port 7777\n  \
+        cowscope trace --pid 4242 --syscalls\n\n\
+        Ctrl-C: with a command, the first one is passed to the program and cowscope waits \
+        for it to exit; a second one kills it. With --pid, cowscope detaches and the target \
+        runs on.")]
+    Trace {
+        /// Attach to this running process instead of running a command.
+        #[arg(long, value_name = "PID")]
+        pid: Option<String>,
+        /// Also sample every live pair this often, e.g. 500ms or 2s.
+        #[arg(long, value_name = "DURATION")]
+        interval: Option<String>,
+        /// Track releases with a ptrace stop at every syscall (needed with --pid; slower than
+        /// the default seccomp filter of a command).
+        #[arg(long)]
+        syscalls: bool,
+        /// Write the report here atomically (JSON unless --format table) instead of printing
+        /// a table to stderr.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// json or table (default: json with --out, table on stderr without).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// Print the JSON Schema of a document (fork-report, baseline, pages, experiment, trace),
     /// generated from the same types that write the documents.
     Schema {
         /// Which document.
@@ -126,6 +158,34 @@ fn parse_number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T> {
     s.trim()
         .parse::<T>()
         .map_err(|_| Error::usage(format!("{what} must be a whole number, got '{s}'")))
+}
+
+/// `500ms`, `2s`, `1.5s`, `1m`.
+fn parse_duration(what: &str, s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let v: f64 = num.parse().map_err(|_| {
+        Error::usage(format!("{what} must be a duration like 500ms or 2s, got '{s}'"))
+    })?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => {
+            return Err(Error::usage(format!(
+                "{what} must be a duration like 500ms or 2s, got '{s}'"
+            )));
+        }
+    };
+    if !(secs.is_finite() && secs >= 0.001 && secs <= 86_400.0) {
+        return Err(Error::usage(format!(
+            "{what} must be between 1ms and 24h, got '{s}'"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -247,6 +307,51 @@ fn run(cli: Cli) -> Result<i32> {
             let schema = cowscope::report::schema(&document)?;
             output::emit(&output::to_json(&schema)?, None)?;
             Ok(EXIT_OK)
+        }
+        Command::Trace {
+            pid,
+            interval,
+            syscalls,
+            out,
+            format,
+            command,
+        } => {
+            let target = match (pid, command.is_empty()) {
+                (Some(_), false) => {
+                    return Err(Error::usage("give either --pid or a command after --, not both"));
+                }
+                (None, true) => {
+                    return Err(Error::usage(
+                        "give a command after -- (cowscope trace -- CMD ARGS...) or --pid PID",
+                    ));
+                }
+                (Some(p), true) => cowscope::trace::Target::Pid(parse_number::<i32>("--pid", &p)?),
+                (None, false) => cowscope::trace::Target::Command(command),
+            };
+            let opts = cowscope::trace::TraceOptions {
+                target,
+                interval: interval
+                    .as_deref()
+                    .map(|s| parse_duration("--interval", s))
+                    .transpose()?,
+                syscalls,
+            };
+            let format = format.unwrap_or(if out.is_some() { Format::Json } else { Format::Table });
+            let text = match format {
+                Format::Json => None,
+                Format::Table => Some(()),
+                _ => return Err(Error::usage("trace writes --format json or table")),
+            };
+            let report = cowscope::trace::run(&opts)?;
+            let rendered = match text {
+                Some(()) => cowscope::render::trace::table(&report),
+                None => output::to_json(&report)?,
+            };
+            match out {
+                Some(p) => output::write_atomic(&p, rendered.as_bytes())?,
+                None => eprint!("{rendered}"),
+            }
+            Ok(report.body.exit_status())
         }
         Command::GuestInit => cowscope::guest::run_as_init(),
     }

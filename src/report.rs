@@ -84,7 +84,7 @@ impl<T> Envelope<T> {
 }
 
 /// Names of the documents whose JSON Schema `cowscope schema` prints.
-pub const DOCUMENTS: [&str; 4] = ["fork-report", "baseline", "pages", "experiment"];
+pub const DOCUMENTS: [&str; 5] = ["fork-report", "baseline", "pages", "experiment", "trace"];
 
 /// The JSON Schema (draft 2020-12) of one document, generated from the serde types.
 ///
@@ -96,6 +96,7 @@ pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
         "baseline" => schemars::schema_for!(crate::baseline::BaselineReport),
         "pages" => schemars::schema_for!(crate::mem::report::PagesReport),
         "experiment" => schemars::schema_for!(crate::experiments::ExperimentReport),
+        "trace" => schemars::schema_for!(crate::trace::TraceReport),
         other => {
             return Err(crate::Error::usage(format!(
                 "unknown document '{other}'; expected one of: {}",

@@ -2,3 +2,4 @@
 
 pub mod svg;
 pub mod table;
+pub mod trace;
