@@ -128,7 +128,7 @@ pub fn table(r: &TraceReport) -> String {
                 mib(bl.pages, ps),
                 bl.vmas,
                 if bl.copied_at_fork > 0 {
-                    format!(", {} copied by the kernel at fork (pinned)", bl.copied_at_fork)
+                    format!(", {} already the child's own at its first instruction (its TID page, pinned pages)", bl.copied_at_fork)
                 } else {
                     String::new()
                 }

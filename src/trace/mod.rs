@@ -204,7 +204,8 @@ pub struct ForkRecord {
 pub struct BaselineInfo {
     /// Pages with a frame at the fork, in the VMAs that can be copied on write.
     pub pages: u64,
-    /// Of those, pages the kernel copied during fork (pinned pages).
+    /// Of those, pages the child already had its own copy of before its first instruction
+    /// (the page the kernel wrote its TID into; pinned pages fork copies eagerly).
     pub copied_at_fork: u64,
     /// VMAs compared.
     pub vmas: usize,

@@ -346,7 +346,7 @@ pub struct Baseline {
     released_by_child: Bits,
     /// Pages with a frame at the fork (on either side).
     tracked: u64,
-    /// Pages the kernel copied during fork (pinned pages).
+    /// Pages the child owned before its first instruction.
     copied_at_fork: u64,
 }
 
@@ -360,7 +360,6 @@ impl Baseline {
         snap: ParentSnapshot,
         child: &Pagemap,
         pfn_visible: bool,
-        parent_single_threaded: bool,
     ) -> io::Result<Baseline> {
         let n = snap.entries.len();
         let mut frames = vec![0u64; n];
@@ -381,12 +380,7 @@ impl Baseline {
                     if anon_only && c.file {
                         c = Seen::default();
                     }
-                    let st = classify::baseline(
-                        seen(snap.entries[i]),
-                        c,
-                        pfn_visible,
-                        parent_single_threaded,
-                    );
+                    let st = classify::baseline(seen(snap.entries[i]), c, pfn_visible);
                     frames[i] = st.frame;
                     hist[i] = st.hist as u8;
                     if st.hist != Hist::Unborn {
@@ -416,7 +410,7 @@ impl Baseline {
         self.tracked
     }
 
-    /// Pages the kernel copied during the fork itself.
+    /// Pages the child owned before its first instruction (its TID page, pinned pages).
     pub fn copied_at_fork(&self) -> u64 {
         self.copied_at_fork
     }

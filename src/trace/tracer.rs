@@ -7,7 +7,7 @@
 //! interrupts a ptrace request half-way; `sigtimedwait` sleeps until one is pending or the
 //! next `--interval` sample is due, then `waitpid(-1, WNOHANG | __WALL)` drains every stop.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -362,8 +362,14 @@ fn check_target(pid: i32) -> Result<()> {
             "pid {pid} has exited (a zombie waiting for its parent): nothing to trace"
         )));
     }
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    if maps.is_empty() && std::fs::read_link(format!("/proc/{pid}/exe")).is_err() {
+    // PF_KTHREAD (0x200000) in the flags, field 9 of /proc/<pid>/stat (readable by anyone).
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let flags = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    if flags & 0x0020_0000 != 0 {
         return Err(Error::usage(format!(
             "pid {pid} is a kernel thread: it has no user memory to trace"
         )));
@@ -881,7 +887,7 @@ impl Tracer<'_> {
         // Phase 2: the child has not run yet.
         let built = phase1.and_then(|(pm_p, snap)| {
             let pm_c = Pagemap::open(new)?;
-            let b = Baseline::complete(snap, &pm_c, self.pfn_visible, parent_threads == 1)?;
+            let b = Baseline::complete(snap, &pm_c, self.pfn_visible)?;
             Ok((pm_p, pm_c, b))
         });
         match built {
@@ -894,10 +900,10 @@ impl Tracer<'_> {
                 });
                 if parent_threads > 1 {
                     self.body.forks[fork].notes.push(format!(
-                        "the parent had {parent_threads} threads at the fork: the baseline is \
-                         the child's page tables (the fork-time copy); a page the kernel copied \
-                         eagerly at fork (pinned) cannot be told from a write by another \
-                         parent thread and counts as copied_by_parent"
+                        "the parent had {parent_threads} threads at the fork: a write by another \
+                         parent thread between the fork and the reading of the parent's side \
+                         counts as copied_at_fork (the child's side is the fork-time copy \
+                         whatever the parent's threads do)"
                     ));
                 }
                 self.pairs.push(Pair {
@@ -1394,9 +1400,6 @@ impl Tracer<'_> {
                 self.end_pair(i, "trace_end");
             }
         }
-        for (&f, _) in self.vforks.iter() {
-            let _ = f;
-        }
         if self.mode == Mode::Command && self.root_exit.is_none() {
             self.body.notes.push("the command's exit status was not seen".into());
         }
@@ -1419,7 +1422,6 @@ impl Tracer<'_> {
         }
         self.body.exit = self.root_exit.clone().unwrap_or_default();
         self.body.duration_s = self.now();
-        let _ = BTreeMap::<u8, u8>::new();
         self.fill_attribution();
     }
 
