@@ -30,7 +30,7 @@ fn main() {
         eprintln!("mmap: {}", std::io::Error::last_os_error());
         std::process::exit(1);
     }
-    let ps = cowscope::system::page_size();
+    let ps = cowscope::kernel::page_size();
     for off in (0..len).step_by(ps) {
         // SAFETY: off < len, inside the mapping we just created.
         unsafe { std::ptr::write_volatile(p.cast::<u8>().add(off), 1) };

@@ -1,17 +1,11 @@
-//! `cowscope compare`: fork reports from several kernels side by side.
-//!
-//! Reports are read as loose JSON ([`serde_json::Value`]) rather than as the current serde
-//! types, so files written by older or newer builds still compare: a missing figure shows as
-//! `-`, unknown fields are ignored. Each section is a scenario x kernel table; a row whose cells
-//! are not all equal starts with `*`, and each cell that differs from the first kernel's cell
-//! ends with `*`.
+//! `compare`: fork reports from several kernels as one [`Comparison`]: per figure a row per
+//! scenario and a cell per kernel. Reports are read as loose JSON ([`serde_json::Value`])
+//! after `cmd::compare` checked them against the schema, so a cell shows `-` where a report
+//! has no such figure (a skipped scenario, a scenario another kernel's report lacks).
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
-
-use crate::error::{Error, Result};
 
 /// The `system` facts shown first, since they decide what the evidence can show.
 const SYSTEM_FACTS: [&str; 5] = [
@@ -42,38 +36,6 @@ pub struct Column {
     pub doc: Value,
 }
 
-/// Read each file and render the comparison table.
-///
-/// # Errors
-/// [`Error::Io`] when a file cannot be read; [`Error::Usage`] when a file is not JSON or has no
-/// `scenarios` list (not a fork report).
-pub fn compare_files(files: &[PathBuf]) -> Result<String> {
-    if files.is_empty() {
-        return Err(Error::usage(
-            "compare needs at least one fork-report.json file",
-        ));
-    }
-    let mut docs = Vec::with_capacity(files.len());
-    for path in files {
-        docs.push((path.display().to_string(), load(path)?));
-    }
-    Ok(render(&columns(docs)))
-}
-
-fn load(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    let doc: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::usage(format!("{} is not valid JSON: {e}", path.display())))?;
-    if !doc.get("scenarios").is_some_and(Value::is_array) {
-        return Err(Error::usage(format!(
-            "{} is not a fork report: it has no 'scenarios' list",
-            path.display()
-        )));
-    }
-    Ok(doc)
-}
-
 /// Label each document by its kernel release (falling back to the file's directory name, as in
 /// `results/<release>/fork-report.json`), numbering repeats so every column is distinct.
 pub fn columns(docs: Vec<(String, Value)>) -> Vec<Column> {
@@ -102,22 +64,75 @@ pub fn columns(docs: Vec<(String, Value)>) -> Vec<Column> {
     out
 }
 
-/// Render every section for `cols`.
-pub fn render(cols: &[Column]) -> String {
-    let scenarios = scenario_names(cols);
-    let mut s = String::new();
-    let _ = writeln!(s, "cowscope compare: {} report(s)", cols.len());
-    for c in cols {
-        let _ = writeln!(s, "  {}  ({})", c.label, c.source);
-    }
-    let _ = writeln!(
-        s,
-        "A row starting with '*' differs across kernels; a cell ending in '*' differs from the \
-         first kernel's ({}). '-' = not in that report.",
-        cols.first().map_or("", |c| c.label.as_str())
-    );
+/// The comparison as data: what the text tables show, cell by cell, and what
+/// `compare --format json` prints.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Comparison {
+    /// The reports compared, in column order.
+    pub kernels: Vec<KernelColumn>,
+    /// The sections: system facts, the THP write, then one per figure.
+    pub sections: Vec<Section>,
+    /// Verdict remarks (quirks, disagreements, notes) per kernel and scenario.
+    pub remarks: Vec<Remark>,
+}
 
-    let sections: [(&str, CellFn); 8] = [
+/// One compared report.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct KernelColumn {
+    /// The column heading (the kernel release, made unique).
+    pub label: String,
+    /// The file it came from.
+    pub source: String,
+}
+
+/// One table.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Section {
+    /// What the cells are.
+    pub title: String,
+    /// The heading of the first column (`scenario`, `fact`).
+    pub heading: String,
+    /// One row per scenario (or fact).
+    pub rows: Vec<Row>,
+}
+
+/// One row: a cell per kernel.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Row {
+    /// Scenario (or fact) name.
+    pub name: String,
+    /// One cell per kernel, in column order (`-` when the report has no such figure).
+    pub cells: Vec<String>,
+    /// Whether the cells are not all equal.
+    pub differs: bool,
+}
+
+/// A verdict remark.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Remark {
+    /// Column label of the report.
+    pub kernel: String,
+    /// Scenario name.
+    pub scenario: String,
+    /// `quirk`, `DISAGREEMENT` or `note`.
+    pub kind: String,
+    /// The text.
+    pub text: String,
+}
+
+fn row(name: String, cells: Vec<String>) -> Row {
+    let differs = cells.iter().any(|c| Some(c) != cells.first());
+    Row {
+        name,
+        cells,
+        differs,
+    }
+}
+
+/// Build every section for `cols`.
+pub fn build(cols: &[Column]) -> Comparison {
+    let scenarios = scenario_names(cols);
+    let figures: [(&str, CellFn); 8] = [
         ("copied pages", |sc| number(sc.pointer("/pages/copied"))),
         ("page classes (non-zero counts)", page_classes),
         (
@@ -155,35 +170,35 @@ pub fn render(cols: &[Column]) -> String {
         ("verdict", verdict),
         ("evidence", evidence),
     ];
-
+    let mut sections = Vec::new();
     // What each kernel let cowscope see: this explains most differences below.
-    let facts: Vec<(String, Vec<String>)> = SYSTEM_FACTS
-        .iter()
-        .map(|key| {
-            let cells = cols
-                .iter()
-                .map(|c| scalar(c.doc.get("system").and_then(|s| s.get(*key))))
-                .collect();
-            (key.to_string(), cells)
-        })
-        .collect();
-    s.push('\n');
-    s.push_str(&table_with_heading("system", "fact", cols, &facts));
-
+    sections.push(Section {
+        title: "system".into(),
+        heading: "fact".into(),
+        rows: SYSTEM_FACTS
+            .iter()
+            .map(|key| {
+                let cells = cols
+                    .iter()
+                    .map(|c| scalar(c.doc.get("system").and_then(|s| s.get(*key))))
+                    .collect();
+                row(key.to_string(), cells)
+            })
+            .collect(),
+    });
     // The THP figure next: it is the one that changed most visibly across kernels (5.8).
-    let thp_row: Vec<String> = cols
-        .iter()
-        .map(|c| thp_bytes(&c.doc, scenario(&c.doc, THP_SCENARIO)))
-        .collect();
-    s.push('\n');
-    s.push_str(&table(
-        &format!("bytes copied by one THP write ({THP_SCENARIO}: child writes one byte)"),
-        cols,
-        &[("thp write".to_string(), thp_row)],
-    ));
-
-    for (title, cell) in sections {
-        let rows: Vec<(String, Vec<String>)> = scenarios
+    sections.push(Section {
+        title: format!("bytes copied by one THP write ({THP_SCENARIO}: child writes one byte)"),
+        heading: "scenario".into(),
+        rows: vec![row(
+            "thp write".into(),
+            cols.iter()
+                .map(|c| thp_bytes(&c.doc, scenario(&c.doc, THP_SCENARIO)))
+                .collect(),
+        )],
+    });
+    for (title, cell) in figures {
+        let rows = scenarios
             .iter()
             .map(|name| {
                 let cells = cols
@@ -193,15 +208,26 @@ pub fn render(cols: &[Column]) -> String {
                         None => MISSING.to_string(),
                     })
                     .collect();
-                (name.clone(), cells)
+                row(name.clone(), cells)
             })
             .collect();
-        s.push('\n');
-        s.push_str(&table(title, cols, &rows));
+        sections.push(Section {
+            title: title.into(),
+            heading: "scenario".into(),
+            rows,
+        });
     }
-    s.push('\n');
-    s.push_str(&remarks(cols, &scenarios));
-    s
+    Comparison {
+        kernels: cols
+            .iter()
+            .map(|c| KernelColumn {
+                label: c.label.clone(),
+                source: c.source.clone(),
+            })
+            .collect(),
+        sections,
+        remarks: remarks(cols, &scenarios),
+    }
 }
 
 /// Scenario names in order of first appearance across the reports.
@@ -358,8 +384,8 @@ fn verdict(sc: &Value) -> String {
 
 /// Verdict remarks worth reading next to the tables: kernel quirks, disagreements and notes,
 /// per kernel and scenario.
-fn remarks(cols: &[Column], scenarios: &[String]) -> String {
-    let mut s = String::new();
+fn remarks(cols: &[Column], scenarios: &[String]) -> Vec<Remark> {
+    let mut out = Vec::new();
     for c in cols {
         for name in scenarios {
             let Some(v) = scenario(&c.doc, name).and_then(|sc| sc.get("verdict")) else {
@@ -374,15 +400,17 @@ fn remarks(cols: &[Column], scenarios: &[String]) -> String {
                     let text = item
                         .as_str()
                         .map_or_else(|| item.to_string(), str::to_string);
-                    let _ = writeln!(s, "  {} {name}: {what}: {text}", c.label);
+                    out.push(Remark {
+                        kernel: c.label.clone(),
+                        scenario: name.clone(),
+                        kind: what.into(),
+                        text,
+                    });
                 }
             }
         }
     }
-    if s.is_empty() {
-        s.push_str("  none\n");
-    }
-    format!("verdict remarks (kernel, scenario: kind: text)\n{s}")
+    out
 }
 
 fn evidence(sc: &Value) -> String {
@@ -420,160 +448,5 @@ fn thp_bytes(doc: &Value, sc: Option<&Value>) -> String {
         (Some(b), Some(c)) => format!("{b} B ({} KiB, {c} page(s) copied)", b / 1024),
         (Some(b), None) => format!("{b} B ({} KiB)", b / 1024),
         _ => MISSING.to_string(),
-    }
-}
-
-/// One section: title, heading row, then one row per scenario with difference marks.
-fn table(title: &str, cols: &[Column], rows: &[(String, Vec<String>)]) -> String {
-    table_with_heading(title, "scenario", cols, rows)
-}
-
-/// [`table`] with another name for the first column.
-fn table_with_heading(
-    title: &str,
-    heading: &str,
-    cols: &[Column],
-    rows: &[(String, Vec<String>)],
-) -> String {
-    // Mark cells first, so widths account for the marks.
-    let marked: Vec<(bool, &str, Vec<String>)> = rows
-        .iter()
-        .map(|(name, cells)| {
-            let reference = cells.first();
-            let differs = cells.iter().any(|c| Some(c) != reference);
-            let cells = cells
-                .iter()
-                .map(|c| {
-                    if Some(c) != reference {
-                        format!("{c} *")
-                    } else {
-                        c.clone()
-                    }
-                })
-                .collect();
-            (differs, name.as_str(), cells)
-        })
-        .collect();
-    let name_w = marked
-        .iter()
-        .map(|(_, n, _)| n.len())
-        .chain(std::iter::once(heading.len()))
-        .max()
-        .unwrap_or(8);
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            marked
-                .iter()
-                .filter_map(|(_, _, cells)| cells.get(i).map(|s| s.chars().count()))
-                .chain(std::iter::once(c.label.chars().count()))
-                .max()
-                .unwrap_or(1)
-        })
-        .collect();
-    let mut s = String::new();
-    let _ = writeln!(s, "{title}");
-    let _ = write!(s, "  {heading:<name_w$}");
-    for (c, w) in cols.iter().zip(&widths) {
-        let _ = write!(s, "  {:<w$}", c.label);
-    }
-    trim_trailing_blanks(&mut s);
-    s.push('\n');
-    for (differs, name, cells) in &marked {
-        let _ = write!(s, "{} {:<name_w$}", if *differs { '*' } else { ' ' }, name);
-        for (cell, w) in cells.iter().zip(&widths) {
-            let _ = write!(s, "  {cell:<w$}");
-        }
-        trim_trailing_blanks(&mut s);
-        s.push('\n');
-    }
-    s
-}
-
-/// No trailing blanks from the padding of the last column.
-fn trim_trailing_blanks(s: &mut String) {
-    while s.ends_with(' ') {
-        s.pop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn report(release: &str, copied: u64, thp_copied: u64) -> Value {
-        json!({
-            "schema_version": 1,
-            "system": {"kernel_release": release, "page_size": 4096},
-            "scenarios": [
-                {"name": "private-child-writes",
-                 "pages": {"shared": 16 - copied, "copied": copied, "wiped": 0},
-                 "verdict": {"cow_proven": true, "agree": true, "evidence": ["pfn", "smaps"]}},
-                {"name": THP_SCENARIO, "pages": {"copied": thp_copied}}
-            ]
-        })
-    }
-
-    #[test]
-    fn equal_reports_mark_nothing() {
-        let cols = columns(vec![
-            ("a/fork-report.json".into(), report("6.1", 4, 1)),
-            ("b/fork-report.json".into(), report("6.12", 4, 1)),
-        ]);
-        let out = render(&cols);
-        assert!(!out.lines().any(|l| l.starts_with('*')), "{out}");
-        assert!(out.contains("4096 B (4 KiB, 1 page(s) copied)"), "{out}");
-    }
-
-    #[test]
-    fn a_different_cell_marks_its_row_and_itself() {
-        let cols = columns(vec![
-            ("a".into(), report("5.4", 4, 512)),
-            ("b".into(), report("6.12", 4, 1)),
-        ]);
-        let out = render(&cols);
-        let thp = out
-            .lines()
-            .find(|l| l.contains("thp write"))
-            .expect("thp row");
-        assert!(thp.starts_with('*'), "{thp}");
-        assert!(
-            thp.contains("2097152 B (2048 KiB, 512 page(s) copied)"),
-            "{thp}"
-        );
-        assert!(thp.trim_end().ends_with('*'), "{thp}");
-    }
-
-    #[test]
-    fn missing_figures_show_a_dash() {
-        let cols = columns(vec![("x".into(), report("6.1", 4, 1))]);
-        let out = render(&cols);
-        let child = out
-            .split("child smaps")
-            .nth(1)
-            .and_then(|s| s.lines().find(|l| l.contains("private-child-writes")))
-            .expect("child smaps row");
-        assert!(child.trim_end().ends_with(MISSING), "{child}");
-    }
-
-    #[test]
-    fn repeated_releases_get_distinct_labels() {
-        let cols = columns(vec![
-            ("a".into(), report("6.1", 4, 1)),
-            ("b".into(), report("6.1", 4, 1)),
-        ]);
-        assert_eq!(cols[0].label, "6.1");
-        assert_eq!(cols[1].label, "6.1 #2");
-    }
-
-    #[test]
-    fn label_falls_back_to_the_directory_name() {
-        let cols = columns(vec![(
-            "results/6.6.0-test/fork-report.json".into(),
-            json!({"scenarios": []}),
-        )]);
-        assert_eq!(cols[0].label, "6.6.0-test");
     }
 }

@@ -8,7 +8,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_VERDICT_FAILED: i32 = 1;
 /// Exit code: bad usage or bad input (unknown name, malformed range, unreadable pid...).
 pub const EXIT_USAGE: i32 = 2;
-/// Exit code: could not prove: a privilege or kernel feature the evidence needs is missing.
+/// Exit code: the run completed but a claim could not be proven: the kernel hides the
+/// evidence from this user (PFNs need CAP_SYS_ADMIN) or lacks the feature. Never a pass.
 pub const EXIT_UNPROVEN: i32 = 3;
 
 /// Everything that can stop a cowscope command.
@@ -29,8 +30,11 @@ pub enum Error {
     /// The arena engine refused an operation.
     #[error(transparent)]
     Arena(#[from] crate::arena::ArenaError),
-    /// A privilege or kernel feature the command needs is missing (exit 3), e.g. ptrace
-    /// refused by Yama or for another user's process.
+    /// A pid that names no memory to read (no such process, a zombie, a kernel thread).
+    #[error("{0}")]
+    NotReadable(#[from] crate::mem::process::NotReadable),
+    /// A privilege or kernel feature the command needs is missing (exit 3): e.g. ptrace
+    /// refused for another user's process or by Yama.
     #[error("{0}")]
     Privilege(String),
     /// A serialisation step failed (should not happen for our own types).
@@ -47,6 +51,32 @@ impl Error {
         }
     }
 
+    /// A failure reading `/proc/<pid>/<file>` after the process was found, as one sentence a
+    /// user can act on: the process exited while it was being read (ESRCH, ENOENT, or a
+    /// pagemap read cut short), or the kernel refused access (and why); anything else keeps
+    /// the OS error.
+    pub fn process_io(pid: i32, file: &str, e: io::Error) -> Self {
+        use crate::mem::process;
+        // ESRCH: the kernel found the task but not its memory (exiting, or a zombie). ENOENT
+        // or a short read: gone, unless the process is still there and alive (then it is
+        // some other problem, kept as it is).
+        let gone = e.raw_os_error() == Some(libc::ESRCH)
+            || (matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+            ) && !process::stat(pid).is_ok_and(|s| !s.is_zombie()));
+        if gone {
+            return Error::Usage(format!("process {pid} exited while it was being read"));
+        }
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            return Error::Usage(format!(
+                "cannot read /proc/{pid}/{file}: permission denied: {}",
+                process::why_denied(pid)
+            ));
+        }
+        Error::io(format!("reading /proc/{pid}/{file}"), e)
+    }
+
     /// Build an [`Error::Usage`].
     pub fn usage(msg: impl Into<String>) -> Self {
         Error::Usage(msg.into())
@@ -55,7 +85,7 @@ impl Error {
     /// The process exit code this error maps to.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => EXIT_USAGE,
+            Error::Usage(_) | Error::NotReadable(_) => EXIT_USAGE,
             Error::Privilege(_) => EXIT_UNPROVEN,
             // Failing to read a process the user named is bad input; anything else is too,
             // since no verdict was reached. Verdict failures are not errors: they are reports
@@ -67,3 +97,38 @@ impl Error {
 
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esrch_from_a_reaped_process_reads_as_exited_mid_read() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("true runs");
+        let pid = child.id() as i32;
+        child.wait().expect("reaped");
+        let e = Error::process_io(pid, "pagemap", io::Error::from_raw_os_error(libc::ESRCH));
+        assert_eq!(
+            e.to_string(),
+            format!("process {pid} exited while it was being read")
+        );
+        assert_eq!(e.exit_code(), EXIT_USAGE);
+    }
+
+    #[test]
+    fn permission_denied_says_why() {
+        let me = std::process::id() as i32;
+        let e = Error::process_io(me, "pagemap", io::Error::from_raw_os_error(libc::EACCES));
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "cannot read /proc/{me}/pagemap: permission denied: "
+            )),
+            "{msg}"
+        );
+        // The reason is a clause after the colon, whatever this machine's reason is.
+        assert!(msg.len() > 60, "{msg}");
+    }
+}

@@ -6,7 +6,7 @@ use cowscope::arena::{
 use rstest::rstest;
 
 fn page() -> usize {
-    cowscope::system::page_size()
+    cowscope::kernel::page_size()
 }
 
 fn arena(cap: usize) -> Arena {
@@ -426,7 +426,7 @@ fn safe_advice_is_accepted_on_a_private_arena(#[case] advice: Advice) {
 
 #[test]
 fn huge_page_advice_needs_thp_in_the_kernel() {
-    if cowscope::system::thp_enabled() == "unavailable" {
+    if cowscope::kernel::thp_enabled() == "unavailable" {
         eprintln!("skip: this kernel has no transparent huge pages");
         return;
     }

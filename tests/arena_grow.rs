@@ -31,7 +31,7 @@ fn assert_guarded(a: &Arena) {
 }
 
 fn page() -> usize {
-    cowscope::system::page_size()
+    cowscope::kernel::page_size()
 }
 
 #[test]

@@ -86,7 +86,7 @@ proptest! {
         red_zone in prop_oneof![Just(0usize), Just(8)],
         ops in prop::collection::vec(op_strategy(), MIN_OPS..=MAX_OPS),
     ) {
-        let page = cowscope::system::page_size();
+        let page = cowscope::kernel::page_size();
         let mut a = Arena::new(ArenaConfig::new(pages * page).ledger(ledger).red_zone(red_zone))
             .expect("mapping a few pages");
         let (base, cap) = (a.base_addr(), a.capacity());

@@ -86,11 +86,11 @@ fn every_baseline_carries_the_envelope(#[case] case: &str) {
     assert_eq!(v["tool"]["name"], "cowscope");
     assert_eq!(
         v["system"]["page_size"].as_u64().unwrap() as usize,
-        cowscope::system::page_size()
+        cowscope::kernel::page_size()
     );
     assert_eq!(v["case"], case);
     let cap = v["capacity"].as_u64().unwrap() as usize;
-    assert_eq!(cap % cowscope::system::page_size(), 0, "whole pages");
+    assert_eq!(cap % cowscope::kernel::page_size(), 0, "whole pages");
     let used = v["used"].as_u64().unwrap() as usize;
     assert_eq!(
         v["dump"].as_str().unwrap().len(),
@@ -170,8 +170,7 @@ fn baseline_09b_overflow_catches_exactly_four_bytes_past_the_end() {
 
 #[test]
 fn the_json_matches_its_schema() {
-    let schema =
-        serde_json::to_value(schemars::schema_for!(cowscope::baseline::BaselineReport)).unwrap();
+    let schema = serde_json::to_value(schemars::schema_for!(cowscope::doc::BaselineDoc)).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("a valid schema");
     for (case, _) in cowscope::baseline::BaselineCase::ALL {
         let v = run_json(case);
@@ -180,9 +179,9 @@ fn the_json_matches_its_schema() {
 }
 
 #[test]
-fn the_text_format_is_the_seed_log_plus_a_judgement() {
+fn the_table_format_is_the_seed_log_plus_a_judgement() {
     cowscope()
-        .args(["baseline", "09b", "--format", "text"])
+        .args(["baseline", "09b", "--format", "table"])
         .assert()
         .success()
         .stdout(predicate::str::contains(dump_09b()))
@@ -191,6 +190,32 @@ fn the_text_format_is_the_seed_log_plus_a_judgement() {
         ))
         .stdout(predicate::str::contains("leak: block 2 'unassigned'"))
         .stdout(predicate::str::contains("no write crossed a block end"));
+}
+
+#[rstest]
+#[case::text_is_gone("text")]
+#[case::baseline_has_no_picture("svg")]
+fn a_format_baseline_does_not_have_is_refused(#[case] format: &str) {
+    cowscope()
+        .args(["baseline", "09b", "--format", format])
+        .assert()
+        .code(2)
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains("invalid value"));
+}
+
+#[test]
+fn out_to_a_full_device_fails_naming_it_and_leaves_the_device_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    cowscope()
+        .args(["baseline", "09a", "--out", "/dev/full"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "writing /dev/full: No space left on device",
+        ));
+    let ft = std::fs::metadata("/dev/full").unwrap().file_type();
+    assert!(ft.is_char_device(), "/dev/full is still a device");
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! `cowscope compare` on hand-made fork reports (tests/fixtures/compare/): which rows and cells
 //! it marks as differing, how it shows missing figures, and how it refuses bad input.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -10,10 +13,143 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+fn cowscope_json(args: &[&str]) -> Value {
+    let out = Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
+        .args(args)
+        .output()
+        .expect("cowscope runs");
+    serde_json::from_slice(&out.stdout).expect("a JSON document")
+}
+
+/// The fork-report schema, from the types that write reports.
+fn schema() -> &'static Value {
+    static S: OnceLock<Value> = OnceLock::new();
+    S.get_or_init(|| cowscope_json(&["schema", "fork-report"]))
+}
+
+/// A real report of this machine with the scenarios the fixtures name.
+fn base() -> &'static Value {
+    static B: OnceLock<Value> = OnceLock::new();
+    B.get_or_init(|| {
+        cowscope_json(&[
+            "fork-report",
+            "--runs",
+            "1",
+            "--scenario",
+            "private-child-writes",
+            "--scenario",
+            "thp-child-writes",
+            "--scenario",
+            "wipeonfork",
+        ])
+    })
+}
+
+/// Follow `$ref` and pick the object branch of `anyOf` (an `Option`).
+fn resolve(node: &Value) -> &Value {
+    if let Some(r) = node.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/$defs/");
+        return resolve(&schema()["$defs"][name]);
+    }
+    if let Some(branches) = node.get("anyOf").or_else(|| node.get("oneOf")) {
+        if let Some(b) = branches
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b.get("$ref").is_some() || b.get("properties").is_some())
+        {
+            return resolve(b);
+        }
+    }
+    node
+}
+
+/// The fixtures are hand-made and say only what each test is about; a valid report needs
+/// every required field. Complete `fix` with the required fields it lacks, taken from `real`
+/// (a real report of this machine), guided by the schema; optional fields it lacks stay
+/// absent (they then show as '-').
+fn complete(fix: &Value, real: &Value, node: &Value) -> Value {
+    let node = resolve(node);
+    match fix {
+        Value::Object(f) => {
+            let props = node.get("properties").and_then(Value::as_object);
+            let mut out = Map::new();
+            for (k, v) in f {
+                let sub = props.and_then(|p| p.get(k)).unwrap_or(&Value::Null);
+                out.insert(
+                    k.clone(),
+                    complete(v, real.get(k).unwrap_or(&Value::Null), sub),
+                );
+            }
+            for req in node
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let k = req.as_str().expect("names");
+                if !out.contains_key(k) {
+                    out.insert(k.to_string(), real.get(k).cloned().unwrap_or(Value::Null));
+                }
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => {
+            let item_schema = node.get("items").unwrap_or(&Value::Null);
+            let reals = real.as_array().cloned().unwrap_or_default();
+            Value::Array(
+                items
+                    .iter()
+                    .map(|it| {
+                        // Scenarios pair by name; other lists by position.
+                        let name = it.get("name");
+                        let r = reals
+                            .iter()
+                            .find(|r| name.is_some() && r.get("name") == name)
+                            .or_else(|| reals.first())
+                            .cloned()
+                            .unwrap_or(Value::Null);
+                        complete(it, &r, item_schema)
+                    })
+                    .collect(),
+            )
+        }
+        other => other.clone(),
+    }
+}
+
+/// Write the completed fixtures into a temporary tree with the same relative paths (the
+/// column label falls back to the directory name) and return their paths.
+fn materialize(dir: &Path, files: &[&str]) -> Vec<PathBuf> {
+    files
+        .iter()
+        .map(|f| {
+            let src = fixture(f);
+            let dst = dir.join(f);
+            std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+            let text = std::fs::read_to_string(&src).unwrap_or_default();
+            match serde_json::from_str::<Value>(&text) {
+                Ok(v) if v.get("scenarios").is_some() => {
+                    let full = complete(&v, base(), schema());
+                    std::fs::write(&dst, serde_json::to_vec_pretty(&full).unwrap()).unwrap();
+                }
+                // Not a report (or not JSON, or missing): passed on as it is.
+                _ if src.exists() => {
+                    std::fs::copy(&src, &dst).expect("copy");
+                }
+                _ => return src,
+            }
+            dst
+        })
+        .collect()
+}
+
 fn compare(files: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let paths = materialize(dir.path(), files);
     let out = Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
         .arg("compare")
-        .args(files.iter().map(|f| fixture(f)))
+        .args(&paths)
         .output()
         .expect("cowscope runs");
     (
@@ -104,6 +240,74 @@ fn a_document_without_scenarios_is_refused() {
 }
 
 #[test]
+fn another_schema_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("v2.json");
+    std::fs::write(&f, r#"{"schema_version": 2, "scenarios": []}"#).unwrap();
+    let out = Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
+        .arg("compare")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("v2.json has schema_version 2"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_figure_of_the_wrong_type_is_refused_with_its_json_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc = complete(
+        &serde_json::from_str(
+            &std::fs::read_to_string(fixture("6.1.0-fixture/fork-report.json")).unwrap(),
+        )
+        .unwrap(),
+        base(),
+        schema(),
+    );
+    doc["scenarios"][0]["pages"]["copied"] = Value::from("four");
+    let f = dir.path().join("typed.json");
+    std::fs::write(&f, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let out = Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
+        .arg("compare")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("scenarios[0].pages.copied"), "{err}");
+    assert!(err.contains("\"four\""), "{err}");
+}
+
+#[test]
+fn json_format_carries_the_same_cells_as_the_table() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let paths = materialize(dir.path(), &ALL);
+    let out = Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
+        .args(["compare", "--format", "json"])
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["kernels"].as_array().map(Vec::len), Some(3));
+    let thp = v["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"].as_str().is_some_and(|t| t.contains("THP write")))
+        .expect("thp section");
+    assert_eq!(thp["rows"][0]["differs"], true);
+    assert!(
+        thp["rows"][0]["cells"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("2097152 B")
+    );
+}
+
+#[test]
 fn a_missing_file_is_refused() {
     let (code, _, err) = compare(&["no-such-dir/fork-report.json"]);
     assert_eq!(code, 2);
@@ -143,7 +347,7 @@ fn exclusive_bit_counts_that_differ_are_marked() {
     ]);
     let r = row(&out, "bit 56", "thp-child-writes");
     assert!(r.starts_with('*'), "{r}");
-    assert!(r.contains("512/-") && r.contains("1/- *"), "{r}");
+    assert!(r.contains("512/1") && r.contains("1/1 *"), "{r}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 fn one(name: &str) -> ExperimentResult {
     let report = run(name, &ExperimentOptions::default()).expect("experiment runs");
-    match report.body {
+    match report {
         ExperimentBody::One(r) => r,
         ExperimentBody::All { .. } => panic!("one experiment asked, several returned"),
     }
@@ -107,7 +107,7 @@ fn resize_moves_the_arena_and_the_old_address_dangles() {
     let g = &e["grow"];
     assert_eq!(g["moved"], true);
     assert_ne!(g["old_base"], g["new_base"]);
-    let page = cowscope::system::page_size();
+    let page = cowscope::kernel::page_size();
     assert_eq!(g["old_capacity"], page);
     assert_eq!(g["new_capacity"], GROW_PAGES * page);
     assert_eq!(

@@ -29,7 +29,7 @@ fn is_root() -> bool {
 fn run(name: &str, allow_sysfs: bool) -> ExperimentResult {
     let opts = ExperimentOptions { allow_sysfs };
     let r = cowscope::experiments::run(name, &opts).expect("the experiment runs");
-    match r.body {
+    match r {
         ExperimentBody::One(r) => r,
         ExperimentBody::All { .. } => panic!("one experiment asked, many returned"),
     }
@@ -47,7 +47,7 @@ fn skipped(r: &ExperimentResult) -> bool {
 
 fn ignored_error(r: &ExperimentResult) {
     let e = &r.evidence;
-    let page = cowscope::system::page_size() as u64;
+    let page = cowscope::kernel::page_size() as u64;
     // The arena is one page; 32-byte blocks fit exactly page/32 times, so the error comes at
     // offset == capacity, and nothing was handed out past it.
     assert_eq!(e["capacity"], page);
@@ -188,7 +188,7 @@ fn ksm(r: &ExperimentResult) {
 }
 
 fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let rel = cowscope::system::kernel_release();
+    let rel = cowscope::kernel::kernel_release();
     let mut it = rel.split(|c: char| !c.is_ascii_digit());
     let (Some(a), Some(b)) = (it.next(), it.next()) else {
         return false;
@@ -202,7 +202,7 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 fn thp_sizes(r: &ExperimentResult) {
     let e = &r.evidence;
     let page = e["page_size"].as_u64().expect("page size");
-    let pmd_kb = cowscope::system::thp_pmd_size_kb();
+    let pmd_kb = cowscope::kernel::thp_pmd_size_kb();
     let rows = e["sizes"].as_array().expect("rows");
     assert!(!rows.is_empty());
     for row in rows {

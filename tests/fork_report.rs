@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use assert_cmd::Command;
-use cowscope::fork::{ForkReportOptions, ScenarioReport, fork_report, run::run_scenario};
-use cowscope::scenarios::{ProcessPlan, by_name};
+use cowscope::cmd::fork_report::report as fork_report;
+use cowscope::fork::scenarios::{ProcessPlan, by_name};
+use cowscope::fork::{ForkReportOptions, ScenarioResult, run::run_scenario};
 use rstest::rstest;
 
-fn run_one(name: &str) -> (cowscope::report::SystemInfo, ScenarioReport) {
+fn run_one(name: &str) -> (cowscope::mem::system::SystemInfo, ScenarioResult) {
     let opts = ForkReportOptions {
         scenarios: vec![name.into()],
         runs: 1,
@@ -27,7 +28,7 @@ fn is_root() -> bool {
 }
 
 fn page_kb() -> u64 {
-    cowscope::system::page_size() as u64 / 1024
+    cowscope::kernel::page_size() as u64 / 1024
 }
 
 /// Children of this test process still not reaped (zombies or live).
@@ -80,7 +81,7 @@ fn scenario_verdict_holds_and_first_principles_hold(#[case] name: &str) {
     check_first_principles(name, &s);
 }
 
-fn check_first_principles(name: &str, s: &ScenarioReport) {
+fn check_first_principles(name: &str, s: &ScenarioResult) {
     let rows = &s.page_rows;
     let kb = page_kb();
     let n = s.config.pages as usize;
@@ -180,7 +181,7 @@ fn check_first_principles(name: &str, s: &ScenarioReport) {
             assert_eq!(s.pages.copied, 1);
             assert_eq!(
                 t.bytes_copied_by_one_write,
-                cowscope::system::page_size() as u64
+                cowscope::kernel::page_size() as u64
             );
         }
         "many-children" => {
@@ -210,8 +211,14 @@ fn check_first_principles(name: &str, s: &ScenarioReport) {
         "seed-09c" => {
             let d = s.dumps.as_ref().unwrap();
             assert!(d.parent.contains("Scoped allocator is born"));
-            assert!(d.child.contains(cowscope::scenarios::SEED_09C_CHILD_TEXT));
-            assert!(!d.parent.contains(cowscope::scenarios::SEED_09C_CHILD_TEXT));
+            assert!(
+                d.child
+                    .contains(cowscope::fork::scenarios::SEED_09C_CHILD_TEXT)
+            );
+            assert!(
+                !d.parent
+                    .contains(cowscope::fork::scenarios::SEED_09C_CHILD_TEXT)
+            );
             assert_eq!(s.pages.copied, 1);
         }
         other => panic!("no first-principles check for {other}"),
@@ -225,7 +232,7 @@ fn a_hanging_child_is_killed_on_timeout_and_reaped() {
         hangs: true,
         ..Default::default()
     }];
-    let sys = cowscope::system::detect();
+    let sys = cowscope::mem::system::detect();
     let opts = ForkReportOptions {
         timeout: Duration::from_millis(300),
         runs: 1,
@@ -254,7 +261,10 @@ fn no_child_remains_after_the_whole_catalogue() {
         ..Default::default()
     };
     let r = fork_report(&opts).unwrap();
-    assert_eq!(r.body.scenarios.len(), cowscope::scenarios::list().len());
+    assert_eq!(
+        r.body.scenarios.len(),
+        cowscope::fork::scenarios::list().len()
+    );
     assert!(
         our_children().is_empty(),
         "children left behind: {:?}",
@@ -320,6 +330,24 @@ fn bad_input_exits_2_with_a_message_naming_it(#[case] args: &[&str], #[case] nee
 }
 
 #[test]
+fn pages_beyond_the_available_memory_are_refused_before_anything_is_mapped() {
+    let avail_kb = cowscope::kernel::meminfo_kb("MemAvailable").expect("/proc/meminfo");
+    let page_kb = (cowscope::kernel::page_size() / 1024) as u64;
+    // Twice what is available: no concurrent change of MemAvailable makes that fit.
+    let pages = 2 * avail_kb / page_kb;
+    let out = cowscope()
+        .args(["fork-report", "--scenario", "private-idle", "--pages"])
+        .arg(pages.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MemAvailable"), "{err}");
+    assert!(err.contains(&format!("--pages {pages} needs")), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
 fn out_writes_atomically_and_a_failed_run_keeps_the_old_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("report.json");
@@ -363,7 +391,7 @@ fn table_format_names_every_scenario() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for (name, _) in cowscope::scenarios::list() {
+    for (name, _) in cowscope::fork::scenarios::list() {
         assert!(
             text.contains(name),
             "{name} missing from the table:\n{text}"
@@ -376,7 +404,10 @@ fn list_names_the_catalogue() {
     let out = cowscope().args(["fork-report", "--list"]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().count(), cowscope::scenarios::list().len());
+    assert_eq!(
+        text.lines().count(),
+        cowscope::fork::scenarios::list().len()
+    );
 }
 
 /// The built binary, copied where an unprivileged user can execute it.
@@ -441,7 +472,7 @@ fn without_privilege_pfns_are_never_evidence() {
 
 #[test]
 fn schema_file_is_current_and_a_real_report_validates() {
-    let generated = cowscope::report::schema("fork-report").unwrap();
+    let generated = cowscope::doc::schema("fork-report").unwrap();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results/schema.json");
     let on_disk: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("results/schema.json exists"))
@@ -521,11 +552,11 @@ fn process_vm_readv_unshares_but_proc_mem_does_not() {
     use cowscope::fork::subject::{SubjectPipes, spawn};
     use cowscope::mem::pagemap::Pagemap;
     use std::os::unix::fs::FileExt;
-    if !cowscope::system::detect().pfn_visible {
+    if !cowscope::mem::system::detect().pfn_visible {
         eprintln!("SKIP: PFNs hidden");
         return;
     }
-    let ps = cowscope::system::page_size();
+    let ps = cowscope::kernel::page_size();
     let arena = cowscope::arena::Arena::new(cowscope::arena::ArenaConfig::new(2 * ps)).unwrap();
     let base = arena.base_addr();
     for i in 0..2 {

@@ -76,8 +76,19 @@ fn populated_range_counts_every_page_present_and_exclusive_on_both_paths() {
         assert_eq!(c["unmapped"], 0, "{extra:?}");
         let rows = d["per_page"].as_array().expect("rows");
         assert_eq!(rows.len(), 64);
-        assert_eq!(rows[5]["address"], m.start() + 5 * page_size() as u64);
+        // Addresses are hex strings, as /proc prints them.
+        let fifth = format!("{:#x}", m.start() + 5 * page_size() as u64);
+        assert_eq!(rows[5]["address"], fifth.as_str());
+        assert_eq!(d["range"]["start"], format!("{:#x}", m.start()).as_str());
+        assert_eq!(d["range"]["end"], format!("{:#x}", m.end()).as_str());
         assert_eq!(d["vmas"].as_array().map(Vec::len), Some(1));
+        let vma = &d["vmas"][0];
+        assert!(
+            vma["smaps"]["start"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("0x"))
+        );
+        assert_eq!(vma["examined_start"], format!("{:#x}", m.start()).as_str());
         if is_root() {
             assert_eq!(d["pfn_visible"], true);
             assert_eq!(d["mapcount_histogram"]["1"], 64, "each page mapped once");
@@ -92,10 +103,8 @@ fn a_range_over_a_hole_counts_unmapped_pages() {
     m.touch_all();
     let ps = page_size();
     // SAFETY: the last 16 pages of our own mapping; nothing refers to them.
-    assert_eq!(
-        unsafe { libc::munmap(m.ptr.add(16 * ps).cast(), 16 * ps) },
-        0
-    );
+    let rc = unsafe { libc::munmap(m.ptr.add(16 * ps).cast(), 16 * ps) };
+    assert_eq!(rc, 0);
     // Inspect a blocked fork child: its address space is frozen, while ours may map new
     // things (e.g. a posix_spawn stack) into the hole.
     let child = BlockedChild::fork();
@@ -236,11 +245,40 @@ fn non_root_inspecting_a_root_process_is_exit_2_permission_denied() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied"), "{err}");
+    assert!(
+        err.contains("belongs to uid 0 and cowscope runs as uid 65534"),
+        "{err}"
+    );
+}
+
+#[test]
+fn root_without_cap_sys_ptrace_is_told_that_is_why() {
+    if !is_root() {
+        eprintln!("SKIP: need root to drop capabilities with setpriv");
+        return;
+    }
+    // A process of another user; root may read it only with CAP_SYS_PTRACE.
+    let mut victim = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "30"])
+        .spawn()
+        .expect("setpriv runs");
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all", "--inh-caps=-all"])
+        .arg(cargo_bin("cowscope"))
+        .args(["pages", "--pid", &victim.id().to_string()])
+        .output()
+        .unwrap();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains("without CAP_SYS_PTRACE"), "{err}");
 }
 
 #[test]
 fn a_thp_range_counts_512_huge_pages_on_both_paths() {
-    let mode = cowscope::system::thp_enabled();
+    let mode = cowscope::kernel::thp_enabled();
     if mode == "never" || mode == "unavailable" {
         eprintln!("SKIP: THP is {mode}");
         return;
@@ -249,10 +287,8 @@ fn a_thp_range_counts_512_huge_pages_on_both_paths() {
     let m = Mapping::anon(2 * huge / page_size(), libc::MAP_PRIVATE);
     let aligned = (m.start() + huge as u64 - 1) & !(huge as u64 - 1);
     // SAFETY: the aligned 2 MiB window lies inside our 4 MiB mapping.
-    assert_eq!(
-        unsafe { libc::madvise(aligned as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) },
-        0
-    );
+    let rc = unsafe { libc::madvise(aligned as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) };
+    assert_eq!(rc, 0);
     for off in (0..huge).step_by(page_size()) {
         // SAFETY: inside the aligned window.
         unsafe { std::ptr::write_volatile((aligned as *mut u8).add(off), 9) };
@@ -314,4 +350,108 @@ fn a_sparse_reservation_over_4_gib_counts_the_same_with_and_without_pagemap_scan
         assert_eq!(fast["mapcount_histogram"]["2"], touched.len() as u64);
     }
     drop(child);
+}
+
+#[test]
+fn the_table_format_has_a_row_per_vma_and_the_totals() {
+    let m = Mapping::anon(8, libc::MAP_PRIVATE);
+    m.touch_all();
+    let range = format!("{:#x}-{:#x}", m.start(), m.end());
+    let pid = own_pid();
+    let out = cowscope()
+        .args([
+            "pages", "--pid", &pid, "--range", &range, "--format", "table",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&range))
+        .unwrap_or_else(|| panic!("no row for {range}:\n{text}"));
+    // 8 pages, all present and exclusive (our own private pages, written once).
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[1..4], ["rw-p", "8", "8"], "{row}");
+    assert!(text.lines().any(|l| l.starts_with("total")), "{text}");
+    assert!(
+        text.lines().all(|l| !l.ends_with(' ')),
+        "no trailing blanks"
+    );
+}
+
+#[test]
+fn a_format_pages_does_not_have_is_refused() {
+    cowscope()
+        .args(["pages", "--pid", &own_pid(), "--format", "svg"])
+        .assert()
+        .code(2)
+        .stdout(predicate::str::is_empty())
+        .stderr(predicate::str::contains("invalid value 'svg'"));
+}
+
+#[rstest::rstest]
+#[case::a_kernel_thread("2", "is a kernel thread and has no user memory")]
+#[case::no_such_process("999999999", "no process with pid 999999999")]
+fn a_pid_without_user_memory_gets_one_sentence(#[case] pid: &str, #[case] needle: &str) {
+    let out = cowscope().args(["pages", "--pid", pid]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// A process that exits while `pages` reads it gets one of three sentences, never a raw OS
+/// error (ESRCH came through 28 times in 720 such runs before). The victim holds 64 MiB, so
+/// reading it takes long enough for a kill to land mid-read.
+#[test]
+fn a_process_exiting_mid_read_gets_a_sentence_not_a_raw_errno() {
+    use std::io::BufRead;
+    let allowed = [
+        "exited while it was being read",
+        "is a zombie",
+        "no process with pid",
+    ];
+    let holder =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/examples/hold_memory");
+    if !holder.exists() {
+        eprintln!("skipped: {} is not built", holder.display());
+        return;
+    }
+    let mut endings = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..40u64 {
+        let mut victim = Command::new(&holder)
+            .arg("64")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("hold_memory starts");
+        let mut line = String::new();
+        std::io::BufReader::new(victim.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let pid = victim.id().to_string();
+        let reader = Command::new(cargo_bin("cowscope"))
+            .args(["pages", "--pid", &pid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(500 * (i % 16)));
+        let _ = victim.kill();
+        let out = reader.wait_with_output().unwrap();
+        let _ = victim.wait();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        match out.status.code() {
+            Some(0) => *endings.entry("read whole".into()).or_default() += 1,
+            Some(2) => {
+                let hit = allowed.iter().find(|a| err.contains(*a));
+                assert!(hit.is_some(), "run {i}: {err}");
+                assert!(!err.contains("os error"), "run {i}: {err}");
+                *endings.entry(hit.unwrap().to_string()).or_default() += 1;
+            }
+            other => panic!("run {i}: exit {other:?}: {err}"),
+        }
+    }
+    eprintln!("endings over 40 runs: {endings:?}");
 }

@@ -164,7 +164,7 @@ fn map_shared_page_mapped_twice_is_not_exclusive() {
 
 #[test]
 fn madv_hugepage_range_is_one_thp_with_anon_huge_pages_2048_kb() {
-    let mode = cowscope::system::thp_enabled();
+    let mode = cowscope::kernel::thp_enabled();
     if mode == "never" || mode == "unavailable" {
         eprintln!("SKIP: THP is {mode}");
         return;

@@ -171,7 +171,7 @@ fn guard_regions_agree() {
 
 #[test]
 fn a_pmd_mapped_thp_is_huge_on_both_paths() {
-    let mode = cowscope::system::thp_enabled();
+    let mode = cowscope::kernel::thp_enabled();
     if mode == "never" || mode == "unavailable" {
         eprintln!("SKIP: THP is {mode}");
         return;

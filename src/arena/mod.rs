@@ -537,7 +537,7 @@ impl Arena {
     /// [`ArenaError::Advise`] when it refuses configured advice (e.g. WipeOnFork on a shared
     /// mapping), in which case nothing stays mapped.
     pub fn new(cfg: ArenaConfig) -> Result<Arena, ArenaError> {
-        let page = crate::system::page_size();
+        let page = crate::kernel::page_size();
         if cfg.capacity == 0 {
             return Err(ArenaError::BadConfig {
                 reason: "the capacity must be at least one byte",
@@ -641,7 +641,7 @@ impl Arena {
 
     /// Pages in the arena (`capacity / page size`).
     pub fn page_count(&self) -> usize {
-        self.capacity / crate::system::page_size()
+        self.capacity / crate::kernel::page_size()
     }
 
     /// Bytes of PROT_NONE guard on each side.
@@ -1155,7 +1155,7 @@ impl Arena {
                 value: new_capacity,
             });
         }
-        let page = crate::system::page_size();
+        let page = crate::kernel::page_size();
         let rounded = new_capacity
             .checked_next_multiple_of(page)
             .filter(|c| *c <= isize::MAX as usize)

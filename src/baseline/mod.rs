@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::arena::{Arena, ArenaConfig, Block, Findings};
 use crate::error::{Error, Result};
-use crate::report::Envelope;
 
 /// One of the seed's reference cases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -165,66 +164,6 @@ pub struct BaselineBody {
     /// The seed's log lines, replayed (addresses are this run's).
     pub log: Vec<String>,
 }
-
-impl BaselineBody {
-    /// A transcript in the spirit of the seed's log, followed by the engine's judgement.
-    pub fn transcript(&self) -> String {
-        let mut s = String::new();
-        for line in &self.log {
-            s.push_str(line);
-            s.push('\n');
-        }
-        s.push_str("\n🔎 cowscope's judgement:\n");
-        if self.leaks.is_empty() {
-            s.push_str("  ✅ no leak: every block was written or released\n");
-        }
-        for l in &self.leaks {
-            s.push_str(&format!(
-                "  ⚠️  leak: block {} '{}' (offset {}, {} bytes) was allocated and never written or released\n",
-                l.index,
-                l.label.as_deref().unwrap_or("?"),
-                l.offset,
-                l.len
-            ));
-        }
-        for w in &self.writes {
-            let verdict = if w.bytes_past_end == 0 {
-                "stays inside the block".to_string()
-            } else {
-                format!("runs {} byte(s) past the block's end", w.bytes_past_end)
-            };
-            s.push_str(&format!(
-                "  ✍️  {}: {} bytes incl. NUL at +{} of block {}: {}\n",
-                w.call, w.len, w.offset_in_block, w.block, verdict
-            ));
-        }
-        if self.overflows.is_empty() {
-            s.push_str("  ✅ no write crossed a block end\n");
-        }
-        for o in &self.overflows {
-            let victims = if o.victims.is_empty() {
-                "no other block".to_string()
-            } else {
-                format!(
-                    "block(s) {}",
-                    o.victims
-                        .iter()
-                        .map(|v| v.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            };
-            s.push_str(&format!(
-                "  🤡 overflow: block {} (offset {}, {} bytes) written {} byte(s) past its end, into {}\n",
-                o.index, o.offset, o.len, o.bytes_past_end, victims
-            ));
-        }
-        s
-    }
-}
-
-/// A whole baseline document.
-pub type BaselineReport = Envelope<BaselineBody>;
 
 /// The seed's `arena_alloc` and `strcpy`, replayed on the engine with the seed's log lines.
 struct Replay {
@@ -418,11 +357,11 @@ fn run_09b(overflow: bool) -> Result<BaselineBody> {
 ///
 /// # Errors
 /// Only if the kernel refuses the arena's mapping ([`Error::Arena`]).
-pub fn run(case: BaselineCase) -> Result<BaselineReport> {
+pub fn run(case: BaselineCase) -> Result<BaselineBody> {
     let body = match case {
         BaselineCase::A09 => run_09a()?,
         BaselineCase::B09 => run_09b(false)?,
         BaselineCase::B09Overflow => run_09b(true)?,
     };
-    Ok(Envelope::new(crate::system::detect(), body))
+    Ok(body)
 }

@@ -27,7 +27,7 @@ use crate::fork::subject::{SubjectPipes, spawn};
 /// # Errors
 /// When an arena or the scratch page cannot be mapped.
 pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
-    let page = crate::system::page_size();
+    let page = crate::kernel::page_size();
     let mut arena = Arena::new(ArenaConfig::new(page))?;
     let a = arena.alloc_labeled(16, "a")?;
     let b = arena.alloc_labeled(16, "b")?;

@@ -22,7 +22,7 @@ const BLOCK: usize = 32;
 /// # Errors
 /// When the arena cannot be mapped.
 pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
-    let mut arena = Arena::new(ArenaConfig::new(crate::system::page_size()))?;
+    let mut arena = Arena::new(ArenaConfig::new(crate::kernel::page_size()))?;
     let capacity = arena.capacity();
     let mut blocks = 0usize;
     let mut last_end = 0usize;

@@ -15,6 +15,7 @@ use serde_json::json;
 use super::{ExperimentOptions, Outcome};
 use crate::arena::{Advice, Arena, ArenaConfig};
 use crate::error::{Error, Result};
+use crate::kernel::{SysfsGuard, read_setting};
 use crate::mem::kpage::Kpage;
 use crate::mem::pagemap::Pagemap;
 
@@ -23,56 +24,6 @@ const KSM: &str = "/sys/kernel/mm/ksm";
 const PAGES: usize = 4;
 /// How long to wait for ksmd to merge.
 const MERGE_WAIT: Duration = Duration::from_secs(10);
-
-/// Sysfs values changed by an experiment, restored (in reverse order) on drop — including
-/// when the experiment returns an error or panics.
-#[derive(Debug, Default)]
-pub(crate) struct SysfsGuard {
-    saved: Vec<(String, String)>,
-    /// Restores that failed (path, error), for the report; filled by [`SysfsGuard::restore`].
-    pub failures: Vec<(String, String)>,
-}
-
-impl SysfsGuard {
-    /// Write `value` to `path`, remembering the old value the first time `path` is set.
-    ///
-    /// # Errors
-    /// When the file cannot be read or written.
-    pub(crate) fn set(&mut self, path: &str, value: &str) -> Result<()> {
-        if !self.saved.iter().any(|(p, _)| p == path) {
-            let old = read_setting(path)?;
-            self.saved.push((path.to_string(), old));
-        }
-        std::fs::write(path, value).map_err(|e| Error::io(format!("writing {value} to {path}"), e))
-    }
-
-    /// Restore every saved value now (the drop does the same for whatever is left).
-    pub(crate) fn restore(&mut self) {
-        while let Some((path, old)) = self.saved.pop() {
-            if let Err(e) = std::fs::write(&path, &old) {
-                self.failures.push((path, e.to_string()));
-            }
-        }
-    }
-
-    /// What was changed, as (path, original value).
-    pub(crate) fn changed(&self) -> &[(String, String)] {
-        &self.saved
-    }
-}
-
-impl Drop for SysfsGuard {
-    fn drop(&mut self) {
-        self.restore();
-    }
-}
-
-/// A sysfs setting's current value: the bracketed choice of `a [b] c` files, else the trimmed
-/// contents.
-pub(crate) fn read_setting(path: &str) -> Result<String> {
-    let s = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {path}"), e))?;
-    Ok(crate::system::parse_selected(&s).unwrap_or_else(|| s.trim().to_string()))
-}
 
 fn ksm_file(name: &str) -> String {
     format!("{KSM}/{name}")
@@ -121,7 +72,8 @@ pub fn run(opts: &ExperimentOptions) -> Result<Outcome> {
             json!({"pfn_visible": privilege.pfn_visible, "kpage_readable": privilege.kpage_readable}),
         ));
     }
-    let run_before = read_setting(&ksm_file("run"))?;
+    let run_before =
+        read_setting(&ksm_file("run")).map_err(|e| Error::io("reading the KSM run setting", e))?;
     if run_before != "1" && !opts.allow_sysfs {
         return Ok(Outcome::skipped(
             format!(
@@ -134,10 +86,16 @@ pub fn run(opts: &ExperimentOptions) -> Result<Outcome> {
     let mut guard = SysfsGuard::default();
     if opts.allow_sysfs {
         // Scan fast so the wait stays short; restored on the way out.
-        guard.set(&ksm_file("pages_to_scan"), "2000")?;
-        guard.set(&ksm_file("sleep_millisecs"), "10")?;
+        guard
+            .set(&ksm_file("pages_to_scan"), "2000")
+            .map_err(|e| Error::io("changing a KSM setting", e))?;
+        guard
+            .set(&ksm_file("sleep_millisecs"), "10")
+            .map_err(|e| Error::io("changing a KSM setting", e))?;
         if run_before != "1" {
-            guard.set(&ksm_file("run"), "1")?;
+            guard
+                .set(&ksm_file("run"), "1")
+                .map_err(|e| Error::io("changing a KSM setting", e))?;
         }
     }
     let changed: Vec<_> = guard
@@ -159,7 +117,7 @@ pub fn run(opts: &ExperimentOptions) -> Result<Outcome> {
 }
 
 fn measure() -> Result<(bool, String, serde_json::Value)> {
-    let page = crate::system::page_size();
+    let page = crate::kernel::page_size();
     let cfg = ArenaConfig::new(PAGES * page)
         .advise(Advice::NoHugePage)
         .advise(Advice::Mergeable);
@@ -311,31 +269,4 @@ fn measure() -> Result<(bool, String, serde_json::Value)> {
                             "contents_differ_only_at_byte_0": content_ok},
         }),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sysfs_guard_restores_the_selected_value_even_when_the_code_panics() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let f = dir.path().join("enabled");
-        std::fs::write(&f, "always inherit [madvise] never\n").expect("write");
-        let path = f.display().to_string();
-        let r = std::panic::catch_unwind(|| {
-            let mut g = SysfsGuard::default();
-            g.set(&path, "never").expect("set");
-            g.set(&path, "always")
-                .expect("set again keeps the first original");
-            assert_eq!(
-                std::fs::read_to_string(&path).ok().as_deref(),
-                Some("always")
-            );
-            panic!("an experiment failing half-way");
-        });
-        assert!(r.is_err());
-        // The kernel's file would show `[madvise]` again; the guard wrote the word back.
-        assert_eq!(std::fs::read_to_string(&f).ok().as_deref(), Some("madvise"));
-    }
 }

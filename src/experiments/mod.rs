@@ -9,7 +9,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::report::Envelope;
 
 pub mod double_release;
 pub mod overlapping_arenas;
@@ -126,9 +125,6 @@ impl ExperimentBody {
     }
 }
 
-/// A whole experiment document.
-pub type ExperimentReport = Envelope<ExperimentBody>;
-
 /// An experiment's entry point.
 pub type RunFn = fn(&ExperimentOptions) -> Result<Outcome>;
 
@@ -220,7 +216,7 @@ fn run_entry(
 ///
 /// # Errors
 /// Unknown name (usage), or a setup failure the experiment could not turn into a verdict.
-pub fn run(name: &str, opts: &ExperimentOptions) -> Result<ExperimentReport> {
+pub fn run(name: &str, opts: &ExperimentOptions) -> Result<ExperimentBody> {
     let (n, d, f) = REGISTRY
         .iter()
         .find(|(n, _, _)| *n == name)
@@ -232,23 +228,17 @@ pub fn run(name: &str, opts: &ExperimentOptions) -> Result<ExperimentReport> {
             ))
         })?;
     let r = run_entry(n, d, *f, opts)?;
-    Ok(Envelope::new(
-        crate::system::detect(),
-        ExperimentBody::One(r),
-    ))
+    Ok(ExperimentBody::One(r))
 }
 
 /// Run every experiment.
 ///
 /// # Errors
 /// A setup failure an experiment could not turn into a verdict.
-pub fn run_all(opts: &ExperimentOptions) -> Result<ExperimentReport> {
+pub fn run_all(opts: &ExperimentOptions) -> Result<ExperimentBody> {
     let mut experiments = Vec::new();
     for (n, d, f) in REGISTRY {
         experiments.push(run_entry(n, d, *f, opts)?);
     }
-    Ok(Envelope::new(
-        crate::system::detect(),
-        ExperimentBody::All { experiments },
-    ))
+    Ok(ExperimentBody::All { experiments })
 }

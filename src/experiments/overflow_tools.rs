@@ -131,7 +131,7 @@ fn red_zones() -> Result<(bool, Value)> {
 
 /// `c` as the last 32 bytes of a one-page arena; a child writes the clown byte by byte.
 fn guard_page() -> Result<(bool, Value)> {
-    let page = crate::system::page_size();
+    let page = crate::kernel::page_size();
     let mut arena = Arena::new(ArenaConfig::new(page))?;
     let _filler = arena.alloc_labeled(page - BLOCK, "filler")?;
     let c = arena.alloc_labeled(BLOCK, "c")?;

@@ -25,13 +25,15 @@ pub const STAMP: &[u8] = b"arena A: live data";
 /// When the arena cannot be mapped or `/proc/self/smaps` cannot be read.
 pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     let pid = std::process::id() as i32;
-    let mut arena = Arena::new(ArenaConfig::new(crate::system::page_size()))?;
+    let mut arena = Arena::new(ArenaConfig::new(crate::kernel::page_size()))?;
     let base = arena.base_addr();
     let capacity = arena.capacity();
     let block = arena.alloc_labeled(STAMP.len(), "A")?;
     arena.write(&block, 0, STAMP)?;
     let before = arena.bytes()[block.range()].to_vec();
-    let rss_before = smaps::vma_containing(pid, base as u64)?.rss_kb;
+    let rss_before = smaps::vma_containing(pid, base as u64)
+        .map_err(|e| Error::process_io(pid, "smaps", e))?
+        .rss_kb;
 
     // The NOREPLACE attempt first, while the arena is still the original mapping.
     // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping (EEXIST; before 4.17 the address
@@ -65,7 +67,8 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
         .map_err(|e| Error::io(format!("mmap MAP_FIXED at {base:#x}"), e))?;
     let replaced_at = replaced.as_ptr() as usize;
     let after = arena.bytes()[block.range()].to_vec();
-    let vma_after = smaps::vma_containing(pid, base as u64)?;
+    let vma_after =
+        smaps::vma_containing(pid, base as u64).map_err(|e| Error::process_io(pid, "smaps", e))?;
     let engine_findings = arena.check();
     arena.release()?;
 

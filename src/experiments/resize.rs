@@ -35,7 +35,7 @@ const CHILD_DEADLINE: Duration = Duration::from_secs(10);
 /// When the arena cannot be mapped or grown, `/proc/self/maps` cannot be read, or the fork
 /// fails.
 pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
-    let page = crate::system::page_size();
+    let page = crate::kernel::page_size();
     let pid = std::process::id() as i32;
     let mut arena = Arena::new(ArenaConfig::new(page))?;
     let block = arena.alloc_labeled(CONTENT.len(), "survivor")?;
@@ -64,7 +64,7 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     let new_base = arena.base_addr();
     let survived = arena.bytes()[block.range()].to_vec();
 
-    let vmas = smaps::vma_bounds(pid)?;
+    let vmas = smaps::vma_bounds(pid).map_err(|e| Error::process_io(pid, "maps", e))?;
     let find = |a: usize| vmas.iter().find(|v| v.contains(a as u64));
     let describe =
         |v: Option<&SmapsEntry>| v.map(|v| format!("{:#x}-{:#x} {}", v.start, v.end, v.perms));

@@ -73,7 +73,7 @@ impl Mode {
 }
 
 fn one_mode(zero: bool) -> Result<Mode> {
-    let mut arena = Arena::new(ArenaConfig::new(crate::system::page_size()))?;
+    let mut arena = Arena::new(ArenaConfig::new(crate::kernel::page_size()))?;
     let old = arena.alloc_labeled(SECRET.len(), "secret")?;
     arena.write(&old, 0, SECRET)?;
     let r = arena.reset(zero)?;

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::ksm::SysfsGuard;
 use super::{ExperimentOptions, Outcome};
 use crate::arena::{Advice, Arena, ArenaConfig};
 use crate::error::{Error, Result};
 use crate::fork::child::ChildOp;
 use crate::fork::subject::{SubjectPipes, spawn};
+use crate::kernel::SysfsGuard;
 use crate::mem::kpage::Kpage;
 use crate::mem::pagemap::Pagemap;
 
@@ -89,13 +89,13 @@ pub fn run(opts: &ExperimentOptions) -> Result<Outcome> {
             json!({}),
         ));
     }
-    let page = crate::system::page_size();
+    let page = crate::kernel::page_size();
     let original: Vec<Value> = sizes
         .iter()
         .map(|kb| {
             json!({
                 "size_kb": kb,
-                "enabled": super::ksm::read_setting(&enabled_file(*kb)).ok(),
+                "enabled": crate::kernel::read_setting(&enabled_file(*kb)).ok(),
             })
         })
         .collect();
@@ -157,7 +157,9 @@ fn measure_all(guard: &mut SysfsGuard, sizes: &[u64], page: usize) -> Result<Vec
     for &kb in sizes {
         for &other in sizes {
             let want = if other == kb { "madvise" } else { "never" };
-            guard.set(&enabled_file(other), want)?;
+            guard
+                .set(&enabled_file(other), want)
+                .map_err(|e| Error::io(format!("setting {}", enabled_file(other)), e))?;
         }
         rows.push(measure_one(kb, page)?);
     }
@@ -204,7 +206,7 @@ fn measure_one(kb: u64, page: usize) -> Result<Value> {
         && flags.iter().all(|f| f.thp());
     let smaps = crate::mem::smaps::vma_containing(me, base as u64).ok();
     let anon_huge_kb = smaps.as_ref().map(|s| s.anon_huge_pages_kb);
-    let pmd_kb = crate::system::thp_pmd_size_kb();
+    let pmd_kb = crate::kernel::thp_pmd_size_kb();
     let pmd_ok = Some(kb) != pmd_kb || anon_huge_kb == Some(kb);
     let formed = size > page && contiguous && compound && pmd_ok;
 

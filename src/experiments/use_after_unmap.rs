@@ -27,13 +27,14 @@ const CHILD_DEADLINE: Duration = Duration::from_secs(10);
 /// fork fails.
 pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     let pid = std::process::id() as i32;
-    let mut arena = Arena::new(ArenaConfig::new(crate::system::page_size()))?;
+    let mut arena = Arena::new(ArenaConfig::new(crate::kernel::page_size()))?;
     let base = arena.base_addr();
     let capacity = arena.capacity();
     let block = arena.alloc_labeled(6, "alive")?;
     arena.write(&block, 0, b"alive\0")?;
 
-    let vma = smaps::vma_containing(pid, base as u64)?;
+    let vma =
+        smaps::vma_containing(pid, base as u64).map_err(|e| Error::process_io(pid, "smaps", e))?;
     let mapped_before = json!({
         "vma": format!("{:#x}-{:#x}", vma.start, vma.end),
         "perms": vma.perms,
@@ -43,8 +44,8 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     // The parent side: the address is in no VMA any more (NotFound), any other error is real.
     let mapped_after = match smaps::vma_containing(pid, base as u64) {
         Ok(v) => Some(format!("{:#x}-{:#x} {}", v.start, v.end, v.perms)),
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::process_io(pid, "smaps", e)),
     };
     let parent_lookup = match &mapped_after {
         None => format!("no VMA of /proc/{pid}/smaps contains {base:#x}"),

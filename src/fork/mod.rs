@@ -6,6 +6,7 @@ pub mod child;
 pub mod classify;
 pub mod observe;
 pub mod run;
+pub mod scenarios;
 pub mod subject;
 
 use std::time::Duration;
@@ -14,7 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::report::Envelope;
+use crate::mem::system::SystemInfo;
 use classify::ClassCounts;
 use subject::ExitInfo;
 
@@ -42,9 +43,9 @@ impl Default for ForkReportOptions {
     }
 }
 
-/// Largest `--pages`: 16 GiB of 4 KiB pages. Beyond that a report is not a fork experiment
-/// but a memory-exhaustion test.
-pub const MAX_PAGES: usize = 1 << 22;
+/// Largest `--pages`: 1 TiB of 4 KiB pages. The real bound is the memory the machine has
+/// available now ([`check_memory`]); this one only keeps sizes sane.
+pub const MAX_PAGES: usize = 1 << 28;
 /// Largest `--runs`.
 pub const MAX_RUNS: usize = 1000;
 
@@ -52,7 +53,7 @@ pub const MAX_RUNS: usize = 1000;
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ForkReportBody {
     /// One entry per scenario run, in catalogue order.
-    pub scenarios: Vec<ScenarioReport>,
+    pub scenarios: Vec<ScenarioResult>,
 }
 
 impl ForkReportBody {
@@ -61,9 +62,6 @@ impl ForkReportBody {
         self.scenarios.iter().all(|s| s.verdict.holds)
     }
 }
-
-/// A whole fork report.
-pub type ForkReport = Envelope<ForkReportBody>;
 
 /// How a scenario was set up.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -118,7 +116,7 @@ pub struct ExpectedSmaps {
 
 /// One process of a scenario.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ProcessReport {
+pub struct ProcessEvidence {
     /// `parent`, `child`, `child-2`.., `grandchild`.
     pub role: String,
     /// Its pid.
@@ -150,11 +148,11 @@ pub struct ProcessReport {
     pub exit: Option<ExitInfo>,
 }
 
-impl ProcessReport {
+impl ProcessEvidence {
     /// A process we have no page-table evidence for (it died early, or the scenario was
     /// skipped).
     pub fn without_evidence(role: &str, pid: i32) -> Self {
-        ProcessReport {
+        ProcessEvidence {
             role: role.into(),
             pid,
             vma_present: false,
@@ -172,7 +170,7 @@ impl ProcessReport {
 
 /// Which side sees which bytes (checked after the page tables).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct ContentReport {
+pub struct ContentChecks {
     /// The parent's pages carry a child's stamp (true only for MAP_SHARED).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_sees_child_writes: Option<bool>,
@@ -196,7 +194,7 @@ pub struct ContentReport {
 
 /// Timing medians in nanoseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct TimingReport {
+pub struct Timing {
     /// Runs the medians are taken over.
     pub runs: u64,
     /// Median `fork()` latency in the parent over the timing runs (arena of at most 64 pages).
@@ -237,7 +235,7 @@ pub struct PhaseTimes {
 
 /// THP facts for the `thp-child-writes` scenario.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct ThpReport {
+pub struct ThpFacts {
     /// AnonHugePages of the parent's arena before the fork.
     pub parent_anon_huge_kb_before: u64,
     /// Bytes the child's one-byte write made the kernel copy (copied pages x page size).
@@ -298,7 +296,7 @@ pub struct Verdict {
 
 /// One scenario's results.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct ScenarioReport {
+pub struct ScenarioResult {
     /// Stable name.
     pub name: String,
     /// One line.
@@ -308,19 +306,19 @@ pub struct ScenarioReport {
     /// Aggregate page classes (a page copied by any process counts as copied).
     pub pages: ClassCounts,
     /// The parent.
-    pub parent: ProcessReport,
+    pub parent: ProcessEvidence,
     /// The first child (convenience; also in `processes`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub child: Option<ProcessReport>,
+    pub child: Option<ProcessEvidence>,
     /// Every process: parent, children, grandchildren.
-    pub processes: Vec<ProcessReport>,
+    pub processes: Vec<ProcessEvidence>,
     /// Content checks.
-    pub content: ContentReport,
+    pub content: ContentChecks,
     /// Timing medians.
-    pub timing: TimingReport,
+    pub timing: Timing,
     /// THP facts.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub thp: Option<ThpReport>,
+    pub thp: Option<ThpFacts>,
     /// The seed's dumps (seed-09c).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dumps: Option<Dumps>,
@@ -335,23 +333,55 @@ pub struct ScenarioReport {
 ///
 /// # Errors
 /// Unknown scenario names, absurd sizes (usage), or a failure to set up memory.
-pub fn fork_report(opts: &ForkReportOptions) -> Result<ForkReport> {
+pub fn fork_report(opts: &ForkReportOptions, system: &SystemInfo) -> Result<ForkReportBody> {
     let scenarios = select(opts)?;
-    let system = crate::system::detect();
     let mut reports = Vec::with_capacity(scenarios.len());
     for s in &scenarios {
-        reports.push(run::run_scenario(s, &system, opts)?);
+        reports.push(run::run_scenario(s, system, opts)?);
     }
-    Ok(Envelope::new(system, ForkReportBody { scenarios: reports }))
+    Ok(ForkReportBody { scenarios: reports })
+}
+
+/// Refuse `--pages` whose arena would not fit in the memory the kernel says is available now
+/// (`MemAvailable`), before anything is mapped: each scalable scenario populates every page of
+/// its arena (and the children copy a few more), so a larger arena would push the machine
+/// into swap or the OOM killer instead of producing a report. `None` (no /proc/meminfo):
+/// nothing to check against.
+///
+/// # Errors
+/// [`Error::Usage`] with both figures.
+pub fn check_memory(pages: usize, page_size: usize, mem_available_kb: Option<u64>) -> Result<()> {
+    let Some(avail_kb) = mem_available_kb else {
+        return Ok(());
+    };
+    let need_kb = (pages as u64).saturating_mul(page_size as u64) / 1024;
+    if need_kb > avail_kb {
+        return Err(Error::usage(format!(
+            "--pages {pages} needs {} of memory for one arena, but only {} is available \
+             (MemAvailable {avail_kb} kB); choose at most --pages {}",
+            human_kb(need_kb),
+            human_kb(avail_kb),
+            avail_kb * 1024 / page_size as u64
+        )));
+    }
+    Ok(())
+}
+
+fn human_kb(kb: u64) -> String {
+    if kb >= 1 << 20 {
+        format!("{:.1} GiB", kb as f64 / f64::from(1u32 << 20))
+    } else {
+        format!("{:.1} MiB", kb as f64 / 1024.0)
+    }
 }
 
 /// Resolve names and `--pages` into scenarios.
 ///
 /// # Errors
-/// Unknown names, duplicate names, `--pages` 0 or above [`MAX_PAGES`], `--runs` 0 or above
-/// [`MAX_RUNS`], a zero timeout.
-pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario>> {
-    use crate::scenarios::{by_name, catalogue, list};
+/// Unknown names, duplicate names, `--pages` 0, above [`MAX_PAGES`] or above the available
+/// memory ([`check_memory`]), `--runs` 0 or above [`MAX_RUNS`], a zero timeout.
+pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::fork::scenarios::Scenario>> {
+    use crate::fork::scenarios::{by_name, catalogue, list};
     if opts.runs == 0 || opts.runs > MAX_RUNS {
         return Err(Error::usage(format!(
             "--runs must be between 1 and {MAX_RUNS}, got {}",
@@ -374,7 +404,7 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario
                 ))
             })?;
             if v.iter()
-                .any(|x: &crate::scenarios::Scenario| x.name == s.name)
+                .any(|x: &crate::fork::scenarios::Scenario| x.name == s.name)
             {
                 return Err(Error::usage(format!("scenario '{n}' given twice")));
             }
@@ -388,12 +418,13 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario
                 "--pages must be between 1 and {MAX_PAGES}, got {p}"
             )));
         }
-        let page = crate::system::page_size();
+        let page = crate::kernel::page_size();
         if p.checked_mul(page).is_none() {
             return Err(Error::usage(format!(
                 "--pages {p} overflows the address space"
             )));
         }
+        check_memory(p, page, crate::kernel::meminfo_kb("MemAvailable"))?;
         for s in &mut chosen {
             if s.scalable {
                 s.pages = p;
@@ -425,4 +456,23 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::scenarios::Scenario
         }
     }
     Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_arena_larger_than_mem_available_is_refused_with_both_figures() {
+        // 1 GiB available, 4 KiB pages: 262144 pages fit exactly, one more does not.
+        let avail = Some(1 << 20);
+        assert!(check_memory(262_144, 4096, avail).is_ok());
+        let e = check_memory(262_145, 4096, avail).unwrap_err().to_string();
+        assert!(e.contains("MemAvailable 1048576 kB"), "{e}");
+        assert!(e.contains("at most --pages 262144"), "{e}");
+        assert!(
+            check_memory(usize::MAX, 4096, None).is_ok(),
+            "nothing to check against"
+        );
+    }
 }

@@ -7,13 +7,13 @@ use super::classify::{self, Basis, ClassCounts, OtherVma, PageClass, PageWitness
 use super::observe::{self, ProcessSample};
 use super::subject::{self, ExitInfo, NotReady, Subject, SubjectPipes};
 use super::{
-    ContentReport, Dumps, ExpectedSmaps, ForkReportOptions, PageRow, ProcessReport, ScenarioConfig,
-    ScenarioReport, SmapsFigures, ThpReport, TimingReport, Verdict,
+    ContentChecks, Dumps, ExpectedSmaps, ForkReportOptions, PageRow, ProcessEvidence,
+    ScenarioConfig, ScenarioResult, SmapsFigures, ThpFacts, Timing, Verdict,
 };
 use crate::arena::{Advice, Arena, ArenaConfig};
 use crate::error::{Error, Result};
-use crate::report::SystemInfo;
-use crate::scenarios::{ForkAdvice, Mapping, ProcessPlan, Scenario};
+use crate::fork::scenarios::{ForkAdvice, Mapping, ProcessPlan, Scenario};
+use crate::mem::system::SystemInfo;
 
 const THP_SIZE: usize = 2 << 20;
 /// Bytes of each page read back for the content check (stamp + marker + timing bytes).
@@ -131,7 +131,7 @@ pub fn run_scenario(
     s: &Scenario,
     sys: &SystemInfo,
     opts: &ForkReportOptions,
-) -> Result<ScenarioReport> {
+) -> Result<ScenarioResult> {
     let page_size = sys.page_size as usize;
     let mut verdict = Verdict::default();
     let config = |addr: usize| ScenarioConfig {
@@ -203,7 +203,7 @@ pub fn run_scenario(
                 ),
             ));
         }
-        thp = Some(ThpReport {
+        thp = Some(ThpFacts {
             parent_anon_huge_kb_before: huge,
             bytes_copied_by_one_write: 0,
         });
@@ -279,7 +279,7 @@ pub fn run_scenario(
             fork_ns_observed = Some(took.as_nanos() as u64);
         }
         if track_writes {
-            if let Err(e) = crate::system::clear_soft_dirty(subj.pid().as_raw()) {
+            if let Err(e) = crate::kernel::clear_soft_dirty(subj.pid().as_raw()) {
                 verdict.notes.push(format!(
                     "could not clear the soft-dirty bits of {}: {e}",
                     role(&[i])
@@ -346,7 +346,7 @@ pub fn run_scenario(
     }
 
     if track_writes {
-        if let Err(e) = crate::system::clear_soft_dirty(self_pid) {
+        if let Err(e) = crate::kernel::clear_soft_dirty(self_pid) {
             verdict
                 .notes
                 .push(format!("could not clear the parent's soft-dirty bits: {e}"));
@@ -489,7 +489,7 @@ pub fn run_scenario(
 
     for (idx, p) in procs.iter().enumerate() {
         let Some(smp) = &samples[idx] else {
-            let mut r = ProcessReport::without_evidence(&p.role, p.pid);
+            let mut r = ProcessEvidence::without_evidence(&p.role, p.pid);
             if !p.ready {
                 verdict.notes.push(format!(
                     "{} never reported ready (exit: {})",
@@ -756,7 +756,7 @@ pub fn run_scenario(
     }
 
     // ── content (last) ──────────────────────────────────────────────────────────────────
-    let mut content = ContentReport {
+    let mut content = ContentChecks {
         pages_moved_by_reading: sys.pfn_visible.then_some(moved_by_reading),
         ..Default::default()
     };
@@ -817,8 +817,10 @@ pub fn run_scenario(
         child: crate::arena::render_seed(&c),
     });
     if let Some(d) = &dumps {
-        content.parent_sees_child_writes =
-            Some(d.parent.contains(crate::scenarios::SEED_09C_CHILD_TEXT));
+        content.parent_sees_child_writes = Some(
+            d.parent
+                .contains(crate::fork::scenarios::SEED_09C_CHILD_TEXT),
+        );
     }
 
     if let Some(t) = thp.as_mut() {
@@ -873,7 +875,9 @@ pub fn run_scenario(
             .push("some pages do not carry the stamp of their last writer".into());
     }
     if let Some(d) = &dumps {
-        if !d.child.contains(crate::scenarios::SEED_09C_CHILD_TEXT)
+        if !d
+            .child
+            .contains(crate::fork::scenarios::SEED_09C_CHILD_TEXT)
             || !d.parent.contains(SEED_09A[1])
         {
             verdict.notes.push(
@@ -942,7 +946,7 @@ pub fn run_scenario(
 
     let parent = proc_reports[0].clone();
     let child = proc_reports.get(1).cloned();
-    Ok(ScenarioReport {
+    Ok(ScenarioResult {
         name: s.name.into(),
         summary: s.summary.into(),
         config: config(base),
@@ -974,10 +978,10 @@ fn populate_write(arena: &Arena) {
     }
 }
 
-fn skipped(s: &Scenario, config: ScenarioConfig, reason: String) -> ScenarioReport {
+fn skipped(s: &Scenario, config: ScenarioConfig, reason: String) -> ScenarioResult {
     let pid = nix::unistd::getpid().as_raw();
-    let parent = ProcessReport::without_evidence("parent", pid);
-    ScenarioReport {
+    let parent = ProcessEvidence::without_evidence("parent", pid);
+    ScenarioResult {
         name: s.name.into(),
         summary: s.summary.into(),
         config,
@@ -985,8 +989,8 @@ fn skipped(s: &Scenario, config: ScenarioConfig, reason: String) -> ScenarioRepo
         parent: parent.clone(),
         child: None,
         processes: vec![parent],
-        content: ContentReport::default(),
-        timing: TimingReport::default(),
+        content: ContentChecks::default(),
+        timing: Timing::default(),
         thp: None,
         dumps: None,
         page_rows: Vec::new(),
@@ -1005,8 +1009,8 @@ fn process_report(
     pages: Option<ClassCounts>,
     new_pfns: Option<u64>,
     exit: Option<ExitInfo>,
-) -> ProcessReport {
-    ProcessReport {
+) -> ProcessEvidence {
+    ProcessEvidence {
         role: role.into(),
         pid,
         vma_present: smp.vma.is_some(),
@@ -1164,7 +1168,7 @@ fn timing_runs(
     page_size: usize,
     opts: &ForkReportOptions,
     observed: Option<u64>,
-) -> Result<TimingReport> {
+) -> Result<Timing> {
     let mut forks = Vec::new();
     let mut cows = Vec::new();
     let mut owned = Vec::new();
@@ -1208,7 +1212,7 @@ fn timing_runs(
         }
         subj.finish(Instant::now() + opts.timeout);
     }
-    Ok(TimingReport {
+    Ok(Timing {
         runs: opts.runs as u64,
         fork_ns: median(&mut forks),
         fork_ns_observed: observed,

@@ -134,7 +134,7 @@ impl Pagemap {
     /// `InvalidInput` if `start`/`end` are not page aligned or reversed; otherwise the
     /// kernel's read error (e.g. `UnexpectedEof` beyond the user address space).
     pub fn read(&self, start: u64, end: u64) -> io::Result<Vec<PagemapEntry>> {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         check_range(start, end, ps)?;
         let n = usize::try_from((end - start) / ps)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))?;
@@ -151,7 +151,7 @@ impl Pagemap {
     /// `InvalidInput` if `start` is not page aligned; `UnexpectedEof` if the range runs past
     /// the end of the user address space; other kernel read errors as they come.
     pub fn read_into(&self, start: u64, out: &mut [u64]) -> io::Result<()> {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         if start % ps != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -221,7 +221,7 @@ mod tests {
     #[test]
     fn misaligned_and_reversed_ranges_are_rejected() {
         let pm = Pagemap::open(std::process::id() as i32).expect("own pagemap");
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         assert!(pm.read(1, ps).is_err());
         assert!(pm.read(2 * ps, ps).is_err());
         assert_eq!(pm.read(ps, ps).expect("empty range").len(), 0);

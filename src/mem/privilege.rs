@@ -33,7 +33,7 @@ fn probe_pfn_visible() -> bool {
     // Write through a volatile so the page is certainly faulted in and the store is kept.
     // SAFETY: `probe` is a live, writable local array; index 0 is in bounds.
     unsafe { std::ptr::write_volatile(probe.as_mut_ptr(), 1) };
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let page = (probe.as_ptr() as u64) & !(ps - 1);
     let Ok(pm) = Pagemap::open(std::process::id() as i32) else {
         return false;

@@ -163,7 +163,7 @@ pub struct CategoryCounts {
 impl Scan {
     /// Count pages per category.
     pub fn counts(&self) -> CategoryCounts {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         let mut c = CategoryCounts {
             pages: (self.end - self.start) / ps,
             ..CategoryCounts::default()
@@ -189,7 +189,7 @@ impl Scan {
 
     /// The categories of every page (0 for pages in no region), masked to [`Scan::known`].
     pub fn per_page(&self) -> Vec<u64> {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         let mut v = vec![0u64; ((self.end - self.start) / ps) as usize];
         for r in &self.regions {
             let a = ((r.start - self.start) / ps) as usize;
@@ -207,7 +207,7 @@ fn supported_mask() -> Option<u64> {
     *MASK.get_or_init(|| {
         let pm = Pagemap::open(std::process::id() as i32).ok()?;
         let probe = [0u8; 16];
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         let page = (probe.as_ptr() as u64) & !(ps - 1);
         [WANTED, WANTED & !PAGE_IS_GUARD]
             .into_iter()
@@ -226,7 +226,7 @@ pub fn available() -> bool {
 /// # Errors
 /// `InvalidInput` for unaligned or reversed ranges; kernel errors from the ioctl or reads.
 pub fn scan(pm: &Pagemap, start: u64, end: u64, force_fallback: bool) -> io::Result<Scan> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     if start % ps != 0 || end % ps != 0 || end < start {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -309,7 +309,7 @@ pub fn categories_of(e: PagemapEntry) -> u64 {
 }
 
 fn fallback_scan(pm: &Pagemap, start: u64, end: u64) -> io::Result<Scan> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let p = super::privilege::detect();
     let kpage = if p.pfn_visible && p.kpage_readable {
         Kpage::open().ok()
@@ -415,7 +415,7 @@ const PMD_SIZE: u64 = 2 << 20;
 /// (head first, 511 tails, physically contiguous and aligned): what PAGE_IS_HUGE reports when
 /// that folio is PMD-mapped. A PTE-mapped but intact PMD-sized THP looks the same here.
 fn pmd_sized_folio_at(pm: &Pagemap, k: &Kpage, block: u64) -> io::Result<bool> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     let n = (PMD_SIZE / ps) as usize;
     let mut raw = vec![0u64; n];
     if pm.read_into(block, &mut raw).is_err() {
@@ -465,7 +465,7 @@ mod tests {
 
     #[test]
     fn kernel_6_7_or_later_has_pagemap_scan() {
-        let rel = crate::system::kernel_release();
+        let rel = crate::kernel::kernel_release();
         let mut it = rel.split(|c: char| !c.is_ascii_digit());
         let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         let minor: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);

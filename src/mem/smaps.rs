@@ -12,18 +12,22 @@ use std::io;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-
 /// One VMA as smaps describes it. Sizes are in kB, as the kernel prints them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SmapsEntry {
-    /// First byte of the VMA.
+    /// First byte of the VMA (hex in JSON, as /proc prints it).
+    #[serde(with = "super::hex")]
+    #[schemars(with = "String")]
     pub start: u64,
-    /// One past the last byte.
+    /// One past the last byte (hex in JSON).
+    #[serde(with = "super::hex")]
+    #[schemars(with = "String")]
     pub end: u64,
     /// `rwxp` / `rwxs` as printed.
     pub perms: String,
-    /// File offset (bytes).
+    /// File offset in bytes (hex in JSON, as /proc prints it).
+    #[serde(with = "super::hex")]
+    #[schemars(with = "String")]
     pub offset: u64,
     /// Device `major:minor` as printed.
     pub dev: String,
@@ -192,18 +196,17 @@ fn parse_header(line: &str) -> Option<SmapsEntry> {
     })
 }
 
-fn read_smaps(pid: i32) -> Result<String> {
+fn read_smaps(pid: i32) -> io::Result<String> {
     read_proc(&format!("/proc/{pid}/smaps"))
 }
 
 /// Read a /proc text file with a large first buffer: procfs files report size 0, so
 /// `read_to_string` would start with tiny reads, and each read re-enters the seq_file.
-fn read_proc(path: &str) -> Result<String> {
+fn read_proc(path: &str) -> io::Result<String> {
     use std::io::Read;
-    let ctx = || format!("reading {path}");
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(ctx(), e))?;
+    let mut f = std::fs::File::open(path)?;
     let mut s = String::with_capacity(64 << 10);
-    f.read_to_string(&mut s).map_err(|e| Error::io(ctx(), e))?;
+    f.read_to_string(&mut s)?;
     Ok(s)
 }
 
@@ -212,8 +215,8 @@ fn read_proc(path: &str) -> Result<String> {
 /// same parser reads them; unlike smaps, reading maps walks no page tables (microseconds).
 ///
 /// # Errors
-/// [`Error::Io`] naming `/proc/<pid>/maps`.
-pub fn vma_bounds(pid: i32) -> Result<Vec<SmapsEntry>> {
+/// The OS error reading `/proc/<pid>/maps` (ESRCH or ENOENT once the process is gone).
+pub fn vma_bounds(pid: i32) -> io::Result<Vec<SmapsEntry>> {
     Ok(parse(&read_proc(&format!("/proc/{pid}/maps"))?))
 }
 
@@ -231,24 +234,24 @@ pub fn has_pmd_mapped_memory(v: &SmapsEntry) -> bool {
 /// Every VMA of `pid`.
 ///
 /// # Errors
-/// [`Error::Io`] naming `/proc/<pid>/smaps` when the process is gone or unreadable.
-pub fn all_vmas(pid: i32) -> Result<Vec<SmapsEntry>> {
+/// The OS error reading `/proc/<pid>/smaps` when the process is gone or unreadable.
+pub fn all_vmas(pid: i32) -> io::Result<Vec<SmapsEntry>> {
     Ok(parse(&read_smaps(pid)?))
 }
 
 /// The VMA of `pid` that contains `addr`.
 ///
 /// # Errors
-/// [`Error::Io`] naming the smaps path when it cannot be read, or when no VMA contains `addr`
-/// (kind `NotFound`).
-pub fn vma_containing(pid: i32, addr: u64) -> Result<SmapsEntry> {
+/// The OS error when `/proc/<pid>/smaps` cannot be read, or kind `NotFound` when no VMA
+/// contains `addr`.
+pub fn vma_containing(pid: i32, addr: u64) -> io::Result<SmapsEntry> {
     all_vmas(pid)?
         .into_iter()
         .find(|v| v.contains(addr))
         .ok_or_else(|| {
-            Error::io(
-                format!("looking up {addr:#x} in /proc/{pid}/smaps"),
-                io::Error::new(io::ErrorKind::NotFound, "no VMA contains this address"),
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no VMA of process {pid} contains {addr:#x}"),
             )
         })
 }

@@ -3,8 +3,9 @@
 
 use std::fmt::Write;
 
+use crate::doc::ForkReportDoc;
+use crate::fork::ScenarioResult;
 use crate::fork::classify::PageClass;
-use crate::fork::{ForkReport, ScenarioReport};
 
 const CELL: usize = 14;
 const GAP: usize = 2;
@@ -38,7 +39,7 @@ fn name(c: PageClass) -> &'static str {
 /// The class of page `row` in process `k` (0 = the aggregate row): for shared/copied pages,
 /// from this process's PFN against the parent's when visible; otherwise the page's aggregate
 /// class.
-fn cell_class(s: &ScenarioReport, row: &crate::fork::PageRow, k: usize) -> PageClass {
+fn cell_class(s: &ScenarioResult, row: &crate::fork::PageRow, k: usize) -> PageClass {
     if k == 0 || !matches!(row.class, PageClass::Shared | PageClass::Copied) {
         return row.class;
     }
@@ -63,7 +64,7 @@ fn esc(s: &str) -> String {
 }
 
 /// Render the report as a standalone SVG document.
-pub fn fork_report(r: &ForkReport) -> String {
+pub fn fork_report(r: &ForkReportDoc) -> String {
     let cols = r
         .body
         .scenarios

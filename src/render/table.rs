@@ -2,11 +2,11 @@
 
 use std::fmt::Write;
 
-use crate::fork::ForkReport;
+use crate::doc::ForkReportDoc;
 
 /// A human table of a fork report: one row per scenario with its page classes, the smaps
 /// figures of parent and first child, timing and the verdict.
-pub fn fork_report(r: &ForkReport) -> String {
+pub fn fork_report(r: &ForkReportDoc) -> String {
     let mut out = String::new();
     let sys = &r.system;
     let _ = writeln!(

@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::trace::{Counts, ForkRecord, TraceReport};
+use crate::doc::TraceDoc;
+use crate::trace::{Counts, ForkRecord};
 
 fn mib(pages: u64, ps: u64) -> f64 {
     (pages * ps) as f64 / (1024.0 * 1024.0)
@@ -77,7 +78,7 @@ fn sentence(f: &ForkRecord, ps: u64) -> Option<String> {
 }
 
 /// Render the report.
-pub fn table(r: &TraceReport) -> String {
+pub fn table(r: &TraceDoc) -> String {
     let b = &r.body;
     let ps = r.system.page_size;
     let mut s = String::new();

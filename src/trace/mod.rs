@@ -36,8 +36,6 @@ use serde::{Deserialize, Serialize};
 pub use classify::{Class, Counts};
 pub use relation::BaseVma;
 
-use crate::report::Envelope;
-
 /// What to trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -58,9 +56,6 @@ pub struct TraceOptions {
     /// (the only way with `--pid`; measurably slower).
     pub syscalls: bool,
 }
-
-/// The `trace` document.
-pub type TraceReport = Envelope<TraceBody>;
 
 /// The `trace` document's own fields.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -286,13 +281,12 @@ impl TraceBody {
     }
 }
 
-/// Trace as `opts` says; the report and its exit status.
+/// Trace as `opts` says; `sys` is this machine (PFN visibility decides what can be proven).
 ///
 /// # Errors
-/// [`crate::Error::Usage`] for a command that cannot be found or run, a pid that does not
-/// exist or is not a user process; [`crate::Error::Privilege`] when ptrace is refused.
-pub fn run(opts: &TraceOptions) -> crate::Result<TraceReport> {
-    let system = crate::system::detect();
-    let body = tracer::run(opts, &system)?;
-    Ok(Envelope::new(system, body))
+/// [`crate::Error::Usage`] for a command that cannot be found or run, a bad pid;
+/// [`crate::Error::NotReadable`] for a pid that is no live user process;
+/// [`crate::Error::Privilege`] when ptrace is refused.
+pub fn run(opts: &TraceOptions, sys: &crate::mem::system::SystemInfo) -> crate::Result<TraceBody> {
+    tracer::run(opts, sys)
 }

@@ -110,8 +110,8 @@ impl ParentSnapshot {
 /// # Errors
 /// When `/proc/<pid>/maps` or the pagemap cannot be read (process gone, no permission).
 pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
-    let ps = crate::system::page_size() as u64;
-    let maps = crate::mem::smaps::vma_bounds(pid).map_err(|e| io::Error::other(e.to_string()))?;
+    let ps = crate::kernel::page_size() as u64;
+    let maps = crate::mem::smaps::vma_bounds(pid)?;
     let mut vmas = Vec::new();
     let mut segs = Vec::new();
     let mut first = 0usize;
@@ -186,7 +186,7 @@ fn present_runs(pm: &Pagemap, start: u64, end: u64) -> io::Result<Vec<(u64, u64)
 }
 
 fn read_seg(pm: &Pagemap, s: &Seg, out: &mut [u64]) -> io::Result<()> {
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     for (i, chunk) in out.chunks_mut(CHUNK).enumerate() {
         pm.read_into(s.start + (i * CHUNK) as u64 * ps, chunk)?;
     }
@@ -238,8 +238,8 @@ impl ZeroFrames {
 }
 
 fn probe_zero_frames() -> Option<ZeroFrames> {
-    let ps = crate::system::page_size();
-    let huge = crate::system::thp_pmd_size_kb().map(|k| k as usize * 1024);
+    let ps = crate::kernel::page_size();
+    let huge = crate::kernel::thp_pmd_size_kb().map(|k| k as usize * 1024);
     let len = huge.map_or(ps, |h| 2 * h);
     // SAFETY: a fresh private anonymous mapping; nothing else refers to it. It is never
     // unmapped (see ZeroFrames::probe), so no reference into it can dangle.
@@ -365,7 +365,7 @@ impl Baseline {
         let mut frames = vec![0u64; n];
         let mut hist = vec![0u8; n];
         let mut buf = vec![0u64; CHUNK.min(n.max(1))];
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         let mut tracked = 0;
         let mut copied_at_fork = 0;
         for s in &snap.segs {
@@ -422,7 +422,7 @@ impl Baseline {
 
     /// Mark `[start, end)` released by one side; returns the baseline pages newly marked.
     pub fn mark_released(&mut self, start: u64, end: u64, by_child: bool) -> u64 {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         // First segment that ends after `start`.
         let from = self
             .segs
@@ -456,7 +456,7 @@ impl Baseline {
     /// # Errors
     /// When a pagemap cannot be read (a side is gone).
     pub fn sample(&mut self, inp: &SampleInput<'_>) -> io::Result<(Counts, Vec<Counts>)> {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         let mut per_vma = vec![Counts::default(); self.vmas.len()];
         let max = self.segs.iter().map(|s| s.pages).max().unwrap_or(0);
         let mut bp = vec![0u64; CHUNK.min(max.max(1))];
@@ -600,7 +600,7 @@ fn scan_categories(pm: &Pagemap, addr: u64, pages: usize) -> Option<Vec<u64>> {
     if !crate::mem::scan::available() {
         return None;
     }
-    let ps = crate::system::page_size() as u64;
+    let ps = crate::kernel::page_size() as u64;
     crate::mem::scan::scan(pm, addr, addr + pages as u64 * ps, false)
         .ok()
         .map(|s| s.per_page())

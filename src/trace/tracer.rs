@@ -27,7 +27,7 @@ use crate::fork::child::{self, ChildOp};
 use crate::fork::subject::{SubjectPipes, spawn};
 use crate::mem::kpage::Kpage;
 use crate::mem::pagemap::Pagemap;
-use crate::report::SystemInfo;
+use crate::mem::system::SystemInfo;
 
 const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 /// How long detaching (or killing, on error) may wait for tracees to stop or die.
@@ -350,34 +350,13 @@ fn check_target(pid: i32) -> Result<()> {
     if pid <= 0 {
         return Err(Error::usage(format!("--pid must be a positive pid, got {pid}")));
     }
-    let me = std::process::id() as i32;
-    if pid == me {
+    if pid == std::process::id() as i32 {
         return Err(Error::usage("cowscope cannot trace itself"));
     }
-    let Some(state) = status_field(pid, "State:") else {
-        return Err(Error::usage(format!("no process with pid {pid}")));
-    };
-    if state.starts_with('Z') || state.starts_with('X') {
+    crate::mem::process::user_process(pid)?;
+    if let Some(tgid) = tgid_of(pid).filter(|&t| t != pid) {
         return Err(Error::usage(format!(
-            "pid {pid} has exited (a zombie waiting for its parent): nothing to trace"
-        )));
-    }
-    // PF_KTHREAD (0x200000) in the flags, field 9 of /proc/<pid>/stat (readable by anyone).
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let flags = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(6))
-        .and_then(|f| f.parse::<u64>().ok())
-        .unwrap_or(0);
-    if flags & 0x0020_0000 != 0 {
-        return Err(Error::usage(format!(
-            "pid {pid} is a kernel thread: it has no user memory to trace"
-        )));
-    }
-    if tgid_of(pid).is_some_and(|t| t != pid) {
-        return Err(Error::usage(format!(
-            "pid {pid} is a thread of process {}; give the process's pid",
-            tgid_of(pid).unwrap_or(pid)
+            "pid {pid} is a thread of process {tgid}; give the process's pid"
         )));
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 /// The base page size.
 pub fn page_size() -> usize {
-    cowscope::system::page_size()
+    cowscope::kernel::page_size()
 }
 
 /// Whether we run as root (the kpage files and PFNs need it).

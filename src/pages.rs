@@ -13,13 +13,12 @@ use std::io;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::kpage::{Kpage, KpageFlags};
-use super::pagemap::{Pagemap, PagemapEntry};
-use super::privilege::{self, Privilege};
-use super::scan::{self, HugeDetector, ScanMethod};
-use super::smaps::{self, SmapsEntry};
 use crate::error::{Error, Result};
-use crate::report::Envelope;
+use crate::mem::kpage::{Kpage, KpageFlags};
+use crate::mem::pagemap::{Pagemap, PagemapEntry};
+use crate::mem::privilege::{self, Privilege};
+use crate::mem::scan::{self, HugeDetector, ScanMethod};
+use crate::mem::smaps::{self, SmapsEntry};
 
 /// Most rows `--per-page` will emit.
 pub const MAX_PER_PAGE_ROWS: u64 = 1 << 20;
@@ -101,12 +100,16 @@ impl PageCounts {
 /// One VMA touched by the request, with its smaps entry and the counts over the part of it
 /// that was examined (`None` when its pagemap cannot be read, e.g. `[vsyscall]`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct VmaReport {
+pub struct VmaSummary {
     /// The smaps entry of the whole VMA.
     pub smaps: SmapsEntry,
-    /// First byte examined (range ∩ VMA).
+    /// First byte examined (range ∩ VMA), hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
     pub examined_start: u64,
-    /// One past the last byte examined.
+    /// One past the last byte examined, hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
     pub examined_end: u64,
     /// Counts over the examined part.
     pub counts: Option<PageCounts>,
@@ -121,7 +124,9 @@ pub struct PageRow {
     /// Page index from the start of `--range` (without `--range`: from the start of the
     /// page's VMA).
     pub index: u64,
-    /// Virtual address.
+    /// Virtual address, hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
     pub address: u64,
     /// Present (bit 63).
     pub present: bool,
@@ -141,13 +146,26 @@ pub struct PageRow {
     pub flags: Option<Vec<String>>,
 }
 
+/// `[start, end)` in bytes, hex in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AddressRange {
+    /// First byte.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
+    pub start: u64,
+    /// One past the last byte.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
+    pub end: u64,
+}
+
 /// The body of a pages document.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct PagesBody {
     /// The process inspected.
     pub pid: i32,
     /// The examined range (page aligned), or `None` for every VMA.
-    pub range: Option<(u64, u64)>,
+    pub range: Option<AddressRange>,
     /// Whether PFNs were visible: without them, PFN equality proves nothing.
     pub pfn_visible: bool,
     /// Whether kpagecount/kpageflags were read.
@@ -155,11 +173,11 @@ pub struct PagesBody {
     /// How `huge` was determined: `pagemap_scan`, or `pagemap_read` (kpageflags).
     pub huge_method: ScanMethod,
     /// The VMAs covered, in address order.
-    pub vmas: Vec<VmaReport>,
+    pub vmas: Vec<VmaSummary>,
     /// Counts over the whole request.
     pub counts: PageCounts,
-    /// kpagecount value -> present pages with it (only with visible PFNs).
-    pub mapcount_histogram: Option<BTreeMap<String, u64>>,
+    /// kpagecount value -> present pages with it (only with visible PFNs), in numeric order.
+    pub mapcount_histogram: Option<BTreeMap<u64, u64>>,
     /// kpageflags combination (`anon|lru|...`) -> present pages with it (only with visible
     /// PFNs).
     pub kpageflags_histogram: Option<BTreeMap<String, u64>>,
@@ -169,9 +187,6 @@ pub struct PagesBody {
     /// What the evidence cannot show here, in plain words.
     pub notes: Vec<String>,
 }
-
-/// A whole pages document.
-pub type PagesReport = Envelope<PagesBody>;
 
 /// Parse `START-END` (hex, `0x` optional).
 ///
@@ -217,22 +232,17 @@ pub fn parse_range(s: &str) -> Result<(u64, u64)> {
 /// # Errors
 /// Usage errors for a bad pid, an unreadable process, or too many `--per-page` rows; I/O
 /// errors if the process changes under us in a way the kernel reports.
-pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
+pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
     let pid = req.pid;
     if pid <= 0 {
         return Err(Error::usage(format!(
             "--pid must be a positive process id, got {pid}"
         )));
     }
-    let ps = crate::system::page_size() as u64;
-    let geometry = smaps::vma_bounds(pid).map_err(|e| explain_open(pid, "maps", e))?;
-    let pm = Pagemap::open(pid).map_err(|e| {
-        explain_open(
-            pid,
-            "pagemap",
-            Error::io(format!("opening /proc/{pid}/pagemap"), e),
-        )
-    })?;
+    let ps = crate::kernel::page_size() as u64;
+    crate::mem::process::user_process(pid)?;
+    let geometry = smaps::vma_bounds(pid).map_err(|e| Error::process_io(pid, "maps", e))?;
+    let pm = Pagemap::open(pid).map_err(|e| Error::process_io(pid, "pagemap", e))?;
     let privilege = privilege::detect();
     let kpage = if privilege.pfn_visible && privilege.kpage_readable {
         Kpage::open().ok()
@@ -293,7 +303,7 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
         let spans = &spans;
         let pm = &pm;
         let side = s.spawn(move || -> Result<(Vec<SmapsEntry>, Vec<Option<u64>>)> {
-            let all = smaps::all_vmas(pid).map_err(|e| explain_open(pid, "smaps", e))?;
+            let all = smaps::all_vmas(pid).map_err(|e| Error::process_io(pid, "smaps", e))?;
             let mut huge = Vec::with_capacity(spans.len());
             for (g, a, b) in spans {
                 let entry = all.iter().find(|v| v.contains(g.start));
@@ -339,17 +349,12 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
                 (Some(c), None)
             }
             Err(e) if vmas_unreadable(&g, &e) => (None, Some(e.to_string())),
-            Err(e) => {
-                return Err(Error::io(
-                    format!("reading /proc/{pid}/pagemap over {a:#x}-{b:#x}"),
-                    e,
-                ));
-            }
+            Err(e) => return Err(Error::process_io(pid, "pagemap", e)),
         };
         if let Some(c) = &counts {
             total.add(c);
         }
-        vmas.push(VmaReport {
+        vmas.push(VmaSummary {
             smaps: smaps_entry.unwrap_or(g),
             examined_start: a,
             examined_end: b,
@@ -398,12 +403,12 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
     let map_hist = have_kpage.then(|| {
         acc.mapcounts
             .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect::<BTreeMap<_, _>>()
+            .map(|(k, v)| (*k, *v))
+            .collect::<BTreeMap<u64, u64>>()
     });
     let body = PagesBody {
         pid,
-        range,
+        range: range.map(|(start, end)| AddressRange { start, end }),
         pfn_visible: privilege.pfn_visible,
         kpage_readable: privilege.kpage_readable,
         huge_method: if use_scan {
@@ -418,27 +423,12 @@ pub fn pages(req: &PagesRequest) -> Result<PagesReport> {
         per_page: acc.rows.take(),
         notes,
     };
-    Ok(Envelope::new(crate::system::detect(), body))
+    Ok(body)
 }
 
 /// `[vsyscall]` and similar special VMAs have no readable pagemap: report, do not fail.
 fn vmas_unreadable(v: &SmapsEntry, e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::UnexpectedEof || v.pathname == "[vsyscall]"
-}
-
-/// Turn "cannot open /proc/<pid>/..." into one sentence a user can act on.
-fn explain_open(pid: i32, what: &str, e: Error) -> Error {
-    match &e {
-        Error::Io { source, .. } => match source.kind() {
-            io::ErrorKind::NotFound => Error::usage(format!("no process with pid {pid}")),
-            io::ErrorKind::PermissionDenied => Error::usage(format!(
-                "cannot read /proc/{pid}/{what}: permission denied (inspecting another user's \
-                 process needs root or ptrace rights over it)"
-            )),
-            _ => e,
-        },
-        _ => e,
-    }
 }
 
 /// Rows for pages of the range inside no VMA, then everything sorted by address.
@@ -491,7 +481,7 @@ struct Collector<'a> {
 
 impl Collector<'_> {
     fn span(&mut self, a: u64, b: u64) -> io::Result<PageCounts> {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         let mut c = PageCounts {
             pages: (b - a) / ps,
             pfn_visible: self.privilege.pfn_visible,
@@ -526,7 +516,7 @@ impl Collector<'_> {
 
     /// Read every pagemap entry of `[a, b)` in batches of [`CHUNK`].
     fn dense(&mut self, a: u64, b: u64, c: &mut PageCounts, origin: u64) -> io::Result<()> {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         if self.raw.len() < CHUNK {
             self.raw.resize(CHUNK, 0);
         }
@@ -549,7 +539,7 @@ impl Collector<'_> {
         c: &mut PageCounts,
         origin: u64,
     ) -> io::Result<()> {
-        let ps = crate::system::page_size() as u64;
+        let ps = crate::kernel::page_size() as u64;
         self.pm.read_into(cur, raw)?;
         for &e in raw.iter() {
             c.count(PagemapEntry(e));
@@ -628,6 +618,16 @@ impl Collector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapcount_histogram_keys_are_in_numeric_order() {
+        let h: BTreeMap<u64, u64> = [(10, 1), (2, 5), (1, 7)].into_iter().collect();
+        assert_eq!(
+            serde_json::to_string(&h).unwrap(),
+            r#"{"1":7,"2":5,"10":1}"#,
+            "10 sorts after 2, not between 1 and 2"
+        );
+    }
     use rstest::rstest;
 
     #[rstest]

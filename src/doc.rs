@@ -1,11 +1,16 @@
-//! The JSON envelope every cowscope document carries: `schema_version`, `tool`, `system`.
+//! The documents: the envelope every JSON document carries (`schema_version`, `tool`,
+//! `system`), one alias per document (`XDoc = Envelope<XBody>`), and the registry behind
+//! `cowscope schema`.
 //!
 //! Field names are snake_case; sizes the kernel reports in kB keep a `_kb` suffix; counts are
-//! plain numbers. Per-command bodies live with their commands and are flattened into
-//! [`Envelope`].
+//! plain numbers. Each body is defined by the producer that computes it (fork/, pages,
+//! baseline/, experiments/) and flattened into [`Envelope`] here; producers never build an
+//! envelope themselves (the commands in `cmd/` do).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::mem::system::SystemInfo;
 
 /// Version of the JSON documents' shape. Bump on any incompatible change.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -27,34 +32,6 @@ impl Tool {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
-}
-
-/// Facts about the machine that decide what the evidence can prove.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct SystemInfo {
-    /// `uname -r`.
-    pub kernel_release: String,
-    /// Base page size in bytes.
-    pub page_size: u64,
-    /// The selected mode of `/sys/kernel/mm/transparent_hugepage/enabled`
-    /// (`always`, `madvise`, `never`), or `unavailable`.
-    pub thp_enabled: String,
-    /// PMD-sized THP in kB (`hpage_pmd_size`), when the kernel has THP.
-    pub thp_pmd_size_kb: Option<u64>,
-    /// Whether `/proc/<pid>/pagemap` shows real PFNs to us (needs CAP_SYS_ADMIN). When false,
-    /// PFN 0 means "unknown" and PFN equality proves nothing.
-    pub pfn_visible: bool,
-    /// Whether `/proc/kpagecount` and `/proc/kpageflags` can be read.
-    pub kpage_readable: bool,
-    /// Whether the PAGEMAP_SCAN ioctl (Linux 6.7+) works here.
-    pub pagemap_scan: bool,
-    /// Whether soft-dirty tracking works (CONFIG_MEM_SOFT_DIRTY: `clear_refs` 4, then pagemap
-    /// bit 55 marks pages written since). When true, fork-report also says which pages each
-    /// process wrote after the fork.
-    #[serde(default)]
-    pub soft_dirty: bool,
-    /// Effective user id of the process that collected the evidence.
-    pub euid: u32,
 }
 
 /// A document: the common envelope plus a command-specific body flattened beside it.
@@ -83,8 +60,28 @@ impl<T> Envelope<T> {
     }
 }
 
+/// The `fork-report` document.
+pub type ForkReportDoc = Envelope<crate::fork::ForkReportBody>;
+/// The `baseline` document.
+pub type BaselineDoc = Envelope<crate::baseline::BaselineBody>;
+/// The `pages` document.
+pub type PagesDoc = Envelope<crate::pages::PagesBody>;
+/// The `experiment` document.
+pub type ExperimentDoc = Envelope<crate::experiments::ExperimentBody>;
+/// The `compare --format json` document (its `system` is the machine that compared).
+pub type CompareDoc = Envelope<crate::compare::Comparison>;
+/// The `trace` document.
+pub type TraceDoc = Envelope<crate::trace::TraceBody>;
+
 /// Names of the documents whose JSON Schema `cowscope schema` prints.
-pub const DOCUMENTS: [&str; 5] = ["fork-report", "baseline", "pages", "experiment", "trace"];
+pub const DOCUMENTS: [&str; 6] = [
+    "fork-report",
+    "baseline",
+    "pages",
+    "experiment",
+    "compare",
+    "trace",
+];
 
 /// The JSON Schema (draft 2020-12) of one document, generated from the serde types.
 ///
@@ -92,11 +89,12 @@ pub const DOCUMENTS: [&str; 5] = ["fork-report", "baseline", "pages", "experimen
 /// An unknown document name (usage).
 pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
     let schema = match document {
-        "fork-report" => schemars::schema_for!(crate::fork::ForkReport),
-        "baseline" => schemars::schema_for!(crate::baseline::BaselineReport),
-        "pages" => schemars::schema_for!(crate::mem::report::PagesReport),
-        "experiment" => schemars::schema_for!(crate::experiments::ExperimentReport),
-        "trace" => schemars::schema_for!(crate::trace::TraceReport),
+        "fork-report" => schemars::schema_for!(ForkReportDoc),
+        "baseline" => schemars::schema_for!(BaselineDoc),
+        "pages" => schemars::schema_for!(PagesDoc),
+        "experiment" => schemars::schema_for!(ExperimentDoc),
+        "compare" => schemars::schema_for!(CompareDoc),
+        "trace" => schemars::schema_for!(TraceDoc),
         other => {
             return Err(crate::Error::usage(format!(
                 "unknown document '{other}'; expected one of: {}",

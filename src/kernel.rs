@@ -1,0 +1,168 @@
+//! Kernel facts at the bottom of the crate: the page size, `uname -r`, sysfs choice files,
+//! `/proc/meminfo`, and the soft-dirty reset. Plain system calls and file reads; nothing here
+//! depends on any other cowscope module.
+
+/// The base page size in bytes.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions; _SC_PAGESIZE is always supported.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as usize } else { 4096 }
+}
+
+/// The sysfs directory of transparent huge pages.
+pub const THP_DIR: &str = "/sys/kernel/mm/transparent_hugepage";
+
+/// The selected THP mode, e.g. `madvise`, or `unavailable` without THP support.
+pub fn thp_enabled() -> String {
+    read_selected(&format!("{THP_DIR}/enabled")).unwrap_or_else(|| "unavailable".into())
+}
+
+/// Read a sysfs "choice" file such as `always [madvise] never` and return the bracketed word.
+pub fn read_selected(path: &str) -> Option<String> {
+    let s = std::fs::read_to_string(path).ok()?;
+    parse_selected(&s)
+}
+
+/// Parse `always [madvise] never` into `madvise`.
+pub fn parse_selected(s: &str) -> Option<String> {
+    s.split_whitespace()
+        .find(|w| w.starts_with('[') && w.ends_with(']'))
+        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
+}
+
+/// PMD THP size in kB, if the kernel has THP.
+pub fn thp_pmd_size_kb() -> Option<u64> {
+    let s = std::fs::read_to_string(format!("{THP_DIR}/hpage_pmd_size")).ok()?;
+    s.trim().parse::<u64>().ok().map(|b| b / 1024)
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Clear the soft-dirty bits of every page of `pid` (`echo 4 > /proc/<pid>/clear_refs`).
+///
+/// # Errors
+/// When the file cannot be written (no permission, process gone).
+pub fn clear_soft_dirty(pid: i32) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), b"4")
+}
+
+/// One `/proc/meminfo` figure in kB, e.g. `meminfo_kb("MemAvailable")`.
+pub fn meminfo_kb(key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_kb(&text, key)
+}
+
+/// `MemTotal:   1234 kB` -> 1234 for key `MemTotal`.
+pub fn parse_meminfo_kb(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// Sysfs values changed by cowscope (with `--allow-sysfs`), restored in reverse order by
+/// [`SysfsGuard::restore`] or on drop — also when the caller returns an error or panics.
+#[derive(Debug, Default)]
+pub struct SysfsGuard {
+    saved: Vec<(String, String)>,
+    /// Restores that failed (path, error), for the report; filled by [`SysfsGuard::restore`].
+    pub failures: Vec<(String, String)>,
+}
+
+impl SysfsGuard {
+    /// Write `value` to `path`, remembering the old value the first time `path` is set.
+    ///
+    /// # Errors
+    /// When the file cannot be read or written.
+    pub fn set(&mut self, path: &str, value: &str) -> std::io::Result<()> {
+        if !self.saved.iter().any(|(p, _)| p == path) {
+            let old = read_setting(path)?;
+            self.saved.push((path.to_string(), old));
+        }
+        std::fs::write(path, value)
+    }
+
+    /// Restore every saved value now (the drop does the same for whatever is left).
+    pub fn restore(&mut self) {
+        while let Some((path, old)) = self.saved.pop() {
+            if let Err(e) = std::fs::write(&path, &old) {
+                self.failures.push((path, e.to_string()));
+            }
+        }
+    }
+
+    /// What was changed, as (path, original value).
+    pub fn changed(&self) -> &[(String, String)] {
+        &self.saved
+    }
+}
+
+impl Drop for SysfsGuard {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+/// A sysfs setting's current value: the bracketed choice of `a [b] c` files, else the trimmed
+/// contents.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn read_setting(path: &str) -> std::io::Result<String> {
+    let s = std::fs::read_to_string(path)?;
+    Ok(parse_selected(&s).unwrap_or_else(|| s.trim().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_selected_picks_bracketed_word() {
+        assert_eq!(
+            parse_selected("always [madvise] never\n").as_deref(),
+            Some("madvise")
+        );
+        assert_eq!(
+            parse_selected("[always] madvise never").as_deref(),
+            Some("always")
+        );
+        assert_eq!(parse_selected("always madvise never"), None);
+    }
+
+    #[test]
+    fn meminfo_keys_match_whole_names() {
+        let t = "MemTotal:       24000000 kB\nMemAvailable:   12345 kB\nMem: 1 kB\n";
+        assert_eq!(parse_meminfo_kb(t, "MemAvailable"), Some(12345));
+        assert_eq!(parse_meminfo_kb(t, "MemTotal"), Some(24_000_000));
+        assert_eq!(parse_meminfo_kb(t, "Mem"), Some(1));
+        assert_eq!(parse_meminfo_kb(t, "SwapTotal"), None);
+    }
+
+    #[test]
+    fn sysfs_guard_restores_the_selected_value_even_when_the_code_panics() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let f = dir.path().join("enabled");
+        std::fs::write(&f, "always inherit [madvise] never\n").expect("write");
+        let path = f.display().to_string();
+        let r = std::panic::catch_unwind(|| {
+            let mut g = SysfsGuard::default();
+            g.set(&path, "never").expect("set");
+            g.set(&path, "always")
+                .expect("set again keeps the first original");
+            assert_eq!(
+                std::fs::read_to_string(&path).ok().as_deref(),
+                Some("always")
+            );
+            panic!("an experiment failing half-way");
+        });
+        assert!(r.is_err());
+        // The kernel's file would show `[madvise]` again; the guard wrote the word back.
+        assert_eq!(std::fs::read_to_string(&f).ok().as_deref(), Some("madvise"));
+    }
+}
