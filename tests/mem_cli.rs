@@ -259,7 +259,13 @@ fn root_without_cap_sys_ptrace_is_told_that_is_why() {
     }
     // A process of another user; root may read it only with CAP_SYS_PTRACE.
     let mut victim = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "30"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ])
         .spawn()
         .expect("setpriv runs");
     let out = Command::new("setpriv")

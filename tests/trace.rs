@@ -38,7 +38,11 @@ fn programs() -> &'static Path {
             .arg(&src)
             .output()
             .expect("cc runs (install build-essential)");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::copy(bin(), dir.join("cowscope")).unwrap();
         dir
     })
@@ -161,7 +165,10 @@ fn exact_counts_in_the_arena(#[case] args: &[(&str, u64)], #[case] want: &[(&str
     let f = &forks[0];
     assert_eq!(f["kind"], "fork");
     assert_eq!(f["ended"]["by"], "child_exit");
-    assert_eq!(f["final"]["trigger"], "child_exit", "final sample at the exit stop");
+    assert_eq!(
+        f["final"]["trigger"], "child_exit",
+        "final sample at the exit stop"
+    );
     assert!(f["pause_us"].as_u64().is_some());
     assert_counts(vma_row(f, &printed_start(&t.stdout, "arena")), want);
     if args.iter().any(|(k, _)| *k == "thread") {
@@ -181,9 +188,18 @@ fn releases_are_counted_per_side_from_the_syscalls() {
     let r = &t.report["forks"][0]["releases"];
     // The child: one madvise (c) and one munmap (e); the parent: one munmap (d), one madvise
     // (f). libc may release more of its own at exit: at least these.
-    assert!(r["by_child"]["by_syscall"]["madvise"].as_u64() >= Some(1), "{r:#}");
-    assert!(r["by_child"]["by_syscall"]["munmap"].as_u64() >= Some(1), "{r:#}");
-    assert!(r["by_parent"]["by_syscall"]["munmap"].as_u64() >= Some(1), "{r:#}");
+    assert!(
+        r["by_child"]["by_syscall"]["madvise"].as_u64() >= Some(1),
+        "{r:#}"
+    );
+    assert!(
+        r["by_child"]["by_syscall"]["munmap"].as_u64() >= Some(1),
+        "{r:#}"
+    );
+    assert!(
+        r["by_parent"]["by_syscall"]["munmap"].as_u64() >= Some(1),
+        "{r:#}"
+    );
     assert!(r["by_child"]["pages"].as_u64() >= Some(6), "{r:#}");
     assert!(r["by_parent"]["pages"].as_u64() >= Some(8), "{r:#}");
     assert_eq!(t.report["release_tracking"]["method"], "seccomp");
@@ -200,7 +216,10 @@ fn forks_of_forks_are_each_a_pair_against_their_own_parent() {
     let forks = t.report["forks"].as_array().unwrap();
     assert_eq!(forks.len(), 2, "{forks:#?}");
     let (first, second) = (&forks[0], &forks[1]);
-    assert_eq!(second["parent"], first["child"], "the grandchild's parent is the child");
+    assert_eq!(
+        second["parent"], first["child"],
+        "the grandchild's parent is the child"
+    );
     let arena = printed_start(&t.stdout, "arena");
     assert_counts(
         vma_row(first, &arena),
@@ -223,7 +242,10 @@ fn vfork_then_exec_shares_the_memory_and_has_no_baseline() {
         .find(|f| f["kind"] == "vfork")
         .expect("a vfork record");
     assert_eq!(v["shares_mm"], true);
-    assert!(v.get("baseline").is_none() && v.get("final").is_none(), "{v:#}");
+    assert!(
+        v.get("baseline").is_none() && v.get("final").is_none(),
+        "{v:#}"
+    );
     assert_eq!(v["ended"]["by"], "child_exec");
     let child = v["child"].as_i64().unwrap();
     let p = t.report["processes"]
@@ -234,7 +256,11 @@ fn vfork_then_exec_shares_the_memory_and_has_no_baseline() {
         .expect("the vfork child is listed");
     assert_eq!(p["execs"], 1);
     assert!(p["exe"].as_str().unwrap().ends_with("/true"), "{p:#}");
-    assert!(forks.iter().any(|f| f["kind"] == "fork" && f["final"].is_object()));
+    assert!(
+        forks
+            .iter()
+            .any(|f| f["kind"] == "fork" && f["final"].is_object())
+    );
 }
 
 #[test]
@@ -243,15 +269,18 @@ fn a_collapse_into_a_huge_page_moves_frames_without_a_write() {
         eprintln!("SKIP: telling a collapse from a copy needs kpageflags (root)");
         return;
     }
-    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .unwrap_or_default();
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
     if thp.is_empty() || thp.contains("[never]") {
         eprintln!("SKIP: THP is unavailable or disabled, MADV_COLLAPSE cannot work");
         return;
     }
     let t = trace(&[], &cow_exact(), &["n=16", "collapse=1"]);
     if t.status == Some(97) {
-        eprintln!("SKIP: MADV_COLLAPSE failed in the child (kernel before 6.1?): {}", t.stdout);
+        eprintln!(
+            "SKIP: MADV_COLLAPSE failed in the child (kernel before 6.1?): {}",
+            t.stdout
+        );
         return;
     }
     assert_eq!(t.status, Some(0), "{}", t.stderr);
@@ -260,16 +289,26 @@ fn a_collapse_into_a_huge_page_moves_frames_without_a_write() {
         vma_row(f, &printed_start(&t.stdout, "collapse")),
         &[("moved", 512)],
     );
-    assert_counts(vma_row(f, &printed_start(&t.stdout, "arena")), &[("shared", 16)]);
+    assert_counts(
+        vma_row(f, &printed_start(&t.stdout, "arena")),
+        &[("shared", 16)],
+    );
 }
 
 #[test]
 fn interval_samples_are_taken_while_the_pair_lives() {
-    let t = trace(&["--interval", "20ms"], &cow_exact(), &["n=16", "a=2", "hold=300"]);
+    let t = trace(
+        &["--interval", "20ms"],
+        &cow_exact(),
+        &["n=16", "a=2", "hold=300"],
+    );
     assert_eq!(t.status, Some(0), "{}", t.stderr);
     let f = &t.report["forks"][0];
     let samples = f["samples"].as_array().unwrap();
-    let interval = samples.iter().filter(|s| s["trigger"] == "interval").count();
+    let interval = samples
+        .iter()
+        .filter(|s| s["trigger"] == "interval")
+        .count();
     assert!(interval >= 3, "300 ms at 20 ms: {samples:#?}");
     assert_eq!(samples.last().unwrap()["trigger"], "child_exit");
     assert_eq!(t.report["interval_ms"], 20);
@@ -309,10 +348,17 @@ fn a_missing_command_is_a_usage_error() {
 #[case::bad_interval(&["--interval", "soon", "--", "true"], 2)]
 #[case::a_kernel_thread(&["--pid", "2"], 2)]
 fn bad_input_is_refused_with_exit_2(#[case] args: &[&str], #[case] code: i32) {
-    let out = Command::new(bin()).arg("trace").args(args).output().unwrap();
+    let out = Command::new(bin())
+        .arg("trace")
+        .args(args)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(code), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("cowscope: ") || err.contains("error:"), "{err}");
+    assert!(
+        err.starts_with("cowscope: ") || err.contains("error:"),
+        "{err}"
+    );
 }
 
 // ---- processes left behind ----
@@ -398,17 +444,21 @@ fn ctrl_c_mid_trace_passes_the_signal_and_leaves_nothing_behind() {
     );
     let me = c.id() as i32;
     let mut tree = Vec::new();
-    wait_until("the program and its forked child", Duration::from_secs(10), || {
-        tree = children(me);
-        if let Some(&root) = tree.first() {
-            let kids = children(root);
-            if !kids.is_empty() {
-                tree.extend(kids);
-                return true;
+    wait_until(
+        "the program and its forked child",
+        Duration::from_secs(10),
+        || {
+            tree = children(me);
+            if let Some(&root) = tree.first() {
+                let kids = children(root);
+                if !kids.is_empty() {
+                    tree.extend(kids);
+                    return true;
+                }
             }
-        }
-        false
-    });
+            false
+        },
+    );
     std::thread::sleep(Duration::from_millis(100));
     kill(me, nix::sys::signal::Signal::SIGINT);
     let code = wait_exit(&mut c, Duration::from_secs(10));
@@ -444,7 +494,10 @@ fn a_second_ctrl_c_kills_a_program_that_ignores_the_first() {
     });
     kill(me, nix::sys::signal::Signal::SIGINT);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(c.try_wait().unwrap().is_none(), "the first SIGINT is ignored by the program");
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "the first SIGINT is ignored by the program"
+    );
     kill(me, nix::sys::signal::Signal::SIGINT);
     let code = wait_exit(&mut c, Duration::from_secs(10));
     assert_eq!(code, Some(128 + 9));
@@ -483,7 +536,10 @@ fn attach_and_detach_leave_the_target_running(#[case] extra: &[&str]) {
     kill(c.id() as i32, nix::sys::signal::Signal::SIGINT);
     let code = wait_exit(&mut c, Duration::from_secs(10));
     assert_eq!(code, Some(0), "detached: the target runs on");
-    assert!(target.try_wait().unwrap().is_none(), "the target still runs");
+    assert!(
+        target.try_wait().unwrap().is_none(),
+        "the target still runs"
+    );
     assert_clean(pid);
     for k in children(pid) {
         assert_clean(k);
@@ -495,7 +551,11 @@ fn attach_and_detach_leave_the_target_running(#[case] extra: &[&str]) {
     assert_eq!(v["ended_by"], "detached");
     let forks = v["forks"].as_array().unwrap();
     assert!(!forks.is_empty(), "sh forked at least once in 400 ms");
-    assert!(forks.iter().all(|f| f["parent"].as_i64() == Some(i64::from(pid))));
+    assert!(
+        forks
+            .iter()
+            .all(|f| f["parent"].as_i64() == Some(i64::from(pid)))
+    );
     let method = if extra.is_empty() { "none" } else { "syscalls" };
     assert_eq!(v["release_tracking"]["method"], method);
     target.kill().unwrap();
@@ -506,7 +566,10 @@ fn attach_and_detach_leave_the_target_running(#[case] extra: &[&str]) {
 fn the_report_matches_its_schema() {
     let t = trace(&[], &cow_exact(), &["n=8", "a=1", "c=1"]);
     assert_eq!(t.status, Some(0));
-    let out = Command::new(bin()).args(["schema", "trace"]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["schema", "trace"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let schema: Value = serde_json::from_slice(&out.stdout).unwrap();
     let v = jsonschema::validator_for(&schema).expect("a valid schema");
@@ -526,7 +589,10 @@ fn without_out_a_table_goes_to_stderr_and_stdout_stays_the_programs() {
     let so = String::from_utf8_lossy(&out.stdout);
     assert!(so.starts_with("arena ") && !so.contains("cowscope"), "{so}");
     let se = String::from_utf8_lossy(&out.stderr);
-    assert!(se.contains("cowscope trace:") && se.contains("fork 1:"), "{se}");
+    assert!(
+        se.contains("cowscope trace:") && se.contains("fork 1:"),
+        "{se}"
+    );
 }
 
 // ---- without privilege ----
@@ -564,11 +630,19 @@ fn without_privilege_who_copied_is_unproven_but_releases_are_exact() {
         "c=5",
         "z=6",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
     assert_eq!(v["system"]["pfn_visible"], false);
     assert_eq!(v["attribution"]["pfn_visible"], false);
-    assert_eq!(v["release_tracking"]["no_new_privs"], true, "seccomp without CAP_SYS_ADMIN");
+    assert_eq!(
+        v["release_tracking"]["no_new_privs"], true,
+        "seccomp without CAP_SYS_ADMIN"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let row = vma_row(&v["forks"][0], &printed_start(&stdout, "arena"));
     // The exclusive bit proves the 7 written pages differ, not who wrote them; the pair is
@@ -576,7 +650,12 @@ fn without_privilege_who_copied_is_unproven_but_releases_are_exact() {
     // is seen by PAGEMAP_SCAN; the child's release is known from its syscall.
     assert_counts(
         row,
-        &[("shared", 14), ("zero", 6), ("diverged", 7), ("released_by_child", 5)],
+        &[
+            ("shared", 14),
+            ("zero", 6),
+            ("diverged", 7),
+            ("released_by_child", 5),
+        ],
     );
 }
 
@@ -684,7 +763,9 @@ fn python_iterating_a_list_copies_the_pages_of_its_int_objects(#[case] mode: &st
         return;
     }
     let (copied, int_pages, ba_shared, ba_pages) = python_case(mode);
-    eprintln!("{mode}: copied_by_child {copied}, int pages {int_pages}, bytearray {ba_shared}/{ba_pages} shared");
+    eprintln!(
+        "{mode}: copied_by_child {copied}, int pages {int_pages}, bytearray {ba_shared}/{ba_pages} shared"
+    );
     // Every page of int objects gets a refcount write; a few hundred more pages are the
     // interpreter's own (frames, the loop's new ints, allocator state).
     assert!(copied >= int_pages, "{copied} < {int_pages}");
@@ -719,7 +800,11 @@ fn redis_bgsave_child_releases_what_it_saved() {
         eprintln!("SKIP: needs visible PFNs");
         return;
     }
-    if Command::new("redis-server").arg("--version").output().is_err() {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
         return;
     }
@@ -758,7 +843,9 @@ fn redis_bgsave_child_releases_what_it_saved() {
     assert!(redis_cli(port, &["BGSAVE"]).contains("started"));
     // A write load on the parent while the child saves.
     let mut writer = Command::new("redis-benchmark")
-        .args(["-p", &port_s, "-t", "set", "-n", "20000", "-r", "100000", "-d", "4096", "-q"])
+        .args([
+            "-p", &port_s, "-t", "set", "-n", "20000", "-r", "100000", "-d", "4096", "-q",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -794,7 +881,10 @@ fn redis_bgsave_child_releases_what_it_saved() {
         fin["copied_by_child"].as_u64() < fin["released_by_child"].as_u64(),
         "the child's own copies stay small: {fin:#}"
     );
-    assert!(fin["copied_by_parent"].as_u64() > Some(0), "the write load copies: {fin:#}");
+    assert!(
+        fin["copied_by_parent"].as_u64() > Some(0),
+        "the write load copies: {fin:#}"
+    );
 }
 
 #[test]

@@ -50,7 +50,11 @@ pub struct Args {
 /// # Errors
 /// [`Error::Usage`] naming `what` for anything else, or outside 1 ms .. 24 h.
 pub fn parse_duration(what: &str, s: &str) -> Result<Duration> {
-    let bad = || Error::usage(format!("{what} must be a duration like 500ms or 2s, got '{s}'"));
+    let bad = || {
+        Error::usage(format!(
+            "{what} must be a duration like 500ms or 2s, got '{s}'"
+        ))
+    };
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -150,6 +154,9 @@ mod tests {
     #[case::words("soon", None)]
     #[case::too_small("0ms", None)]
     fn durations(#[case] s: &str, #[case] ms: Option<u128>) {
-        assert_eq!(parse_duration("--interval", s).ok().map(|d| d.as_millis()), ms);
+        assert_eq!(
+            parse_duration("--interval", s).ok().map(|d| d.as_millis()),
+            ms
+        );
     }
 }

@@ -456,7 +456,9 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 fd,
             } => {
                 // A malformed vector must never reach execve: the kernel reads until the null.
-                if argv.last().is_some_and(|p| p.is_null()) && envp.last().is_some_and(|p| p.is_null()) {
+                if argv.last().is_some_and(|p| p.is_null())
+                    && envp.last().is_some_and(|p| p.is_null())
+                {
                     // SAFETY: `path` is a NUL-terminated string and both vectors are
                     // null-terminated arrays of pointers to NUL-terminated strings, all built
                     // before the fork and alive in inherited memory (caller's contract).

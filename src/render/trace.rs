@@ -54,7 +54,11 @@ fn sentence(f: &ForkRecord, ps: u64) -> Option<String> {
         } else {
             top.vma.pathname.clone()
         };
-        let _ = write!(s, "; {:.0}% of it in {name}", 100.0 * n as f64 / copied as f64);
+        let _ = write!(
+            s,
+            "; {:.0}% of it in {name}",
+            100.0 * n as f64 / copied as f64
+        );
     }
     let rel = c.released_by_child + c.released_by_parent + c.released_by_both;
     if rel > 0 {
@@ -116,7 +120,11 @@ pub fn table(r: &TraceDoc) -> String {
             f.parent,
             f.child,
             f.kind,
-            if f.shares_mm { ", shares the parent's memory: no copy-on-write" } else { "" },
+            if f.shares_mm {
+                ", shares the parent's memory: no copy-on-write"
+            } else {
+                ""
+            },
             f.at,
             f.pause_us,
             f.child_hold_us
@@ -129,7 +137,10 @@ pub fn table(r: &TraceDoc) -> String {
                 mib(bl.pages, ps),
                 bl.vmas,
                 if bl.copied_at_fork > 0 {
-                    format!(", {} already the child's own at its first instruction (its TID page, pinned pages)", bl.copied_at_fork)
+                    format!(
+                        ", {} already the child's own at its first instruction (its TID page, pinned pages)",
+                        bl.copied_at_fork
+                    )
                 } else {
                     String::new()
                 }
@@ -153,7 +164,9 @@ pub fn table(r: &TraceDoc) -> String {
                 .iter()
                 .filter(|v| v.counts.total > v.counts.shared + v.counts.zero)
                 .collect();
-            top.sort_by_key(|v| std::cmp::Reverse(v.counts.total - v.counts.shared - v.counts.zero));
+            top.sort_by_key(|v| {
+                std::cmp::Reverse(v.counts.total - v.counts.shared - v.counts.zero)
+            });
             if !top.is_empty() {
                 let _ = writeln!(s, "  VMAs with most change:");
             }
@@ -165,7 +178,11 @@ pub fn table(r: &TraceDoc) -> String {
                     v.vma.start,
                     v.vma.end,
                     v.vma.perms,
-                    if v.vma.pathname.is_empty() { "[anon]" } else { &v.vma.pathname },
+                    if v.vma.pathname.is_empty() {
+                        "[anon]"
+                    } else {
+                        &v.vma.pathname
+                    },
                     c.copied_by_child,
                     c.copied_by_parent,
                     c.released_by_child,

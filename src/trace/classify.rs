@@ -489,19 +489,43 @@ mod tests {
 
     #[rstest]
     #[case::untouched_page_is_shared(on(F), on(F), false, false, Class::Shared)]
-    #[case::child_write_gives_the_child_a_new_frame(on(F), on(7), false, false, Class::CopiedByChild)]
-    #[case::parent_write_gives_the_parent_a_new_frame(on(7), on(F), false, false, Class::CopiedByParent)]
+    #[case::child_write_gives_the_child_a_new_frame(
+        on(F),
+        on(7),
+        false,
+        false,
+        Class::CopiedByChild
+    )]
+    #[case::parent_write_gives_the_parent_a_new_frame(
+        on(7),
+        on(F),
+        false,
+        false,
+        Class::CopiedByParent
+    )]
     #[case::child_release_and_refault_is_no_copy(on(F), on(7), false, true, Class::ReleasedByChild)]
     #[case::parent_munmap_is_a_release(gone(), on(F), true, false, Class::ReleasedByParent)]
     #[case::both_released(gone(), gone(), true, true, Class::ReleasedByBoth)]
     #[case::a_release_that_left_the_frame_is_still_shared(on(F), on(F), false, true, Class::Shared)]
     #[case::frames_that_migrated_together_stay_shared(on(9), on(9), false, false, Class::Shared)]
-    #[case::child_lost_the_page_without_a_tracked_release(on(F), gone(), false, false, Class::OnlyParent)]
+    #[case::child_lost_the_page_without_a_tracked_release(
+        on(F),
+        gone(),
+        false,
+        false,
+        Class::OnlyParent
+    )]
     #[case::parent_lost_it(gone(), on(F), false, false, Class::OnlyChild)]
     #[case::neither_maps_it(gone(), gone(), false, false, Class::Absent)]
     #[case::ksm_or_collapse_in_the_child_is_no_copy(on(F), nonwrite(7), false, false, Class::Moved)]
     #[case::both_left_the_frame_unattributed(on(8), on(7), false, false, Class::Diverged)]
-    #[case::both_left_but_one_only_by_a_collapse(nonwrite(8), on(7), false, false, Class::CopiedByChild)]
+    #[case::both_left_but_one_only_by_a_collapse(
+        nonwrite(8),
+        on(7),
+        false,
+        false,
+        Class::CopiedByChild
+    )]
     fn with_pfns_from_a_shared_page(
         #[case] p: Seen,
         #[case] c: Seen,
@@ -578,7 +602,12 @@ mod tests {
     #[case::mapped_twice_with_a_third_process_is_unproven(twice(), twice(), false, Class::Unproven)]
     #[case::one_exclusive_side_suffices(twice(), excl(false), false, Class::Diverged)]
     #[case::the_same_page_cache_page(excl(true), excl(true), false, Class::Shared)]
-    fn without_pfns(#[case] p: Seen, #[case] c: Seen, #[case] family_of_two: bool, #[case] want: Class) {
+    fn without_pfns(
+        #[case] p: Seen,
+        #[case] c: Seen,
+        #[case] family_of_two: bool,
+        #[case] want: Class,
+    ) {
         let ev = Evidence {
             pfn_visible: false,
             pair_is_whole_family: family_of_two,

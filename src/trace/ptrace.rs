@@ -56,7 +56,14 @@ fn check(rc: libc::c_long) -> io::Result<()> {
 fn request(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<()> {
     // SAFETY: every request routed here (SEIZE, CONT, SYSCALL, LISTEN, INTERRUPT, DETACH,
     // SETOPTIONS) takes plain integers in `addr`/`data` and writes no memory of ours.
-    check(unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) })
+    check(unsafe {
+        libc::ptrace(
+            req,
+            tid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    })
 }
 
 /// `PTRACE_SEIZE` with `options`: attach without stopping the task.

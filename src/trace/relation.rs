@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::classify::{self, Class, Counts, Evidence, Hist, PageState, Seen};
 use crate::mem::kpage::Kpage;
-use crate::mem::pagemap::{PagemapEntry, Pagemap};
+use crate::mem::pagemap::{Pagemap, PagemapEntry};
 use crate::mem::smaps::SmapsEntry;
 
 /// A VMA larger than this is scanned for present pages (PAGEMAP_SCAN) before its pagemap is

@@ -133,7 +133,8 @@ pub struct Range {
 }
 
 fn page_up(x: u64, ps: u64) -> u64 {
-    x.checked_add(ps - 1).map_or(u64::MAX & !(ps - 1), |v| v & !(ps - 1))
+    x.checked_add(ps - 1)
+        .map_or(!(ps - 1), |v| v & !(ps - 1))
 }
 
 fn range(start: u64, len: u64, ps: u64) -> Option<Range> {
@@ -342,7 +343,10 @@ mod tests {
         assert_eq!(verdict(nr, args), want);
         // The decoder the tracer uses in --syscalls mode agrees with the filter.
         let by_table = lookup(NATIVE_ARCH, nr as u64).filter(|&t| matters(t, &args));
-        assert_eq!(by_table.map(traced), (want != libc::SECCOMP_RET_ALLOW).then_some(want));
+        assert_eq!(
+            by_table.map(traced),
+            (want != libc::SECCOMP_RET_ALLOW).then_some(want)
+        );
     }
 
     #[test]

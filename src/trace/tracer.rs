@@ -222,8 +222,12 @@ fn resolve(cmd: &OsString) -> Result<PathBuf> {
 }
 
 fn cstring(s: &std::ffi::OsStr, what: &str) -> Result<CString> {
-    CString::new(s.as_bytes())
-        .map_err(|_| Error::usage(format!("{what} contains a NUL byte: {}", s.to_string_lossy())))
+    CString::new(s.as_bytes()).map_err(|_| {
+        Error::usage(format!(
+            "{what} contains a NUL byte: {}",
+            s.to_string_lossy()
+        ))
+    })
 }
 
 /// Start `argv` stopped, seize it, let it run: returns its pid and the read end of its
@@ -315,7 +319,9 @@ fn ptrace_refused(pid: i32, e: std::io::Error) -> Error {
     }
     let mut why = Vec::new();
     if let Some(t) = status_field(pid, "TracerPid:").filter(|t| t != "0") {
-        why.push(format!("it is already traced by pid {t} (a debugger or strace?)"));
+        why.push(format!(
+            "it is already traced by pid {t} (a debugger or strace?)"
+        ));
     }
     if let Ok(y) = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
         && y.trim() != "0"
@@ -348,7 +354,9 @@ fn ptrace_refused(pid: i32, e: std::io::Error) -> Error {
 /// Check that `pid` names a live user process we could attach to.
 fn check_target(pid: i32) -> Result<()> {
     if pid <= 0 {
-        return Err(Error::usage(format!("--pid must be a positive pid, got {pid}")));
+        return Err(Error::usage(format!(
+            "--pid must be a positive pid, got {pid}"
+        )));
     }
     if pid == std::process::id() as i32 {
         return Err(Error::usage("cowscope cannot trace itself"));
@@ -619,8 +627,8 @@ impl Tracer<'_> {
                 let _ = ptrace::interrupt(tid);
             }
         }
-        let pre = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default();
+        let pre =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         let n = pre.split_whitespace().count();
         if n > 0 {
             self.body.notes.push(format!(
@@ -819,7 +827,12 @@ impl Tracer<'_> {
         let shares_mm = ev == event::VFORK || ptrace::same_mm(tid, new) == Some(true);
         let parent_mm = self.procs.get(&ptgid).map_or(ptgid, |p| p.mm);
         if !self.procs.contains_key(&new) {
-            self.add_process(new, Some(ptgid), true, if shares_mm { parent_mm } else { new });
+            self.add_process(
+                new,
+                Some(ptgid),
+                true,
+                if shares_mm { parent_mm } else { new },
+            );
         }
         let child_task = self.tasks.entry(new).or_insert(Task {
             tgid: new,
@@ -1071,7 +1084,11 @@ impl Tracer<'_> {
         if self.members(mm).is_empty() {
             return false;
         }
-        let old_brk = if t == Traced::Brk { heap_end(tgid) } else { None };
+        let old_brk = if t == Traced::Brk {
+            heap_end(tgid)
+        } else {
+            None
+        };
         if let Some(task) = self.tasks.get_mut(&tid) {
             task.pending = Some(Pending {
                 t,
@@ -1177,9 +1194,11 @@ impl Tracer<'_> {
         let whole = self.pair_is_whole_family(i);
         let at = self.now();
         let pair = &mut self.pairs[i];
-        let (Some(base), Some(pm_p), Some(pm_c)) =
-            (pair.base.as_mut(), pair.pm_parent.as_ref(), pair.pm_child.as_ref())
-        else {
+        let (Some(base), Some(pm_p), Some(pm_c)) = (
+            pair.base.as_mut(),
+            pair.pm_parent.as_ref(),
+            pair.pm_child.as_ref(),
+        ) else {
             return;
         };
         let inp = SampleInput {
@@ -1260,7 +1279,8 @@ impl Tracer<'_> {
                 "no sample before the pair ended ({by}): a process killed by SIGKILL makes \
                  no exit stop{}",
                 match self.tracking {
-                    Tracking::None => ", and without syscall tracking an exec is seen only \
+                    Tracking::None =>
+                        ", and without syscall tracking an exec is seen only \
                                        after the old memory is gone (use --syscalls or \
                                        --interval)",
                     _ => "",
@@ -1380,11 +1400,11 @@ impl Tracer<'_> {
             }
         }
         if self.mode == Mode::Command && self.root_exit.is_none() {
-            self.body.notes.push("the command's exit status was not seen".into());
+            self.body
+                .notes
+                .push("the command's exit status was not seen".into());
         }
-        if self.mode == Mode::Command
-            && self.body.processes.first().is_some_and(|p| p.execs == 0)
-        {
+        if self.mode == Mode::Command && self.body.processes.first().is_some_and(|p| p.execs == 0) {
             let msgs = self.read_report_pipe();
             for (tag, v) in msgs {
                 let err = std::io::Error::from_raw_os_error(v as i32);
@@ -1451,8 +1471,7 @@ impl Tracer<'_> {
         }
         if self.mode == Mode::Attach {
             a.unproven.push(
-                "forks made before cowscope attached have no baseline and are not followed"
-                    .into(),
+                "forks made before cowscope attached have no baseline and are not followed".into(),
             );
         }
         a.unproven.push(
