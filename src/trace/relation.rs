@@ -30,10 +30,11 @@ use crate::mem::kpage::Kpage;
 use crate::mem::pagemap::{Pagemap, PagemapEntry};
 use crate::mem::smaps::SmapsEntry;
 
-/// A VMA larger than this is scanned for present pages (PAGEMAP_SCAN) before its pagemap is
-/// read; smaller ones are read whole (a scan costs about one read, so for dense memory it
-/// would double the parent's pause).
-pub const SPARSE_VMA: u64 = 1 << 30;
+/// A VMA larger than this, and larger than twice the process's resident memory, is scanned
+/// for present pages (PAGEMAP_SCAN) before its pagemap is read; others are read whole. A scan
+/// costs about one read, so scanning dense memory would double the parent's pause, while
+/// reading a sparse reservation of terabytes whole would take seconds and gigabytes.
+pub const SPARSE_VMA: u64 = 64 << 20;
 /// Pagemap entries per read.
 const CHUNK: usize = 1 << 16;
 
@@ -115,6 +116,12 @@ pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
     let mut vmas = Vec::new();
     let mut segs = Vec::new();
     let mut first = 0usize;
+    // Resident memory from statm (field 2, in pages): cheap, no page walk.
+    let resident = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(u64::MAX / 4, |p| p * ps);
+    let sparse = |len: u64| len > SPARSE_VMA && len > 2 * resident;
     for v in maps.iter().filter(|v| cow_capable(v)) {
         let idx = vmas.len();
         let anon_only = !v.pathname.is_empty()
@@ -130,7 +137,7 @@ pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
             hi: v.end,
             anon_only,
         });
-        let runs: Vec<(u64, u64)> = if v.end - v.start > SPARSE_VMA {
+        let runs: Vec<(u64, u64)> = if sparse(v.end - v.start) {
             present_runs(pm, v.start, v.end)?
         } else {
             vec![(v.start, v.end)]
