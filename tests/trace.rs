@@ -508,6 +508,37 @@ fn a_second_ctrl_c_kills_a_program_that_ignores_the_first() {
     assert_eq!(v["ended_by"], "killed");
 }
 
+/// If cowscope itself dies (SIGKILL: no cleanup runs), the command it traced must not run on
+/// untraced (its releases would fail with ENOSYS): PTRACE_O_EXITKILL kills it.
+#[test]
+fn a_killed_cowscope_takes_its_command_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let mut c = spawn_trace(&["--", "/bin/sh", "-c", "sleep 60; sleep 60"], &out);
+    let me = c.id() as i32;
+    let mut tree = Vec::new();
+    wait_until("sh and its sleep", Duration::from_secs(10), || {
+        tree = children(me);
+        let Some(&sh) = tree.first() else {
+            return false;
+        };
+        let k = children(sh);
+        let found = !k.is_empty();
+        tree.extend(k);
+        found
+    });
+    kill(me, nix::sys::signal::Signal::SIGKILL);
+    c.wait().unwrap();
+    wait_until(
+        "the traced processes to die",
+        Duration::from_secs(5),
+        || {
+            tree.iter()
+                .all(|&p| status(p).is_none_or(|s| field(&s, "State:").starts_with('Z')))
+        },
+    );
+}
+
 /// A target that forks a child every 50 ms, started outside cowscope.
 fn forking_target() -> Child {
     Command::new("/bin/sh")
@@ -773,6 +804,68 @@ fn python_iterating_a_list_copies_the_pages_of_its_int_objects(#[case] mode: &st
     // The bytearray is never written: all of it stays shared (its VMA also holds a little
     // malloc metadata).
     assert!(ba_shared >= ba_pages, "{ba_shared} < {ba_pages}");
+}
+
+const PY_GC: &str = r#"
+import gc, os, sys
+N = 10**6
+objs = [[i] for i in range(N)]            # GC-tracked containers
+if sys.argv[1] == "freeze":
+    gc.freeze()
+block = (sys.getsizeof(objs[0]) + 15) // 16 * 16
+print("object_pages", N * block // 4096, flush=True)
+pid = os.fork()
+if pid == 0:
+    gc.collect()    # a full collection writes gc_refs into every tracked object's header
+    os._exit(0)
+os.waitpid(pid, 0)
+"#;
+
+/// `gc.freeze()` moves every object to a generation the collector never visits, so a child's
+/// full collection no longer writes (and copies) their headers.
+#[test]
+fn python_gc_freeze_spares_the_pages_a_childs_collection_would_copy() {
+    if !is_root() {
+        eprintln!("SKIP: needs visible PFNs");
+        return;
+    }
+    let Some(py) = python() else {
+        eprintln!("SKIP: python3 is not installed");
+        return;
+    };
+    let run = |mode: &str| -> (u64, u64) {
+        let t = trace(&[], &py, &["-c", PY_GC, mode]);
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        let pages: u64 = t
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("object_pages "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let copied = t.report["forks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["final"]["copied_by_child"].as_u64())
+            .max()
+            .unwrap();
+        (copied, pages)
+    };
+    let (plain, pages) = run("plain");
+    let (frozen, _) = run("freeze");
+    eprintln!(
+        "gc.collect() in the child: copied_by_child {plain} plain, {frozen} after gc.freeze(); object pages {pages}"
+    );
+    assert!(
+        plain >= pages,
+        "every page of list objects is written: {plain} < {pages}"
+    );
+    assert!(
+        frozen < pages / 20,
+        "frozen objects are not visited: {frozen} vs {pages}"
+    );
 }
 
 // ---- Redis BGSAVE ----

@@ -133,8 +133,7 @@ pub struct Range {
 }
 
 fn page_up(x: u64, ps: u64) -> u64 {
-    x.checked_add(ps - 1)
-        .map_or(!(ps - 1), |v| v & !(ps - 1))
+    x.checked_add(ps - 1).map_or(!(ps - 1), |v| v & !(ps - 1))
 }
 
 fn range(start: u64, len: u64, ps: u64) -> Option<Range> {

@@ -1474,10 +1474,5 @@ impl Tracer<'_> {
                 "forks made before cowscope attached have no baseline and are not followed".into(),
             );
         }
-        a.unproven.push(
-            "a process killed by SIGKILL makes no exit stop: its pair's final sample is the \
-             last one taken before"
-                .into(),
-        );
     }
 }
