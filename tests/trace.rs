@@ -331,8 +331,24 @@ fn a_missing_command_is_a_usage_error() {
         .args(["trace", "--", "/nonexistent/cowscope-test-program"])
         .output()
         .unwrap();
-    // The path has a slash, so it is not searched: execve fails in the child.
-    assert!(matches!(out.status.code(), Some(2 | 127)), "{out:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    // Found, but not executable: execve fails in the child; the error comes back over the
+    // close-on-exec pipe.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let out = Command::new(bin())
+        .arg("trace")
+        .arg("--")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
     let out = Command::new(bin())
         .args(["trace", "--", "cowscope-no-such-command-xyz"])
         .output()

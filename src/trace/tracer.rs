@@ -203,6 +203,12 @@ fn is_32bit_elf(pid: i32) -> bool {
 fn resolve(cmd: &OsString) -> Result<PathBuf> {
     let p = PathBuf::from(cmd);
     if cmd.as_bytes().contains(&b'/') {
+        if !p.exists() {
+            return Err(Error::usage(format!(
+                "cannot execute '{}': no such file",
+                p.display()
+            )));
+        }
         return Ok(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
@@ -500,7 +506,7 @@ pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
         t.cleanup();
     }
     result?;
-    t.finish();
+    t.finish()?;
     drop(guard);
     Ok(std::mem::replace(&mut t.body, empty_body()))
 }
@@ -1392,7 +1398,11 @@ impl Tracer<'_> {
     }
 
     /// Close the report: end what is still open, fill the exit status and the attribution.
-    fn finish(&mut self) {
+    ///
+    /// # Errors
+    /// When the command never ran: its exec failed (usage), or its seccomp filter could not
+    /// be installed (privilege).
+    fn finish(&mut self) -> Result<()> {
         self.finished = true;
         for i in 0..self.pairs.len() {
             if self.pairs[i].live {
@@ -1405,23 +1415,29 @@ impl Tracer<'_> {
                 .push("the command's exit status was not seen".into());
         }
         if self.mode == Mode::Command && self.body.processes.first().is_some_and(|p| p.execs == 0) {
-            let msgs = self.read_report_pipe();
-            for (tag, v) in msgs {
+            let cmd = self
+                .body
+                .command
+                .as_ref()
+                .and_then(|c| c.first().cloned())
+                .unwrap_or_default();
+            for (tag, v) in self.read_report_pipe() {
                 let err = std::io::Error::from_raw_os_error(v as i32);
                 if tag == child::TAG_EXEC_ERRNO {
-                    self.body
-                        .notes
-                        .push(format!("the command could not be executed: {err}"));
-                } else if tag == child::TAG_SECCOMP_ERRNO {
-                    self.body.notes.push(format!(
-                        "the seccomp filter could not be installed: {err} (try --syscalls)"
-                    ));
+                    return Err(Error::usage(format!("cannot execute '{cmd}': {err}")));
+                }
+                if tag == child::TAG_SECCOMP_ERRNO {
+                    return Err(Error::Privilege(format!(
+                        "the seccomp filter that tracks releases could not be installed \
+                         ({err}); --syscalls tracks them without it"
+                    )));
                 }
             }
         }
         self.body.exit = self.root_exit.clone().unwrap_or_default();
         self.body.duration_s = self.now();
         self.fill_attribution();
+        Ok(())
     }
 
     fn fill_attribution(&mut self) {
