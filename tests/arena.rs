@@ -42,7 +42,10 @@ fn vma_where(pick: impl Fn(usize, usize) -> bool) -> Option<(usize, usize, Strin
 #[case::exactly_one_page_stays_one(4096, 1)]
 #[case::one_byte_more_is_two_pages(4097, 2)]
 #[case::ten_pages(40960, 10)]
-fn capacity_is_rounded_up_to_whole_pages(#[case] asked: usize, #[case] pages_if_4k: usize) {
+fn the_capacity_is_what_was_asked_and_only_the_mapping_is_rounded_up_to_whole_pages(
+    #[case] asked: usize,
+    #[case] pages_if_4k: usize,
+) {
     // The table is written for 4 KiB pages; derive the expectation for other sizes.
     let expected = if page() == 4096 {
         pages_if_4k
@@ -50,9 +53,15 @@ fn capacity_is_rounded_up_to_whole_pages(#[case] asked: usize, #[case] pages_if_
         asked.div_ceil(page())
     };
     let a = arena(asked);
+    assert_eq!(a.capacity(), asked);
+    assert_eq!(a.bytes().len(), asked);
     assert_eq!(a.page_count(), expected);
-    assert_eq!(a.capacity(), expected * page());
-    assert_eq!(a.requested_capacity(), asked);
+    assert_eq!(a.mapped_len(), expected * page());
+    assert_eq!(a.slack().len(), expected * page() - asked);
+    assert!(a.slack().iter().all(|b| *b == 0), "mmap hands out zeroes");
+    // The kernel agrees: the arena's VMA is whole pages long.
+    let (start, end, _) = vma_at(a.base_addr()).expect("the arena's VMA");
+    assert_eq!(end - start, expected * page());
     assert_eq!(a.base_addr() % page(), 0);
 }
 
@@ -184,7 +193,7 @@ fn base_alignment_and_guards_combine(
     assert_eq!(a.base_addr() % align, 0);
     assert_eq!(a.guard_len(), guards * page());
     if guards > 0 {
-        let (start, end) = (a.base_addr(), a.base_addr() + a.capacity());
+        let (start, end) = (a.base_addr(), a.base_addr() + a.mapped_len());
         let (lo, lo_end, lo_perms) = vma_containing(start - 1).expect("lower guard");
         assert_eq!((lo_end, lo_perms.as_str()), (start, "---p"));
         assert!(start - lo >= a.guard_len());
@@ -234,21 +243,36 @@ fn a_write_past_the_end_is_recorded_exactly(
 }
 
 #[rstest]
-#[case::one_byte_past_capacity(4096 - 3, 4)]
-#[case::offset_that_wraps(usize::MAX, 1)]
-#[case::offset_at_capacity(4096, 1)]
-fn a_write_past_the_capacity_is_refused_and_writes_nothing(#[case] at: usize, #[case] len: usize) {
-    let mut a = arena(4096);
-    if a.capacity() != 4096 {
+#[case::one_byte_past_a_page_arena(4096, 4096 - 3, 4)]
+#[case::offset_that_wraps(4096, usize::MAX, 1)]
+#[case::offset_at_the_end_of_a_page_arena(4096, 4096, 1)]
+#[case::one_byte_past_the_mapping_of_a_256_byte_arena(256, 4096 - 3, 4)]
+#[case::from_inside_a_256_byte_arena_past_its_mapping(256, 200, 4000)]
+fn a_write_past_the_mapping_is_refused_and_writes_nothing(
+    #[case] capacity: usize,
+    #[case] at: usize,
+    #[case] len: usize,
+) {
+    if page() != 4096 {
         eprintln!("skip: table assumes 4 KiB pages, page size is {}", page());
         return;
     }
+    let mut a = arena(capacity);
     let b = a.alloc(16).unwrap();
     let before = a.snapshot();
     let e = a.write(&b, at, &vec![0xAA; len]).unwrap_err();
     assert!(matches!(e, ArenaError::OutOfBounds { .. }), "{e:?}");
-    assert!(e.to_string().contains("capacity 4096"));
+    let msg = e.to_string();
+    assert!(msg.contains(&format!("capacity {capacity}")), "{msg}");
+    assert!(msg.contains("4096 bytes"), "{msg}");
     assert!(a.diff(&before).is_empty());
+    assert!(
+        a.slack().iter().all(|x| *x == 0),
+        "nothing reached the slack"
+    );
+    let f = a.check();
+    assert!(f.overflows.is_empty(), "a refused write is no overflow");
+    assert_eq!(f.slack, None);
 }
 
 #[test]
@@ -392,7 +416,7 @@ fn the_arena_is_a_vma_of_its_own_between_prot_none_guards(#[values(false, true)]
     }
     let a = Arena::new(cfg).unwrap();
     let (start, end, perms) = vma_at(a.base_addr()).expect("the arena's VMA");
-    assert_eq!(end - start, a.capacity());
+    assert_eq!(end - start, a.mapped_len());
     assert_eq!(perms, if shared { "rw-s" } else { "rw-p" });
     let g = a.guard_len();
     assert_eq!(g, page());
@@ -409,7 +433,7 @@ fn zero_guard_pages_map_only_the_arena() {
     let a = Arena::new(ArenaConfig::new(4096).guard_pages(0)).unwrap();
     assert_eq!(a.guard_len(), 0);
     let (s, e, _) = vma_at(a.base_addr()).expect("some VMA starts at the base, merged or not");
-    assert!(e - s >= a.capacity());
+    assert!(e - s >= a.mapped_len());
 }
 
 #[rstest]
@@ -481,7 +505,7 @@ fn populate_faults_every_page_in_and_without_it_none_are(#[values(false, true)] 
     let a = Arena::new(ArenaConfig::new(8 * page()).populate(populate)).unwrap();
     let rss = rss_kb(a.base_addr()).expect("smaps entry of the arena");
     let expect = if populate {
-        (a.capacity() / 1024) as u64
+        (a.mapped_len() / 1024) as u64
     } else {
         0
     };
@@ -569,14 +593,14 @@ fn child_touching(addr: usize) -> cowscope::fork::subject::ExitInfo {
 fn a_forked_child_touching_a_guard_page_dies_of_sigsegv(#[case] past_end: bool) {
     let a = arena(4096);
     let addr = if past_end {
-        a.base_addr() + a.capacity()
+        a.base_addr() + a.mapped_len()
     } else {
         a.base_addr() - 1
     };
     let e = child_touching(addr);
     assert_eq!(e.signal.as_deref(), Some("SIGSEGV"), "{e:?}");
     // Sanity: the last arena byte itself is fine in a child.
-    let e = child_touching(a.base_addr() + a.capacity() - 1);
+    let e = child_touching(a.base_addr() + a.mapped_len() - 1);
     assert_eq!(
         e.code,
         Some(0),
@@ -632,4 +656,268 @@ fn a_childs_write_reaches_the_parent_only_when_shared(#[case] shared: bool, #[ca
     let (_, exit) = child_doing(|_| vec![ChildOp::WriteByte { addr, byte: b'X' }]);
     assert_eq!(exit.code, Some(0), "{exit:?}");
     assert_eq!(a.bytes()[0], seen);
+}
+
+// The logical capacity: what the caller asked for (the seed's `ARENA_SIZE`), not the page.
+// Only the mapping is rounded up; the slack between the two is watched like a red zone.
+
+/// The seed's 09b: `#define ARENA_SIZE 256`, `#define BLOCK_SIZE 32`, and `arena_alloc` refuses
+/// when `a->offset + size > a->capacity`: eight blocks fit, the ninth does not.
+#[rstest]
+fn the_seed_09b_arena_refuses_a_ninth_32_byte_block_at_offset_256(
+    #[values(true, false)] ledger: bool,
+) {
+    let mut a = Arena::new(ArenaConfig::new(256).ledger(ledger)).unwrap();
+    for i in 0..8 {
+        let b = a.alloc(32).unwrap();
+        assert_eq!(b.range(), i * 32..(i + 1) * 32);
+    }
+    let e = a.alloc(32).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ArenaError::OutOfMemory {
+                len: 32,
+                offset: 256,
+                capacity: 256,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("at offset 256 of capacity 256"),
+        "{e}"
+    );
+    assert!(
+        a.mapped_len() >= 256 + 32,
+        "the page had room: the refusal is the capacity's, not the mapping's"
+    );
+}
+
+#[rstest]
+#[case::one_byte_too_many_after_224(224, 33, 1)]
+#[case::more_than_the_capacity_from_zero(0, 257, 1)]
+#[case::one_byte_at_the_end(256, 1, 1)]
+#[case::alignment_padding_pushes_it_across(250, 4, 8)]
+#[case::aligned_to_the_logical_end(249, 1, 256)]
+fn an_allocation_that_would_cross_the_logical_end_of_a_256_byte_arena_is_refused_at_offset_n(
+    #[case] n: usize,
+    #[case] len: usize,
+    #[case] align: usize,
+    #[values(true, false)] ledger: bool,
+) {
+    let mut a = Arena::new(ArenaConfig::new(256).ledger(ledger)).unwrap();
+    if n > 0 {
+        let _filler = a.alloc(n).unwrap();
+    }
+    let e = if align == 1 {
+        a.alloc(len)
+    } else {
+        a.alloc_aligned(len, align)
+    }
+    .unwrap_err();
+    match e {
+        ArenaError::OutOfMemory {
+            offset, capacity, ..
+        } => assert_eq!((offset, capacity), (n, 256)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(a.used(), n, "a refusal moves nothing");
+    // What is left up to the logical end is still there, to the byte.
+    if n < 256 {
+        let last = a.alloc(256 - n).unwrap();
+        assert_eq!(last.end(), 256);
+    }
+    assert!(matches!(
+        a.alloc(1),
+        Err(ArenaError::OutOfMemory { offset: 256, .. })
+    ));
+}
+
+#[test]
+fn a_red_zone_that_would_cross_the_logical_end_is_refused_too() {
+    let mut a = Arena::new(ArenaConfig::new(256).red_zone(16)).unwrap();
+    let b = a.alloc(224).unwrap();
+    assert_eq!(a.used(), b.end() + 16, "block and red zone: 240 bytes");
+    // 240 + 1 + 16 = 257 > 256, although the page has room for all of it.
+    let e = a.alloc(1).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ArenaError::OutOfMemory {
+                offset: 240,
+                capacity: 256,
+                red_zone: 16,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+/// The 09b-overflow clown with its NUL: 12 bytes.
+const CLOWN: &[u8] = " \u{1F921} Oops!\0".as_bytes();
+
+#[rstest]
+// Cases: (filler, block length, next block), offset in the block, the bytes, and (bytes past
+// the block's end, bytes past the capacity, how far past the capacity the slack shows damage).
+// The clown at c + 24 with c the last 32 bytes of the arena: 24 + 12 = 36, so 4 bytes ('p',
+// 's', '!', NUL) go past c's end, which is the logical end; the NUL is zero, so the slack
+// shows 3 damaged bytes.
+#[case::the_clown_past_the_last_block((224, 32, None), 24, CLOWN, (4, 4, 3))]
+// A block at 200..232 followed by one at 232..256; 30 bytes from 230 end at 260: 28 past the
+// block (24 of them in the next block), 4 past the logical end.
+#[case::through_the_next_block_into_the_slack((200, 32, Some(24)), 30, &[0xAB; 30], (28, 4, 4))]
+// Starting beyond the logical end: 2 bytes at 264..266.
+#[case::starting_inside_the_slack((224, 32, None), 40, &[0xAB; 2], (2, 2, 10))]
+fn a_write_crossing_the_logical_end_inside_the_page_is_an_overflow_with_the_exact_bytes_past_the_end(
+    // (filler before the block, the block's length, the length of a block after it)
+    #[case] layout: (usize, usize, Option<usize>),
+    #[case] at: usize,
+    #[case] bytes: &[u8],
+    // (bytes past the block's end, bytes past the capacity, reach of the slack damage)
+    #[case] expect: (usize, usize, usize),
+    #[values(true, false)] ledger: bool,
+) {
+    let (filler, block_len, next_len) = layout;
+    let (past_end, past_capacity, slack_reach) = expect;
+    let mut a = Arena::new(ArenaConfig::new(256).ledger(ledger)).unwrap();
+    let _filler = a.alloc(filler).unwrap();
+    let b = a.alloc_labeled(block_len, "c").unwrap();
+    let next = next_len.map(|n| a.alloc_labeled(n, "next").unwrap());
+    assert_eq!(a.used(), 256, "the arena is full to its logical end");
+    let out = a.write(&b, at, bytes).expect("inside the mapping: written");
+    assert_eq!(
+        (out.bytes_past_end, out.bytes_past_capacity),
+        (past_end, past_capacity)
+    );
+    // The bytes past the logical end really are in the slack (it is mapped: no fault).
+    let end = b.offset() + at + bytes.len();
+    let slack_start = (b.offset() + at).max(256) - 256;
+    assert_eq!(
+        &a.slack()[slack_start..end - 256],
+        &bytes[bytes.len() - past_capacity..]
+    );
+    let f = a.check();
+    if !ledger {
+        assert!(
+            !f.ledger && f.is_clean(),
+            "without the ledger nothing is judged"
+        );
+        return;
+    }
+    assert_eq!(f.overflows.len(), 1, "{:?}", f.overflows);
+    let o = &f.overflows[0];
+    assert_eq!(o.source, OverflowSource::Write);
+    assert_eq!(
+        (o.index, o.bytes_past_end, o.bytes_past_capacity),
+        (b.index(), past_end, past_capacity)
+    );
+    assert_eq!(o.victims, next.iter().map(Block::index).collect::<Vec<_>>());
+    let d = f
+        .slack
+        .expect("the bytes in the slack are seen as damage too");
+    assert_eq!((d.capacity, d.mapped), (256, a.mapped_len()));
+    assert_eq!(d.bytes_past_capacity, slack_reach);
+}
+
+#[test]
+fn a_write_to_the_last_mapped_byte_of_a_256_byte_arena_is_written_and_reported() {
+    let mut a = arena(256);
+    let b = a.alloc(256).unwrap();
+    let rest = a.mapped_len() - 256;
+    let out = a.write(&b, 256, &vec![0x5A; rest]).unwrap();
+    assert_eq!((out.bytes_past_end, out.bytes_past_capacity), (rest, rest));
+    assert!(a.slack().iter().all(|x| *x == 0x5A));
+    let d = a.check().slack.expect("a full slack is damage");
+    assert_eq!((d.first_offset, d.bytes_past_capacity), (256, rest));
+    assert_eq!(d.nonzero_bytes, rest);
+    // One byte more would leave the mapping: refused, nothing written.
+    let e = a.write(&b, 256, &vec![0x11; rest + 1]).unwrap_err();
+    assert!(matches!(e, ArenaError::OutOfBounds { .. }), "{e:?}");
+    assert!(a.slack().iter().all(|x| *x == 0x5A));
+}
+
+#[test]
+fn check_finds_bytes_written_into_the_slack_through_the_raw_pointer() {
+    let mut a = arena(256);
+    let b = a.alloc_labeled(256, "all").unwrap();
+    a.write(&b, 0, &[b'x'; 256]).unwrap();
+    assert_eq!(
+        a.check().slack,
+        None,
+        "a full arena with an untouched slack"
+    );
+    let last = a.mapped_len() - 1;
+    // SAFETY: `as_ptr()` is valid for `mapped_len()` bytes and no slice of the arena is alive;
+    // this is what C code holding the pointer does, unseen by the ledger.
+    unsafe {
+        a.as_ptr().add(256 + 10).write(0x41);
+        a.as_ptr().add(last).write(0x42);
+    }
+    let f = a.check();
+    assert!(f.overflows.is_empty(), "the ledger never heard of it");
+    assert!(!f.is_clean());
+    let d = f.slack.expect("the slack is damaged");
+    assert_eq!((d.capacity, d.mapped), (256, a.mapped_len()));
+    assert_eq!(d.first_offset, 256 + 10);
+    assert_eq!(d.bytes_past_capacity, a.mapped_len() - 256);
+    assert_eq!(d.nonzero_bytes, 2);
+}
+
+#[rstest]
+fn a_reset_clears_what_an_overrun_left_in_the_slack_only_when_it_zeroes(
+    #[values(true, false)] zero: bool,
+) {
+    let mut a = arena(256);
+    let d = a.alloc(256).unwrap();
+    // 10 bytes from 250: "abcdef" inside the capacity, "ghij" in the slack.
+    let out = a.write(&d, 250, b"abcdefghij").unwrap();
+    assert_eq!(out.bytes_past_capacity, 4);
+    assert_eq!(a.slack()[..4], *b"ghij");
+    let r = a.reset(zero).unwrap();
+    let f = a.check();
+    if zero {
+        assert_eq!(r.stale_bytes, 0);
+        assert!(a.slack().iter().all(|x| *x == 0));
+        assert_eq!(f.slack, None);
+    } else {
+        // Stale is counted inside the capacity only ("abcdef"); "ghij" stays slack damage.
+        assert_eq!(r.stale_bytes, 6);
+        assert_eq!(f.slack.map(|s| s.bytes_past_capacity), Some(4));
+    }
+    assert_eq!(f.overflows.len(), 1, "the overflow itself stays on record");
+}
+
+#[rstest]
+fn a_page_multiple_arena_behaves_exactly_as_before(#[values(1, 3)] pages: usize) {
+    let cap = pages * page();
+    let mut a = arena(cap);
+    assert_eq!(
+        (a.capacity(), a.mapped_len(), a.page_count()),
+        (cap, cap, pages)
+    );
+    assert!(a.slack().is_empty());
+    let _b = a.alloc(cap - 8).unwrap();
+    let c = a.alloc(8).unwrap();
+    assert_eq!(c.end(), cap);
+    assert!(matches!(
+        a.alloc(1),
+        Err(ArenaError::OutOfMemory { offset, capacity, .. }) if offset == cap && capacity == cap
+    ));
+    // Up to the last byte is in bounds; one byte more has no slack to run into: refused.
+    let out = a.write(&c, 0, &[1; 8]).unwrap();
+    assert_eq!((out.bytes_past_end, out.bytes_past_capacity), (0, 0));
+    let before = a.snapshot();
+    assert!(matches!(
+        a.write(&c, 1, &[2; 8]),
+        Err(ArenaError::OutOfBounds { .. })
+    ));
+    assert!(a.diff(&before).is_empty());
+    let f = a.check();
+    assert!(f.overflows.is_empty() && f.slack.is_none(), "{f:?}");
+    // The guard page starts right at the capacity.
+    let e = child_touching(a.base_addr() + cap);
+    assert_eq!(e.signal.as_deref(), Some("SIGSEGV"), "{e:?}");
 }

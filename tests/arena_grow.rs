@@ -21,9 +21,9 @@ fn vma(addr: usize) -> Option<(usize, usize, String)> {
     })
 }
 
-/// The arena is one rw VMA of exactly its capacity, with a PROT_NONE VMA on each side.
+/// The arena is one rw VMA of exactly its mapped length, with a PROT_NONE VMA on each side.
 fn assert_guarded(a: &Arena) {
-    let (base, end) = (a.base_addr(), a.base_addr() + a.capacity());
+    let (base, end) = (a.base_addr(), a.base_addr() + a.mapped_len());
     let (s, e, p) = vma(base).expect("arena mapped");
     assert_eq!((s, e, p.as_str()), (base, end, "rw-p"));
     assert!(vma(base - 1).expect("low guard").2.starts_with("---"));
@@ -149,4 +149,68 @@ fn a_moved_arena_keeps_its_base_alignment_and_advice() {
     let v = cowscope::mem::smaps::vma_containing(std::process::id() as i32, a.base_addr() as u64)
         .unwrap();
     assert!(v.has_flag("dc"), "VmFlags {:?}", v.vm_flags);
+}
+
+#[test]
+fn growing_within_the_last_page_moves_only_the_logical_end() {
+    let mut a = Arena::new(ArenaConfig::new(256)).unwrap();
+    let b = a.alloc(256).unwrap();
+    a.write(&b, 0, b"seed\0").unwrap();
+    assert!(matches!(
+        a.alloc(1),
+        Err(ArenaError::OutOfMemory { offset: 256, .. })
+    ));
+    let (base, mapped) = (a.base_addr(), a.mapped_len());
+    let g = a.grow(1000).unwrap();
+    assert!(!g.moved);
+    assert_eq!((g.old_capacity, g.new_capacity), (256, 1000));
+    assert_eq!((g.old_mapped, g.new_mapped), (mapped, mapped));
+    assert_eq!(
+        (a.base_addr(), a.mapped_len(), a.capacity()),
+        (base, mapped, 1000)
+    );
+    assert_guarded(&a);
+    // The new room is exactly up to the new logical end.
+    let c = a.alloc(744).unwrap();
+    assert_eq!(c.range(), 256..1000);
+    assert!(matches!(
+        a.alloc(1),
+        Err(ArenaError::OutOfMemory {
+            offset: 1000,
+            capacity: 1000,
+            ..
+        })
+    ));
+    assert_eq!(&a.bytes()[b.range()][..5], b"seed\0");
+}
+
+#[test]
+fn growing_past_the_last_page_maps_whole_pages_and_keeps_the_capacity_exact() {
+    let mut a = Arena::new(ArenaConfig::new(256)).unwrap();
+    let b = a.alloc(5).unwrap();
+    a.write(&b, 0, b"keep\0").unwrap();
+    let g = a.grow(page() + 1).unwrap();
+    assert_eq!((g.new_capacity, g.new_mapped), (page() + 1, 2 * page()));
+    assert_eq!((a.capacity(), a.mapped_len()), (page() + 1, 2 * page()));
+    assert_eq!(a.slack().len(), page() - 1);
+    assert_guarded(&a);
+    assert_eq!(&a.bytes()[b.range()], b"keep\0");
+    let rest = a.alloc(page() + 1 - 5).unwrap();
+    assert_eq!(rest.end(), page() + 1);
+    assert!(a.alloc(1).is_err());
+}
+
+#[test]
+fn a_shared_arena_grows_within_its_last_page_but_not_past_it() {
+    let mut s = Arena::new(ArenaConfig::new(256).shared()).unwrap();
+    let g = s.grow(page()).unwrap();
+    assert_eq!(
+        (g.new_capacity, g.new_mapped, g.moved),
+        (page(), page(), false)
+    );
+    assert!(matches!(
+        s.grow(page() + 1),
+        Err(ArenaError::BadConfig { .. })
+    ));
+    assert_eq!(s.capacity(), page());
 }

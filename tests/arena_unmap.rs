@@ -26,7 +26,7 @@ fn release_and_drop_unmap_the_arena_and_both_guards() {
         let mut a = Arena::new(ArenaConfig::new(4 * 4096)).expect("mapping");
         let (lo, hi) = (
             a.base_addr() - a.guard_len(),
-            a.base_addr() + a.capacity() + a.guard_len(),
+            a.base_addr() + a.mapped_len() + a.guard_len(),
         );
         assert!(mapped(lo, hi));
         if via_drop {

@@ -89,8 +89,15 @@ fn every_baseline_carries_the_envelope(#[case] case: &str) {
         cowscope::kernel::page_size()
     );
     assert_eq!(v["case"], case);
+    let page = cowscope::kernel::page_size();
     let cap = v["capacity"].as_u64().unwrap() as usize;
-    assert_eq!(cap % cowscope::kernel::page_size(), 0, "whole pages");
+    let mapped = v["mapped_bytes"].as_u64().unwrap() as usize;
+    assert_eq!(mapped % page, 0, "the mapping is whole pages");
+    assert!(
+        mapped >= cap && mapped - cap < page,
+        "the capacity rounded up"
+    );
+    assert!(v.get("requested_capacity").is_none(), "the capacity is it");
     let used = v["used"].as_u64().unwrap() as usize;
     assert_eq!(
         v["dump"].as_str().unwrap().len(),
@@ -102,7 +109,8 @@ fn every_baseline_carries_the_envelope(#[case] case: &str) {
 #[test]
 fn baseline_09a_replays_the_seed_byte_for_byte_and_finds_nothing() {
     let v = run_json("09a");
-    assert_eq!(v["requested_capacity"], 4096);
+    // 09a: `#define ARENA_SIZE 4096`.
+    assert_eq!(v["capacity"], 4096);
     assert_eq!(v["used"], 192);
     assert_eq!(v["dump"].as_str().unwrap(), dump_09a());
     let blocks = v["blocks"].as_array().unwrap();
@@ -120,7 +128,6 @@ fn baseline_09a_replays_the_seed_byte_for_byte_and_finds_nothing() {
 #[test]
 fn baseline_09b_finds_the_unassigned_block_and_no_crossing() {
     let v = run_json("09b");
-    assert_eq!(v["requested_capacity"], 256);
     assert_eq!(v["used"], 128);
     assert_eq!(v["dump"].as_str().unwrap(), dump_09b());
     let expect = [
@@ -150,6 +157,25 @@ fn baseline_09b_finds_the_unassigned_block_and_no_crossing() {
         ),
         (&Value::from(20), &Value::from(12), &Value::from(0))
     );
+}
+
+/// The seed's 09b: `#define ARENA_SIZE 256`, and `arena_alloc` checks
+/// `a->offset + size > a->capacity` against it; the mapping behind it is one page.
+#[rstest]
+#[case::c09b("09b")]
+#[case::c09b_overflow("09b-overflow")]
+fn baseline_09b_reports_capacity_256(#[case] case: &str) {
+    let v = run_json(case);
+    assert_eq!(v["capacity"], 256);
+    let page = cowscope::kernel::page_size() as u64;
+    assert_eq!(v["mapped_bytes"], 256u64.div_ceil(page) * page);
+    let log = v["log"][0].as_str().unwrap();
+    assert!(log.contains("(256 bytes; mapped "), "{log}");
+    // No write of the seed reaches past the logical end.
+    for w in v["writes"].as_array().unwrap() {
+        assert_eq!(w["bytes_past_capacity"], 0, "{w}");
+    }
+    assert_eq!(v["findings"]["slack"], Value::Null);
 }
 
 #[test]
@@ -303,4 +329,8 @@ fn baseline_needs_no_privilege() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["system"]["euid"], 65534);
     assert_eq!(v["dump"].as_str().unwrap(), dump_09b());
+    assert_eq!(
+        v["capacity"], 256,
+        "the seed's ARENA_SIZE, with or without privilege"
+    );
 }

@@ -144,12 +144,12 @@ fn materialize(dir: &Path, files: &[&str]) -> Vec<PathBuf> {
         .collect()
 }
 
-fn compare(files: &[&str]) -> (i32, String, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let paths = materialize(dir.path(), files);
+/// `cowscope compare ARGS... FILES...`: exit code, stdout, stderr.
+fn compare_paths(args: &[&str], paths: &[PathBuf]) -> (i32, String, String) {
     let out = Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
         .arg("compare")
-        .args(&paths)
+        .args(args)
+        .args(paths)
         .output()
         .expect("cowscope runs");
     (
@@ -157,6 +157,11 @@ fn compare(files: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn compare(files: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    compare_paths(&[], &materialize(dir.path(), files))
 }
 
 /// The line of `section` (a title substring) whose scenario column is `scenario`.
@@ -244,15 +249,10 @@ fn another_schema_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("v2.json");
     std::fs::write(&f, r#"{"schema_version": 2, "scenarios": []}"#).unwrap();
-    let out = Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
-        .arg("compare")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, out, err) = compare_paths(&[], &[f]);
+    assert_eq!(code, 2);
     assert!(err.contains("v2.json has schema_version 2"), "{err}");
-    assert!(out.stdout.is_empty());
+    assert!(out.is_empty());
 }
 
 #[test]
@@ -269,13 +269,8 @@ fn a_figure_of_the_wrong_type_is_refused_with_its_json_path() {
     doc["scenarios"][0]["pages"]["copied"] = Value::from("four");
     let f = dir.path().join("typed.json");
     std::fs::write(&f, serde_json::to_vec(&doc).unwrap()).unwrap();
-    let out = Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
-        .arg("compare")
-        .arg(&f)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = compare_paths(&[], &[f]);
+    assert_eq!(code, 2);
     assert!(err.contains("scenarios[0].pages.copied"), "{err}");
     assert!(err.contains("\"four\""), "{err}");
 }
@@ -284,13 +279,9 @@ fn a_figure_of_the_wrong_type_is_refused_with_its_json_path() {
 fn json_format_carries_the_same_cells_as_the_table() {
     let dir = tempfile::tempdir().expect("temp dir");
     let paths = materialize(dir.path(), &ALL);
-    let out = Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
-        .args(["compare", "--format", "json"])
-        .args(&paths)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let (code, out, err) = compare_paths(&["--format", "json"], &paths);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(v["kernels"].as_array().map(Vec::len), Some(3));
     let thp = v["sections"]
         .as_array()

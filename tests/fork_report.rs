@@ -510,7 +510,7 @@ fn a_fault_in_a_subject_reports_its_address_and_signal() {
     use cowscope::fork::child::{ChildOp, TAG_FAULT_ADDR, TAG_FAULT_SIGNAL};
     use cowscope::fork::subject::{SubjectPipes, spawn};
     let arena = cowscope::arena::Arena::new(cowscope::arena::ArenaConfig::new(4096)).unwrap();
-    let past_end = arena.base_addr() + arena.capacity();
+    let past_end = arena.base_addr() + arena.mapped_len();
     let pipes = SubjectPipes::new().unwrap();
     let mut ops = pipes.prologue().to_vec();
     ops.push(ChildOp::ReportFaults {
@@ -694,4 +694,42 @@ fn every_fork_goes_through_the_one_child_interpreter() {
         offenders.is_empty(),
         "fork outside src/fork/{{child,subject}}.rs: {offenders:?}"
     );
+}
+
+#[test]
+fn the_table_keeps_its_columns_in_line_for_large_arenas_and_explains_them() {
+    let out = cowscope()
+        .args([
+            "fork-report",
+            "--format",
+            "table",
+            "--runs",
+            "1",
+            "--pages",
+            "100000",
+            "--scenario",
+            "private-idle",
+            "--scenario",
+            "private-child-writes",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    // Heading and both rows: "verdict" and each row's verdict start in the same column.
+    let at = lines[1].find("verdict").expect("heading");
+    for row in &lines[2..4] {
+        let col = row.chars().count() - row[row.find("ok [").expect(row)..].chars().count();
+        assert_eq!(col, lines[1][..at].chars().count(), "{text}");
+        assert!(row.contains("100000"), "{row}");
+    }
+    for word in [
+        "notin = not inherited",
+        "unprv = not provable",
+        "P/S kB",
+        "cow ns",
+    ] {
+        assert!(text.contains(word), "legend names {word}: {text}");
+    }
 }

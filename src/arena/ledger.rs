@@ -2,8 +2,8 @@
 //! far (overflowing writes, double releases, use after reset or release).
 //!
 //! The ledger is bookkeeping only; it never touches the arena's bytes.
-//! [`Arena::check`](crate::arena::Arena::check) combines it with the bytes (red zones, stale
-//! bytes) into [`Findings`].
+//! [`Arena::check`](crate::arena::Arena::check) combines it with the bytes (red zones, the
+//! slack past the capacity, stale bytes) into [`Findings`].
 
 use std::ops::Range;
 
@@ -77,6 +77,10 @@ pub struct Overflow {
     pub label: Option<String>,
     /// Bytes stored past the block's end.
     pub bytes_past_end: usize,
+    /// Of those, bytes stored past the arena's logical end (its capacity), into the slack of
+    /// the last mapped page: a write the seed's C would not have faulted on either. Always 0
+    /// for a red-zone finding (red zones lie inside the capacity).
+    pub bytes_past_capacity: usize,
     /// Absolute offset where the offending write started.
     pub write_offset: usize,
     /// Length of the offending write.
@@ -106,6 +110,26 @@ pub struct StaleRange {
     pub len: usize,
 }
 
+/// Non-zero bytes found in the slack: the mapped bytes between the arena's capacity and the end
+/// of its last page. Nothing may use them, and the kernel hands them out zeroed, so any
+/// non-zero byte there was written by an overrun (through
+/// [`Arena::write`](crate::arena::Arena::write), which also records it as an [`Overflow`], or
+/// through the raw pointer, which only this finding shows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SlackDamage {
+    /// The arena's capacity: where the slack starts.
+    pub capacity: usize,
+    /// The mapping's length: where the slack ends.
+    pub mapped: usize,
+    /// Offset of the first non-zero byte in the slack.
+    pub first_offset: usize,
+    /// Bytes from the capacity up to and including the last non-zero byte (how far the overrun
+    /// reached, as a red zone's `bytes_past_end`).
+    pub bytes_past_capacity: usize,
+    /// Number of non-zero bytes in the slack.
+    pub nonzero_bytes: usize,
+}
+
 /// Everything [`Arena::check`](crate::arena::Arena::check) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Findings {
@@ -123,6 +147,8 @@ pub struct Findings {
     pub use_after_release: Vec<Misuse>,
     /// Stale bytes from before a non-zeroing reset.
     pub stale: Vec<StaleRange>,
+    /// Damage in the slack past the capacity (`None`: the slack is all zero, or there is none).
+    pub slack: Option<SlackDamage>,
 }
 
 impl Findings {
@@ -134,6 +160,7 @@ impl Findings {
             && self.use_after_reset.is_empty()
             && self.use_after_release.is_empty()
             && self.stale.is_empty()
+            && self.slack.is_none()
     }
 }
 

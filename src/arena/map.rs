@@ -3,7 +3,7 @@
 //! Layout, low to high addresses:
 //!
 //! ```text
-//! [ guard: guard_len bytes, PROT_NONE ][ arena: capacity bytes, RW ][ guard: guard_len, PROT_NONE ]
+//! [ guard: guard_len bytes, PROT_NONE ][ arena: len bytes, RW ][ guard: guard_len, PROT_NONE ]
 //! ```
 //!
 //! The guards are separate VMAs with different protection, so the kernel never merges the arena
@@ -23,8 +23,9 @@ use super::ArenaError;
 pub(super) struct Mapping {
     /// First byte of the read-write arena.
     pub base: NonNull<u8>,
-    /// Arena bytes (a whole number of pages).
-    pub capacity: usize,
+    /// Mapped arena bytes (a whole number of pages; the arena's logical capacity may end
+    /// earlier, inside the last page).
+    pub len: usize,
     /// Bytes of PROT_NONE guard on each side.
     pub guard_len: usize,
 }
@@ -35,15 +36,15 @@ impl Mapping {
         // Cannot overflow: this exact range was mapped by `map`, which checked the sum.
         (
             self.base.as_ptr() as usize - self.guard_len,
-            self.capacity + 2 * self.guard_len,
+            self.len + 2 * self.guard_len,
         )
     }
 }
 
-/// Map `capacity` bytes (a non-zero multiple of `page`) aligned to `align` (a power of two, at
+/// Map `len` bytes (a non-zero multiple of `page`) aligned to `align` (a power of two, at
 /// least `page`) with `guard_len` bytes of PROT_NONE on each side.
 pub(super) fn map(
-    capacity: usize,
+    len: usize,
     guard_len: usize,
     align: usize,
     page: usize,
@@ -57,12 +58,12 @@ pub(super) fn map(
     let flags = share | libc::MAP_ANONYMOUS;
     let slack = align - page;
     let too_big = || ArenaError::BadConfig {
-        reason: "the capacity plus guards and alignment overflows the address space",
-        value: capacity,
+        reason: "the mapping plus guards and alignment overflows the address space",
+        value: len,
     };
     let total = guard_len
         .checked_mul(2)
-        .and_then(|g| g.checked_add(capacity))
+        .and_then(|g| g.checked_add(len))
         .and_then(|t| t.checked_add(slack))
         .filter(|t| *t <= isize::MAX as usize)
         .ok_or_else(too_big)?;
@@ -73,17 +74,17 @@ pub(super) fn map(
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                capacity,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 flags,
                 -1,
                 0,
             )
         };
-        let base = check_mmap(p, capacity)?;
+        let base = check_mmap(p, len)?;
         return Ok(Mapping {
             base,
-            capacity,
+            len,
             guard_len,
         });
     }
@@ -106,7 +107,7 @@ pub(super) fn map(
     // reserve + guard_len + slack <= reserve_end, and rounding up to `align` adds at most slack.
     let base = (reserve + guard_len + align - 1) & !(align - 1);
     let lo = base - guard_len;
-    let hi = base + capacity + guard_len;
+    let hi = base + len + guard_len;
     debug_assert!(
         lo >= reserve && hi <= reserve_end,
         "arena must fit its reservation"
@@ -132,22 +133,22 @@ pub(super) fn map(
     trim(reserve, lo).map_err(undo)?;
     trim(hi, reserve_end).map_err(undo)?;
 
-    // SAFETY: [base, base + capacity) lies inside our own PROT_NONE reservation (checked by the
+    // SAFETY: [base, base + len) lies inside our own PROT_NONE reservation (checked by the
     // arithmetic above), so MAP_FIXED replaces only pages we own and no Rust object lives there.
     let p = unsafe {
         libc::mmap(
             base as *mut libc::c_void,
-            capacity,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             flags | libc::MAP_FIXED,
             -1,
             0,
         )
     };
-    match check_mmap(p, capacity) {
+    match check_mmap(p, len) {
         Ok(b) => Ok(Mapping {
             base: b,
-            capacity,
+            len,
             guard_len,
         }),
         Err(e) => {
@@ -188,7 +189,7 @@ pub(super) fn madvise(m: &Mapping, advice: libc::c_int) -> Result<(), Errno> {
     // SAFETY: the range is exactly our live read-write mapping. The safe callers pass only
     // advice that cannot change what the parent process reads (fork inheritance, THP, KSM);
     // destructive advice goes through `Arena::advise_unchecked`, an `unsafe fn`.
-    let rc = unsafe { libc::madvise(m.base.as_ptr().cast(), m.capacity, advice) };
+    let rc = unsafe { libc::madvise(m.base.as_ptr().cast(), m.len, advice) };
     Errno::result(rc).map(|_| ())
 }
 
@@ -218,10 +219,10 @@ pub(super) struct Grown {
     pub old_guards_unmapped: bool,
 }
 
-/// Grow a private arena to `new_capacity` bytes (a multiple of `page`, larger than the
-/// current capacity), keeping a guard of `m.guard_len` bytes on each side.
+/// Grow a private arena to `new_len` bytes (a multiple of `page`, larger than the
+/// current length), keeping a guard of `m.guard_len` bytes on each side.
 ///
-/// In place when the `new_capacity - capacity` bytes right after the end guard are free: they
+/// In place when the `new_len - len` bytes right after the end guard are free: they
 /// are claimed first with `MAP_FIXED_NOREPLACE` (so nobody else's mapping is ever touched),
 /// the arena then grows over its old end guard with `mremap` (no flags: in place or fail), and
 /// the claim's last `guard_len` bytes are the new end guard. Otherwise the arena moves: a fresh
@@ -234,25 +235,25 @@ pub(super) struct Grown {
 /// of its bytes is alive); after success only the returned mapping may be used.
 pub(super) unsafe fn grow(
     m: &Mapping,
-    new_capacity: usize,
+    new_len: usize,
     align: usize,
     page: usize,
 ) -> Result<Grown, ArenaError> {
     let base = m.base.as_ptr() as usize;
-    let (capacity, guard_len) = (m.capacity, m.guard_len);
-    debug_assert!(new_capacity > capacity && new_capacity % page == 0);
-    let extra = new_capacity - capacity;
-    let old_end = base + capacity;
+    let (len, guard_len) = (m.len, m.guard_len);
+    debug_assert!(new_len > len && new_len % page == 0);
+    let extra = new_len - len;
+    let old_end = base + len;
     let claim_at = old_end + guard_len;
     let remap_err = |errno| ArenaError::Remap {
-        old_capacity: capacity,
-        new_capacity,
+        old_mapped: len,
+        new_mapped: new_len,
         errno,
     };
 
     let mut old_end_guard_ours = true;
     // In place: claim the bytes after the end guard without replacing anything. The end of the
-    // claim cannot overflow: `map` checked that base + capacity + guards fits, and new_capacity
+    // claim cannot overflow: `map` checked that base + len + guards fits, and new_len
     // was checked against isize::MAX by the caller; an address-space overflow makes the kernel
     // refuse (ENOMEM), which leads to the move below.
     // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping (EEXIST instead); a fresh
@@ -280,12 +281,12 @@ pub(super) unsafe fn grow(
             // SAFETY: [base, old_end) is our live arena (caller's guarantee) and the range it
             // grows into was just freed by us. Without MREMAP_MAYMOVE the kernel grows it in
             // place or fails.
-            let r = unsafe { libc::mremap(base as *mut libc::c_void, capacity, new_capacity, 0) };
+            let r = unsafe { libc::mremap(base as *mut libc::c_void, len, new_len, 0) };
             if r != libc::MAP_FAILED {
                 return Ok(Grown {
                     map: Mapping {
                         base: m.base,
-                        capacity: new_capacity,
+                        len: new_len,
                         guard_len,
                     },
                     moved: false,
@@ -305,15 +306,15 @@ pub(super) unsafe fn grow(
     }
 
     // Move: a fresh guarded, aligned region; the arena's pages replace its read-write part.
-    let fresh = map(new_capacity, guard_len, align, page, false)?;
+    let fresh = map(new_len, guard_len, align, page, false)?;
     // SAFETY: the source is our live arena, the destination the read-write part of the region
     // just mapped (ours, unreferenced); MREMAP_FIXED replaces only that. Afterwards the old
     // range is unmapped by the kernel and only `fresh` may be used, as the caller agreed.
     let r = unsafe {
         libc::mremap(
             base as *mut libc::c_void,
-            capacity,
-            new_capacity,
+            len,
+            new_len,
             libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
             fresh.base.as_ptr() as *mut libc::c_void,
         )

@@ -3,15 +3,19 @@
 //!
 //! What the seed's 09a/09b do by hand, done so that every mistake they make is reported:
 //!
-//! * the arena is one `mmap` whose capacity is rounded up to whole pages, with PROT_NONE guard
-//!   pages on both sides (its own VMA; an overrun of the mapping faults);
-//! * [`Arena::alloc`] bumps upwards like the seed, but every addition is checked, so a length
-//!   near `usize::MAX` is an error, never a wrap; results are `#[must_use]` (the seed ignored a
-//!   NULL);
-//! * [`Arena::write`] is the seed's `strcpy`: it may run past the block's end (never past the
-//!   capacity) and the ledger records exactly how far;
-//! * [`Arena::check`] reports leaks, overflows (including damaged red zones), double releases,
-//!   use after reset and stale bytes.
+//! * the arena's capacity is what the caller asked for (the seed's `ARENA_SIZE`); only its
+//!   `mmap` is rounded up to whole pages, with PROT_NONE guard pages on both sides (its own VMA;
+//!   an overrun of the mapping faults). The slack between the logical end and the end of the
+//!   last page is mapped, so an overrun into it does not fault: the engine watches it instead,
+//!   like a red zone;
+//! * [`Arena::alloc`] bumps upwards like the seed and, like the seed's `arena_alloc`, refuses a
+//!   block that would cross the logical end, even when the last page has room; every addition
+//!   is checked, so a length near `usize::MAX` is an error, never a wrap; results are
+//!   `#[must_use]` (the seed ignored a NULL);
+//! * [`Arena::write`] is the seed's `strcpy`: it may run past the block's end and past the
+//!   logical end into the slack (never past the mapping), and reports exactly how far past each;
+//! * [`Arena::check`] reports leaks, overflows (including damaged red zones and a damaged
+//!   slack), double releases, use after reset and stale bytes.
 //!
 //! The engine never prints: it returns data, and the CLI renders it.
 //!
@@ -20,6 +24,8 @@
 //! use cowscope::arena::{Arena, ArenaConfig};
 //!
 //! let mut arena = Arena::new(ArenaConfig::new(256)).unwrap();
+//! assert_eq!(arena.capacity(), 256); // the seed's ARENA_SIZE; the mapping is one whole page
+//! assert!(arena.alloc(257).is_err()); // refused, although the page has room
 //! let a = arena.alloc(32).unwrap();
 //! let leaked = arena.alloc(32).unwrap();
 //! arena.write(&a, 0, b"hi\0").unwrap();
@@ -31,7 +37,9 @@
 mod ledger;
 mod map;
 
-pub use ledger::{BlockRef, Findings, LedgerEntry, Misuse, Overflow, OverflowSource, StaleRange};
+pub use ledger::{
+    BlockRef, Findings, LedgerEntry, Misuse, Overflow, OverflowSource, SlackDamage, StaleRange,
+};
 
 use std::fmt;
 use std::io;
@@ -93,9 +101,11 @@ pub enum ArenaError {
         /// The arena's capacity.
         capacity: usize,
     },
-    /// A write would run past the arena's capacity (nothing was written).
+    /// A write would run past the end of the arena's mapping (nothing was written). A write
+    /// that crosses only the logical end (into the slack of the last page) is not refused: it
+    /// is written and reported as an overflow.
     #[error(
-        "write of {len} bytes at offset {block_offset}+{offset_in_block} runs past the arena's capacity {capacity}; nothing was written"
+        "write of {len} bytes at offset {block_offset}+{offset_in_block} runs past the end of the arena's mapping ({mapped} bytes for capacity {capacity}); nothing was written"
     )]
     OutOfBounds {
         /// The block's offset.
@@ -106,6 +116,8 @@ pub enum ArenaError {
         len: usize,
         /// The arena's capacity.
         capacity: usize,
+        /// Bytes mapped (the capacity rounded up to whole pages).
+        mapped: usize,
     },
     /// The block was already released.
     #[error(
@@ -196,12 +208,14 @@ pub enum ArenaError {
         errno: Errno,
     },
     /// `mremap` refused to grow the arena (it stayed where it was, unchanged).
-    #[error("mremap growing the arena from {old_capacity} to {new_capacity} bytes failed: {errno}")]
+    #[error(
+        "mremap growing the arena's mapping from {old_mapped} to {new_mapped} bytes failed: {errno}"
+    )]
     Remap {
-        /// Capacity before.
-        old_capacity: usize,
-        /// Capacity asked for.
-        new_capacity: usize,
+        /// Bytes mapped before.
+        old_mapped: usize,
+        /// Bytes the mapping was to grow to.
+        new_mapped: usize,
         /// The kernel's answer.
         errno: Errno,
     },
@@ -310,8 +324,9 @@ pub struct ArenaConfig {
 }
 
 impl ArenaConfig {
-    /// An arena of at least `capacity` bytes ([`Arena::new`] rounds up to whole pages):
-    /// private, page-aligned, not populated, one guard page each side, no red zone, ledger on.
+    /// An arena of exactly `capacity` bytes (its mapping is rounded up to whole pages, the
+    /// capacity is not): private, page-aligned, not populated, one guard page each side, no red
+    /// zone, ledger on.
     pub fn new(capacity: usize) -> Self {
         ArenaConfig {
             capacity,
@@ -375,7 +390,7 @@ impl ArenaConfig {
         self
     }
 
-    /// The capacity asked for (before rounding).
+    /// The capacity asked for.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -437,6 +452,9 @@ pub struct WriteOutcome {
     pub len: usize,
     /// Bytes written past the block's end (0 for an in-bounds write).
     pub bytes_past_end: usize,
+    /// Bytes written past the arena's logical end, into the slack of its last page (always at
+    /// most `bytes_past_end`: a block never crosses the logical end).
+    pub bytes_past_capacity: usize,
     /// Other blocks whose bytes the write reached (ledger on only).
     pub victims: Vec<usize>,
 }
@@ -446,7 +464,8 @@ pub struct WriteOutcome {
 pub struct ResetOutcome {
     /// `used` before the reset.
     pub previous_used: usize,
-    /// Non-zero bytes left in the arena (always 0 after a zeroing reset).
+    /// Non-zero bytes left inside the capacity (always 0 after a zeroing reset, which also
+    /// zeroes whatever an overrun left in the slack).
     pub stale_bytes: usize,
     /// Whether the bytes were zeroed.
     pub zeroed: bool,
@@ -462,8 +481,13 @@ pub struct GrowOutcome {
     pub new_base: usize,
     /// Capacity before.
     pub old_capacity: usize,
-    /// Capacity after.
+    /// Capacity after (what was asked for).
     pub new_capacity: usize,
+    /// Bytes mapped before (whole pages).
+    pub old_mapped: usize,
+    /// Bytes mapped after (whole pages; equal to `old_mapped` when the new capacity still fits
+    /// in the last page).
+    pub new_mapped: usize,
     /// Whether the arena moved (the pages after its end guard were not free).
     pub moved: bool,
     /// After a move: whether the old guard regions were unmapped (a failure leaks only those
@@ -500,8 +524,9 @@ pub struct Arena {
     /// Address of the next free byte (`base + used`). Bumping an address rather than an offset
     /// takes one addition off the aligned fast path. Invariant: `base <= cur <= end`.
     cur: usize,
-    /// `base + capacity`.
+    /// `base + capacity`: the logical end, where allocation stops (not the mapping's end).
     end: usize,
+    /// What the caller asked for; `map.len` is this rounded up to whole pages.
     capacity: usize,
     next_index: usize,
     /// Ledger off, no red zone, not released: allocation needs no bookkeeping.
@@ -510,11 +535,11 @@ pub struct Arena {
     generation: u32,
     map: Mapping,
     released: bool,
-    /// Highest offset the engine ever handed out or wrote (before resets too). Beyond it the
-    /// mapping still holds what mmap gave (zeroes), unless someone wrote through `as_ptr`.
+    /// Highest offset the engine ever handed out or wrote (before resets too; at most the
+    /// mapping's length, past the capacity after a write into the slack). Beyond it the mapping
+    /// still holds what mmap gave (zeroes), unless someone wrote through `as_ptr`.
     high_water: usize,
     red_zone: usize,
-    requested_capacity: usize,
     shared: bool,
     align: usize,
     advice: Vec<Advice>,
@@ -544,8 +569,8 @@ impl Arena {
                 value: 0,
             });
         }
-        let capacity = cfg
-            .capacity
+        let capacity = cfg.capacity;
+        let mapped = capacity
             .checked_next_multiple_of(page)
             .filter(|c| *c <= isize::MAX as usize)
             .ok_or(ArenaError::BadConfig {
@@ -566,7 +591,7 @@ impl Arena {
                 reason: "the guard pages overflow the address space",
                 value: cfg.guard_pages,
             })?;
-        let map = map::map(capacity, guard_len, align, page, cfg.shared)?;
+        let map = map::map(mapped, guard_len, align, page, cfg.shared)?;
         let base_addr = map.base.as_ptr() as usize;
         let mut arena = Arena {
             cur: base_addr,
@@ -580,7 +605,6 @@ impl Arena {
             released: false,
             high_water: 0,
             red_zone: cfg.red_zone,
-            requested_capacity: cfg.capacity,
             shared: cfg.shared,
             align,
             advice: Vec::new(),
@@ -597,8 +621,8 @@ impl Arena {
         }
         if cfg.populate {
             let base = arena.map.base.as_ptr();
-            for off in (0..capacity).step_by(page) {
-                // SAFETY: off < capacity, so base+off is inside our live read-write mapping;
+            for off in (0..mapped).step_by(page) {
+                // SAFETY: off < mapped, so base+off is inside our live read-write mapping;
                 // no Rust reference to the arena's bytes exists yet. Volatile so the store (and
                 // hence the fault) is not elided.
                 unsafe { base.add(off).write_volatile(0) };
@@ -612,20 +636,23 @@ impl Arena {
         self.map.base.as_ptr() as usize
     }
 
-    /// Pointer to the first arena byte. Writing through it bypasses the ledger (red zones still
-    /// catch damage); it is valid for `capacity()` bytes until the arena is released or dropped.
+    /// Pointer to the first arena byte. Writing through it bypasses the ledger (red zones and
+    /// the slack still catch damage); it is valid for [`Arena::mapped_len`] bytes (the bytes
+    /// past [`Arena::capacity`] are the slack) until the arena is released or dropped.
     pub fn as_ptr(&self) -> *mut u8 {
         self.map.base.as_ptr()
     }
 
-    /// Usable bytes (the requested capacity rounded up to whole pages).
+    /// Usable bytes: exactly what the configuration asked for (the seed's `ARENA_SIZE`).
+    /// Allocation stops here even when the last page has room.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// The capacity the configuration asked for, before rounding.
-    pub fn requested_capacity(&self) -> usize {
-        self.requested_capacity
+    /// Bytes mapped: the capacity rounded up to whole pages. Everything page-level (madvise,
+    /// munmap, populate, grow, [`Arena::page_count`], the VMA in smaps) covers this length.
+    pub fn mapped_len(&self) -> usize {
+        self.map.len
     }
 
     /// Bytes handed out so far (including alignment padding and red zones).
@@ -639,9 +666,9 @@ impl Arena {
         self.cur = self.base_addr() + used;
     }
 
-    /// Pages in the arena (`capacity / page size`).
+    /// Pages in the arena's mapping (`mapped_len / page size`).
     pub fn page_count(&self) -> usize {
-        self.capacity / crate::kernel::page_size()
+        self.map.len / crate::kernel::page_size()
     }
 
     /// Bytes of PROT_NONE guard on each side.
@@ -721,8 +748,10 @@ impl Arena {
     /// Allocate `len` bytes at the bump offset (no alignment, like the seed).
     ///
     /// # Errors
-    /// [`ArenaError::ZeroLength`], [`ArenaError::OutOfMemory`] (also for `len` near
-    /// `usize::MAX`: the arithmetic is checked, never wraps), [`ArenaError::Released`].
+    /// [`ArenaError::ZeroLength`], [`ArenaError::OutOfMemory`] when the block would cross the
+    /// capacity, as the seed's `arena_alloc` refuses (even when the last page has room; also
+    /// for `len` near `usize::MAX`: the arithmetic is checked, never wraps),
+    /// [`ArenaError::Released`].
     #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
     #[inline(always)]
     pub fn alloc(&mut self, len: usize) -> Result<Block, ArenaError> {
@@ -889,24 +918,46 @@ impl Arena {
         }
     }
 
-    /// The whole arena (`capacity()` bytes); empty after release.
+    /// The whole arena (`capacity()` bytes, not the slack); empty after release.
     pub fn bytes(&self) -> &[u8] {
+        let m = self.mapped_bytes();
+        &m[..self.capacity.min(m.len())]
+    }
+
+    /// The whole arena (`capacity()` bytes), writable. Writes through it bypass the ledger (red
+    /// zones still catch damage).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let capacity = self.capacity;
+        let m = self.mapped_bytes_mut();
+        let n = capacity.min(m.len());
+        &mut m[..n]
+    }
+
+    /// The slack: the mapped bytes past the logical end (`capacity()..mapped_len()`), which
+    /// nothing may use. Zero unless something overran the arena (reported by
+    /// [`Arena::check`]); empty after release and for a capacity of whole pages.
+    pub fn slack(&self) -> &[u8] {
+        let m = self.mapped_bytes();
+        &m[self.capacity.min(m.len())..]
+    }
+
+    /// The whole mapping (`mapped_len()` bytes, slack included); empty after release.
+    fn mapped_bytes(&self) -> &[u8] {
         if self.released {
             return &[];
         }
-        // SAFETY: the mapping is live (not released), read-write and `capacity` long; it lives
+        // SAFETY: the mapping is live (not released), read-write and `map.len` long; it lives
         // as long as `self`, and all writes through the engine need `&mut self`.
-        unsafe { std::slice::from_raw_parts(self.map.base.as_ptr(), self.capacity) }
+        unsafe { std::slice::from_raw_parts(self.map.base.as_ptr(), self.map.len) }
     }
 
-    /// The whole arena, writable. Writes through it bypass the ledger (red zones still catch
-    /// damage).
-    pub fn bytes_mut(&mut self) -> &mut [u8] {
+    /// The whole mapping, writable.
+    fn mapped_bytes_mut(&mut self) -> &mut [u8] {
         if self.released {
             return &mut [];
         }
-        // SAFETY: as in `bytes`, and `&mut self` makes this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.map.base.as_ptr(), self.capacity) }
+        // SAFETY: as in `mapped_bytes`, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.map.base.as_ptr(), self.map.len) }
     }
 
     /// The bytes handed out so far (`0..used()`).
@@ -915,15 +966,17 @@ impl Arena {
         &b[..self.used().min(b.len())]
     }
 
-    /// Offset up to which the engine has handed out or written bytes (past resets too).
+    /// Offset up to which the engine has handed out or written bytes (past resets too; past
+    /// the capacity after a write that ran into the slack).
     pub fn extent(&self) -> usize {
         self.high_water.max(self.used())
     }
 
     /// Write `bytes` at `offset_in_block` inside `block`, like the seed's `strcpy`: the write
-    /// may run past the block's end (into red zones or the next blocks), but never past the
-    /// capacity. An overrun is returned in the outcome and recorded by the ledger with the
-    /// exact number of bytes past the end.
+    /// may run past the block's end (into red zones or the next blocks) and past the logical
+    /// end into the slack of the last page (mapped, so it would not fault in C either), but
+    /// never past the mapping. An overrun is returned in the outcome and recorded by the ledger
+    /// with the exact number of bytes past the block's end and past the capacity.
     ///
     /// # Errors
     /// [`ArenaError::OutOfBounds`] (nothing written), [`ArenaError::ForeignBlock`],
@@ -936,23 +989,25 @@ impl Arena {
         bytes: &[u8],
     ) -> Result<WriteOutcome, ArenaError> {
         self.vet(block, "write")?;
-        let capacity = self.capacity;
+        let (capacity, mapped) = (self.capacity, self.map.len);
         let oob = || ArenaError::OutOfBounds {
             block_offset: block.offset,
             offset_in_block,
             len: bytes.len(),
             capacity,
+            mapped,
         };
         let start = block.offset.checked_add(offset_in_block).ok_or_else(oob)?;
         let end = start
             .checked_add(bytes.len())
-            .filter(|e| *e <= capacity)
+            .filter(|e| *e <= mapped)
             .ok_or_else(oob)?;
-        self.bytes_mut()[start..end].copy_from_slice(bytes);
+        self.mapped_bytes_mut()[start..end].copy_from_slice(bytes);
         self.high_water = self.high_water.max(end);
         let block_end = block.end();
         let past_start = start.max(block_end);
         let bytes_past_end = end.saturating_sub(past_start);
+        let bytes_past_capacity = end.saturating_sub(start.max(capacity));
         let mut victims = Vec::new();
         if let Some(ledger) = self.ledger.as_mut() {
             if !bytes.is_empty() {
@@ -969,6 +1024,7 @@ impl Arena {
                     len: block.len,
                     label: block.label.map(str::to_string),
                     bytes_past_end,
+                    bytes_past_capacity,
                     write_offset: start,
                     write_len: bytes.len(),
                     victims: victims.clone(),
@@ -980,6 +1036,7 @@ impl Arena {
             offset: start,
             len: bytes.len(),
             bytes_past_end,
+            bytes_past_capacity,
             victims,
         })
     }
@@ -1085,10 +1142,15 @@ impl Arena {
         let previous_used = self.used();
         let extent = self.extent();
         let stale_bytes = if zero {
-            self.bytes_mut()[..extent].fill(0);
+            self.mapped_bytes_mut()[..extent].fill(0);
             0
         } else {
-            self.bytes()[..extent].iter().filter(|b| **b != 0).count()
+            // Stale means inside the capacity, where a new block can land; non-zero bytes in
+            // the slack stay what `check` reports them as: damage.
+            self.bytes()[..extent.min(self.capacity)]
+                .iter()
+                .filter(|b| **b != 0)
+                .count()
         };
         self.set_used(0);
         self.high_water = if zero { 0 } else { extent };
@@ -1127,8 +1189,11 @@ impl Arena {
         Ok(())
     }
 
-    /// Grow the arena to at least `new_capacity` bytes (rounded up to whole pages), the seed's
-    /// "What if you realloc or resize this arena?". The arena grows in place when the pages
+    /// Grow the arena to `new_capacity` bytes (its mapping to whole pages), the seed's
+    /// "What if you realloc or resize this arena?". A new capacity that still fits in the last
+    /// mapped page only moves the logical end into the slack (no system call; whatever an
+    /// overrun left there becomes arena bytes, so [`Arena::check`] first if that matters).
+    /// Otherwise the mapping grows: in place when the pages
     /// after its end guard are free, and otherwise moves (`mremap` with `MREMAP_MAYMOVE`,
     /// placed in a fresh guarded region so both guard regions exist again around the new
     /// location). Contents, blocks, the ledger and advice (VMA flags) are kept; the outcome
@@ -1138,7 +1203,7 @@ impl Arena {
     ///
     /// # Errors
     /// [`ArenaError::Released`]; [`ArenaError::BadConfig`] for a smaller capacity, a capacity
-    /// that cannot be rounded up, or a shared arena (the shmem object behind
+    /// that cannot be rounded up, or a shared arena whose mapping would have to grow (the shmem object behind
     /// `MAP_SHARED | MAP_ANONYMOUS` keeps its size, so grown pages would fault with SIGBUS);
     /// [`ArenaError::Map`] / [`ArenaError::Remap`] / [`ArenaError::Unmap`] when the kernel
     /// refuses, in which case the arena is unchanged.
@@ -1149,9 +1214,9 @@ impl Arena {
                 capacity: self.capacity,
             });
         }
-        if self.shared {
+        if new_capacity < self.capacity {
             return Err(ArenaError::BadConfig {
-                reason: "a shared arena cannot grow: its shmem object keeps the capacity it was created with",
+                reason: "grow cannot shrink the arena below its capacity",
                 value: new_capacity,
             });
         }
@@ -1163,9 +1228,10 @@ impl Arena {
                 reason: "the new capacity cannot be rounded up to whole pages",
                 value: new_capacity,
             })?;
-        if rounded < self.capacity {
+        let old_mapped = self.map.len;
+        if self.shared && rounded != old_mapped {
             return Err(ArenaError::BadConfig {
-                reason: "grow cannot shrink the arena below its capacity",
+                reason: "a shared arena's mapping cannot grow: its shmem object keeps the size it was created with",
                 value: new_capacity,
             });
         }
@@ -1174,26 +1240,26 @@ impl Arena {
             old_base,
             new_base: old_base,
             old_capacity,
-            new_capacity: rounded,
+            new_capacity,
+            old_mapped,
+            new_mapped: rounded,
             moved: false,
             old_guards_unmapped: true,
         };
-        if rounded == old_capacity {
-            return Ok(out);
+        if rounded != old_mapped {
+            // SAFETY: the mapping is live (not released), private (checked above), made by
+            // `map::map`, and `&mut self` means no slice of its bytes is alive. On success only
+            // the returned mapping is used from here on.
+            let grown = unsafe { map::grow(&self.map, rounded, self.align, page) }?;
+            self.map = grown.map;
+            out.moved = grown.moved;
+            out.old_guards_unmapped = grown.old_guards_unmapped;
         }
-        // SAFETY: the mapping is live (not released), private (checked above), made by
-        // `map::map`, and `&mut self` means no slice of its bytes is alive. On success only the
-        // returned mapping is used from here on.
-        let grown = unsafe { map::grow(&self.map, rounded, self.align, page) }?;
-        self.map = grown.map;
-        self.capacity = rounded;
-        self.requested_capacity = new_capacity;
+        self.capacity = new_capacity;
         let base = self.base_addr();
-        self.end = base + rounded;
+        self.end = base + new_capacity;
         self.set_used(used);
         out.new_base = base;
-        out.moved = grown.moved;
-        out.old_guards_unmapped = grown.old_guards_unmapped;
         Ok(out)
     }
 
@@ -1218,9 +1284,10 @@ impl Arena {
         render_hex(self.used_bytes())
     }
 
-    /// Copy the bytes the engine has touched so far (`0..extent()`).
+    /// Copy the bytes the engine has touched so far (`0..extent()`, which reaches into the
+    /// slack after a write that ran past the capacity).
     pub fn snapshot(&self) -> Snapshot {
-        let b = self.bytes();
+        let b = self.mapped_bytes();
         Snapshot {
             bytes: b[..self.extent().min(b.len())].to_vec(),
         }
@@ -1230,7 +1297,7 @@ impl Arena {
     /// the snapshot's length and the current extent; bytes beyond the snapshot count as the
     /// zeroes a fresh mapping holds.
     pub fn diff(&self, s: &Snapshot) -> Vec<Range<usize>> {
-        let now = self.bytes();
+        let now = self.mapped_bytes();
         let n = s.bytes.len().max(self.extent()).min(now.len());
         let mut out: Vec<Range<usize>> = Vec::new();
         for (i, &new) in now[..n].iter().enumerate() {
@@ -1245,14 +1312,15 @@ impl Arena {
         out
     }
 
-    /// Judge the arena: leaks, overflows (recorded writes plus damaged red zones), double
-    /// releases, use after reset or release, stale bytes. Without the ledger nothing can be
-    /// judged and `Findings::ledger` is false.
+    /// Judge the arena: leaks, overflows (recorded writes plus damaged red zones), damage in
+    /// the slack past the capacity, double releases, use after reset or release, stale bytes.
+    /// Without the ledger nothing can be judged and `Findings::ledger` is false.
     pub fn check(&self) -> Findings {
         let Some(l) = self.ledger.as_ref() else {
             return Findings::default();
         };
         let bytes = self.bytes();
+        let slack = self.slack_damage();
         let leaks = l
             .entries
             .iter()
@@ -1273,6 +1341,7 @@ impl Arena {
                     len: e.len,
                     label: e.label.map(str::to_string),
                     bytes_past_end: last + 1,
+                    bytes_past_capacity: 0,
                     write_offset: damaged.start,
                     write_len: last + 1,
                     victims: Vec::new(),
@@ -1281,6 +1350,7 @@ impl Arena {
             }
         }
         let mut stale: Vec<StaleRange> = Vec::new();
+        // `bytes` ends at the capacity: what an overrun left in the slack is `slack`, not stale.
         let limit = l.stale_limit.min(bytes.len());
         for (i, b) in bytes[..limit].iter().enumerate() {
             if *b != 0 && !l.is_fresh(i) {
@@ -1298,7 +1368,25 @@ impl Arena {
             use_after_reset: l.use_after_reset.clone(),
             use_after_release: l.use_after_release.clone(),
             stale,
+            slack,
         }
+    }
+
+    /// Non-zero bytes between the capacity and the end of the mapping. The kernel hands out
+    /// anonymous pages zeroed, and nothing in the engine writes there except a
+    /// [`Arena::write`] that overran the capacity, so any non-zero byte is damage, as in a red
+    /// zone (a stray zero byte goes unseen, as a stray canary byte does in a red zone).
+    fn slack_damage(&self) -> Option<SlackDamage> {
+        let slack = self.slack();
+        let first = slack.iter().position(|b| *b != 0)?;
+        let last = slack.iter().rposition(|b| *b != 0)?;
+        Some(SlackDamage {
+            capacity: self.capacity,
+            mapped: self.map.len,
+            first_offset: self.capacity + first,
+            bytes_past_capacity: last + 1,
+            nonzero_bytes: slack.iter().filter(|b| **b != 0).count(),
+        })
     }
 }
 

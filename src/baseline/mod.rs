@@ -109,6 +109,8 @@ pub struct BaselineOverflow {
     pub len: usize,
     /// Exact number of bytes written past the block's end.
     pub bytes_past_end: usize,
+    /// Of those, bytes past the arena's capacity (into the slack of its last page).
+    pub bytes_past_capacity: usize,
     /// Absolute offset where the write started.
     pub write_offset: usize,
     /// Length of the write (including the NUL that strcpy writes).
@@ -130,6 +132,9 @@ pub struct BaselineWrite {
     pub len: usize,
     /// Bytes that landed past the block's end.
     pub bytes_past_end: usize,
+    /// Of those, bytes that landed past the arena's capacity (into the slack of its last
+    /// page, which the seed's C would not fault on either).
+    pub bytes_past_capacity: usize,
 }
 
 /// The body of a baseline document.
@@ -139,10 +144,11 @@ pub struct BaselineBody {
     pub case: String,
     /// What the case replays.
     pub description: String,
-    /// Arena capacity in bytes, as mapped (whole pages).
+    /// Arena capacity in bytes: the seed's `ARENA_SIZE`, what `arena_alloc` checks against.
     pub capacity: usize,
-    /// The seed's `ARENA_SIZE` (what `arena_alloc` checked against).
-    pub requested_capacity: usize,
+    /// Bytes mapped for it: the capacity rounded up to whole pages (the bytes past the
+    /// capacity are the slack, which allocation never hands out).
+    pub mapped_bytes: usize,
     /// Bytes handed out (the seed's `offset`).
     pub used: usize,
     /// Base address of the arena, hex.
@@ -176,9 +182,10 @@ impl Replay {
     fn init(size: usize, icon: &str) -> Result<Replay> {
         let arena = Arena::new(ArenaConfig::new(size))?;
         let log = vec![format!(
-            "{icon} Arena initialized at {:#x} ({size} bytes; mapped {} bytes, one guard page each side)",
+            "{icon} Arena initialized at {:#x} ({} bytes; mapped {} bytes, one guard page each side)",
             arena.base_addr(),
-            arena.capacity()
+            arena.capacity(),
+            arena.mapped_len()
         )];
         Ok(Replay {
             arena,
@@ -216,6 +223,7 @@ impl Replay {
             offset_in_block: at,
             len: bytes.len(),
             bytes_past_end: out.bytes_past_end,
+            bytes_past_capacity: out.bytes_past_capacity,
         });
         Ok(())
     }
@@ -263,20 +271,21 @@ impl Replay {
                 offset: o.offset,
                 len: o.len,
                 bytes_past_end: o.bytes_past_end,
+                bytes_past_capacity: o.bytes_past_capacity,
                 write_offset: o.write_offset,
                 write_len: o.write_len,
                 victims: o.victims.clone(),
             })
             .collect();
-        let (capacity, requested_capacity, used, dump_hex) =
-            (a.capacity(), a.requested_capacity(), a.used(), a.dump_hex());
+        let (capacity, mapped_bytes, used, dump_hex) =
+            (a.capacity(), a.mapped_len(), a.used(), a.dump_hex());
         self.arena.release()?;
         self.log.push("🧹 Arena memory freed".to_string());
         Ok(BaselineBody {
             case: case.name().to_string(),
             description: description.to_string(),
             capacity,
-            requested_capacity,
+            mapped_bytes,
             used,
             base_addr: format!("{base:#x}"),
             blocks,
@@ -334,7 +343,7 @@ fn run_09b(overflow: bool) -> Result<BaselineBody> {
     let header = format!(
         "\n📦 Arena dump ({} used / {} total):",
         r.arena.used(),
-        ARENA_SIZE
+        r.arena.capacity()
     );
     let (case, description) = if overflow {
         (

@@ -138,7 +138,7 @@ fn guard_page() -> Result<(bool, Value)> {
     arena.write(&c, 0, b"This will overwrite next\0")?;
     let base = arena.base_addr();
     let start = base + c.offset() + CLOWN_AT;
-    let arena_end = base + arena.capacity();
+    let arena_end = base + arena.mapped_len();
     let FaultProbe {
         exit,
         signal,

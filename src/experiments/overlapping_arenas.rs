@@ -27,7 +27,8 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     let pid = std::process::id() as i32;
     let mut arena = Arena::new(ArenaConfig::new(crate::kernel::page_size()))?;
     let base = arena.base_addr();
-    let capacity = arena.capacity();
+    // The mapping's length (page-level work); the arena is one page, so it is also the capacity.
+    let mapped = arena.mapped_len();
     let block = arena.alloc_labeled(STAMP.len(), "A")?;
     arena.write(&block, 0, STAMP)?;
     let before = arena.bytes()[block.range()].to_vec();
@@ -38,7 +39,7 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     // The NOREPLACE attempt first, while the arena is still the original mapping.
     // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping (EEXIST; before 4.17 the address
     // is only a hint and the mapping lands elsewhere).
-    let noreplace = unsafe { map_at(base, capacity, MapFlags::MAP_FIXED_NOREPLACE) };
+    let noreplace = unsafe { map_at(base, mapped, MapFlags::MAP_FIXED_NOREPLACE) };
     let noreplace_errno = match noreplace {
         Ok(p) if p.as_ptr() as usize == base => {
             return Err(Error::io(
@@ -50,20 +51,20 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
             // A kernel before 4.17 ignores the flag and treats the address as a hint: the
             // mapping landed elsewhere. Give it back.
             // SAFETY: `p` is the mapping just made, elsewhere; nothing references it.
-            unsafe { munmap(p.cast(), capacity) }.map_err(|e| Error::io("unmapping a probe", e))?;
+            unsafe { munmap(p.cast(), mapped) }.map_err(|e| Error::io("unmapping a probe", e))?;
             None
         }
         Err(e) => Some(e),
     };
 
-    // The overlap. `arena` keeps believing it owns [base, base + capacity): that stays true in
+    // The overlap. `arena` keeps believing it owns [base, base + mapped): that stays true in
     // the sense that matters for Drop — the replacement lies exactly inside the arena's own
     // range (between its guards), nothing else refers to it, so the arena's munmap of its full
     // range later unmaps the replacement, and nothing is leaked or unmapped twice.
-    // SAFETY: [base, base + capacity) is exactly the arena's read-write part, which this
+    // SAFETY: [base, base + mapped) is exactly the arena's read-write part, which this
     // function owns (the arena is a local); the slices taken above were copied into Vecs, so
     // no reference into it is alive; afterwards it is a valid zero-filled rw mapping again.
-    let replaced = unsafe { map_at(base, capacity, MapFlags::MAP_FIXED) }
+    let replaced = unsafe { map_at(base, mapped, MapFlags::MAP_FIXED) }
         .map_err(|e| Error::io(format!("mmap MAP_FIXED at {base:#x}"), e))?;
     let replaced_at = replaced.as_ptr() as usize;
     let after = arena.bytes()[block.range()].to_vec();
@@ -93,7 +94,7 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
         sentence,
         json!({
             "arena_base": format!("{base:#x}"),
-            "capacity": capacity,
+            "capacity": arena.capacity(),
             "map_fixed": {
                 "returned": format!("{replaced_at:#x}"),
                 "same_base": replaced_at == base,

@@ -45,7 +45,7 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     let guard = arena.guard_len();
 
     // Block in-place growth: a page right after the end guard.
-    let blocker_at = old_base + arena.capacity() + guard;
+    let blocker_at = old_base + arena.mapped_len() + guard;
     let blocker = place_blocker(blocker_at, page);
     let blocker_note = match &blocker {
         Ok(_) => format!("mapped one page at {blocker_at:#x}, right after the end guard"),
@@ -71,10 +71,10 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     let old_addr_vma = describe(find(old_block_addr));
     let arena_vma = find(new_base);
     let arena_exact = arena_vma.is_some_and(|v| {
-        v.start == new_base as u64 && v.end == (new_base + arena.capacity()) as u64
+        v.start == new_base as u64 && v.end == (new_base + arena.mapped_len()) as u64
     });
     let guard_below = find(new_base - guard);
-    let guard_above = find(new_base + arena.capacity());
+    let guard_above = find(new_base + arena.mapped_len());
     let is_guard = |v: Option<&SmapsEntry>| v.is_some_and(|v| v.perms.starts_with("---"));
     let guards_ok = guard == 0 || (is_guard(guard_below) && is_guard(guard_above));
 

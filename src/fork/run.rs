@@ -972,7 +972,7 @@ fn populate_write(arena: &Arena) {
     unsafe {
         libc::madvise(
             arena.as_ptr().cast(),
-            arena.capacity(),
+            arena.mapped_len(),
             libc::MADV_POPULATE_WRITE,
         );
     }

@@ -24,10 +24,12 @@ pub fn transcript(b: &BaselineBody) -> String {
         ));
     }
     for w in &b.writes {
-        let verdict = if w.bytes_past_end == 0 {
-            "stays inside the block".to_string()
-        } else {
-            format!("runs {} byte(s) past the block's end", w.bytes_past_end)
+        let verdict = match (w.bytes_past_end, w.bytes_past_capacity) {
+            (0, _) => "stays inside the block".to_string(),
+            (n, 0) => format!("runs {n} byte(s) past the block's end"),
+            (n, c) => format!(
+                "runs {n} byte(s) past the block's end, {c} of them past the arena's capacity"
+            ),
         };
         s.push_str(&format!(
             "  ✍️  {}: {} bytes incl. NUL at +{} of block {}: {}\n",
@@ -53,6 +55,18 @@ pub fn transcript(b: &BaselineBody) -> String {
         s.push_str(&format!(
             "  🤡 overflow: block {} (offset {}, {} bytes) written {} byte(s) past its end, into {}\n",
             o.index, o.offset, o.len, o.bytes_past_end, victims
+        ));
+        if o.bytes_past_capacity > 0 {
+            s.push_str(&format!(
+                "     {} of them past the arena's capacity ({} bytes), into the slack of its last page\n",
+                o.bytes_past_capacity, b.capacity
+            ));
+        }
+    }
+    if let Some(d) = &b.findings.slack {
+        s.push_str(&format!(
+            "  🧱 slack damaged: {} non-zero byte(s) between the capacity {} and the mapping's end {}, reaching {} byte(s) past the capacity\n",
+            d.nonzero_bytes, d.capacity, d.mapped, d.bytes_past_capacity
         ));
     }
     s

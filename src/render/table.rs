@@ -4,6 +4,17 @@ use std::fmt::Write;
 
 use crate::doc::ForkReportDoc;
 
+/// What the abbreviated columns mean, printed under the table.
+pub const LEGEND: &str = "\
+pages: arena pages; shared/copied/wiped/notin/absnt/unprv: pages per class (a page copied by any
+process counts as copied): shared = same frame in both, copied = copy-on-write gave a new frame,
+wiped = MADV_WIPEONFORK child reads zero, notin = not inherited (MADV_DONTFORK), absnt = present
+in neither, unprv = not provable with the evidence this user may read (PFNs hidden).
+P/S kB: the arena VMA's smaps Private (clean + dirty) / Shared (clean + dirty) in kB.
+fork µs: median fork() latency of the timing runs; cow ns: median first store to a shared
+private page (one copy-on-write fault) in the child.
+";
+
 /// A human table of a fork report: one row per scenario with its page classes, the smaps
 /// figures of parent and first child, timing and the verdict.
 pub fn fork_report(r: &ForkReportDoc) -> String {
@@ -24,22 +35,25 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
         },
         if sys.pagemap_scan { "yes" } else { "no" },
     );
-    let _ = writeln!(
-        out,
-        "{:<22} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5}  {:>13} {:>13}  {:>9} {:>9}  verdict",
-        "scenario",
-        "pages",
-        "shared",
-        "copied",
-        "wiped",
-        "notin",
-        "absnt",
-        "unprv",
-        "parent P/S kB",
-        "child P/S kB",
-        "fork µs",
-        "cow ns"
-    );
+    let mut rows: Vec<Vec<String>> = vec![
+        [
+            "scenario",
+            "pages",
+            "shared",
+            "copied",
+            "wiped",
+            "notin",
+            "absnt",
+            "unprv",
+            "parent P/S kB",
+            "child P/S kB",
+            "fork µs",
+            "cow ns",
+            "verdict",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for s in &r.body.scenarios {
         let ps = |p: &Option<crate::fork::SmapsFigures>| match p {
             Some(f) => format!(
@@ -81,23 +95,27 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
             )
         };
         let c = &s.pages;
-        let _ = writeln!(
-            out,
-            "{:<22} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5} {:>5}  {:>13} {:>13}  {:>9} {:>9}  {}",
-            s.name,
-            s.config.pages,
-            c.shared,
-            c.copied,
-            c.wiped,
-            c.not_inherited,
-            c.absent,
-            c.unproven,
+        rows.push(vec![
+            s.name.clone(),
+            s.config.pages.to_string(),
+            c.shared.to_string(),
+            c.copied.to_string(),
+            c.wiped.to_string(),
+            c.not_inherited.to_string(),
+            c.absent.to_string(),
+            c.unproven.to_string(),
             ps(&s.parent.smaps),
             child,
             fork_us,
             cow,
-            verdict
-        );
+            verdict,
+        ]);
     }
+    let mut align = vec![super::Align::Left];
+    align.extend([super::Align::Right; 11]);
+    align.push(super::Align::Left);
+    out.push_str(&super::aligned(&rows, &align));
+    out.push('\n');
+    out.push_str(LEGEND);
     out
 }
