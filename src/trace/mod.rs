@@ -175,6 +175,9 @@ pub struct ForkRecord {
     pub at: f64,
     /// How long the parent was held at its fork stop (reading its side of the baseline), µs.
     pub pause_us: u64,
+    /// Of the pause, the time the parent's pagemap reads took, µs: the floor the pause is
+    /// measured against (the rest is reading its maps and the ptrace round trips).
+    pub parent_read_us: u64,
     /// How long the child was held before its first instruction (reading its side), µs.
     pub child_hold_us: u64,
     /// The fork-time record, when one was taken.

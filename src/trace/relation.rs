@@ -97,12 +97,18 @@ pub struct ParentSnapshot {
     vmas: Vec<BaseVma>,
     segs: Vec<Seg>,
     entries: Vec<u64>,
+    read: std::time::Duration,
 }
 
 impl ParentSnapshot {
     /// Pages the snapshot covers.
     pub fn pages(&self) -> usize {
         self.entries.len()
+    }
+
+    /// How long the pagemap reads took (the floor the parent's pause is measured against).
+    pub fn read_time(&self) -> std::time::Duration {
+        self.read
     }
 }
 
@@ -154,9 +160,11 @@ pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
         }
     }
     let mut entries = vec![0u64; first];
+    let t0 = std::time::Instant::now();
     for s in &segs {
         read_seg(pm, s, &mut entries[s.first..s.first + s.pages])?;
     }
+    let read = t0.elapsed();
     // Read-only file mappings: only anonymous pages (once written) can be copied.
     for s in &segs {
         if vmas[s.vma].anon_only {
@@ -171,6 +179,7 @@ pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
         vmas,
         segs,
         entries,
+        read,
     })
 }
 

@@ -66,6 +66,8 @@ struct Task {
     pending: Option<Pending>,
     /// Interrupted for detaching.
     interrupted: bool,
+    /// When a stop of a new process was first held waiting for its parent's fork event.
+    held_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -666,6 +668,7 @@ impl Tracer<'_> {
             if self.tasks.is_empty() {
                 return Ok(());
             }
+            self.release_orphaned_holds();
             if let (Some(d), Some(t)) = (interval, next_sample)
                 && Instant::now() >= t
             {
@@ -746,6 +749,7 @@ impl Tracer<'_> {
         };
         if task.awaiting_baseline {
             task.held = Some(sig);
+            task.held_since.get_or_insert_with(Instant::now);
             return;
         }
         task.held = None;
@@ -859,6 +863,7 @@ impl Tracer<'_> {
             shares_mm,
             at: self.now(),
             pause_us: 0,
+            parent_read_us: 0,
             child_hold_us: 0,
             baseline: None,
             samples: Vec::new(),
@@ -882,6 +887,9 @@ impl Tracer<'_> {
         });
         self.resume(tid, 0);
         self.body.forks[fork].pause_us = stopped_at.elapsed().as_micros() as u64;
+        if let Ok((_, snap)) = &phase1 {
+            self.body.forks[fork].parent_read_us = snap.read_time().as_micros() as u64;
+        }
         // Phase 2: the child has not run yet.
         let built = phase1.and_then(|(pm_p, snap)| {
             let pm_c = Pagemap::open(new)?;
@@ -922,6 +930,33 @@ impl Tracer<'_> {
         self.release_child(new, stopped_at, fork);
     }
 
+    /// A new process whose parent's fork event never came (the parent was killed between
+    /// the fork and the event: a fatal signal skips the ptrace stop) must not stay stopped:
+    /// after a second, let it run without a baseline.
+    fn release_orphaned_holds(&mut self) {
+        let stale: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                t.awaiting_baseline
+                    && t.held_since
+                        .is_some_and(|h| h.elapsed() > Duration::from_secs(1))
+            })
+            .map(|(&tid, _)| tid)
+            .collect();
+        for tid in stale {
+            let sig = self.tasks.get_mut(&tid).and_then(|t| {
+                t.awaiting_baseline = false;
+                t.held.take()
+            });
+            self.body.notes.push(format!(
+                "pid {tid} was forked but its parent's fork event never came (the parent died \
+                 first?): it runs on without a baseline"
+            ));
+            self.resume(tid, sig.unwrap_or(0));
+        }
+    }
+
     fn release_child(&mut self, child: i32, stopped_at: Instant, fork: usize) {
         let held = self.tasks.get_mut(&child).and_then(|t| {
             t.awaiting_baseline = false;
@@ -950,7 +985,13 @@ impl Tracer<'_> {
         }
         // The other threads are gone (their deaths may still be reported: ignored).
         self.tasks.retain(|&t, task| task.tgid != tgid || t == tid);
-        self.tasks.entry(tid).or_default().tgid = tgid;
+        self.tasks.insert(
+            tid,
+            Task {
+                tgid,
+                ..Task::default()
+            },
+        );
         for i in self.members(tgid) {
             let by = if self.pairs[i].child == tgid {
                 "child_exec"
