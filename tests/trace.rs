@@ -104,7 +104,7 @@ fn vma_row<'a>(fork: &'a Value, start: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row for {start} in {fork:#}"))
 }
 
-const CLASSES: [&str; 15] = [
+const CLASSES: [&str; 14] = [
     "shared",
     "zero",
     "copied_by_child",
@@ -117,7 +117,6 @@ const CLASSES: [&str; 15] = [
     "diverged",
     "only_parent",
     "only_child",
-    "fresh",
     "absent",
     "unproven",
 ];
@@ -175,6 +174,32 @@ fn exact_counts_in_the_arena(#[case] args: &[(&str, u64)], #[case] want: &[(&str
         assert_eq!(f["baseline"]["parent_threads"], 2);
         assert_ne!(f["thread"], f["parent"], "the second thread forked");
     }
+}
+
+/// A page that may be DMA-pinned (here: an io_uring fixed buffer, a long-term pin) is not
+/// shared copy-on-write: fork gives the child a copy at once (`copy_present_page`), before
+/// anybody writes.
+#[test]
+fn pinned_pages_are_copied_at_fork_not_by_a_write() {
+    if !is_root() {
+        eprintln!("SKIP: needs visible PFNs");
+        return;
+    }
+    let t = trace(&[], &cow_exact(), &["n=32", "a=2", "pin=5"]);
+    if t.status == Some(96) {
+        eprintln!("SKIP: io_uring is unavailable here (kernel.io_uring_disabled?)");
+        return;
+    }
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    let f = &t.report["forks"][0];
+    assert_counts(
+        vma_row(f, &printed_start(&t.stdout, "arena")),
+        &[
+            ("shared", 25),
+            ("copied_by_child", 2),
+            ("copied_at_fork", 5),
+        ],
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ fn mib(pages: u64, ps: u64) -> f64 {
     (pages * ps) as f64 / (1024.0 * 1024.0)
 }
 
-fn rows(c: &Counts) -> [(&'static str, u64); 15] {
+fn rows(c: &Counts) -> [(&'static str, u64); 14] {
     [
         ("shared", c.shared),
         ("zero", c.zero),
@@ -24,7 +24,6 @@ fn rows(c: &Counts) -> [(&'static str, u64); 15] {
         ("diverged", c.diverged),
         ("only_parent", c.only_parent),
         ("only_child", c.only_child),
-        ("fresh", c.fresh),
         ("absent", c.absent),
         ("unproven", c.unproven),
     ]

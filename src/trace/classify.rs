@@ -4,10 +4,10 @@
 //! Pure functions over small values; the rules are rstest cases below.
 //!
 //! The rules (first match wins):
-//! 1. Both sides map the same frame: `zero` (the shared zero page or huge zero page) or
+//! 1. Nothing was mapped there at the fork (`Hist::Unborn`): the page shared nothing and is
+//!    outside the comparison (`None`).
+//! 2. Both sides map the same frame: `zero` (the shared zero page or huge zero page) or
 //!    `shared`. Frames that moved together (migration, compaction of a shared page) stay shared.
-//! 2. Nothing was mapped there at the fork (`Hist::Unborn`): no copy-on-write relation; the
-//!    page is `absent`, `only_parent`, `only_child`, or `fresh` (both faulted their own page).
 //! 3. A side released the range since the fork (munmap, madvise DONTNEED/FREE/REMOVE, mremap,
 //!    brk shrink, MAP_FIXED over it): `released_by_parent`, `released_by_child` or
 //!    `released_by_both`. A release never overrides rule 1: a page still on the shared frame is
@@ -17,8 +17,8 @@
 //! 5. Both map different frames. With PFNs: the side whose frame left the shared frame got the
 //!    new page; a new frame that no write makes (a KSM page, a THP built by khugepaged or
 //!    MADV_COLLAPSE, a page-cache page read again) is `moved`; a write's copy is
-//!    `copied_by_child` / `copied_by_parent` (`copied_at_fork` for pinned pages the kernel
-//!    copied during fork itself). When both frames changed since the last sample, the history
+//!    `copied_by_child` / `copied_by_parent` (`copied_at_fork` for what the child owned before
+//!    its first instruction: pinned pages, its TID page). When both frames changed since the last sample, the history
 //!    decides; with none, `diverged` (a copy by one side and a migration of the other cannot
 //!    be told apart). Without PFNs: the exclusive bit proves the frames differ (`diverged`, who
 //!    copied unproven); neither exclusive proves sharing only when no third process can map
@@ -59,8 +59,6 @@ pub enum Class {
     OnlyParent,
     /// Only the child maps a frame there.
     OnlyChild,
-    /// Nothing was mapped there at the fork; now both map their own frames.
-    Fresh,
     /// Neither maps a frame there.
     Absent,
     /// PFNs are hidden and nothing else proves either way.
@@ -193,7 +191,8 @@ pub fn baseline(parent: Seen, child: Seen, pfn_visible: bool) -> PageState {
     }
 }
 
-/// Classify one page and update its state.
+/// Classify one page and update its state. `None` for a page no side mapped at the fork
+/// (`Hist::Unborn`): it shared nothing, so it is outside the comparison.
 pub fn classify(
     st: &mut PageState,
     p: Seen,
@@ -201,12 +200,15 @@ pub fn classify(
     released_by_parent: bool,
     released_by_child: bool,
     ev: Evidence,
-) -> Class {
-    if ev.pfn_visible {
+) -> Option<Class> {
+    if st.hist == Hist::Unborn {
+        return None;
+    }
+    Some(if ev.pfn_visible {
         classify_with_pfns(st, p, c, released_by_parent, released_by_child)
     } else {
         classify_without_pfns(st, p, c, released_by_parent, released_by_child, ev)
-    }
+    })
 }
 
 fn by_presence(p: Seen, c: Seen) -> Option<Class> {
@@ -250,13 +252,8 @@ fn class_hist(c: Class) -> Hist {
 fn classify_with_pfns(st: &mut PageState, p: Seen, c: Seen, rp: bool, rc: bool) -> Class {
     if p.present && c.present && p.pfn == c.pfn {
         st.frame = p.pfn;
-        if st.hist != Hist::Unborn {
-            st.hist = Hist::Shared;
-        }
+        st.hist = Hist::Shared;
         return if p.zero { Class::Zero } else { Class::Shared };
-    }
-    if st.hist == Hist::Unborn {
-        return by_presence(p, c).unwrap_or(Class::Fresh);
     }
     if let Some(r) = by_release(rp, rc) {
         return r;
@@ -309,14 +306,6 @@ fn classify_without_pfns(
     rc: bool,
     ev: Evidence,
 ) -> Class {
-    if st.hist == Hist::Unborn {
-        return match by_presence(p, c) {
-            Some(k) => k,
-            None if p.file && c.file => Class::Shared,
-            None if (p.exclusive || c.exclusive) && !ev.exclusive_unreliable => Class::Fresh,
-            None => Class::Unproven,
-        };
-    }
     if !rp && !rc && p.present && c.present && p.file && c.file {
         // The same file offset at the same address: the one page-cache page.
         return Class::Shared;
@@ -372,8 +361,6 @@ pub struct Counts {
     pub only_parent: u64,
     /// Only the child maps a frame.
     pub only_child: u64,
-    /// Not mapped at fork, now mapped by both with different frames.
-    pub fresh: u64,
     /// Mapped by neither.
     pub absent: u64,
     /// Not provable without PFNs.
@@ -402,7 +389,6 @@ impl Counts {
             Class::Diverged => &mut self.diverged,
             Class::OnlyParent => &mut self.only_parent,
             Class::OnlyChild => &mut self.only_child,
-            Class::Fresh => &mut self.fresh,
             Class::Absent => &mut self.absent,
             Class::Unproven => &mut self.unproven,
         }
@@ -423,7 +409,6 @@ impl Counts {
         self.diverged += o.diverged;
         self.only_parent += o.only_parent;
         self.only_child += o.only_child;
-        self.fresh += o.fresh;
         self.absent += o.absent;
         self.unproven += o.unproven;
     }
@@ -442,7 +427,6 @@ impl Counts {
             + self.diverged
             + self.only_parent
             + self.only_child
-            + self.fresh
             + self.absent
             + self.unproven
     }
@@ -534,7 +518,7 @@ mod tests {
         #[case] want: Class,
     ) {
         let mut st = shared_state();
-        assert_eq!(classify(&mut st, p, c, rp, rc, ROOT), want);
+        assert_eq!(classify(&mut st, p, c, rp, rc, ROOT), Some(want));
     }
 
     #[test]
@@ -542,12 +526,12 @@ mod tests {
         let mut st = shared_state();
         assert_eq!(
             classify(&mut st, on(F), on(7), false, false, ROOT),
-            Class::CopiedByChild
+            Some(Class::CopiedByChild)
         );
         // The parent's now-exclusive frame migrates (compaction): still the child's copy.
         assert_eq!(
             classify(&mut st, on(55), on(7), false, false, ROOT),
-            Class::CopiedByChild
+            Some(Class::CopiedByChild)
         );
     }
 
@@ -558,17 +542,23 @@ mod tests {
             zero: true,
             ..on(1)
         };
-        assert_eq!(classify(&mut st, z, z, false, false, ROOT), Class::Zero);
+        assert_eq!(
+            classify(&mut st, z, z, false, false, ROOT),
+            Some(Class::Zero)
+        );
     }
 
     #[rstest]
-    #[case::not_there_at_fork_and_nowhere_now(gone(), gone(), Class::Absent)]
-    #[case::faulted_by_the_parent_only(on(5), gone(), Class::OnlyParent)]
-    #[case::faulted_by_both_separately(on(5), on(6), Class::Fresh)]
-    #[case::same_page_cache_page(on(5), on(5), Class::Shared)]
-    fn pages_absent_at_fork_are_no_copies(#[case] p: Seen, #[case] c: Seen, #[case] want: Class) {
+    #[case::nowhere_now(gone(), gone())]
+    #[case::faulted_by_the_parent_only(on(5), gone())]
+    #[case::faulted_by_both_separately(on(5), on(6))]
+    #[case::same_page_cache_page(on(5), on(5))]
+    fn pages_no_side_mapped_at_the_fork_are_outside_the_comparison(
+        #[case] p: Seen,
+        #[case] c: Seen,
+    ) {
         let mut st = PageState::default();
-        assert_eq!(classify(&mut st, p, c, true, true, ROOT), want);
+        assert_eq!(classify(&mut st, p, c, true, true, ROOT), None);
     }
 
     #[test]
@@ -577,7 +567,7 @@ mod tests {
         assert_eq!(st.hist, Hist::CopiedAtFork);
         assert_eq!(
             classify(&mut st, on(F), on(7), false, false, ROOT),
-            Class::CopiedAtFork
+            Some(Class::CopiedAtFork)
         );
     }
 
@@ -617,7 +607,7 @@ mod tests {
             frame: 0,
             hist: Hist::Shared,
         };
-        assert_eq!(classify(&mut st, p, c, false, false, ev), want);
+        assert_eq!(classify(&mut st, p, c, false, false, ev), Some(want));
     }
 
     #[test]
@@ -633,7 +623,7 @@ mod tests {
         };
         assert_eq!(
             classify(&mut st, excl(false), twice(), false, false, ev),
-            Class::Unproven
+            Some(Class::Unproven)
         );
     }
 

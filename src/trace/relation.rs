@@ -581,14 +581,17 @@ impl Baseline {
                     let class = if !inp.pfn_visible && p.zero && c.zero {
                         Class::Zero
                     } else {
-                        classify::classify(
+                        let Some(class) = classify::classify(
                             &mut st,
                             p,
                             c,
                             self.released_by_parent.get(i),
                             self.released_by_child.get(i),
                             ev,
-                        )
+                        ) else {
+                            continue;
+                        };
+                        class
                     };
                     self.frames[i] = st.frame;
                     self.hist[i] = st.hist as u8;

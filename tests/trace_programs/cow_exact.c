@@ -19,6 +19,9 @@
  *                kernel skips them, so they stay shared)
  *   exit=N       the parent exits with N
  *   hold=MS      the child sleeps MS milliseconds before exiting (for interval samples)
+ *   pin=K        register the arena's last K written pages as an io_uring fixed buffer
+ *                before the fork (a long-term pin: fork copies them instead of sharing) ->
+ *                copied_at_fork; exits 96 when io_uring is unavailable
  * Prints "arena 0x<start> 0x<end>" (and "collapse 0x<start> 0x<end>") on stdout, flushed
  * before the fork. The child only runs after the parent's work (a pipe), and the parent waits
  * for the child, so the child's exit stop sees both sides' work done.
@@ -29,7 +32,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/io_uring.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,7 +44,7 @@
 #define MADV_COLLAPSE 25
 #endif
 
-static long n, a, b, c, d, e, f, z, g, collapse, do_vfork, thread, use_free, code, hold;
+static long n, a, b, c, d, e, f, z, g, collapse, do_vfork, thread, use_free, code, hold, pin;
 static long ps;
 static char *arena, *carena;
 
@@ -140,14 +146,15 @@ int main(int argc, char **argv) {
                    : !strcmp(k, "f") ? &f : !strcmp(k, "z") ? &z : !strcmp(k, "g") ? &g
                    : !strcmp(k, "collapse") ? &collapse : !strcmp(k, "vfork") ? &do_vfork
                    : !strcmp(k, "thread") ? &thread : !strcmp(k, "free") ? &use_free
-                   : !strcmp(k, "exit") ? &code : !strcmp(k, "hold") ? &hold : NULL;
+                   : !strcmp(k, "exit") ? &code : !strcmp(k, "hold") ? &hold
+                   : !strcmp(k, "pin") ? &pin : NULL;
         if (!slot) {
             fprintf(stderr, "unknown key %s\n", k);
             return 2;
         }
         *slot = v;
     }
-    if (a + b + c + d + e + f + z > n || g > a + b + c + d + e + f + z + n) {
+    if (a + b + c + d + e + f + z + pin > n || g > a + b + c + d + e + f + z + n) {
         fprintf(stderr, "ranges exceed n\n");
         return 2;
     }
@@ -164,6 +171,18 @@ int main(int argc, char **argv) {
     for (long i = n - z; i < n; i++) {
         volatile char rd = *page(i);
         (void)rd;
+    }
+    if (pin) {
+        /* The pinned pages: the last `pin` of the written ones, after every range above. */
+        struct io_uring_params params;
+        memset(&params, 0, sizeof params);
+        int ring = (int)syscall(__NR_io_uring_setup, 4, &params);
+        if (ring < 0)
+            return 96;
+        struct iovec iov = {page(n - z - pin), (size_t)(pin * ps)};
+        if (syscall(__NR_io_uring_register, ring, IORING_REGISTER_BUFFERS, &iov, 1) != 0)
+            return 96;
+        /* The ring stays open: the pin lasts until the process exits. */
     }
     printf("arena %#lx %#lx\n", (unsigned long)arena, (unsigned long)(arena + n * ps));
     if (collapse) {
