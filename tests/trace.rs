@@ -351,6 +351,52 @@ fn cowscope_exits_with_the_programs_status(#[case] script: &str, #[case] want: i
 }
 
 #[test]
+fn signals_reach_the_traced_program() {
+    let t = trace(
+        &[],
+        Path::new("/bin/sh"),
+        &["-c", "trap 'echo got USR1' USR1; kill -USR1 $$; echo after"],
+    );
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_eq!(t.stdout, "got USR1\nafter\n");
+}
+
+/// Job control under the tracer: a program that stops itself stays stopped until SIGCONT,
+/// then goes on (cowscope holds it in PTRACE_LISTEN, so /proc shows `t`, not `T`: a seized
+/// tracee in group-stop is in a ptrace stop).
+#[test]
+fn a_stopped_program_stays_stopped_until_sigcont() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let mut c = Command::new(bin())
+        .arg("trace")
+        .arg("--out")
+        .arg(&out)
+        .args(["--", "/bin/sh", "-c", "kill -STOP $$; echo resumed"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let me = c.id() as i32;
+    let mut sh = 0;
+    wait_until("sh to stop itself", Duration::from_secs(10), || {
+        sh = children(me).first().copied().unwrap_or(0);
+        sh != 0
+            && status(sh).is_some_and(|s| {
+                let st = field(&s, "State:");
+                st.starts_with('T') || st.starts_with('t')
+            })
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(c.try_wait().unwrap().is_none(), "still stopped");
+    kill(sh, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(wait_exit(&mut c, Duration::from_secs(10)), Some(0));
+    let mut so = String::new();
+    std::io::Read::read_to_string(&mut c.stdout.take().unwrap(), &mut so).unwrap();
+    assert_eq!(so, "resumed\n");
+}
+
+#[test]
 fn a_missing_command_is_a_usage_error() {
     let out = Command::new(bin())
         .args(["trace", "--", "/nonexistent/cowscope-test-program"])

@@ -68,6 +68,7 @@ pub fn vma_kind(v: &SmapsEntry) -> &'static str {
         "" => "anon",
         p if p.starts_with("[anon") => "anon",
         p if p.starts_with('[') => "special",
+        p if p.starts_with("/anon_hugepage") => "hugetlb",
         _ => "file-private",
     }
 }
