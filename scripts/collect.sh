@@ -23,7 +23,8 @@ usage: scripts/collect.sh [--out DIR] [--bin PATH] [--allow-sysfs]
   --out DIR      results root; files go to DIR/\$(uname -r)/ (default: $ROOT/results)
   --bin PATH     use this cowscope binary instead of building one with 'cargo build --release'
                  (also: COWSCOPE_BIN=PATH)
-  --allow-sysfs  let 'experiment --all' change (and restore) THP settings under /sys
+  --allow-sysfs  let 'fork-report' and 'experiment --all' change (and restore) THP, hugetlb
+                 and swap settings (root)
 EOF
 }
 
@@ -82,7 +83,11 @@ run_one() {
 }
 
 progress "fork-report"
-run_one fork-report.json fork-report
+if ((ALLOW_SYSFS)); then
+  run_one fork-report.json fork-report --allow-sysfs
+else
+  run_one fork-report.json fork-report
+fi
 for case in "${COWSCOPE_BASELINES[@]}"; do
   progress "baseline $case"
   run_one "baseline-$case.json" baseline "$case"

@@ -275,23 +275,15 @@ fn number(v: Option<&Value>) -> String {
     }
 }
 
-const CLASSES: [&str; 6] = [
-    "shared",
-    "copied",
-    "wiped",
-    "not_inherited",
-    "absent",
-    "unproven",
-];
-
 fn page_classes(sc: &Value) -> String {
     let Some(pages) = sc.get("pages").filter(|p| p.is_object()) else {
         return MISSING.to_string();
     };
-    let parts: Vec<String> = CLASSES
+    let parts: Vec<String> = crate::fork::classify::PageClass::ALL
         .iter()
+        .map(|c| c.as_str())
         .filter_map(|k| {
-            let n = pages.get(*k)?.as_u64()?;
+            let n = pages.get(k)?.as_u64()?;
             (n != 0).then(|| format!("{k} {n}"))
         })
         .collect();

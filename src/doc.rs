@@ -70,16 +70,24 @@ pub type PagesDoc = Envelope<crate::pages::PagesBody>;
 pub type ExperimentDoc = Envelope<crate::experiments::ExperimentBody>;
 /// The `compare --format json` document (its `system` is the machine that compared).
 pub type CompareDoc = Envelope<crate::compare::Comparison>;
+/// The `inspect` document.
+pub type InspectDoc = Envelope<crate::inspect::InspectBody>;
+/// One record of `inspect --format jsonl`.
+pub type InspectSampleDoc = Envelope<crate::inspect::SampleLine>;
+
 /// The `trace` document.
 pub type TraceDoc = Envelope<crate::trace::TraceBody>;
 
 /// Names of the documents whose JSON Schema `cowscope schema` prints.
-pub const DOCUMENTS: [&str; 6] = [
+pub const DOCUMENTS: [&str; 9] = [
     "fork-report",
     "baseline",
     "pages",
     "experiment",
     "compare",
+    "scenario-file",
+    "inspect",
+    "inspect-sample",
     "trace",
 ];
 
@@ -94,7 +102,9 @@ pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
         "pages" => schemars::schema_for!(PagesDoc),
         "experiment" => schemars::schema_for!(ExperimentDoc),
         "compare" => schemars::schema_for!(CompareDoc),
-        "trace" => schemars::schema_for!(TraceDoc),
+        "scenario-file" => schemars::schema_for!(crate::fork::scenario_file::ScenarioFile),
+        "inspect" => schemars::schema_for!(InspectDoc),
+        "inspect-sample" => schemars::schema_for!(InspectSampleDoc),
         other => {
             return Err(crate::Error::usage(format!(
                 "unknown document '{other}'; expected one of: {}",

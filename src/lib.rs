@@ -23,6 +23,7 @@ pub mod baseline;
 pub mod compare;
 pub mod experiments;
 pub mod fork;
+pub mod inspect;
 pub mod pages;
 pub mod trace;
 

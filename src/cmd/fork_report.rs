@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::doc::{Envelope, ForkReportDoc};
-use crate::error::{EXIT_OK, EXIT_VERDICT_FAILED, Result};
+use crate::error::{EXIT_OK, Result};
 use crate::fork::ForkReportOptions;
 use crate::output;
 
@@ -46,6 +46,14 @@ pub struct Args {
     /// List the scenario names with one line each and exit.
     #[arg(long)]
     pub list: bool,
+    /// Let scenarios change THP, hugetlb and swap settings they need (root); every change is
+    /// restored when the scenario ends.
+    #[arg(long)]
+    pub allow_sysfs: bool,
+    /// Run the scenarios of this JSON file (schema: `cowscope schema scenario-file`) instead
+    /// of the built-in catalogue.
+    #[arg(long, value_name = "FILE")]
+    pub scenario_file: Option<PathBuf>,
 }
 
 /// Run the catalogue (or the chosen scenarios) and build the document.
@@ -64,9 +72,17 @@ pub fn report(opts: &ForkReportOptions) -> Result<ForkReportDoc> {
 /// Bad options, memory setup failures, or failures writing the output.
 pub fn run(args: Args) -> Result<i32> {
     if args.list {
+        let all = match &args.scenario_file {
+            Some(f) => crate::fork::scenario_file::load(f)?
+                .into_iter()
+                .map(|s| (s.name, s.summary))
+                .collect(),
+            None => crate::fork::scenarios::list(),
+        };
+        let w = all.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
         let mut s = String::new();
-        for (name, what) in crate::fork::scenarios::list() {
-            s.push_str(&format!("{name:<24} {what}\n"));
+        for (name, what) in all {
+            s.push_str(&format!("{name:<w$}  {what}\n"));
         }
         output::emit(&s, None)?;
         return Ok(EXIT_OK);
@@ -79,6 +95,8 @@ pub fn run(args: Args) -> Result<i32> {
             .transpose()?,
         timeout: Duration::from_secs(parse_number::<u64>("--timeout", &args.timeout)?),
         runs: parse_number::<usize>("--runs", &args.runs)?,
+        allow_sysfs: args.allow_sysfs,
+        scenario_file: args.scenario_file,
     };
     let doc = report(&opts)?;
     let text = match args.format {
@@ -87,9 +105,5 @@ pub fn run(args: Args) -> Result<i32> {
         Format::Json => output::to_json(&doc)?,
     };
     output::emit(&text, args.out.as_deref())?;
-    Ok(if doc.body.all_verdicts_hold() {
-        EXIT_OK
-    } else {
-        EXIT_VERDICT_FAILED
-    })
+    Ok(doc.body.exit_code())
 }

@@ -9,6 +9,7 @@ pub mod compare;
 pub mod experiment;
 pub mod fork_report;
 pub mod guest;
+pub mod inspect;
 pub mod pages;
 pub mod schema;
 pub mod trace;

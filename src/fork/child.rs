@@ -2,9 +2,11 @@
 //! │ CHILD CODE. Everything in this file runs in a process created by `fork()` from a      │
 //! │ possibly multi-threaded parent (cargo test runs threads). Only async-signal-safe       │
 //! │ operations are allowed here: plain loads and stores, `read`, `write`, `close`,        │
-//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `_exit`, and, for a traced command,       │
-//! │ `sigprocmask`, `sigaction`, `kill`, `seccomp`, `execve`. No allocation, no stdio, no   │
-//! │ locks, no panics (no indexing that can fail, no unwrap), no /proc parsing.            │
+//! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `mmap`, `mprotect`, `munmap`,            │
+//! │ `vmsplice`, `pread`, `setsid`, `sigaction`, `kill`, `pidfd_send_signal`, `_exit`,    │
+//! │ and for a traced command `sigprocmask`, `seccomp`, `execve`.                          │
+//! │ No allocation, no stdio, no locks, no panics (no indexing that can fail, no           │
+//! │ unwrap), no /proc parsing.                                                            │
 //! └──────────────────────────────────────────────────────────────────────────────────────┘
 //!
 //! A child's behaviour is data: the parent builds a slice of [`ChildOp`] before forking, and the
@@ -44,6 +46,9 @@ pub const TAG_MUNMAP_RESULT: u8 = b'U';
 /// The byte read by [`ChildOp::ReadByte`].
 pub const TAG_BYTE: u8 = b'B';
 
+/// Result of a [`ChildOp::Mprotect`], [`ChildOp::Vmsplice`] or [`ChildOp::ReadFile`]: the
+/// syscall's return value when it succeeded, else `u64::MAX - errno`.
+pub const TAG_SYSCALL_RESULT: u8 = b'X';
 /// The errno of a failed [`ChildOp::Exec`] (sent just before the child exits).
 pub const TAG_EXEC_ERRNO: u8 = b'E';
 /// The errno of a failed [`ChildOp::InstallSeccomp`].
@@ -56,8 +61,10 @@ pub const TAG_NO_NEW_PRIVS: u8 = b'N';
 pub const EXIT_PIPE_FAILED: i32 = 120;
 /// Exit code of a child whose `fork()` of a grandchild failed.
 pub const EXIT_FORK_FAILED: i32 = 121;
+/// Exit code of a child whose [`ChildOp::MapAnon`] failed.
+pub const EXIT_MMAP_FAILED: i32 = 122;
 /// Exit code of a child whose seccomp filter could not be installed.
-pub const EXIT_SECCOMP_FAILED: i32 = 122;
+pub const EXIT_SECCOMP_FAILED: i32 = 123;
 /// Exit code of a child whose `execve` failed (as a shell's "command not found").
 pub const EXIT_EXEC_FAILED: i32 = 127;
 
@@ -71,6 +78,8 @@ pub mod side {
     pub const CHILD: u8 = b'C';
     /// A grandchild.
     pub const GRANDCHILD: u8 = b'G';
+    /// The disk file an O_DIRECT read copies from.
+    pub const DIRECT_FILE: u8 = b'D';
 }
 
 /// Offset of the side marker inside a stamped page (after the 8-byte page index).
@@ -185,6 +194,43 @@ pub enum ChildOp<'a> {
         /// Report pipe.
         fd: RawFd,
     },
+    /// `mprotect(addr, len, prot)`, then send the result ([`TAG_SYSCALL_RESULT`]) on `fd`.
+    Mprotect {
+        /// Start (page aligned).
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
+        /// PROT_* bits.
+        prot: i32,
+        /// Report pipe.
+        fd: RawFd,
+    },
+    /// `vmsplice(pipe, {addr, len}, 1, 0)`: hand the pages to a pipe (the pipe takes a
+    /// reference to each page), then send the bytes spliced ([`TAG_SYSCALL_RESULT`]) on `fd`.
+    Vmsplice {
+        /// The pipe's write end.
+        pipe: RawFd,
+        /// Start of the range.
+        addr: usize,
+        /// Length in bytes (at most the pipe's capacity, or it blocks).
+        len: usize,
+        /// Report pipe.
+        fd: RawFd,
+    },
+    /// `pread(file, addr, len, offset)` (an O_DIRECT file makes the kernel pin the pages and
+    /// DMA into them), then send the bytes read ([`TAG_SYSCALL_RESULT`]) on `fd`.
+    ReadFile {
+        /// The file, opened before the fork.
+        file: RawFd,
+        /// Destination.
+        addr: usize,
+        /// Bytes.
+        len: usize,
+        /// File offset.
+        offset: i64,
+        /// Report pipe.
+        fd: RawFd,
+    },
     /// `munmap(addr, len)` in the child's own address space, then send the result
     /// ([`TAG_MUNMAP_RESULT`]: 0 or the errno) on `fd`. The child has one thread, so nothing
     /// can be mapped into the range between two such ops: repeating one is a safe way to ask
@@ -196,6 +242,31 @@ pub enum ChildOp<'a> {
         len: usize,
         /// Report pipe.
         fd: RawFd,
+    },
+    /// `mmap(addr, len, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED)`: a fresh
+    /// private anonymous VMA at a known address; `_exit(EXIT_MMAP_FAILED)` if the kernel
+    /// refuses. The range must be the child's own: a reservation it inherited (which
+    /// `MAP_FIXED` replaces) or a hole it made with [`ChildOp::Munmap`]; the child has one
+    /// thread, so nothing else can map there meanwhile.
+    MapAnon {
+        /// Start (page aligned).
+        addr: usize,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// The `inspect --freeze` watchdog: leave cowscope's session and ignore terminal and
+    /// termination signals (so a Ctrl-C to the process group cannot kill it first), then block
+    /// reading `fd` (the release pipe). A byte means cowscope resumed its targets itself: exit.
+    /// EOF means cowscope died without releasing us (even by SIGKILL, which no handler sees):
+    /// send SIGCONT to every target, through its pidfd where one was opened (immune to pid
+    /// reuse), else by pid, then exit.
+    ResumeOnOrphan {
+        /// Release pipe (read end).
+        fd: RawFd,
+        /// The targets' pids.
+        pids: &'a [i32],
+        /// Their pidfds, index for index (-1: none, use the pid).
+        pidfds: &'a [RawFd],
     },
     /// Set this thread's signal mask (`sigprocmask(SIG_SETMASK)`). A blocked mask survives
     /// both `fork` and `execve`, so a parent that blocks signals for its own event loop must
@@ -398,6 +469,110 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 send(fd, TAG_LOCK_WAITED_NS, now_ns().saturating_sub(t0));
                 send(fd, TAG_LOCK_ACQUIRED, u64::from(acquired));
             }
+            ChildOp::MapAnon { addr, len } => {
+                // SAFETY: MAP_FIXED over a range the caller guarantees is the child's own
+                // (see the op's docs); mmap is a plain syscall.
+                let p = unsafe {
+                    libc::mmap(
+                        addr as *mut libc::c_void,
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                if p as usize != addr {
+                    exit(EXIT_MMAP_FAILED);
+                }
+            }
+            ChildOp::ResumeOnOrphan { fd, pids, pidfds } => {
+                // SAFETY: setsid and sigaction with SIG_IGN are async-signal-safe syscalls
+                // touching only a zeroed local struct.
+                unsafe {
+                    libc::setsid();
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = libc::SIG_IGN;
+                    libc::sigemptyset(&mut sa.sa_mask);
+                    for sig in [
+                        libc::SIGINT,
+                        libc::SIGQUIT,
+                        libc::SIGHUP,
+                        libc::SIGTERM,
+                        libc::SIGPIPE,
+                        libc::SIGTSTP,
+                    ] {
+                        libc::sigaction(sig, &sa, std::ptr::null_mut());
+                    }
+                }
+                let mut b = 0u8;
+                let n = loop {
+                    // SAFETY: reads at most 1 byte into a local.
+                    let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+                    if n >= 0 || errno() != libc::EINTR {
+                        break n;
+                    }
+                };
+                if n == 0 {
+                    for (k, &pid) in pids.iter().enumerate() {
+                        let pidfd = pidfds.get(k).copied().unwrap_or(-1);
+                        // SAFETY: pidfd_send_signal and kill take plain integers (a null
+                        // siginfo); both are async-signal-safe syscalls.
+                        let sent = pidfd >= 0
+                            && unsafe {
+                                libc::syscall(
+                                    libc::SYS_pidfd_send_signal,
+                                    pidfd,
+                                    libc::SIGCONT,
+                                    std::ptr::null::<libc::siginfo_t>(),
+                                    0,
+                                )
+                            } == 0;
+                        if !sent && pidfd < 0 {
+                            // SAFETY: as above.
+                            unsafe { libc::kill(pid, libc::SIGCONT) };
+                        }
+                    }
+                }
+            }
+            ChildOp::Mprotect {
+                addr,
+                len,
+                prot,
+                fd,
+            } => {
+                // SAFETY: mprotect(2) is a plain syscall on the child's own copy of the address
+                // space; the caller names a range that later ops access as `prot` allows.
+                let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
+                send(fd, TAG_SYSCALL_RESULT, result(rc as i64));
+            }
+            ChildOp::Vmsplice {
+                pipe,
+                addr,
+                len,
+                fd,
+            } => {
+                let iov = libc::iovec {
+                    iov_base: addr as *mut libc::c_void,
+                    iov_len: len,
+                };
+                // SAFETY: vmsplice reads the one local iovec; the range is mapped readable
+                // (caller's guarantee). The pipe only takes references to the pages.
+                let n = unsafe { libc::vmsplice(pipe, &iov, 1, 0) };
+                send(fd, TAG_SYSCALL_RESULT, result(n as i64));
+            }
+            ChildOp::ReadFile {
+                file,
+                addr,
+                len,
+                offset,
+                fd,
+            } => {
+                // SAFETY: pread writes at most `len` bytes to [addr, addr + len), which the
+                // caller guarantees is mapped writable.
+                let n = unsafe { libc::pread(file, addr as *mut libc::c_void, len, offset) };
+                send(fd, TAG_SYSCALL_RESULT, result(n as i64));
+            }
             ChildOp::Munmap { addr, len, fd } => {
                 // SAFETY: munmap(2) is a plain syscall; the caller names a range of the child's
                 // own copy of the address space that the rest of `ops` no longer uses.
@@ -537,6 +712,15 @@ fn send(fd: RawFd, tag: u8, value: u64) {
             continue;
         }
         exit(EXIT_PIPE_FAILED);
+    }
+}
+
+/// A syscall's return as a message value: the value itself, or `u64::MAX - errno` on error.
+fn result(rc: i64) -> u64 {
+    if rc >= 0 {
+        rc as u64
+    } else {
+        u64::MAX - errno().max(1) as u64
     }
 }
 

@@ -16,7 +16,8 @@ pub enum PageClass {
     Copied,
     /// MADV_WIPEONFORK: the other process sees zero (absent, or the shared zero page).
     Wiped,
-    /// MADV_DONTFORK: the other process has no mapping here at all.
+    /// The other process has no mapping here at all (MADV_DONTFORK, or it unmapped the page
+    /// after the fork).
     NotInherited,
     /// Present in neither.
     Absent,
@@ -25,6 +26,52 @@ pub enum PageClass {
 }
 
 impl PageClass {
+    /// The class's name as the JSON spells it (`not_inherited`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageClass::Shared => "shared",
+            PageClass::Copied => "copied",
+            PageClass::Wiped => "wiped",
+            PageClass::NotInherited => "not_inherited",
+            PageClass::Absent => "absent",
+            PageClass::Unproven => "unproven",
+        }
+    }
+
+    /// The class's name for people (`not inherited`).
+    pub fn label(self) -> &'static str {
+        match self {
+            PageClass::NotInherited => "not inherited",
+            other => other.as_str(),
+        }
+    }
+
+    /// A column heading of at most 6 characters (the table).
+    pub fn short(self) -> &'static str {
+        match self {
+            PageClass::Shared => "shared",
+            PageClass::Copied => "copied",
+            PageClass::Wiped => "wiped",
+            PageClass::NotInherited => "notin",
+            PageClass::Absent => "absnt",
+            PageClass::Unproven => "unprv",
+        }
+    }
+
+    /// What the class means, one line (legends).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            PageClass::Shared => "same frame as the parent's",
+            PageClass::Copied => "a different frame: copy-on-write (or a pin at fork) copied it",
+            PageClass::Wiped => "MADV_WIPEONFORK: reads zero",
+            PageClass::NotInherited => {
+                "no mapping here (MADV_DONTFORK, or unmapped after the fork)"
+            }
+            PageClass::Absent => "mapped by neither",
+            PageClass::Unproven => "the evidence available cannot decide",
+        }
+    }
+
     /// Every class, in report order.
     pub const ALL: [PageClass; 6] = [
         PageClass::Shared,
@@ -54,6 +101,9 @@ pub enum Basis {
     Kpageflags,
     /// The VMA itself is missing in the other process.
     Vma,
+    /// Swap entries: the same swap slot is the same page of data; kpageflags says whether a
+    /// present page is the swap cache's.
+    SwapEntry,
     /// Both VMAs are shared mappings (VmFlags `sh`).
     SharedMapping,
     /// Nothing decided it.
@@ -80,13 +130,29 @@ pub struct PageWitness {
     /// The page is mapped through a PMD (THP) in this process; bit 56 is not trustworthy
     /// per subpage there (some kernels report the head page's exclusivity for all 512).
     pub pmd_mapped: bool,
+    /// A VMA of the process covers the page.
+    pub mapped: bool,
+    /// pagemap bit 62: the page is in swap.
+    pub swapped: bool,
+    /// The swap entry (type and offset), when swapped and visible (needs CAP_SYS_ADMIN).
+    pub swap_entry: Option<u64>,
+    /// kpageflags says the frame is in the swap cache (None when unreadable).
+    pub swapcache: Option<bool>,
+    /// kpageflags says hugetlb (None when unreadable).
+    pub hugetlb: Option<bool>,
+    /// pagemap bit 55: written since the soft-dirty bits were cleared.
+    pub soft_dirty: bool,
 }
 
 /// Facts about the other process's VMA that some rules need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OtherVma {
-    /// The other process has a VMA at the arena's address.
+    /// The other process has a VMA covering this page.
     pub exists: bool,
+    /// The parent unmapped this page itself after the fork, so `parent` is its witness from
+    /// before the fork (only a PFN can then be compared: the bits described the parent's old
+    /// mapping, not the page now).
+    pub parent_before_fork: bool,
     /// The VMA's smaps Rss is 0 kB (the zero page is not counted in Rss).
     pub rss_zero: bool,
     /// The arena was advised MADV_WIPEONFORK.
@@ -104,7 +170,34 @@ pub fn classify(parent: &PageWitness, other: &PageWitness, vma: OtherVma) -> (Pa
     if !vma.exists {
         return (PageClass::NotInherited, Basis::Vma);
     }
-    if !parent.present && !other.present {
+    if vma.parent_before_fork {
+        return match (parent.pfn, other.pfn) {
+            (Some(a), Some(b)) if other.present => {
+                if a == b {
+                    (PageClass::Shared, Basis::Pfn)
+                } else {
+                    (PageClass::Copied, Basis::Pfn)
+                }
+            }
+            _ => (PageClass::Unproven, Basis::None),
+        };
+    }
+    if parent.swapped && other.swapped {
+        // fork() copies swap entries: the same slot is the same page of data.
+        return match (parent.swap_entry, other.swap_entry) {
+            (Some(a), Some(b)) if a == b => (PageClass::Shared, Basis::SwapEntry),
+            (Some(_), Some(_)) => (PageClass::Copied, Basis::SwapEntry),
+            _ => (PageClass::Unproven, Basis::None),
+        };
+    }
+    if (parent.swapped && other.present && other.swapcache == Some(false))
+        || (other.swapped && parent.present && parent.swapcache == Some(false))
+    {
+        // One side still has the data in swap, the other maps a frame that is not the swap
+        // cache's: a copy (a read fault would have mapped the swap-cache page itself).
+        return (PageClass::Copied, Basis::SwapEntry);
+    }
+    if !parent.present && !other.present && !parent.swapped && !other.swapped {
         return (PageClass::Absent, Basis::Pfn);
     }
     if vma.wipe_on_fork {
@@ -126,6 +219,11 @@ pub fn classify(parent: &PageWitness, other: &PageWitness, vma: OtherVma) -> (Pa
     if !(parent.present && other.present) {
         // Present on one side only, without WIPEONFORK: not something fork produces.
         return (PageClass::Unproven, Basis::None);
+    }
+    if parent.zero_page == Some(true) && other.zero_page == Some(true) {
+        // Both read a zero page (the huge zero page's subpage on one side, the 4 KiB zero page
+        // after a PMD split on the other): different frames, yet nothing was copied.
+        return (PageClass::Shared, Basis::Kpageflags);
     }
     if let (Some(a), Some(b)) = (parent.pfn, other.pfn) {
         return if a == b {
@@ -212,6 +310,7 @@ mod tests {
     }
     const VMA: OtherVma = OtherVma {
         exists: true,
+        parent_before_fork: false,
         rss_zero: false,
         wipe_on_fork: false,
         shared_mapping: false,
@@ -303,6 +402,18 @@ mod tests {
     }
 
     #[test]
+    fn two_zero_pages_are_shared_although_the_frames_differ() {
+        let z = |pfn| PageWitness {
+            zero_page: Some(true),
+            ..w(true, Some(pfn), false)
+        };
+        assert_eq!(
+            classify(&z(0x1fc001), &z(0x3b34), VMA),
+            (PageClass::Shared, Basis::Kpageflags)
+        );
+    }
+
+    #[test]
     fn shared_mapping_with_hidden_pfns_is_shared_by_bit_61() {
         let p = PageWitness {
             present: true,
@@ -327,6 +438,78 @@ mod tests {
             classify(&p, &PageWitness::default(), vma),
             (PageClass::Shared, Basis::SharedMapping)
         );
+    }
+
+    fn swapped(entry: Option<u64>) -> PageWitness {
+        PageWitness {
+            swapped: true,
+            swap_entry: entry,
+            mapped: true,
+            ..Default::default()
+        }
+    }
+
+    #[rstest]
+    #[case::same_swap_slot_is_shared(
+        swapped(Some(0x20)),
+        swapped(Some(0x20)),
+        PageClass::Shared,
+        Basis::SwapEntry
+    )]
+    #[case::different_swap_slots_are_copied(
+        swapped(Some(0x20)),
+        swapped(Some(0x40)),
+        PageClass::Copied,
+        Basis::SwapEntry
+    )]
+    #[case::hidden_swap_slots_are_unproven(
+        swapped(None),
+        swapped(None),
+        PageClass::Unproven,
+        Basis::None
+    )]
+    #[case::swapped_vs_frame_outside_swap_cache_is_copied(swapped(None), PageWitness { swapcache: Some(false), ..w(true, Some(9), true) }, PageClass::Copied, Basis::SwapEntry)]
+    #[case::swapped_vs_swap_cache_frame_is_unproven(swapped(None), PageWitness { swapcache: Some(true), ..w(true, Some(9), true) }, PageClass::Unproven, Basis::None)]
+    fn swap_rules(
+        #[case] parent: PageWitness,
+        #[case] other: PageWitness,
+        #[case] class: PageClass,
+        #[case] basis: Basis,
+    ) {
+        assert_eq!(classify(&parent, &other, VMA), (class, basis));
+    }
+
+    #[test]
+    fn a_page_the_parent_unmapped_is_judged_against_its_frame_before_the_fork() {
+        let vma = OtherVma {
+            parent_before_fork: true,
+            ..VMA
+        };
+        assert_eq!(
+            classify(&w(true, Some(7), true), &w(true, Some(8), true), vma),
+            (PageClass::Copied, Basis::Pfn)
+        );
+        assert_eq!(
+            classify(&w(true, Some(7), true), &w(true, Some(7), true), vma),
+            (PageClass::Shared, Basis::Pfn)
+        );
+        // Without PFNs the child's exclusive bit proves nothing: it may be the only mapper
+        // of the very page the parent unmapped.
+        assert_eq!(
+            classify(&w(true, None, true), &w(true, None, true), vma),
+            (PageClass::Unproven, Basis::None)
+        );
+    }
+
+    #[test]
+    fn class_names_are_spelled_once_and_match_the_json() {
+        for c in PageClass::ALL {
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                serde_json::Value::String(c.as_str().into())
+            );
+            assert!(c.short().len() <= 6);
+        }
     }
 
     #[test]

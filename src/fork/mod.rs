@@ -4,8 +4,11 @@
 
 pub mod child;
 pub mod classify;
+pub mod judge;
+pub mod memory;
 pub mod observe;
 pub mod run;
+pub mod scenario_file;
 pub mod scenarios;
 pub mod subject;
 
@@ -16,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::mem::system::SystemInfo;
-use classify::ClassCounts;
+use classify::{ClassCounts, PageClass};
+pub use judge::{ExpectedSmaps, Finding, SmapsFigures, Verdict, VerdictState};
 use subject::ExitInfo;
 
 /// What `fork-report` was asked.
@@ -30,6 +34,10 @@ pub struct ForkReportOptions {
     pub timeout: Duration,
     /// Timing runs per scenario.
     pub runs: usize,
+    /// Change (and restore) THP, hugetlb and swap settings a scenario needs (root).
+    pub allow_sysfs: bool,
+    /// Scenarios from a file instead of the catalogue.
+    pub scenario_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ForkReportOptions {
@@ -39,6 +47,8 @@ impl Default for ForkReportOptions {
             pages: None,
             timeout: Duration::from_secs(10),
             runs: 5,
+            allow_sysfs: false,
+            scenario_file: None,
         }
     }
 }
@@ -61,6 +71,43 @@ impl ForkReportBody {
     pub fn all_verdicts_hold(&self) -> bool {
         self.scenarios.iter().all(|s| s.verdict.holds)
     }
+
+    /// The exit code of the run: 0 every verdict held (or was skipped), 1 at least one
+    /// failed, 3 none failed but at least one could not be proven.
+    pub fn exit_code(&self) -> i32 {
+        let states = || self.scenarios.iter().map(|s| s.verdict.state);
+        if states().any(|x| x == VerdictState::Failed) {
+            crate::error::EXIT_VERDICT_FAILED
+        } else if states().any(|x| x == VerdictState::Unproven) {
+            crate::error::EXIT_UNPROVEN
+        } else {
+            crate::error::EXIT_OK
+        }
+    }
+}
+
+/// A run of consecutive pages with one class (per-process page maps stay small for large
+/// arenas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClassRun {
+    /// The class.
+    pub class: PageClass,
+    /// How many consecutive pages have it.
+    pub pages: u64,
+}
+
+impl ClassRun {
+    /// Run-length encode per-page classes.
+    pub fn runs(classes: &[PageClass]) -> Vec<ClassRun> {
+        let mut v: Vec<ClassRun> = Vec::new();
+        for &c in classes {
+            match v.last_mut() {
+                Some(r) if r.class == c => r.pages += 1,
+                _ => v.push(ClassRun { class: c, pages: 1 }),
+            }
+        }
+        v
+    }
 }
 
 /// How a scenario was set up.
@@ -70,6 +117,9 @@ pub struct ScenarioConfig {
     pub pages: u64,
     /// Page size in bytes.
     pub page_size: u64,
+    /// The memory kind (`anon`, `thp`, `hugetlb-2048k`, `file`, ...).
+    #[serde(default)]
+    pub memory: String,
     /// `private` or `shared`.
     pub mapping: String,
     /// `none`, `wipeonfork` or `dontfork`.
@@ -80,38 +130,6 @@ pub struct ScenarioConfig {
     pub children: u64,
     /// Arena base address (hex), in every process.
     pub arena_addr: String,
-}
-
-/// The smaps figures of the arena's own VMA in one process.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct SmapsFigures {
-    /// Rss.
-    pub rss_kb: u64,
-    /// Pss.
-    pub pss_kb: u64,
-    /// Shared_Clean.
-    pub shared_clean_kb: u64,
-    /// Shared_Dirty.
-    pub shared_dirty_kb: u64,
-    /// Private_Clean.
-    pub private_clean_kb: u64,
-    /// Private_Dirty.
-    pub private_dirty_kb: u64,
-    /// AnonHugePages.
-    pub anon_huge_kb: u64,
-}
-
-/// What smaps should say, computed from the per-page witnesses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ExpectedSmaps {
-    /// Present pages, excluding the zero page.
-    pub rss_kb: u64,
-    /// Pages mapped by more than one process (Shared_Clean + Shared_Dirty).
-    pub shared_kb: u64,
-    /// Pages mapped by this process alone (Private_Clean + Private_Dirty).
-    pub private_kb: u64,
-    /// Sum over pages of page_size / mapcount, when every mapcount is known.
-    pub pss_kb: Option<u64>,
 }
 
 /// One process of a scenario.
@@ -136,6 +154,9 @@ pub struct ProcessEvidence {
     /// Page classes against the parent (absent for the parent itself).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pages: Option<ClassCounts>,
+    /// This process's own class of every page, run-length encoded (empty for the parent).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub page_class_runs: Vec<ClassRun>,
     /// Pages whose PFN differs from the parent's PFN before the fork (who got the copy),
     /// when PFNs are visible.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,6 +182,7 @@ impl ProcessEvidence {
             present: 0,
             exclusive: 0,
             pages: None,
+            page_class_runs: Vec::new(),
             new_pfns: None,
             written_since_fork: None,
             exit: None,
@@ -187,6 +209,9 @@ pub struct ContentChecks {
     /// through /proc/<pid>/mem, which does not unshare pages). Absent when PFNs are hidden.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pages_moved_by_reading: Option<u64>,
+    /// The pipe the pages were vmspliced into still yields their pre-fork bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipe_reads_pre_fork_data: Option<bool>,
     /// Pages whose stamp did not match (first few), as `process:page`.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub mismatches: Vec<String>,
@@ -209,6 +234,14 @@ pub struct Timing {
     /// Median of a second store to the same page, owned by then (no fault).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owned_write_ns: Option<u64>,
+    /// New memory one write made the kernel give the writer, in bytes (copied, or zero-filled
+    /// for the zero page): 4 KiB for a base page or a PTE-mapped THP, the whole huge page for
+    /// hugetlb. The largest over the writing processes; needs visible PFNs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_copied_by_one_write: Option<u64>,
+    /// Bytes copied for the children at fork, before anyone wrote (pinned pages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_copied_at_fork: Option<u64>,
     /// Where the observed run spent its time, in microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases_us: Option<PhaseTimes>,
@@ -258,40 +291,15 @@ pub struct PageRow {
     pub index: u64,
     /// Aggregate class.
     pub class: classify::PageClass,
+    /// Each forked process's own class of this page, in `processes` order after the parent.
+    #[serde(default)]
+    pub classes: Vec<classify::PageClass>,
     /// PFN in each process (parent first), 0 when hidden or absent.
     pub pfns: Vec<u64>,
     /// kpagecount per process's PFN, when readable.
     pub mapcounts: Vec<Option<u64>>,
     /// Exclusive bit per process.
     pub exclusive: Vec<bool>,
-}
-
-/// The verdict of one scenario.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
-pub struct Verdict {
-    /// The scenario ran, every page has the class first principles predict, the witnesses
-    /// agree, and content and exits are as expected. A skip holds.
-    pub holds: bool,
-    /// Every page's class was proven by the kernel's evidence (no `unproven` page) and matches
-    /// the expectation.
-    pub cow_proven: bool,
-    /// The witnesses consulted (never `pfn` or `kpagecount` when PFNs are hidden).
-    pub evidence: Vec<String>,
-    /// The witnesses agree with each other.
-    pub agree: bool,
-    /// Witnesses that disagreed, and how.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub disagreements: Vec<String>,
-    /// Documented kernel behaviours that explain an otherwise surprising witness (kept apart
-    /// from disagreements, and never used to decide a class).
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub kernel_quirks: Vec<String>,
-    /// Expectations that failed, and other remarks.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub notes: Vec<String>,
-    /// Why the scenario was skipped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skipped: Option<String>,
 }
 
 /// One scenario's results.
@@ -325,6 +333,12 @@ pub struct ScenarioResult {
     /// Per-page rows (arenas of at most 64 pages).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub page_rows: Vec<PageRow>,
+    /// The aggregate class of every page, run-length encoded.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub page_class_runs: Vec<ClassRun>,
+    /// System settings changed for this scenario (with --allow-sysfs), restored afterwards.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub changed: Vec<String>,
     /// The verdict.
     pub verdict: Verdict,
 }
@@ -375,13 +389,15 @@ fn human_kb(kb: u64) -> String {
     }
 }
 
-/// Resolve names and `--pages` into scenarios.
+/// Resolve names, a scenario file and `--pages` into scenarios.
 ///
 /// # Errors
 /// Unknown names, duplicate names, `--pages` 0, above [`MAX_PAGES`] or above the available
-/// memory ([`check_memory`]), `--runs` 0 or above [`MAX_RUNS`], a zero timeout.
-pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::fork::scenarios::Scenario>> {
-    use crate::fork::scenarios::{by_name, catalogue, list};
+/// memory, `--runs` 0 or above [`MAX_RUNS`], a zero timeout, a scenario file that cannot be
+/// read or does not fit the schema (the error names the JSON path), a plan that names a page
+/// the arena lacks.
+pub fn select(opts: &ForkReportOptions) -> Result<Vec<scenarios::Scenario>> {
+    use scenarios::{by_name, catalogue, list};
     if opts.runs == 0 || opts.runs > MAX_RUNS {
         return Err(Error::usage(format!(
             "--runs must be between 1 and {MAX_RUNS}, got {}",
@@ -391,21 +407,31 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::fork::scenarios::Sc
     if opts.timeout.is_zero() {
         return Err(Error::usage("--timeout must be at least 1 second"));
     }
+    let pool = match &opts.scenario_file {
+        Some(path) => scenario_file::load(path)?,
+        None => catalogue(),
+    };
     let mut chosen = if opts.scenarios.is_empty() {
-        catalogue()
+        pool
     } else {
-        let mut v = Vec::new();
+        let mut v: Vec<scenarios::Scenario> = Vec::new();
         for n in &opts.scenarios {
-            let s = by_name(n).ok_or_else(|| {
-                let names: Vec<_> = list().into_iter().map(|(n, _)| n).collect();
-                Error::usage(format!(
-                    "unknown scenario '{n}'; expected one of: {}",
-                    names.join(", ")
-                ))
-            })?;
-            if v.iter()
-                .any(|x: &crate::fork::scenarios::Scenario| x.name == s.name)
-            {
+            let s = pool
+                .iter()
+                .find(|s| &s.name == n)
+                .cloned()
+                .or_else(|| opts.scenario_file.is_none().then(|| by_name(n)).flatten())
+                .ok_or_else(|| {
+                    let names: Vec<String> = match &opts.scenario_file {
+                        Some(_) => pool.iter().map(|s| s.name.clone()).collect(),
+                        None => list().into_iter().map(|(n, _)| n).collect(),
+                    };
+                    Error::usage(format!(
+                        "unknown scenario '{n}'; expected one of: {}",
+                        names.join(", ")
+                    ))
+                })?;
+            if v.iter().any(|x| x.name == s.name) {
                 return Err(Error::usage(format!("scenario '{n}' given twice")));
             }
             v.push(s);
@@ -433,22 +459,10 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<crate::fork::scenarios::Sc
     }
     // Every page a plan names must exist in the (possibly shrunk) arena.
     for s in &chosen {
-        let max_named = s
-            .children
-            .iter()
-            .enumerate()
-            .flat_map(|(i, _)| s.written_by(&[i]))
-            .chain(s.parent_writes.iter().copied())
-            .chain(
-                s.children
-                    .iter()
-                    .flat_map(|c| c.grandchild.iter().flat_map(|g| g.writes.clone())),
-            )
-            .max();
-        if let Some(m) = max_named {
+        if let Some(m) = s.max_named_page() {
             if m >= s.pages {
                 return Err(Error::usage(format!(
-                    "scenario '{}' writes page {m}, so it needs --pages of at least {}",
+                    "scenario '{}' names page {m}, so it needs --pages of at least {}",
                     s.name,
                     m + 1
                 )));

@@ -245,7 +245,52 @@ pub fn scan(pm: &Pagemap, start: u64, end: u64, force_fallback: bool) -> io::Res
     }
 }
 
+/// The regions of `[start, end)` that have at least one category of `anyof`, with their
+/// categories masked to `anyof` (pages matching none are not returned at all, so a walk over a
+/// big range with few matches returns few regions). `None` when PAGEMAP_SCAN is unavailable
+/// or does not know one of the categories asked for.
+///
+/// This is the cheap question to ask before or beside a pagemap read: "where is anything
+/// present?" (`PAGE_IS_PRESENT | PAGE_IS_SWAPPED`), "where is the zero page, where are PMD
+/// mappings?" (`PAGE_IS_PFNZERO | PAGE_IS_HUGE`). Unlike PFNs, these categories need no
+/// privilege.
+///
+/// # Errors
+/// `InvalidInput` for unaligned or reversed ranges; kernel errors from the ioctl.
+pub fn scan_matching(
+    pm: &Pagemap,
+    start: u64,
+    end: u64,
+    anyof: u64,
+) -> io::Result<Option<Vec<PageRegion>>> {
+    let ps = crate::kernel::page_size() as u64;
+    if start % ps != 0 || end % ps != 0 || end < start {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("scan range {start:#x}-{end:#x} is unaligned or reversed"),
+        ));
+    }
+    match supported_mask() {
+        Some(mask) if mask & anyof == anyof && anyof != 0 => {
+            ioctl_scan_filtered(pm, start, end, anyof, anyof).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 fn ioctl_scan(pm: &Pagemap, start: u64, end: u64, mask: u64) -> io::Result<Vec<PageRegion>> {
+    ioctl_scan_filtered(pm, start, end, 0, mask)
+}
+
+/// PAGEMAP_SCAN over `[start, end)`: regions whose pages have a category of `anyof` (0: every
+/// page), with categories masked to `mask`, merged where neighbours agree.
+fn ioctl_scan_filtered(
+    pm: &Pagemap,
+    start: u64,
+    end: u64,
+    anyof: u64,
+    mask: u64,
+) -> io::Result<Vec<PageRegion>> {
     let mut out: Vec<PageRegion> = Vec::new();
     let mut buf = vec![PageRegion::default(); VEC_LEN];
     let mut cur = start;
@@ -256,6 +301,7 @@ fn ioctl_scan(pm: &Pagemap, start: u64, end: u64, mask: u64) -> io::Result<Vec<P
             end,
             vec: buf.as_mut_ptr() as u64,
             vec_len: buf.len() as u64,
+            category_anyof_mask: anyof,
             return_mask: mask,
             ..PmScanArg::default()
         };

@@ -4,6 +4,8 @@
 pub mod baseline;
 pub mod compare;
 pub mod experiment;
+pub mod inspect_svg;
+pub mod inspect_table;
 pub mod pages;
 pub mod svg;
 pub mod table;

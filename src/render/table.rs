@@ -10,6 +10,8 @@ pages: arena pages; shared/copied/wiped/notin/absnt/unprv: pages per class (a pa
 process counts as copied): shared = same frame in both, copied = copy-on-write gave a new frame,
 wiped = MADV_WIPEONFORK child reads zero, notin = not inherited (MADV_DONTFORK), absnt = present
 in neither, unprv = not provable with the evidence this user may read (PFNs hidden).
+verdict: ok (held, with the witnesses used), FAIL (a witness disagreed), UNPROVEN (nothing
+disagreed, but something could not be proven: exit 3), SKIP (a feature or setting is missing).
 P/S kB: the arena VMA's smaps Private (clean + dirty) / Shared (clean + dirty) in kB.
 fork µs: median fork() latency of the timing runs; cow ns: median first store to a shared
 private page (one copy-on-write fault) in the child.
@@ -35,16 +37,17 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
         },
         if sys.pagemap_scan { "yes" } else { "no" },
     );
+    use crate::fork::classify::PageClass;
     let mut rows: Vec<Vec<String>> = vec![
         [
             "scenario",
             "pages",
-            "shared",
-            "copied",
-            "wiped",
-            "notin",
-            "absnt",
-            "unprv",
+            PageClass::Shared.short(),
+            PageClass::Copied.short(),
+            PageClass::Wiped.short(),
+            PageClass::NotInherited.short(),
+            PageClass::Absent.short(),
+            PageClass::Unproven.short(),
             "parent P/S kB",
             "child P/S kB",
             "fork µs",
@@ -56,11 +59,7 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
     ];
     for s in &r.body.scenarios {
         let ps = |p: &Option<crate::fork::SmapsFigures>| match p {
-            Some(f) => format!(
-                "{}/{}",
-                f.private_clean_kb + f.private_dirty_kb,
-                f.shared_clean_kb + f.shared_dirty_kb
-            ),
+            Some(f) => format!("{}/{}", f.private_kb(), f.shared_kb()),
             None => "-".into(),
         };
         let child = s
@@ -79,20 +78,25 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
             .map(|n| n.to_string())
             .unwrap_or_else(|| "-".into());
         let v = &s.verdict;
-        let verdict = if let Some(reason) = &v.skipped {
-            format!("SKIP ({reason})")
-        } else if v.holds {
-            format!("ok [{}]", v.evidence.join(","))
-        } else {
-            format!(
-                "FAIL: {}",
-                v.notes
-                    .iter()
-                    .chain(&v.disagreements)
-                    .next()
+        use crate::fork::VerdictState;
+        let label = v.state.label();
+        let verdict = match v.state {
+            VerdictState::Skipped => format!(
+                "{label} ({})",
+                v.skipped.as_deref().unwrap_or("no reason given")
+            ),
+            VerdictState::Held => format!("{label} [{}]", v.evidence.join(",")),
+            VerdictState::Unproven => format!(
+                "{label}: {}",
+                v.unproven.first().map(String::as_str).unwrap_or("see JSON")
+            ),
+            VerdictState::Failed => format!(
+                "{label}: {}",
+                v.disagreements
+                    .first()
                     .map(String::as_str)
                     .unwrap_or("see JSON")
-            )
+            ),
         };
         let c = &s.pages;
         rows.push(vec![

@@ -26,6 +26,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::classify::{self, Class, Counts, Evidence, Hist, PageState, Seen};
+use crate::inspect::vma::VmaKind;
+use crate::inspect::zero::ZeroPfns;
 use crate::mem::kpage::Kpage;
 use crate::mem::pagemap::{Pagemap, PagemapEntry};
 use crate::mem::smaps::SmapsEntry;
@@ -49,7 +51,7 @@ pub struct BaseVma {
     pub perms: String,
     /// Path or pseudo-name, as in maps.
     pub pathname: String,
-    /// heap, stack, anon, file-private.
+    /// heap, stack, anon, file-private, hugetlb (as `inspect` names them).
     pub kind: String,
     #[serde(skip)]
     lo: u64,
@@ -60,26 +62,19 @@ pub struct BaseVma {
     anon_only: bool,
 }
 
-/// The kind of a private VMA, in the names `inspect` uses.
-pub fn vma_kind(v: &SmapsEntry) -> &'static str {
-    match v.pathname.as_str() {
-        "[heap]" => "heap",
-        p if p.starts_with("[stack") => "stack",
-        "" => "anon",
-        p if p.starts_with("[anon") => "anon",
-        p if p.starts_with('[') => "special",
-        p if p.starts_with("/anon_hugepage") => "hugetlb",
-        _ => "file-private",
-    }
+/// The kind of a VMA, as `inspect` names it (the target's mounts are not needed: a private
+/// mapping is never tmpfs shmem, and private hugetlb mappings are named `/anon_hugepage`).
+fn kind(v: &SmapsEntry) -> VmaKind {
+    crate::inspect::vma::kind_of(v, &crate::inspect::vma::Mounts::default())
 }
 
-/// Whether a VMA takes part in copy-on-write: private, accessible, not a kernel special
-/// mapping.
+/// Whether a VMA takes part in copy-on-write: private (heap, stack, anonymous, a private file
+/// or hugetlb mapping), accessible, not a kernel special mapping.
 fn cow_capable(v: &SmapsEntry) -> bool {
-    let b = v.perms.as_bytes();
-    let private = b.get(3) == Some(&b'p');
+    let k = kind(v);
+    let private = v.perms.as_bytes().get(3) == Some(&b'p');
     let accessible = !v.perms.starts_with("---");
-    private && accessible && vma_kind(v) != "special"
+    private && accessible && (k.is_private() || k == VmaKind::Hugetlb)
 }
 
 /// A contiguous run of pages whose state is kept.
@@ -139,7 +134,7 @@ pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
             end: format!("{:#x}", v.end),
             perms: v.perms.clone(),
             pathname: v.pathname.clone(),
-            kind: vma_kind(v).to_string(),
+            kind: kind(v).name().to_string(),
             lo: v.start,
             hi: v.end,
             anon_only,
@@ -220,107 +215,6 @@ fn seen(e: u64) -> Seen {
         zero: false,
         nonwrite: false,
     }
-}
-
-/// The shared zero page and the huge zero page, by frame number (root only).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ZeroFrames {
-    /// The 4 KiB zero page.
-    pub small: Option<u64>,
-    /// The huge zero page: first frame and count.
-    pub huge: Option<(u64, u64)>,
-}
-
-impl ZeroFrames {
-    /// Whether `pfn` is a zero frame.
-    #[inline]
-    pub fn contains(&self, pfn: u64) -> bool {
-        self.small == Some(pfn) || self.huge.is_some_and(|(a, n)| pfn >= a && pfn < a + n)
-    }
-
-    /// Find them on our own address space: read-fault an anonymous page (the zero page), and
-    /// a 2 MiB-aligned MADV_HUGEPAGE range (the huge zero page, when THP and
-    /// `use_zero_page` allow). The probe mapping stays mapped for the life of the process, so
-    /// the huge zero folio cannot be freed and reallocated elsewhere while we rely on its
-    /// frame number. Without visible PFNs: nothing.
-    pub fn probe() -> ZeroFrames {
-        static PROBED: std::sync::OnceLock<ZeroFrames> = std::sync::OnceLock::new();
-        *PROBED.get_or_init(|| {
-            if !crate::mem::privilege::detect().pfn_visible {
-                return ZeroFrames::default();
-            }
-            probe_zero_frames().unwrap_or_default()
-        })
-    }
-}
-
-fn probe_zero_frames() -> Option<ZeroFrames> {
-    let ps = crate::kernel::page_size();
-    let huge = crate::kernel::thp_pmd_size_kb().map(|k| k as usize * 1024);
-    let len = huge.map_or(ps, |h| 2 * h);
-    // SAFETY: a fresh private anonymous mapping; nothing else refers to it. It is never
-    // unmapped (see ZeroFrames::probe), so no reference into it can dangle.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return None;
-    }
-    let base = base as usize;
-    let pm = Pagemap::open(std::process::id() as i32).ok()?;
-    let kp = Kpage::open().ok();
-    let entry_at = |addr: usize| -> Option<PagemapEntry> {
-        // SAFETY: `addr` lies inside the PROT_READ mapping above; a read fault maps the zero
-        // page (or the huge zero page) and changes nothing else.
-        unsafe { std::ptr::read_volatile(addr as *const u8) };
-        let mut e = [0u64; 1];
-        pm.read_into(addr as u64, &mut e).ok()?;
-        Some(PagemapEntry(e[0]))
-    };
-    let is_zero = |pfn: u64| {
-        kp.as_ref()
-            .and_then(|k| k.flags(&[pfn]).ok())
-            .and_then(|f| f.first().copied())
-            .is_some_and(|f| f.zero_page())
-    };
-    let mut out = ZeroFrames::default();
-    if let Some(h) = huge {
-        let aligned = (base + h - 1) & !(h - 1);
-        // SAFETY: advice on our own probe mapping; MADV_HUGEPAGE changes no contents.
-        unsafe { libc::madvise(aligned as *mut libc::c_void, h, libc::MADV_HUGEPAGE) };
-        if let Some(e) = entry_at(aligned).filter(|e| e.present())
-            && is_zero(e.pfn())
-        {
-            let next = entry_at(aligned + ps).map(|e| e.pfn());
-            if next == Some(e.pfn() + 1) {
-                out.huge = Some((e.pfn(), (h / ps) as u64));
-            } else {
-                out.small = Some(e.pfn());
-            }
-        }
-        // A page outside the aligned block, advised not to be huge: the 4 KiB zero page.
-        let small_at = if aligned > base { base } else { aligned + h };
-        // SAFETY: as above, on our own mapping.
-        unsafe { libc::madvise(small_at as *mut libc::c_void, ps, libc::MADV_NOHUGEPAGE) };
-        if out.small.is_none()
-            && let Some(e) = entry_at(small_at).filter(|e| e.present())
-            && is_zero(e.pfn())
-        {
-            out.small = Some(e.pfn());
-        }
-    } else if let Some(e) = entry_at(base).filter(|e| e.present())
-        && is_zero(e.pfn())
-    {
-        out.small = Some(e.pfn());
-    }
-    Some(out)
 }
 
 /// A bit per baseline page.
@@ -638,7 +532,7 @@ pub struct SampleInput<'a> {
     /// kpageflags, when readable.
     pub kpage: Option<&'a Kpage>,
     /// The zero frames (root).
-    pub zero: &'a ZeroFrames,
+    pub zero: &'a ZeroPfns,
     /// No third process can map these frames (without PFNs, "mapped twice" then means "by both").
     pub pair_is_whole_family: bool,
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::classify::Counts;
 use super::ptrace::{self, Wait, event};
-use super::relation::{self, Baseline, SampleInput, ZeroFrames};
+use super::relation::{self, Baseline, SampleInput};
 use super::syscalls::{self, Traced};
 use super::{
     Attribution, BaselineInfo, FinalSample, ForkRecord, PairEnd, ProcessRecord, ProgramExit,
@@ -395,7 +395,7 @@ struct Tracer<'a> {
     report_pipe: Option<OwnedFd>,
     interrupts: u32,
     kpage: Option<Kpage>,
-    zero: ZeroFrames,
+    zero: crate::inspect::zero::ZeroPfns,
     pfn_visible: bool,
     ps: u64,
     our_pgid: i32,
@@ -471,7 +471,7 @@ pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
         } else {
             None
         },
-        zero: ZeroFrames::probe(),
+        zero: crate::inspect::zero::learn(),
         pfn_visible: sys.pfn_visible,
         ps: sys.page_size,
         // SAFETY: getpgrp has no preconditions.

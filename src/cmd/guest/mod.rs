@@ -62,12 +62,12 @@ pub struct Collection {
 
 /// What the guest collects, in order. The file names match `scripts/collect.sh`.
 ///
-/// `experiment --all` is included only when this build has experiments; inside the throwaway
-/// VM it may change (and restores) /sys settings, hence `--allow-sysfs`.
+/// `experiment --all` is included only when this build has experiments. Inside the throwaway
+/// VM both it and `fork-report` may change (and restore) /sys settings, hence `--allow-sysfs`.
 pub fn collections() -> Vec<Collection> {
     let mut v = vec![Collection {
         file: "fork-report.json".into(),
-        args: vec!["fork-report".into()],
+        args: vec!["fork-report".into(), "--allow-sysfs".into()],
     }];
     for (name, _) in crate::baseline::BaselineCase::ALL {
         v.push(Collection {

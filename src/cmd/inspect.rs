@@ -1,0 +1,207 @@
+//! `cowscope inspect`: parse the flags' text, install the signal
+//! handlers, inspect once or watch, render, write, and pick the exit code.
+//!
+//! Exit codes: 0 every page was classified; 3 some pages are `unproven` (PFNs hidden: the
+//! document is still complete and honest, but it could not prove everything); 2 usage or
+//! input errors (nothing could be read). A single inspect interrupted by SIGINT/SIGTERM
+//! resumes anything frozen and dies of that signal without output; a watch ends cleanly with
+//! what it collected.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::doc::{Envelope, InspectDoc, InspectSampleDoc};
+use crate::error::{EXIT_OK, EXIT_UNPROVEN, Error, Result};
+use crate::inspect::interrupt;
+use crate::inspect::sample::InspectRequest;
+use crate::inspect::watch::{WatchOptions, parse_duration};
+use crate::output;
+
+/// Output formats of `inspect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON document.
+    Json,
+    /// Human tables.
+    Table,
+    /// An SVG page map (once) or timeline (with `--interval`).
+    Svg,
+    /// JSON Lines: one record per sample, flushed as it is taken.
+    Jsonl,
+}
+
+/// `inspect` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The parent process.
+    #[arg(long)]
+    pub pid: String,
+    /// Only these children (repeatable; each must descend from --pid). Default: every live
+    /// descendant, each against the process it was forked from.
+    #[arg(long = "child", value_name = "PID")]
+    pub children: Vec<String>,
+    /// Stop every target with SIGSTOP for one consistent read; always resumed (also on
+    /// error, Ctrl-C, or if cowscope is killed: a watchdog process resumes them).
+    #[arg(long)]
+    pub freeze: bool,
+    /// json, table, svg (a page map; with --interval a timeline), or jsonl (one record per
+    /// sample).
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Write the result here (atomically; jsonl is streamed) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Walk only START-END (hex).
+    #[arg(long)]
+    pub range: Option<String>,
+    /// Add runs of pages with one class (needs --range).
+    #[arg(long)]
+    pub per_page: bool,
+    /// Add a page map of at most N cells per VMA to the JSON (svg uses 96).
+    #[arg(long, value_name = "N")]
+    pub cells: Option<String>,
+    /// Sample repeatedly at this interval (500ms, 2s, ...) until the children exit.
+    #[arg(long)]
+    pub interval: Option<String>,
+    /// With --interval: stop after this long.
+    #[arg(long)]
+    pub duration: Option<String>,
+}
+
+/// Page-map cells per VMA row in the SVG.
+pub const SVG_CELLS: usize = 96;
+/// Largest `--cells`.
+pub const MAX_CELLS: usize = 4096;
+
+fn number(flag: &str, s: &str) -> Result<i32> {
+    s.trim()
+        .parse::<i32>()
+        .map_err(|_| Error::usage(format!("{flag} must be a process id, got '{s}'")))
+}
+
+/// Run `cowscope inspect`; returns the exit code.
+///
+/// # Errors
+/// Usage and read errors (exit 2).
+pub fn run(a: Args) -> Result<i32> {
+    let cells = match (&a.cells, a.format) {
+        (Some(c), _) => {
+            let n: usize = c
+                .trim()
+                .parse()
+                .map_err(|_| Error::usage(format!("--cells must be a whole number, got '{c}'")))?;
+            if n > MAX_CELLS {
+                return Err(Error::usage(format!(
+                    "--cells must be at most {MAX_CELLS}, got {n}"
+                )));
+            }
+            n
+        }
+        (None, Format::Svg) => SVG_CELLS,
+        (None, _) => 0,
+    };
+    let req = InspectRequest {
+        pid: number("--pid", &a.pid)?,
+        children: a
+            .children
+            .iter()
+            .map(|c| number("--child", c))
+            .collect::<Result<_>>()?,
+        freeze: a.freeze,
+        range: a
+            .range
+            .as_deref()
+            .map(crate::pages::parse_range)
+            .transpose()?,
+        cells,
+        per_page: a.per_page,
+    };
+    let interval = a
+        .interval
+        .as_deref()
+        .map(|s| parse_duration("--interval", s))
+        .transpose()?;
+    let duration = a
+        .duration
+        .as_deref()
+        .map(|s| parse_duration("--duration", s))
+        .transpose()?;
+    if duration.is_some() && interval.is_none() {
+        return Err(Error::usage("--duration needs --interval"));
+    }
+    interrupt::install().map_err(|e| Error::io("installing signal handlers", e))?;
+
+    let Some(interval) = interval else {
+        let report = Envelope::new(crate::mem::system::detect(), crate::inspect::inspect(&req)?);
+        if let Some(sig) = interrupt::requested() {
+            // Everything frozen was resumed on the way out of inspect(); leave as the
+            // signal asked.
+            interrupt::die_of(sig);
+        }
+        let text = match a.format {
+            Format::Json => output::to_json(&report)?,
+            Format::Table => crate::render::inspect_table::report(&report),
+            Format::Svg => crate::render::inspect_svg::page_map(&report),
+            Format::Jsonl => {
+                let rec: InspectSampleDoc = Envelope::new(
+                    report.system.clone(),
+                    crate::inspect::SampleLine {
+                        seq: 0,
+                        t_ms: 0,
+                        snapshot: report.body.snapshot.clone(),
+                    },
+                );
+                format!("{}\n", serde_json::to_string(&rec)?)
+            }
+        };
+        output::emit(&text, a.out.as_deref())?;
+        return Ok(exit_code(&report));
+    };
+
+    let opts = WatchOptions {
+        interval,
+        duration,
+        keep_samples: a.format != Format::Jsonl,
+        progress: true,
+    };
+    let system = crate::mem::system::detect();
+    let body = if a.format == Format::Jsonl {
+        // A stream: each record is written whole and flushed as it is taken (a file grows as
+        // samples arrive; a stream cannot be replaced atomically).
+        let mut sink: Box<dyn Write> = match &a.out {
+            Some(p) => Box::new(
+                std::fs::File::create(p)
+                    .map_err(|e| Error::io(format!("creating {}", p.display()), e))?,
+            ),
+            None => Box::new(std::io::stdout()),
+        };
+        crate::inspect::watch(&req, &opts, |rec| {
+            let rec: InspectSampleDoc = Envelope::new(system.clone(), rec.clone());
+            let mut line = serde_json::to_string(&rec)?;
+            line.push('\n');
+            sink.write_all(line.as_bytes())
+                .and_then(|()| sink.flush())
+                .map_err(|e| Error::io("writing a sample", e))
+        })?
+    } else {
+        crate::inspect::watch(&req, &opts, |_| Ok(()))?
+    };
+    let report: InspectDoc = Envelope::new(system, body);
+    let text = match a.format {
+        Format::Jsonl => return Ok(exit_code(&report)),
+        Format::Json => output::to_json(&report)?,
+        Format::Table => crate::render::inspect_table::report(&report),
+        Format::Svg => crate::render::inspect_svg::timeline(&report),
+    };
+    output::emit(&text, a.out.as_deref())?;
+    Ok(exit_code(&report))
+}
+
+/// 3 when some page is unproven (the evidence could not prove everything), else 0.
+pub fn exit_code(r: &InspectDoc) -> i32 {
+    if r.body.snapshot.unproven() > 0 {
+        EXIT_UNPROVEN
+    } else {
+        EXIT_OK
+    }
+}

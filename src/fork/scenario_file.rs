@@ -1,0 +1,281 @@
+//! Scenario files: `cowscope fork-report --scenario-file FILE` reads scenarios written in the
+//! same vocabulary as the built-in catalogue ([`Scenario`]: memory kind, size, mapping,
+//! advice, before-fork steps, per-process steps, optional expectations). The JSON Schema is
+//! `cowscope schema scenario-file`; every built-in scenario round-trips through it (tested).
+//!
+//! ```json
+//! {"scenarios": [{
+//!   "name": "my-case", "summary": "the child writes page 2 of 8",
+//!   "memory": {"kind": "anon"}, "pages": 8,
+//!   "children": [{"ops": [{"op": "write", "pages": [2]}]}]
+//! }]}
+//! ```
+//!
+//! A bad file is a usage error (exit 2) naming the JSON path of the problem.
+
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::scenarios::{MemoryKind, Scenario, ThpLayout};
+use crate::error::{Error, Result};
+
+/// A scenario file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// The scenarios, run in this order.
+    pub scenarios: Vec<Scenario>,
+}
+
+/// Parse a scenario file's text; `what` names it in errors.
+///
+/// # Errors
+/// Malformed JSON, a field of the wrong type or name, or a scenario that cannot run as
+/// written: the message names the JSON path (`scenarios[1].children[0].ops[2]`).
+pub fn parse(text: &str, what: &str) -> Result<Vec<Scenario>> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let file: ScenarioFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        Error::usage(format!(
+            "{what}: at {}: {}",
+            if path == "." || path == "?" {
+                "the top level".to_string()
+            } else {
+                path
+            },
+            inner
+        ))
+    })?;
+    if file.scenarios.is_empty() {
+        return Err(Error::usage(format!(
+            "{what}: at scenarios: no scenario given"
+        )));
+    }
+    for (i, s) in file.scenarios.iter().enumerate() {
+        if let Err((field, msg)) = check(s) {
+            return Err(Error::usage(format!(
+                "{what}: at scenarios[{i}]{field}: {msg}"
+            )));
+        }
+        if file.scenarios[..i].iter().any(|x| x.name == s.name) {
+            return Err(Error::usage(format!(
+                "{what}: at scenarios[{i}].name: the name '{}' is used twice",
+                s.name
+            )));
+        }
+    }
+    Ok(file.scenarios)
+}
+
+/// Read and parse a scenario file.
+///
+/// # Errors
+/// As [`parse`], and when the file cannot be read.
+pub fn load(path: &Path) -> Result<Vec<Scenario>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::usage(format!(
+            "cannot read the scenario file {}: {e}",
+            path.display()
+        ))
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// What can be checked of a scenario without running it: (JSON path suffix, message).
+fn check(s: &Scenario) -> std::result::Result<(), (String, String)> {
+    let err = |f: &str, m: String| Err((f.to_string(), m));
+    if s.name.trim().is_empty() || s.name.contains(char::is_whitespace) {
+        return err(
+            ".name",
+            "a name is one non-empty word (letters, digits, '-')".into(),
+        );
+    }
+    if s.pages == 0 || s.pages > super::MAX_PAGES {
+        return err(
+            ".pages",
+            format!(
+                "must be between 1 and {}, got {}",
+                super::MAX_PAGES,
+                s.pages
+            ),
+        );
+    }
+    let page_kb = (crate::kernel::page_size() / 1024) as u64;
+    let pmd_pages = (crate::kernel::thp_pmd_size_kb().unwrap_or(2048) / page_kb) as usize;
+    let want = |kb: u64| (kb / page_kb) as usize;
+    match s.memory {
+        MemoryKind::Thp { layout } => {
+            let need = if layout == ThpLayout::PartialMremap {
+                pmd_pages + pmd_pages / 2
+            } else {
+                pmd_pages
+            };
+            if s.pages != need {
+                return err(
+                    ".pages",
+                    format!("a THP ({layout:?}) arena has exactly {need} pages"),
+                );
+            }
+        }
+        MemoryKind::HugeZeroPage if s.pages != pmd_pages => {
+            return err(
+                ".pages",
+                format!("the huge zero page spans exactly {pmd_pages} pages"),
+            );
+        }
+        MemoryKind::Mthp { size_kb } => {
+            if !size_kb.is_power_of_two() || size_kb < 2 * page_kb {
+                return err(
+                    ".memory.size_kb",
+                    format!(
+                        "an mTHP size is a power of two of at least {} kB",
+                        2 * page_kb
+                    ),
+                );
+            }
+            if s.pages != want(size_kb) {
+                return err(
+                    ".pages",
+                    format!(
+                        "a {size_kb} kB mTHP arena has exactly {} pages",
+                        want(size_kb)
+                    ),
+                );
+            }
+        }
+        MemoryKind::Hugetlb { size_kb } => {
+            if !size_kb.is_power_of_two() || size_kb < page_kb {
+                return err(
+                    ".memory.size_kb",
+                    "a huge page size is a power of two in kB".into(),
+                );
+            }
+            if s.pages % want(size_kb) != 0 {
+                return err(
+                    ".pages",
+                    format!(
+                        "a {size_kb} kB hugetlb arena is a multiple of {} pages",
+                        want(size_kb)
+                    ),
+                );
+            }
+        }
+        MemoryKind::Seed09a if s.pages != 1 => {
+            return err(".pages", "the seed's 09a arena is one page".into());
+        }
+        _ => {}
+    }
+    if s.mapping == super::scenarios::Mapping::Shared
+        && !matches!(
+            s.memory,
+            MemoryKind::Anon | MemoryKind::Memfd | MemoryKind::File
+        )
+    {
+        return err(
+            ".mapping",
+            format!(
+                "'shared' is for anon, memfd or file memory, not {}",
+                s.memory.name()
+            ),
+        );
+    }
+    if let Some(m) = s.max_named_page() {
+        if m >= s.pages {
+            return err(
+                "",
+                format!("a step names page {m}, but the arena has {} pages", s.pages),
+            );
+        }
+    }
+    for (i, c) in s.children.iter().enumerate() {
+        if c.ops
+            .iter()
+            .filter(|o| matches!(o, super::scenarios::Op::Fork { .. }))
+            .count()
+            > 1
+        {
+            return err(
+                &format!(".children[{i}].ops"),
+                "a child forks at most one grandchild".into(),
+            );
+        }
+    }
+    if s.parent.ops.iter().any(|o| {
+        matches!(
+            o,
+            super::scenarios::Op::AfterParent
+                | super::scenarios::Op::Fork { .. }
+                | super::scenarios::Op::Hang
+                | super::scenarios::Op::TouchAfterRelease { .. }
+        )
+    }) {
+        return err(".parent.ops", "the parent's steps are memory steps only (write, write-byte, read-all, mprotect-cycle, vmsplice, munmap, o-direct-read)".into());
+    }
+    for e in &s.expect {
+        let ok = e.process == "parent"
+            || s.paths()
+                .iter()
+                .any(|p| super::scenarios::role(p) == e.process);
+        if !ok {
+            return err(
+                ".expect",
+                format!("no process named '{}' in this scenario", e.process),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fork::scenarios::catalogue;
+
+    #[test]
+    fn every_built_in_scenario_round_trips_through_the_file_format() {
+        let all = catalogue();
+        let text = serde_json::to_string_pretty(&ScenarioFile {
+            scenarios: all.clone(),
+        })
+        .unwrap();
+        let back = parse(&text, "catalogue").unwrap();
+        assert_eq!(back, all);
+    }
+
+    #[test]
+    fn a_minimal_scenario_gets_the_defaults() {
+        let s = parse(
+            r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8,
+                "children": [{"ops": [{"op": "write", "pages": [2]}]}]}]}"#,
+            "f",
+        )
+        .unwrap();
+        assert_eq!(s[0].memory, MemoryKind::Anon);
+        assert!(s[0].populate);
+        assert_eq!(s[0].written_by(&[0]), vec![2]);
+    }
+
+    #[rstest::rstest]
+    #[case::unknown_field(
+        r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8, "colour": 1}]}"#,
+        "at scenarios[0].colour: unknown field `colour`"
+    )]
+    #[case::wrong_type(
+        r#"{"scenarios": [{"name": "x", "summary": "y", "pages": "four"}]}"#,
+        "at scenarios[0].pages:"
+    )]
+    #[case::unknown_op(r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8, "children": [{"ops": [{"op": "jump"}]}]}]}"#, "at scenarios[0].children[0].ops[0]")]
+    #[case::page_out_of_range(r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8, "children": [{"ops": [{"op": "write", "pages": [9]}]}]}]}"#, "at scenarios[0]: a step names page 9")]
+    #[case::bad_mthp(r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 6, "memory": {"kind": "mthp", "size_kb": 24}}]}"#, "at scenarios[0].memory.size_kb")]
+    #[case::duplicate(r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 1}, {"name": "x", "summary": "z", "pages": 1}]}"#, "at scenarios[1].name")]
+    #[case::empty(r#"{"scenarios": []}"#, "at scenarios: no scenario")]
+    #[case::not_json("{", "at the top level")]
+    fn a_bad_file_names_the_json_path(#[case] text: &str, #[case] needle: &str) {
+        let e = parse(text, "f.json").unwrap_err().to_string();
+        assert!(e.contains(needle), "{e}");
+        assert!(e.starts_with("f.json: "), "{e}");
+    }
+}

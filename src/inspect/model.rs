@@ -1,0 +1,446 @@
+//! The serde bodies of the `inspect` documents: one JSON document (`cowscope schema inspect`,
+//! [`crate::doc::InspectDoc`]) and one JSON Lines record per sample (`cowscope schema
+//! inspect-sample`, [`crate::doc::InspectSampleDoc`]).
+//!
+//! Field names of `pairs[]`, `totals`, `vmas[]` and `processes[].smaps_rollup` are a contract
+//! (issue 10): scripts rely on them. Everything else is welcome extra.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::freeze::FreezeInfo;
+use super::tally::{ClassCounts, PageRun};
+use super::vma::VmaKind;
+use super::zero::ZeroPfns;
+use crate::mem::smaps::SmapsEntry;
+
+/// How pages were told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// Frame numbers (CAP_SYS_ADMIN): same PFN is the same page.
+    Pfn,
+    /// PFNs hidden: the exclusive bit, PAGEMAP_SCAN's zero page, and shared mappings; the rest
+    /// is `unproven`.
+    ExclusiveBit,
+}
+
+/// Why a VMA exists on one side only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OneSidedReason {
+    /// The parent's VMA has `MADV_DONTFORK` (VmFlags `dc`): the child never got it.
+    NotInherited,
+    /// Part of a VMA the other side also has, but smaller or larger there (`brk`, stack
+    /// growth, `mremap` in place, a partial `munmap`).
+    Resized,
+    /// The same mapping sits elsewhere on the other side (`mremap`): same file and offset, or
+    /// anonymous memory whose first present frames are the same frames (PFNs needed).
+    Moved,
+    /// This side mapped it after the fork, or the other side unmapped it: without a
+    /// fork-time baseline the two cannot be told apart.
+    MappedAfterForkOrUnmapped,
+}
+
+/// Which process of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SideName {
+    /// The process the other was forked from.
+    Parent,
+    /// The forked process.
+    Child,
+}
+
+/// One common segment: a VMA both processes have (or the part where they overlap).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct VmaRow {
+    /// First byte, hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
+    pub start: u64,
+    /// One past the last byte, hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
+    pub end: u64,
+    /// The parent's permissions as in smaps (`rw-p`).
+    pub perms: String,
+    /// The child's permissions when they differ (`mprotect` after the fork).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub child_perms: Option<String>,
+    /// Path or pseudo-name as in smaps; empty for anonymous memory.
+    pub pathname: String,
+    /// What the VMA is.
+    pub kind: VmaKind,
+    /// Pages per class.
+    #[serde(flatten)]
+    pub counts: ClassCounts,
+    /// Pages per page-map cell (with `--format svg` or `--cells`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cell_pages: Option<u64>,
+    /// Page-map cells: per cell the pages of each class, in the order shared, diverged,
+    /// only_parent, only_child, zero, unproven, neither.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cells: Option<Vec<[u64; 7]>>,
+}
+
+/// A VMA (or the part of one) that only one process of the pair has.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct OneSidedVma {
+    /// Who has it.
+    pub side: SideName,
+    /// First byte, hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
+    pub start: u64,
+    /// One past the last byte, hex.
+    #[serde(with = "crate::mem::hex")]
+    #[schemars(with = "String")]
+    pub end: u64,
+    /// Permissions as in smaps.
+    pub perms: String,
+    /// Path or pseudo-name.
+    pub pathname: String,
+    /// What the VMA is.
+    pub kind: VmaKind,
+    /// Why only one side has it.
+    pub reason: OneSidedReason,
+    /// Pages in the range.
+    pub pages: u64,
+    /// Pages present or swapped (counted as only_parent / only_child in the totals).
+    pub present: u64,
+    /// Pages that are private anonymous memory of that side (present, exclusive, anon).
+    pub private_anon: u64,
+    /// Pages per page-map cell.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cell_pages: Option<u64>,
+    /// Page-map cells, as in [`VmaRow::cells`].
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cells: Option<Vec<[u64; 7]>>,
+}
+
+/// One side's Private_Dirty, accounted page by page (design principle 7): smaps counts a
+/// page in Private_Dirty when it is dirty and mapped once; anonymous pages are dirty, so the
+/// process's private anonymous pages (present, pagemap bit 56, not bit 61) explain it, split
+/// by the class each has in the pair.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SideAccounting {
+    /// Private_Dirty of the whole process (sum over smaps).
+    pub private_dirty_kb: u64,
+    /// Private anonymous pages x page size, over the whole address space.
+    pub private_anon_kb: u64,
+    /// ... of which in pages that diverged between the two.
+    pub diverged_kb: u64,
+    /// ... of which in pages only this side has, inside VMAs both have.
+    pub only_here_kb: u64,
+    /// ... of which in VMAs only this side has.
+    pub one_sided_vmas_kb: u64,
+    /// ... of which in any other class (expected 0: a page mapped once cannot be shared;
+    /// non-zero means the processes changed between the reads).
+    pub other_kb: u64,
+    /// `private_dirty_kb - private_anon_kb`: dirty file pages mapped once, PMD-mapped THPs
+    /// (whose bit 56 follows the head page), and anything that changed between the pagemap
+    /// and smaps reads (0 with `--freeze` on a program without those).
+    pub residual_kb: i64,
+}
+
+/// Principle 7 for both sides of a pair.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Accounting {
+    /// The child's Private_Dirty (what Redis reports as its copy-on-write size).
+    pub child: SideAccounting,
+    /// The parent's.
+    pub parent: SideAccounting,
+}
+
+/// One (parent, child) pair.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PairReport {
+    /// The process the child was forked from.
+    pub parent: i32,
+    /// The forked process.
+    pub child: i32,
+    /// The parent's comm.
+    pub parent_comm: String,
+    /// The child's comm.
+    pub child_comm: String,
+    /// Pages per class over both whole address spaces: common VMAs page by page, one-sided
+    /// VMAs as only_parent / only_child.
+    pub totals: ClassCounts,
+    /// The totals per VMA kind.
+    pub by_kind: BTreeMap<VmaKind, ClassCounts>,
+    /// The common VMAs, in address order.
+    pub vmas: Vec<VmaRow>,
+    /// VMAs only one side has.
+    pub one_sided: Vec<OneSidedVma>,
+    /// Private_Dirty of each side accounted page by page (absent with `--range`).
+    pub accounting: Option<Accounting>,
+    /// Runs of pages with one class (`--per-page`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub page_runs: Option<Vec<PageRun>>,
+    /// What this pair's evidence cannot show.
+    pub notes: Vec<String>,
+}
+
+/// smaps summed over every VMA: the figures of `/proc/<pid>/smaps_rollup` (which is the
+/// same walk; Pss here is the sum of per-VMA Pss, each rounded down to a kB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SmapsRollup {
+    /// Resident.
+    pub rss_kb: u64,
+    /// Proportional set size.
+    pub pss_kb: u64,
+    /// Proportional dirty.
+    pub pss_dirty_kb: u64,
+    /// Resident, mapped elsewhere too, clean.
+    pub shared_clean_kb: u64,
+    /// Resident, mapped elsewhere too, dirty.
+    pub shared_dirty_kb: u64,
+    /// Resident, mapped once, clean.
+    pub private_clean_kb: u64,
+    /// Resident, mapped once, dirty: what a forked child has copied (Redis's COW size).
+    pub private_dirty_kb: u64,
+    /// Referenced.
+    pub referenced_kb: u64,
+    /// Anonymous.
+    pub anonymous_kb: u64,
+    /// Anonymous memory in PMD-mapped THPs.
+    pub anon_huge_kb: u64,
+    /// Shmem in PMD mappings.
+    pub shmem_pmd_mapped_kb: u64,
+    /// File memory in PMD mappings.
+    pub file_pmd_mapped_kb: u64,
+    /// Swapped out.
+    pub swap_kb: u64,
+    /// Proportional swap.
+    pub swap_pss_kb: u64,
+    /// mlocked.
+    pub locked_kb: u64,
+}
+
+impl SmapsRollup {
+    /// Sum the VMAs.
+    pub fn of(vmas: &[SmapsEntry]) -> SmapsRollup {
+        let mut r = SmapsRollup::default();
+        for v in vmas {
+            r.rss_kb += v.rss_kb;
+            r.pss_kb += v.pss_kb;
+            r.pss_dirty_kb += v.pss_dirty_kb;
+            r.shared_clean_kb += v.shared_clean_kb;
+            r.shared_dirty_kb += v.shared_dirty_kb;
+            r.private_clean_kb += v.private_clean_kb;
+            r.private_dirty_kb += v.private_dirty_kb;
+            r.referenced_kb += v.referenced_kb;
+            r.anonymous_kb += v.anonymous_kb;
+            r.anon_huge_kb += v.anon_huge_pages_kb;
+            r.shmem_pmd_mapped_kb += v.shmem_pmd_mapped_kb;
+            r.file_pmd_mapped_kb += v.file_pmd_mapped_kb;
+            r.swap_kb += v.swap_kb;
+            r.swap_pss_kb += v.swap_pss_kb;
+            r.locked_kb += v.locked_kb;
+        }
+        r
+    }
+}
+
+/// One process of the report.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessInfo {
+    /// Process id.
+    pub pid: i32,
+    /// Parent process id.
+    pub ppid: i32,
+    /// comm.
+    pub comm: String,
+    /// State letter when discovered (`S`, `R`, `T`...).
+    pub state: String,
+    /// Number of VMAs.
+    pub vmas: usize,
+    /// smaps summed over every VMA.
+    pub smaps_rollup: SmapsRollup,
+}
+
+/// A process found but not inspected, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Skipped {
+    /// Process id.
+    pub pid: i32,
+    /// comm.
+    pub comm: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A pool: several children of one parent. How many of them still share each of the
+/// parent's frames.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PoolReport {
+    /// The parent.
+    pub parent: i32,
+    /// Its children in this report.
+    pub members: Vec<i32>,
+    /// The parent's present pages examined (zero pages excluded), in VMAs it shares with
+    /// at least one member.
+    pub parent_pages: u64,
+    /// Number of members mapping the parent's frame at the same address -> pages (PFNs
+    /// needed; absent without).
+    pub sharing_histogram: Option<BTreeMap<String, u64>>,
+    /// kpagecount of the parent's frames (every mapper in the system, the parent included)
+    /// -> pages (kpagecount needed; absent without).
+    pub kpagecount_histogram: Option<BTreeMap<String, u64>>,
+    /// What this pool's evidence cannot show.
+    pub notes: Vec<String>,
+}
+
+/// The zero page frames cowscope learnt and how zero pages were recognised.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ZeroInfo {
+    /// Frames learnt from cowscope's own read faults (PFNs needed).
+    pub pfns: ZeroPfns,
+    /// Zero pages recognised by PAGEMAP_SCAN's `PAGE_IS_PFNZERO` (PFNs hidden).
+    pub by_pagemap_scan: bool,
+}
+
+/// Everything read at one moment.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Snapshot {
+    /// The `--pid`.
+    pub pid: i32,
+    /// Whether PFNs were visible (CAP_SYS_ADMIN).
+    pub pfn_visible: bool,
+    /// How pages were told apart.
+    pub basis: Basis,
+    /// What `--freeze` did (absent without it).
+    pub freeze: Option<FreezeInfo>,
+    /// Microseconds spent reading (pagemaps, smaps, maps).
+    pub read_us: u64,
+    /// One per (parent, child) pair.
+    pub pairs: Vec<PairReport>,
+    /// One per parent with several children here.
+    pub pools: Vec<PoolReport>,
+    /// Every process of a pair.
+    pub processes: Vec<ProcessInfo>,
+    /// Processes found but not inspected.
+    pub skipped: Vec<Skipped>,
+    /// What the evidence cannot show, in plain words.
+    pub notes: Vec<String>,
+}
+
+/// A sample in `samples[]` of a watch document: totals only, so hours of samples stay small.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SampleSummary {
+    /// Sample number from 0.
+    pub seq: u64,
+    /// Milliseconds since the watch began.
+    pub t_ms: u64,
+    /// Per pair: totals and totals per kind.
+    pub pairs: Vec<PairSummary>,
+    /// Per process: Rss, Pss, Private_Dirty.
+    pub processes: Vec<ProcessSummary>,
+}
+
+/// A pair in a [`SampleSummary`].
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PairSummary {
+    /// Parent pid.
+    pub parent: i32,
+    /// Child pid.
+    pub child: i32,
+    /// Totals.
+    pub totals: ClassCounts,
+    /// Totals per kind.
+    pub by_kind: BTreeMap<VmaKind, ClassCounts>,
+}
+
+/// A process in a [`SampleSummary`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessSummary {
+    /// pid.
+    pub pid: i32,
+    /// Rss.
+    pub rss_kb: u64,
+    /// Pss.
+    pub pss_kb: u64,
+    /// Private_Dirty.
+    pub private_dirty_kb: u64,
+}
+
+/// How a watch went.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct WatchInfo {
+    /// `--interval` in milliseconds.
+    pub interval_ms: u64,
+    /// `--duration` in milliseconds, if given.
+    pub duration_ms: Option<u64>,
+    /// Why it ended: `children_exited`, `parent_exited`, `duration`, `interrupted`.
+    pub ended_by: String,
+    /// Samples taken.
+    pub samples: u64,
+}
+
+/// The body of an `inspect` document.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct InspectBody {
+    /// The moment read (in a watch: the last sample).
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+    /// Zero page frames and method.
+    pub zero_page: ZeroInfo,
+    /// `--range`, when the walk was restricted to it.
+    pub range: Option<[String; 2]>,
+    /// With `--interval`: how the watch went.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub watch: Option<WatchInfo>,
+    /// With `--interval`: every sample, totals only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub samples: Option<Vec<SampleSummary>>,
+}
+
+/// One line of `--format jsonl`: a sample with everything a single inspect reports.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SampleLine {
+    /// Sample number from 0.
+    pub seq: u64,
+    /// Milliseconds since the watch began.
+    pub t_ms: u64,
+    /// The moment read.
+    #[serde(flatten)]
+    pub snapshot: Snapshot,
+}
+
+impl Snapshot {
+    /// The totals-only form for `samples[]`.
+    pub fn summary(&self, seq: u64, t_ms: u64) -> SampleSummary {
+        SampleSummary {
+            seq,
+            t_ms,
+            pairs: self
+                .pairs
+                .iter()
+                .map(|p| PairSummary {
+                    parent: p.parent,
+                    child: p.child,
+                    totals: p.totals,
+                    by_kind: p.by_kind.clone(),
+                })
+                .collect(),
+            processes: self
+                .processes
+                .iter()
+                .map(|p| ProcessSummary {
+                    pid: p.pid,
+                    rss_kb: p.smaps_rollup.rss_kb,
+                    pss_kb: p.smaps_rollup.pss_kb,
+                    private_dirty_kb: p.smaps_rollup.private_dirty_kb,
+                })
+                .collect(),
+        }
+    }
+
+    /// Pages no evidence could classify, over every pair.
+    pub fn unproven(&self) -> u64 {
+        self.pairs.iter().map(|p| p.totals.unproven).sum()
+    }
+}

@@ -1,0 +1,852 @@
+//! `cowscope inspect` on subjects with known writes: exact counts from first principles,
+//! checked against the kernel's own frames; freezing and resuming; watching; errors.
+//!
+//! Every subject is forked through `fork::subject::spawn` (a parent subject S maps and
+//! touches memory, then forks children running fixed op programs), so `--pid S` has exactly
+//! the children the test made.
+
+mod inspect_support;
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cowscope::fork::child::ChildOp;
+use inspect_support::*;
+use rstest::rstest;
+use serde_json::Value;
+
+/// The zero page's frame, from first principles: read-fault a fresh private page of our own
+/// and look at our own pagemap.
+fn zero_pfn_seen_by_the_test() -> u64 {
+    // SAFETY: a fresh private anonymous mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            ps(),
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: readable page of our own.
+    unsafe { std::ptr::read_volatile(p as *const u8) };
+    let e = entries(std::process::id() as i32, p as usize, 1)[0];
+    // SAFETY: our mapping.
+    unsafe { libc::munmap(p, ps()) };
+    pfn(e)
+}
+
+/// Layout of the known-writes reservation: guard pages keep every region its own VMA.
+struct Layout {
+    res: Reservation,
+}
+
+impl Layout {
+    const R1: usize = 1; // 64 pages, written by S; the child writes pages 0..8
+    const R2: usize = 66; // 16 pages: S writes page 0 and reads 1..16 (zero page)
+    const R3: usize = 83; // 8 pages, untouched by S; the child writes pages 0..4
+    const R4: usize = 92; // 8 pages, unmapped by S; the child maps it and writes 3 pages
+    const R5: usize = 101; // 8 pages, written by S; the child unmaps pages 4..8
+    const R6: usize = 110; // 4 pages, only read by S: no anon_vma, so fork copies no PTEs
+    const PAGES: usize = 115;
+
+    fn new() -> Layout {
+        Layout {
+            res: Reservation::new(Self::PAGES),
+        }
+    }
+    fn at(&self, region: usize, page: usize) -> usize {
+        self.res.page(region + page)
+    }
+}
+
+fn known_writes_family(l: &Layout, devnull: i32, at_gate: impl FnOnce(i32)) -> Family {
+    let mut s = vec![ChildOp::MapAnon {
+        addr: l.at(Layout::R1, 0),
+        len: 64 * ps(),
+    }];
+    s.extend(writes(l.at(Layout::R1, 0), 64));
+    s.push(ChildOp::MapAnon {
+        addr: l.at(Layout::R2, 0),
+        len: 16 * ps(),
+    });
+    s.extend(writes(l.at(Layout::R2, 0), 1));
+    s.push(ChildOp::ReadPages {
+        addr: l.at(Layout::R2, 1),
+        pages: 15,
+        page_size: ps(),
+    });
+    s.push(ChildOp::MapAnon {
+        addr: l.at(Layout::R6, 0),
+        len: 4 * ps(),
+    });
+    s.push(ChildOp::ReadPages {
+        addr: l.at(Layout::R6, 0),
+        pages: 4,
+        page_size: ps(),
+    });
+    s.push(ChildOp::MapAnon {
+        addr: l.at(Layout::R3, 0),
+        len: 8 * ps(),
+    });
+    s.push(ChildOp::Munmap {
+        addr: l.at(Layout::R4, 0),
+        len: 8 * ps(),
+        fd: devnull,
+    });
+    s.push(ChildOp::MapAnon {
+        addr: l.at(Layout::R5, 0),
+        len: 8 * ps(),
+    });
+    s.extend(writes(l.at(Layout::R5, 0), 8));
+    let mut c = writes(l.at(Layout::R1, 0), 8);
+    c.extend(writes(l.at(Layout::R3, 0), 4));
+    c.push(ChildOp::MapAnon {
+        addr: l.at(Layout::R4, 0),
+        len: 8 * ps(),
+    });
+    c.extend(writes(l.at(Layout::R4, 0), 3));
+    c.push(ChildOp::Munmap {
+        addr: l.at(Layout::R5, 4),
+        len: 4 * ps(),
+        fd: devnull,
+    });
+    Family::spawn(&s, &[c], &[], at_gate)
+}
+
+#[test]
+fn pages_the_child_wrote_diverge_untouched_stay_shared_and_the_kernels_frames_agree() {
+    if !is_root() {
+        eprintln!("SKIP: PFNs are hidden without root; the non-root test covers that path");
+        return;
+    }
+    let l = Layout::new();
+    let devnull = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let mut baseline = Vec::new();
+    let fam = known_writes_family(&l, devnull.as_raw_fd(), |s| {
+        baseline = entries(s, l.at(Layout::R1, 0), 64);
+    });
+    let (s, c) = (fam.parent, fam.children[0]);
+
+    // First principles, from the kernel: the parent kept every frame; the child has a new
+    // frame exactly where it wrote; both map the zero page where S only read.
+    let p_now = entries(s, l.at(Layout::R1, 0), 64);
+    let c_now = entries(c, l.at(Layout::R1, 0), 64);
+    for i in 0..64 {
+        assert_eq!(
+            pfn(p_now[i]),
+            pfn(baseline[i]),
+            "parent page {i} kept its frame"
+        );
+        assert_eq!(
+            pfn(c_now[i]) != pfn(baseline[i]),
+            i < 8,
+            "child page {i}: new frame iff written"
+        );
+    }
+    let zero = zero_pfn_seen_by_the_test();
+    for e in entries(s, l.at(Layout::R2, 1), 15)
+        .into_iter()
+        .chain(entries(c, l.at(Layout::R2, 1), 15))
+        .chain(entries(s, l.at(Layout::R6, 0), 4))
+    {
+        assert_eq!(pfn(e), zero, "a read-only fault maps the zero page");
+    }
+    // A kernel fact: an anonymous VMA that only ever had read faults has no anon_vma, and
+    // fork copies no page tables for it, so the child maps nothing there until it faults.
+    assert!(
+        entries(c, l.at(Layout::R6, 0), 4)
+            .iter()
+            .all(|&e| e >> 63 == 0),
+        "fork copied no PTE of a VMA without anon_vma"
+    );
+
+    let range = l.res.range_arg();
+    let doc = inspect_json(&["--pid", &s.to_string(), "--range", &range], 0);
+    assert_eq!(doc["pfn_visible"], true);
+    assert_eq!(doc["basis"], "pfn");
+    assert_eq!(doc["pairs"].as_array().unwrap().len(), 1);
+    let p = pair(&doc, c);
+    assert_eq!(p["parent"], s);
+    //                                             shared diverged only_p only_c zero unproven
+    assert_eq!(classes(row(p, l.at(Layout::R1, 0))), [56, 8, 0, 0, 0, 0]);
+    assert_eq!(classes(row(p, l.at(Layout::R2, 0))), [1, 0, 0, 0, 15, 0]);
+    assert_eq!(classes(row(p, l.at(Layout::R6, 0))), [0, 0, 4, 0, 0, 0]);
+    assert_eq!(classes(row(p, l.at(Layout::R3, 0))), [0, 0, 0, 4, 0, 0]);
+    assert_eq!(row(p, l.at(Layout::R3, 0))["neither"], 4);
+    assert_eq!(classes(row(p, l.at(Layout::R5, 0))), [4, 0, 0, 0, 0, 0]);
+    assert_eq!(row(p, l.at(Layout::R1, 0))["kind"], "anon");
+    // One-sided: the child's new VMA, and the part of R5 the child unmapped.
+    let one = p["one_sided"].as_array().unwrap();
+    let r4 = format!("{:#x}", l.at(Layout::R4, 0));
+    let r5b = format!("{:#x}", l.at(Layout::R5, 4));
+    let child_vma = one
+        .iter()
+        .find(|o| o["start"] == r4.as_str())
+        .expect("R4 row");
+    assert_eq!(child_vma["side"], "child");
+    assert_eq!(child_vma["present"], 3);
+    assert_eq!(child_vma["private_anon"], 3);
+    assert_eq!(child_vma["reason"], "mapped_after_fork_or_unmapped");
+    let hole = one
+        .iter()
+        .find(|o| o["start"] == r5b.as_str())
+        .expect("R5 tail");
+    assert_eq!(hole["side"], "parent");
+    assert_eq!(hole["present"], 4);
+    assert_eq!(hole["reason"], "resized");
+    assert_eq!(classes(&p["totals"]), [61, 8, 8, 7, 15, 0]);
+    assert!(
+        p["accounting"].is_null(),
+        "no whole-process accounting with --range"
+    );
+    drop(fam);
+}
+
+#[test]
+fn per_page_runs_name_exactly_the_pages_the_child_wrote() {
+    if !is_root() {
+        eprintln!("SKIP: needs visible PFNs");
+        return;
+    }
+    let l = Layout::new();
+    let devnull = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let fam = known_writes_family(&l, devnull.as_raw_fd(), |_| {});
+    let r1 = format!("{:#x}-{:#x}", l.at(Layout::R1, 0), l.at(Layout::R1, 64));
+    let doc = inspect_json(
+        &[
+            "--pid",
+            &fam.parent.to_string(),
+            "--range",
+            &r1,
+            "--per-page",
+        ],
+        0,
+    );
+    let runs = pair(&doc, fam.children[0])["page_runs"].clone();
+    let want = serde_json::json!([
+        {"start": format!("{:#x}", l.at(Layout::R1, 0)), "end": format!("{:#x}", l.at(Layout::R1, 8)), "class": "diverged"},
+        {"start": format!("{:#x}", l.at(Layout::R1, 8)), "end": format!("{:#x}", l.at(Layout::R1, 64)), "class": "shared"},
+    ]);
+    assert_eq!(runs, want);
+}
+
+#[test]
+fn frozen_the_childs_private_dirty_is_exactly_its_private_anonymous_pages_by_class() {
+    if !is_root() {
+        eprintln!("SKIP: needs root (the parent subject is root's; --freeze signals it)");
+        return;
+    }
+    let l = Layout::new();
+    let devnull = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let fam = known_writes_family(&l, devnull.as_raw_fd(), |_| {});
+    let doc = inspect_json(&["--pid", &fam.parent.to_string(), "--freeze"], 0);
+    let p = pair(&doc, fam.children[0]);
+    let a = &p["accounting"]["child"];
+    let kb = |k: &str| a[k].as_i64().unwrap_or_else(|| panic!("{k} in {a}"));
+    // Design principle 7, held still: smaps Private_Dirty == 4 KiB x private anonymous pages.
+    assert_eq!(kb("residual_kb"), 0, "{a}");
+    assert_eq!(kb("private_dirty_kb"), kb("private_anon_kb"));
+    assert_eq!(kb("other_kb"), 0, "a page mapped once is never shared: {a}");
+    assert_eq!(
+        kb("diverged_kb") + kb("only_here_kb") + kb("one_sided_vmas_kb"),
+        kb("private_anon_kb")
+    );
+    let pk = ps() as i64 / 1024;
+    assert!(
+        kb("diverged_kb") >= 8 * pk,
+        "at least the 8 pages written: {a}"
+    );
+    assert!(kb("only_here_kb") >= 4 * pk, "at least R3's 4 pages: {a}");
+    assert_eq!(
+        kb("one_sided_vmas_kb"),
+        3 * pk,
+        "R4 is the child's only new VMA"
+    );
+    // The document's child Private_Dirty is the smaps figure of processes[].
+    let proc_c = doc["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["pid"] == fam.children[0])
+        .unwrap();
+    assert_eq!(
+        proc_c["smaps_rollup"]["private_dirty_kb"].as_i64(),
+        Some(kb("private_dirty_kb"))
+    );
+    assert_eq!(doc["freeze"]["stopped"].as_array().unwrap().len(), 2);
+    for pid in [fam.parent, fam.children[0]] {
+        assert_ne!(state(pid), Some('T'), "{pid} was resumed");
+    }
+}
+
+#[test]
+fn a_pool_of_three_children_shares_each_parent_frame_as_their_writes_predict() {
+    if !is_root() {
+        eprintln!("SKIP: sharing per frame needs visible PFNs");
+        return;
+    }
+    let res = Reservation::new(66);
+    let r = res.page(1);
+    let mut s = vec![ChildOp::MapAnon {
+        addr: r,
+        len: 64 * ps(),
+    }];
+    s.extend(writes(r, 64));
+    let a = writes(r, 8); // pages 0..8
+    let b = writes(r + 8 * ps(), 8); // pages 8..16
+    let c = writes(r, 4); // pages 0..4
+    let fam = Family::spawn(&s, &[a, b, c], &[], |_| {});
+    let range = format!("{:#x}-{:#x}", r, r + 64 * ps());
+    let doc = inspect_json(&["--pid", &fam.parent.to_string(), "--range", &range], 0);
+    let pools = doc["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 1);
+    let pool = &pools[0];
+    assert_eq!(pool["parent"], fam.parent);
+    assert_eq!(pool["parent_pages"], 64);
+    // Pages 0..4: A and C copied, B shares (1). 4..16: one of A, B copied (2). 16..64: all 3.
+    assert_eq!(
+        pool["sharing_histogram"],
+        serde_json::json!({"0": 0, "1": 4, "2": 12, "3": 48})
+    );
+    // kpagecount counts every page table mapping the frame: S plus the sharing members.
+    assert_eq!(
+        pool["kpagecount_histogram"],
+        serde_json::json!({"2": 4, "3": 12, "4": 48})
+    );
+    for (child, diverged) in fam.children.iter().zip([8, 8, 4]) {
+        let t = &pair(&doc, *child)["totals"];
+        assert_eq!(t["diverged"], diverged);
+        assert_eq!(t["shared"], 64 - diverged);
+    }
+}
+
+/// A 2 MiB-aligned THP region in the test process (`MADV_HUGEPAGE`), populated by reading
+/// (huge zero page) or writing (a THP). `None` when THP cannot be had here.
+struct Thp {
+    base: usize,
+    len: usize,
+    pub addr: usize,
+}
+
+impl Thp {
+    fn new(write: bool) -> Option<Thp> {
+        let huge = cowscope::kernel::thp_pmd_size_kb()? as usize * 1024;
+        let mode = cowscope::kernel::thp_enabled();
+        if mode == "never" || mode == "unavailable" {
+            return None;
+        }
+        let len = 2 * huge;
+        // SAFETY: fresh private anonymous mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let addr = (p as usize).next_multiple_of(huge);
+        let t = Thp {
+            base: p as usize,
+            len,
+            addr,
+        };
+        // SAFETY: the aligned block is inside the mapping.
+        if unsafe { libc::madvise(addr as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) } != 0 {
+            return None;
+        }
+        for off in (0..huge).step_by(ps()) {
+            // SAFETY: inside our mapping.
+            unsafe {
+                if write {
+                    std::ptr::write_volatile((addr + off) as *mut u8, 1);
+                } else {
+                    std::ptr::read_volatile((addr + off) as *const u8);
+                }
+            }
+        }
+        // Is it one PMD mapping? 512 consecutive frames.
+        let e = entries(std::process::id() as i32, addr, huge / ps());
+        let first = pfn(e[0]);
+        let pmd = e
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| pfn(x) == first + i as u64);
+        pmd.then_some(t)
+    }
+}
+
+impl Drop for Thp {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
+#[rstest]
+#[case::huge_zero_page_read_by_both_is_zero(false, 0, 0, 512)]
+#[case::one_write_into_a_shared_thp_copies_one_page(true, 1, 511, 0)]
+fn thp_regions_classify_per_4k_page(
+    #[case] populate_by_writing: bool,
+    #[case] diverged: u64,
+    #[case] shared: u64,
+    #[case] zero: u64,
+) {
+    if !is_root() {
+        eprintln!("SKIP: needs visible PFNs");
+        return;
+    }
+    let Some(t) = Thp::new(populate_by_writing) else {
+        eprintln!("SKIP: no PMD-mapped THP or huge zero page here");
+        return;
+    };
+    let child = if populate_by_writing {
+        writes(t.addr, 1)
+    } else {
+        vec![]
+    };
+    let fam = Family::spawn(&[], &[child], &[], |_| {});
+    let range = format!("{:#x}-{:#x}", t.addr, t.addr + 512 * ps());
+    let doc = inspect_json(&["--pid", &fam.parent.to_string(), "--range", &range], 0);
+    let tot = &pair(&doc, fam.children[0])["totals"];
+    assert_eq!(tot["diverged"], diverged, "{tot}");
+    assert_eq!(tot["shared"], shared, "{tot}");
+    assert_eq!(tot["zero"], zero, "{tot}");
+}
+
+#[test]
+fn freeze_resumes_what_it_stopped_and_leaves_an_already_stopped_child_stopped() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to read root's subjects");
+        return;
+    }
+    let res = Reservation::new(10);
+    let r = res.page(1);
+    let mut s = vec![ChildOp::MapAnon {
+        addr: r,
+        len: 8 * ps(),
+    }];
+    s.extend(writes(r, 8));
+    let fam = Family::spawn(&s, &[writes(r, 2)], &[], |_| {});
+    let c = fam.children[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    assert!(
+        wait_state(c, &['T'], Duration::from_secs(5)),
+        "child stopped by the test"
+    );
+    let doc = inspect_json(&["--pid", &fam.parent.to_string(), "--freeze"], 0);
+    assert_eq!(doc["freeze"]["stopped"], serde_json::json!([fam.parent]));
+    assert_eq!(doc["freeze"]["already_stopped"], serde_json::json!([c]));
+    assert_eq!(doc["freeze"]["all_threads_stopped"], true);
+    assert!(
+        wait_state(fam.parent, &['S', 'R'], Duration::from_secs(2)),
+        "the parent was resumed: {:?}",
+        state(fam.parent)
+    );
+    assert_eq!(state(c), Some('T'), "the child stays stopped as we left it");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    // The read itself was consistent: the child's 2 copies are there.
+    assert_eq!(
+        pair(&doc, c)["totals"]["diverged"].as_u64().map(|d| d >= 2),
+        Some(true)
+    );
+}
+
+fn small_family() -> (Reservation, Family) {
+    let res = Reservation::new(1026);
+    let r = res.page(1);
+    let mut s = vec![ChildOp::MapAnon {
+        addr: r,
+        len: 1024 * ps(),
+    }];
+    s.extend(writes(r, 1024));
+    let fam = Family::spawn(&s, &[writes(r, 16)], &[], |_| {});
+    (res, fam)
+}
+
+#[test]
+fn ctrl_c_ends_a_frozen_watch_cleanly_with_what_it_collected_and_resumes_everything() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to read root's subjects");
+        return;
+    }
+    let (_res, fam) = small_family();
+    let child = Command::new(cowscope_bin())
+        .args([
+            "inspect",
+            "--pid",
+            &fam.parent.to_string(),
+            "--freeze",
+            "--interval",
+            "20ms",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("a whole document");
+    assert_eq!(doc["watch"]["ended_by"], "interrupted");
+    let n = doc["samples"].as_array().unwrap().len();
+    assert!(n >= 2, "several samples before Ctrl-C: {n}");
+    assert_eq!(doc["watch"]["samples"], n);
+    for pid in [fam.parent, fam.children[0]] {
+        assert!(
+            wait_state(pid, &['S', 'R'], Duration::from_secs(2)),
+            "{pid} left stopped: {:?}",
+            state(pid)
+        );
+    }
+}
+
+#[test]
+fn the_watchdog_resumes_the_targets_when_cowscope_is_killed_mid_freeze() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to read root's subjects");
+        return;
+    }
+    // A bigger parent so each frozen read lasts a while.
+    let res = Reservation::new(16386);
+    let r = res.page(1);
+    let mut s = vec![ChildOp::MapAnon {
+        addr: r,
+        len: 16384 * ps(),
+    }];
+    s.extend(writes(r, 16384));
+    let fam = Family::spawn(&s, &[writes(r, 1)], &[], |_| {});
+    let mut caught = false;
+    for _attempt in 0..20 {
+        let mut cs = Command::new(cowscope_bin())
+            .args([
+                "inspect",
+                "--pid",
+                &fam.parent.to_string(),
+                "--freeze",
+                "--interval",
+                "1ms",
+                "--format",
+                "jsonl",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            if state(fam.parent) == Some('T') {
+                let _ = cs.kill(); // SIGKILL: no handler runs
+                caught = true;
+                break;
+            }
+            std::thread::yield_now();
+        }
+        if !caught {
+            let _ = cs.kill();
+        }
+        let _ = cs.wait();
+        if caught {
+            break;
+        }
+    }
+    assert!(
+        caught,
+        "never caught cowscope while it held the targets stopped"
+    );
+    for pid in [fam.parent, fam.children[0]] {
+        assert!(
+            wait_state(pid, &['S', 'R'], Duration::from_secs(3)),
+            "{pid} left stopped after cowscope was SIGKILLed: {:?}",
+            state(pid)
+        );
+    }
+}
+
+#[test]
+fn jsonl_streams_one_record_per_sample_and_ends_when_the_child_exits() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to read root's subjects");
+        return;
+    }
+    let (_res, fam) = small_family();
+    let mut cs = Command::new(cowscope_bin())
+        .args([
+            "inspect",
+            "--pid",
+            &fam.parent.to_string(),
+            "--interval",
+            "50ms",
+            "--format",
+            "jsonl",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(cs.stdout.take().unwrap()).lines();
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let l = lines.next().expect("a line").expect("utf-8");
+        let v: Value = serde_json::from_str(&l).expect("each line is one JSON record");
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(
+            v["pairs"][0]["totals"]["diverged"]
+                .as_u64()
+                .map(|d| d >= 16),
+            Some(true)
+        );
+        seqs.push(v["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [0, 1, 2], "records arrive as they are taken");
+    // The child dies (a zombie until its parent reaps it): the watch has nothing left.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fam.children[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = cs.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    for l in &rest {
+        let _: Value = serde_json::from_str(l).expect("every line whole");
+    }
+}
+
+#[test]
+fn a_target_that_exits_before_it_is_read_is_named_in_one_sentence() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to read root's subjects");
+        return;
+    }
+    let (_res, fam) = small_family();
+    let req = cowscope::inspect::InspectRequest {
+        pid: fam.parent,
+        ..Default::default()
+    };
+    let plan = cowscope::inspect::sample::plan(&req).expect("plan");
+    let c = fam.children[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(wait_state(c, &['Z'], Duration::from_secs(5)));
+    let ctx = cowscope::inspect::sample::Context::detect();
+    let err = cowscope::inspect::sample::take_snapshot(&plan, &req, &ctx)
+        .expect_err("the only pair is gone");
+    assert_eq!(err.exit_code(), 2);
+    assert_eq!(
+        err.to_string(),
+        format!("process {c} exited while it was being read")
+    );
+}
+
+#[rstest]
+#[case::no_such_pid(&["--pid", "2147483646"], "no process with pid 2147483646")]
+#[case::not_a_number(&["--pid", "abc"], "--pid must be a process id, got 'abc'")]
+#[case::per_page_needs_a_range(&["--pid", "1", "--per-page"], "--per-page needs --range")]
+#[case::duration_needs_interval(&["--pid", "1", "--duration", "2s"], "--duration needs --interval")]
+#[case::bad_interval(&["--pid", "1", "--interval", "soon"], "--interval must be a duration")]
+#[case::too_many_cells(&["--pid", "1", "--cells", "100000"], "--cells must be at most")]
+fn bad_input_is_exit_2_with_one_sentence(#[case] args: &[&str], #[case] says: &str) {
+    let (rc, out, err) = inspect(args);
+    assert_eq!(rc, 2, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains(says), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+}
+
+#[test]
+fn a_kernel_thread_has_no_user_memory() {
+    let kthread = cowscope::inspect::proc::all()
+        .into_iter()
+        .find(|p| p.is_kernel_thread());
+    let Some(k) = kthread else {
+        eprintln!("SKIP: no kernel thread visible in this pid namespace");
+        return;
+    };
+    let (rc, _, err) = inspect(&["--pid", &k.pid.to_string()]);
+    assert_eq!(rc, 2);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "cowscope: process {} ({}) is a kernel thread and has no user memory",
+            k.pid, k.comm
+        )
+    );
+}
+
+#[test]
+fn a_zombie_a_childless_process_and_a_stranger_child_are_refused() {
+    use cowscope::fork::subject::{SubjectPipes, spawn};
+    // A zombie: a subject that exits at once and is not reaped yet.
+    let pipes = SubjectPipes::new().unwrap();
+    let mut ops = pipes.prologue().to_vec();
+    ops.push(ChildOp::Exit(0));
+    let (zombie, _) = spawn(pipes, &ops).unwrap();
+    let z = zombie.pid().as_raw();
+    assert!(wait_state(z, &['Z'], Duration::from_secs(5)));
+    let (rc, _, err) = inspect(&["--pid", &z.to_string()]);
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains(&format!("process {z} (")) && err.contains("is a zombie"),
+        "{err}"
+    );
+    drop(zombie);
+
+    // A process without children.
+    let pipes = SubjectPipes::new().unwrap();
+    let mut ops = pipes.prologue().to_vec();
+    ops.extend(pipes.epilogue());
+    let (mut lone, _) = spawn(pipes, &ops).unwrap();
+    lone.wait_ready(Instant::now() + Duration::from_secs(10))
+        .unwrap();
+    let l = lone.pid().as_raw();
+    let (rc, _, err) = inspect(&["--pid", &l.to_string()]);
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains("has no live child process to compare with"),
+        "{err}"
+    );
+
+    // A --child that does not descend from --pid.
+    let me = std::process::id();
+    let (rc, _, err) = inspect(&["--pid", &l.to_string(), "--child", &me.to_string()]);
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains(&format!("process {me} ("))
+            && err.contains(&format!("is not a descendant of process {l}")),
+        "{err}"
+    );
+    lone.finish(Instant::now() + Duration::from_secs(10));
+}
+
+#[test]
+fn another_users_process_is_refused_with_the_reason() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to drop to uid 65534 with setpriv");
+        return;
+    }
+    let (_res, fam) = small_family();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(cowscope_bin())
+        .args(["inspect", "--pid", &fam.parent.to_string()])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied")
+            && err.contains("belongs to uid 0")
+            && err.contains("CAP_SYS_PTRACE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_documents_match_their_schemas_and_renderings_carry_the_classes() {
+    if !is_root() {
+        eprintln!("SKIP: needs root to read root's subjects");
+        return;
+    }
+    let (_res, fam) = small_family();
+    let pid = fam.parent.to_string();
+    let doc = inspect_json(&["--pid", &pid, "--cells", "32"], 0);
+    let schema = cowscope::doc::schema("inspect").unwrap();
+    let v = jsonschema::validator_for(&schema).unwrap();
+    assert!(v.is_valid(&doc), "{:?}", v.iter_errors(&doc).next());
+    // The contract's field names.
+    let p = &doc["pairs"][0];
+    for k in ["parent", "child", "totals", "vmas"] {
+        assert!(!p[k].is_null(), "pairs[].{k}");
+    }
+    for k in [
+        "shared",
+        "diverged",
+        "only_parent",
+        "only_child",
+        "zero",
+        "unproven",
+    ] {
+        assert!(p["totals"][k].is_u64(), "totals.{k}");
+        assert!(p["vmas"][0][k].is_u64(), "vmas[].{k}");
+    }
+    for k in ["start", "end"] {
+        assert!(p["vmas"][0][k].as_str().unwrap().starts_with("0x"));
+    }
+    for k in [
+        "rss_kb",
+        "pss_kb",
+        "private_dirty_kb",
+        "shared_dirty_kb",
+        "anon_huge_kb",
+        "swap_kb",
+    ] {
+        assert!(
+            doc["processes"][0]["smaps_rollup"][k].is_u64(),
+            "smaps_rollup.{k}"
+        );
+    }
+    assert!(p["vmas"][0]["cells"].is_array());
+
+    let (rc, line, _) = inspect(&["--pid", &pid, "--format", "jsonl"]);
+    assert_eq!(rc, 0);
+    let rec: Value = serde_json::from_str(line.trim()).unwrap();
+    let s2 = cowscope::doc::schema("inspect-sample").unwrap();
+    assert!(jsonschema::validator_for(&s2).unwrap().is_valid(&rec));
+
+    let (rc, svg, _) = inspect(&["--pid", &pid, "--format", "svg"]);
+    assert_eq!(rc, 0);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(
+        svg.contains("#D55E00") && svg.contains("#009E73"),
+        "Okabe-Ito colours"
+    );
+    assert!(!svg.contains(" 1 pages"), "1 page, not 1 pages");
+    assert!(svg.contains("one cell = up to"));
+
+    let (rc, table, _) = inspect(&["--pid", &pid, "--format", "table"]);
+    assert_eq!(rc, 0);
+    assert!(
+        table.contains("both processes map are no longer shared"),
+        "{table}"
+    );
+    assert!(table.contains("child Private_Dirty"), "{table}");
+}

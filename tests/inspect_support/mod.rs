@@ -1,0 +1,286 @@
+//! Subjects for `inspect` tests: a parent subject S (forked from the test through
+//! `fork::subject::spawn`) that maps and touches memory, then forks children running known
+//! programs; plus helpers to run cowscope and read process states.
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cowscope::fork::child::{ChildOp, TAG_PID};
+use cowscope::fork::subject::{Msg, Subject, SubjectPipes, spawn};
+use cowscope::mem::pagemap::Pagemap;
+use serde_json::Value;
+
+/// The base page size.
+pub fn ps() -> usize {
+    cowscope::kernel::page_size()
+}
+
+/// Whether we run as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A PROT_NONE reservation in the test process, unmapped on drop. Subjects forked later
+/// inherit it and may `MapAnon` over parts of it.
+#[derive(Debug)]
+pub struct Reservation {
+    pub addr: usize,
+    pub len: usize,
+}
+
+impl Reservation {
+    pub fn new(pages: usize) -> Reservation {
+        let len = pages * ps();
+        // SAFETY: a fresh PROT_NONE private anonymous mapping aliases nothing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "reserve {len} bytes");
+        Reservation {
+            addr: p as usize,
+            len,
+        }
+    }
+    /// Address of page `i`.
+    pub fn page(&self, i: usize) -> usize {
+        assert!(i * ps() <= self.len);
+        self.addr + i * ps()
+    }
+    /// `[start, end)` of the whole reservation, hex, for `--range`.
+    pub fn range_arg(&self) -> String {
+        format!("{:#x}-{:#x}", self.addr, self.addr + self.len)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; nothing borrows it.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// A write of one byte into each of `pages` pages from `addr`.
+pub fn writes(addr: usize, pages: usize) -> Vec<ChildOp<'static>> {
+    (0..pages)
+        .map(|i| ChildOp::WriteByte {
+            addr: addr + i * ps(),
+            byte: 0x5a,
+        })
+        .collect()
+}
+
+/// A parent subject and its children, all blocked until dropped.
+#[derive(Debug)]
+pub struct Family {
+    pub parent: i32,
+    pub children: Vec<i32>,
+    parent_subject: Subject,
+    kids: Vec<Subject>,
+}
+
+impl Family {
+    /// Fork S running `parent_before`, then stop at a gate (where `at_gate(S's pid)` runs, e.g.
+    /// to record S's frames before any fork), then fork one child per program in `children`,
+    /// then run `parent_after`. Every process then blocks until the family is dropped.
+    pub fn spawn(
+        parent_before: &[ChildOp<'_>],
+        children: &[Vec<ChildOp<'_>>],
+        parent_after: &[ChildOp<'_>],
+        at_gate: impl FnOnce(i32),
+    ) -> Family {
+        let p = SubjectPipes::new().expect("pipes");
+        let kid_pipes: Vec<SubjectPipes> = children
+            .iter()
+            .map(|_| SubjectPipes::new().expect("pipes"))
+            .collect();
+        let kid_programs: Vec<Vec<ChildOp<'_>>> = children
+            .iter()
+            .enumerate()
+            .map(|(i, ops)| {
+                let mut g = vec![
+                    ChildOp::Close(p.child_report_fd()),
+                    ChildOp::Close(p.child_release_fd()),
+                ];
+                for (j, kp) in kid_pipes.iter().enumerate() {
+                    if j != i {
+                        g.push(ChildOp::Close(kp.child_report_fd()));
+                        g.push(ChildOp::Close(kp.child_release_fd()));
+                    }
+                }
+                g.push(ChildOp::DieWithParent);
+                g.extend_from_slice(ops);
+                g.extend(kid_pipes[i].epilogue());
+                g
+            })
+            .collect();
+        let mut s_ops: Vec<ChildOp<'_>> = p.prologue().to_vec();
+        for kp in &kid_pipes {
+            let [a, b] = kp.parent_fds();
+            s_ops.push(ChildOp::Close(a));
+            s_ops.push(ChildOp::Close(b));
+        }
+        s_ops.extend_from_slice(parent_before);
+        // The gate: READY, then wait for one byte.
+        let [ready, _, _, _] = p.epilogue();
+        s_ops.push(ready);
+        s_ops.push(ChildOp::Wait(p.child_release_fd()));
+        for prog in &kid_programs {
+            s_ops.push(ChildOp::Fork {
+                ops: prog,
+                fd: p.child_report_fd(),
+            });
+        }
+        for kp in &kid_pipes {
+            s_ops.push(ChildOp::Close(kp.child_report_fd()));
+            s_ops.push(ChildOp::Close(kp.child_release_fd()));
+        }
+        s_ops.extend_from_slice(parent_after);
+        s_ops.extend(p.epilogue());
+        let (mut s, _) = spawn(p, &s_ops).expect("fork the parent subject");
+        let deadline = || Instant::now() + Duration::from_secs(20);
+        s.wait_ready(deadline())
+            .expect("parent subject reaches the gate");
+        let spid = s.pid().as_raw();
+        at_gate(spid);
+        s.open_gate();
+        let msgs: Vec<Msg> = s.wait_ready(deadline()).expect("parent subject forked");
+        let pids: Vec<i32> = msgs
+            .iter()
+            .filter(|m| m.tag == TAG_PID)
+            .map(|m| m.value as i32)
+            .collect();
+        assert_eq!(pids.len(), children.len(), "one pid per child: {msgs:?}");
+        let mut kids = Vec::new();
+        for (kp, &pid) in kid_pipes.into_iter().zip(&pids) {
+            let mut k = Subject::adopt(kp, pid);
+            k.wait_ready(deadline()).expect("child ready");
+            kids.push(k);
+        }
+        Family {
+            parent: spid,
+            children: pids,
+            parent_subject: s,
+            kids,
+        }
+    }
+}
+
+impl Drop for Family {
+    fn drop(&mut self) {
+        // Children first: the parent subject reaps them before it exits.
+        for k in &mut self.kids {
+            let _ = nix::sys::signal::kill(k.pid(), nix::sys::signal::Signal::SIGCONT);
+            k.forget();
+        }
+        let _ =
+            nix::sys::signal::kill(self.parent_subject.pid(), nix::sys::signal::Signal::SIGCONT);
+        self.parent_subject
+            .finish(Instant::now() + Duration::from_secs(10));
+    }
+}
+
+/// Raw pagemap entries of `pid` over `pages` pages from `addr` (read by the test itself).
+pub fn entries(pid: i32, addr: usize, pages: usize) -> Vec<u64> {
+    let pm = Pagemap::open(pid).expect("open pagemap");
+    let mut v = vec![0u64; pages];
+    pm.read_into(addr as u64, &mut v).expect("read pagemap");
+    v
+}
+
+/// PFN of a present entry.
+pub fn pfn(e: u64) -> u64 {
+    assert!(e >> 63 == 1, "page not present: {e:#x}");
+    e & ((1 << 55) - 1)
+}
+
+/// The cowscope binary.
+pub fn cowscope_bin() -> std::path::PathBuf {
+    assert_cmd::cargo::cargo_bin("cowscope")
+}
+
+/// Run `cowscope inspect ARGS`; returns (exit code, stdout, stderr).
+pub fn inspect(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(cowscope_bin())
+        .arg("inspect")
+        .args(args)
+        .output()
+        .expect("run cowscope");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `cowscope inspect ARGS` expecting exit `code` and a JSON document.
+pub fn inspect_json(args: &[&str], code: i32) -> Value {
+    let (rc, out, err) = inspect(args);
+    assert_eq!(rc, code, "inspect {args:?}: stderr: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("JSON ({e}): {out}"))
+}
+
+/// The state letter of `pid` (`S`, `T`, `Z`...), or `None` when it is gone.
+pub fn state(pid: i32) -> Option<char> {
+    cowscope::inspect::proc::stat(pid).ok().map(|s| s.state)
+}
+
+/// Wait until `pid` is in one of `states` (true) or `timeout` passes (false).
+pub fn wait_state(pid: i32, states: &[char], timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if state(pid).is_some_and(|s| states.contains(&s)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// The pair for `child` in a document.
+pub fn pair(doc: &Value, child: i32) -> &Value {
+    doc["pairs"]
+        .as_array()
+        .expect("pairs[]")
+        .iter()
+        .find(|p| p["child"] == child)
+        .unwrap_or_else(|| panic!("no pair for child {child}: {doc}"))
+}
+
+/// The VMA row starting at `addr` in a pair.
+pub fn row(pair: &Value, addr: usize) -> &Value {
+    let key = format!("{addr:#x}");
+    pair["vmas"]
+        .as_array()
+        .expect("vmas[]")
+        .iter()
+        .find(|v| v["start"] == key.as_str())
+        .unwrap_or_else(|| panic!("no VMA row at {key}: {}", pair["vmas"]))
+}
+
+/// The counts of a row or totals: (shared, diverged, only_parent, only_child, zero, unproven).
+pub fn classes(v: &Value) -> [u64; 6] {
+    [
+        "shared",
+        "diverged",
+        "only_parent",
+        "only_child",
+        "zero",
+        "unproven",
+    ]
+    .map(|k| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}")))
+}
+
+/// A python3 that uid 65534 can run (Debian's, not a pyenv shim under /root).
+pub fn system_python() -> Option<&'static str> {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+}
