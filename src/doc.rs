@@ -105,6 +105,7 @@ pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
         "scenario-file" => schemars::schema_for!(crate::fork::scenario_file::ScenarioFile),
         "inspect" => schemars::schema_for!(InspectDoc),
         "inspect-sample" => schemars::schema_for!(InspectSampleDoc),
+        "trace" => schemars::schema_for!(TraceDoc),
         other => {
             return Err(crate::Error::usage(format!(
                 "unknown document '{other}'; expected one of: {}",
