@@ -75,8 +75,11 @@ pub type InspectDoc = Envelope<crate::inspect::InspectBody>;
 /// One record of `inspect --format jsonl`.
 pub type InspectSampleDoc = Envelope<crate::inspect::SampleLine>;
 
+/// The `trace` document.
+pub type TraceDoc = Envelope<crate::trace::TraceBody>;
+
 /// Names of the documents whose JSON Schema `cowscope schema` prints.
-pub const DOCUMENTS: [&str; 8] = [
+pub const DOCUMENTS: [&str; 9] = [
     "fork-report",
     "baseline",
     "pages",
@@ -85,6 +88,7 @@ pub const DOCUMENTS: [&str; 8] = [
     "scenario-file",
     "inspect",
     "inspect-sample",
+    "trace",
 ];
 
 /// The JSON Schema (draft 2020-12) of one document, generated from the serde types.
@@ -101,6 +105,7 @@ pub fn schema(document: &str) -> crate::Result<serde_json::Value> {
         "scenario-file" => schemars::schema_for!(crate::fork::scenario_file::ScenarioFile),
         "inspect" => schemars::schema_for!(InspectDoc),
         "inspect-sample" => schemars::schema_for!(InspectSampleDoc),
+        "trace" => schemars::schema_for!(TraceDoc),
         other => {
             return Err(crate::Error::usage(format!(
                 "unknown document '{other}'; expected one of: {}",

@@ -33,6 +33,10 @@ pub enum Error {
     /// A pid that names no memory to read (no such process, a zombie, a kernel thread).
     #[error("{0}")]
     NotReadable(#[from] crate::mem::process::NotReadable),
+    /// A privilege or kernel feature the command needs is missing (exit 3): e.g. ptrace
+    /// refused for another user's process or by Yama.
+    #[error("{0}")]
+    Privilege(String),
     /// A serialisation step failed (should not happen for our own types).
     #[error("serialising JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -82,6 +86,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::NotReadable(_) => EXIT_USAGE,
+            Error::Privilege(_) => EXIT_UNPROVEN,
             // Failing to read a process the user named is bad input; anything else is too,
             // since no verdict was reached. Verdict failures are not errors: they are reports
             // whose `verdict` says so, and the CLI maps them to EXIT_VERDICT_FAILED.

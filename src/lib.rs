@@ -25,6 +25,7 @@ pub mod experiments;
 pub mod fork;
 pub mod inspect;
 pub mod pages;
+pub mod trace;
 
 // 5. The documents: envelope, one alias per document, the schema registry.
 pub mod doc;

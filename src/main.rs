@@ -33,8 +33,11 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Compare fork-report JSON files from several kernels as a scenario x kernel table.
     Compare(cmd::compare::Args),
+    /// Run a command (or attach to a running process), follow its forks, forks of forks and
+    /// vforks with ptrace, and prove page by page who copied what since each fork.
+    Trace(cmd::trace::Args),
     /// Print the JSON Schema of a document (fork-report, baseline, pages, experiment, compare,
-    /// inspect, inspect-sample),
+    /// inspect, inspect-sample, trace),
     /// generated from the same types that write the documents.
     Schema(cmd::schema::Args),
     /// Run as PID 1 in a test VM: mount /proc and /sys, collect, print between markers,
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Compare(a) => cmd::compare::run(a),
         Command::Schema(a) => cmd::schema::run(a),
+        Command::Trace(a) => cmd::trace::run(a),
         Command::GuestInit => cmd::guest::run_as_init(),
     };
     let code = match result {

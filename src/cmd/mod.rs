@@ -12,6 +12,7 @@ pub mod guest;
 pub mod inspect;
 pub mod pages;
 pub mod schema;
+pub mod trace;
 
 use crate::error::{Error, Result};
 

@@ -3,7 +3,8 @@
 //! │ possibly multi-threaded parent (cargo test runs threads). Only async-signal-safe       │
 //! │ operations are allowed here: plain loads and stores, `read`, `write`, `close`,        │
 //! │ `clock_gettime`, `prctl`, `fork`, `waitpid`, `mmap`, `mprotect`, `munmap`,            │
-//! │ `vmsplice`, `pread`, `setsid`, `sigaction`, `kill`, `pidfd_send_signal`, `_exit`.     │
+//! │ `vmsplice`, `pread`, `setsid`, `sigaction`, `kill`, `pidfd_send_signal`, `_exit`,    │
+//! │ and for a traced command `sigprocmask`, `seccomp`, `execve`.                          │
 //! │ No allocation, no stdio, no locks, no panics (no indexing that can fail, no           │
 //! │ unwrap), no /proc parsing.                                                            │
 //! └──────────────────────────────────────────────────────────────────────────────────────┘
@@ -48,6 +49,13 @@ pub const TAG_BYTE: u8 = b'B';
 /// Result of a [`ChildOp::Mprotect`], [`ChildOp::Vmsplice`] or [`ChildOp::ReadFile`]: the
 /// syscall's return value when it succeeded, else `u64::MAX - errno`.
 pub const TAG_SYSCALL_RESULT: u8 = b'X';
+/// The errno of a failed [`ChildOp::Exec`] (sent just before the child exits).
+pub const TAG_EXEC_ERRNO: u8 = b'E';
+/// The errno of a failed [`ChildOp::InstallSeccomp`].
+pub const TAG_SECCOMP_ERRNO: u8 = b'Z';
+/// [`ChildOp::InstallSeccomp`] had to set `PR_SET_NO_NEW_PRIVS` first (value 1): the process
+/// lacked CAP_SYS_ADMIN, and setuid programs it runs will not gain privileges.
+pub const TAG_NO_NEW_PRIVS: u8 = b'N';
 
 /// Exit code of a child whose pipe to the parent failed.
 pub const EXIT_PIPE_FAILED: i32 = 120;
@@ -55,6 +63,10 @@ pub const EXIT_PIPE_FAILED: i32 = 120;
 pub const EXIT_FORK_FAILED: i32 = 121;
 /// Exit code of a child whose [`ChildOp::MapAnon`] failed.
 pub const EXIT_MMAP_FAILED: i32 = 122;
+/// Exit code of a child whose seccomp filter could not be installed.
+pub const EXIT_SECCOMP_FAILED: i32 = 123;
+/// Exit code of a child whose `execve` failed (as a shell's "command not found").
+pub const EXIT_EXEC_FAILED: i32 = 127;
 
 /// Side markers stamped into pages, so a content check names who wrote a page last.
 pub mod side {
@@ -255,6 +267,40 @@ pub enum ChildOp<'a> {
         pids: &'a [i32],
         /// Their pidfds, index for index (-1: none, use the pid).
         pidfds: &'a [RawFd],
+    },
+    /// Set this thread's signal mask (`sigprocmask(SIG_SETMASK)`). A blocked mask survives
+    /// both `fork` and `execve`, so a parent that blocks signals for its own event loop must
+    /// give a program it runs the mask it had before.
+    SetSigmask(&'a libc::sigset_t),
+    /// Reset a signal's disposition to the default. Rust's runtime ignores SIGPIPE, and an
+    /// ignored signal stays ignored across `execve`; a program run for the user must get
+    /// the default, as `std::process::Command` gives it.
+    DefaultSignal(i32),
+    /// Stop this process with SIGSTOP (`kill(getpid(), SIGSTOP)`): the parent attaches with
+    /// `PTRACE_SEIZE` while it is stopped, then continues it.
+    StopSelf,
+    /// Install a seccomp filter (`seccomp(SECCOMP_SET_MODE_FILTER)`). Without CAP_SYS_ADMIN
+    /// the kernel requires `no_new_privs` (EACCES): then set `PR_SET_NO_NEW_PRIVS`, send
+    /// [`TAG_NO_NEW_PRIVS`] and retry. On failure send [`TAG_SECCOMP_ERRNO`] and exit with
+    /// [`EXIT_SECCOMP_FAILED`].
+    InstallSeccomp {
+        /// The BPF program, built before the fork.
+        prog: &'a libc::sock_fprog,
+        /// Report pipe (close-on-exec: EOF there means the exec happened or the child died).
+        fd: RawFd,
+    },
+    /// `execve(path, argv, envp)`. Both arrays end with a null pointer and point into
+    /// `CString`s built before the fork. On failure send [`TAG_EXEC_ERRNO`] and exit with
+    /// [`EXIT_EXEC_FAILED`].
+    Exec {
+        /// The program's path (resolved against PATH before the fork).
+        path: &'a std::ffi::CStr,
+        /// Null-terminated argument vector.
+        argv: &'a [*const libc::c_char],
+        /// Null-terminated environment.
+        envp: &'a [*const libc::c_char],
+        /// Report pipe.
+        fd: RawFd,
     },
 }
 
@@ -533,6 +579,70 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 let rc = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
                 let result = if rc == 0 { 0 } else { errno().max(1) as u64 };
                 send(fd, TAG_MUNMAP_RESULT, result);
+            }
+            ChildOp::SetSigmask(set) => {
+                // SAFETY: sigprocmask reads the caller's sigset (inherited memory, built before
+                // the fork) and writes nothing (null old set); async-signal-safe.
+                unsafe { libc::sigprocmask(libc::SIG_SETMASK, set, std::ptr::null_mut()) };
+            }
+            ChildOp::DefaultSignal(sig) => {
+                // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask and no flags;
+                // sigaction only reads it.
+                unsafe {
+                    let mut sa: libc::sigaction = std::mem::zeroed();
+                    sa.sa_sigaction = libc::SIG_DFL;
+                    libc::sigemptyset(&mut sa.sa_mask);
+                    libc::sigaction(sig, &sa, std::ptr::null_mut());
+                }
+            }
+            ChildOp::StopSelf => {
+                // SAFETY: getpid and kill are async-signal-safe syscalls on plain integers.
+                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+            }
+            ChildOp::InstallSeccomp { prog, fd } => {
+                let install = || {
+                    // SAFETY: the kernel copies the BPF program that `prog` points to (built
+                    // before the fork, in inherited memory); nothing is written.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_seccomp,
+                            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+                            0 as libc::c_ulong,
+                            prog as *const libc::sock_fprog,
+                        )
+                    }
+                };
+                let mut rc = install();
+                if rc != 0 && errno() == libc::EACCES {
+                    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes plain integers.
+                    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+                    send(fd, TAG_NO_NEW_PRIVS, 1);
+                    rc = install();
+                }
+                if rc != 0 {
+                    send(fd, TAG_SECCOMP_ERRNO, errno().max(1) as u64);
+                    exit(EXIT_SECCOMP_FAILED);
+                }
+            }
+            ChildOp::Exec {
+                path,
+                argv,
+                envp,
+                fd,
+            } => {
+                // A malformed vector must never reach execve: the kernel reads until the null.
+                if argv.last().is_some_and(|p| p.is_null())
+                    && envp.last().is_some_and(|p| p.is_null())
+                {
+                    // SAFETY: `path` is a NUL-terminated string and both vectors are
+                    // null-terminated arrays of pointers to NUL-terminated strings, all built
+                    // before the fork and alive in inherited memory (caller's contract).
+                    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+                    send(fd, TAG_EXEC_ERRNO, errno().max(1) as u64);
+                } else {
+                    send(fd, TAG_EXEC_ERRNO, libc::EINVAL as u64);
+                }
+                exit(EXIT_EXEC_FAILED);
             }
         }
     }

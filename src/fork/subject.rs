@@ -369,6 +369,23 @@ impl Subject {
     pub fn exit_info(&self) -> Option<&ExitInfo> {
         self.exit.as_ref()
     }
+
+    /// Hand the subject to a caller that waits for it itself (a tracer, which must see every
+    /// wait status of the process, so no one else may `waitpid` it). Returns its pid and the
+    /// read end of its report pipe; from here on `Drop` neither kills nor reaps it, and the
+    /// caller owns both duties.
+    ///
+    /// # Errors
+    /// When the report pipe's descriptor cannot be duplicated (out of descriptors); the
+    /// subject is then killed and reaped as usual.
+    pub fn hand_over(mut self) -> Result<(Pid, OwnedFd)> {
+        let report = self
+            .report
+            .try_clone()
+            .map_err(|e| Error::io("duplicating a subject's report pipe", e))?;
+        self.exit = Some(ExitInfo::default());
+        Ok((self.pid, report))
+    }
 }
 
 impl Drop for Subject {

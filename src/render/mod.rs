@@ -9,6 +9,7 @@ pub mod inspect_table;
 pub mod pages;
 pub mod svg;
 pub mod table;
+pub mod trace;
 
 /// How a column's cells are padded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

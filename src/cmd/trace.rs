@@ -1,0 +1,162 @@
+//! `cowscope trace`: run a command (or attach to a process), follow its forks, and say page by
+//! page who copied what since each fork.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::doc::{Envelope, TraceDoc};
+use crate::error::{Error, Result};
+use crate::output;
+use crate::trace::{Target, TraceOptions};
+
+use super::{DocFormat, parse_number};
+
+/// `trace` arguments.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:\n  cowscope trace -- python3 server.py\n  \
+    cowscope trace --out trace.json --interval 500ms -- redis-server --port 7777\n  \
+    cowscope trace --pid 4242 --syscalls\n\n\
+    Exit status: the traced program's (128 + N when signal N killed it), 0 after --pid \
+    detached from a target that runs on; 2 bad input, 3 not permitted to trace.\n\
+    Ctrl-C: with a command, the first one is passed to the program and cowscope waits for it \
+    to exit (a traced command never runs on untraced); a second one kills it. With --pid, \
+    cowscope detaches and the target runs on.")]
+pub struct Args {
+    /// Attach to this running process instead of running a command.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<String>,
+    /// Also sample every live pair this often, e.g. 500ms or 2s.
+    #[arg(long, value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// Track releases with a ptrace stop at every syscall: the only way with --pid; with a
+    /// command it replaces the seccomp filter (slower).
+    #[arg(long)]
+    pub syscalls: bool,
+    /// Write the report here atomically (JSON unless --format table) instead of printing a
+    /// table to stderr.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// json or table (default: json with --out, a table on stderr without).
+    #[arg(long, value_enum)]
+    pub format: Option<DocFormat>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `500ms`, `2s`, `1.5s`, `1m`.
+///
+/// # Errors
+/// [`Error::Usage`] naming `what` for anything else, or outside 1 ms .. 24 h.
+pub fn parse_duration(what: &str, s: &str) -> Result<Duration> {
+    let bad = || {
+        Error::usage(format!(
+            "{what} must be a duration like 500ms or 2s, got '{s}'"
+        ))
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        _ => return Err(bad()),
+    };
+    if !(secs.is_finite() && (0.001..=86_400.0).contains(&secs)) {
+        return Err(Error::usage(format!(
+            "{what} must be between 1ms and 24h, got '{s}'"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Trace and build the document.
+///
+/// # Errors
+/// See [`crate::trace::run`].
+pub fn report(opts: &TraceOptions) -> Result<TraceDoc> {
+    let system = crate::mem::system::detect();
+    let body = crate::trace::run(opts, &system)?;
+    Ok(Envelope::new(system, body))
+}
+
+/// Run the command; returns the traced program's exit status.
+///
+/// # Errors
+/// Bad options, a program that cannot be run or attached to, a failure writing the report.
+pub fn run(args: Args) -> Result<i32> {
+    let target = match (args.pid, args.command.is_empty()) {
+        (Some(_), false) => {
+            return Err(Error::usage(
+                "give either --pid or a command after --, not both",
+            ));
+        }
+        (None, true) => {
+            return Err(Error::usage(
+                "give a command after -- (cowscope trace -- CMD ARGS...) or --pid PID",
+            ));
+        }
+        (Some(p), true) => Target::Pid(parse_number::<i32>("--pid", &p)?),
+        (None, false) => Target::Command(args.command),
+    };
+    let opts = TraceOptions {
+        target,
+        interval: args
+            .interval
+            .as_deref()
+            .map(|s| parse_duration("--interval", s))
+            .transpose()?,
+        syscalls: args.syscalls,
+    };
+    let format = args.format.unwrap_or(if args.out.is_some() {
+        DocFormat::Json
+    } else {
+        DocFormat::Table
+    });
+    // Check the output path before the program runs, not after.
+    if let Some(p) = &args.out {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(Error::usage(format!(
+                "--out {}: the directory does not exist",
+                p.display()
+            )));
+        }
+    }
+    let doc = report(&opts)?;
+    let text = match format {
+        DocFormat::Json => output::to_json(&doc)?,
+        DocFormat::Table => crate::render::trace::table(&doc),
+    };
+    match &args.out {
+        Some(p) => output::emit(&text, Some(p))?,
+        None => eprint!("{text}"),
+    }
+    Ok(doc.body.exit_status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case::milliseconds("500ms", Some(500))]
+    #[case::seconds("2s", Some(2000))]
+    #[case::fractions("1.5s", Some(1500))]
+    #[case::minutes("1m", Some(60_000))]
+    #[case::no_unit("5", None)]
+    #[case::words("soon", None)]
+    #[case::too_small("0ms", None)]
+    fn durations(#[case] s: &str, #[case] ms: Option<u128>) {
+        assert_eq!(
+            parse_duration("--interval", s).ok().map(|d| d.as_millis()),
+            ms
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! `cowscope trace`: run (or attach to) an unmodified program, follow its forks with ptrace,
+//! and say page by page who copied what since each fork.
+//!
+//! ```text
+//!  cmd (-- CMD)   fork::subject::spawn ─ child ops: sigmask, SIGSTOP, seccomp filter, execve
+//!  or --pid P     PTRACE_SEIZE every thread
+//!        │
+//!  tracer.rs      one thread: SIGCHLD/SIGINT/... blocked, sigtimedwait, waitpid(WNOHANG|__WALL)
+//!        ├─ PTRACE_EVENT_FORK   relation.rs: parent's maps + pagemap while it is held, resume,
+//!        │                      the child's pagemap before it runs = the fork-time baseline
+//!        ├─ seccomp stop        syscalls.rs: a release (munmap, madvise DONTNEED...): PTRACE_SYSCALL
+//!        │  / syscall stop      to its exit, then mark the released range for that side
+//!        ├─ PTRACE_EVENT_EXIT   a sample while the exiting side's memory is still mapped
+//!        ├─ execve (entry)      a sample before the address space is replaced
+//!        └─ --interval          samples of every live pair
+//!  classify.rs    one class per page: shared, copied_by_child, released_by_parent, moved...
+//! ```
+//!
+//! Invariants: every ptrace request comes from the one tracer thread; a traced command is
+//! never left running untraced (with a RET_TRACE filter and no tracer its releases would fail
+//! with ENOSYS), so cowscope waits for it, and `PTRACE_O_EXITKILL` kills it if cowscope itself
+//! dies; an attached (`--pid`) target is always detached, never killed, and keeps running.
+
+pub mod classify;
+pub mod ptrace;
+pub mod relation;
+pub mod syscalls;
+mod tracer;
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use classify::{Class, Counts};
+pub use relation::BaseVma;
+
+/// What to trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Run this command (program and arguments) and trace it from its first instruction.
+    Command(Vec<OsString>),
+    /// Attach to this running process.
+    Pid(i32),
+}
+
+/// How `trace` runs.
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    /// The program to run or attach to.
+    pub target: Target,
+    /// Sample every live pair this often (besides the exit and exec samples).
+    pub interval: Option<Duration>,
+    /// Track releases with PTRACE_SYSCALL stops on every syscall instead of a seccomp filter
+    /// (the only way with `--pid`; measurably slower).
+    pub syscalls: bool,
+}
+
+/// The `trace` document's own fields.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TraceBody {
+    /// `command` (cowscope ran it) or `attach` (`--pid`).
+    pub mode: String,
+    /// The command line, in command mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// The traced program's pid (the command's, or the `--pid`).
+    pub pid: i32,
+    /// How releases were tracked, and what that cost.
+    pub release_tracking: ReleaseTracking,
+    /// What the report can and cannot attribute on this run.
+    pub attribution: Attribution,
+    /// `--interval` in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    /// Wall time from start to the end of tracing, seconds.
+    pub duration_s: f64,
+    /// Why tracing ended: `exit` (every traced process exited), `interrupt` (Ctrl-C: a
+    /// command was given the signal and exited), `killed` (a second Ctrl-C killed it),
+    /// `detached` (`--pid`: cowscope let go, the target runs on).
+    pub ended_by: String,
+    /// How the traced program ended, and the status cowscope exits with.
+    pub exit: ProgramExit,
+    /// Every process seen.
+    pub processes: Vec<ProcessRecord>,
+    /// Every fork (and vfork, and clone of a process), in order.
+    pub forks: Vec<ForkRecord>,
+    /// Anything the reader should know about this run.
+    pub notes: Vec<String>,
+}
+
+/// How releases were tracked.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ReleaseTracking {
+    /// `seccomp` (a filter stops on exactly the releasing syscalls), `syscalls`
+    /// (PTRACE_SYSCALL on every syscall), or `none` (`--pid` without `--syscalls`).
+    pub method: String,
+    /// The filter needed `no_new_privs` (no CAP_SYS_ADMIN): setuid programs run by the traced
+    /// command did not gain privileges.
+    pub no_new_privs: bool,
+    /// Syscall stops handled (seccomp stops plus syscall-entry/exit stops): the cost.
+    pub stops: u64,
+    /// Releasing syscalls recorded (successful ones by a process in a live pair).
+    pub releases: u64,
+}
+
+/// What can be attributed on this run.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Attribution {
+    /// PFNs are visible: "same frame" and "who moved" are proven.
+    pub pfn_visible: bool,
+    /// Releases are known from the syscalls themselves.
+    pub releases_tracked: bool,
+    /// Statements that hold for this run's classes.
+    pub proven: Vec<String>,
+    /// What this run cannot tell apart.
+    pub unproven: Vec<String>,
+}
+
+/// How the traced program ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ProgramExit {
+    /// Its exit code, when it exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// The signal that killed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// The status cowscope exits with: the code, 128 + the signal number, or 0 when it was
+    /// detached and runs on.
+    pub status: i32,
+}
+
+/// One traced process.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessRecord {
+    /// Its pid.
+    pub pid: i32,
+    /// The traced process it was forked from (none for the traced program itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<i32>,
+    /// `/proc/<pid>/exe` when last seen (after its last exec).
+    pub exe: String,
+    /// Seconds since start when it was first seen.
+    pub first_seen: f64,
+    /// Successful execs while traced.
+    pub execs: u32,
+    /// Seconds since start when it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exited_at: Option<f64>,
+    /// Exit code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Killing signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+}
+
+/// One fork and what became of its pages.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ForkRecord {
+    /// The forking process.
+    pub parent: i32,
+    /// The new process.
+    pub child: i32,
+    /// The thread that forked.
+    pub thread: i32,
+    /// `fork`, `vfork`, or `clone` (a clone that made a process).
+    pub kind: String,
+    /// The child shares the parent's address space (vfork, CLONE_VM): no copy-on-write, no
+    /// baseline; until it execs, its memory is the parent's.
+    pub shares_mm: bool,
+    /// Seconds since start.
+    pub at: f64,
+    /// How long the parent was held at its fork stop (reading its side of the baseline), µs.
+    pub pause_us: u64,
+    /// Of the pause, the time the parent's pagemap reads took, µs: the floor the pause is
+    /// measured against (the rest is reading its maps and the ptrace round trips).
+    pub parent_read_us: u64,
+    /// How long the child was held before its first instruction (reading its side), µs.
+    pub child_hold_us: u64,
+    /// The fork-time record, when one was taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineInfo>,
+    /// Samples over time (totals only).
+    pub samples: Vec<Sample>,
+    /// The last sample before the pair ended (or before tracing ended), with per-VMA rows.
+    #[serde(rename = "final", skip_serializing_if = "Option::is_none")]
+    pub final_sample: Option<FinalSample>,
+    /// Releases each side made while the pair lived.
+    pub releases: PairReleases,
+    /// How the pair ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<PairEnd>,
+    /// Notes about this pair.
+    pub notes: Vec<String>,
+}
+
+/// The baseline's size.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct BaselineInfo {
+    /// Pages with a frame at the fork, in the VMAs that can be copied on write.
+    pub pages: u64,
+    /// Of those, pages the child already had its own copy of before its first instruction
+    /// (the page the kernel wrote its TID into; pinned pages fork copies eagerly).
+    pub copied_at_fork: u64,
+    /// VMAs compared.
+    pub vmas: usize,
+    /// Threads the parent had at the fork.
+    pub parent_threads: usize,
+}
+
+/// One sample of a pair.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Sample {
+    /// Seconds since start.
+    pub at: f64,
+    /// `interval`, `child_exit`, `parent_exit`, `child_exec`, `parent_exec`, `end`.
+    pub trigger: String,
+    /// Pages per class.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// The final sample with per-VMA rows.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct FinalSample {
+    /// Seconds since start.
+    pub at: f64,
+    /// What triggered it (see [`Sample::trigger`]).
+    pub trigger: String,
+    /// Pages per class.
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Per VMA of the parent at the fork (those with baseline pages).
+    pub vmas: Vec<VmaRow>,
+}
+
+/// One VMA's counts.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct VmaRow {
+    /// The VMA.
+    #[serde(flatten)]
+    pub vma: BaseVma,
+    /// Its pages per class.
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// Releases of both sides of a pair.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct PairReleases {
+    /// The parent's.
+    pub by_parent: SideReleases,
+    /// The child's.
+    pub by_child: SideReleases,
+}
+
+/// Releases of one side.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct SideReleases {
+    /// Successful releasing calls.
+    pub calls: u64,
+    /// Baseline pages they covered (each counted once).
+    pub pages: u64,
+    /// Calls per syscall.
+    pub by_syscall: std::collections::BTreeMap<String, u64>,
+}
+
+/// How a pair ended.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PairEnd {
+    /// Seconds since start.
+    pub at: f64,
+    /// `child_exit`, `parent_exit`, `child_exec`, `parent_exec`, `detached`.
+    pub by: String,
+}
+
+impl TraceBody {
+    /// The status cowscope exits with (the traced program's, as `time` and `strace` do).
+    pub fn exit_status(&self) -> i32 {
+        self.exit.status
+    }
+}
+
+/// Trace as `opts` says; `sys` is this machine (PFN visibility decides what can be proven).
+///
+/// # Errors
+/// [`crate::Error::Usage`] for a command that cannot be found or run, a bad pid;
+/// [`crate::Error::NotReadable`] for a pid that is no live user process;
+/// [`crate::Error::Privilege`] when ptrace is refused.
+pub fn run(opts: &TraceOptions, sys: &crate::mem::system::SystemInfo) -> crate::Result<TraceBody> {
+    tracer::run(opts, sys)
+}

@@ -1,0 +1,1535 @@
+//! The tracer: one thread that starts or attaches to the program, waits for its ptrace stops,
+//! takes baselines and samples, and always leaves every process as it should be: a command
+//! runs to its end (it cannot run untraced: see the module docs of `trace`), an attached
+//! target is detached and runs on.
+//!
+//! The loop: SIGCHLD, SIGINT, SIGTERM, SIGHUP and SIGQUIT are blocked in this thread, so none
+//! interrupts a ptrace request half-way; `sigtimedwait` sleeps until one is pending or the
+//! next `--interval` sample is due, then `waitpid(-1, WNOHANG | __WALL)` drains every stop.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::classify::Counts;
+use super::ptrace::{self, Wait, event};
+use super::relation::{self, Baseline, SampleInput};
+use super::syscalls::{self, Traced};
+use super::{
+    Attribution, BaselineInfo, FinalSample, ForkRecord, PairEnd, ProcessRecord, ProgramExit,
+    ReleaseTracking, Sample, Target, TraceBody, TraceOptions, VmaRow,
+};
+use crate::error::{Error, Result};
+use crate::fork::child::{self, ChildOp};
+use crate::fork::subject::{SubjectPipes, spawn};
+use crate::mem::kpage::Kpage;
+use crate::mem::pagemap::Pagemap;
+use crate::mem::system::SystemInfo;
+
+const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
+/// How long detaching (or killing, on error) may wait for tracees to stop or die.
+const CLEANUP_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Command,
+    Attach,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tracking {
+    Seccomp,
+    Syscalls,
+    None,
+}
+
+/// A releasing syscall waiting for its exit stop.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    t: Traced,
+    args: [u64; 6],
+    old_brk: Option<u64>,
+    /// The process whose address space the call changes.
+    mm: i32,
+}
+
+#[derive(Debug, Default)]
+struct Task {
+    tgid: i32,
+    /// In a ptrace stop we have not resumed yet; the signal to deliver when we do.
+    held: Option<i32>,
+    /// A new process that must not run before its fork-time baseline is read.
+    awaiting_baseline: bool,
+    pending: Option<Pending>,
+    /// Interrupted for detaching.
+    interrupted: bool,
+    /// When a stop of a new process was first held waiting for its parent's fork event.
+    held_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Proc {
+    rec: usize,
+    threads: BTreeSet<i32>,
+    family: u64,
+    /// The process whose address space this one uses (a vfork child: its parent's).
+    mm: i32,
+    alive: bool,
+}
+
+#[derive(Debug)]
+struct Pair {
+    fork: usize,
+    parent: i32,
+    child: i32,
+    base: Option<Baseline>,
+    pm_parent: Option<Pagemap>,
+    pm_child: Option<Pagemap>,
+    live: bool,
+    last: Option<(f64, String, Counts, Vec<Counts>)>,
+}
+
+struct SigmaskGuard(libc::sigset_t);
+
+impl Drop for SigmaskGuard {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved at construction; reads a valid sigset.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+fn waited_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the zeroed set; sigaddset adds valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [
+            libc::SIGCHLD,
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+        ] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Block the signals the loop waits for; the guard restores the old mask.
+fn block_signals() -> SigmaskGuard {
+    let set = waited_signals();
+    // SAFETY: zeroed sigset is a valid out-parameter; pthread_sigmask reads `set` and writes
+    // the previous mask into `old`.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+    SigmaskGuard(old)
+}
+
+fn signal_name(n: i32) -> String {
+    nix::sys::signal::Signal::try_from(n)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("SIG{n}"))
+}
+
+fn status_field(pid: i32, field: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().to_string())
+}
+
+fn tgid_of(tid: i32) -> Option<i32> {
+    status_field(tid, "Tgid:")?.parse().ok()
+}
+
+fn exe_of(pid: i32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+fn thread_ids(tgid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{tgid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The end of the `[heap]` VMA: the page-aligned program break (None without a heap).
+fn heap_end(pid: i32) -> Option<u64> {
+    crate::mem::smaps::vma_bounds(pid)
+        .ok()?
+        .into_iter()
+        .find(|v| v.pathname == "[heap]")
+        .map(|v| v.end)
+}
+
+/// At an exit stop of `tid`: is the whole process going (the last thread, or a group exit,
+/// in which every other live thread has SIGKILL pending)? A lone `pthread_exit` is not.
+fn process_is_ending(tgid: i32, tid: i32) -> bool {
+    thread_ids(tgid).into_iter().filter(|&t| t != tid).all(|t| {
+        let path = format!("/proc/{tgid}/task/{t}/status");
+        let Ok(s) = std::fs::read_to_string(path) else {
+            return true;
+        };
+        let state = s.lines().find_map(|l| l.strip_prefix("State:"));
+        if state.is_some_and(|v| matches!(v.trim().chars().next(), Some('Z' | 'X'))) {
+            return true;
+        }
+        s.lines()
+            .find_map(|l| l.strip_prefix("SigPnd:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+    })
+}
+
+fn is_32bit_elf(pid: i32) -> bool {
+    use std::io::Read;
+    let mut h = [0u8; 5];
+    std::fs::File::open(format!("/proc/{pid}/exe"))
+        .and_then(|mut f| f.read_exact(&mut h))
+        .is_ok()
+        && &h[..4] == b"\x7fELF"
+        && h[4] == 1
+}
+
+/// Resolve a command name as `execvp` would.
+fn resolve(cmd: &OsString) -> Result<PathBuf> {
+    let p = PathBuf::from(cmd);
+    if cmd.as_bytes().contains(&b'/') {
+        if !p.exists() {
+            return Err(Error::usage(format!(
+                "cannot execute '{}': no such file",
+                p.display()
+            )));
+        }
+        return Ok(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let cand = dir.join(&p);
+        if let Ok(c) = CString::new(cand.as_os_str().as_bytes()) {
+            // SAFETY: access reads the NUL-terminated path only.
+            if cand.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 {
+                return Ok(cand);
+            }
+        }
+    }
+    Err(Error::usage(format!(
+        "command not found: '{}' is not an executable on PATH",
+        p.display()
+    )))
+}
+
+fn cstring(s: &std::ffi::OsStr, what: &str) -> Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| {
+        Error::usage(format!(
+            "{what} contains a NUL byte: {}",
+            s.to_string_lossy()
+        ))
+    })
+}
+
+/// Start `argv` stopped, seize it, let it run: returns its pid and the read end of its
+/// close-on-exec report pipe.
+fn start_command(
+    argv: &[OsString],
+    seccomp: bool,
+    orig_mask: &libc::sigset_t,
+) -> Result<(i32, OwnedFd)> {
+    let Some(first) = argv.first() else {
+        return Err(Error::usage("trace needs a command after --, or --pid"));
+    };
+    let path = resolve(first)?;
+    let cpath = cstring(path.as_os_str(), "the command's path")?;
+    let cargs: Vec<CString> = argv
+        .iter()
+        .map(|a| cstring(a, "an argument"))
+        .collect::<Result<_>>()?;
+    let cenv: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(|_| Error::usage("the environment contains a NUL byte"))
+        })
+        .collect::<Result<_>>()?;
+    let mut argp: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+    argp.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = cenv.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let prog = syscalls::filter();
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).map_err(|_| Error::usage("seccomp filter too long"))?,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    let pipes = SubjectPipes::new()?;
+    let [a, b] = pipes.parent_fds();
+    let fd = pipes.child_report_fd();
+    let mut ops = vec![
+        ChildOp::Close(a),
+        ChildOp::Close(b),
+        ChildOp::DieWithParent,
+        ChildOp::SetSigmask(orig_mask),
+        ChildOp::DefaultSignal(libc::SIGPIPE),
+        ChildOp::StopSelf,
+    ];
+    if seccomp {
+        ops.push(ChildOp::InstallSeccomp { prog: &fprog, fd });
+    }
+    ops.push(ChildOp::Exec {
+        path: &cpath,
+        argv: &argp,
+        envp: &envp,
+        fd,
+    });
+    let (subject, _) = spawn(pipes, &ops)?;
+    let (pid, report) = subject.hand_over()?;
+    let pid = pid.as_raw();
+    let kill_it = || {
+        // SAFETY: kill takes plain integers; `pid` is our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = ptrace::wait(pid, 0);
+    };
+    match ptrace::wait(pid, libc::WUNTRACED) {
+        Ok(Some((_, Wait::Stopped { sig, .. }))) if sig == libc::SIGSTOP => {}
+        other => {
+            kill_it();
+            return Err(Error::io(
+                "starting the command",
+                std::io::Error::other(format!("it did not stop as expected ({other:?})")),
+            ));
+        }
+    }
+    if let Err(e) = ptrace::seize(pid, ptrace::options(seccomp, true)) {
+        kill_it();
+        return Err(ptrace_refused(pid, e));
+    }
+    // SAFETY: plain integers; ends the stop the child put itself in.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    Ok((pid, report))
+}
+
+fn ptrace_refused(pid: i32, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        return Error::usage(format!("no process with pid {pid}"));
+    }
+    if e.raw_os_error() != Some(libc::EPERM) {
+        return Error::io(format!("attaching to pid {pid} with ptrace"), e);
+    }
+    let mut why = Vec::new();
+    if let Some(t) = status_field(pid, "TracerPid:").filter(|t| t != "0") {
+        why.push(format!(
+            "it is already traced by pid {t} (a debugger or strace?)"
+        ));
+    }
+    if let Ok(y) = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        && y.trim() != "0"
+    {
+        why.push(format!(
+            "Yama's ptrace_scope is {} (1: only descendants; as root, \
+             `sysctl kernel.yama.ptrace_scope=0` allows attaching)",
+            y.trim()
+        ));
+    }
+    if let Some(uid) = status_field(pid, "Uid:") {
+        let me = nix::unistd::geteuid().as_raw();
+        let theirs: Vec<&str> = uid.split_whitespace().collect();
+        if me != 0 && theirs.iter().any(|u| u.parse::<u32>().ok() != Some(me)) {
+            why.push(format!(
+                "it runs as uid {} and cowscope as uid {me} without CAP_SYS_PTRACE",
+                theirs.first().unwrap_or(&"?")
+            ));
+        }
+    }
+    if why.is_empty() {
+        why.push("the kernel refused PTRACE_SEIZE (EPERM)".into());
+    }
+    Error::Privilege(format!(
+        "not permitted to trace pid {pid}: {}",
+        why.join("; ")
+    ))
+}
+
+/// Check that `pid` names a live user process we could attach to.
+fn check_target(pid: i32) -> Result<()> {
+    if pid <= 0 {
+        return Err(Error::usage(format!(
+            "--pid must be a positive pid, got {pid}"
+        )));
+    }
+    if pid == std::process::id() as i32 {
+        return Err(Error::usage("cowscope cannot trace itself"));
+    }
+    crate::mem::process::user_process(pid)?;
+    if let Some(tgid) = tgid_of(pid).filter(|&t| t != pid) {
+        return Err(Error::usage(format!(
+            "pid {pid} is a thread of process {tgid}; give the process's pid"
+        )));
+    }
+    Ok(())
+}
+
+struct Tracer<'a> {
+    opts: &'a TraceOptions,
+    mode: Mode,
+    tracking: Tracking,
+    start: Instant,
+    root: i32,
+    tasks: HashMap<i32, Task>,
+    procs: HashMap<i32, Proc>,
+    pairs: Vec<Pair>,
+    vforks: HashMap<i32, usize>,
+    families: HashMap<u64, bool>,
+    next_family: u64,
+    body: TraceBody,
+    root_exit: Option<ProgramExit>,
+    report_pipe: Option<OwnedFd>,
+    interrupts: u32,
+    kpage: Option<Kpage>,
+    zero: crate::inspect::zero::ZeroPfns,
+    pfn_visible: bool,
+    ps: u64,
+    our_pgid: i32,
+    finished: bool,
+}
+
+/// Run the trace described by `opts`.
+pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return Err(Error::Privilege(
+        "trace supports x86_64 and aarch64 only".into(),
+    ));
+    let guard = block_signals();
+    let (mode, tracking) = match (&opts.target, opts.syscalls) {
+        (Target::Command(_), false) => (Mode::Command, Tracking::Seccomp),
+        (Target::Command(_), true) => (Mode::Command, Tracking::Syscalls),
+        (Target::Pid(_), true) => (Mode::Attach, Tracking::Syscalls),
+        (Target::Pid(_), false) => (Mode::Attach, Tracking::None),
+    };
+    let privilege = crate::mem::privilege::detect();
+    let mut t = Tracer {
+        opts,
+        mode,
+        tracking,
+        start: Instant::now(),
+        root: 0,
+        tasks: HashMap::new(),
+        procs: HashMap::new(),
+        pairs: Vec::new(),
+        vforks: HashMap::new(),
+        families: HashMap::new(),
+        next_family: 1,
+        body: TraceBody {
+            mode: match mode {
+                Mode::Command => "command".into(),
+                Mode::Attach => "attach".into(),
+            },
+            command: match &opts.target {
+                Target::Command(c) => Some(c.iter().map(|a| a.to_string_lossy().into()).collect()),
+                Target::Pid(_) => None,
+            },
+            pid: 0,
+            release_tracking: ReleaseTracking {
+                method: match tracking {
+                    Tracking::Seccomp => "seccomp",
+                    Tracking::Syscalls => "syscalls",
+                    Tracking::None => "none",
+                }
+                .into(),
+                no_new_privs: false,
+                stops: 0,
+                releases: 0,
+            },
+            attribution: Attribution {
+                pfn_visible: sys.pfn_visible,
+                releases_tracked: tracking != Tracking::None,
+                proven: Vec::new(),
+                unproven: Vec::new(),
+            },
+            interval_ms: opts.interval.map(|d| d.as_millis() as u64),
+            duration_s: 0.0,
+            ended_by: "exit".into(),
+            exit: ProgramExit::default(),
+            processes: Vec::new(),
+            forks: Vec::new(),
+            notes: Vec::new(),
+        },
+        root_exit: None,
+        report_pipe: None,
+        interrupts: 0,
+        kpage: if privilege.kpage_readable {
+            Kpage::open().ok()
+        } else {
+            None
+        },
+        zero: crate::inspect::zero::learn(),
+        pfn_visible: sys.pfn_visible,
+        ps: sys.page_size,
+        // SAFETY: getpgrp has no preconditions.
+        our_pgid: unsafe { libc::getpgrp() },
+        finished: false,
+    };
+    match &opts.target {
+        Target::Command(argv) => {
+            // Orphans of the traced tree are reparented to us and reaped here: nothing is
+            // left behind as a zombie of an init that does not reap.
+            // SAFETY: prctl with plain integers.
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+            let (pid, pipe) = start_command(argv, tracking == Tracking::Seccomp, &guard.0)?;
+            t.report_pipe = Some(pipe);
+            t.root = pid;
+            t.add_process(pid, None, true, pid);
+            t.tasks.insert(
+                pid,
+                Task {
+                    tgid: pid,
+                    ..Task::default()
+                },
+            );
+        }
+        Target::Pid(pid) => {
+            check_target(*pid)?;
+            t.root = *pid;
+            t.attach(*pid)?;
+        }
+    }
+    t.body.pid = t.root;
+    let result = t.event_loop();
+    if result.is_err() {
+        t.cleanup();
+    }
+    result?;
+    t.finish()?;
+    drop(guard);
+    Ok(std::mem::replace(&mut t.body, empty_body()))
+}
+
+fn empty_body() -> TraceBody {
+    TraceBody {
+        mode: String::new(),
+        command: None,
+        pid: 0,
+        release_tracking: ReleaseTracking {
+            method: String::new(),
+            no_new_privs: false,
+            stops: 0,
+            releases: 0,
+        },
+        attribution: Attribution {
+            pfn_visible: false,
+            releases_tracked: false,
+            proven: Vec::new(),
+            unproven: Vec::new(),
+        },
+        interval_ms: None,
+        duration_s: 0.0,
+        ended_by: String::new(),
+        exit: ProgramExit::default(),
+        processes: Vec::new(),
+        forks: Vec::new(),
+        notes: Vec::new(),
+    }
+}
+
+impl Drop for Tracer<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.cleanup();
+        }
+    }
+}
+
+impl Tracer<'_> {
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn add_process(&mut self, pid: i32, ppid: Option<i32>, complete_family: bool, mm: i32) {
+        let family = match ppid.and_then(|p| self.procs.get(&p)) {
+            Some(p) => p.family,
+            None => self.new_family(complete_family),
+        };
+        let rec = self.body.processes.len();
+        self.body.processes.push(ProcessRecord {
+            pid,
+            ppid,
+            exe: exe_of(pid),
+            first_seen: self.now(),
+            execs: 0,
+            exited_at: None,
+            exit_code: None,
+            signal: None,
+        });
+        self.procs.insert(
+            pid,
+            Proc {
+                rec,
+                threads: BTreeSet::from([pid]),
+                family,
+                mm,
+                alive: true,
+            },
+        );
+    }
+
+    fn new_family(&mut self, complete: bool) -> u64 {
+        let f = self.next_family;
+        self.next_family += 1;
+        self.families.insert(f, complete);
+        f
+    }
+
+    /// Seize every thread of `pid` (threads may appear while we do: repeat until a pass
+    /// finds none new).
+    fn attach(&mut self, pid: i32) -> Result<()> {
+        let opts = ptrace::options(false, false);
+        ptrace::seize(pid, opts).map_err(|e| ptrace_refused(pid, e))?;
+        self.add_process(pid, None, false, pid);
+        self.tasks.insert(
+            pid,
+            Task {
+                tgid: pid,
+                ..Task::default()
+            },
+        );
+        loop {
+            let mut new = 0;
+            for tid in thread_ids(pid) {
+                if self.tasks.contains_key(&tid) {
+                    continue;
+                }
+                match ptrace::seize(tid, opts) {
+                    Ok(()) => {
+                        new += 1;
+                        self.tasks.insert(
+                            tid,
+                            Task {
+                                tgid: pid,
+                                ..Task::default()
+                            },
+                        );
+                        if let Some(p) = self.procs.get_mut(&pid) {
+                            p.threads.insert(tid);
+                        }
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(ptrace_refused(tid, e)),
+                }
+            }
+            if new == 0 {
+                break;
+            }
+        }
+        if self.tracking == Tracking::Syscalls {
+            // Each thread must stop once to be switched to PTRACE_SYSCALL resumes.
+            for tid in self.tasks.keys().copied().collect::<Vec<_>>() {
+                let _ = ptrace::interrupt(tid);
+            }
+        }
+        let pre =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let n = pre.split_whitespace().count();
+        if n > 0 {
+            self.body.notes.push(format!(
+                "pid {pid} already had {n} child process(es) when cowscope attached ({}); \
+                 forks made before attaching have no fork-time baseline and are not traced \
+                 (compare such pairs with `cowscope inspect`)",
+                pre.trim()
+            ));
+        }
+        Ok(())
+    }
+
+    fn event_loop(&mut self) -> Result<()> {
+        let set = waited_signals();
+        let interval = self.opts.interval;
+        let mut next_sample = interval.map(|d| Instant::now() + d);
+        loop {
+            loop {
+                match ptrace::wait(-1, libc::WNOHANG) {
+                    Ok(Some((tid, w))) => self.handle(tid, w),
+                    Ok(None) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+                        self.tasks.clear();
+                        break;
+                    }
+                    Err(e) => return Err(Error::io("waiting for the traced processes", e)),
+                }
+            }
+            if self.tasks.is_empty() {
+                return Ok(());
+            }
+            self.release_orphaned_holds();
+            if let (Some(d), Some(t)) = (interval, next_sample)
+                && Instant::now() >= t
+            {
+                self.sample_all("interval");
+                next_sample = Some(Instant::now() + d);
+            }
+            let wait_for = next_sample
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            let ts = libc::timespec {
+                tv_sec: wait_for.as_secs() as libc::time_t,
+                tv_nsec: wait_for.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: zeroed siginfo is a valid out-parameter.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: sigtimedwait reads `set` and `ts` and writes `info`.
+            let sig = unsafe { libc::sigtimedwait(&set, &mut info, &ts) };
+            if sig > 0 && sig != libc::SIGCHLD && self.on_signal(sig, info.si_code) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// A signal for cowscope itself. Returns true when tracing is over (detached).
+    fn on_signal(&mut self, sig: i32, code: i32) -> bool {
+        self.interrupts += 1;
+        match self.mode {
+            Mode::Attach => {
+                self.body.ended_by = "detached".into();
+                self.sample_live_pairs("end");
+                self.detach_all();
+                true
+            }
+            Mode::Command if self.interrupts == 1 => {
+                self.body.ended_by = "interrupt".into();
+                let from_tty = code == libc::SI_KERNEL;
+                for (&pid, p) in &self.procs {
+                    if !p.alive {
+                        continue;
+                    }
+                    // SAFETY: getpgid takes a plain pid.
+                    let pgid = unsafe { libc::getpgid(pid) };
+                    if from_tty && pgid == self.our_pgid {
+                        continue; // the terminal's signal reached it already
+                    }
+                    // SAFETY: plain integers; a traced process of ours.
+                    unsafe { libc::kill(pid, sig) };
+                }
+                eprintln!(
+                    "cowscope: passed {} to the traced program and waits for it to exit \
+                     (send it again to kill the program)",
+                    signal_name(sig)
+                );
+                false
+            }
+            Mode::Command => {
+                self.body.ended_by = "killed".into();
+                self.kill_all();
+                false
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for (&pid, p) in &self.procs {
+            if p.alive {
+                // SAFETY: plain integers; a traced process of ours.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    fn resume(&mut self, tid: i32, sig: i32) {
+        let syscalls = self.tracking == Tracking::Syscalls;
+        let Some(task) = self.tasks.get_mut(&tid) else {
+            return;
+        };
+        if task.awaiting_baseline {
+            task.held = Some(sig);
+            task.held_since.get_or_insert_with(Instant::now);
+            return;
+        }
+        task.held = None;
+        // ESRCH: the task died meanwhile; its death is reported by waitpid.
+        let _ = if syscalls {
+            ptrace::syscall(tid, sig)
+        } else {
+            ptrace::cont(tid, sig)
+        };
+    }
+
+    fn handle(&mut self, tid: i32, w: Wait) {
+        match w {
+            Wait::Exited(code) => self.on_death(tid, Some(code), None),
+            Wait::Signaled(sig) => self.on_death(tid, None, Some(sig)),
+            Wait::Continued => {}
+            Wait::Stopped { sig, event } => {
+                if !self.tasks.contains_key(&tid) && !self.adopt_unknown(tid) {
+                    return;
+                }
+                match event {
+                    event::FORK | event::VFORK | event::CLONE => self.on_fork(tid, event),
+                    event::EXEC => self.on_exec(tid),
+                    event::EXIT => self.on_exit_stop(tid),
+                    event::SECCOMP => self.on_seccomp(tid),
+                    event::STOP => {
+                        if matches!(
+                            sig,
+                            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                        ) {
+                            // Group-stop: stay stopped, but report the SIGCONT that ends it.
+                            let _ = ptrace::listen(tid);
+                        } else {
+                            self.resume(tid, 0);
+                        }
+                    }
+                    0 if sig == SYSCALL_STOP => self.on_syscall_stop(tid),
+                    0 => self.resume(tid, sig),
+                    _ => self.resume(tid, 0),
+                }
+            }
+        }
+    }
+
+    /// A stop of a task we have not seen: a new thread or process whose creator's event is
+    /// still queued. A new process is held until its baseline is read.
+    fn adopt_unknown(&mut self, tid: i32) -> bool {
+        let Some(tgid) = tgid_of(tid) else {
+            return false;
+        };
+        let new_process = tgid == tid;
+        self.tasks.insert(
+            tid,
+            Task {
+                tgid,
+                awaiting_baseline: new_process && !self.procs.contains_key(&tid),
+                ..Task::default()
+            },
+        );
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.threads.insert(tid);
+        }
+        true
+    }
+
+    fn on_fork(&mut self, tid: i32, ev: i32) {
+        let stopped_at = Instant::now();
+        let Ok(new) = ptrace::event_msg(tid).map(|m| m as i32) else {
+            self.resume(tid, 0);
+            return;
+        };
+        let ptgid = self.tasks.get(&tid).map_or(tid, |t| t.tgid);
+        if ev == event::CLONE && tgid_of(new).unwrap_or(ptgid) == ptgid {
+            // A thread.
+            self.tasks.entry(new).or_insert(Task {
+                tgid: ptgid,
+                ..Task::default()
+            });
+            if let Some(p) = self.procs.get_mut(&ptgid) {
+                p.threads.insert(new);
+            }
+            self.resume(tid, 0);
+            return;
+        }
+        let shares_mm = ev == event::VFORK || ptrace::same_mm(tid, new) == Some(true);
+        let parent_mm = self.procs.get(&ptgid).map_or(ptgid, |p| p.mm);
+        if !self.procs.contains_key(&new) {
+            self.add_process(
+                new,
+                Some(ptgid),
+                true,
+                if shares_mm { parent_mm } else { new },
+            );
+        }
+        let child_task = self.tasks.entry(new).or_insert(Task {
+            tgid: new,
+            ..Task::default()
+        });
+        child_task.awaiting_baseline = true;
+        let fork = self.body.forks.len();
+        self.body.forks.push(ForkRecord {
+            parent: ptgid,
+            child: new,
+            thread: tid,
+            kind: match ev {
+                event::VFORK => "vfork",
+                event::CLONE => "clone",
+                _ => "fork",
+            }
+            .into(),
+            shares_mm,
+            at: self.now(),
+            pause_us: 0,
+            parent_read_us: 0,
+            child_hold_us: 0,
+            baseline: None,
+            samples: Vec::new(),
+            final_sample: None,
+            releases: Default::default(),
+            ended: None,
+            notes: Vec::new(),
+        });
+        if shares_mm {
+            self.resume(tid, 0);
+            self.body.forks[fork].pause_us = stopped_at.elapsed().as_micros() as u64;
+            self.vforks.insert(new, fork);
+            self.release_child(new, stopped_at, fork);
+            return;
+        }
+        // Phase 1 while the parent is held at its fork stop.
+        let parent_threads = thread_ids(ptgid).len().max(1);
+        let phase1 = Pagemap::open(tid).and_then(|pm| {
+            let snap = relation::read_parent(tid, &pm)?;
+            Ok((pm, snap))
+        });
+        self.resume(tid, 0);
+        self.body.forks[fork].pause_us = stopped_at.elapsed().as_micros() as u64;
+        if let Ok((_, snap)) = &phase1 {
+            self.body.forks[fork].parent_read_us = snap.read_time().as_micros() as u64;
+        }
+        // Phase 2: the child has not run yet.
+        let built = phase1.and_then(|(pm_p, snap)| {
+            let pm_c = Pagemap::open(new)?;
+            let b = Baseline::complete(snap, &pm_c, self.pfn_visible)?;
+            Ok((pm_p, pm_c, b))
+        });
+        match built {
+            Ok((pm_p, pm_c, base)) => {
+                self.body.forks[fork].baseline = Some(BaselineInfo {
+                    pages: base.tracked_pages(),
+                    copied_at_fork: base.copied_at_fork(),
+                    vmas: base.vmas().len(),
+                    parent_threads,
+                });
+                if parent_threads > 1 {
+                    self.body.forks[fork].notes.push(format!(
+                        "the parent had {parent_threads} threads at the fork: a write by another \
+                         parent thread between the fork and the reading of the parent's side \
+                         counts as copied_at_fork (the child's side is the fork-time copy \
+                         whatever the parent's threads do)"
+                    ));
+                }
+                self.pairs.push(Pair {
+                    fork,
+                    parent: ptgid,
+                    child: new,
+                    base: Some(base),
+                    pm_parent: Some(pm_p),
+                    pm_child: Some(pm_c),
+                    live: true,
+                    last: None,
+                });
+            }
+            Err(e) => self.body.forks[fork]
+                .notes
+                .push(format!("no baseline could be read: {e}")),
+        }
+        self.release_child(new, stopped_at, fork);
+    }
+
+    /// A new process whose parent's fork event never came (the parent was killed between
+    /// the fork and the event: a fatal signal skips the ptrace stop) must not stay stopped:
+    /// after a second, let it run without a baseline.
+    fn release_orphaned_holds(&mut self) {
+        let stale: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                t.awaiting_baseline
+                    && t.held_since
+                        .is_some_and(|h| h.elapsed() > Duration::from_secs(1))
+            })
+            .map(|(&tid, _)| tid)
+            .collect();
+        for tid in stale {
+            let sig = self.tasks.get_mut(&tid).and_then(|t| {
+                t.awaiting_baseline = false;
+                t.held.take()
+            });
+            self.body.notes.push(format!(
+                "pid {tid} was forked but its parent's fork event never came (the parent died \
+                 first?): it runs on without a baseline"
+            ));
+            self.resume(tid, sig.unwrap_or(0));
+        }
+    }
+
+    fn release_child(&mut self, child: i32, stopped_at: Instant, fork: usize) {
+        let held = self.tasks.get_mut(&child).and_then(|t| {
+            t.awaiting_baseline = false;
+            t.held.take()
+        });
+        self.body.forks[fork].child_hold_us = stopped_at.elapsed().as_micros() as u64;
+        if let Some(sig) = held {
+            self.resume(child, sig);
+        }
+    }
+
+    fn members(&self, pid: i32) -> Vec<usize> {
+        self.pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.live && (p.parent == pid || p.child == pid))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn on_exec(&mut self, tid: i32) {
+        let former = ptrace::event_msg(tid).map_or(tid, |m| m as i32);
+        let tgid = tid; // after a successful exec the task is its group's leader
+        if former != tid {
+            self.tasks.remove(&former);
+        }
+        // The other threads are gone (their deaths may still be reported: ignored).
+        self.tasks.retain(|&t, task| task.tgid != tgid || t == tid);
+        self.tasks.insert(
+            tid,
+            Task {
+                tgid,
+                ..Task::default()
+            },
+        );
+        for i in self.members(tgid) {
+            let by = if self.pairs[i].child == tgid {
+                "child_exec"
+            } else {
+                "parent_exec"
+            };
+            self.end_pair(i, by);
+        }
+        if let Some(f) = self.vforks.remove(&tgid) {
+            self.body.forks[f].ended = Some(PairEnd {
+                at: self.now(),
+                by: "child_exec".into(),
+            });
+        }
+        let fam = self.new_family(true);
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.family = fam;
+            p.mm = tgid;
+            p.threads = BTreeSet::from([tid]);
+            let rec = p.rec;
+            self.body.processes[rec].execs += 1;
+            self.body.processes[rec].exe = exe_of(tgid);
+        }
+        if tgid == self.root {
+            self.read_report_pipe();
+        }
+        if self.tracking == Tracking::Seccomp && is_32bit_elf(tgid) {
+            self.body.notes.push(format!(
+                "pid {tgid} runs a 32-bit program ({}): the seccomp filter passes 32-bit \
+                 syscalls, so its releases are not tracked",
+                exe_of(tgid)
+            ));
+        }
+        self.resume(tid, 0);
+    }
+
+    /// Messages the command's child side sent before its exec (close-on-exec pipe: at EOF by
+    /// the time the exec is reported).
+    fn read_report_pipe(&mut self) -> Vec<(u8, u64)> {
+        let Some(fd) = self.report_pipe.take() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        // SAFETY: fcntl on our own descriptor with plain integers.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+        while let Ok(n) = nix::unistd::read(&fd, &mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        for m in buf.chunks_exact(child::MSG_LEN) {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&m[1..9]);
+            out.push((m[0], u64::from_le_bytes(v)));
+        }
+        if out.iter().any(|&(t, _)| t == child::TAG_NO_NEW_PRIVS) {
+            self.body.release_tracking.no_new_privs = true;
+        }
+        out
+    }
+
+    fn on_exit_stop(&mut self, tid: i32) {
+        let tgid = self.tasks.get(&tid).map_or(tid, |t| t.tgid);
+        let members = self.members(tgid);
+        if !members.is_empty() && process_is_ending(tgid, tid) {
+            for i in members {
+                let trig = if self.pairs[i].child == tgid {
+                    "child_exit"
+                } else {
+                    "parent_exit"
+                };
+                self.sample_pair(i, trig);
+            }
+        }
+        self.resume(tid, 0);
+    }
+
+    fn on_seccomp(&mut self, tid: i32) {
+        self.body.release_tracking.stops += 1;
+        let want_exit = match ptrace::syscall_info(tid) {
+            Ok(ptrace::SyscallInfo::Seccomp {
+                arch,
+                nr,
+                args,
+                ret_data,
+            }) => Traced::from_data(ret_data & 0xffff)
+                .or_else(|| syscalls::lookup(arch, nr))
+                .is_some_and(|t| self.on_syscall_entry(tid, t, args)),
+            _ => false,
+        };
+        if want_exit {
+            let _ = ptrace::syscall(tid, 0);
+        } else {
+            self.resume(tid, 0);
+        }
+    }
+
+    fn on_syscall_stop(&mut self, tid: i32) {
+        self.body.release_tracking.stops += 1;
+        match ptrace::syscall_info(tid) {
+            Ok(ptrace::SyscallInfo::Entry { arch, nr, args }) => {
+                if let Some(t) = syscalls::lookup(arch, nr).filter(|&t| syscalls::matters(t, &args))
+                {
+                    self.on_syscall_entry(tid, t, args);
+                }
+            }
+            Ok(ptrace::SyscallInfo::Exit { rval, is_error }) => {
+                if let Some(p) = self.tasks.get_mut(&tid).and_then(|t| t.pending.take()) {
+                    self.apply_release(p, rval, is_error);
+                }
+            }
+            _ => {}
+        }
+        self.resume(tid, 0);
+    }
+
+    /// At a releasing (or exec) syscall's entry. Returns true when its exit must be seen.
+    fn on_syscall_entry(&mut self, tid: i32, t: Traced, args: [u64; 6]) -> bool {
+        let tgid = self.tasks.get(&tid).map_or(tid, |t| t.tgid);
+        let mm = self.procs.get(&tgid).map_or(tgid, |p| p.mm);
+        if t == Traced::Exec {
+            if mm == tgid {
+                for i in self.members(tgid) {
+                    let trig = if self.pairs[i].child == tgid {
+                        "child_exec"
+                    } else {
+                        "parent_exec"
+                    };
+                    self.sample_pair(i, trig);
+                }
+            }
+            return false;
+        }
+        if self.members(mm).is_empty() {
+            return false;
+        }
+        let old_brk = if t == Traced::Brk {
+            heap_end(tgid)
+        } else {
+            None
+        };
+        if let Some(task) = self.tasks.get_mut(&tid) {
+            task.pending = Some(Pending {
+                t,
+                args,
+                old_brk,
+                mm,
+            });
+        }
+        true
+    }
+
+    fn apply_release(&mut self, p: Pending, rval: i64, is_error: bool) {
+        let ranges = syscalls::released(p.t, &p.args, rval, is_error, p.old_brk, self.ps);
+        if ranges.is_empty() {
+            return;
+        }
+        self.body.release_tracking.releases += 1;
+        for i in self.members(p.mm) {
+            let by_child = self.pairs[i].child == p.mm;
+            let Some(base) = self.pairs[i].base.as_mut() else {
+                continue;
+            };
+            let pages: u64 = ranges
+                .iter()
+                .map(|r| base.mark_released(r.start, r.end, by_child))
+                .sum();
+            let fork = self.pairs[i].fork;
+            let rel = &mut self.body.forks[fork].releases;
+            let side = if by_child {
+                &mut rel.by_child
+            } else {
+                &mut rel.by_parent
+            };
+            side.calls += 1;
+            side.pages += pages;
+            *side.by_syscall.entry(p.t.name().to_string()).or_insert(0) += 1;
+        }
+    }
+
+    fn on_death(&mut self, tid: i32, code: Option<i32>, sig: Option<i32>) {
+        let Some(task) = self.tasks.remove(&tid) else {
+            return;
+        };
+        let tgid = task.tgid;
+        if tid != tgid {
+            if let Some(p) = self.procs.get_mut(&tgid) {
+                p.threads.remove(&tid);
+            }
+            return;
+        }
+        // The leader's death is reported last: the process is gone.
+        self.tasks.retain(|_, t| t.tgid != tgid);
+        let now = self.now();
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.alive = false;
+            let r = &mut self.body.processes[p.rec];
+            r.exited_at = Some(now);
+            r.exit_code = code;
+            r.signal = sig.map(signal_name);
+        }
+        for i in self.members(tgid) {
+            let by = if self.pairs[i].child == tgid {
+                "child_exit"
+            } else {
+                "parent_exit"
+            };
+            self.end_pair(i, by);
+        }
+        if let Some(f) = self.vforks.remove(&tgid) {
+            self.body.forks[f].ended = Some(PairEnd {
+                at: now,
+                by: "child_exit".into(),
+            });
+        }
+        if tgid == self.root {
+            self.root_exit = Some(ProgramExit {
+                code,
+                signal: sig.map(signal_name),
+                status: code.unwrap_or_else(|| 128 + sig.unwrap_or(0)),
+            });
+        }
+    }
+
+    /// Without PFNs: can "mapped twice" mean "mapped by both"? Only when the pair is all that
+    /// lives of its address space's family, and the family began under our eyes.
+    fn pair_is_whole_family(&self, i: usize) -> bool {
+        let pr = &self.pairs[i];
+        let Some(fam) = self.procs.get(&pr.parent).map(|p| p.family) else {
+            return false;
+        };
+        if !self.families.get(&fam).copied().unwrap_or(false) {
+            return false;
+        }
+        let live = self
+            .procs
+            .iter()
+            .filter(|&(&pid, p)| p.alive && p.family == fam && p.mm == pid)
+            .count();
+        live == 2
+    }
+
+    fn sample_pair(&mut self, i: usize, trigger: &str) {
+        let whole = self.pair_is_whole_family(i);
+        let at = self.now();
+        let pair = &mut self.pairs[i];
+        let (Some(base), Some(pm_p), Some(pm_c)) = (
+            pair.base.as_mut(),
+            pair.pm_parent.as_ref(),
+            pair.pm_child.as_ref(),
+        ) else {
+            return;
+        };
+        let inp = SampleInput {
+            parent: pm_p,
+            child: pm_c,
+            pfn_visible: self.pfn_visible,
+            kpage: self.kpage.as_ref(),
+            zero: &self.zero,
+            pair_is_whole_family: whole,
+        };
+        match base.sample(&inp) {
+            Ok((total, per_vma)) => {
+                self.body.forks[pair.fork].samples.push(Sample {
+                    at,
+                    trigger: trigger.to_string(),
+                    counts: total,
+                });
+                pair.last = Some((at, trigger.to_string(), total, per_vma));
+            }
+            Err(e) => {
+                let fork = pair.fork;
+                self.body.forks[fork]
+                    .notes
+                    .push(format!("a {trigger} sample failed: {e}"));
+            }
+        }
+    }
+
+    fn sample_all(&mut self, trigger: &str) {
+        for i in 0..self.pairs.len() {
+            if self.pairs[i].live {
+                self.sample_pair(i, trigger);
+            }
+        }
+    }
+
+    fn sample_live_pairs(&mut self, trigger: &str) {
+        self.sample_all(trigger);
+        for i in 0..self.pairs.len() {
+            if self.pairs[i].live {
+                self.end_pair(i, "detached");
+            }
+        }
+    }
+
+    fn end_pair(&mut self, i: usize, by: &str) {
+        let at = self.now();
+        let pair = &mut self.pairs[i];
+        if !pair.live {
+            return;
+        }
+        pair.live = false;
+        let rec = &mut self.body.forks[pair.fork];
+        rec.ended = Some(PairEnd {
+            at,
+            by: by.to_string(),
+        });
+        match (pair.last.take(), pair.base.as_ref()) {
+            (Some((sat, trig, counts, per_vma)), Some(base)) => {
+                let vmas = base
+                    .vmas()
+                    .iter()
+                    .zip(per_vma)
+                    .filter(|(_, c)| c.total > 0)
+                    .map(|(v, c)| VmaRow {
+                        vma: v.clone(),
+                        counts: c,
+                    })
+                    .collect();
+                rec.final_sample = Some(FinalSample {
+                    at: sat,
+                    trigger: trig,
+                    counts,
+                    vmas,
+                });
+            }
+            (None, Some(_)) => rec.notes.push(format!(
+                "no sample before the pair ended ({by}): a process killed by SIGKILL makes \
+                 no exit stop{}",
+                match self.tracking {
+                    Tracking::None =>
+                        ", and without syscall tracking an exec is seen only \
+                                       after the old memory is gone (use --syscalls or \
+                                       --interval)",
+                    _ => "",
+                }
+            )),
+            _ => {}
+        }
+        pair.base = None;
+        pair.pm_parent = None;
+        pair.pm_child = None;
+    }
+
+    /// Detach from every tracee (attach mode): stop each, then PTRACE_DETACH with the signal
+    /// it was about to receive, so nothing is lost and nothing stays stopped by us.
+    fn detach_all(&mut self) {
+        let tids: Vec<i32> = self.tasks.keys().copied().collect();
+        for tid in tids {
+            let held = self.tasks.get_mut(&tid).and_then(|t| {
+                t.awaiting_baseline = false;
+                t.held.take()
+            });
+            match held {
+                Some(sig) => {
+                    let _ = ptrace::detach(tid, sig);
+                    self.tasks.remove(&tid);
+                }
+                None => {
+                    if ptrace::interrupt(tid).is_err() {
+                        self.tasks.remove(&tid);
+                    } else if let Some(t) = self.tasks.get_mut(&tid) {
+                        t.interrupted = true;
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + CLEANUP_WAIT;
+        while !self.tasks.is_empty() && Instant::now() < deadline {
+            match ptrace::wait(-1, libc::WNOHANG) {
+                Ok(Some((tid, Wait::Stopped { sig, event }))) => {
+                    if matches!(event, event::FORK | event::VFORK | event::CLONE)
+                        && let Ok(new) = ptrace::event_msg(tid)
+                    {
+                        // Auto-attached just now: it reports its first stop, then goes.
+                        self.tasks.entry(new as i32).or_default();
+                    }
+                    let deliver = if event == 0 && sig != SYSCALL_STOP {
+                        sig
+                    } else {
+                        0
+                    };
+                    let _ = ptrace::detach(tid, deliver);
+                    self.tasks.remove(&tid);
+                }
+                Ok(Some((tid, w @ (Wait::Exited(_) | Wait::Signaled(_))))) => {
+                    if tid == self.root
+                        && let Wait::Exited(c) | Wait::Signaled(c) = w
+                    {
+                        let (code, sig) = match w {
+                            Wait::Exited(_) => (Some(c), None),
+                            _ => (None, Some(c)),
+                        };
+                        self.root_exit = Some(ProgramExit {
+                            code,
+                            signal: sig.map(signal_name),
+                            status: code.unwrap_or_else(|| 128 + sig.unwrap_or(0)),
+                        });
+                    }
+                    self.tasks.remove(&tid);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                Err(_) => break,
+            }
+        }
+        if !self.tasks.is_empty() {
+            self.body.notes.push(format!(
+                "{} thread(s) did not stop within {} s to be detached; the kernel detaches \
+                 them when cowscope exits",
+                self.tasks.len(),
+                CLEANUP_WAIT.as_secs()
+            ));
+            self.tasks.clear();
+        }
+    }
+
+    /// On an error or a panic: a command is killed (it cannot run on untraced), an attached
+    /// target is detached.
+    fn cleanup(&mut self) {
+        self.finished = true;
+        match self.mode {
+            Mode::Attach => self.detach_all(),
+            Mode::Command => {
+                self.kill_all();
+                let deadline = Instant::now() + CLEANUP_WAIT;
+                while !self.tasks.is_empty() && Instant::now() < deadline {
+                    match ptrace::wait(-1, libc::WNOHANG) {
+                        Ok(Some((tid, Wait::Exited(_) | Wait::Signaled(_)))) => {
+                            self.tasks.remove(&tid);
+                        }
+                        Ok(Some((tid, Wait::Stopped { .. }))) => {
+                            let _ = ptrace::cont(tid, 0);
+                        }
+                        Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Close the report: end what is still open, fill the exit status and the attribution.
+    ///
+    /// # Errors
+    /// When the command never ran: its exec failed (usage), or its seccomp filter could not
+    /// be installed (privilege).
+    fn finish(&mut self) -> Result<()> {
+        self.finished = true;
+        for i in 0..self.pairs.len() {
+            if self.pairs[i].live {
+                self.end_pair(i, "trace_end");
+            }
+        }
+        if self.mode == Mode::Command && self.root_exit.is_none() {
+            self.body
+                .notes
+                .push("the command's exit status was not seen".into());
+        }
+        if self.mode == Mode::Command && self.body.processes.first().is_some_and(|p| p.execs == 0) {
+            let cmd = self
+                .body
+                .command
+                .as_ref()
+                .and_then(|c| c.first().cloned())
+                .unwrap_or_default();
+            for (tag, v) in self.read_report_pipe() {
+                let err = std::io::Error::from_raw_os_error(v as i32);
+                if tag == child::TAG_EXEC_ERRNO {
+                    return Err(Error::usage(format!("cannot execute '{cmd}': {err}")));
+                }
+                if tag == child::TAG_SECCOMP_ERRNO {
+                    return Err(Error::Privilege(format!(
+                        "the seccomp filter that tracks releases could not be installed \
+                         ({err}); --syscalls tracks them without it"
+                    )));
+                }
+            }
+        }
+        self.body.exit = self.root_exit.clone().unwrap_or_default();
+        self.body.duration_s = self.now();
+        self.fill_attribution();
+        Ok(())
+    }
+
+    fn fill_attribution(&mut self) {
+        let a = &mut self.body.attribution;
+        a.proven.push(
+            "pages not mapped at the fork are outside the comparison; `total` counts the \
+             pages either side mapped at the fork in private VMAs"
+                .into(),
+        );
+        if self.pfn_visible {
+            a.proven.push(
+                "shared: both map the same frame (PFN equality); copied_by_child / \
+                 copied_by_parent: that side's frame left the fork-time frame while the other \
+                 still maps it"
+                    .into(),
+            );
+            a.proven.push(
+                "moved: a new frame no write makes (KSM, THP built by khugepaged or \
+                 MADV_COLLAPSE, a page-cache page read again), told apart with kpageflags"
+                    .into(),
+            );
+        } else {
+            a.unproven.push(
+                "PFNs are hidden (no CAP_SYS_ADMIN): who copied cannot be told. A page with \
+                 the exclusive bit on either side is `diverged` (proven not shared); a page \
+                 mapped twice on both sides is `shared` only while the pair is all that lives \
+                 of its address space's family, else `unproven`; KSM merges and THP collapses \
+                 cannot be told from copies"
+                    .into(),
+            );
+        }
+        match self.tracking {
+            Tracking::Seccomp | Tracking::Syscalls => a.proven.push(
+                "released_by_child / released_by_parent come from the syscalls themselves \
+                 (munmap, madvise DONTNEED/FREE/REMOVE/DONTNEED_LOCKED/GUARD_INSTALL, mremap, \
+                 brk shrinking, MAP_FIXED mmap, remap_file_pages), recorded when they \
+                 succeed; a page released and touched again is a release, not a copy"
+                    .into(),
+            ),
+            Tracking::None => a.unproven.push(
+                "releases are not tracked (attached without --syscalls): a page a side \
+                 released and touched again has a fresh frame and counts as copied by that \
+                 side; one it released and left counts as only_parent / only_child. \
+                 --syscalls tracks them at the cost measured in the README"
+                    .into(),
+            ),
+        }
+        if self.mode == Mode::Attach {
+            a.unproven.push(
+                "forks made before cowscope attached have no baseline and are not followed".into(),
+            );
+        }
+    }
+}
