@@ -67,15 +67,8 @@ impl Drop for PthreadMutex {
 }
 
 /// Thread ids listed in `/proc/<pid>/task`.
-fn tasks(pid: &str) -> Result<Vec<i32>> {
-    let path = format!("/proc/{pid}/task");
-    let mut v: Vec<i32> = std::fs::read_dir(&path)
-        .map_err(|e| Error::io(format!("reading {path}"), e))?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    v.sort_unstable();
-    Ok(v)
+fn tasks(pid: i32) -> Result<Vec<i32>> {
+    crate::mem::process::threads(pid).map_err(|e| Error::io(format!("reading /proc/{pid}/task"), e))
 }
 
 struct LockTry {
@@ -160,12 +153,12 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     });
     ops.extend(pipes.epilogue());
     // Sampled just before the fork: the threads that exist at fork time.
-    let parent_tasks = tasks("self")?;
+    let parent_tasks = tasks(std::process::id() as i32)?;
     let forking_tid = nix::unistd::gettid().as_raw();
     let (mut subj, _) = spawn(pipes, &ops)?;
     let child_pid = subj.pid().as_raw();
     let waited = subj.wait_ready(Instant::now() + Duration::from_secs(10));
-    let child_tasks = tasks(&child_pid.to_string());
+    let child_tasks = tasks(child_pid);
     let exit = subj.finish(Instant::now() + Duration::from_secs(5));
     // Now let the holder go; the parent's copy of the lock is then free again.
     let _ = release_tx.send(());

@@ -16,11 +16,7 @@ pub use crate::mem::process::{Stat, stat};
 /// When the task directory cannot be listed (the process is gone).
 pub fn thread_states(pid: i32) -> io::Result<Vec<char>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let e = e?;
-        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
+    for tid in crate::mem::process::threads(pid)? {
         // A thread that exited between readdir and read is simply not counted.
         if let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
             && let Some(s) = crate::mem::process::parse_stat(&t)
@@ -91,24 +87,8 @@ pub fn ancestors_of(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Whether two processes share one address space (`kcmp(KCMP_VM)`): a `vfork()` child
-/// before it execs, or a `clone(CLONE_VM)` process. `None` when the kernel cannot say
-/// (no CONFIG_KCMP, or no ptrace read access to both).
-pub fn same_address_space(a: i32, b: i32) -> Option<bool> {
-    const KCMP_VM: libc::c_long = 1;
-    // SAFETY: kcmp takes five integers and touches no memory of ours.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            a as libc::c_long,
-            b as libc::c_long,
-            KCMP_VM,
-            0 as libc::c_long,
-            0 as libc::c_long,
-        )
-    };
-    (r >= 0).then_some(r == 0)
-}
+/// Whether two processes share one address space: [`crate::mem::process::same_address_space`].
+pub use crate::mem::process::same_address_space;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,9 @@
-//! One process's identity from `/proc/<pid>/stat` and `/proc/<pid>/status`: name, state,
-//! parent, whether it is a kernel thread; and, when the kernel refuses to show its memory,
-//! the reason in words.
+//! One process as procfs describes it, one parser per file: `/proc/<pid>/stat` (name, state,
+//! parent, kernel thread, start time), `/proc/<pid>/status` and `task/<tid>/status` (thread
+//! group, state, pending signals, tracer, uids, capabilities), `/proc/<pid>/task` (threads),
+//! `task/<tid>/children`, `/proc/<pid>/statm` (resident pages); `kcmp(KCMP_VM)` (do two
+//! processes share one address space); and, when the kernel refuses access, the reason in
+//! words.
 
 use std::io;
 
@@ -138,12 +141,176 @@ pub fn all_pids() -> io::Result<Vec<i32>> {
     Ok(pids)
 }
 
+/// The fields of `/proc/<pid>/status` (or `/proc/<pid>/task/<tid>/status`) cowscope uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// `Tgid:` the thread group (process) this task belongs to.
+    pub tgid: i32,
+    /// `State:` the state letter (R, S, D, T, t, Z, X...).
+    pub state: char,
+    /// `SigPnd:` signals pending for this thread (bit `n - 1` for signal `n`).
+    pub sig_pending: u64,
+    /// `ShdPnd:` signals pending for the whole thread group.
+    pub shared_pending: u64,
+    /// `TracerPid:` the pid tracing this task, 0 when none.
+    pub tracer_pid: i32,
+    /// `Uid:` real, effective, saved and filesystem uid.
+    pub uid: [u32; 4],
+    /// `CapEff:` the effective capability set (bit `n` for capability `n`).
+    pub cap_eff: u64,
+}
+
+impl Status {
+    /// Whether signal `sig` is pending for this thread or its group.
+    pub fn has_pending(&self, sig: i32) -> bool {
+        let bit = 1u64 << (sig - 1);
+        (self.sig_pending | self.shared_pending) & bit != 0
+    }
+
+    /// A zombie or a dead task.
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z' || self.state == 'X'
+    }
+}
+
+/// Parse the text of a `status` file (missing fields keep their defaults).
+pub fn parse_status(text: &str) -> Status {
+    let mut s = Status {
+        uid: [u32::MAX; 4],
+        ..Status::default()
+    };
+    let hex = |v: &str| u64::from_str_radix(v.trim(), 16).unwrap_or(0);
+    for line in text.lines() {
+        let Some((key, v)) = line.split_once(':') else {
+            continue;
+        };
+        match key {
+            "Tgid" => s.tgid = v.trim().parse().unwrap_or(0),
+            "State" => s.state = v.trim().chars().next().unwrap_or('?'),
+            "SigPnd" => s.sig_pending = hex(v),
+            "ShdPnd" => s.shared_pending = hex(v),
+            "TracerPid" => s.tracer_pid = v.trim().parse().unwrap_or(0),
+            "Uid" => {
+                for (slot, u) in s.uid.iter_mut().zip(v.split_whitespace()) {
+                    *slot = u.parse().unwrap_or(u32::MAX);
+                }
+            }
+            "CapEff" => s.cap_eff = hex(v),
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Read `/proc/<pid>/status`.
+///
+/// # Errors
+/// `NotFound` when there is no such process.
+pub fn status(pid: i32) -> io::Result<Status> {
+    Ok(parse_status(&std::fs::read_to_string(format!(
+        "/proc/{pid}/status"
+    ))?))
+}
+
+/// Read `/proc/<pid>/task/<tid>/status`: one thread's state and pending signals.
+///
+/// # Errors
+/// `NotFound` when the thread is gone.
+pub fn task_status(pid: i32, tid: i32) -> io::Result<Status> {
+    Ok(parse_status(&std::fs::read_to_string(format!(
+        "/proc/{pid}/task/{tid}/status"
+    ))?))
+}
+
+/// The thread ids of `pid` (`/proc/<pid>/task`), sorted. Threads that exit while the
+/// directory is listed may or may not be included.
+///
+/// # Errors
+/// When the task directory cannot be listed (the process is gone).
+pub fn threads(pid: i32) -> io::Result<Vec<i32>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(tid) = e?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            v.push(tid);
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// The children of thread `tid` of `pid` (`/proc/<pid>/task/<tid>/children`, CONFIG_PROC_CHILDREN):
+/// the processes it forked that have not exited or been reparented.
+///
+/// # Errors
+/// When the file cannot be read (the thread is gone, or the kernel lacks the file).
+pub fn children(pid: i32, tid: i32) -> io::Result<Vec<i32>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))?;
+    Ok(text
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// The fields of `/proc/<pid>/statm` cowscope uses, in pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Statm {
+    /// Field 1: the virtual size.
+    pub size: u64,
+    /// Field 2: resident pages (RSS: anonymous + file + shmem).
+    pub resident: u64,
+}
+
+/// Parse one `statm` line.
+pub fn parse_statm(text: &str) -> Option<Statm> {
+    let mut f = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some(Statm {
+        size: f.next()??,
+        resident: f.next()??,
+    })
+}
+
+/// Read `/proc/<pid>/statm` (no page-table walk: the kernel keeps these counters).
+///
+/// # Errors
+/// `NotFound` when there is no such process; `InvalidData` when it does not parse.
+pub fn statm(pid: i32) -> io::Result<Statm> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    parse_statm(&text).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/statm does not parse"),
+        )
+    })
+}
+
+/// Whether two processes (or tasks) share one address space (`kcmp(KCMP_VM)`): a `vfork()`
+/// child before it execs, or a `clone(CLONE_VM)` process. `None` when the kernel cannot say
+/// (no CONFIG_KCMP, or no ptrace read access to both).
+pub fn same_address_space(a: i32, b: i32) -> Option<bool> {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp takes five integers and touches no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            a as libc::c_long,
+            b as libc::c_long,
+            KCMP_VM,
+            0 as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    // 0: equal; 1, 2: ordered (different); 3: not equal, order unknown; -1: error.
+    match r {
+        0 => Some(true),
+        1..=3 => Some(false),
+        _ => None,
+    }
+}
+
 /// The real and effective uid of a process (`Uid:` of `/proc/<pid>/status`).
 pub fn uids(pid: i32) -> Option<(u32, u32)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
-    let mut it = line.split_whitespace().map(|v| v.parse::<u32>().ok());
-    Some((it.next()??, it.next()??))
+    let s = status(pid).ok()?;
+    (s.uid[0] != u32::MAX && s.uid[1] != u32::MAX).then_some((s.uid[0], s.uid[1]))
 }
 
 /// Whether this process has `cap` in its effective capability set (`CapEff:` of
@@ -151,13 +318,8 @@ pub fn uids(pid: i32) -> Option<(u32, u32)> {
 /// 21 = CAP_SYS_ADMIN).
 pub fn has_capability(cap: u32) -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1u64 << cap) != 0)
+        .map(|t| parse_status(&t))
+        .is_ok_and(|s| s.cap_eff & (1u64 << cap) != 0)
 }
 
 /// CAP_SYS_PTRACE.
@@ -168,6 +330,31 @@ pub const CAP_SYS_PTRACE: u32 = 19;
 /// which needs the same uid (and a dumpable process) or CAP_SYS_PTRACE in its user namespace.
 /// Yama's ptrace_scope only restricts attaching, never these reads.
 pub fn why_denied(pid: i32) -> String {
+    denied_because(pid, Access::Read).unwrap_or_else(|| {
+        "the kernel's ptrace access check (PTRACE_MODE_READ_FSCREDS) refused it; a Linux \
+         security module (SELinux, AppArmor) may forbid it"
+            .into()
+    })
+}
+
+/// What was asked of the kernel's ptrace access check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reading `/proc/<pid>/{pagemap,smaps,...}` (PTRACE_MODE_READ_FSCREDS).
+    Read,
+    /// Attaching with ptrace (PTRACE_MODE_ATTACH_REALCREDS).
+    Attach,
+}
+
+/// The credential reason the kernel's ptrace access check refuses `access` to `pid`, as far
+/// as it can be seen from here (uids, dumpable, CAP_SYS_PTRACE, user namespaces); `None` when
+/// none of these explains it (a security module, Yama for an attach, a tracer already
+/// attached: callers that can see those add them).
+pub fn denied_because(pid: i32, access: Access) -> Option<String> {
+    let (what, whats) = match access {
+        Access::Read => ("read its page tables", "reading another user's page tables"),
+        Access::Attach => ("trace it", "tracing another user's process"),
+    };
     let me = nix::unistd::geteuid().as_raw();
     let target = uids(pid);
     let same_userns = match (
@@ -178,32 +365,34 @@ pub fn why_denied(pid: i32) -> String {
         _ => None,
     };
     if me != 0 {
-        return match target {
+        return Some(match target {
             Some((_, euid)) if euid != me => format!(
-                "process {pid} belongs to uid {euid} and cowscope runs as uid {me}; reading \
-                 another user's page tables needs root (CAP_SYS_PTRACE)"
+                "process {pid} belongs to uid {euid} and cowscope runs as uid {me}; {whats} \
+                 needs root (CAP_SYS_PTRACE)"
             ),
             _ => format!(
                 "process {pid} is not dumpable (it changed credentials or called \
-                 prctl(PR_SET_DUMPABLE, 0)), so only a process with CAP_SYS_PTRACE may read its \
-                 page tables"
+                 prctl(PR_SET_DUMPABLE, 0)), so only a process with CAP_SYS_PTRACE may {what}"
             ),
-        };
+        });
     }
     if !has_capability(CAP_SYS_PTRACE) {
-        return "cowscope runs as root but without CAP_SYS_PTRACE (dropped by a container, \
-                setpriv or capsh), which reading another process's page tables needs"
-            .into();
+        return Some(format!(
+            "cowscope runs as root but without CAP_SYS_PTRACE (dropped by a container, \
+             setpriv or capsh), which {} needs",
+            match access {
+                Access::Read => "reading another process's page tables",
+                Access::Attach => "tracing another process",
+            }
+        ));
     }
     if same_userns == Some(false) {
-        return format!(
+        return Some(format!(
             "process {pid} lives in another user namespace, where this root has no \
              CAP_SYS_PTRACE"
-        );
+        ));
     }
-    "the kernel's ptrace access check (PTRACE_MODE_READ_FSCREDS) refused it; a Linux security \
-     module (SELinux, AppArmor) may forbid it"
-        .into()
+    None
 }
 
 #[cfg(test)]
@@ -222,6 +411,44 @@ mod tests {
         assert_eq!(s.flags, 4_194_560);
         assert_eq!(s.start_time, 123_456);
         assert!(!s.is_kernel_thread());
+    }
+
+    #[test]
+    fn status_fields_parse() {
+        let text = "Name:\tsleep\nState:\tS (sleeping)\nTgid:\t4242\nPid:\t4243\n\
+                    TracerPid:\t17\nUid:\t1000\t1001\t1002\t1003\nSigPnd:\t0000000000000100\n\
+                    ShdPnd:\t0000000000000000\nCapEff:\t0000000000080000\n";
+        let s = parse_status(text);
+        assert_eq!(s.tgid, 4242);
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.tracer_pid, 17);
+        assert_eq!(s.uid, [1000, 1001, 1002, 1003]);
+        assert!(s.has_pending(libc::SIGKILL), "bit 8 is signal 9");
+        assert!(!s.has_pending(libc::SIGTERM));
+        assert_eq!(s.cap_eff, 1 << CAP_SYS_PTRACE);
+    }
+
+    #[test]
+    fn statm_gives_resident_pages() {
+        assert_eq!(
+            parse_statm("2000 300 100 10 0 200 0\n"),
+            Some(Statm {
+                size: 2000,
+                resident: 300
+            })
+        );
+        assert_eq!(parse_statm("x"), None);
+        let me = statm(std::process::id() as i32).unwrap();
+        assert!(me.resident > 0 && me.size >= me.resident, "{me:?}");
+    }
+
+    #[test]
+    fn this_process_lists_its_own_threads_and_shares_its_address_space_with_itself() {
+        let me = std::process::id() as i32;
+        let t = threads(me).unwrap();
+        assert!(t.contains(&me), "{t:?}");
+        assert_eq!(status(me).unwrap().tgid, me);
+        assert_ne!(same_address_space(me, me), Some(false));
     }
 
     #[test]

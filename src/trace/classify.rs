@@ -8,24 +8,44 @@
 //!    outside the comparison (`None`).
 //! 2. Both sides map the same frame: `zero` (the shared zero page or huge zero page) or
 //!    `shared`. Frames that moved together (migration, compaction of a shared page) stay shared.
+//!    Both on a zero frame, even different ones (the huge zero page on one side, small zero
+//!    pages after a split on the other), is `zero`.
 //! 3. A side released the range since the fork (munmap, madvise DONTNEED/FREE/REMOVE, mremap,
 //!    brk shrink, MAP_FIXED over it): `released_by_parent`, `released_by_child` or
-//!    `released_by_both`. A release never overrides rule 1: a page still on the shared frame is
+//!    `released_by_both`. A release never overrides rule 2: a page still on the shared frame is
 //!    shared, whatever syscall touched it (MADV_FREE skips pages mapped by two processes).
-//! 4. A side maps nothing there (and did not release it): `absent`, `only_parent`,
-//!    `only_child`.
+//! 4. A side has nothing there, in RAM or swap (and did not release it): `absent`,
+//!    `only_parent`, `only_child`. A page in swap is still the side's page: the same swap slot
+//!    on both sides is one page (`shared`, with visible swap offsets), different slots are
+//!    different pages, and a page in RAM against one in swap may be the one swap-cache page
+//!    (`unproven`, unless the two were already apart).
 //! 5. Both map different frames. With PFNs: the side whose frame left the shared frame got the
 //!    new page; a new frame that no write makes (a KSM page, a THP built by khugepaged or
-//!    MADV_COLLAPSE, a page-cache page read again) is `moved`; a write's copy is
-//!    `copied_by_child` / `copied_by_parent` (`copied_at_fork` for what the child owned before
-//!    its first instruction: pinned pages, its TID page). When both frames changed since the last sample, the history
-//!    decides; with none, `diverged` (a copy by one side and a migration of the other cannot
-//!    be told apart). Without PFNs: the exclusive bit proves the frames differ (`diverged`, who
-//!    copied unproven); neither exclusive proves sharing only when no third process can map
-//!    the frames (`shared`), else `unproven`.
+//!    MADV_COLLAPSE, a page-cache page read again) is `moved`, except where the shared frame
+//!    was a zero page: a new frame there is a write's (since Linux 6.13 a write into the huge
+//!    zero page gives the writer a whole THP); a write's copy is `copied_by_child` /
+//!    `copied_by_parent` (`copied_at_fork` for what the child owned before its first
+//!    instruction: pinned pages, its TID page). When both frames changed since the last
+//!    sample, the history decides; with none, `diverged` (a copy by one side and a migration
+//!    of the other cannot be told apart).
+//! 6. Without PFNs, `inspect`'s rule for a pair decides first
+//!    ([`crate::inspect::classify::classify_hidden`]): bit 56 of a side not PMD-mapped proves
+//!    the frames differ (`diverged`, who copied unproven), PAGEMAP_SCAN's zero page gives
+//!    `zero`, and a page-cache page at one file offset of the same file on both sides is one
+//!    page (`shared`; inspect claims this for MAP_SHARED mappings only, trace also for private
+//!    file mappings whose VMA still matches the fork-time one on both sides). Then what only
+//!    the baseline adds: releases, `copied_at_fork`, and the family rule: an anonymous small
+//!    page mapped more than once on both sides is mapped by both only where bit 56 has its
+//!    exact meaning (kernels before 6.15, or built with CONFIG_PAGE_MAPCOUNT: with
+//!    CONFIG_NO_PAGE_MAPCOUNT a clear bit 56 only means "maybe shared"), no third process
+//!    lives in the family, KSM is off and the VMA still matches the fork-time one. Everything
+//!    else is `unproven`.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::inspect::classify::{HiddenFacts, PairClass, classify_hidden};
+use crate::mem::pagemap::{EXCLUSIVE, FILE_OR_SHARED, PFN_MASK, PRESENT, SWAPPED};
 
 /// What happened to one page since the fork, as far as the evidence proves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -55,13 +75,15 @@ pub enum Class {
     /// The frames differ, and the evidence cannot say who copied (no PFNs, or both frames
     /// changed between two samples).
     Diverged,
-    /// Only the parent maps a frame there (the child dropped it without a tracked release).
+    /// Only the parent has the page, in RAM or swap (the child dropped it without a tracked
+    /// release).
     OnlyParent,
-    /// Only the child maps a frame there.
+    /// Only the child has the page, in RAM or swap.
     OnlyChild,
-    /// Neither maps a frame there.
+    /// Neither has a page there (in RAM or swap).
     Absent,
-    /// PFNs are hidden and nothing else proves either way.
+    /// The evidence proves neither: PFNs are hidden and nothing else proves it, or one side's
+    /// page is in swap and the other's in RAM (it may be the one swap-cache page).
     Unproven,
 }
 
@@ -106,29 +128,102 @@ impl Hist {
 pub struct Seen {
     /// A frame is mapped (pagemap bit 63).
     pub present: bool,
+    /// The page is in swap (bit 62, not present).
+    pub swapped: bool,
+    /// The swap entry (type and offset, bits 0-54) when swapped; 0 when hidden (the kernel
+    /// shows swap offsets only to CAP_SYS_ADMIN, like PFNs).
+    pub swap: u64,
     /// The PFN (0 when hidden).
     pub pfn: u64,
-    /// Pagemap bit 56: mapped exactly once.
+    /// Pagemap bit 56: mapped exactly once ("certainly exclusive" for pages of large folios
+    /// on kernels built with CONFIG_NO_PAGE_MAPCOUNT, 6.15+: clear then only means "maybe
+    /// shared").
     pub exclusive: bool,
-    /// Pagemap bit 61: a page-cache page (private file mapping, not yet copied).
+    /// Pagemap bit 61: a page-cache page (private file mapping, not yet copied), or the huge
+    /// zero page.
     pub file: bool,
-    /// The frame is the zero page or part of the huge zero page (with PFNs only).
-    pub zero: bool,
+    /// The frame is the zero page or part of the huge zero page: with PFNs from the known
+    /// zero frames, without them from PAGEMAP_SCAN (`None`: unknown).
+    pub zero: Option<bool>,
+    /// Without PFNs: the address is mapped by a PMD (PAGEMAP_SCAN `PAGE_IS_HUGE`), where bit
+    /// 56 follows the head page on some kernels (`None`: unknown).
+    pub pmd_mapped: Option<bool>,
     /// The frame is one no write produces: KSM, part of a THP, or a page-cache page (with
     /// PFNs only; the caller checks kpageflags only for frames that just left the shared one).
     pub nonwrite: bool,
 }
 
-/// Facts that hold for a whole sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Seen {
+    /// From a raw pagemap entry (zero, PMD and non-write facts are the caller's to add).
+    pub fn from_entry(e: u64) -> Seen {
+        let pe = crate::mem::pagemap::PagemapEntry(e);
+        let swapped = pe.swapped() && !pe.present();
+        Seen {
+            present: pe.present(),
+            swapped,
+            swap: if swapped { e & PFN_MASK } else { 0 },
+            pfn: pe.pfn(),
+            exclusive: pe.exclusive(),
+            file: pe.file_or_shared(),
+            ..Seen::default()
+        }
+    }
+
+    /// In RAM or in swap: the side still has the page.
+    fn here(self) -> bool {
+        self.present || self.swapped
+    }
+
+    fn is_zero(self) -> bool {
+        self.zero == Some(true)
+    }
+
+    /// The raw entry again, for `inspect`'s rules.
+    fn raw(self) -> u64 {
+        let mut e = 0;
+        if self.present {
+            e |= PRESENT | (self.pfn & PFN_MASK);
+        } else if self.swapped {
+            e |= SWAPPED | (self.swap & PFN_MASK);
+        }
+        if self.exclusive {
+            e |= EXCLUSIVE;
+        }
+        if self.file {
+            e |= FILE_OR_SHARED;
+        }
+        e
+    }
+
+    fn facts(self) -> HiddenFacts {
+        HiddenFacts {
+            zero: self.zero,
+            pmd_mapped: self.pmd_mapped,
+        }
+    }
+}
+
+/// Facts that hold for one page of a sample beyond the two entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Evidence {
     /// PFNs are real (CAP_SYS_ADMIN).
     pub pfn_visible: bool,
-    /// Without PFNs: no process other than these two can map these frames (the pair is the
-    /// whole live family of the address space, so "mapped twice" means "by both").
-    pub pair_is_whole_family: bool,
-    /// Without PFNs: the exclusive bit is unreliable here (PMD-mapped THP).
-    pub exclusive_unreliable: bool,
+    /// With PFNs: the fork-time (last shared) frame is the zero page or the huge zero page.
+    /// A new frame there is the side's own memory, got by a write (a read never replaces the
+    /// zero page), even when it is a THP: since Linux 6.13 a write into the huge zero page
+    /// gives the writer a whole new THP.
+    pub base_zero: bool,
+    /// Without PFNs: both sides still map the fork-time VMA here (same file and offset, or the
+    /// same anonymous mapping name), checked against `/proc/<pid>/maps` at this sample.
+    pub same_mapping: bool,
+    /// Without PFNs: the mapping is a private *file* mapping, where a page-cache page on both
+    /// sides at one file offset is one page.
+    pub file_backed: bool,
+    /// Without PFNs: "neither side has bit 56" proves "mapped by both": bit 56 has its exact
+    /// meaning here (mapped exactly once: before 6.15, or CONFIG_PAGE_MAPCOUNT), no third
+    /// process lives in the address space's family, and KSM does not run (it merges pages
+    /// across unrelated processes).
+    pub family_rule: bool,
 }
 
 /// Per-page state kept between samples.
@@ -150,8 +245,11 @@ pub struct PageState {
 /// DMA-pinned (io_uring, O_DIRECT) is copied during fork itself (`copy_present_page`). With
 /// several parent threads, a write by another parent thread between the fork and the reading
 /// of the parent's side lands here too; the fork record says how many threads there were.
+///
+/// A page in swap at the fork is part of the baseline (fork duplicates the swap entry: both
+/// sides hold the one page), with an unknown frame.
 pub fn baseline(parent: Seen, child: Seen, pfn_visible: bool) -> PageState {
-    match (parent.present, child.present) {
+    match (parent.here(), child.here()) {
         (false, false) => PageState::default(),
         // The child maps it and the parent no longer does (another parent thread released it
         // before the baseline was read): the child's frame is the fork-time one.
@@ -162,7 +260,7 @@ pub fn baseline(parent: Seen, child: Seen, pfn_visible: bool) -> PageState {
         // The kernel did not copy page tables here (no anon pages in the VMA: file pages the
         // child will fault from the page cache), or the VMA is WIPEONFORK.
         (true, false) => {
-            if parent.file {
+            if parent.file && parent.present {
                 PageState {
                     frame: parent.pfn,
                     hist: Hist::Shared,
@@ -172,11 +270,13 @@ pub fn baseline(parent: Seen, child: Seen, pfn_visible: bool) -> PageState {
             }
         }
         (true, true) => {
-            let own_copy = if pfn_visible {
+            let own_copy = if !(parent.present && child.present) {
+                false
+            } else if pfn_visible {
                 parent.pfn != child.pfn
             } else {
                 // Right after fork every copied anon page is mapped twice; exclusive on both
-                // sides means the child got its own copy.
+                // sides means the child got its own copy ("certainly exclusive" suffices).
                 parent.exclusive && child.exclusive && !parent.file && !child.file
             };
             PageState {
@@ -205,19 +305,10 @@ pub fn classify(
         return None;
     }
     Some(if ev.pfn_visible {
-        classify_with_pfns(st, p, c, released_by_parent, released_by_child)
+        classify_with_pfns(st, p, c, released_by_parent, released_by_child, ev)
     } else {
         classify_without_pfns(st, p, c, released_by_parent, released_by_child, ev)
     })
-}
-
-fn by_presence(p: Seen, c: Seen) -> Option<Class> {
-    match (p.present, c.present) {
-        (false, false) => Some(Class::Absent),
-        (true, false) => Some(Class::OnlyParent),
-        (false, true) => Some(Class::OnlyChild),
-        (true, true) => None,
-    }
 }
 
 fn by_release(rp: bool, rc: bool) -> Option<Class> {
@@ -226,6 +317,16 @@ fn by_release(rp: bool, rc: bool) -> Option<Class> {
         (true, false) => Some(Class::ReleasedByParent),
         (false, true) => Some(Class::ReleasedByChild),
         (false, false) => None,
+    }
+}
+
+/// A side maps nothing there (in RAM or swap): `absent`, `only_parent`, `only_child`.
+fn by_presence(p: Seen, c: Seen) -> Option<Class> {
+    match (p.here(), c.here()) {
+        (false, false) => Some(Class::Absent),
+        (true, false) => Some(Class::OnlyParent),
+        (false, true) => Some(Class::OnlyChild),
+        (true, true) => None,
     }
 }
 
@@ -249,11 +350,51 @@ fn class_hist(c: Class) -> Hist {
     }
 }
 
-fn classify_with_pfns(st: &mut PageState, p: Seen, c: Seen, rp: bool, rc: bool) -> Class {
-    if p.present && c.present && p.pfn == c.pfn {
-        st.frame = p.pfn;
-        st.hist = Hist::Shared;
-        return if p.zero { Class::Zero } else { Class::Shared };
+/// Both sides still have the page and at least one has it in swap (with PFNs). The same swap
+/// slot is one page; different slots are different pages; a page in RAM against one in swap
+/// may be the one swap-cache page (unproven) unless the two were already apart.
+fn with_swap(st: &mut PageState, p: Seen, c: Seen) -> Class {
+    if p.swapped && c.swapped {
+        if p.swap == c.swap {
+            return Class::Shared;
+        }
+        return if st.hist == Hist::Shared {
+            st.hist = Hist::Diverged;
+            Class::Diverged
+        } else {
+            hist_class(st.hist)
+        };
+    }
+    if st.hist == Hist::Shared {
+        Class::Unproven
+    } else {
+        hist_class(st.hist)
+    }
+}
+
+fn classify_with_pfns(
+    st: &mut PageState,
+    p: Seen,
+    c: Seen,
+    rp: bool,
+    rc: bool,
+    ev: Evidence,
+) -> Class {
+    if p.present && c.present {
+        if p.pfn == c.pfn {
+            st.frame = p.pfn;
+            st.hist = Hist::Shared;
+            return if p.is_zero() {
+                Class::Zero
+            } else {
+                Class::Shared
+            };
+        }
+        if p.is_zero() && c.is_zero() {
+            // Different zero frames: one side split the huge zero page into small zero pages.
+            // Memory nobody paid for, and no write: still as shared as before.
+            return Class::Zero;
+        }
     }
     if let Some(r) = by_release(rp, rc) {
         return r;
@@ -261,6 +402,15 @@ fn classify_with_pfns(st: &mut PageState, p: Seen, c: Seen, rp: bool, rc: bool) 
     if let Some(k) = by_presence(p, c) {
         return k;
     }
+    if !(p.present && c.present) {
+        return with_swap(st, p, c);
+    }
+    // A new frame where the zero page was is that side's write (even a whole THP).
+    let (p_nonwrite, c_nonwrite) = if ev.base_zero {
+        (false, false)
+    } else {
+        (p.nonwrite, c.nonwrite)
+    };
     let p_kept = p.pfn == st.frame;
     let c_kept = c.pfn == st.frame;
     let class = if p_kept {
@@ -268,7 +418,7 @@ fn classify_with_pfns(st: &mut PageState, p: Seen, c: Seen, rp: bool, rc: bool) 
             Class::CopiedAtFork
         } else if st.hist != Hist::Shared {
             hist_class(st.hist)
-        } else if c.nonwrite {
+        } else if c_nonwrite {
             Class::Moved
         } else {
             Class::CopiedByChild
@@ -276,7 +426,7 @@ fn classify_with_pfns(st: &mut PageState, p: Seen, c: Seen, rp: bool, rc: bool) 
     } else if c_kept {
         if st.hist != Hist::Shared {
             hist_class(st.hist)
-        } else if p.nonwrite {
+        } else if p_nonwrite {
             Class::Moved
         } else {
             Class::CopiedByParent
@@ -285,7 +435,7 @@ fn classify_with_pfns(st: &mut PageState, p: Seen, c: Seen, rp: bool, rc: bool) 
         match st.hist {
             // Both left the shared frame since the last look: if exactly one of the new frames
             // is one no write makes, the other side's is the copy.
-            Hist::Shared => match (p.nonwrite, c.nonwrite) {
+            Hist::Shared => match (p_nonwrite, c_nonwrite) {
                 (true, true) => Class::Moved,
                 (true, false) => Class::CopiedByChild,
                 (false, true) => Class::CopiedByParent,
@@ -298,6 +448,10 @@ fn classify_with_pfns(st: &mut PageState, p: Seen, c: Seen, rp: bool, rc: bool) 
     class
 }
 
+/// Without PFNs: `inspect`'s rule for a pair ([`classify_hidden`]: the exclusive bit of a side
+/// not PMD-mapped proves "not the other's page", PAGEMAP_SCAN's zero page, one object mapped
+/// at one offset), then what only a fork-time baseline adds: releases from the syscalls, the
+/// page the child owned at fork, and the family rule (see [`Evidence::family_rule`]).
 fn classify_without_pfns(
     st: &mut PageState,
     p: Seen,
@@ -306,29 +460,50 @@ fn classify_without_pfns(
     rc: bool,
     ev: Evidence,
 ) -> Class {
-    if !rp && !rc && p.present && c.present && p.file && c.file {
-        // The same file offset at the same address: the one page-cache page.
-        return Class::Shared;
+    // A page-cache page of the one file offset both still map is one page (reclaim,
+    // truncation and migration unmap or move every mapping of it together). inspect makes
+    // this claim for MAP_SHARED mappings only; trace follows private file mappings, whose
+    // not-yet-copied pages are page-cache pages too.
+    let same_object = ev.same_mapping && ev.file_backed;
+    let k = classify_hidden(p.raw(), c.raw(), p.facts(), c.facts(), same_object);
+    match k {
+        PairClass::Shared => return Class::Shared,
+        PairClass::Zero => return Class::Zero,
+        _ => {}
     }
     if let Some(r) = by_release(rp, rc) {
         return r;
     }
-    if let Some(k) = by_presence(p, c) {
-        return k;
-    }
-    if ev.exclusive_unreliable {
-        return Class::Unproven;
-    }
-    if p.exclusive || c.exclusive {
-        if st.hist == Hist::CopiedAtFork {
-            return Class::CopiedAtFork;
+    match k {
+        PairClass::OnlyParent => Class::OnlyParent,
+        PairClass::OnlyChild => Class::OnlyChild,
+        PairClass::Neither => Class::Absent,
+        PairClass::Diverged => {
+            if st.hist == Hist::CopiedAtFork {
+                Class::CopiedAtFork
+            } else {
+                Class::Diverged
+            }
         }
-        return Class::Diverged;
-    }
-    if ev.pair_is_whole_family {
-        Class::Shared
-    } else {
-        Class::Unproven
+        PairClass::Shared | PairClass::Zero | PairClass::Unproven => {
+            let family_shared = ev.family_rule
+                && ev.same_mapping
+                && p.present
+                && c.present
+                && !p.exclusive
+                && !c.exclusive
+                && !p.file
+                && !c.file
+                && p.pmd_mapped == Some(false)
+                && c.pmd_mapped == Some(false)
+                && p.zero == Some(false)
+                && c.zero == Some(false);
+            if family_shared {
+                Class::Shared
+            } else {
+                Class::Unproven
+            }
+        }
     }
 }
 
@@ -357,13 +532,13 @@ pub struct Counts {
     pub moved: u64,
     /// Frames differ, who copied unknown.
     pub diverged: u64,
-    /// Only the parent maps a frame.
+    /// Only the parent has the page (in RAM or swap).
     pub only_parent: u64,
-    /// Only the child maps a frame.
+    /// Only the child has the page (in RAM or swap).
     pub only_child: u64,
-    /// Mapped by neither.
+    /// Neither has it.
     pub absent: u64,
-    /// Not provable without PFNs.
+    /// Not provable: PFNs hidden, or one side's page in swap and the other's in RAM.
     pub unproven: u64,
 }
 
@@ -459,10 +634,25 @@ mod tests {
             ..on(pfn)
         }
     }
+    fn zero(pfn: u64) -> Seen {
+        Seen {
+            zero: Some(true),
+            ..on(pfn)
+        }
+    }
+    fn swapped(slot: u64) -> Seen {
+        Seen {
+            swapped: true,
+            swap: slot,
+            ..Seen::default()
+        }
+    }
     const ROOT: Evidence = Evidence {
         pfn_visible: true,
-        pair_is_whole_family: false,
-        exclusive_unreliable: false,
+        base_zero: false,
+        same_mapping: true,
+        file_backed: false,
+        family_rule: false,
     };
     fn shared_state() -> PageState {
         PageState {
@@ -510,6 +700,48 @@ mod tests {
         false,
         Class::CopiedByChild
     )]
+    #[case::a_page_the_child_swapped_out_is_still_the_childs(
+        on(F),
+        swapped(0x55),
+        false,
+        false,
+        Class::Unproven
+    )]
+    #[case::a_page_the_parent_swapped_out_is_not_only_the_childs(
+        swapped(0x55),
+        on(F),
+        false,
+        false,
+        Class::Unproven
+    )]
+    #[case::the_same_swap_slot_on_both_sides_is_one_page(
+        swapped(0x55),
+        swapped(0x55),
+        false,
+        false,
+        Class::Shared
+    )]
+    #[case::different_swap_slots_are_different_pages(
+        swapped(0x55),
+        swapped(0x56),
+        false,
+        false,
+        Class::Diverged
+    )]
+    #[case::a_page_only_the_parent_has_in_swap_is_only_parent(
+        swapped(0x55),
+        gone(),
+        false,
+        false,
+        Class::OnlyParent
+    )]
+    #[case::a_swapped_page_the_child_released_is_a_release(
+        swapped(0x55),
+        gone(),
+        false,
+        true,
+        Class::ReleasedByChild
+    )]
     fn with_pfns_from_a_shared_page(
         #[case] p: Seen,
         #[case] c: Seen,
@@ -519,6 +751,19 @@ mod tests {
     ) {
         let mut st = shared_state();
         assert_eq!(classify(&mut st, p, c, rp, rc, ROOT), Some(want));
+    }
+
+    #[test]
+    fn a_page_the_child_copied_stays_its_copy_while_one_side_is_in_swap() {
+        let mut st = shared_state();
+        assert_eq!(
+            classify(&mut st, on(F), on(7), false, false, ROOT),
+            Some(Class::CopiedByChild)
+        );
+        assert_eq!(
+            classify(&mut st, swapped(0x55), on(7), false, false, ROOT),
+            Some(Class::CopiedByChild)
+        );
     }
 
     #[test]
@@ -538,14 +783,51 @@ mod tests {
     #[test]
     fn the_zero_page_on_both_sides_is_zero() {
         let mut st = shared_state();
-        let z = Seen {
-            zero: true,
-            ..on(1)
-        };
         assert_eq!(
-            classify(&mut st, z, z, false, false, ROOT),
+            classify(&mut st, zero(1), zero(1), false, false, ROOT),
             Some(Class::Zero)
         );
+    }
+
+    /// Linux 6.1/6.12: a write into the huge zero page splits the PMD into small zero pages
+    /// (different frames, both zero) and copies only the written page.
+    #[test]
+    fn a_split_huge_zero_page_is_zero_not_a_copy() {
+        let huge = 0x2000 + 5; // the parent's huge-zero-page frame for this page
+        let mut st = PageState {
+            frame: huge,
+            hist: Hist::Shared,
+        };
+        let ev = Evidence {
+            base_zero: true,
+            ..ROOT
+        };
+        assert_eq!(
+            classify(&mut st, zero(huge), zero(1), false, false, ev),
+            Some(Class::Zero)
+        );
+    }
+
+    /// Linux 6.13+: a write into the huge zero page gives the writer a whole new THP; its 512
+    /// frames are THP pages (kpageflags), which elsewhere mark a collapse (`moved`). Here they
+    /// replaced the zero page, so they are the writer's new memory.
+    #[rstest]
+    #[case::by_the_child(zero(0x2005), nonwrite(7), Class::CopiedByChild)]
+    #[case::by_the_parent(nonwrite(7), zero(0x2005), Class::CopiedByParent)]
+    fn a_thp_that_replaced_the_huge_zero_page_is_the_writers_copy(
+        #[case] p: Seen,
+        #[case] c: Seen,
+        #[case] want: Class,
+    ) {
+        let mut st = PageState {
+            frame: 0x2005,
+            hist: Hist::Shared,
+        };
+        let ev = Evidence {
+            base_zero: true,
+            ..ROOT
+        };
+        assert_eq!(classify(&mut st, p, c, false, false, ev), Some(want));
     }
 
     #[rstest]
@@ -571,38 +853,84 @@ mod tests {
         );
     }
 
-    fn excl(file: bool) -> Seen {
-        Seen {
-            present: true,
-            exclusive: true,
-            file,
-            ..Seen::default()
-        }
-    }
-    fn twice() -> Seen {
-        Seen {
-            present: true,
-            ..Seen::default()
-        }
+    #[test]
+    fn a_page_in_swap_at_the_fork_is_part_of_the_baseline() {
+        let st = baseline(swapped(0x55), swapped(0x55), true);
+        assert_eq!(st.hist, Hist::Shared);
     }
 
+    /// Without PFNs: a small page (not PMD-mapped, not the zero page, as PAGEMAP_SCAN says).
+    fn small(exclusive: bool, file: bool) -> Seen {
+        Seen {
+            present: true,
+            exclusive,
+            file,
+            zero: Some(false),
+            pmd_mapped: Some(false),
+            ..Seen::default()
+        }
+    }
+    const HIDDEN: Evidence = Evidence {
+        pfn_visible: false,
+        base_zero: false,
+        same_mapping: true,
+        file_backed: false,
+        family_rule: true,
+    };
+
     #[rstest]
-    #[case::exclusive_bit_proves_a_difference(excl(false), excl(false), true, Class::Diverged)]
-    #[case::mapped_twice_in_a_family_of_two_is_shared(twice(), twice(), true, Class::Shared)]
-    #[case::mapped_twice_with_a_third_process_is_unproven(twice(), twice(), false, Class::Unproven)]
-    #[case::one_exclusive_side_suffices(twice(), excl(false), false, Class::Diverged)]
-    #[case::the_same_page_cache_page(excl(true), excl(true), false, Class::Shared)]
-    fn without_pfns(
-        #[case] p: Seen,
-        #[case] c: Seen,
-        #[case] family_of_two: bool,
-        #[case] want: Class,
-    ) {
-        let ev = Evidence {
-            pfn_visible: false,
-            pair_is_whole_family: family_of_two,
-            exclusive_unreliable: false,
-        };
+    #[case::exclusive_bit_proves_a_difference(small(true, false), small(true, false), HIDDEN, Class::Diverged)]
+    #[case::mapped_twice_in_a_family_of_two_is_shared(small(false, false), small(false, false), HIDDEN, Class::Shared)]
+    #[case::mapped_twice_with_a_third_process_is_unproven(
+        small(false, false),
+        small(false, false),
+        Evidence { family_rule: false, ..HIDDEN },
+        Class::Unproven
+    )]
+    #[case::one_exclusive_side_suffices(small(false, false), small(true, false), HIDDEN, Class::Diverged)]
+    #[case::the_same_page_cache_page_of_the_same_file_offset(
+        small(false, true),
+        small(false, true),
+        Evidence { file_backed: true, family_rule: false, ..HIDDEN },
+        Class::Shared
+    )]
+    #[case::page_cache_pages_of_another_file_mapped_there_since_are_not_shared(
+        small(false, true),
+        small(false, true),
+        Evidence { file_backed: true, same_mapping: false, ..HIDDEN },
+        Class::Unproven
+    )]
+    #[case::another_mapping_there_since_voids_the_family_rule(
+        small(false, false),
+        small(false, false),
+        Evidence { same_mapping: false, ..HIDDEN },
+        Class::Unproven
+    )]
+    #[case::the_family_rule_never_covers_page_cache_pages(
+        small(false, true),
+        small(false, true),
+        Evidence { file_backed: false, ..HIDDEN },
+        Class::Unproven
+    )]
+    #[case::both_on_the_zero_page(
+        Seen { zero: Some(true), ..small(false, false) },
+        Seen { zero: Some(true), ..small(false, false) },
+        HIDDEN,
+        Class::Zero
+    )]
+    #[case::a_page_in_swap_is_not_only_the_others(
+        small(false, false),
+        swapped(0),
+        HIDDEN,
+        Class::Unproven
+    )]
+    #[case::pages_in_swap_on_both_sides_are_unproven_without_swap_offsets(
+        swapped(0),
+        swapped(0),
+        HIDDEN,
+        Class::Unproven
+    )]
+    fn without_pfns(#[case] p: Seen, #[case] c: Seen, #[case] ev: Evidence, #[case] want: Class) {
         let mut st = PageState {
             frame: 0,
             hist: Hist::Shared,
@@ -610,19 +938,26 @@ mod tests {
         assert_eq!(classify(&mut st, p, c, false, false, ev), Some(want));
     }
 
-    #[test]
-    fn without_pfns_a_pmd_mapped_thp_proves_nothing() {
-        let ev = Evidence {
-            pfn_visible: false,
-            pair_is_whole_family: true,
-            exclusive_unreliable: true,
-        };
+    #[rstest]
+    #[case::the_exclusive_bit_of_a_pmd_mapped_thp(
+        Seen { pmd_mapped: Some(true), ..small(true, false) },
+        small(false, false)
+    )]
+    #[case::mapped_twice_but_pmd_mapped(
+        Seen { pmd_mapped: Some(true), ..small(false, false) },
+        Seen { pmd_mapped: Some(true), ..small(false, false) }
+    )]
+    #[case::mapped_twice_without_pagemap_scan(
+        Seen { pmd_mapped: None, zero: None, ..small(false, false) },
+        Seen { pmd_mapped: None, zero: None, ..small(false, false) }
+    )]
+    fn without_pfns_what_bit_56_cannot_prove_is_unproven(#[case] p: Seen, #[case] c: Seen) {
         let mut st = PageState {
             frame: 0,
             hist: Hist::Shared,
         };
         assert_eq!(
-            classify(&mut st, excl(false), twice(), false, false, ev),
+            classify(&mut st, p, c, false, false, HIDDEN),
             Some(Class::Unproven)
         );
     }

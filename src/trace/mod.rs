@@ -22,6 +22,7 @@
 //! dies; an attached (`--pid`) target is always detached, never killed, and keeps running.
 
 pub mod classify;
+pub mod mapcount;
 pub mod ptrace;
 pub mod relation;
 pub mod syscalls;

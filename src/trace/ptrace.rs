@@ -277,19 +277,6 @@ pub fn wait(pid: i32, flags: libc::c_int) -> io::Result<Option<(i32, Wait)>> {
     }
 }
 
-/// Whether two tasks share one address space (`kcmp(KCMP_VM)`): `None` when the kernel
-/// cannot say (no CONFIG_KCMP, no permission).
-pub fn same_mm(a: i32, b: i32) -> Option<bool> {
-    const KCMP_VM: libc::c_long = 1;
-    // SAFETY: kcmp takes plain integers and writes no memory.
-    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) };
-    match r {
-        0 => Some(true),
-        1..=3 => Some(false),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,11 +305,5 @@ mod tests {
             Wait::decode((40 << 8) | 0x7f),
             Wait::Stopped { sig: 40, event: 0 }
         );
-    }
-
-    #[test]
-    fn a_process_shares_its_mm_with_itself() {
-        let me = std::process::id() as i32;
-        assert_ne!(same_mm(me, me), Some(false));
     }
 }

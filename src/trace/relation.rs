@@ -12,13 +12,21 @@
 //! Which pages: private VMAs only (MAP_SHARED memory is never copied on write), without the
 //! kernel's special mappings (`[vdso]`, `[vvar]`...) and PROT_NONE reservations; of read-only
 //! file mappings only the anonymous pages (RELRO, relocated text: pages once written), since
-//! a read-only page-cache page can never be copied. Pages mapped by neither side at the fork
-//! are outside the comparison (they share nothing). VMAs larger than [`SPARSE_VMA`] are first
-//! scanned with PAGEMAP_SCAN for present pages, so a sparse reservation of terabytes costs
+//! a read-only page-cache page can never be copied. Pages neither side had at the fork (in RAM
+//! or swap) are outside the comparison (they share nothing). VMAs larger than [`SPARSE_VMA`]
+//! (and than twice the resident memory) are first scanned with PAGEMAP_SCAN
+//! ([`walk::populated`], the scan `inspect` uses), so a sparse reservation of terabytes costs
 //! what its populated parts cost.
 //!
-//! Memory: 9 bytes per baseline page (a frame and a history byte) plus 2 bits of release
-//! marks, i.e. 0.23% of the memory compared.
+//! Reading: the parent's side is read straight into the baseline's per-page array while the
+//! parent is held (no chunk buffer in the pause); the child's side and every sample go through
+//! [`walk::PairReader`], the one streaming pagemap walk of the crate (`inspect` uses it too).
+//!
+//! Memory grows with the target: the baseline is per page by nature (which frame each page
+//! had at the fork, and what became of it). 8 bytes per baseline page hold the parent's
+//! entries, then, rewritten in place, the frames; 1 byte per page the history; 2 bits the
+//! release marks: 9.25 bytes per page at the peak (0.23% of the memory compared), plus two
+//! chunk buffers of 512 KiB while a pagemap is read. Samples keep totals only.
 
 use std::io;
 
@@ -26,19 +34,22 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::classify::{self, Class, Counts, Evidence, Hist, PageState, Seen};
-use crate::inspect::vma::VmaKind;
+use crate::inspect::tally::Facts;
+use crate::inspect::vma::{VmaKind, same_identity};
+use crate::inspect::walk::{self, PairReader, Side, SideError};
 use crate::inspect::zero::ZeroPfns;
 use crate::mem::kpage::Kpage;
 use crate::mem::pagemap::{Pagemap, PagemapEntry};
+use crate::mem::scan::{PAGE_IS_HUGE, PAGE_IS_PFNZERO};
 use crate::mem::smaps::SmapsEntry;
 
 /// A VMA larger than this, and larger than twice the process's resident memory, is scanned
 /// for present pages (PAGEMAP_SCAN) before its pagemap is read; others are read whole. A scan
 /// costs about one read, so scanning dense memory would double the parent's pause, while
-/// reading a sparse reservation of terabytes whole would take seconds and gigabytes.
+/// reading a sparse reservation of terabytes whole would take seconds and, unlike `inspect`'s
+/// streaming walk (which scans only segments over [`walk::SPARSE_WALK_PAGES`]), gigabytes: the
+/// baseline keeps 9 bytes for every page it reads.
 pub const SPARSE_VMA: u64 = 64 << 20;
-/// Pagemap entries per read.
-const CHUNK: usize = 1 << 16;
 
 /// A VMA of the parent at the fork, as the per-VMA rows name it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -91,7 +102,11 @@ struct Seg {
 #[derive(Debug)]
 pub struct ParentSnapshot {
     vmas: Vec<BaseVma>,
+    /// The fork-time maps line of each VMA (identity: device, inode, offset, name).
+    idents: Vec<SmapsEntry>,
     segs: Vec<Seg>,
+    /// The parent's raw pagemap entries; [`Baseline::complete`] turns them into frames in
+    /// place (no second array).
     entries: Vec<u64>,
     read: std::time::Duration,
 }
@@ -108,6 +123,10 @@ impl ParentSnapshot {
     }
 }
 
+fn side_err(e: SideError) -> io::Error {
+    e.error
+}
+
 /// Read the parent's VMAs and pagemap over the pages that can take part in copy-on-write.
 ///
 /// # Errors
@@ -116,13 +135,11 @@ pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
     let ps = crate::kernel::page_size() as u64;
     let maps = crate::mem::smaps::vma_bounds(pid)?;
     let mut vmas = Vec::new();
+    let mut idents = Vec::new();
     let mut segs = Vec::new();
     let mut first = 0usize;
-    // Resident memory from statm (field 2, in pages): cheap, no page walk.
-    let resident = std::fs::read_to_string(format!("/proc/{pid}/statm"))
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(u64::MAX / 4, |p| p * ps);
+    // Resident memory from statm: cheap, no page walk.
+    let resident = crate::mem::process::statm(pid).map_or(u64::MAX / 4, |s| s.resident * ps);
     let sparse = |len: u64| len > SPARSE_VMA && len > 2 * resident;
     for v in maps.iter().filter(|v| cow_capable(v)) {
         let idx = vmas.len();
@@ -139,12 +156,19 @@ pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
             hi: v.end,
             anon_only,
         });
+        idents.push(v.clone());
         let runs: Vec<(u64, u64)> = if sparse(v.end - v.start) {
-            present_runs(pm, v.start, v.end)?
+            walk::populated(&[(pm, Side::Parent)], v.start, v.end)
+                .map_err(side_err)?
+                .unwrap_or_else(|| vec![(v.start, v.end)])
         } else {
             vec![(v.start, v.end)]
         };
         for (a, b) in runs {
+            let (a, b) = (a.max(v.start), b.min(v.end));
+            if a >= b {
+                continue;
+            }
             let pages = ((b - a) / ps) as usize;
             segs.push(Seg {
                 start: a,
@@ -157,8 +181,14 @@ pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
     }
     let mut entries = vec![0u64; first];
     let t0 = std::time::Instant::now();
+    // Straight into the per-page array, in large reads: this is the parent's pause.
     for s in &segs {
-        read_seg(pm, s, &mut entries[s.first..s.first + s.pages])?;
+        for (i, chunk) in entries[s.first..s.first + s.pages]
+            .chunks_mut(walk::CHUNK_PAGES)
+            .enumerate()
+        {
+            pm.read_into(s.start + (i * walk::CHUNK_PAGES) as u64 * ps, chunk)?;
+        }
     }
     let read = t0.elapsed();
     // Read-only file mappings: only anonymous pages (once written) can be copied.
@@ -173,48 +203,11 @@ pub fn read_parent(pid: i32, pm: &Pagemap) -> io::Result<ParentSnapshot> {
     }
     Ok(ParentSnapshot {
         vmas,
+        idents,
         segs,
         entries,
         read,
     })
-}
-
-/// Present (or swapped) runs of `[start, end)`, from PAGEMAP_SCAN (or chunked reads).
-fn present_runs(pm: &Pagemap, start: u64, end: u64) -> io::Result<Vec<(u64, u64)>> {
-    use crate::mem::scan::{PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
-    let s = crate::mem::scan::scan(pm, start, end, false)?;
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for r in s
-        .regions
-        .iter()
-        .filter(|r| r.categories & (PAGE_IS_PRESENT | PAGE_IS_SWAPPED) != 0)
-    {
-        match out.last_mut() {
-            Some(last) if last.1 == r.start => last.1 = r.end,
-            _ => out.push((r.start, r.end)),
-        }
-    }
-    Ok(out)
-}
-
-fn read_seg(pm: &Pagemap, s: &Seg, out: &mut [u64]) -> io::Result<()> {
-    let ps = crate::kernel::page_size() as u64;
-    for (i, chunk) in out.chunks_mut(CHUNK).enumerate() {
-        pm.read_into(s.start + (i * CHUNK) as u64 * ps, chunk)?;
-    }
-    Ok(())
-}
-
-fn seen(e: u64) -> Seen {
-    let e = PagemapEntry(e);
-    Seen {
-        present: e.present(),
-        pfn: e.pfn(),
-        exclusive: e.exclusive(),
-        file: e.file_or_shared(),
-        zero: false,
-        nonwrite: false,
-    }
 }
 
 /// A bit per baseline page.
@@ -250,6 +243,7 @@ impl Bits {
 #[derive(Debug)]
 pub struct Baseline {
     vmas: Vec<BaseVma>,
+    idents: Vec<SmapsEntry>,
     segs: Vec<Seg>,
     frames: Vec<u64>,
     hist: Vec<u8>,
@@ -259,11 +253,26 @@ pub struct Baseline {
     tracked: u64,
     /// Pages the child owned before its first instruction.
     copied_at_fork: u64,
+    /// Pages attributed to a write whose new frame is a THP that replaced a zero page.
+    thp_from_zero: u64,
+}
+
+/// What one sample found.
+#[derive(Debug, Clone, Default)]
+pub struct SampleOut {
+    /// Pages per class, all VMAs.
+    pub total: Counts,
+    /// Pages per class, per baseline VMA.
+    pub per_vma: Vec<Counts>,
+    /// Without PFNs: baseline pages where a side no longer maps the fork-time VMA (another
+    /// mapping at that address since): no `shared` from the file or family rules there.
+    pub remapped: u64,
 }
 
 impl Baseline {
     /// Phase 2: read the child's pagemap over the parent's snapshot (the child has not run)
-    /// and build the per-page state.
+    /// and build the per-page state. The parent's entries become the frames in place, so the
+    /// peak is the snapshot's 8 bytes per page plus 1 for the history.
     ///
     /// # Errors
     /// When the child's pagemap cannot be read.
@@ -272,47 +281,57 @@ impl Baseline {
         child: &Pagemap,
         pfn_visible: bool,
     ) -> io::Result<Baseline> {
-        let n = snap.entries.len();
-        let mut frames = vec![0u64; n];
+        let ParentSnapshot {
+            vmas,
+            idents,
+            segs,
+            entries,
+            ..
+        } = snap;
+        let n = entries.len();
+        let mut frames = entries;
         let mut hist = vec![0u8; n];
-        let mut buf = vec![0u64; CHUNK.min(n.max(1))];
         let ps = crate::kernel::page_size() as u64;
         let mut tracked = 0;
         let mut copied_at_fork = 0;
-        for s in &snap.segs {
-            let anon_only = snap.vmas[s.vma].anon_only;
-            let mut done = 0;
-            while done < s.pages {
-                let k = (s.pages - done).min(buf.len());
-                child.read_into(s.start + done as u64 * ps, &mut buf[..k])?;
-                for (j, &ce) in buf[..k].iter().enumerate() {
-                    let i = s.first + done + j;
-                    let mut c = seen(ce);
-                    if anon_only && c.file {
-                        c = Seen::default();
+        let mut reader = PairReader::new();
+        for s in &segs {
+            let anon_only = vmas[s.vma].anon_only;
+            let end = s.start + s.pages as u64 * ps;
+            reader
+                .walk_one(child, Side::Child, s.start, end, |addr, ce| {
+                    let base = s.first + ((addr - s.start) / ps) as usize;
+                    for (j, &e) in ce.iter().enumerate() {
+                        let i = base + j;
+                        let mut c = Seen::from_entry(e);
+                        if anon_only && c.file {
+                            c = Seen::default();
+                        }
+                        let st = classify::baseline(Seen::from_entry(frames[i]), c, pfn_visible);
+                        frames[i] = st.frame;
+                        hist[i] = st.hist as u8;
+                        if st.hist != Hist::Unborn {
+                            tracked += 1;
+                        }
+                        if st.hist == Hist::CopiedAtFork {
+                            copied_at_fork += 1;
+                        }
                     }
-                    let st = classify::baseline(seen(snap.entries[i]), c, pfn_visible);
-                    frames[i] = st.frame;
-                    hist[i] = st.hist as u8;
-                    if st.hist != Hist::Unborn {
-                        tracked += 1;
-                    }
-                    if st.hist == Hist::CopiedAtFork {
-                        copied_at_fork += 1;
-                    }
-                }
-                done += k;
-            }
+                    Ok(())
+                })
+                .map_err(side_err)?;
         }
         Ok(Baseline {
-            vmas: snap.vmas,
-            segs: snap.segs,
+            vmas,
+            idents,
+            segs,
             frames,
             hist,
             released_by_parent: Bits::new(n),
             released_by_child: Bits::new(n),
             tracked,
             copied_at_fork,
+            thp_from_zero: 0,
         })
     }
 
@@ -324,6 +343,12 @@ impl Baseline {
     /// Pages the child owned before its first instruction (its TID page, pinned pages).
     pub fn copied_at_fork(&self) -> u64 {
         self.copied_at_fork
+    }
+
+    /// Pages attributed to a side's write where its new frame is part of a THP that replaced
+    /// a zero page (the huge zero page written: Linux 6.13+ gives the writer a whole THP).
+    pub fn thp_from_zero(&self) -> u64 {
+        self.thp_from_zero
     }
 
     /// The VMAs of the baseline.
@@ -361,139 +386,196 @@ impl Baseline {
         new
     }
 
+    /// Where both sides still map each baseline VMA's fork-time mapping (same identity at
+    /// that address in both `/proc/<pid>/maps`), per baseline VMA.
+    fn still_mapped(&self, parent: i32, child: i32) -> io::Result<Vec<Vec<(u64, u64)>>> {
+        let pm = crate::mem::smaps::vma_bounds(parent)?;
+        let cm = crate::mem::smaps::vma_bounds(child)?;
+        Ok(self
+            .idents
+            .iter()
+            .map(|base| intersect(&matching(base, &pm), &matching(base, &cm)))
+            .collect())
+    }
+
     /// Classify every baseline page from both sides' pagemaps now; per-VMA counts follow the
     /// baseline's VMAs.
     ///
     /// # Errors
-    /// When a pagemap cannot be read (a side is gone).
-    pub fn sample(&mut self, inp: &SampleInput<'_>) -> io::Result<(Counts, Vec<Counts>)> {
+    /// When a pagemap (or, without PFNs, a maps file) cannot be read (a side is gone).
+    pub fn sample(&mut self, inp: &SampleInput<'_>) -> io::Result<SampleOut> {
         let ps = crate::kernel::page_size() as u64;
         let mut per_vma = vec![Counts::default(); self.vmas.len()];
-        let max = self.segs.iter().map(|s| s.pages).max().unwrap_or(0);
-        let mut bp = vec![0u64; CHUNK.min(max.max(1))];
-        let mut bc = vec![0u64; bp.len()];
+        let kept = if inp.pfn_visible {
+            None
+        } else {
+            Some(self.still_mapped(inp.parent.pid(), inp.child.pid())?)
+        };
+        let scan = !inp.pfn_visible && crate::mem::scan::available();
+        let mut remapped = 0u64;
+        let mut reader = PairReader::new();
         let mut cands: Vec<u64> = Vec::new();
         let mut cand_idx: Vec<(usize, bool)> = Vec::new();
-        let segs = self.segs.clone();
-        for s in &segs {
-            let anon_only = self.vmas[s.vma].anon_only;
-            let mut done = 0;
-            while done < s.pages {
-                let k = (s.pages - done).min(bp.len());
-                let addr = s.start + done as u64 * ps;
-                inp.parent.read_into(addr, &mut bp[..k])?;
-                inp.child.read_into(addr, &mut bc[..k])?;
-                let (cat_p, cat_c) = if inp.pfn_visible {
-                    (None, None)
-                } else {
-                    (
-                        scan_categories(inp.parent, addr, k),
-                        scan_categories(inp.child, addr, k),
-                    )
-                };
-                // Which new frames need kpageflags (KSM, THP): only those that just left the
-                // shared frame; everything else is decided by frame numbers alone.
-                let mut flags: Vec<crate::mem::kpage::KpageFlags> = Vec::new();
-                cands.clear();
-                cand_idx.clear();
-                if inp.pfn_visible
-                    && let Some(kp) = inp.kpage
-                {
+        let Baseline {
+            vmas,
+            idents,
+            segs,
+            frames,
+            hist,
+            released_by_parent,
+            released_by_child,
+            thp_from_zero,
+            ..
+        } = self;
+        for s in segs.iter() {
+            let anon_only = vmas[s.vma].anon_only;
+            let file_backed = idents[s.vma].inode != 0;
+            let mut kept_cursor = Ranges::new(kept.as_ref().map(|k| k[s.vma].as_slice()));
+            let end = s.start + s.pages as u64 * ps;
+            let counts = &mut per_vma[s.vma];
+            reader
+                .walk(inp.parent, inp.child, s.start, end, |addr, bp, bc| {
+                    let k = bp.len();
+                    let base = s.first + ((addr - s.start) / ps) as usize;
+                    let chunk_end = addr + k as u64 * ps;
+                    let hidden_facts = |pm: &Pagemap, side: Side| -> Result<Facts, SideError> {
+                        if scan
+                            && let Some(r) = crate::mem::scan::scan_matching(
+                                pm,
+                                addr,
+                                chunk_end,
+                                PAGE_IS_PFNZERO | PAGE_IS_HUGE,
+                            )
+                            .map_err(|e| SideError::new(side, e))?
+                        {
+                            return Ok(Facts::regions(r));
+                        }
+                        Ok(Facts::Fixed(Default::default()))
+                    };
+                    let (mut pf, mut cf) = if inp.pfn_visible {
+                        (
+                            Facts::Fixed(Default::default()),
+                            Facts::Fixed(Default::default()),
+                        )
+                    } else {
+                        (
+                            hidden_facts(inp.parent, Side::Parent)?,
+                            hidden_facts(inp.child, Side::Child)?,
+                        )
+                    };
+                    // Which new frames need kpageflags (KSM, THP): only those that just left
+                    // the shared frame; everything else is decided by frame numbers alone.
+                    let mut flags: Vec<crate::mem::kpage::KpageFlags> = Vec::new();
+                    cands.clear();
+                    cand_idx.clear();
+                    if inp.pfn_visible
+                        && let Some(kp) = inp.kpage
+                    {
+                        for j in 0..k {
+                            let i = base + j;
+                            if Hist::from_u8(hist[i]) != Hist::Shared {
+                                continue;
+                            }
+                            let (p, c) = (PagemapEntry(bp[j]), PagemapEntry(bc[j]));
+                            if !(p.present() && c.present()) || p.pfn() == c.pfn() {
+                                continue;
+                            }
+                            for (e, is_child) in [(p, false), (c, true)] {
+                                if e.pfn() != frames[i] && !e.file_or_shared() {
+                                    cands.push(e.pfn());
+                                    cand_idx.push((j, is_child));
+                                }
+                            }
+                        }
+                        if !cands.is_empty() {
+                            flags = kp.flags(&cands).map_err(|e| SideError::new(Side::Child, e))?;
+                        }
+                    }
+                    let mut next_cand = 0;
                     for j in 0..k {
-                        let i = s.first + done + j;
-                        if Hist::from_u8(self.hist[i]) != Hist::Shared {
-                            continue;
-                        }
-                        let (p, c) = (PagemapEntry(bp[j]), PagemapEntry(bc[j]));
-                        if !(p.present() && c.present()) || p.pfn() == c.pfn() {
-                            continue;
-                        }
-                        for (e, is_child) in [(p, false), (c, true)] {
-                            if e.pfn() != self.frames[i] && !e.file_or_shared() {
-                                cands.push(e.pfn());
-                                cand_idx.push((j, is_child));
-                            }
-                        }
-                    }
-                    if !cands.is_empty() {
-                        flags = kp.flags(&cands)?;
-                    }
-                }
-                let mut next_cand = 0;
-                for j in 0..k {
-                    let i = s.first + done + j;
-                    let mut p = seen(bp[j]);
-                    let mut c = seen(bc[j]);
-                    if anon_only {
-                        // Read-only file VMA: its page-cache pages are outside the comparison.
-                        if p.file {
-                            p = Seen::default();
-                        }
-                        if c.file {
-                            c = Seen::default();
-                        }
-                    }
-                    let mut ev = Evidence {
-                        pfn_visible: inp.pfn_visible,
-                        pair_is_whole_family: inp.pair_is_whole_family,
-                        exclusive_unreliable: false,
-                    };
-                    if inp.pfn_visible {
-                        p.zero = p.present && inp.zero.contains(p.pfn);
-                        c.zero = c.present && inp.zero.contains(c.pfn);
-                        p.nonwrite = p.present && p.file && p.pfn != self.frames[i];
-                        c.nonwrite = c.present && c.file && c.pfn != self.frames[i];
-                        while next_cand < cand_idx.len() && cand_idx[next_cand].0 == j {
-                            let f = flags.get(next_cand).copied().unwrap_or_default();
-                            let nw = f.ksm() || f.thp() || f.compound_head() || f.compound_tail();
-                            if cand_idx[next_cand].1 {
-                                c.nonwrite |= nw;
-                            } else {
-                                p.nonwrite |= nw;
-                            }
-                            next_cand += 1;
-                        }
-                    } else {
-                        use crate::mem::scan::{PAGE_IS_HUGE, PAGE_IS_PFNZERO};
-                        let cp = cat_p.as_ref().and_then(|v| v.get(j)).copied();
-                        let cc = cat_c.as_ref().and_then(|v| v.get(j)).copied();
-                        p.zero = cp.is_some_and(|x| x & PAGE_IS_PFNZERO != 0);
-                        c.zero = cc.is_some_and(|x| x & PAGE_IS_PFNZERO != 0);
-                        // Without the scan we cannot rule out a PMD-mapped THP, whose
-                        // exclusive bit follows the head page on some kernels.
-                        ev.exclusive_unreliable = match (cp, cc) {
-                            (Some(a), Some(b)) => (a | b) & PAGE_IS_HUGE != 0,
-                            _ => true,
+                        let i = base + j;
+                        let a = addr + j as u64 * ps;
+                        let mut st = PageState {
+                            frame: frames[i],
+                            hist: Hist::from_u8(hist[i]),
                         };
-                    }
-                    let mut st = PageState {
-                        frame: self.frames[i],
-                        hist: Hist::from_u8(self.hist[i]),
-                    };
-                    if st.hist == Hist::Unborn {
-                        continue;
-                    }
-                    let class = if !inp.pfn_visible && p.zero && c.zero {
-                        Class::Zero
-                    } else {
+                        if st.hist == Hist::Unborn {
+                            while next_cand < cand_idx.len() && cand_idx[next_cand].0 == j {
+                                next_cand += 1;
+                            }
+                            continue;
+                        }
+                        let mut p = Seen::from_entry(bp[j]);
+                        let mut c = Seen::from_entry(bc[j]);
+                        if anon_only {
+                            // Read-only file VMA: its page-cache pages are outside the
+                            // comparison.
+                            if p.file {
+                                p = Seen::default();
+                            }
+                            if c.file {
+                                c = Seen::default();
+                            }
+                        }
+                        let mut ev = Evidence {
+                            pfn_visible: inp.pfn_visible,
+                            ..Evidence::default()
+                        };
+                        if inp.pfn_visible {
+                            p.zero = Some(p.present && inp.zero.contains(p.pfn));
+                            c.zero = Some(c.present && inp.zero.contains(c.pfn));
+                            p.nonwrite = p.present && p.file && p.pfn != frames[i];
+                            c.nonwrite = c.present && c.file && c.pfn != frames[i];
+                            while next_cand < cand_idx.len() && cand_idx[next_cand].0 == j {
+                                let f = flags.get(next_cand).copied().unwrap_or_default();
+                                let nw =
+                                    f.ksm() || f.thp() || f.compound_head() || f.compound_tail();
+                                if cand_idx[next_cand].1 {
+                                    c.nonwrite |= nw;
+                                } else {
+                                    p.nonwrite |= nw;
+                                }
+                                next_cand += 1;
+                            }
+                            ev.base_zero = st.hist == Hist::Shared && inp.zero.contains(st.frame);
+                        } else {
+                            let (x, y) = (pf.at(a), cf.at(a));
+                            p.zero = x.zero;
+                            p.pmd_mapped = x.pmd_mapped;
+                            c.zero = y.zero;
+                            c.pmd_mapped = y.pmd_mapped;
+                            ev.same_mapping = kept_cursor.contains(a);
+                            ev.file_backed = file_backed;
+                            ev.family_rule = inp.family_rule;
+                            if !ev.same_mapping {
+                                remapped += 1;
+                            }
+                        }
+                        let was_shared = st.hist == Hist::Shared;
                         let Some(class) = classify::classify(
                             &mut st,
                             p,
                             c,
-                            self.released_by_parent.get(i),
-                            self.released_by_child.get(i),
+                            released_by_parent.get(i),
+                            released_by_child.get(i),
                             ev,
                         ) else {
                             continue;
                         };
-                        class
-                    };
-                    self.frames[i] = st.frame;
-                    self.hist[i] = st.hist as u8;
-                    per_vma[s.vma].add(class);
-                }
-                done += k;
-            }
+                        if was_shared
+                            && ev.base_zero
+                            && ((class == Class::CopiedByChild && c.nonwrite)
+                                || (class == Class::CopiedByParent && p.nonwrite))
+                        {
+                            *thp_from_zero += 1;
+                        }
+                        frames[i] = st.frame;
+                        hist[i] = st.hist as u8;
+                        counts.add(class);
+                    }
+                    Ok(())
+                })
+                .map_err(side_err)?;
         }
         let mut total = Counts::default();
         for v in &per_vma {
@@ -504,20 +586,61 @@ impl Baseline {
             total.total,
             "page classes must partition the baseline"
         );
-        Ok((total, per_vma))
+        Ok(SampleOut {
+            total,
+            per_vma,
+            remapped,
+        })
     }
 }
 
-/// PAGEMAP_SCAN categories per page of `[addr, addr + pages)` (without PFNs: the zero page
-/// and PMD mappings are visible only this way). `None` when the ioctl is missing.
-fn scan_categories(pm: &Pagemap, addr: u64, pages: usize) -> Option<Vec<u64>> {
-    if !crate::mem::scan::available() {
-        return None;
+/// The parts of `base`'s range where a VMA of `now` (sorted) has the same identity.
+fn matching(base: &SmapsEntry, now: &[SmapsEntry]) -> Vec<(u64, u64)> {
+    now.iter()
+        .filter(|v| v.start < base.end && base.start < v.end && same_identity(base, v))
+        .map(|v| (v.start.max(base.start), v.end.min(base.end)))
+        .collect()
+}
+
+/// The intersection of two sorted lists of disjoint ranges.
+fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let (mut i, mut j) = (0, 0);
+    let mut out = Vec::new();
+    while i < a.len() && j < b.len() {
+        let (lo, hi) = (a[i].0.max(b[j].0), a[i].1.min(b[j].1));
+        if lo < hi {
+            out.push((lo, hi));
+        }
+        if a[i].1 <= b[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
     }
-    let ps = crate::kernel::page_size() as u64;
-    crate::mem::scan::scan(pm, addr, addr + pages as u64 * ps, false)
-        .ok()
-        .map(|s| s.per_page())
+    out
+}
+
+/// A cursor over sorted disjoint ranges, asked in increasing address order. `None` ranges:
+/// every address is inside (the check is not needed).
+struct Ranges<'a> {
+    ranges: Option<&'a [(u64, u64)]>,
+    next: usize,
+}
+
+impl<'a> Ranges<'a> {
+    fn new(ranges: Option<&'a [(u64, u64)]>) -> Self {
+        Ranges { ranges, next: 0 }
+    }
+
+    fn contains(&mut self, a: u64) -> bool {
+        let Some(r) = self.ranges else {
+            return true;
+        };
+        while self.next < r.len() && r[self.next].1 <= a {
+            self.next += 1;
+        }
+        r.get(self.next).is_some_and(|&(lo, _)| lo <= a)
+    }
 }
 
 /// What a sample needs besides the baseline.
@@ -533,6 +656,50 @@ pub struct SampleInput<'a> {
     pub kpage: Option<&'a Kpage>,
     /// The zero frames (root).
     pub zero: &'a ZeroPfns,
-    /// No third process can map these frames (without PFNs, "mapped twice" then means "by both").
-    pub pair_is_whole_family: bool,
+    /// Without PFNs: "neither side has bit 56" proves "mapped by both" (see
+    /// [`Evidence::family_rule`]).
+    pub family_rule: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_intersection_keeps_only_what_both_sides_still_map() {
+        assert_eq!(
+            intersect(&[(0, 10), (20, 30)], &[(5, 25), (28, 40)]),
+            [(5, 10), (20, 25), (28, 30)]
+        );
+        let mut r = Ranges::new(Some(&[(5, 10), (20, 25)]));
+        let inside: Vec<u64> = (0..30).filter(|&a| r.contains(a)).collect();
+        assert_eq!(inside, [5, 6, 7, 8, 9, 20, 21, 22, 23, 24]);
+    }
+
+    fn vma(start: u64, end: u64, inode: u64, offset: u64, path: &str) -> SmapsEntry {
+        SmapsEntry {
+            start,
+            end,
+            perms: "rw-p".into(),
+            offset,
+            dev: "fe:01".into(),
+            inode,
+            pathname: path.into(),
+            ..SmapsEntry::default()
+        }
+    }
+
+    #[test]
+    fn another_file_mapped_over_part_of_a_vma_is_no_longer_the_same_mapping() {
+        let base = vma(0x1000, 0x9000, 7, 0, "/a");
+        let now = [
+            vma(0x1000, 0x3000, 7, 0, "/a"),
+            vma(0x3000, 0x5000, 8, 0, "/b"),
+            vma(0x5000, 0x9000, 7, 0x4000, "/a"),
+        ];
+        assert_eq!(matching(&base, &now), [(0x1000, 0x3000), (0x5000, 0x9000)]);
+        // The same file at another offset there is another page of it.
+        let moved = [vma(0x1000, 0x9000, 7, 0x1000, "/a")];
+        assert!(matching(&base, &moved).is_empty());
+    }
 }

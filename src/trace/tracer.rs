@@ -22,7 +22,7 @@ use super::{
     Attribution, BaselineInfo, FinalSample, ForkRecord, PairEnd, ProcessRecord, ProgramExit,
     ReleaseTracking, Sample, Target, TraceBody, TraceOptions, VmaRow,
 };
-use crate::error::{Error, Result};
+use crate::error::{EXIT_UNPROVEN, Error, Result};
 use crate::fork::child::{self, ChildOp};
 use crate::fork::subject::{SubjectPipes, spawn};
 use crate::mem::kpage::Kpage;
@@ -90,6 +90,8 @@ struct Pair {
     pm_child: Option<Pagemap>,
     live: bool,
     last: Option<(f64, String, Counts, Vec<Counts>)>,
+    /// Without PFNs, at the last sample: baseline pages no longer under their fork-time VMA.
+    remapped: u64,
 }
 
 struct SigmaskGuard(libc::sigset_t);
@@ -136,15 +138,11 @@ fn signal_name(n: i32) -> String {
         .unwrap_or_else(|_| format!("SIG{n}"))
 }
 
-fn status_field(pid: i32, field: &str) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .map(|v| v.trim().to_string())
-}
-
 fn tgid_of(tid: i32) -> Option<i32> {
-    status_field(tid, "Tgid:")?.parse().ok()
+    crate::mem::process::status(tid)
+        .ok()
+        .map(|s| s.tgid)
+        .filter(|&t| t > 0)
 }
 
 fn exe_of(pid: i32) -> String {
@@ -154,13 +152,7 @@ fn exe_of(pid: i32) -> String {
 }
 
 fn thread_ids(tgid: i32) -> Vec<i32> {
-    std::fs::read_dir(format!("/proc/{tgid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::mem::process::threads(tgid).unwrap_or_default()
 }
 
 /// The end of the `[heap]` VMA: the page-aligned program break (None without a heap).
@@ -176,18 +168,8 @@ fn heap_end(pid: i32) -> Option<u64> {
 /// in which every other live thread has SIGKILL pending)? A lone `pthread_exit` is not.
 fn process_is_ending(tgid: i32, tid: i32) -> bool {
     thread_ids(tgid).into_iter().filter(|&t| t != tid).all(|t| {
-        let path = format!("/proc/{tgid}/task/{t}/status");
-        let Ok(s) = std::fs::read_to_string(path) else {
-            return true;
-        };
-        let state = s.lines().find_map(|l| l.strip_prefix("State:"));
-        if state.is_some_and(|v| matches!(v.trim().chars().next(), Some('Z' | 'X'))) {
-            return true;
-        }
-        s.lines()
-            .find_map(|l| l.strip_prefix("SigPnd:"))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .is_some_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+        crate::mem::process::task_status(tgid, t)
+            .map_or(true, |s| s.is_zombie() || s.has_pending(libc::SIGKILL))
     })
 }
 
@@ -318,7 +300,10 @@ fn start_command(
     Ok((pid, report))
 }
 
+/// Why PTRACE_SEIZE was refused: a tracer already attached, Yama, and the credential
+/// reasons `mem::process` gives for every ptrace access check.
 fn ptrace_refused(pid: i32, e: std::io::Error) -> Error {
+    use crate::mem::process::{self, Access, CAP_SYS_PTRACE};
     if e.raw_os_error() == Some(libc::ESRCH) {
         return Error::usage(format!("no process with pid {pid}"));
     }
@@ -326,32 +311,39 @@ fn ptrace_refused(pid: i32, e: std::io::Error) -> Error {
         return Error::io(format!("attaching to pid {pid} with ptrace"), e);
     }
     let mut why = Vec::new();
-    if let Some(t) = status_field(pid, "TracerPid:").filter(|t| t != "0") {
+    if let Some(t) = process::status(pid).ok().map(|s| s.tracer_pid).filter(|&t| t != 0) {
         why.push(format!(
             "it is already traced by pid {t} (a debugger or strace?)"
         ));
     }
-    if let Ok(y) = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        && y.trim() != "0"
-    {
+    let scope = crate::kernel::read_setting("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|y| y.trim().parse::<u8>().ok());
+    let cap = process::has_capability(CAP_SYS_PTRACE);
+    let ancestor = crate::inspect::proc::ancestors_of(pid).contains(&(std::process::id() as i32));
+    let yama = match scope {
+        Some(3) => Some("3: no process may attach"),
+        Some(2) if !cap => Some("2: only CAP_SYS_PTRACE may attach"),
+        Some(1) if !cap && !ancestor => {
+            Some("1: only an ancestor (or CAP_SYS_PTRACE) may attach")
+        }
+        _ => None,
+    };
+    if let Some(y) = yama {
         why.push(format!(
-            "Yama's ptrace_scope is {} (1: only descendants; as root, \
-             `sysctl kernel.yama.ptrace_scope=0` allows attaching)",
-            y.trim()
+            "Yama's ptrace_scope is {y} (as root, `sysctl kernel.yama.ptrace_scope=0` \
+             allows attaching; 3 needs a reboot)"
         ));
     }
-    if let Some(uid) = status_field(pid, "Uid:") {
-        let me = nix::unistd::geteuid().as_raw();
-        let theirs: Vec<&str> = uid.split_whitespace().collect();
-        if me != 0 && theirs.iter().any(|u| u.parse::<u32>().ok() != Some(me)) {
-            why.push(format!(
-                "it runs as uid {} and cowscope as uid {me} without CAP_SYS_PTRACE",
-                theirs.first().unwrap_or(&"?")
-            ));
-        }
+    if let Some(r) = process::denied_because(pid, Access::Attach) {
+        why.push(r);
     }
     if why.is_empty() {
-        why.push("the kernel refused PTRACE_SEIZE (EPERM)".into());
+        why.push(
+            "the kernel refused PTRACE_SEIZE (EPERM); a Linux security module (SELinux, \
+             AppArmor) may forbid it"
+                .into(),
+        );
     }
     Error::Privilege(format!(
         "not permitted to trace pid {pid}: {}",
@@ -400,6 +392,13 @@ struct Tracer<'a> {
     ps: u64,
     our_pgid: i32,
     finished: bool,
+    /// What a clear bit 56 proves here (only asked without PFNs).
+    bit56: super::mapcount::Bit56,
+    /// KSM merges pages (it may merge them with unrelated processes').
+    ksm_running: bool,
+    /// Processes running a 32-bit program while releases were tracked (their releases were
+    /// not).
+    untracked_32bit: Vec<i32>,
 }
 
 /// Run the trace described by `opts`.
@@ -477,6 +476,15 @@ pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
         // SAFETY: getpgrp has no preconditions.
         our_pgid: unsafe { libc::getpgrp() },
         finished: false,
+        // Without PFNs only (the probe forks a child of cowscope: before any tracee exists).
+        bit56: if sys.pfn_visible {
+            super::mapcount::Bit56::Exact
+        } else {
+            super::mapcount::semantics()
+        },
+        ksm_running: crate::kernel::read_setting("/sys/kernel/mm/ksm/run")
+            .is_ok_and(|r| r.trim() == "1"),
+        untracked_32bit: Vec::new(),
     };
     match &opts.target {
         Target::Command(argv) => {
@@ -511,6 +519,21 @@ pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
     t.finish()?;
     drop(guard);
     Ok(std::mem::replace(&mut t.body, empty_body()))
+}
+
+/// How the traced program ended, as cowscope reports it and exits: its own status when its
+/// end was seen; 0 when cowscope detached and it runs on; else 3 (could not prove), never a
+/// made-up 0.
+fn program_exit(seen: Option<ProgramExit>, detached: bool) -> ProgramExit {
+    match seen {
+        Some(e) => e,
+        None if detached => ProgramExit::default(),
+        None => ProgramExit {
+            code: None,
+            signal: None,
+            status: EXIT_UNPROVEN,
+        },
+    }
 }
 
 fn empty_body() -> TraceBody {
@@ -635,15 +658,15 @@ impl Tracer<'_> {
                 let _ = ptrace::interrupt(tid);
             }
         }
-        let pre =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let n = pre.split_whitespace().count();
-        if n > 0 {
+        let pre = crate::mem::process::children(pid, pid).unwrap_or_default();
+        if !pre.is_empty() {
+            let list: Vec<String> = pre.iter().map(i32::to_string).collect();
             self.body.notes.push(format!(
-                "pid {pid} already had {n} child process(es) when cowscope attached ({}); \
+                "pid {pid} already had {} child process(es) when cowscope attached ({}); \
                  forks made before attaching have no fork-time baseline and are not traced \
                  (compare such pairs with `cowscope inspect`)",
-                pre.trim()
+                pre.len(),
+                list.join(" ")
             ));
         }
         Ok(())
@@ -834,7 +857,8 @@ impl Tracer<'_> {
             self.resume(tid, 0);
             return;
         }
-        let shares_mm = ev == event::VFORK || ptrace::same_mm(tid, new) == Some(true);
+        let shares_mm =
+            ev == event::VFORK || crate::mem::process::same_address_space(tid, new) == Some(true);
         let parent_mm = self.procs.get(&ptgid).map_or(ptgid, |p| p.mm);
         if !self.procs.contains_key(&new) {
             self.add_process(
@@ -921,6 +945,7 @@ impl Tracer<'_> {
                     pm_child: Some(pm_c),
                     live: true,
                     last: None,
+                    remapped: 0,
                 });
             }
             Err(e) => self.body.forks[fork]
@@ -1018,10 +1043,12 @@ impl Tracer<'_> {
         if tgid == self.root {
             self.read_report_pipe();
         }
-        if self.tracking == Tracking::Seccomp && is_32bit_elf(tgid) {
+        if self.tracking != Tracking::None && is_32bit_elf(tgid) {
+            self.untracked_32bit.push(tgid);
             self.body.notes.push(format!(
-                "pid {tgid} runs a 32-bit program ({}): the seccomp filter passes 32-bit \
-                 syscalls, so its releases are not tracked",
+                "pid {tgid} runs a 32-bit program ({}): its 32-bit syscalls are not decoded \
+                 (the seccomp filter and the --syscalls table know the native ABI only), so \
+                 its releases are not tracked",
                 exe_of(tgid)
             ));
         }
@@ -1254,16 +1281,17 @@ impl Tracer<'_> {
             pfn_visible: self.pfn_visible,
             kpage: self.kpage.as_ref(),
             zero: &self.zero,
-            pair_is_whole_family: whole,
+            family_rule: whole && self.bit56.clear_means_mapped_twice() && !self.ksm_running,
         };
         match base.sample(&inp) {
-            Ok((total, per_vma)) => {
+            Ok(out) => {
                 self.body.forks[pair.fork].samples.push(Sample {
                     at,
                     trigger: trigger.to_string(),
-                    counts: total,
+                    counts: out.total,
                 });
-                pair.last = Some((at, trigger.to_string(), total, per_vma));
+                pair.remapped = out.remapped;
+                pair.last = Some((at, trigger.to_string(), out.total, out.per_vma));
             }
             Err(e) => {
                 let fork = pair.fork;
@@ -1321,6 +1349,23 @@ impl Tracer<'_> {
                     counts,
                     vmas,
                 });
+                if base.thp_from_zero() > 0 {
+                    rec.notes.push(format!(
+                        "{} page(s) were the huge zero page until a write gave the writer a \
+                         whole new THP (Linux 6.13+: a write into the huge zero page allocates \
+                         2 MiB instead of splitting it): counted as copied by that side, which \
+                         did get that memory, not as moved",
+                        base.thp_from_zero()
+                    ));
+                }
+                if pair.remapped > 0 {
+                    rec.notes.push(format!(
+                        "{} baseline page(s) lie where a side no longer maps the fork-time VMA \
+                         (another mapping there since): without PFNs none of them is called \
+                         shared",
+                        pair.remapped
+                    ));
+                }
             }
             (None, Some(_)) => rec.notes.push(format!(
                 "no sample before the pair ended ({by}): a process killed by SIGKILL makes \
@@ -1450,10 +1495,35 @@ impl Tracer<'_> {
                 self.end_pair(i, "trace_end");
             }
         }
-        if self.mode == Mode::Command && self.root_exit.is_none() {
-            self.body
-                .notes
-                .push("the command's exit status was not seen".into());
+        let detached = self.body.ended_by == "detached";
+        if self.root_exit.is_none() && !detached {
+            self.body.notes.push(format!(
+                "the traced program's exit status was not seen: cowscope exits {EXIT_UNPROVEN} \
+                 (could not prove), not 0"
+            ));
+        }
+        let root_exited = self
+            .body
+            .processes
+            .first()
+            .and_then(|p| p.exited_at)
+            .unwrap_or(f64::INFINITY);
+        let outlived: Vec<String> = self
+            .body
+            .processes
+            .iter()
+            .skip(1)
+            .filter(|p| p.exited_at.is_some_and(|t| t > root_exited + 0.1))
+            .map(|p| p.pid.to_string())
+            .collect();
+        if !outlived.is_empty() && !detached {
+            self.body.notes.push(format!(
+                "the program exited at {root_exited:.3} s and left {} process(es) running \
+                 (a daemon?): {}; cowscope traced them until they exited (a traced process \
+                 cannot run on untraced)",
+                outlived.len(),
+                outlived.join(", ")
+            ));
         }
         if self.mode == Mode::Command && self.body.processes.first().is_some_and(|p| p.execs == 0) {
             let cmd = self
@@ -1475,7 +1545,7 @@ impl Tracer<'_> {
                 }
             }
         }
-        self.body.exit = self.root_exit.clone().unwrap_or_default();
+        self.body.exit = program_exit(self.root_exit.clone(), detached);
         self.body.duration_s = self.now();
         self.fill_attribution();
         Ok(())
@@ -1484,40 +1554,77 @@ impl Tracer<'_> {
     fn fill_attribution(&mut self) {
         let a = &mut self.body.attribution;
         a.proven.push(
-            "pages not mapped at the fork are outside the comparison; `total` counts the \
-             pages either side mapped at the fork in private VMAs"
+            "pages not mapped at the fork (in RAM or swap) are outside the comparison; \
+             `total` counts the pages either side had at the fork in private VMAs"
                 .into(),
         );
         if self.pfn_visible {
             a.proven.push(
-                "shared: both map the same frame (PFN equality); copied_by_child / \
-                 copied_by_parent: that side's frame left the fork-time frame while the other \
-                 still maps it"
+                "shared: both map the same frame (PFN equality) or the same swap slot; \
+                 copied_by_child / copied_by_parent: that side's frame left the fork-time \
+                 frame while the other still maps it"
                     .into(),
             );
             a.proven.push(
                 "moved: a new frame no write makes (KSM, THP built by khugepaged or \
-                 MADV_COLLAPSE, a page-cache page read again), told apart with kpageflags"
+                 MADV_COLLAPSE, a page-cache page read again), told apart with kpageflags; a \
+                 new frame where the zero page was is the writer's copy, even a whole THP \
+                 (Linux 6.13+ gives a write into the huge zero page 2 MiB)"
                     .into(),
             );
         } else {
-            a.unproven.push(
+            let family = if self.bit56.clear_means_mapped_twice() && !self.ksm_running {
+                "an anonymous page mapped more than once on both sides (bit 56 clear, exact \
+                 per-page mapcounts on this kernel) is `shared` only while the pair is all \
+                 that lives of its address space's family and both still map the fork-time \
+                 VMA there, else `unproven`"
+                    .to_string()
+            } else {
+                format!(
+                    "a page mapped more than once on both sides is `unproven`: {}",
+                    if self.ksm_running {
+                        "KSM runs here and may merge pages with unrelated processes"
+                    } else {
+                        match self.bit56 {
+                            super::mapcount::Bit56::CertainlyExclusive => {
+                                "on this kernel (CONFIG_NO_PAGE_MAPCOUNT) a clear bit 56 only \
+                                 means \"maybe shared\" for pages of large folios"
+                            }
+                            _ => {
+                                "whether a clear bit 56 means \"mapped more than once\" on \
+                                 this kernel (6.15+: CONFIG_NO_PAGE_MAPCOUNT) could not be \
+                                 probed (no THP)"
+                            }
+                        }
+                    }
+                )
+            };
+            a.unproven.push(format!(
                 "PFNs are hidden (no CAP_SYS_ADMIN): who copied cannot be told. A page with \
-                 the exclusive bit on either side is `diverged` (proven not shared); a page \
-                 mapped twice on both sides is `shared` only while the pair is all that lives \
-                 of its address space's family, else `unproven`; KSM merges and THP collapses \
-                 cannot be told from copies"
-                    .into(),
-            );
+                 the exclusive bit on either side (not PMD-mapped) is `diverged` (proven not \
+                 shared); {family}; a page-cache page is `shared` where both still map the \
+                 same file offset; KSM merges and THP collapses cannot be told from copies"
+            ));
         }
+        let untracked: Vec<String> = self.untracked_32bit.iter().map(i32::to_string).collect();
         match self.tracking {
-            Tracking::Seccomp | Tracking::Syscalls => a.proven.push(
+            Tracking::Seccomp | Tracking::Syscalls if untracked.is_empty() => a.proven.push(
                 "released_by_child / released_by_parent come from the syscalls themselves \
                  (munmap, madvise DONTNEED/FREE/REMOVE/DONTNEED_LOCKED/GUARD_INSTALL, mremap, \
                  brk shrinking, MAP_FIXED mmap, remap_file_pages), recorded when they \
                  succeed; a page released and touched again is a release, not a copy"
                     .into(),
             ),
+            Tracking::Seccomp | Tracking::Syscalls => {
+                a.releases_tracked = false;
+                a.unproven.push(format!(
+                    "releases are tracked for 64-bit programs only: pid {} ran a 32-bit \
+                     program whose syscalls are not decoded; there a page released and \
+                     touched again counts as copied by that side, and one released and left \
+                     as only_parent / only_child",
+                    untracked.join(", ")
+                ));
+            }
             Tracking::None => a.unproven.push(
                 "releases are not tracked (attached without --syscalls): a page a side \
                  released and touched again has a fresh frame and counts as copied by that \
