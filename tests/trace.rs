@@ -320,6 +320,56 @@ fn a_collapse_into_a_huge_page_moves_frames_without_a_write() {
     );
 }
 
+/// The huge zero page, written by the child: on Linux 6.13+ the write gives the child a
+/// whole new THP (512 new frames, THP in kpageflags: the same flags a collapse leaves, which
+/// is `moved` elsewhere), and those 512 pages are the child's copy; on older kernels the
+/// kernel splits the huge zero page into small zero pages (different frames, both zero) and
+/// copies one page. Which of the two happened, the child reads from its own smaps.
+#[test]
+fn a_write_into_the_huge_zero_page_is_the_writers_copy_and_a_split_stays_zero() {
+    if !is_root() {
+        eprintln!("SKIP: telling zero frames and THPs apart needs PFNs and kpageflags (root)");
+        return;
+    }
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let zero = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/use_zero_page")
+        .unwrap_or_default();
+    if thp.is_empty() || thp.contains("[never]") || zero.trim() != "1" {
+        eprintln!("SKIP: THP or its huge zero page is disabled here");
+        return;
+    }
+    let t = trace(&[], &cow_exact(), &["n=4", "hzp=1"]);
+    if t.status == Some(95) {
+        eprintln!("SKIP: the read fault did not map the huge zero page");
+        return;
+    }
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    let thp_kb: u64 = t
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("hzp_child_thp_kb "))
+        .expect("the child reports its AnonHugePages")
+        .trim()
+        .parse()
+        .unwrap();
+    let f = &t.report["forks"][0];
+    let row = vma_row(f, &printed_start(&t.stdout, "hzp"));
+    if thp_kb == 2048 {
+        assert_counts(row, &[("copied_by_child", 512)]);
+        assert!(
+            f["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().contains("huge zero page until a write")),
+            "the report says why 512 pages are the child's: {f:#}"
+        );
+    } else {
+        assert_counts(row, &[("copied_by_child", 1), ("zero", 511)]);
+    }
+}
+
 #[test]
 fn interval_samples_are_taken_while_the_pair_lives() {
     let t = trace(
@@ -713,6 +763,175 @@ fn without_out_a_table_goes_to_stderr_and_stdout_stays_the_programs() {
     );
 }
 
+#[test]
+fn json_without_out_goes_to_stderr_after_the_programs_output_and_stdout_stays_the_programs() {
+    let out = Command::new(bin())
+        .args(["trace", "--format", "json", "--"])
+        .args(["/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "the program's status");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
+    let se = String::from_utf8_lossy(&out.stderr);
+    let doc = se
+        .strip_prefix("to-stderr\n")
+        .unwrap_or_else(|| panic!("the program's stderr first: {se}"));
+    let v: Value = serde_json::from_str(doc).expect("the rest of stderr is the JSON report");
+    assert_eq!(v["exit"]["status"], 7);
+}
+
+/// A command that daemonizes (the daemon in a session of its own, its parent exiting at
+/// once): cowscope keeps tracing the daemon until it exits (a traced process never runs on
+/// untraced), says so, exits with the command's own status, and leaves nothing behind.
+#[test]
+fn a_daemonizing_command_is_followed_until_the_daemon_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let t0 = Instant::now();
+    let mut c = spawn_trace(
+        &["--", "/bin/sh", "-c", "setsid /bin/sleep 1 </dev/null & exit 5"],
+        &out,
+    );
+    let me = c.id() as i32;
+    let code = wait_exit(&mut c, Duration::from_secs(20));
+    assert_eq!(code, Some(5), "the command's status, not the daemon's");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "cowscope waited for the daemon's second"
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let procs = v["processes"].as_array().unwrap();
+    let sleep = procs
+        .iter()
+        .find(|p| p["exe"].as_str().is_some_and(|e| e.ends_with("/sleep")))
+        .expect("the daemon was traced");
+    assert!(sleep["exited_at"].as_f64().unwrap() >= 0.9, "{sleep:#}");
+    assert!(
+        v["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("left 1 process(es) running")),
+        "{:#}",
+        v["notes"]
+    );
+    assert!(children(me).is_empty());
+    for p in procs {
+        assert_clean(p["pid"].as_i64().unwrap() as i32);
+    }
+}
+
+/// A minimal static i386 ELF executable: `exit(0)` through `int 0x80`.
+fn tiny_32bit_program(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let base: u32 = 0x0804_8000;
+    let code = [0xb8, 1, 0, 0, 0, 0x31, 0xdb, 0xcd, 0x80]; // mov eax,1; xor ebx,ebx; int 0x80
+    let size = 52 + 32 + code.len() as u32;
+    let mut f: Vec<u8> = vec![0x7f, b'E', b'L', b'F', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let h16 = |v: &mut Vec<u8>, x: u16| v.extend_from_slice(&x.to_le_bytes());
+    let h32 = |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&x.to_le_bytes());
+    h16(&mut f, 2); // ET_EXEC
+    h16(&mut f, 3); // EM_386
+    h32(&mut f, 1);
+    h32(&mut f, base + 84); // entry: right after the headers
+    h32(&mut f, 52); // phoff
+    h32(&mut f, 0); // shoff
+    h32(&mut f, 0); // flags
+    h16(&mut f, 52); // ehsize
+    h16(&mut f, 32); // phentsize
+    h16(&mut f, 1); // phnum
+    h16(&mut f, 40); // shentsize
+    h16(&mut f, 0); // shnum
+    h16(&mut f, 0); // shstrndx
+    h32(&mut f, 1); // PT_LOAD
+    h32(&mut f, 0); // offset
+    h32(&mut f, base); // vaddr
+    h32(&mut f, base); // paddr
+    h32(&mut f, size); // filesz
+    h32(&mut f, size); // memsz
+    h32(&mut f, 5); // R+X
+    h32(&mut f, 0x1000); // align
+    f.extend_from_slice(&code);
+    assert_eq!(f.len() as u32, size);
+    std::fs::write(path, &f).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[rstest]
+#[case::seccomp(&[])]
+#[case::syscalls(&["--syscalls"])]
+fn a_32bit_program_has_its_releases_reported_untracked(#[case] extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let prog = dir.path().join("tiny32");
+    tiny_32bit_program(&prog);
+    if Command::new(&prog).status().ok().and_then(|s| s.code()) != Some(0) {
+        eprintln!("SKIP: this kernel does not run i386 programs (no IA32 emulation)");
+        return;
+    }
+    let t = trace(extra, &prog, &[]);
+    assert_eq!(t.status, Some(0), "{}", t.stderr);
+    let a = &t.report["attribution"];
+    assert_eq!(a["releases_tracked"], false, "{a:#}");
+    assert!(
+        !a["proven"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("released_by")),
+        "no release is claimed proven: {a:#}"
+    );
+    assert!(
+        a["unproven"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("32-bit")),
+        "{a:#}"
+    );
+}
+
+/// Whether pagemap bit 56 counts mappings per page is a kernel build option since 6.15
+/// (CONFIG_PAGE_MAPCOUNT vs CONFIG_NO_PAGE_MAPCOUNT): the fork probe must say what the
+/// kernel's own config says.
+#[test]
+fn the_bit_56_probe_agrees_with_the_kernel_config() {
+    use cowscope::trace::mapcount::{Bit56, probe};
+    let release = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let config = Command::new("zcat")
+        .arg("/proc/config.gz")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .or_else(|| std::fs::read_to_string(format!("/boot/config-{release}")).ok());
+    let Some(config) = config else {
+        eprintln!("SKIP: no kernel config to compare with (/proc/config.gz, /boot)");
+        return;
+    };
+    let want = if config.lines().any(|l| l == "CONFIG_NO_PAGE_MAPCOUNT=y") {
+        Bit56::CertainlyExclusive
+    } else if config.lines().any(|l| l == "CONFIG_PAGE_MAPCOUNT=y")
+        || !config.contains("NO_PAGE_MAPCOUNT")
+    {
+        Bit56::Exact
+    } else {
+        eprintln!("SKIP: the config says neither");
+        return;
+    };
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    match probe() {
+        Some(got) => assert_eq!(got, want),
+        None if thp.is_empty() || thp.contains("[never]") => {
+            eprintln!("SKIP: no THP to probe with")
+        }
+        None => panic!("THP is enabled, yet the probe could not tell (want {want:?})"),
+    }
+}
+
 // ---- without privilege ----
 
 fn as_nobody(args: &[&str]) -> std::process::Output {
@@ -790,6 +1009,102 @@ fn without_permission_to_attach_the_error_says_why_and_exits_3() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not permitted to trace"), "{err}");
+}
+
+/// Without PFNs, with `--pid` and no syscall tracking (the child's MAP_FIXED mmap is not
+/// seen): the child maps another file where the parent's file mapping was. Page-cache pages
+/// on both sides are no longer the same page (another file), so they must not be `shared`;
+/// each is mapped once, and bit 56 proves the difference.
+#[test]
+fn without_pfns_another_file_mapped_there_since_is_not_shared() {
+    if !is_root() {
+        eprintln!("SKIP: setpriv needs root to drop to uid 65534");
+        return;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out_path = dir.path().join("t.json");
+    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+    let mut target = Command::new("setpriv")
+        .args(nobody)
+        .arg(cow_exact())
+        .args(["n=8", "remap=4", "wait=1"])
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = target.id() as i32;
+    let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
+    let remap = loop {
+        let l = lines.next().expect("the program prints its mappings").unwrap();
+        if let Some(r) = l.strip_prefix("remap ") {
+            break r.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let mut c = Command::new("setpriv")
+        .args(nobody)
+        .arg(programs().join("cowscope"))
+        .args(["trace", "--pid", &pid.to_string(), "--out"])
+        .arg(&out_path)
+        .current_dir("/")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("cowscope to attach", Duration::from_secs(10), || {
+        status(pid).is_some_and(|s| field(&s, "TracerPid:") == c.id().to_string())
+    });
+    target.stdin.take().unwrap().write_all(b"g").unwrap();
+    let code = wait_exit(&mut c, Duration::from_secs(20));
+    assert_eq!(target.wait().unwrap().code(), Some(0));
+    assert_eq!(code, Some(0), "cowscope exits with the target's status");
+    let v: Value = serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    assert_eq!(v["attribution"]["pfn_visible"], false);
+    assert_eq!(v["release_tracking"]["method"], "none");
+    assert_counts(vma_row(&v["forks"][0], &remap), &[("diverged", 4)]);
+}
+
+/// Root without CAP_SYS_PTRACE may not attach to a process with more capabilities: the error
+/// names the missing capability (mem::process's reasons), exit 3.
+#[test]
+fn root_without_cap_sys_ptrace_is_told_why_it_may_not_attach() {
+    if !is_root() {
+        eprintln!("SKIP: needs root");
+        return;
+    }
+    let mut target = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = Command::new("setpriv")
+        .args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace"])
+        .arg(programs().join("cowscope"))
+        .args(["trace", "--pid", &target.id().to_string()])
+        .output()
+        .unwrap();
+    target.kill().unwrap();
+    target.wait().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without CAP_SYS_PTRACE"), "{err}");
+}
+
+#[test]
+fn without_privilege_the_table_never_says_a_side_copied_nothing() {
+    if !is_root() {
+        eprintln!("SKIP: setpriv needs root to drop to uid 65534");
+        return;
+    }
+    let prog = cow_exact();
+    let out = as_nobody(&["trace", "--", prog.to_str().unwrap(), "n=32", "a=4", "b=3"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stderr);
+    let line = table
+        .lines()
+        .find(|l| l.contains("=> "))
+        .unwrap_or_else(|| panic!("a closing sentence: {table}"));
+    assert!(!line.contains("copied 0.0"), "{line}");
+    assert!(line.contains("who copied is unproven"), "{line}");
+    assert!(line.contains("proven diverged") && line.contains("unproven"), "{line}");
 }
 
 // ---- real programs ----

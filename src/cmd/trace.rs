@@ -17,11 +17,19 @@ use super::{DocFormat, parse_number};
 #[command(after_help = "Examples:\n  cowscope trace -- python3 server.py\n  \
     cowscope trace --out trace.json --interval 500ms -- redis-server --port 7777\n  \
     cowscope trace --pid 4242 --syscalls\n\n\
+    Output: the report goes to stderr when it ends (a table, or JSON with --format json), \
+    after the program's own output, so the program's stdout stays its own; --out FILE \
+    writes it to a file instead (--out /dev/fd/3 to a descriptor of your shell).\n\
     Exit status: the traced program's (128 + N when signal N killed it), 0 after --pid \
-    detached from a target that runs on; 2 bad input, 3 not permitted to trace.\n\
+    detached from a target that runs on; 2 bad input, 3 not permitted to trace or the \
+    program's end was not seen.\n\
     Ctrl-C: with a command, the first one is passed to the program and cowscope waits for it \
     to exit (a traced command never runs on untraced); a second one kills it. With --pid, \
-    cowscope detaches and the target runs on.")]
+    cowscope detaches and the target runs on.\n\
+    Daemons: cowscope follows every process the command starts, also one that daemonizes \
+    (forks, setsid, and its parent exits): tracing ends when the last of them exits, so \
+    `trace -- redis-server --daemonize yes` runs until that server is shut down. Run daemons \
+    in the foreground, or attach with --pid.")]
 pub struct Args {
     /// Attach to this running process instead of running a command.
     #[arg(long, value_name = "PID")]
@@ -33,11 +41,12 @@ pub struct Args {
     /// command it replaces the seccomp filter (slower).
     #[arg(long)]
     pub syscalls: bool,
-    /// Write the report here atomically (JSON unless --format table) instead of printing a
-    /// table to stderr.
+    /// Write the report here atomically (JSON unless --format table) instead of printing it
+    /// on stderr.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// json or table (default: json with --out, a table on stderr without).
+    /// json or table (default: json with --out, a table without). Without --out either goes
+    /// to stderr, never stdout (the program's own).
     #[arg(long, value_enum)]
     pub format: Option<DocFormat>,
     /// The command and its arguments, after `--`.

@@ -29,17 +29,30 @@ fn rows(c: &Counts) -> [(&'static str, u64); 14] {
     ]
 }
 
-/// One sentence a person can act on.
-fn sentence(f: &ForkRecord, ps: u64) -> Option<String> {
+/// One sentence a person can act on. Without PFNs nothing says who copied, so the sentence
+/// never names a side's copies (they are 0 by construction, not by proof): it gives what is
+/// proven apart (diverged) from what is not (unproven).
+fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     let fin = f.final_sample.as_ref()?;
     let c = &fin.counts;
     let tracked = f.baseline.as_ref().map_or(c.total, |b| b.pages);
-    let mut s = format!(
-        "the child copied {:.1} MiB and the parent {:.1} MiB of the {:.1} MiB mapped at the fork",
-        mib(c.copied_by_child, ps),
-        mib(c.copied_by_parent, ps),
-        mib(tracked, ps)
-    );
+    let mut s = if pfn_visible {
+        format!(
+            "the child copied {:.1} MiB and the parent {:.1} MiB of the {:.1} MiB mapped at the \
+             fork",
+            mib(c.copied_by_child, ps),
+            mib(c.copied_by_parent, ps),
+            mib(tracked, ps)
+        )
+    } else {
+        format!(
+            "who copied is unproven (PFNs hidden): of the {:.1} MiB mapped at the fork, {:.1} \
+             MiB are proven diverged (no longer the same page) and {:.1} MiB are unproven",
+            mib(tracked, ps),
+            mib(c.diverged, ps),
+            mib(c.unproven, ps)
+        )
+    };
     let copied = c.copied_by_child + c.copied_by_parent;
     if copied > 0
         && let Some(top) = fin
@@ -69,11 +82,18 @@ fn sentence(f: &ForkRecord, ps: u64) -> Option<String> {
             mib(c.released_by_parent, ps)
         );
     }
-    if c.diverged + c.unproven > 0 {
+    if pfn_visible && c.diverged > 0 {
         let _ = write!(
             s,
-            "; {:.1} MiB differ without proof of who copied",
-            mib(c.diverged + c.unproven, ps)
+            "; {:.1} MiB diverged without proof of who copied",
+            mib(c.diverged, ps)
+        );
+    }
+    if pfn_visible && c.unproven > 0 {
+        let _ = write!(
+            s,
+            "; {:.1} MiB unproven (a page in swap on one side, in RAM on the other)",
+            mib(c.unproven, ps)
         );
     }
     s.push('.');
@@ -171,9 +191,14 @@ pub fn table(r: &TraceDoc) -> String {
             }
             for v in top.iter().take(5) {
                 let c = &v.counts;
+                let (copy_label, copy_c, copy_p) = if b.attribution.pfn_visible {
+                    ("copied c/p", c.copied_by_child, c.copied_by_parent)
+                } else {
+                    ("diverged/unproven", c.diverged, c.unproven)
+                };
                 let _ = writeln!(
                     s,
-                    "    {}-{} {} {:<28} copied c/p {}/{}  released c/p {}/{}  other {}",
+                    "    {}-{} {} {:<28} {copy_label} {}/{}  released c/p {}/{}  other {}",
                     v.vma.start,
                     v.vma.end,
                     v.vma.perms,
@@ -182,20 +207,16 @@ pub fn table(r: &TraceDoc) -> String {
                     } else {
                         &v.vma.pathname
                     },
-                    c.copied_by_child,
-                    c.copied_by_parent,
+                    copy_c,
+                    copy_p,
                     c.released_by_child,
                     c.released_by_parent,
-                    c.total
-                        - c.shared
-                        - c.zero
-                        - c.copied_by_child
-                        - c.copied_by_parent
+                    c.total - c.shared - c.zero - copy_c - copy_p
                         - c.released_by_child
                         - c.released_by_parent
                 );
             }
-            if let Some(line) = sentence(f, ps) {
+            if let Some(line) = sentence(f, ps, b.attribution.pfn_visible) {
                 let _ = writeln!(s, "  => {line}");
             }
         }
@@ -219,4 +240,70 @@ pub fn table(r: &TraceDoc) -> String {
         let _ = writeln!(s, "note: {n}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{FinalSample, PairReleases};
+
+    fn fork(counts: Counts) -> ForkRecord {
+        ForkRecord {
+            parent: 1,
+            child: 2,
+            thread: 1,
+            kind: "fork".into(),
+            shares_mm: false,
+            at: 0.0,
+            pause_us: 0,
+            parent_read_us: 0,
+            child_hold_us: 0,
+            baseline: None,
+            samples: Vec::new(),
+            final_sample: Some(FinalSample {
+                at: 0.0,
+                trigger: "child_exit".into(),
+                counts,
+                vmas: Vec::new(),
+            }),
+            releases: PairReleases::default(),
+            ended: None,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn without_pfns_the_sentence_keeps_proven_diverged_and_unproven_apart_and_names_no_copier() {
+        // 2560 pages of 4 KiB = 10 MiB diverged, 1280 = 5 MiB unproven, 40 MiB in all.
+        let c = Counts {
+            total: 10240,
+            shared: 6400,
+            diverged: 2560,
+            unproven: 1280,
+            ..Counts::default()
+        };
+        let s = sentence(&fork(c), 4096, false).unwrap();
+        assert!(!s.contains("copied 0.0"), "{s}");
+        assert!(s.contains("who copied is unproven"), "{s}");
+        assert!(s.contains("of the 40.0 MiB mapped at the fork"), "{s}");
+        assert!(s.contains("10.0 MiB are proven diverged"), "{s}");
+        assert!(s.contains("5.0 MiB are unproven"), "{s}");
+    }
+
+    #[test]
+    fn with_pfns_diverged_and_unproven_are_not_added_together() {
+        let c = Counts {
+            total: 10240,
+            shared: 2560,
+            copied_by_child: 2560,
+            diverged: 2560,
+            unproven: 2560,
+            ..Counts::default()
+        };
+        let s = sentence(&fork(c), 4096, true).unwrap();
+        assert!(s.contains("the child copied 10.0 MiB"), "{s}");
+        assert!(s.contains("10.0 MiB diverged without proof"), "{s}");
+        assert!(s.contains("10.0 MiB unproven"), "{s}");
+        assert!(!s.contains("20.0"), "{s}");
+    }
 }

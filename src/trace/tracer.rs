@@ -1640,3 +1640,22 @@ impl Tracer<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_whose_end_was_never_seen_makes_cowscope_exit_3_not_0() {
+        assert_eq!(program_exit(None, false).status, EXIT_UNPROVEN);
+        assert_eq!(program_exit(None, false).code, None);
+        // Detached (--pid): the target runs on, nothing to report but success.
+        assert_eq!(program_exit(None, true).status, 0);
+        let seen = ProgramExit {
+            code: Some(42),
+            signal: None,
+            status: 42,
+        };
+        assert_eq!(program_exit(Some(seen), false).status, 42);
+    }
+}

@@ -22,7 +22,16 @@
  *   pin=K        register the arena's last K written pages as an io_uring fixed buffer
  *                before the fork (a long-term pin: fork copies them instead of sharing) ->
  *                copied_at_fork; exits 96 when io_uring is unavailable
- * Prints "arena 0x<start> 0x<end>" (and "collapse 0x<start> 0x<end>") on stdout, flushed
+ *   hzp=1        a 2 MiB-aligned MADV_HUGEPAGE region only read before the fork (the huge
+ *                zero page: checked through pagemap and kpageflags, exits 95 when it is not
+ *                one or cannot be checked); the child writes one byte into it and prints
+ *                "hzp_child_thp_kb N", its AnonHugePages there afterwards: 2048 when the
+ *                write gave it a whole new THP (Linux 6.13+), 0 when the kernel split the
+ *                huge zero page into small zero pages and copied one page
+ *   remap=K      a private, writable mapping of a K-page file, read before the fork; the
+ *                child maps another K-page file over it (MAP_FIXED) and reads it
+ *   wait=1       read one byte from stdin before forking (lets a test attach first)
+ * Prints "arena 0x<start> 0x<end>" (and "collapse ...", "hzp ...", "remap ...") on stdout, flushed
  * before the fork. The child only runs after the parent's work (a pipe), and the parent waits
  * for the child, so the child's exit stop sees both sides' work done.
  */
@@ -32,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <linux/io_uring.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -45,8 +55,10 @@
 #endif
 
 static long n, a, b, c, d, e, f, z, g, collapse, do_vfork, thread, use_free, code, hold, pin;
+static long hzp, remap, wait_stdin;
 static long ps;
-static char *arena, *carena;
+static char *arena, *carena, *hzarena, *rarena;
+static int remap_fd;
 
 static void die(const char *what) {
     perror(what);
@@ -65,6 +77,61 @@ static void msleep(long ms) {
     nanosleep(&t, NULL);
 }
 
+/* AnonHugePages (kB) of our VMA starting at `start`, from /proc/self/smaps. */
+static long anon_huge_kb(char *start) {
+    FILE *fp = fopen("/proc/self/smaps", "r");
+    if (!fp)
+        die("smaps");
+    char line[512];
+    int in = 0;
+    long kb = -1;
+    while (fgets(line, sizeof line, fp)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = lo == (unsigned long)start;
+            continue;
+        }
+        if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+            break;
+    }
+    fclose(fp);
+    return kb;
+}
+
+/* A file of `pages` pages, each starting with `mark`, unlinked; returns its descriptor. */
+static int temp_file(long pages, char mark) {
+    char name[] = "/tmp/cow_exact.XXXXXX";
+    int fd = mkstemp(name);
+    if (fd < 0)
+        die("mkstemp");
+    unlink(name);
+    char *buf = calloc(1, ps);
+    buf[0] = mark;
+    for (long i = 0; i < pages; i++)
+        if (write(fd, buf, ps) != ps)
+            die("write temp file");
+    free(buf);
+    return fd;
+}
+
+/* Whether [p, p + 512 pages) maps the huge zero page: present, consecutive frames, and
+ * kpageflags ZERO_PAGE (bit 24) on the first. Needs root (PFNs, kpageflags). */
+static int is_huge_zero(char *p) {
+    int pm = open("/proc/self/pagemap", O_RDONLY);
+    int kf = open("/proc/kpageflags", O_RDONLY);
+    if (pm < 0 || kf < 0)
+        return 0;
+    uint64_t e[512], flags = 0;
+    int ok = pread(pm, e, sizeof e, (off_t)((uintptr_t)p / ps * 8)) == sizeof e;
+    uint64_t pfn0 = e[0] & ((1ULL << 55) - 1);
+    for (int i = 0; ok && i < 512; i++)
+        ok = (e[i] >> 63) && (e[i] & ((1ULL << 55) - 1)) == pfn0 + i;
+    ok = ok && pfn0 != 0 && pread(kf, &flags, 8, (off_t)(pfn0 * 8)) == 8 && (flags >> 24 & 1);
+    close(pm);
+    close(kf);
+    return ok;
+}
+
 static int run(void) {
     int go[2];
     if (pipe(go) != 0)
@@ -76,6 +143,11 @@ static int run(void) {
     long pe = pd + d;      /* child munmap      [pe, pe+e) */
     long pf = pe + e;      /* parent DONTNEED   [pf, pf+f) */
     fflush(stdout);
+    if (wait_stdin) {
+        char x;
+        if (read(0, &x, 1) != 1)
+            return 94;
+    }
     pid_t child = fork();
     if (child < 0)
         die("fork");
@@ -95,6 +167,20 @@ static int run(void) {
             die("munmap child");
         if (collapse && madvise(carena, 512 * ps, MADV_COLLAPSE) != 0)
             die("madvise collapse");
+        if (hzp) {
+            hzarena[0] = 'H';
+            printf("hzp_child_thp_kb %ld\n", anon_huge_kb(hzarena));
+            fflush(stdout);
+        }
+        if (remap) {
+            if (mmap(rarena, remap * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+                     remap_fd, 0) != rarena)
+                die("mmap remap");
+            for (long i = 0; i < remap; i++) {
+                volatile char rd = rarena[i * ps];
+                (void)rd;
+            }
+        }
         if (g) {
             pid_t gc = fork();
             if (gc < 0)
@@ -147,7 +233,8 @@ int main(int argc, char **argv) {
                    : !strcmp(k, "collapse") ? &collapse : !strcmp(k, "vfork") ? &do_vfork
                    : !strcmp(k, "thread") ? &thread : !strcmp(k, "free") ? &use_free
                    : !strcmp(k, "exit") ? &code : !strcmp(k, "hold") ? &hold
-                   : !strcmp(k, "pin") ? &pin : NULL;
+                   : !strcmp(k, "pin") ? &pin : !strcmp(k, "hzp") ? &hzp
+                   : !strcmp(k, "remap") ? &remap : !strcmp(k, "wait") ? &wait_stdin : NULL;
         if (!slot) {
             fprintf(stderr, "unknown key %s\n", k);
             return 2;
@@ -197,6 +284,31 @@ int main(int argc, char **argv) {
             memset(carena + i * ps, 'k' + (i % 7), ps);
         madvise(carena, h, MADV_HUGEPAGE);
         printf("collapse %#lx %#lx\n", (unsigned long)carena, (unsigned long)(carena + h));
+    }
+    if (hzp) {
+        long h = 512 * ps;
+        char *hr = mmap(NULL, 2 * h, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (hr == MAP_FAILED)
+            die("mmap hzp");
+        hzarena = (char *)(((uintptr_t)hr + h - 1) & ~(uintptr_t)(h - 1));
+        madvise(hzarena, h, MADV_HUGEPAGE);
+        volatile char rd = *hzarena; /* a read fault: the huge zero page */
+        (void)rd;
+        if (!is_huge_zero(hzarena))
+            return 95;
+        printf("hzp %#lx %#lx\n", (unsigned long)hzarena, (unsigned long)(hzarena + h));
+    }
+    if (remap) {
+        int fa = temp_file(remap, 'A');
+        remap_fd = temp_file(remap, 'B');
+        rarena = mmap(NULL, remap * ps, PROT_READ | PROT_WRITE, MAP_PRIVATE, fa, 0);
+        if (rarena == MAP_FAILED)
+            die("mmap file");
+        for (long i = 0; i < remap; i++) {
+            volatile char rd = rarena[i * ps];
+            (void)rd;
+        }
+        printf("remap %#lx %#lx\n", (unsigned long)rarena, (unsigned long)(rarena + remap * ps));
     }
     fflush(stdout);
     if (do_vfork) {
