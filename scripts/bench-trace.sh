@@ -4,9 +4,14 @@
 # or between runs interleaved round by round, never between two blocks of runs minutes apart.
 #
 # 1. The parent's pause at each fork, per GiB of its resident memory, against one pagemap read
-#    of the same memory: `pause_us` and `parent_read_us` (the pagemap reads inside the pause,
-#    timed by cowscope itself) from the same report, and, as an outside check, the minimal
-#    reader examples/pagemap_floor on examples/hold_memory of the same size. Goal: <= 2x.
+#    of the same memory by a separate simple reader (tests/trace_programs/pagemap_read.c on
+#    examples/hold_memory of the same size, timed by the reader itself, no process start-up),
+#    run interleaved with the traced forks, round by round. Goal: <= 2x that floor. Also
+#    `parent_read_us` (the pagemap reads inside the pause, timed by cowscope) for the in-pause
+#    ratio.
+# 3. (--memory) cowscope's own peak RSS while it takes the baseline of a 1 GiB parent:
+#    `/usr/bin/time -v cowscope trace --pid` (attached, so the traced program is not
+#    cowscope's child and its RSS is not in the figure).
 # 2. The slowdown of a program that allocates and frees blocks in a loop (every free a munmap):
 #    untraced vs traced with the seccomp filter vs --syscalls, with and without a live
 #    (parent, child) pair. The program times its own loop (ns per iteration); configurations
@@ -15,63 +20,93 @@
 #    syscall and its stops dominate: the worst case).
 #
 # usage: scripts/bench-trace.sh [--runs N] [--sizes "256 1024 2048"] [--iterations N]
+#                               [--pause-only] [--memory]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runs=10
 sizes="256 1024 2048"
 iterations=5000
+pause_only=0
+memory=0
 while (($#)); do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --sizes) sizes=$2; shift 2 ;;
     --iterations) iterations=$2; shift 2 ;;
+    --pause-only) pause_only=1; shift ;;
+    --memory) memory=1; shift ;;
     *) echo "bench-trace.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-for tool in hyperfine jq cc; do
+for tool in jq cc; do
   command -v "$tool" >/dev/null || { echo "bench-trace.sh: needs $tool" >&2; exit 2; }
 done
 
-cargo build --release --quiet --bin cowscope --example pagemap_floor --example hold_memory
+cargo build --release --quiet --bin cowscope --example hold_memory
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cc -O2 -pthread -o "$work/cow_exact" tests/trace_programs/cow_exact.c
 cc -O2 -o "$work/alloc_loop" tests/trace_programs/alloc_loop.c
+cc -O2 -o "$work/pagemap_read" tests/trace_programs/pagemap_read.c
 bin=target/release/cowscope
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
-echo "== pause at fork vs one pagemap read (medians of $runs)"
-printf '%6s %8s %10s %10s %8s %12s %8s %14s\n' \
-  MiB pages pause_us read_us pause_x child_hold_us hold_x floor_read_us
+echo "== pause at fork vs one pagemap read (medians of $runs interleaved rounds)"
+printf '%6s %8s %10s %10s %8s %10s %8s %12s %8s %12s\n' \
+  MiB pages pause_us floor_us pause_x read_us in_x child_hold_us hold_x pause_ms_GiB
 for mib in $sizes; do
   pages=$((mib * 256))
-  pauses=() reads=() holds=()
-  for _ in $(seq "$runs"); do
-    "$bin" trace --out "$work/t.json" -- "$work/cow_exact" "n=$pages" >/dev/null
-    pauses+=("$(jq '.forks[0].pause_us' "$work/t.json")")
-    reads+=("$(jq '.forks[0].parent_read_us' "$work/t.json")")
-    holds+=("$(jq '.forks[0].child_hold_us' "$work/t.json")")
-  done
-  pause=$(printf '%s\n' "${pauses[@]}" | median)
-  read=$(printf '%s\n' "${reads[@]}" | median)
-  hold=$(printf '%s\n' "${holds[@]}" | median)
-  # Outside check: the minimal single-threaded reader on memory of the same size.
+  # The floor's target: the same amount of dense 4 KiB anonymous memory, held meanwhile.
   rm -f "$work/hold.out"
   target/release/examples/hold_memory "$mib" </dev/null >"$work/hold.out" &
   hpid=$!
   until [[ -s $work/hold.out ]]; do sleep 0.05; done
   read -r _ range <"$work/hold.out"
-  hyperfine -N -w 3 -r "$((runs * 2))" --export-json "$work/h.json" \
-    "target/release/examples/pagemap_floor $hpid $range" >/dev/null 2>&1
+  pauses=() reads=() holds=() floors=()
+  for _ in $(seq "$runs"); do
+    "$bin" trace --out "$work/t.json" -- "$work/cow_exact" "n=$pages" >/dev/null
+    pauses+=("$(jq '.forks[0].pause_us' "$work/t.json")")
+    reads+=("$(jq '.forks[0].parent_read_us' "$work/t.json")")
+    holds+=("$(jq '.forks[0].child_hold_us' "$work/t.json")")
+    floors+=("$("$work/pagemap_read" "$hpid" "$range" | awk '{print $2}')")
+  done
   kill "$hpid"
   wait "$hpid" 2>/dev/null || true
-  floor_us=$(jq '.results[0].median * 1e6 | floor' "$work/h.json")
-  printf '%6s %8s %10s %10s %8s %12s %8s %14s\n' "$mib" "$pages" "$pause" "$read" \
-    "$(ratio "$pause" "$read")" "$hold" "$(ratio "$hold" "$read")" "$floor_us"
+  pause=$(printf '%s\n' "${pauses[@]}" | median)
+  read=$(printf '%s\n' "${reads[@]}" | median)
+  hold=$(printf '%s\n' "${holds[@]}" | median)
+  floor=$(printf '%s\n' "${floors[@]}" | median)
+  printf '%6s %8s %10s %10s %8s %10s %8s %12s %8s %12s\n' "$mib" "$pages" "$pause" "$floor" \
+    "$(ratio "$pause" "$floor")" "$read" "$(ratio "$pause" "$read")" "$hold" \
+    "$(ratio "$hold" "$floor")" "$(awk -v p="$pause" -v m="$mib" 'BEGIN {printf "%.1f", p / 1000 * 1024 / m}')"
 done
+
+if ((memory)); then
+  echo
+  echo "== cowscope's own peak RSS, trace --pid of a 1 GiB parent (time -v, medians of $runs)"
+  rss=()
+  for _ in $(seq "$runs"); do
+    rm -f "$work/fifo" "$work/c.out"
+    mkfifo "$work/fifo"
+    "$work/cow_exact" n=262144 wait=1 <"$work/fifo" >"$work/c.out" &
+    cpid=$!
+    exec 3>"$work/fifo"
+    until [[ -s $work/c.out ]]; do sleep 0.05; done
+    /usr/bin/time -v "$bin" trace --pid "$cpid" --out "$work/m.json" 2>"$work/time.txt" &
+    tpid=$!
+    until grep -q "TracerPid:[[:space:]]*[1-9]" "/proc/$cpid/status" 2>/dev/null; do sleep 0.05; done
+    echo g >&3
+    exec 3>&-
+    wait "$tpid" || true
+    wait "$cpid" 2>/dev/null || true
+    rss+=("$(awk -F: '/Maximum resident/ {gsub(/ /, "", $2); print $2}' "$work/time.txt")")
+  done
+  echo "max RSS kB: $(printf '%s\n' "${rss[@]}" | median) (runs: ${rss[*]}); baseline pages: $(jq '.forks[0].baseline.pages' "$work/m.json")"
+fi
+((pause_only)) && exit 0
 
 # One configuration: prints the program's ns per iteration.
 loop_once() {

@@ -767,7 +767,11 @@ fn without_out_a_table_goes_to_stderr_and_stdout_stays_the_programs() {
 fn json_without_out_goes_to_stderr_after_the_programs_output_and_stdout_stays_the_programs() {
     let out = Command::new(bin())
         .args(["trace", "--format", "json", "--"])
-        .args(["/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 7"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "echo to-stdout; echo to-stderr >&2; exit 7",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(7), "the program's status");
@@ -789,7 +793,12 @@ fn a_daemonizing_command_is_followed_until_the_daemon_exits() {
     let out = dir.path().join("t.json");
     let t0 = Instant::now();
     let mut c = spawn_trace(
-        &["--", "/bin/sh", "-c", "setsid /bin/sleep 1 </dev/null & exit 5"],
+        &[
+            "--",
+            "/bin/sh",
+            "-c",
+            "setsid /bin/sleep 1 </dev/null & exit 5",
+        ],
         &out,
     );
     let me = c.id() as i32;
@@ -1039,7 +1048,10 @@ fn without_pfns_another_file_mapped_there_since_is_not_shared() {
     let pid = target.id() as i32;
     let mut lines = BufReader::new(target.stdout.take().unwrap()).lines();
     let remap = loop {
-        let l = lines.next().expect("the program prints its mappings").unwrap();
+        let l = lines
+            .next()
+            .expect("the program prints its mappings")
+            .unwrap();
         if let Some(r) = l.strip_prefix("remap ") {
             break r.split_whitespace().next().unwrap().to_string();
         }
@@ -1104,7 +1116,10 @@ fn without_privilege_the_table_never_says_a_side_copied_nothing() {
         .unwrap_or_else(|| panic!("a closing sentence: {table}"));
     assert!(!line.contains("copied 0.0"), "{line}");
     assert!(line.contains("who copied is unproven"), "{line}");
-    assert!(line.contains("proven diverged") && line.contains("unproven"), "{line}");
+    assert!(
+        line.contains("proven diverged") && line.contains("unproven"),
+        "{line}"
+    );
 }
 
 // ---- real programs ----

@@ -211,7 +211,11 @@ pub fn table(r: &TraceDoc) -> String {
                     copy_p,
                     c.released_by_child,
                     c.released_by_parent,
-                    c.total - c.shared - c.zero - copy_c - copy_p
+                    c.total
+                        - c.shared
+                        - c.zero
+                        - copy_c
+                        - copy_p
                         - c.released_by_child
                         - c.released_by_parent
                 );

@@ -879,15 +879,30 @@ mod tests {
     };
 
     #[rstest]
-    #[case::exclusive_bit_proves_a_difference(small(true, false), small(true, false), HIDDEN, Class::Diverged)]
-    #[case::mapped_twice_in_a_family_of_two_is_shared(small(false, false), small(false, false), HIDDEN, Class::Shared)]
+    #[case::exclusive_bit_proves_a_difference(
+        small(true, false),
+        small(true, false),
+        HIDDEN,
+        Class::Diverged
+    )]
+    #[case::mapped_twice_in_a_family_of_two_is_shared(
+        small(false, false),
+        small(false, false),
+        HIDDEN,
+        Class::Shared
+    )]
     #[case::mapped_twice_with_a_third_process_is_unproven(
         small(false, false),
         small(false, false),
         Evidence { family_rule: false, ..HIDDEN },
         Class::Unproven
     )]
-    #[case::one_exclusive_side_suffices(small(false, false), small(true, false), HIDDEN, Class::Diverged)]
+    #[case::one_exclusive_side_suffices(
+        small(false, false),
+        small(true, false),
+        HIDDEN,
+        Class::Diverged
+    )]
     #[case::the_same_page_cache_page_of_the_same_file_offset(
         small(false, true),
         small(false, true),

@@ -64,7 +64,8 @@ pub fn from_release(release: &str) -> Option<Bit56> {
 pub fn semantics() -> Bit56 {
     static CACHE: OnceLock<Bit56> = OnceLock::new();
     *CACHE.get_or_init(|| {
-        from_release(&crate::kernel::kernel_release()).unwrap_or_else(|| probe().unwrap_or(Bit56::Unknown))
+        from_release(&crate::kernel::kernel_release())
+            .unwrap_or_else(|| probe().unwrap_or(Bit56::Unknown))
     })
 }
 
@@ -166,7 +167,10 @@ mod tests {
 
     #[test]
     fn kernels_before_6_15_count_mappings_per_page() {
-        assert_eq!(from_release("6.12.48+deb13-cloud-amd64"), Some(Bit56::Exact));
+        assert_eq!(
+            from_release("6.12.48+deb13-cloud-amd64"),
+            Some(Bit56::Exact)
+        );
         assert_eq!(from_release("5.10.0"), Some(Bit56::Exact));
         assert_eq!(from_release("6.15.0"), None);
         assert_eq!(from_release("6.18.44-fc-v657"), None);

@@ -111,7 +111,8 @@ pub struct ReleaseTracking {
 pub struct Attribution {
     /// PFNs are visible: "same frame" and "who moved" are proven.
     pub pfn_visible: bool,
-    /// Releases are known from the syscalls themselves.
+    /// Releases are known from the syscalls themselves (false without tracking, and when a
+    /// traced process ran a 32-bit program, whose syscalls are not decoded).
     pub releases_tracked: bool,
     /// Statements that hold for this run's classes.
     pub proven: Vec<String>,
@@ -128,8 +129,8 @@ pub struct ProgramExit {
     /// The signal that killed it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<String>,
-    /// The status cowscope exits with: the code, 128 + the signal number, or 0 when it was
-    /// detached and runs on.
+    /// The status cowscope exits with: the code, 128 + the signal number, 0 when it was
+    /// detached and runs on, or 3 when its end was not seen (could not prove: never 0).
     pub status: i32,
 }
 
@@ -201,7 +202,8 @@ pub struct ForkRecord {
 /// The baseline's size.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct BaselineInfo {
-    /// Pages with a frame at the fork, in the VMAs that can be copied on write.
+    /// Pages either side had at the fork (in RAM or swap), in the VMAs that can be copied on
+    /// write.
     pub pages: u64,
     /// Of those, pages the child already had its own copy of before its first instruction
     /// (the page the kernel wrote its TID into; pinned pages fork copies eagerly).

@@ -488,7 +488,9 @@ impl Baseline {
                             }
                         }
                         if !cands.is_empty() {
-                            flags = kp.flags(&cands).map_err(|e| SideError::new(Side::Child, e))?;
+                            flags = kp
+                                .flags(&cands)
+                                .map_err(|e| SideError::new(Side::Child, e))?;
                         }
                     }
                     let mut next_cand = 0;

@@ -311,7 +311,11 @@ fn ptrace_refused(pid: i32, e: std::io::Error) -> Error {
         return Error::io(format!("attaching to pid {pid} with ptrace"), e);
     }
     let mut why = Vec::new();
-    if let Some(t) = process::status(pid).ok().map(|s| s.tracer_pid).filter(|&t| t != 0) {
+    if let Some(t) = process::status(pid)
+        .ok()
+        .map(|s| s.tracer_pid)
+        .filter(|&t| t != 0)
+    {
         why.push(format!(
             "it is already traced by pid {t} (a debugger or strace?)"
         ));
@@ -324,9 +328,7 @@ fn ptrace_refused(pid: i32, e: std::io::Error) -> Error {
     let yama = match scope {
         Some(3) => Some("3: no process may attach"),
         Some(2) if !cap => Some("2: only CAP_SYS_PTRACE may attach"),
-        Some(1) if !cap && !ancestor => {
-            Some("1: only an ancestor (or CAP_SYS_PTRACE) may attach")
-        }
+        Some(1) if !cap && !ancestor => Some("1: only an ancestor (or CAP_SYS_PTRACE) may attach"),
         _ => None,
     };
     if let Some(y) = yama {
