@@ -558,6 +558,7 @@ fn skipped(s: &Scenario, sys: &SystemInfo, reason: String) -> ScenarioResult {
         page_rows: Vec::new(),
         page_class_runs: Vec::new(),
         changed: Vec::new(),
+        restore_failures: Vec::new(),
         verdict: Verdict::skip(reason),
     }
 }
@@ -575,7 +576,7 @@ fn report(
 ) -> ScenarioResult {
     let mut verdict = j.verdict();
     if !restore_failures.is_empty() {
-        verdict.notes.extend(restore_failures);
+        verdict.notes.extend(restore_failures.iter().cloned());
     }
     let processes: Vec<ProcessEvidence> = e
         .procs
@@ -645,6 +646,7 @@ fn report(
         page_rows,
         page_class_runs: super::ClassRun::runs(&j.aggregate),
         changed,
+        restore_failures,
         verdict,
     }
 }
