@@ -157,11 +157,10 @@ impl Seen {
     /// From a raw pagemap entry (zero, PMD and non-write facts are the caller's to add).
     pub fn from_entry(e: u64) -> Seen {
         let pe = crate::mem::pagemap::PagemapEntry(e);
-        let swapped = pe.swapped() && !pe.present();
         Seen {
             present: pe.present(),
-            swapped,
-            swap: if swapped { e & PFN_MASK } else { 0 },
+            swapped: pe.swap_entry().is_some(),
+            swap: pe.swap_entry().unwrap_or(0),
             pfn: pe.pfn(),
             exclusive: pe.exclusive(),
             file: pe.file_or_shared(),
