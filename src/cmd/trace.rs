@@ -19,7 +19,7 @@ use super::{DocFormat, parse_number};
     cowscope trace --pid 4242 --syscalls\n\n\
     Output: the report goes to stderr when it ends (a table, or JSON with --format json), \
     after the program's own output, so the program's stdout stays its own; --out FILE \
-    writes it to a file instead (--out /dev/fd/3 to a descriptor of your shell).\n\
+    writes it to a file instead.\n\
     Exit status: the traced program's (128 + N when signal N killed it), 0 after --pid \
     detached from a target that runs on; 2 bad input, 3 not permitted to trace or the \
     program's end was not seen.\n\

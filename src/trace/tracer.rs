@@ -1363,8 +1363,8 @@ impl Tracer<'_> {
                 if pair.remapped > 0 {
                     rec.notes.push(format!(
                         "{} baseline page(s) lie where a side no longer maps the fork-time VMA \
-                         (another mapping there since): without PFNs none of them is called \
-                         shared",
+                         (unmapped, or another mapping there since): without PFNs none of them \
+                         is called shared",
                         pair.remapped
                     ));
                 }
