@@ -264,8 +264,8 @@ pub struct SampleOut {
     pub total: Counts,
     /// Pages per class, per baseline VMA.
     pub per_vma: Vec<Counts>,
-    /// Without PFNs: baseline pages where a side no longer maps the fork-time VMA (another
-    /// mapping at that address since): no `shared` from the file or family rules there.
+    /// Without PFNs: baseline pages where a side no longer maps the fork-time VMA (unmapped,
+    /// or another mapping there since): no `shared` from the file or family rules there.
     pub remapped: u64,
 }
 
