@@ -850,3 +850,201 @@ fn the_documents_match_their_schemas_and_renderings_carry_the_classes() {
     );
     assert!(table.contains("child Private_Dirty"), "{table}");
 }
+
+// ---- cowscope never inspects itself (review finding 1) ----
+
+/// Resumes what a hung cowscope stopped and kills it, from outside the test's process tree
+/// (so a freeze of the test's descendants cannot stop it too): a shell started through
+/// `setsid -f`, reparented away from the test before cowscope starts. It gives up as soon as
+/// the test is done (the directory it watches has a `done` file, or is gone).
+struct SafetyNet {
+    dir: tempfile::TempDir,
+}
+
+impl SafetyNet {
+    fn arm(after: Duration, resume: &[i32]) -> SafetyNet {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let resume: Vec<String> = resume.iter().map(|p| p.to_string()).collect();
+        let script = format!(
+            "i=0; while [ $i -lt {ticks} ]; do \
+               [ -d '{d}' ] || exit 0; [ -e '{d}/done' ] && exit 0; sleep 0.1; i=$((i+1)); \
+             done; \
+             kill -CONT {resume} 2>/dev/null; \
+             p=$(cat '{d}/pid' 2>/dev/null); \
+             [ -n \"$p\" ] && [ \"$(cat /proc/$p/comm 2>/dev/null)\" = cowscope ] && kill -KILL $p",
+            ticks = after.as_millis() / 100,
+            resume = resume.join(" "),
+        );
+        let st = Command::new("setsid")
+            .args(["-f", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("setsid");
+        assert!(st.success());
+        SafetyNet { dir }
+    }
+    fn watch_pid(&self, pid: u32) {
+        std::fs::write(self.dir.path().join("pid"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for SafetyNet {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.path().join("done"), b"");
+    }
+}
+
+#[test]
+fn inspecting_the_tests_own_process_with_freeze_returns_promptly_without_cowscope_in_a_pair() {
+    // The test process has a child besides cowscope: the family's parent subject S.
+    let (_res, fam) = small_family();
+    let me = std::process::id() as i32;
+    let mut resume = vec![me, fam.parent];
+    resume.extend(&fam.children);
+    let net = SafetyNet::arm(Duration::from_secs(20), &resume);
+    let t0 = Instant::now();
+    let cs = Command::new(cowscope_bin())
+        .args(["inspect", "--pid", &me.to_string(), "--freeze"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cs_pid = cs.id() as i32;
+    net.watch_pid(cs.id());
+    let out = cs.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    drop(net);
+    assert!(
+        took < Duration::from_secs(15),
+        "cowscope froze itself (the safety net ended it after {took:?})"
+    );
+    let want = if is_root() { 0 } else { 3 };
+    assert_eq!(
+        out.status.code(),
+        Some(want),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("a document");
+    for p in doc["pairs"].as_array().unwrap() {
+        assert_ne!(p["parent"], cs_pid, "cowscope is no pair's parent: {p}");
+        assert_ne!(p["child"], cs_pid, "cowscope is no pair's child: {p}");
+    }
+    for p in doc["processes"].as_array().unwrap() {
+        assert_ne!(p["pid"], cs_pid, "cowscope read itself");
+        assert_ne!(p["ppid"], cs_pid, "cowscope read its watchdog");
+    }
+    let stopped: Vec<i64> = doc["freeze"]["stopped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert!(
+        !stopped.contains(&(cs_pid as i64)),
+        "cowscope stopped itself"
+    );
+    assert!(stopped.contains(&(me as i64)), "the --pid was frozen");
+    // The pairs it should have: the test with S, S with its child.
+    pair(&doc, fam.parent);
+    pair(&doc, fam.children[0]);
+    for pid in [me, fam.parent, fam.children[0]] {
+        assert!(
+            wait_state(pid, &['S', 'R'], Duration::from_secs(2)),
+            "{pid} left stopped: {:?}",
+            state(pid)
+        );
+    }
+}
+
+#[test]
+fn cowscope_named_as_pid_or_child_is_a_usage_error() {
+    // `exec` keeps the shell's pid, so $$ is cowscope's own pid and $PPID the test's.
+    for (script, flag) in [
+        (r#"exec "$0" inspect --pid $$"#, "--pid"),
+        (r#"exec "$0" inspect --pid $PPID --child $$"#, "--child"),
+    ] {
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .arg(cowscope_bin())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{script}: {err}");
+        assert!(out.stdout.is_empty(), "{script}");
+        assert!(
+            err.contains(&format!("{flag} ")) && err.contains("is cowscope itself"),
+            "{script}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
+    // As a library, "cowscope" is the calling process.
+    let req = cowscope::inspect::InspectRequest {
+        pid: std::process::id() as i32,
+        ..Default::default()
+    };
+    let e = cowscope::inspect::sample::plan(&req).unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("is cowscope itself"), "{e}");
+}
+
+// ---- a freeze that could not stop every thread (finding 31) ----
+
+#[test]
+fn a_parent_whose_thread_cannot_stop_is_not_reported_as_a_frozen_instant() {
+    // The parent vforks a child that waits in its address space: the parent's only thread
+    // sleeps uninterruptibly (`D`) until the vfork child exits, and SIGSTOP cannot stop it.
+    let mut fam = CFamily::start(&[], &["vfork"]);
+    assert!(
+        wait_state(fam.parent, &['D'], Duration::from_secs(5)),
+        "the vfork parent waits in D: {:?}",
+        state(fam.parent)
+    );
+    let pid = fam.parent.to_string();
+    let want = if is_root() { 0 } else { 3 };
+    let doc = inspect_json(
+        &["--pid", &pid, "--child", &fam.c1.to_string(), "--freeze"],
+        want,
+    );
+    assert_eq!(
+        doc["freeze"]["all_threads_stopped"], false,
+        "{}",
+        doc["freeze"]
+    );
+    let notes: Vec<&str> = doc["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("not a frozen instant") && n.contains("uninterruptible")),
+        "{notes:?}"
+    );
+    let (rc, table, _) = inspect(&[
+        "--pid",
+        &pid,
+        "--child",
+        &fam.c1.to_string(),
+        "--freeze",
+        "--format",
+        "table",
+    ]);
+    assert_eq!(rc, want);
+    let head = table.lines().next().unwrap();
+    assert!(
+        head.contains("not a frozen instant") && !head.contains("frozen for"),
+        "{head}"
+    );
+    // Nothing left stopped: the SIGSTOP still pending on the parent was discarded by the
+    // SIGCONT, the child runs, and the whole family ends when its stdin closes.
+    assert!(wait_state(fam.c1, &['S', 'R'], Duration::from_secs(2)));
+    assert_ne!(state(fam.parent), Some('T'));
+    let status = fam.end().expect("the family ends: nothing is left stopped");
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,92 @@
+/* A parent with known children for `inspect` tests (tests/inspect.rs).
+ *
+ * family [setuid] [vfork]
+ *
+ * The parent writes 1 MiB, then forks:
+ * - child 1, which on SIGUSR1 changes all its uids to 65534 (so a reader without
+ *   CAP_SYS_PTRACE can no longer read its memory, while it lives on);
+ * - with "setuid": child 2, which changes all its uids to 65534 at once;
+ * prints "<child 1> <child 2 or 0>\n", and with "vfork" then vforks a child that waits in the
+ * parent's address space, which keeps the parent's only thread in uninterruptible sleep
+ * (`D`: vfork waits TASK_KILLABLE), where SIGSTOP cannot stop it.
+ * Every process waits until stdin reaches EOF, then exits; the parent reaps its children.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void drop_to_nobody(void) {
+    /* Raw syscalls: async-signal-safe, and this process has one thread. */
+    if (syscall(SYS_setresgid, 65534, 65534, 65534) != 0 ||
+        syscall(SYS_setresuid, 65534, 65534, 65534) != 0)
+        _exit(90);
+}
+
+static void on_usr1(int sig) {
+    (void)sig;
+    drop_to_nobody();
+}
+
+static void wait_for_eof(void) {
+    char b;
+    for (;;) {
+        ssize_t n = read(0, &b, 1);
+        if (n == 0 || (n < 0 && errno != EINTR))
+            return;
+    }
+}
+
+int main(int argc, char **argv) {
+    int want_setuid = 0, want_vfork = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "setuid") == 0)
+            want_setuid = 1;
+        else if (strcmp(argv[i], "vfork") == 0)
+            want_vfork = 1;
+    }
+    size_t n = 1 << 20;
+    char *m = malloc(n);
+    if (!m)
+        return 91;
+    memset(m, 0x5a, n);
+
+    pid_t c1 = fork();
+    if (c1 < 0)
+        return 92;
+    if (c1 == 0) {
+        signal(SIGUSR1, on_usr1);
+        wait_for_eof();
+        _exit(0);
+    }
+    pid_t c2 = 0;
+    if (want_setuid) {
+        c2 = fork();
+        if (c2 < 0)
+            return 93;
+        if (c2 == 0) {
+            drop_to_nobody();
+            wait_for_eof();
+            _exit(0);
+        }
+    }
+    printf("%d %d\n", (int)c1, (int)c2);
+    fflush(stdout);
+    if (want_vfork) {
+        pid_t v = vfork();
+        if (v == 0) {
+            wait_for_eof();
+            _exit(0);
+        }
+    }
+    wait_for_eof();
+    while (wait(NULL) > 0)
+        ;
+    /* Keep the written memory alive until here. */
+    return m[n - 1] == 0x5a ? 0 : 94;
+}
