@@ -211,3 +211,62 @@ pub fn exit_code(r: &InspectDoc) -> i32 {
         EXIT_OK
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::InspectBody;
+    use crate::inspect::model::{Basis, Skipped, Snapshot, WatchInfo, ZeroInfo};
+
+    fn doc(unreadable: bool, watch: Option<WatchInfo>) -> InspectDoc {
+        let snapshot = Snapshot {
+            pid: 1,
+            pfn_visible: true,
+            basis: Basis::Pfn,
+            freeze: None,
+            read_us: 0,
+            pairs: Vec::new(),
+            pools: Vec::new(),
+            processes: Vec::new(),
+            skipped: vec![Skipped {
+                pid: 2,
+                comm: "x".into(),
+                reason: "why".into(),
+                unreadable,
+            }],
+            notes: Vec::new(),
+        };
+        Envelope::new(
+            crate::mem::system::detect(),
+            InspectBody {
+                snapshot,
+                zero_page: ZeroInfo::default(),
+                range: None,
+                watch,
+                samples: None,
+            },
+        )
+    }
+
+    fn watched(samples: u64, incomplete_samples: u64) -> Option<WatchInfo> {
+        Some(WatchInfo {
+            interval_ms: 100,
+            duration_ms: None,
+            ended_by: "duration".into(),
+            samples,
+            incomplete_samples,
+        })
+    }
+
+    #[test]
+    fn a_zombie_left_out_is_no_gap_but_an_unreadable_live_process_is() {
+        assert_eq!(exit_code(&doc(false, None)), EXIT_OK);
+        assert_eq!(exit_code(&doc(true, None)), EXIT_UNPROVEN);
+    }
+
+    #[test]
+    fn a_watch_exits_3_when_an_earlier_sample_was_incomplete_though_the_last_is_not() {
+        assert_eq!(exit_code(&doc(false, watched(10, 0))), EXIT_OK);
+        assert_eq!(exit_code(&doc(false, watched(10, 1))), EXIT_UNPROVEN);
+    }
+}

@@ -1130,3 +1130,79 @@ fn build_pair(
         notes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn plan_with(root: Stat, explicit: bool) -> Plan {
+        Plan {
+            root,
+            pairs: Vec::new(),
+            skipped: Vec::new(),
+            explicit,
+        }
+    }
+
+    #[test]
+    fn a_failed_read_of_a_live_process_is_never_called_an_exit() {
+        let me = proc::stat(std::process::id() as i32).unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep runs");
+        let kid = proc::stat(sleeper.id() as i32).unwrap();
+        let plan = plan_with(me.clone(), false);
+        let denied = || io::Error::from_raw_os_error(libc::EACCES);
+
+        // A descendant, alive: skipped as unreadable (exit 3), with the reason.
+        let sk = read_failure(&plan, &kid, "smaps", denied())
+            .unwrap()
+            .expect("alive: not an exit");
+        assert!(sk.unreadable);
+        assert!(
+            sk.reason.starts_with(&format!(
+                "cannot read /proc/{}/smaps: permission denied: ",
+                kid.pid
+            )),
+            "{}",
+            sk.reason
+        );
+        // Any other error of a live process keeps the OS error, and is not an exit either.
+        let sk = read_failure(
+            &plan,
+            &kid,
+            "smaps",
+            io::Error::from_raw_os_error(libc::EIO),
+        )
+        .unwrap()
+        .expect("alive: not an exit");
+        assert!(sk.unreadable && sk.reason.contains(&format!("/proc/{}/smaps", kid.pid)));
+        // ESRCH: the kernel found no memory: it is exiting.
+        assert!(
+            read_failure(
+                &plan,
+                &kid,
+                "smaps",
+                io::Error::from_raw_os_error(libc::ESRCH)
+            )
+            .unwrap()
+            .is_none()
+        );
+        // The --pid process, or a --child the user named: an error, in one sentence.
+        let e = read_failure(&plan, &me, "smaps", denied()).unwrap_err();
+        assert!(e.to_string().contains("permission denied"), "{e}");
+        let e = read_failure(&plan_with(me.clone(), true), &kid, "smaps", denied()).unwrap_err();
+        assert!(e.to_string().contains("permission denied"), "{e}");
+
+        // Once it has really exited, the same error means "exited".
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        assert!(
+            read_failure(&plan, &kid, "smaps", denied())
+                .unwrap()
+                .is_none()
+        );
+    }
+}

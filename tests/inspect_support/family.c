@@ -1,11 +1,13 @@
 /* A parent with known children for `inspect` tests (tests/inspect.rs).
  *
- * family [setuid] [vfork]
+ * family [unreadable] [vfork]
  *
  * The parent writes 1 MiB, then forks:
- * - child 1, which on SIGUSR1 changes all its uids to 65534 (so a reader without
- *   CAP_SYS_PTRACE can no longer read its memory, while it lives on);
- * - with "setuid": child 2, which changes all its uids to 65534 at once;
+ * - with "unreadable": child 2, which makes itself non-dumpable at once (prctl
+ *   PR_SET_DUMPABLE 0): a reader of the same uid without CAP_SYS_PTRACE may read the parent
+ *   and child 1, but not child 2;
+ * - child 1, which on SIGUSR1 makes itself non-dumpable too, so such a reader can no longer
+ *   read its memory while it lives on;
  * prints "<child 1> <child 2 or 0>\n", and with "vfork" then vforks a child that waits in the
  * parent's address space, which keeps the parent's only thread in uninterruptible sleep
  * (`D`: vfork waits TASK_KILLABLE), where SIGSTOP cannot stop it.
@@ -17,20 +19,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void drop_to_nobody(void) {
-    /* Raw syscalls: async-signal-safe, and this process has one thread. */
-    if (syscall(SYS_setresgid, 65534, 65534, 65534) != 0 ||
-        syscall(SYS_setresuid, 65534, 65534, 65534) != 0)
-        _exit(90);
-}
-
 static void on_usr1(int sig) {
     (void)sig;
-    drop_to_nobody();
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* a system call: async-signal-safe */
 }
 
 static void wait_for_eof(void) {
@@ -43,10 +38,10 @@ static void wait_for_eof(void) {
 }
 
 int main(int argc, char **argv) {
-    int want_setuid = 0, want_vfork = 0;
+    int want_unreadable = 0, want_vfork = 0;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "setuid") == 0)
-            want_setuid = 1;
+        if (strcmp(argv[i], "unreadable") == 0)
+            want_unreadable = 1;
         else if (strcmp(argv[i], "vfork") == 0)
             want_vfork = 1;
     }
@@ -56,6 +51,17 @@ int main(int argc, char **argv) {
         return 91;
     memset(m, 0x5a, n);
 
+    pid_t c2 = 0;
+    if (want_unreadable) {
+        c2 = fork();
+        if (c2 < 0)
+            return 93;
+        if (c2 == 0) {
+            prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+            wait_for_eof();
+            _exit(0);
+        }
+    }
     pid_t c1 = fork();
     if (c1 < 0)
         return 92;
@@ -63,17 +69,6 @@ int main(int argc, char **argv) {
         signal(SIGUSR1, on_usr1);
         wait_for_eof();
         _exit(0);
-    }
-    pid_t c2 = 0;
-    if (want_setuid) {
-        c2 = fork();
-        if (c2 < 0)
-            return 93;
-        if (c2 == 0) {
-            drop_to_nobody();
-            wait_for_eof();
-            _exit(0);
-        }
     }
     printf("%d %d\n", (int)c1, (int)c2);
     fflush(stdout);

@@ -315,14 +315,33 @@ pub fn family_program() -> std::path::PathBuf {
     .clone()
 }
 
-/// Arguments that run a program as root without CAP_SYS_PTRACE (bounding set), so it may
-/// read the memory of root's processes with no more capabilities than itself, and of no
-/// other user's.
-pub const NO_PTRACE: [&str; 3] = [
-    "setpriv",
-    "--bounding-set=-sys_ptrace",
-    "--inh-caps=-sys_ptrace",
-];
+/// A prefix that runs a program as an unprivileged user: uid 65534 through `setpriv` when
+/// the tests run as root, nothing when they already run unprivileged. Such a reader may read
+/// its own uid's dumpable processes only (no CAP_SYS_PTRACE), and sees no PFNs.
+pub fn unprivileged() -> Vec<&'static str> {
+    if is_root() {
+        vec![
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `cowscope` run through `prefix` (see [`unprivileged`]).
+pub fn cowscope_with(prefix: &[&str]) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(cowscope_bin());
+            c
+        }
+        None => Command::new(cowscope_bin()),
+    }
+}
 
 /// A running `family` program (see family.c): ended by closing its stdin on drop.
 #[derive(Debug)]
@@ -330,14 +349,14 @@ pub struct CFamily {
     proc: Option<std::process::Child>,
     /// The parent.
     pub parent: i32,
-    /// Child 1 (drops to uid 65534 on SIGUSR1).
+    /// Child 1 (makes itself non-dumpable on SIGUSR1).
     pub c1: i32,
-    /// Child 2 (uid 65534 from the start), with "setuid".
+    /// Child 2 (non-dumpable from the start), with "unreadable".
     pub c2: Option<i32>,
 }
 
 impl CFamily {
-    /// Start `family ARGS`, under `prefix` (e.g. [`NO_PTRACE`]; empty: directly).
+    /// Start `family ARGS`, under `prefix` (e.g. [`unprivileged`]; empty: directly).
     pub fn start(prefix: &[&str], args: &[&str]) -> CFamily {
         use std::io::BufRead;
         let prog = family_program();
