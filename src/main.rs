@@ -36,9 +36,8 @@ enum Command {
     /// Run a command (or attach to a running process), follow its forks, forks of forks and
     /// vforks with ptrace, and prove page by page who copied what since each fork.
     Trace(cmd::trace::Args),
-    /// Print the JSON Schema of a document (fork-report, baseline, pages, experiment, compare,
-    /// inspect, inspect-sample, trace),
-    /// generated from the same types that write the documents.
+    /// Print the JSON Schema of a document, generated from the same types that write the
+    /// documents (the names: `cowscope schema --help`).
     Schema(cmd::schema::Args),
     /// Run as PID 1 in a test VM: mount /proc and /sys, collect, print between markers,
     /// power off. Used by scripts/kernel-matrix.sh.
