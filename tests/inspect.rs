@@ -845,7 +845,7 @@ fn the_documents_match_their_schemas_and_renderings_carry_the_classes() {
     let (rc, table, _) = inspect(&["--pid", &pid, "--format", "table"]);
     assert_eq!(rc, 0);
     assert!(
-        table.contains("both processes map are no longer shared"),
+        table.contains("both processes map are no longer the same page"),
         "{table}"
     );
     assert!(table.contains("child Private_Dirty"), "{table}");

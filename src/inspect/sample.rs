@@ -105,18 +105,22 @@ fn stat_or_explain(pid: i32, what: &str) -> Result<Stat> {
     Ok(crate::mem::process::user_process(pid)?)
 }
 
-/// Refuse a pid that is cowscope itself or a process cowscope started (its watchdog):
-/// reading our own memory proves nothing about the target, and freezing ourselves would
-/// never end.
+/// Whether `pid` is cowscope itself (the calling process, as a library) or a watchdog it
+/// started for a freeze: never a target.
+fn is_self(pid: i32) -> bool {
+    pid == std::process::id() as i32 || super::freeze::is_our_watchdog(pid)
+}
+
+/// Refuse a pid that is cowscope itself or its watchdog: reading our own memory proves
+/// nothing about the target, and freezing ourselves would never end.
 fn refuse_self(pid: i32, what: &str) -> Result<()> {
-    let me = std::process::id() as i32;
-    if pid == me || proc::ancestors_of(pid).contains(&me) {
+    if is_self(pid) {
         return Err(Error::usage(format!(
             "{what} {pid} is cowscope itself{}: it cannot inspect its own memory",
-            if pid == me {
+            if pid == std::process::id() as i32 {
                 ""
             } else {
-                " (a process it started)"
+                " (its watchdog)"
             }
         )));
     }
@@ -124,8 +128,8 @@ fn refuse_self(pid: i32, what: &str) -> Result<()> {
 }
 
 /// Decide the pairs: every live descendant of `req.pid` (or each `--child`), each with the
-/// process it was forked from (its parent). cowscope itself and the processes it started are
-/// never among them, also when they descend from `--pid` (`--pid $$` from a shell).
+/// process it was forked from (its parent). cowscope itself and its watchdog are never among
+/// them, also when they descend from `--pid` (`--pid $$` from a shell).
 ///
 /// # Errors
 /// Usage errors (exit 2): no such pid, a kernel thread, a zombie, cowscope itself, a
@@ -182,16 +186,11 @@ pub fn plan_pairs(req: &InspectRequest) -> Result<Plan> {
         }
         v
     } else {
-        // cowscope and what it started (the watchdog) are never targets.
-        let me = std::process::id() as i32;
-        let mut own: Vec<i32> = proc::descendants(me, &table)
-            .iter()
-            .map(|p| p.pid)
-            .collect();
-        own.push(me);
+        // cowscope and its watchdogs are never targets (`--pid $$` from a shell finds
+        // cowscope among the shell's children); processes below cowscope are.
         proc::descendants(root.pid, &table)
             .into_iter()
-            .filter(|c| !own.contains(&c.pid))
+            .filter(|c| !is_self(c.pid))
             .filter(|c| {
                 if c.is_zombie() {
                     skipped.push(Skipped {
@@ -219,7 +218,8 @@ pub fn plan_pairs(req: &InspectRequest) -> Result<Plan> {
                 },
             }
         };
-        if parent.is_zombie() {
+        // A zombie has no memory; cowscope is never read, not even as a parent.
+        if parent.is_zombie() || is_self(parent.pid) {
             continue;
         }
         if proc::same_address_space(parent.pid, c.pid) == Some(true) {
