@@ -26,10 +26,10 @@ enum Command {
     /// Run one of the seed's open questions as an experiment with a verdict.
     Experiment(cmd::experiment::Args),
     /// Compare a live process with its forked children, page by page: which pages are still
-    /// shared, which diverged (copied), which only one side maps, and what smaps says they
-    /// cost. Reads pagemap and smaps only; never touches the targets' memory. Exit codes: 0
-    /// every page classified; 3 some pages unproven (PFNs hidden: run as root); 2 usage or
-    /// input error.
+    /// shared, which diverged (no longer the same page: copied, or released and refaulted),
+    /// which only one side maps, and what smaps says they cost. Reads pagemap and smaps only; never touches the targets' memory. Exit codes: 0
+    /// every page classified; 3 something unproven, in any sample (PFNs hidden: run as root;
+    /// or a live descendant whose memory the kernel refused); 2 usage or input error.
     Inspect(cmd::inspect::Args),
     /// Compare fork-report JSON files from several kernels as a scenario x kernel table.
     Compare(cmd::compare::Args),
