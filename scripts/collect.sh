@@ -68,6 +68,7 @@ run_one() {
   case $rc in
     0) progress "$file: ok (${secs} s)" ;;
     1) progress "$file: written, but a verdict FAILED (exit 1, ${secs} s); see the file" ;;
+    3) progress "$file: written, but something could not be proven here (exit 3: privilege or kernel feature missing, ${secs} s); see the file" ;;
     *)
       progress "$file: cowscope $* failed (exit $rc, ${secs} s); no new file written"
       FAILED+=("$file")
@@ -104,7 +105,7 @@ else
 fi
 
 # system.json: the envelope (taken from a document this run just wrote, so `system` is exactly
-# what cowscope detected) plus the facts below. src/guest.rs writes the same keys.
+# what cowscope detected) plus the facts below. src/cmd/guest/facts.rs writes the same keys.
 progress "system.json"
 if ((${#WRITTEN[@]} == 0)); then
   progress "system.json: no document with an envelope to take 'system' from; not written"

@@ -4,7 +4,7 @@
 #
 # Kernels come from Debian's packages (linux-image-*-cloud-amd64), fetched with `apt-get download`
 # into a cache directory and unpacked with `dpkg -x`: nothing is installed into /boot. The guest
-# (src/guest.rs) mounts /proc, /sys and /tmp, runs each collection in a child process, prints each
+# (src/cmd/guest/) mounts /proc, /sys and /tmp, runs each collection in a child process, prints each
 # document between ==COWSCOPE-BEGIN <file>== / ==COWSCOPE-END <file>== lines on the serial console,
 # prints ==COWSCOPE-DONE== and powers off. qemu exits 0 even after a kernel panic, so a boot only
 # counts when the DONE marker is seen; `timeout` bounds every boot.

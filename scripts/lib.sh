@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Helpers shared by scripts/collect.sh and scripts/kernel-matrix.sh (sourced, not run).
 
-# The files a collection produces, in order. src/guest.rs uses the same names.
+# The files a collection produces, in order. src/cmd/guest/mod.rs uses the same names.
 # shellcheck disable=SC2034  # used by the scripts that source this file
 COWSCOPE_BASELINES=(09a 09b 09b-overflow)
 

@@ -37,6 +37,12 @@ pub enum Error {
     /// refused for another user's process or by Yama.
     #[error("{0}")]
     Privilege(String),
+    /// A stop signal (SIGINT, SIGTERM, SIGHUP) ended the run at a safe point; whatever the run
+    /// changed was restored and no document was written. Exit code 128 + the signal.
+    #[error(
+        "stopped by signal {0} before the report was complete; every setting cowscope changed was restored and nothing was written"
+    )]
+    Interrupted(i32),
     /// A serialisation step failed (should not happen for our own types).
     #[error("serialising JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -86,6 +92,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::NotReadable(_) => EXIT_USAGE,
+            Error::Interrupted(sig) => 128 + sig,
             Error::Privilege(_) => EXIT_UNPROVEN,
             // Failing to read a process the user named is bad input; anything else is too,
             // since no verdict was reached. Verdict failures are not errors: they are reports

@@ -65,6 +65,48 @@ pub fn parse_meminfo_kb(text: &str, key: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The signal (SIGINT, SIGTERM, SIGHUP) that asked cowscope to stop, once
+/// [`defer_stop_signals`] is in force (0: none).
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Turn SIGINT, SIGTERM and SIGHUP from "die now" into a request that the caller honours at
+/// its next safe point ([`stop_requested`]): the signals are blocked in the calling thread
+/// (and so in every thread and fork child it creates afterwards) and a helper thread takes
+/// them with `sigwait`. Used by commands that change system settings, so a Ctrl-C still
+/// runs the guards that restore them. Call before any other thread is started; later calls
+/// do nothing.
+///
+/// # Errors
+/// When the mask cannot be set or the thread cannot be started.
+pub fn defer_stop_signals() -> std::io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    static ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if ONCE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().map_err(std::io::Error::from)?;
+    std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                STOP_SIGNAL.store(sig as i32, std::sync::atomic::Ordering::SeqCst);
+            }
+        })?;
+    Ok(())
+}
+
+/// The stop signal received since [`defer_stop_signals`], if any.
+pub fn stop_requested() -> Option<i32> {
+    match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
 /// Sysfs values changed by cowscope (with `--allow-sysfs`), restored in reverse order by
 /// [`SysfsGuard::restore`] or on drop — also when the caller returns an error or panics.
 #[derive(Debug, Default)]

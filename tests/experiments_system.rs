@@ -457,12 +457,12 @@ fn without_allow_sysfs_it_skips_with_the_reason(
     assert_eq!(r.verdict.holds, None);
 }
 
-/// Not root: the experiments that need PFNs or /sys skip with the reason (exit 0, never a
-/// pass or a failure).
+/// Not root: the experiments that need PFNs are unproven (exit 3, never a pass or a failure),
+/// unless the kernel lacks the feature altogether (a skip, exit 0).
 #[rstest]
 #[case::thp_sizes("thp-sizes")]
 #[case::ksm("ksm")]
-fn as_nobody_it_skips_with_the_reason(#[case] name: &str) {
+fn as_nobody_it_is_unproven_with_the_reason(#[case] name: &str) {
     if !is_root() {
         eprintln!("SKIP: not root, cannot drop to nobody with setpriv");
         return;
@@ -474,16 +474,19 @@ fn as_nobody_it_skips_with_the_reason(#[case] name: &str) {
         .args(["experiment", name, "--allow-sysfs"])
         .output()
         .expect("setpriv runs");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let reason = v["verdict"]["skipped"].as_str().expect("skipped");
-    assert!(
-        reason.contains("not root") || reason.contains("unavailable"),
-        "{reason}"
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if let Some(reason) = v["verdict"]["skipped"].as_str() {
+        assert!(reason.contains("unavailable"), "{reason}");
+        assert_eq!(out.status.code(), Some(0), "{err}");
+    } else {
+        let reason = v["verdict"]["unproven"].as_str().expect("unproven");
+        assert!(reason.contains("not root"), "{reason}");
+        assert_eq!(
+            v["verdict"]["holds"],
+            Value::Null,
+            "never a pass or a failure"
+        );
+        assert_eq!(out.status.code(), Some(3), "{err}");
+    }
 }

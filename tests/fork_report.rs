@@ -1111,36 +1111,53 @@ fn the_table_keeps_its_columns_in_line_for_large_arenas_and_explains_them() {
 
 /// `--allow-sysfs` changes what a case needs (an mTHP size, huge pages, a swap file) and puts
 /// every setting back when the case ends.
+/// Every setting `--allow-sysfs` may change, with its current value.
+fn sysfs_snapshot() -> Vec<(String, String)> {
+    let mut files = vec![
+        "/proc/sys/vm/nr_hugepages".to_string(),
+        "/sys/kernel/mm/transparent_hugepage/enabled".to_string(),
+        "/sys/kernel/mm/transparent_hugepage/use_zero_page".to_string(),
+        "/proc/swaps".to_string(),
+    ];
+    if let Ok(d) = std::fs::read_dir("/sys/kernel/mm/transparent_hugepage") {
+        for e in d.flatten() {
+            let f = e.path().join("enabled");
+            if f.is_file() {
+                files.push(f.display().to_string());
+            }
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let v = std::fs::read_to_string(&f).unwrap_or_default();
+            (f, v)
+        })
+        .collect()
+}
+
+/// Swap files cowscope left behind (none, ever).
+fn swap_leftovers() -> Vec<std::path::PathBuf> {
+    ["/var/tmp", "/tmp"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("cowscope-swap-")
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 #[test]
 fn allow_sysfs_restores_every_setting_it_changed() {
     if !is_root() {
         eprintln!("SKIP: changing sysfs needs root");
         return;
     }
-    let snapshot = || -> Vec<(String, String)> {
-        let mut files = vec![
-            "/proc/sys/vm/nr_hugepages".to_string(),
-            "/sys/kernel/mm/transparent_hugepage/enabled".to_string(),
-            "/sys/kernel/mm/transparent_hugepage/use_zero_page".to_string(),
-            "/proc/swaps".to_string(),
-        ];
-        if let Ok(d) = std::fs::read_dir("/sys/kernel/mm/transparent_hugepage") {
-            for e in d.flatten() {
-                let f = e.path().join("enabled");
-                if f.is_file() {
-                    files.push(f.display().to_string());
-                }
-            }
-        }
-        files.sort();
-        files
-            .into_iter()
-            .map(|f| {
-                let v = std::fs::read_to_string(&f).unwrap_or_default();
-                (f, v)
-            })
-            .collect()
-    };
+    let snapshot = sysfs_snapshot;
     let before = snapshot();
     let opts = ForkReportOptions {
         scenarios: vec![
@@ -1165,17 +1182,61 @@ fn allow_sysfs_restores_every_setting_it_changed() {
         );
     }
     assert_eq!(snapshot(), before, "every setting is back");
-    let leftovers: Vec<_> = ["/var/tmp", "/tmp"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("cowscope-swap-")
-        })
-        .collect();
+    let leftovers = swap_leftovers();
     assert!(
         leftovers.is_empty(),
         "the swap file is removed: {leftovers:?}"
     );
+}
+
+/// Ctrl-C (or SIGTERM) in the middle of `--allow-sysfs` cases ends the run at the next safe
+/// point: every setting is restored, the swap file is gone, nothing is written, and the exit
+/// code says which signal (128 + n). Signals land at several moments, some mid-case.
+#[rstest]
+#[case::sigterm_early(libc::SIGTERM, 20)]
+#[case::sigint_mid_run(libc::SIGINT, 80)]
+#[case::sighup_later(libc::SIGHUP, 160)]
+fn a_stop_signal_during_allow_sysfs_cases_restores_everything(
+    #[case] sig: i32,
+    #[case] after_ms: u64,
+) {
+    if !is_root() {
+        eprintln!("SKIP: changing sysfs needs root");
+        return;
+    }
+    let before = sysfs_snapshot();
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("cowscope"))
+        .args([
+            "fork-report",
+            "--allow-sysfs",
+            "--runs",
+            "1",
+            "--scenario",
+            "swapped-child-writes",
+            "--scenario",
+            "hugetlb-2m-child-writes",
+            "--scenario",
+            "mthp-64k-child-writes",
+            "--scenario",
+            "mthp-16k-child-writes",
+            "--scenario",
+            "iouring-fixed-buffer-thp-fork",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(after_ms));
+    // SAFETY: kill(2) with our own child's pid.
+    unsafe { libc::kill(child.id() as i32, sig) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // It may also have finished before the signal: then it exits 0 with a report.
+    if out.status.code() != Some(0) {
+        assert_eq!(out.status.code(), Some(128 + sig), "{err}");
+        assert!(out.stdout.is_empty(), "no partial report");
+        assert!(err.contains("restored"), "{err}");
+    }
+    assert_eq!(sysfs_snapshot(), before, "every setting is back");
+    assert!(swap_leftovers().is_empty(), "no swap file left");
 }

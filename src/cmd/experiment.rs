@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::doc::{Envelope, ExperimentDoc};
-use crate::error::{EXIT_OK, EXIT_VERDICT_FAILED, Error, Result};
+use crate::error::{EXIT_OK, Error, Result};
 use crate::experiments::ExperimentOptions;
 use crate::output;
 
@@ -75,9 +75,5 @@ pub fn run(args: Args) -> Result<i32> {
         DocFormat::Table => crate::render::experiment::table(&doc),
     };
     output::emit(&text, args.out.as_deref())?;
-    Ok(if doc.body.holds() {
-        EXIT_OK
-    } else {
-        EXIT_VERDICT_FAILED
-    })
+    Ok(doc.body.exit_code())
 }

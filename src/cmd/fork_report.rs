@@ -98,7 +98,19 @@ pub fn run(args: Args) -> Result<i32> {
         allow_sysfs: args.allow_sysfs,
         scenario_file: args.scenario_file,
     };
+    // Ctrl-C must not skip the guards that restore THP, hugetlb and swap settings: take the
+    // stop signals as a request honoured between scenarios (before any thread starts).
+    crate::kernel::defer_stop_signals()
+        .map_err(|e| crate::error::Error::io("deferring SIGINT/SIGTERM/SIGHUP", e))?;
     let doc = report(&opts)?;
+    for s in &doc.body.scenarios {
+        for f in &s.restore_failures {
+            eprintln!(
+                "cowscope: warning: {}: a setting was NOT restored, the machine is left changed: {f}",
+                s.name
+            );
+        }
+    }
     let text = match args.format {
         Format::Table => crate::render::table::fork_report(&doc),
         Format::Svg => crate::render::svg::fork_report(&doc),

@@ -60,14 +60,14 @@ pub fn run(opts: &ExperimentOptions) -> Result<Outcome> {
         ));
     }
     if !nix::unistd::geteuid().is_root() {
-        return Ok(Outcome::skipped(
+        return Ok(Outcome::unproven(
             "not root: PFNs and /proc/kpageflags (the KSM bit) are hidden without CAP_SYS_ADMIN",
             json!({}),
         ));
     }
     let privilege = crate::mem::privilege::detect();
     if !privilege.pfn_visible || !privilege.kpage_readable {
-        return Ok(Outcome::skipped(
+        return Ok(Outcome::unproven(
             "PFNs or /proc/kpageflags are not visible to this process",
             json!({"pfn_visible": privilege.pfn_visible, "kpage_readable": privilege.kpage_readable}),
         ));

@@ -39,9 +39,13 @@ pub struct ExperimentVerdict {
     /// `true` the claim held, `false` it did not; absent when skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holds: Option<bool>,
-    /// Why the experiment was skipped (a missing precondition), if it was.
+    /// Why the experiment was skipped (a missing feature or setting), if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// Why the claim could not be proven with the evidence this user may read (PFNs and the
+    /// kpage files need CAP_SYS_ADMIN), if so. Never a pass: the command exits 3.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unproven: Option<String>,
 }
 
 /// What an experiment returns: its verdict and its evidence (addresses, signals, PFNs,
@@ -62,6 +66,7 @@ impl Outcome {
                 sentence: sentence.into(),
                 holds: Some(holds),
                 skipped: None,
+                unproven: None,
             },
             evidence,
         }
@@ -75,14 +80,31 @@ impl Outcome {
                 sentence: format!("skipped: {reason}"),
                 holds: None,
                 skipped: Some(reason),
+                unproven: None,
             },
             evidence,
         }
     }
 
-    /// Whether this outcome counts as holding (a skip does).
+    /// Not provable here for lack of privilege (PFNs or kpage files hidden).
+    pub fn unproven(reason: impl Into<String>, evidence: serde_json::Value) -> Self {
+        let reason = reason.into();
+        Outcome {
+            verdict: ExperimentVerdict {
+                sentence: format!("unproven: {reason}"),
+                holds: None,
+                skipped: None,
+                unproven: Some(reason),
+            },
+            evidence,
+        }
+    }
+
+    /// Whether this outcome counts as holding (a skip does; an unproven claim does not).
     pub fn holds(&self) -> bool {
-        self.verdict.holds.unwrap_or(true)
+        self.verdict
+            .holds
+            .unwrap_or(self.verdict.unproven.is_none())
     }
 }
 
@@ -114,13 +136,30 @@ pub enum ExperimentBody {
 }
 
 impl ExperimentBody {
-    /// Whether every verdict held (a skip holds).
-    pub fn holds(&self) -> bool {
+    /// The results, one or all.
+    pub fn results(&self) -> &[ExperimentResult] {
         match self {
-            ExperimentBody::One(r) => r.verdict.holds.unwrap_or(true),
-            ExperimentBody::All { experiments } => {
-                experiments.iter().all(|r| r.verdict.holds.unwrap_or(true))
-            }
+            ExperimentBody::One(r) => std::slice::from_ref(r),
+            ExperimentBody::All { experiments } => experiments,
+        }
+    }
+
+    /// Whether every verdict held (a skip holds; an unproven claim does not).
+    pub fn holds(&self) -> bool {
+        self.results()
+            .iter()
+            .all(|r| r.verdict.holds.unwrap_or(r.verdict.unproven.is_none()))
+    }
+
+    /// The exit code: 1 when a verdict failed, else 3 when a claim was unproven, else 0.
+    pub fn exit_code(&self) -> i32 {
+        let rs = self.results();
+        if rs.iter().any(|r| r.verdict.holds == Some(false)) {
+            crate::error::EXIT_VERDICT_FAILED
+        } else if rs.iter().any(|r| r.verdict.unproven.is_some()) {
+            crate::error::EXIT_UNPROVEN
+        } else {
+            crate::error::EXIT_OK
         }
     }
 }

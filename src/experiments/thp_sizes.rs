@@ -67,7 +67,7 @@ pub fn run(opts: &ExperimentOptions) -> Result<Outcome> {
         ));
     }
     if !nix::unistd::geteuid().is_root() {
-        return Ok(Outcome::skipped(
+        return Ok(Outcome::unproven(
             "not root: changing THP settings and reading PFNs and kpageflags need root",
             json!({}),
         ));
@@ -84,7 +84,7 @@ pub fn run(opts: &ExperimentOptions) -> Result<Outcome> {
     }
     let privilege = crate::mem::privilege::detect();
     if !privilege.pfn_visible || !privilege.kpage_readable {
-        return Ok(Outcome::skipped(
+        return Ok(Outcome::unproven(
             "PFNs or /proc/kpageflags are not visible to this process",
             json!({}),
         ));

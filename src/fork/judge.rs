@@ -111,8 +111,9 @@ pub struct ProcessSeen {
     pub pages: Vec<PageWitness>,
     /// The first [`HEAD`] bytes of every page, when they could be read.
     pub heads: Option<Vec<u8>>,
-    /// Pages whose PFN changed while the content was read.
-    pub moved_by_reading: u64,
+    /// Pages whose PFN changed while the content was read; None when the page tables could
+    /// not be read again afterwards (then nothing says the read left them alone).
+    pub moved_by_reading: Option<u64>,
 }
 
 /// Everything the pipeline observed for one scenario.
@@ -931,9 +932,26 @@ fn every_page_reads_its_last_writer(s: &Scenario, e: &Evidence, j: &mut Judgemen
     let mut mismatches = Vec::new();
     let mut checked = false;
     let mut moved = 0;
+    let mut unread = Vec::new();
+    let mut not_rechecked = Vec::new();
     for p in &e.procs {
-        moved += p.moved_by_reading;
-        let Some(h) = &p.heads else { continue };
+        match p.moved_by_reading {
+            Some(n) => moved += n,
+            None if p.sampled && p.heads.is_some() && e.pfn_visible => {
+                not_rechecked.push(p.role.clone())
+            }
+            None => {}
+        }
+        let expects_content =
+            p.sampled && (0..p.pages.len()).any(|i| s.expected_head(&p.path, i, unit).is_some());
+        let Some(h) = &p.heads else {
+            // A process whose pages should carry known bytes, but whose memory could not be
+            // read (`/proc/<pid>/mem` refused, or it is gone): its content is unproven.
+            if expects_content && p.smaps.is_some() {
+                unread.push(p.role.clone());
+            }
+            continue;
+        };
         for i in 0..h.len() / HEAD {
             let Some(want) = s.expected_head(&p.path, i, unit) else {
                 continue;
@@ -1010,6 +1028,24 @@ fn every_page_reads_its_last_writer(s: &Scenario, e: &Evidence, j: &mut Judgemen
     }
     if s.advice == ForkAdvice::WipeOnFork && c.child_reads_zero != Some(true) {
         found.push("the WIPEONFORK child does not read zero everywhere".into());
+    }
+    if !unread.is_empty() {
+        j.file(Finding::unproven(
+            "content",
+            format!(
+                "the bytes of {} could not be read (/proc/<pid>/mem refused or the process was gone), so the content check did not run there",
+                unread.join(", ")
+            ),
+        ));
+    }
+    if !not_rechecked.is_empty() {
+        j.file(Finding::unproven(
+            "content",
+            format!(
+                "the page tables of {} could not be read again after the content, so nothing shows the read left them alone",
+                not_rechecked.join(", ")
+            ),
+        ));
     }
     if moved > 0 && e.pfn_visible {
         // Either the read disturbed the evidence (it must not: /proc/<pid>/mem does not pin)
@@ -1118,6 +1154,64 @@ mod tests {
     use crate::fork::scenarios::by_name;
 
     const PS: usize = 4096;
+
+    /// The judge, on evidence whose content reads exactly what the scenario expects (every
+    /// sampled process's heads as its last writer left them, nothing moved while reading):
+    /// the tests below are about the page tables. Content itself is tested through
+    /// `super::judge` directly.
+    fn judge(s: &Scenario, e: &Evidence) -> Judgement {
+        let mut e = e.clone();
+        let unit = unit(s, &e);
+        for p in e.procs.iter_mut().filter(|p| p.sampled) {
+            let mut heads = vec![0u8; p.pages.len() * HEAD];
+            for i in 0..p.pages.len() {
+                if let Some(w) = s.expected_head(&p.path, i, unit) {
+                    let h = &mut heads[i * HEAD..(i + 1) * HEAD];
+                    h[..8].copy_from_slice(&w.index.to_le_bytes());
+                    h[crate::fork::child::STAMP_SIDE_OFFSET] = w.marker;
+                    if let Some(b) = w.byte32 {
+                        h[HEAD / 2] = b;
+                    }
+                }
+            }
+            p.heads.get_or_insert(heads);
+            p.moved_by_reading.get_or_insert(0);
+        }
+        super::judge(s, &e)
+    }
+
+    #[test]
+    fn content_that_could_not_be_read_is_unproven_not_held() {
+        let s = by_name("private-child-writes").unwrap();
+        let e = child_writes_evidence(true);
+        // Every head read as the scenario expects (the wrapper fills them in): it holds.
+        assert_eq!(judge(&s, &e).verdict().state, VerdictState::Held);
+        // No bytes could be read (/proc/<pid>/mem refused): the content check never ran.
+        let mut unread = e.clone();
+        for p in &mut unread.procs {
+            p.moved_by_reading = Some(0);
+        }
+        let v = super::judge(&s, &unread).verdict();
+        assert_eq!(v.state, VerdictState::Unproven, "{v:?}");
+        assert!(
+            v.unproven.iter().any(|u| u.contains("could not be read (")),
+            "{:?}",
+            v.unproven
+        );
+        // The page tables could not be read again after the content: nothing shows the read
+        // left them alone.
+        let mut not_rechecked = e.clone();
+        not_rechecked.procs[1].heads = Some(vec![0; 16 * HEAD]);
+        not_rechecked.procs[1].moved_by_reading = None;
+        let v = super::judge(&s, &not_rechecked).verdict();
+        assert!(
+            v.unproven
+                .iter()
+                .any(|u| u.contains("could not be read again")),
+            "{:?}",
+            v.unproven
+        );
+    }
 
     fn page(pfn: u64, exclusive: bool) -> PageWitness {
         PageWitness {

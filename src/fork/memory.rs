@@ -210,11 +210,13 @@ impl SwapFile {
     /// When the file cannot be written or the kernel refuses it (e.g. tmpfs).
     pub fn create(dir: &Path, mib: usize, page: usize) -> std::io::Result<SwapFile> {
         let path = dir.join(format!("cowscope-swap-{}", std::process::id()));
-        let guard = SwapFile { path: path.clone() };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)?;
+        // Only a file this call created is ours to swapoff and remove (never a stale or
+        // foreign one that happened to have the name).
+        let guard = SwapFile { path: path.clone() };
         use std::os::unix::fs::PermissionsExt;
         f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         let pages = mib * (1 << 20) / page;

@@ -339,6 +339,9 @@ pub struct ScenarioResult {
     /// System settings changed for this scenario (with --allow-sysfs), restored afterwards.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub changed: Vec<String>,
+    /// Settings that could NOT be restored (path and error): the machine was left changed.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub restore_failures: Vec<String>,
     /// The verdict.
     pub verdict: Verdict,
 }
@@ -351,7 +354,15 @@ pub fn fork_report(opts: &ForkReportOptions, system: &SystemInfo) -> Result<Fork
     let scenarios = select(opts)?;
     let mut reports = Vec::with_capacity(scenarios.len());
     for s in &scenarios {
+        // A stop signal (deferred by the command) ends the run between scenarios, after the
+        // last one restored what it changed.
+        if let Some(sig) = crate::kernel::stop_requested() {
+            return Err(Error::Interrupted(sig));
+        }
         reports.push(run::run_scenario(s, system, opts)?);
+    }
+    if let Some(sig) = crate::kernel::stop_requested() {
+        return Err(Error::Interrupted(sig));
     }
     Ok(ForkReportBody { scenarios: reports })
 }

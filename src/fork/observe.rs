@@ -176,8 +176,7 @@ pub fn witness(
         pmd_mapped: vma.is_some_and(|v| v.anon_huge_pages_kb > 0) && fl.is_none_or(|f| f.thp()),
         mapped: vma.is_some(),
         swapped: e.swapped() && !e.present(),
-        swap_entry: (e.swapped() && !e.present() && pfn_visible && e.0 & 0x7f_ffff_ffff_ffff != 0)
-            .then_some(e.0 & 0x7f_ffff_ffff_ffff),
+        swap_entry: e.swap_entry().filter(|&x| pfn_visible && x != 0),
         swapcache: fl.map(|f| f.has(crate::mem::kpage::bits::SWAPCACHE)),
         hugetlb: fl.map(|f| f.huge()),
         soft_dirty: e.soft_dirty(),

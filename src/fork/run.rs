@@ -319,7 +319,8 @@ struct Observed {
     before: ProcessSample,
     heads: Vec<Option<Vec<u8>>>,
     parent_heads: Option<Vec<u8>>,
-    moved_by_reading: Vec<u64>,
+    parent_moved_by_reading: Option<u64>,
+    moved_by_reading: Vec<Option<u64>>,
     pipe: Option<Vec<u8>>,
     child_dump: Option<Vec<u8>>,
     evidence_us: u64,
@@ -359,22 +360,25 @@ fn observe_all(
             _ => None,
         })
         .collect();
-    let parent_heads = observe::read_heads(nix::unistd::getpid().as_raw(), base, pages, page, HEAD);
+    let self_pid = nix::unistd::getpid().as_raw();
+    let parent_heads = observe::read_heads(self_pid, base, pages, page, HEAD);
+    // The parent's page tables again too: reading does not pin, but the kernel may migrate.
+    let parent_moved_by_reading = if sys.pfn_visible {
+        observe::sample(self_pid, base, pages, page)
+            .ok()
+            .map(|again| moved_frames(&parent, &again))
+    } else {
+        Some(0)
+    };
     let moved_by_reading = sp
         .procs
         .iter()
         .zip(&samples)
         .map(|(p, smp)| match (smp, sys.pfn_visible) {
             (Some(smp), true) => observe::sample(p.pid, base, pages, page)
-                .map(|again| {
-                    smp.entries
-                        .iter()
-                        .zip(&again.entries)
-                        .filter(|(a, b)| a.present() && b.present() && a.pfn() != b.pfn())
-                        .count() as u64
-                })
-                .unwrap_or(0),
-            _ => 0,
+                .map(|again| moved_frames(smp, &again))
+                .ok(),
+            _ => Some(0),
         })
         .collect();
     let pipe = mem.pipe.as_ref().map(|(r, _)| {
@@ -405,11 +409,22 @@ fn observe_all(
         before: before.clone(),
         heads,
         parent_heads,
+        parent_moved_by_reading,
         moved_by_reading,
         pipe,
         child_dump,
         evidence_us,
     })
+}
+
+/// Pages present in both samples whose frame changed between them.
+fn moved_frames(first: &ProcessSample, again: &ProcessSample) -> u64 {
+    first
+        .entries
+        .iter()
+        .zip(&again.entries)
+        .filter(|(a, b)| a.present() && b.present() && a.pfn() != b.pfn())
+        .count() as u64
 }
 
 // ── reap ─────────────────────────────────────────────────────────────────────────────────
@@ -477,6 +492,7 @@ impl Observed {
             } else {
                 self.parent_heads
             },
+            moved_by_reading: self.parent_moved_by_reading,
             ..Default::default()
         }];
         for (idx, p) in sp.procs.iter().enumerate() {
@@ -558,6 +574,7 @@ fn skipped(s: &Scenario, sys: &SystemInfo, reason: String) -> ScenarioResult {
         page_rows: Vec::new(),
         page_class_runs: Vec::new(),
         changed: Vec::new(),
+        restore_failures: Vec::new(),
         verdict: Verdict::skip(reason),
     }
 }
@@ -575,7 +592,7 @@ fn report(
 ) -> ScenarioResult {
     let mut verdict = j.verdict();
     if !restore_failures.is_empty() {
-        verdict.notes.extend(restore_failures);
+        verdict.notes.extend(restore_failures.iter().cloned());
     }
     let processes: Vec<ProcessEvidence> = e
         .procs
@@ -645,6 +662,7 @@ fn report(
         page_rows,
         page_class_runs: super::ClassRun::runs(&j.aggregate),
         changed,
+        restore_failures,
         verdict,
     }
 }

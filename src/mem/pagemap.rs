@@ -98,6 +98,12 @@ impl PagemapEntry {
     pub fn swap_offset(self) -> Option<u64> {
         (self.swapped() && !self.present()).then_some((self.0 & PFN_MASK) >> 5)
     }
+    /// The whole swap entry (type and offset, bits 0-54) when swapped: two pages with the same
+    /// entry are one page in swap. The kernel zeroes it without CAP_SYS_ADMIN (then 0 means
+    /// "unknown", like a hidden PFN).
+    pub fn swap_entry(self) -> Option<u64> {
+        (self.swapped() && !self.present()).then_some(self.0 & PFN_MASK)
+    }
 }
 
 /// An open `/proc/<pid>/pagemap`, bound to one process.

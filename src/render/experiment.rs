@@ -6,8 +6,11 @@ use std::fmt::Write as _;
 use crate::doc::ExperimentDoc;
 use crate::experiments::{ExperimentBody, ExperimentResult};
 
-/// `holds`, `FAILS` or `skipped`: the state of one verdict, as the table prints it.
+/// `holds`, `FAILS`, `UNPROVEN` or `skipped`: the state of one verdict, as the table prints it.
 pub fn state(r: &ExperimentResult) -> &'static str {
+    if r.verdict.unproven.is_some() {
+        return "UNPROVEN";
+    }
     match (r.verdict.skipped.is_some(), r.verdict.holds) {
         (true, _) => "skipped",
         (false, Some(true)) => "holds",
@@ -51,10 +54,11 @@ pub fn table(doc: &ExperimentDoc) -> String {
     let held = results.iter().filter(|r| state(r) == "holds").count();
     let skipped = results.iter().filter(|r| state(r) == "skipped").count();
     let failed = results.iter().filter(|r| state(r) == "FAILS").count();
+    let unproven = results.iter().filter(|r| state(r) == "UNPROVEN").count();
     let _ = writeln!(
         s,
-        "{} experiment(s): {held} held, {failed} failed, {skipped} skipped (the evidence is in \
-         --format json)",
+        "{} experiment(s): {held} held, {failed} failed, {unproven} unproven, {skipped} skipped \
+         (the evidence is in --format json)",
         results.len()
     );
     s
