@@ -26,19 +26,18 @@ enum Command {
     /// Run one of the seed's open questions as an experiment with a verdict.
     Experiment(cmd::experiment::Args),
     /// Compare a live process with its forked children, page by page: which pages are still
-    /// shared, which diverged (copied), which only one side maps, and what smaps says they
-    /// cost. Reads pagemap and smaps only; never touches the targets' memory. Exit codes: 0
-    /// every page classified; 3 some pages unproven (PFNs hidden: run as root); 2 usage or
-    /// input error.
+    /// shared, which diverged (no longer the same page: copied, or released and refaulted),
+    /// which only one side maps, and what smaps says they cost. Reads pagemap and smaps only; never touches the targets' memory. Exit codes: 0
+    /// every page classified; 3 something unproven, in any sample (PFNs hidden: run as root;
+    /// or a live descendant whose memory the kernel refused); 2 usage or input error.
     Inspect(cmd::inspect::Args),
     /// Compare fork-report JSON files from several kernels as a scenario x kernel table.
     Compare(cmd::compare::Args),
     /// Run a command (or attach to a running process), follow its forks, forks of forks and
     /// vforks with ptrace, and prove page by page who copied what since each fork.
     Trace(cmd::trace::Args),
-    /// Print the JSON Schema of a document (fork-report, baseline, pages, experiment, compare,
-    /// inspect, inspect-sample, trace),
-    /// generated from the same types that write the documents.
+    /// Print the JSON Schema of a document, generated from the same types that write the
+    /// documents (the names: `cowscope schema --help`).
     Schema(cmd::schema::Args),
     /// Run as PID 1 in a test VM: mount /proc and /sys, collect, print between markers,
     /// power off. Used by scripts/kernel-matrix.sh.

@@ -54,12 +54,10 @@ fn plain(e: std::io::Error, dir: &Path) -> std::io::Error {
 /// # Errors
 /// [`Error::Io`] or [`Error::Usage`] naming the user's path, never the temporary file.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
     let ctx = || format!("writing {}", path.display());
     let (target, existing) = resolve(path).map_err(|e| Error::io(ctx(), e))?;
     if let Some(m) = &existing {
-        let ft = m.file_type();
-        if ft.is_char_device() || ft.is_fifo() {
+        if written_through(m, path, &target)? {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&target)
@@ -68,23 +66,6 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
                 .write_all(contents)
                 .and_then(|()| f.flush())
                 .map_err(|e| Error::io(ctx(), e));
-        }
-        if !ft.is_file() {
-            let what = if ft.is_dir() {
-                "a directory"
-            } else if ft.is_block_device() {
-                "a block device"
-            } else if ft.is_socket() {
-                "a socket"
-            } else {
-                "not a regular file"
-            };
-            return Err(Error::usage(format!(
-                "--out {}: {} is {what}; cowscope writes only regular files (replaced \
-                 atomically), character devices and FIFOs",
-                path.display(),
-                target.display()
-            )));
         }
     }
     let dir = match target.parent() {
@@ -113,6 +94,35 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     tmp.persist(&target)
         .map_err(|e| Error::io(ctx(), plain(e.error, dir)))?;
     Ok(())
+}
+
+/// The `--out` rule for what is at the path already: `Ok(true)` for a character device or a
+/// FIFO (written through, never replaced), `Ok(false)` for a regular file (replaced), a usage
+/// error for anything else (a directory, a socket, a block device), which is left untouched.
+fn written_through(m: &std::fs::Metadata, path: &Path, target: &Path) -> Result<bool> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = m.file_type();
+    if ft.is_char_device() || ft.is_fifo() {
+        return Ok(true);
+    }
+    if ft.is_file() {
+        return Ok(false);
+    }
+    let what = if ft.is_dir() {
+        "a directory"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(Error::usage(format!(
+        "--out {}: {} is {what}; cowscope writes only regular files (replaced \
+         atomically), character devices and FIFOs",
+        path.display(),
+        target.display()
+    )))
 }
 
 /// This process's umask, from /proc/self/status (reading it with umask(2) would change it,
@@ -151,6 +161,140 @@ pub fn emit(text: &str, out: Option<&Path>) -> Result<()> {
                 .map_err(|e| Error::io("writing stdout", e))?;
             so.flush().map_err(|e| Error::io("writing stdout", e))
         }
+    }
+}
+
+/// A result written record by record (`--format jsonl`), under the same `--out` rules as
+/// [`write_atomic`]:
+/// - no path: stdout, flushed per record;
+/// - a character device or a FIFO (after following symbolic links): written through, each
+///   record as it comes, so a reader of a named pipe follows the watch live;
+/// - a regular file, or nothing yet: the records go to a temporary file beside it, which
+///   [`StreamOut::finish`] renames into place (with the mode a plain create would give, or
+///   the old file's). Until then an existing file keeps its old content; a run that fails
+///   (the `StreamOut` is dropped unfinished) leaves it untouched and removes the temporary
+///   file;
+/// - a directory, a socket, a block device: refused before anything runs.
+#[derive(Debug)]
+pub struct StreamOut {
+    sink: Sink,
+    /// The user's `--out`, for messages.
+    path: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug)]
+enum Sink {
+    Stdout,
+    Through(std::fs::File),
+    Replace {
+        tmp: tempfile::NamedTempFile,
+        target: std::path::PathBuf,
+        dir: std::path::PathBuf,
+        mode: u32,
+    },
+}
+
+impl StreamOut {
+    /// Open `out` (or stdout) by the rules above.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for a path that is not a regular file, character device or FIFO;
+    /// [`Error::Io`] naming the user's path when it cannot be opened or created.
+    pub fn open(out: Option<&Path>) -> Result<StreamOut> {
+        let Some(path) = out else {
+            return Ok(StreamOut {
+                sink: Sink::Stdout,
+                path: None,
+            });
+        };
+        let ctx = || format!("writing {}", path.display());
+        let (target, existing) = resolve(path).map_err(|e| Error::io(ctx(), e))?;
+        if let Some(m) = &existing
+            && written_through(m, path, &target)?
+        {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .map_err(|e| Error::io(ctx(), e))?;
+            return Ok(StreamOut {
+                sink: Sink::Through(f),
+                path: Some(path.to_path_buf()),
+            });
+        }
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".cowscope-")
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(ctx(), plain(e, &dir)))?;
+        let mode = match &existing {
+            Some(m) => std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
+            None => 0o666 & !umask(),
+        };
+        Ok(StreamOut {
+            sink: Sink::Replace {
+                tmp,
+                target,
+                dir,
+                mode,
+            },
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    fn ctx(&self) -> String {
+        match &self.path {
+            Some(p) => format!("writing {}", p.display()),
+            None => "writing stdout".into(),
+        }
+    }
+
+    /// Write one record whole and flush it.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the user's path (or stdout).
+    pub fn write_record(&mut self, bytes: &[u8]) -> Result<()> {
+        let r = match &mut self.sink {
+            Sink::Stdout => {
+                let mut so = std::io::stdout().lock();
+                so.write_all(bytes).and_then(|()| so.flush())
+            }
+            Sink::Through(f) => f.write_all(bytes).and_then(|()| f.flush()),
+            Sink::Replace { tmp, dir, .. } => tmp
+                .write_all(bytes)
+                .and_then(|()| tmp.flush())
+                .map_err(|e| plain(e, dir)),
+        };
+        r.map_err(|e| Error::io(self.ctx(), e))
+    }
+
+    /// The run is complete: put a regular file's records into place (fsync, rename).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the user's path.
+    pub fn finish(self) -> Result<()> {
+        let ctx = self.ctx();
+        let Sink::Replace {
+            tmp,
+            target,
+            dir,
+            mode,
+        } = self.sink
+        else {
+            return Ok(());
+        };
+        tmp.as_file()
+            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| Error::io(&ctx, plain(e, &dir)))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Error::io(&ctx, plain(e, &dir)))?;
+        tmp.persist(&target)
+            .map_err(|e| Error::io(&ctx, plain(e.error, &dir)))?;
+        Ok(())
     }
 }
 
@@ -270,5 +414,52 @@ mod tests {
             0o640
         );
         assert_eq!(std::fs::read(&p).unwrap(), b"[]");
+    }
+
+    #[test]
+    fn a_stream_into_a_regular_file_replaces_it_only_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("watch.jsonl");
+        std::fs::write(&p, b"old result\n").unwrap();
+        let mut s = StreamOut::open(Some(&p)).unwrap();
+        s.write_record(b"{\"seq\":0}\n").unwrap();
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            b"old result\n",
+            "an unfinished run never truncates the old result"
+        );
+        s.finish().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"seq\":0}\n");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
+    }
+
+    #[test]
+    fn a_stream_dropped_unfinished_leaves_the_old_result_and_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("watch.jsonl");
+        std::fs::write(&p, b"old result\n").unwrap();
+        let mut s = StreamOut::open(Some(&p)).unwrap();
+        s.write_record(b"half\n").unwrap();
+        drop(s);
+        assert_eq!(std::fs::read(&p).unwrap(), b"old result\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_stream_refuses_a_directory_and_writes_through_a_character_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = StreamOut::open(Some(dir.path())).unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+        assert!(e.to_string().contains("is a directory"), "{e}");
+        let mut s = StreamOut::open(Some(Path::new("/dev/null"))).unwrap();
+        s.write_record(b"x\n").unwrap();
+        s.finish().unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+            &std::fs::metadata("/dev/null").unwrap().file_type()
+        ));
     }
 }

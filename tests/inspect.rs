@@ -845,8 +845,432 @@ fn the_documents_match_their_schemas_and_renderings_carry_the_classes() {
     let (rc, table, _) = inspect(&["--pid", &pid, "--format", "table"]);
     assert_eq!(rc, 0);
     assert!(
-        table.contains("both processes map are no longer shared"),
+        table.contains("both processes map are no longer the same page"),
         "{table}"
     );
     assert!(table.contains("child Private_Dirty"), "{table}");
+}
+
+// ---- cowscope never inspects itself (review finding 1) ----
+
+/// Resumes what a hung cowscope stopped and kills it, from outside the test's process tree
+/// (so a freeze of the test's descendants cannot stop it too): a shell started through
+/// `setsid -f`, reparented away from the test before cowscope starts. It gives up as soon as
+/// the test is done (the directory it watches has a `done` file, or is gone).
+struct SafetyNet {
+    dir: tempfile::TempDir,
+}
+
+impl SafetyNet {
+    fn arm(after: Duration, resume: &[i32]) -> SafetyNet {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let resume: Vec<String> = resume.iter().map(|p| p.to_string()).collect();
+        let script = format!(
+            "i=0; while [ $i -lt {ticks} ]; do \
+               [ -d '{d}' ] || exit 0; [ -e '{d}/done' ] && exit 0; sleep 0.1; i=$((i+1)); \
+             done; \
+             kill -CONT {resume} 2>/dev/null; \
+             p=$(cat '{d}/pid' 2>/dev/null); \
+             [ -n \"$p\" ] && [ \"$(cat /proc/$p/comm 2>/dev/null)\" = cowscope ] && kill -KILL $p",
+            ticks = after.as_millis() / 100,
+            resume = resume.join(" "),
+        );
+        let st = Command::new("setsid")
+            .args(["-f", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("setsid");
+        assert!(st.success());
+        SafetyNet { dir }
+    }
+    fn watch_pid(&self, pid: u32) {
+        std::fs::write(self.dir.path().join("pid"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for SafetyNet {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.path().join("done"), b"");
+    }
+}
+
+#[test]
+fn inspecting_the_tests_own_process_with_freeze_returns_promptly_without_cowscope_in_a_pair() {
+    // The test process has a child besides cowscope: the family's parent subject S.
+    let (_res, fam) = small_family();
+    let me = std::process::id() as i32;
+    let mut resume = vec![me, fam.parent];
+    resume.extend(&fam.children);
+    let net = SafetyNet::arm(Duration::from_secs(20), &resume);
+    let t0 = Instant::now();
+    let cs = Command::new(cowscope_bin())
+        .args(["inspect", "--pid", &me.to_string(), "--freeze"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cs_pid = cs.id() as i32;
+    net.watch_pid(cs.id());
+    let out = cs.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    drop(net);
+    assert!(
+        took < Duration::from_secs(15),
+        "cowscope froze itself (the safety net ended it after {took:?})"
+    );
+    let want = if is_root() { 0 } else { 3 };
+    assert_eq!(
+        out.status.code(),
+        Some(want),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("a document");
+    for p in doc["pairs"].as_array().unwrap() {
+        assert_ne!(p["parent"], cs_pid, "cowscope is no pair's parent: {p}");
+        assert_ne!(p["child"], cs_pid, "cowscope is no pair's child: {p}");
+    }
+    for p in doc["processes"].as_array().unwrap() {
+        assert_ne!(p["pid"], cs_pid, "cowscope read itself");
+        assert_ne!(p["ppid"], cs_pid, "cowscope read its watchdog");
+    }
+    let stopped: Vec<i64> = doc["freeze"]["stopped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert!(
+        !stopped.contains(&(cs_pid as i64)),
+        "cowscope stopped itself"
+    );
+    assert!(stopped.contains(&(me as i64)), "the --pid was frozen");
+    // The pairs it should have: the test with S, S with its child.
+    pair(&doc, fam.parent);
+    pair(&doc, fam.children[0]);
+    for pid in [me, fam.parent, fam.children[0]] {
+        assert!(
+            wait_state(pid, &['S', 'R'], Duration::from_secs(2)),
+            "{pid} left stopped: {:?}",
+            state(pid)
+        );
+    }
+}
+
+#[test]
+fn cowscope_named_as_pid_or_child_is_a_usage_error() {
+    // `exec` keeps the shell's pid, so $$ is cowscope's own pid and $PPID the test's.
+    for (script, flag) in [
+        (r#"exec "$0" inspect --pid $$"#, "--pid"),
+        (r#"exec "$0" inspect --pid $PPID --child $$"#, "--child"),
+    ] {
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .arg(cowscope_bin())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{script}: {err}");
+        assert!(out.stdout.is_empty(), "{script}");
+        assert!(
+            err.contains(&format!("{flag} ")) && err.contains("is cowscope itself"),
+            "{script}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
+    // As a library, "cowscope" is the calling process.
+    let req = cowscope::inspect::InspectRequest {
+        pid: std::process::id() as i32,
+        ..Default::default()
+    };
+    let e = cowscope::inspect::sample::plan(&req).unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("is cowscope itself"), "{e}");
+}
+
+// ---- a freeze that could not stop every thread (finding 31) ----
+
+#[test]
+fn a_parent_whose_thread_cannot_stop_is_not_reported_as_a_frozen_instant() {
+    // The parent vforks a child that waits in its address space: the parent's only thread
+    // sleeps uninterruptibly (`D`) until the vfork child exits, and SIGSTOP cannot stop it.
+    let mut fam = CFamily::start(&[], &["vfork"]);
+    assert!(
+        wait_state(fam.parent, &['D'], Duration::from_secs(5)),
+        "the vfork parent waits in D: {:?}",
+        state(fam.parent)
+    );
+    let pid = fam.parent.to_string();
+    let want = if is_root() { 0 } else { 3 };
+    let doc = inspect_json(
+        &["--pid", &pid, "--child", &fam.c1.to_string(), "--freeze"],
+        want,
+    );
+    assert_eq!(
+        doc["freeze"]["all_threads_stopped"], false,
+        "{}",
+        doc["freeze"]
+    );
+    let notes: Vec<&str> = doc["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("not a frozen instant") && n.contains("uninterruptible")),
+        "{notes:?}"
+    );
+    let (rc, table, _) = inspect(&[
+        "--pid",
+        &pid,
+        "--child",
+        &fam.c1.to_string(),
+        "--freeze",
+        "--format",
+        "table",
+    ]);
+    assert_eq!(rc, want);
+    let head = table.lines().next().unwrap();
+    assert!(
+        head.contains("not a frozen instant") && !head.contains("frozen for"),
+        "{head}"
+    );
+    // Nothing left stopped: the SIGSTOP still pending on the parent was discarded by the
+    // SIGCONT, the child runs, and the whole family ends when its stdin closes.
+    assert!(wait_state(fam.c1, &['S', 'R'], Duration::from_secs(2)));
+    assert_ne!(state(fam.parent), Some('T'));
+    let status = fam.end().expect("the family ends: nothing is left stopped");
+    assert!(status.success(), "{status:?}");
+}
+
+// ---- what could not be read, and when a watch ends (findings 7, 8, 9) ----
+
+/// Wait until `pid` is not dumpable any more: its /proc files then belong to root.
+fn wait_not_dumpable(pid: i32) {
+    use std::os::unix::fs::MetadataExt;
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if std::fs::metadata(format!("/proc/{pid}/pagemap")).is_ok_and(|m| m.uid() == 0) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("{pid} never became non-dumpable");
+}
+
+#[test]
+fn a_live_descendant_whose_memory_is_refused_is_listed_unreadable_and_exits_3() {
+    let who = unprivileged();
+    let fam = CFamily::start(&who, &["unreadable"]);
+    let c2 = fam.c2.unwrap();
+    wait_not_dumpable(c2);
+    let out = cowscope_with(&who)
+        .args(["inspect", "--pid", &fam.parent.to_string()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    pair(&doc, fam.c1);
+    assert!(
+        doc["pairs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["child"] != c2)
+    );
+    let sk = doc["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["pid"] == c2)
+        .unwrap_or_else(|| panic!("{c2} in skipped[]: {}", doc["skipped"]));
+    assert_eq!(sk["unreadable"], true, "{sk}");
+    let why = sk["reason"].as_str().unwrap();
+    assert!(
+        why.contains("permission denied") && why.contains("not dumpable"),
+        "{why}"
+    );
+    let o = cowscope_with(&who)
+        .args([
+            "inspect",
+            "--pid",
+            &fam.parent.to_string(),
+            "--format",
+            "table",
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(table.contains(&format!("skipped {c2} (")), "{table}");
+}
+
+#[test]
+fn a_watch_counts_every_incomplete_sample() {
+    let who = unprivileged();
+    let fam = CFamily::start(&who, &["unreadable"]);
+    wait_not_dumpable(fam.c2.unwrap());
+    let out = cowscope_with(&who)
+        .args(["inspect", "--pid", &fam.parent.to_string()])
+        .args(["--interval", "50ms", "--duration", "300ms"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let w = &doc["watch"];
+    assert_eq!(w["ended_by"], "duration", "{w}");
+    assert!(w["samples"].as_u64().unwrap() >= 2, "{w}");
+    assert_eq!(w["incomplete_samples"], w["samples"], "{w}");
+}
+
+#[test]
+fn a_watched_child_that_becomes_unreadable_is_an_error_not_an_exit() {
+    let who = unprivileged();
+    let fam = CFamily::start(&who, &[]);
+    let mut cs = cowscope_with(&who)
+        .args(["inspect", "--pid", &fam.parent.to_string()])
+        .args(["--child", &fam.c1.to_string()])
+        .args(["--interval", "50ms", "--format", "jsonl"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(cs.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["seq"], 0);
+    // The child makes itself non-dumpable and lives on: its memory is no longer readable.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(fam.c1),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    wait_not_dumpable(fam.c1);
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let out = cs.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("/proc/{}/", fam.c1)) && err.contains("permission denied"),
+        "{err}"
+    );
+    for l in &rest {
+        let _: Value = serde_json::from_str(l).expect("every record whole");
+    }
+    assert!(
+        wait_state(fam.c1, &['S', 'R'], Duration::from_secs(1)),
+        "the child is alive: it did not exit"
+    );
+}
+
+// ---- jsonl --out follows the --out rules (finding 15) ----
+
+#[test]
+fn jsonl_out_to_a_regular_file_replaces_the_old_result_only_when_the_watch_ends() {
+    let (_res, fam) = small_family();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("watch.jsonl");
+    std::fs::write(&out, "old result\n").unwrap();
+    let cs = Command::new(cowscope_bin())
+        .args(["inspect", "--pid", &fam.parent.to_string()])
+        .args(["--interval", "20ms", "--format", "jsonl", "--out"])
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Records stream into a temporary file beside the target...
+    let temp_len = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".cowscope-"))
+            .map(|e| e.metadata().map_or(0, |m| m.len()))
+            .max()
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while temp_len().unwrap_or(0) == 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(temp_len().unwrap_or(0) > 0, "records arrive in a temp file");
+    // ...while the old result is untouched.
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "old result\n");
+    // Ctrl-C ends the watch cleanly: the records take the old result's place.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cs.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let o = cs.wait_with_output().unwrap();
+    let want = if is_root() { 0 } else { 3 };
+    assert_eq!(
+        o.status.code(),
+        Some(want),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.stdout.is_empty(), "--out, not stdout");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let seqs: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("whole records")["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(!seqs.is_empty());
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(temp_len(), None, "no temporary file left");
+}
+
+#[test]
+fn jsonl_out_refuses_a_directory_and_a_block_device_before_reading() {
+    let (_res, fam) = small_family();
+    let dir = tempfile::tempdir().unwrap();
+    let pid = fam.parent.to_string();
+    let d = dir.path().to_str().unwrap();
+    let args = [
+        "--pid",
+        pid.as_str(),
+        "--interval",
+        "20ms",
+        "--format",
+        "jsonl",
+    ];
+    let (rc, out, err) = inspect(&[&args[..], &["--out", d]].concat());
+    assert_eq!(rc, 2, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("is a directory"), "{err}");
+    if !is_root() {
+        eprintln!("SKIP (block device): mknod needs root");
+        return;
+    }
+    // A block device node (of a loop device that need not exist): refused by its type,
+    // never opened.
+    let blk = dir.path().join("blk");
+    nix::sys::stat::mknod(
+        &blk,
+        nix::sys::stat::SFlag::S_IFBLK,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        nix::sys::stat::makedev(7, 250),
+    )
+    .unwrap();
+    let (rc, _, err) = inspect(&[&args[..], &["--out", blk.to_str().unwrap()]].concat());
+    assert_eq!(rc, 2, "{err}");
+    assert!(err.contains("is a block device"), "{err}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&blk)
+            .unwrap()
+            .file_type()
+            .is_block_device()
+    );
 }

@@ -2,20 +2,22 @@
 //! handlers, inspect once or watch, render, write, and pick the exit code.
 //!
 //! Exit codes: 0 every page was classified; 3 some pages are `unproven` (PFNs hidden: the
-//! document is still complete and honest, but it could not prove everything); 2 usage or
-//! input errors (nothing could be read). A single inspect interrupted by SIGINT/SIGTERM
-//! resumes anything frozen and dies of that signal without output; a watch ends cleanly with
-//! what it collected.
+//! document is still complete and honest, but it could not prove everything) or a live
+//! descendant could not be read (permission), in any sample of a watch; 2 usage or input
+//! errors (nothing could be read). A single inspect interrupted by SIGINT/SIGTERM resumes
+//! anything frozen and dies of that signal without output; a watch ends cleanly with what it
+//! collected.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use crate::doc::{Envelope, InspectDoc, InspectSampleDoc};
 use crate::error::{EXIT_OK, EXIT_UNPROVEN, Error, Result};
 use crate::inspect::interrupt;
 use crate::inspect::sample::InspectRequest;
-use crate::inspect::watch::{WatchOptions, parse_duration};
+use crate::inspect::watch::WatchOptions;
 use crate::output;
+
+use super::parse_duration;
 
 /// Output formats of `inspect`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -48,7 +50,10 @@ pub struct Args {
     /// sample).
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
-    /// Write the result here (atomically; jsonl is streamed) instead of stdout.
+    /// Write the result here instead of stdout. A regular file is replaced atomically when
+    /// the run ends (a jsonl watch streams into a temporary file beside it, renamed into
+    /// place when the watch ends, also on Ctrl-C); a FIFO or character device is written
+    /// through, record by record.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Walk only START-END (hex).
@@ -60,11 +65,12 @@ pub struct Args {
     /// Add a page map of at most N cells per VMA to the JSON (svg uses 96).
     #[arg(long, value_name = "N")]
     pub cells: Option<String>,
-    /// Sample repeatedly at this interval (500ms, 2s, ...) until the children exit.
-    #[arg(long)]
+    /// Sample repeatedly at this interval until the children exit: a number and a unit
+    /// (ms, s, m, h), e.g. 500ms or 2s; 1ms to 168h.
+    #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
-    /// With --interval: stop after this long.
-    #[arg(long)]
+    /// With --interval: stop after this long (same form as --interval).
+    #[arg(long, value_name = "DURATION")]
     pub duration: Option<String>,
 }
 
@@ -166,23 +172,17 @@ pub fn run(a: Args) -> Result<i32> {
     };
     let system = crate::mem::system::detect();
     let body = if a.format == Format::Jsonl {
-        // A stream: each record is written whole and flushed as it is taken (a file grows as
-        // samples arrive; a stream cannot be replaced atomically).
-        let mut sink: Box<dyn Write> = match &a.out {
-            Some(p) => Box::new(
-                std::fs::File::create(p)
-                    .map_err(|e| Error::io(format!("creating {}", p.display()), e))?,
-            ),
-            None => Box::new(std::io::stdout()),
-        };
-        crate::inspect::watch(&req, &opts, |rec| {
+        // Each record is written whole and flushed as it is taken; a regular --out file is
+        // put into place only when the watch ends (see output::StreamOut).
+        let mut sink = output::StreamOut::open(a.out.as_deref())?;
+        let body = crate::inspect::watch(&req, &opts, |rec| {
             let rec: InspectSampleDoc = Envelope::new(system.clone(), rec.clone());
             let mut line = serde_json::to_string(&rec)?;
             line.push('\n');
-            sink.write_all(line.as_bytes())
-                .and_then(|()| sink.flush())
-                .map_err(|e| Error::io("writing a sample", e))
-        })?
+            sink.write_record(line.as_bytes())
+        })?;
+        sink.finish()?;
+        body
     } else {
         crate::inspect::watch(&req, &opts, |_| Ok(()))?
     };
@@ -197,11 +197,76 @@ pub fn run(a: Args) -> Result<i32> {
     Ok(exit_code(&report))
 }
 
-/// 3 when some page is unproven (the evidence could not prove everything), else 0.
+/// 3 when the evidence could not prove everything: some page is unproven or a live
+/// descendant could not be read, in the snapshot or (for a watch) in any sample; else 0.
 pub fn exit_code(r: &InspectDoc) -> i32 {
-    if r.body.snapshot.unproven() > 0 {
+    let earlier = r
+        .body
+        .watch
+        .as_ref()
+        .is_some_and(|w| w.incomplete_samples > 0);
+    if earlier || r.body.snapshot.incomplete() {
         EXIT_UNPROVEN
     } else {
         EXIT_OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::InspectBody;
+    use crate::inspect::model::{Basis, Skipped, Snapshot, WatchInfo, ZeroInfo};
+
+    fn doc(unreadable: bool, watch: Option<WatchInfo>) -> InspectDoc {
+        let snapshot = Snapshot {
+            pid: 1,
+            pfn_visible: true,
+            basis: Basis::Pfn,
+            freeze: None,
+            read_us: 0,
+            pairs: Vec::new(),
+            pools: Vec::new(),
+            processes: Vec::new(),
+            skipped: vec![Skipped {
+                pid: 2,
+                comm: "x".into(),
+                reason: "why".into(),
+                unreadable,
+            }],
+            notes: Vec::new(),
+        };
+        Envelope::new(
+            crate::mem::system::detect(),
+            InspectBody {
+                snapshot,
+                zero_page: ZeroInfo::default(),
+                range: None,
+                watch,
+                samples: None,
+            },
+        )
+    }
+
+    fn watched(samples: u64, incomplete_samples: u64) -> Option<WatchInfo> {
+        Some(WatchInfo {
+            interval_ms: 100,
+            duration_ms: None,
+            ended_by: "duration".into(),
+            samples,
+            incomplete_samples,
+        })
+    }
+
+    #[test]
+    fn a_zombie_left_out_is_no_gap_but_an_unreadable_live_process_is() {
+        assert_eq!(exit_code(&doc(false, None)), EXIT_OK);
+        assert_eq!(exit_code(&doc(true, None)), EXIT_UNPROVEN);
+    }
+
+    #[test]
+    fn a_watch_exits_3_when_an_earlier_sample_was_incomplete_though_the_last_is_not() {
+        assert_eq!(exit_code(&doc(false, watched(10, 0))), EXIT_OK);
+        assert_eq!(exit_code(&doc(false, watched(10, 1))), EXIT_UNPROVEN);
     }
 }

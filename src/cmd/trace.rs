@@ -3,14 +3,13 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::doc::{Envelope, TraceDoc};
 use crate::error::{Error, Result};
 use crate::output;
 use crate::trace::{Target, TraceOptions};
 
-use super::{DocFormat, parse_number};
+use super::{DocFormat, parse_duration, parse_number};
 
 /// `trace` arguments.
 #[derive(Debug, clap::Args)]
@@ -52,36 +51,6 @@ pub struct Args {
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
-}
-
-/// `500ms`, `2s`, `1.5s`, `1m`.
-///
-/// # Errors
-/// [`Error::Usage`] naming `what` for anything else, or outside 1 ms .. 24 h.
-pub fn parse_duration(what: &str, s: &str) -> Result<Duration> {
-    let bad = || {
-        Error::usage(format!(
-            "{what} must be a duration like 500ms or 2s, got '{s}'"
-        ))
-    };
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        _ => return Err(bad()),
-    };
-    if !(secs.is_finite() && (0.001..=86_400.0).contains(&secs)) {
-        return Err(Error::usage(format!(
-            "{what} must be between 1ms and 24h, got '{s}'"
-        )));
-    }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Trace and build the document.
@@ -147,25 +116,4 @@ pub fn run(args: Args) -> Result<i32> {
         None => eprint!("{text}"),
     }
     Ok(doc.body.exit_status())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rstest::rstest;
-
-    #[rstest]
-    #[case::milliseconds("500ms", Some(500))]
-    #[case::seconds("2s", Some(2000))]
-    #[case::fractions("1.5s", Some(1500))]
-    #[case::minutes("1m", Some(60_000))]
-    #[case::no_unit("5", None)]
-    #[case::words("soon", None)]
-    #[case::too_small("0ms", None)]
-    fn durations(#[case] s: &str, #[case] ms: Option<u128>) {
-        assert_eq!(
-            parse_duration("--interval", s).ok().map(|d| d.as_millis()),
-            ms
-        );
-    }
 }

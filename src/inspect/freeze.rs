@@ -55,6 +55,35 @@ pub struct Freeze {
     resumed: bool,
 }
 
+/// Watchdogs of this process that are alive (0: free slot), so that a plan made meanwhile (a
+/// library caller inspecting from several threads) never takes one for a target.
+static WATCHDOGS: [std::sync::atomic::AtomicI32; 64] =
+    [const { std::sync::atomic::AtomicI32::new(0) }; 64];
+
+/// Whether `pid` is a watchdog this process started and has not yet released.
+pub fn is_our_watchdog(pid: i32) -> bool {
+    pid > 0
+        && WATCHDOGS
+            .iter()
+            .any(|w| w.load(std::sync::atomic::Ordering::SeqCst) == pid)
+}
+
+fn remember_watchdog(pid: i32) {
+    use std::sync::atomic::Ordering;
+    // A full table only means a concurrent plan might see the watchdog; nothing is lost.
+    let _ = WATCHDOGS.iter().any(|w| {
+        w.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    });
+}
+
+fn forget_watchdog(pid: i32) {
+    use std::sync::atomic::Ordering;
+    for w in &WATCHDOGS {
+        let _ = w.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
 /// How long to wait for every thread to reach the stopped state.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -103,6 +132,7 @@ fn watchdog(pids: &[i32], pidfds: &[RawFd]) -> Result<Subject> {
     });
     ops.push(ChildOp::Exit(0));
     let (subject, _) = spawn(pipes, &ops)?;
+    remember_watchdog(subject.pid().as_raw());
     Ok(subject)
 }
 
@@ -213,7 +243,9 @@ impl Freeze {
         }
         self.held_us = self.t0.elapsed().as_micros() as u64;
         if let Some(mut w) = self.watchdog.take() {
+            let pid = w.pid().as_raw();
             w.finish(Instant::now() + Duration::from_secs(5));
+            forget_watchdog(pid);
         }
     }
 }

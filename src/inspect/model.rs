@@ -271,6 +271,12 @@ pub struct Skipped {
     pub comm: String,
     /// Why.
     pub reason: String,
+    /// It is alive but its memory could not be read: the kernel refused (another user's
+    /// process, a setuid or non-dumpable program; `reason` says which) or the read failed.
+    /// Unlike a zombie or a `vfork` child, this leaves out a pair that exists: the report is
+    /// incomplete, and the exit code is 3.
+    #[serde(default)]
+    pub unreadable: bool,
 }
 
 /// A pool: several children of one parent. How many of them still share each of the
@@ -378,6 +384,11 @@ pub struct WatchInfo {
     pub ended_by: String,
     /// Samples taken.
     pub samples: u64,
+    /// Samples that could not prove everything (some page `unproven`, or a descendant whose
+    /// memory the kernel refused to show): the exit code is 3 when any sample was, not only
+    /// the last.
+    #[serde(default)]
+    pub incomplete_samples: u64,
 }
 
 /// The body of an `inspect` document.
@@ -442,5 +453,12 @@ impl Snapshot {
     /// Pages no evidence could classify, over every pair.
     pub fn unproven(&self) -> u64 {
         self.pairs.iter().map(|p| p.totals.unproven).sum()
+    }
+
+    /// Whether this moment proves less than a complete read would: some page is
+    /// `unproven`, or a live descendant was left out because its memory could not be read
+    /// (exit code 3).
+    pub fn incomplete(&self) -> bool {
+        self.unproven() > 0 || self.skipped.iter().any(|s| s.unreadable)
     }
 }

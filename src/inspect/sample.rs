@@ -105,14 +105,66 @@ fn stat_or_explain(pid: i32, what: &str) -> Result<Stat> {
     Ok(crate::mem::process::user_process(pid)?)
 }
 
+/// Whether `pid` is cowscope itself (the calling process, as a library) or a watchdog it
+/// started for a freeze: never a target.
+fn is_self(pid: i32) -> bool {
+    pid == std::process::id() as i32 || super::freeze::is_our_watchdog(pid)
+}
+
+/// Refuse a pid that is cowscope itself or its watchdog: reading our own memory proves
+/// nothing about the target, and freezing ourselves would never end.
+fn refuse_self(pid: i32, what: &str) -> Result<()> {
+    if is_self(pid) {
+        return Err(Error::usage(format!(
+            "{what} {pid} is cowscope itself{}: it cannot inspect its own memory",
+            if pid == std::process::id() as i32 {
+                ""
+            } else {
+                " (its watchdog)"
+            }
+        )));
+    }
+    Ok(())
+}
+
 /// Decide the pairs: every live descendant of `req.pid` (or each `--child`), each with the
-/// process it was forked from (its parent).
+/// process it was forked from (its parent). cowscope itself and its watchdog are never among
+/// them, also when they descend from `--pid` (`--pid $$` from a shell).
 ///
 /// # Errors
-/// Usage errors (exit 2): no such pid, a kernel thread, a zombie, a `--child` that is not a
-/// descendant of `--pid`, no children at all.
+/// Usage errors (exit 2): no such pid, a kernel thread, a zombie, cowscope itself, a
+/// `--child` that is not a descendant of `--pid`, no children at all.
 pub fn plan(req: &InspectRequest) -> Result<Plan> {
+    let plan = plan_pairs(req)?;
+    if plan.pairs.is_empty() {
+        let why = if plan.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                plan.skipped
+                    .iter()
+                    .map(|s| format!("{} {}", s.pid, s.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        };
+        return Err(Error::usage(format!(
+            "process {} ({}) has no live child process to compare with{why}",
+            plan.root.pid, plan.root.comm
+        )));
+    }
+    Ok(plan)
+}
+
+/// [`plan`] without its last check: the pairs may be empty (every child has exited), which a
+/// watch reads as its end rather than as an error.
+///
+/// # Errors
+/// As [`plan`], except "no children".
+pub fn plan_pairs(req: &InspectRequest) -> Result<Plan> {
     let root = stat_or_explain(req.pid, "--pid")?;
+    refuse_self(root.pid, "--pid")?;
     let explicit = !req.children.is_empty();
     // With explicit children only their ancestor chains are read, not the whole table.
     let table = if explicit { Vec::new() } else { proc::all() };
@@ -121,6 +173,7 @@ pub fn plan(req: &InspectRequest) -> Result<Plan> {
         let mut v = Vec::new();
         for &c in &req.children {
             let s = stat_or_explain(c, "--child")?;
+            refuse_self(c, "--child")?;
             if !proc::ancestors_of(c).contains(&root.pid) {
                 return Err(Error::usage(format!(
                     "process {c} ({}) is not a descendant of process {} ({}): its parent is {}",
@@ -133,14 +186,18 @@ pub fn plan(req: &InspectRequest) -> Result<Plan> {
         }
         v
     } else {
+        // cowscope and its watchdogs are never targets (`--pid $$` from a shell finds
+        // cowscope among the shell's children); processes below cowscope are.
         proc::descendants(root.pid, &table)
             .into_iter()
+            .filter(|c| !is_self(c.pid))
             .filter(|c| {
                 if c.is_zombie() {
                     skipped.push(Skipped {
                         pid: c.pid,
                         comm: c.comm.clone(),
                         reason: "a zombie: it has exited and its memory is gone".into(),
+                        unreadable: false,
                     });
                     return false;
                 }
@@ -161,7 +218,8 @@ pub fn plan(req: &InspectRequest) -> Result<Plan> {
                 },
             }
         };
-        if parent.is_zombie() {
+        // A zombie has no memory; cowscope is never read, not even as a parent.
+        if parent.is_zombie() || is_self(parent.pid) {
             continue;
         }
         if proc::same_address_space(parent.pid, c.pid) == Some(true) {
@@ -173,28 +231,11 @@ pub fn plan(req: &InspectRequest) -> Result<Plan> {
                      is copy-on-write between them",
                     parent.pid
                 ),
+                unreadable: false,
             });
             continue;
         }
         pairs.push((parent, c));
-    }
-    if pairs.is_empty() {
-        let why = if skipped.is_empty() {
-            String::new()
-        } else {
-            format!(
-                " ({})",
-                skipped
-                    .iter()
-                    .map(|s| format!("{} {}", s.pid, s.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        };
-        return Err(Error::usage(format!(
-            "process {} ({}) has no live child process to compare with{why}",
-            root.pid, root.comm
-        )));
     }
     Ok(Plan {
         root,
@@ -442,6 +483,36 @@ fn same_frames(pa: &Pagemap, a: u64, pb: &Pagemap, b: u64, len: u64, zero: &Zero
     })
 }
 
+/// A read of `/proc/<pid>/<file>` failed: decide what it means for the snapshot.
+/// - the `--pid` process, or a `--child` the user named that is still alive: the error, in
+///   [`Error::process_io`]'s words (exit 2);
+/// - the process has exited (gone, a zombie, or ESRCH: its memory is being torn down):
+///   `Ok(None)`, the caller notes "process N exited while it was being read";
+/// - any other descendant that is alive but unreadable (permission, or another read error):
+///   a [`Skipped`] entry with `unreadable`, which makes the exit code 3.
+///
+/// # Errors
+/// The first case.
+fn read_failure(plan: &Plan, s: &Stat, file: &str, e: std::io::Error) -> Result<Option<Skipped>> {
+    let gone = !access::still_alive(s) || e.raw_os_error() == Some(libc::ESRCH);
+    let root = s.pid == plan.root.pid;
+    if root || (plan.explicit && !gone) {
+        if gone {
+            return Err(Error::usage(access::exited(s.pid)));
+        }
+        return Err(Error::process_io(s.pid, file, e));
+    }
+    if gone {
+        return Ok(None);
+    }
+    Ok(Some(Skipped {
+        pid: s.pid,
+        comm: s.comm.clone(),
+        reason: Error::process_io(s.pid, file, e).to_string(),
+        unreadable: true,
+    }))
+}
+
 /// Read one moment of every pair of `plan`.
 ///
 /// # Errors
@@ -468,33 +539,15 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
     };
 
     let mut targets: HashMap<i32, Target> = HashMap::new();
-    let mut lost: Vec<i32> = Vec::new();
     for s in &procs {
         match open_target(s) {
             Ok(t) => {
                 targets.insert(s.pid, t);
             }
-            Err((file, e)) => {
-                let gone = !access::still_alive(s);
-                let explicit_child = plan.explicit && s.pid != plan.root.pid;
-                if s.pid == plan.root.pid || (explicit_child && !gone) {
-                    if gone {
-                        return Err(Error::usage(access::exited(s.pid)));
-                    }
-                    return Err(Error::process_io(s.pid, file, e));
-                }
-                lost.push(s.pid);
-                if gone {
-                    notes.push(access::exited(s.pid));
-                } else {
-                    let why = Error::process_io(s.pid, file, e).to_string();
-                    skipped.push(Skipped {
-                        pid: s.pid,
-                        comm: s.comm.clone(),
-                        reason: why,
-                    });
-                }
-            }
+            Err((file, e)) => match read_failure(plan, s, file, e)? {
+                None => notes.push(access::exited(s.pid)),
+                Some(sk) => skipped.push(sk),
+            },
         }
     }
     let mounts = Mounts::of(plan.root.pid);
@@ -622,37 +675,67 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
         smaps_results = done.into_inner().unwrap_or_default();
     }
     let freeze_info = freeze.map(Freeze::resume);
+    // A frozen instant only when every thread of every stopped process was stopped: a thread
+    // in uninterruptible sleep (`D`) stops only when it wakes, and may run during the read.
+    let frozen = freeze_info.as_ref().is_some_and(|f| f.all_threads_stopped);
+    if let Some(f) = &freeze_info
+        && !f.all_threads_stopped
+    {
+        notes.push(format!(
+            "--freeze: not every thread had stopped after {} s (a thread in uninterruptible \
+             sleep stops only when it wakes), so this is not a frozen instant: the unstopped \
+             threads may have run during the read",
+            super::freeze::STOP_TIMEOUT.as_secs()
+        ));
+    }
     let read_us = t0.elapsed().as_micros() as u64;
 
-    // Which processes turned out to be gone.
+    // Which processes turned out to be gone, or alive but unreadable.
     let mut gone: Vec<i32> = Vec::new();
+    let mut unreadable: Vec<i32> = Vec::new();
     let mut smaps_ok: HashMap<i32, Vec<SmapsEntry>> = HashMap::new();
     for (pid, r) in smaps_results {
+        let Some(s) = procs.iter().find(|s| s.pid == pid) else {
+            continue;
+        };
         match r {
             Ok(v) if !v.is_empty() => {
                 smaps_ok.insert(pid, v);
             }
-            _ => gone.push(pid),
+            // No VMA at all: the address space is gone (exiting).
+            Ok(_) => {
+                if pid == plan.root.pid {
+                    return Err(Error::usage(access::exited(pid)));
+                }
+                gone.push(pid);
+            }
+            Err(e) => match read_failure(plan, s, "smaps", e)? {
+                None => gone.push(pid),
+                Some(sk) => {
+                    unreadable.push(pid);
+                    skipped.push(sk);
+                }
+            },
         }
     }
     let mut pairs = Vec::new();
     for ((p, c), r) in walks {
         let (pt, ct) = (&targets[&p], &targets[&c]);
+        if unreadable.contains(&p) || unreadable.contains(&c) {
+            continue; // skipped[] says why
+        }
         let walked = match r {
             Ok(w) => w,
             Err(e) => {
                 let who = if e.side == Side::Parent { pt } else { ct };
-                if !access::still_alive(&who.stat) {
-                    if who.stat.pid == plan.root.pid {
-                        return Err(Error::usage(access::exited(who.stat.pid)));
+                match read_failure(plan, &who.stat, "pagemap", e.error)? {
+                    None => notes.push(access::exited(who.stat.pid)),
+                    Some(sk) => {
+                        unreadable.push(who.stat.pid);
+                        skipped.push(sk);
                     }
-                    notes.push(access::exited(who.stat.pid));
-                    continue;
                 }
-                return Err(Error::io(
-                    format!("reading /proc/{}/pagemap", who.stat.pid),
-                    e.error,
-                ));
+                continue;
             }
         };
         if gone.contains(&p) || gone.contains(&c) {
@@ -671,7 +754,7 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
             walked,
             (smaps_ok.get(&p), smaps_ok.get(&c)),
             &mounts,
-            freeze_info.is_some(),
+            frozen,
         ));
     }
     if gone.contains(&plan.root.pid) {
@@ -1007,7 +1090,11 @@ fn build_pair(
         if a.child.residual_kb != 0 || a.parent.residual_kb != 0 {
             let mut why = Vec::new();
             if !frozen {
-                why.push("the processes ran between the pagemap and smaps reads (--freeze holds them still)");
+                why.push(if req.freeze {
+                    "threads that did not stop ran between the pagemap and smaps reads"
+                } else {
+                    "the processes ran between the pagemap and smaps reads (--freeze holds them still)"
+                });
             }
             if thp {
                 why.push("PMD-mapped THPs are present, whose exclusive bit follows the head page");
@@ -1041,5 +1128,81 @@ fn build_pair(
         accounting,
         page_runs: runs,
         notes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn plan_with(root: Stat, explicit: bool) -> Plan {
+        Plan {
+            root,
+            pairs: Vec::new(),
+            skipped: Vec::new(),
+            explicit,
+        }
+    }
+
+    #[test]
+    fn a_failed_read_of_a_live_process_is_never_called_an_exit() {
+        let me = proc::stat(std::process::id() as i32).unwrap();
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep runs");
+        let kid = proc::stat(sleeper.id() as i32).unwrap();
+        let plan = plan_with(me.clone(), false);
+        let denied = || io::Error::from_raw_os_error(libc::EACCES);
+
+        // A descendant, alive: skipped as unreadable (exit 3), with the reason.
+        let sk = read_failure(&plan, &kid, "smaps", denied())
+            .unwrap()
+            .expect("alive: not an exit");
+        assert!(sk.unreadable);
+        assert!(
+            sk.reason.starts_with(&format!(
+                "cannot read /proc/{}/smaps: permission denied: ",
+                kid.pid
+            )),
+            "{}",
+            sk.reason
+        );
+        // Any other error of a live process keeps the OS error, and is not an exit either.
+        let sk = read_failure(
+            &plan,
+            &kid,
+            "smaps",
+            io::Error::from_raw_os_error(libc::EIO),
+        )
+        .unwrap()
+        .expect("alive: not an exit");
+        assert!(sk.unreadable && sk.reason.contains(&format!("/proc/{}/smaps", kid.pid)));
+        // ESRCH: the kernel found no memory: it is exiting.
+        assert!(
+            read_failure(
+                &plan,
+                &kid,
+                "smaps",
+                io::Error::from_raw_os_error(libc::ESRCH)
+            )
+            .unwrap()
+            .is_none()
+        );
+        // The --pid process, or a --child the user named: an error, in one sentence.
+        let e = read_failure(&plan, &me, "smaps", denied()).unwrap_err();
+        assert!(e.to_string().contains("permission denied"), "{e}");
+        let e = read_failure(&plan_with(me.clone(), true), &kid, "smaps", denied()).unwrap_err();
+        assert!(e.to_string().contains("permission denied"), "{e}");
+
+        // Once it has really exited, the same error means "exited".
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        assert!(
+            read_failure(&plan, &kid, "smaps", denied())
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -100,7 +100,9 @@ pub enum Facts {
     /// The same facts for every page (e.g. "not PMD-mapped, zero unknown" from smaps).
     Fixed(HiddenFacts),
     /// `PAGE_IS_PFNZERO | PAGE_IS_HUGE` regions from PAGEMAP_SCAN: pages outside every
-    /// region are known to be neither.
+    /// region are known to be neither. Only from a walk that reached the end of the chunk
+    /// ([`crate::mem::scan::scan_matching`] returns `None` otherwise, and the caller uses
+    /// [`Facts::Fixed`] with what smaps can prove).
     Regions {
         /// Sorted regions.
         regions: Vec<PageRegion>,

@@ -4,9 +4,10 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use super::access;
 use super::interrupt;
 use super::model::{InspectBody, SampleLine, WatchInfo};
-use super::sample::{Context, InspectRequest, plan, take_snapshot};
+use super::sample::{Context, InspectRequest, Plan, plan, plan_pairs, take_snapshot};
 use crate::error::{Error, Result};
 
 /// How to watch.
@@ -22,45 +23,96 @@ pub struct WatchOptions {
     pub progress: bool,
 }
 
-/// Parse `500ms`, `2s`, `1.5s`, `1m`, `1h` (a bare number is seconds).
-///
-/// # Errors
-/// A usage error naming the flag.
-pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let bad = || {
-        Error::usage(format!(
-            "{flag} must be a duration such as 500ms, 2s or 1m, got '{s}'"
-        ))
-    };
-    let v: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit.trim() {
-        "ms" => v / 1000.0,
-        "" | "s" => v,
-        "m" | "min" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(bad()),
-    };
-    if !secs.is_finite() || secs <= 0.0 || secs > 366.0 * 86400.0 {
-        return Err(Error::usage(format!(
-            "{flag} must be greater than 0 and at most a year, got '{s}'"
-        )));
+/// How the watch ends after a failed re-plan or read, decided from the processes themselves.
+enum Next {
+    /// The watch is over: `parent_exited` or `children_exited`.
+    End(&'static str),
+    /// Plan again now (the pairs read have gone; others may have appeared).
+    Replan,
+}
+
+/// Plan the next sample: the `--child` processes still alive and still descending from
+/// `--pid` (a child that exited, or whose parent did, leaves the watch), or every live
+/// descendant. `Ok(Err(reason))` when nothing is left to watch.
+fn replan(req: &InspectRequest, first: &Plan) -> Result<std::result::Result<Plan, &'static str>> {
+    if !access::still_alive(&first.root) {
+        return Ok(Err("parent_exited"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let mut r = req.clone();
+    if first.explicit {
+        r.children = first
+            .pairs
+            .iter()
+            .map(|(_, c)| c)
+            .filter(|c| req.children.contains(&c.pid))
+            .filter(|c| {
+                access::still_alive(c) && super::proc::ancestors_of(c.pid).contains(&first.root.pid)
+            })
+            .map(|c| c.pid)
+            .collect();
+        if r.children.is_empty() {
+            return Ok(Err("children_exited"));
+        }
+    }
+    match plan_pairs(&r) {
+        Ok(p) if p.pairs.is_empty() => Ok(Err(if access::still_alive(&first.root) {
+            "children_exited"
+        } else {
+            "parent_exited"
+        })),
+        Ok(p) => Ok(Ok(p)),
+        Err(_) if !access::still_alive(&first.root) => Ok(Err("parent_exited")),
+        // A `--child` that exited between the check above and the plan.
+        Err(_)
+            if first.explicit
+                && r.children.iter().any(|&c| {
+                    first
+                        .pairs
+                        .iter()
+                        .any(|(_, s)| s.pid == c && !access::still_alive(s))
+                }) =>
+        {
+            replan(req, first)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// After a read failed: the watch ends (or plans again) only when the failure is a real exit;
+/// `None` means the processes are alive and the error is real.
+fn after_failed_read(current: &Plan) -> Option<Next> {
+    // A process that is exiting is not a zombie yet for a moment: look again briefly.
+    for attempt in 0..10 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !access::still_alive(&current.root) {
+            return Some(Next::End("parent_exited"));
+        }
+        // Every pair lost: fine when a process of each is really gone.
+        let all_gone = current
+            .pairs
+            .iter()
+            .all(|(p, c)| !access::still_alive(p) || !access::still_alive(c));
+        if all_gone {
+            return Some(Next::Replan);
+        }
+    }
+    None
 }
 
 /// Watch: take a snapshot every `opts.interval`, hand each to `on_sample` (a JSON Lines
 /// record's body), and return the final document's body (the last snapshot, plus `samples[]` when
 /// `keep_samples`).
 ///
+/// The watch ends when `--duration` runs out, on a stop signal (Ctrl-C), when the `--pid`
+/// process exits, or when no child is left to compare with. Nothing else ends it quietly: a
+/// read that fails while its processes are alive (permission, I/O) is an error.
+///
 /// # Errors
-/// The errors of [`plan`] before the first sample (no such pid, no children, ...), and the
-/// first sample's read errors; later failures end the watch with a reason instead. Errors
-/// of `on_sample` (e.g. a closed stdout) end it too.
+/// The errors of [`plan`] before the first sample (no such pid, no children, ...), and any
+/// read error of a sample whose processes are still alive. Errors of `on_sample` (e.g. a
+/// closed stdout) end it too.
 pub fn watch(
     req: &InspectRequest,
     opts: &WatchOptions,
@@ -68,43 +120,44 @@ pub fn watch(
 ) -> Result<InspectBody> {
     let ctx = Context::detect();
     let page_size = crate::kernel::page_size() as u64;
-    let mut current = plan(req)?;
+    let first = plan(req)?;
+    let mut current = first.clone();
     let t0 = Instant::now();
     let mut seq = 0u64;
+    let mut incomplete = 0u64;
     let mut summaries = Vec::new();
     let mut last = None;
     let ended_by;
     let progress = opts.progress && std::io::stderr().is_terminal();
+    let mut need_plan = false;
     loop {
         if interrupt::requested().is_some() {
             ended_by = "interrupted";
             break;
         }
-        if seq > 0 {
-            match plan(req) {
+        if need_plan {
+            match replan(req, &first)? {
                 Ok(p) => current = p,
-                Err(_) => {
-                    ended_by = if super::access::still_alive(&current.root) {
-                        "children_exited"
-                    } else {
-                        "parent_exited"
-                    };
+                Err(why) => {
+                    ended_by = why;
                     break;
                 }
             }
         }
+        need_plan = true;
         let t_ms = t0.elapsed().as_millis() as u64;
         let snap = match take_snapshot(&current, req, &ctx) {
             Ok(s) => s,
-            Err(e) if seq == 0 => return Err(e),
-            Err(_) => {
-                ended_by = if super::access::still_alive(&current.root) {
-                    "children_exited"
-                } else {
-                    "parent_exited"
-                };
-                break;
-            }
+            Err(e) if seq == 0 && last.is_none() => return Err(e),
+            Err(e) => match after_failed_read(&current) {
+                Some(Next::End(why)) => {
+                    ended_by = why;
+                    break;
+                }
+                // Those pairs are gone: plan again at once (new workers may have come).
+                Some(Next::Replan) => continue,
+                None => return Err(e),
+            },
         };
         let record = SampleLine {
             seq,
@@ -113,6 +166,9 @@ pub fn watch(
         };
         on_sample(&record)?;
         let snap = record.snapshot;
+        if snap.incomplete() {
+            incomplete += 1;
+        }
         if opts.keep_samples {
             summaries.push(snap.summary(seq, t_ms));
         }
@@ -161,36 +217,8 @@ pub fn watch(
             duration_ms: opts.duration.map(|d| d.as_millis() as u64),
             ended_by: ended_by.into(),
             samples: seq,
+            incomplete_samples: incomplete,
         }),
         samples: opts.keep_samples.then_some(summaries),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rstest::rstest;
-
-    #[rstest]
-    #[case::milliseconds("500ms", 500)]
-    #[case::seconds("2s", 2000)]
-    #[case::fractional_seconds("1.5s", 1500)]
-    #[case::bare_number_is_seconds("3", 3000)]
-    #[case::minutes("1m", 60_000)]
-    fn durations_parse(#[case] s: &str, #[case] ms: u128) {
-        assert_eq!(parse_duration("--interval", s).unwrap().as_millis(), ms);
-    }
-
-    #[rstest]
-    #[case::zero("0s")]
-    #[case::negative("-1s")]
-    #[case::unknown_unit("5 parsecs")]
-    #[case::empty("")]
-    #[case::too_long("400d")]
-    fn bad_durations_are_usage_errors(#[case] s: &str) {
-        match parse_duration("--interval", s) {
-            Err(Error::Usage(m)) => assert!(m.contains("--interval"), "{m}"),
-            other => panic!("{s:?}: {other:?}"),
-        }
-    }
 }

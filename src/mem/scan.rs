@@ -211,7 +211,7 @@ fn supported_mask() -> Option<u64> {
         let page = (probe.as_ptr() as u64) & !(ps - 1);
         [WANTED, WANTED & !PAGE_IS_GUARD]
             .into_iter()
-            .find(|&mask| ioctl_scan(&pm, page, page + ps, mask).is_ok())
+            .find(|&mask| ioctl_scan(&pm, page, page + ps, mask).is_ok_and(|r| r.is_some()))
     })
 }
 
@@ -222,6 +222,8 @@ pub fn available() -> bool {
 
 /// Scan `[start, end)` of `pm`'s process: PAGEMAP_SCAN when available and not
 /// `force_fallback`, else plain pagemap reads (kpageflags supply huge/pfnzero when readable).
+/// A PAGEMAP_SCAN walk that stops before `end` is redone with pagemap reads, so no page is
+/// left looking "no category" because the ioctl never reached it.
 ///
 /// # Errors
 /// `InvalidInput` for unaligned or reversed ranges; kernel errors from the ioctl or reads.
@@ -233,22 +235,27 @@ pub fn scan(pm: &Pagemap, start: u64, end: u64, force_fallback: bool) -> io::Res
             format!("scan range {start:#x}-{end:#x} is unaligned or reversed"),
         ));
     }
-    match supported_mask() {
-        Some(mask) if !force_fallback => Ok(Scan {
+    if let Some(mask) = supported_mask().filter(|_| !force_fallback)
+        && let Some(regions) = ioctl_scan(pm, start, end, mask)?
+    {
+        return Ok(Scan {
             method: ScanMethod::PagemapScan,
             start,
             end,
             known: mask,
-            regions: ioctl_scan(pm, start, end, mask)?,
-        }),
-        _ => fallback_scan(pm, start, end),
+            regions,
+        });
     }
+    // No PAGEMAP_SCAN, or it stopped short: the whole range through pagemap reads, which
+    // say what they cannot know (`known`).
+    fallback_scan(pm, start, end)
 }
 
 /// The regions of `[start, end)` that have at least one category of `anyof`, with their
 /// categories masked to `anyof` (pages matching none are not returned at all, so a walk over a
-/// big range with few matches returns few regions). `None` when PAGEMAP_SCAN is unavailable
-/// or does not know one of the categories asked for.
+/// big range with few matches returns few regions). `None` when PAGEMAP_SCAN is unavailable,
+/// does not know one of the categories asked for, or stopped before `end` (then the pages it
+/// did not reach are unknown, and must not be read as "matching nothing").
 ///
 /// This is the cheap question to ask before or beside a pagemap read: "where is anything
 /// present?" (`PAGE_IS_PRESENT | PAGE_IS_SWAPPED`), "where is the zero page, where are PMD
@@ -272,29 +279,33 @@ pub fn scan_matching(
     }
     match supported_mask() {
         Some(mask) if mask & anyof == anyof && anyof != 0 => {
-            ioctl_scan_filtered(pm, start, end, anyof, anyof).map(Some)
+            ioctl_scan_filtered(pm, start, end, anyof, anyof)
         }
         _ => Ok(None),
     }
 }
 
-fn ioctl_scan(pm: &Pagemap, start: u64, end: u64, mask: u64) -> io::Result<Vec<PageRegion>> {
+fn ioctl_scan(
+    pm: &Pagemap,
+    start: u64,
+    end: u64,
+    mask: u64,
+) -> io::Result<Option<Vec<PageRegion>>> {
     ioctl_scan_filtered(pm, start, end, 0, mask)
 }
 
 /// PAGEMAP_SCAN over `[start, end)`: regions whose pages have a category of `anyof` (0: every
-/// page), with categories masked to `mask`, merged where neighbours agree.
+/// page), with categories masked to `mask`, merged where neighbours agree. `None` when the
+/// kernel stopped before `end` without progress (see [`scan_loop`]).
 fn ioctl_scan_filtered(
     pm: &Pagemap,
     start: u64,
     end: u64,
     anyof: u64,
     mask: u64,
-) -> io::Result<Vec<PageRegion>> {
-    let mut out: Vec<PageRegion> = Vec::new();
+) -> io::Result<Option<Vec<PageRegion>>> {
     let mut buf = vec![PageRegion::default(); VEC_LEN];
-    let mut cur = start;
-    while cur < end {
+    scan_loop(start, end, |cur, out| {
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
             start: cur,
@@ -311,15 +322,39 @@ fn ioctl_scan_filtered(
         let n = unsafe { pagemap_scan_raw(pm.file().as_raw_fd(), &mut arg) }
             .map_err(io::Error::from)?;
         let n = usize::try_from(n).unwrap_or(0).min(buf.len());
-        for r in &buf[..n] {
+        out.extend_from_slice(&buf[..n]);
+        Ok(arg.walk_end)
+    })
+}
+
+/// The PAGEMAP_SCAN call loop: `call(cur, regions)` runs one ioctl from `cur`, appends the
+/// regions it filled and returns the kernel's `walk_end`; the loop resumes there until `end`.
+///
+/// Pages a scan never reached would read as "no category" (not huge, not the zero page,
+/// not present): a false answer, not an unknown one. So a walk that stops short of `end`
+/// without progress (`walk_end <= cur`, which the kernel does not do today: with no
+/// `max_pages` it stops early only when the buffer is full, after filling it) returns
+/// `None`, "unknown", and the caller falls back to what it does without PAGEMAP_SCAN.
+fn scan_loop(
+    start: u64,
+    end: u64,
+    mut call: impl FnMut(u64, &mut Vec<PageRegion>) -> io::Result<u64>,
+) -> io::Result<Option<Vec<PageRegion>>> {
+    let mut out: Vec<PageRegion> = Vec::new();
+    let mut filled = Vec::with_capacity(VEC_LEN);
+    let mut cur = start;
+    while cur < end {
+        filled.clear();
+        let walk_end = call(cur, &mut filled)?;
+        for r in &filled {
             push_merged(&mut out, *r);
         }
-        if arg.walk_end <= cur {
-            break; // no progress: never spin
+        if walk_end <= cur {
+            return Ok(None); // no progress: the tail is unknown, and we never spin
         }
-        cur = arg.walk_end;
+        cur = walk_end;
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn push_merged(out: &mut Vec<PageRegion>, r: PageRegion) {
@@ -520,5 +555,64 @@ mod tests {
             return;
         }
         assert!(available(), "PAGEMAP_SCAN should work on {rel}");
+    }
+
+    fn region(start: u64, end: u64, categories: u64) -> PageRegion {
+        PageRegion {
+            start,
+            end,
+            categories,
+        }
+    }
+
+    #[test]
+    fn a_scan_that_resumes_at_walk_end_covers_the_whole_range() {
+        // Two calls: the first fills its buffer and stops at 0x3000, the second finishes.
+        let mut calls = Vec::new();
+        let r = scan_loop(0x1000, 0x6000, |cur, out| {
+            calls.push(cur);
+            if cur == 0x1000 {
+                out.push(region(0x1000, 0x3000, PAGE_IS_HUGE));
+                Ok(0x3000)
+            } else {
+                out.push(region(0x3000, 0x4000, PAGE_IS_HUGE));
+                out.push(region(0x5000, 0x6000, PAGE_IS_PFNZERO));
+                Ok(0x6000)
+            }
+        })
+        .unwrap();
+        assert_eq!(calls, [0x1000, 0x3000]);
+        assert_eq!(
+            r,
+            Some(vec![
+                region(0x1000, 0x4000, PAGE_IS_HUGE),
+                region(0x5000, 0x6000, PAGE_IS_PFNZERO)
+            ])
+        );
+    }
+
+    #[test]
+    fn a_scan_that_stops_short_without_progress_is_unknown_not_empty_at_the_tail() {
+        // The kernel reports a huge page at the start, then stops at 0x2000 and makes no
+        // progress from there: the pages 0x2000..0x8000 were never looked at. Reading them as
+        // "no region" would call them known-not-huge and known-not-zero.
+        let r = scan_loop(0x1000, 0x8000, |cur, out| {
+            if cur == 0x1000 {
+                out.push(region(0x1000, 0x2000, PAGE_IS_HUGE));
+                Ok(0x2000)
+            } else {
+                Ok(cur)
+            }
+        })
+        .unwrap();
+        assert_eq!(r, None, "the tail is unknown");
+    }
+
+    #[test]
+    fn a_scan_whose_call_fails_returns_the_error() {
+        let r = scan_loop(0x1000, 0x2000, |_, _| {
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        });
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
     }
 }

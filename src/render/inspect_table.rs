@@ -66,8 +66,9 @@ pub fn sentence(p: &PairReport, ps: u64, pfn_visible: bool) -> String {
     };
     if !pfn_visible {
         return format!(
-            "PFNs are hidden: of the {} both processes map, at least {} are copies (the \
-             exclusive bit proves it){place}, and {} are unproven; run as root to compare frames.",
+            "PFNs are hidden: of the {} both processes map, at least {} are no longer the same \
+             page in both (the exclusive bit proves it: a copy, or released and refaulted){place}, \
+             and {} are unproven; run as root to compare frames.",
             mib(both, ps),
             mib(t.diverged, ps),
             mib(t.unproven, ps)
@@ -75,7 +76,7 @@ pub fn sentence(p: &PairReport, ps: u64, pfn_visible: bool) -> String {
     }
     if t.diverged == 0 {
         return format!(
-            "nothing has been copied: all {} both processes map are still the same frames{}.",
+            "no page has diverged: all {} both processes map are still the same frames{}.",
             mib(both, ps),
             if t.zero > 0 {
                 format!(
@@ -88,8 +89,8 @@ pub fn sentence(p: &PairReport, ps: u64, pfn_visible: bool) -> String {
         );
     }
     format!(
-        "{} of the {} both processes map are no longer shared (one of them wrote and got a \
-         copy){place}.",
+        "{} of the {} both processes map are no longer the same page (a copy, or released and \
+         refaulted){place}.",
         mib(t.diverged, ps),
         mib(both, ps)
     )
@@ -225,7 +226,13 @@ pub fn report(r: &InspectDoc) -> String {
             "PFNs hidden: exclusive bit only"
         },
         match &s.freeze {
-            Some(f) => format!("frozen for {:.1} ms", f.held_us as f64 / 1000.0),
+            Some(f) if f.all_threads_stopped => {
+                format!("frozen for {:.1} ms", f.held_us as f64 / 1000.0)
+            }
+            Some(f) => format!(
+                "stopped for {:.1} ms but not every thread: not a frozen instant",
+                f.held_us as f64 / 1000.0
+            ),
             None => "not frozen".into(),
         },
         s.read_us as f64 / 1000.0
@@ -320,5 +327,45 @@ mod tests {
         assert_eq!(plural(1, "page"), "1 page");
         assert_eq!(plural(0, "page"), "0 pages");
         assert_eq!(plural(2, "VMA"), "2 VMAs");
+    }
+
+    fn pair_with(diverged: u64, shared: u64, unproven: u64) -> PairReport {
+        PairReport {
+            parent: 1,
+            child: 2,
+            parent_comm: "p".into(),
+            child_comm: "c".into(),
+            totals: crate::inspect::tally::ClassCounts {
+                shared,
+                diverged,
+                unproven,
+                ..Default::default()
+            },
+            by_kind: BTreeMap::new(),
+            vmas: Vec::new(),
+            one_sided: Vec::new(),
+            accounting: None,
+            page_runs: None,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn diverged_is_worded_as_no_longer_the_same_page_never_as_a_proven_copy() {
+        // Different frames may be a copy-on-write copy or a release followed by a refault
+        // (design principle 4): inspect has no baseline to tell them apart.
+        for (p, visible) in [
+            (pair_with(256, 512, 0), true),
+            (pair_with(256, 0, 512), false),
+        ] {
+            let s = sentence(&p, 4096, visible);
+            assert!(s.contains("no longer the same page"), "{s}");
+            assert!(s.contains("a copy, or released and refaulted"), "{s}");
+            for claim in ["are copies", "got a copy", "wrote"] {
+                assert!(!s.contains(claim), "claims more than the evidence: {s}");
+            }
+        }
+        let none = sentence(&pair_with(0, 512, 0), 4096, true);
+        assert!(none.starts_with("no page has diverged"), "{none}");
     }
 }

@@ -284,3 +284,136 @@ pub fn system_python() -> Option<&'static str> {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
 }
+
+/// `tests/inspect_support/family.c`, compiled once per test binary into a world-readable
+/// directory.
+pub fn family_program() -> std::path::PathBuf {
+    use std::sync::OnceLock;
+    static PROG: OnceLock<std::path::PathBuf> = OnceLock::new();
+    PROG.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("cowscope-inspect-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let src =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inspect_support/family.c");
+        let exe = dir.join("family");
+        let out = Command::new("cc")
+            .args(["-O1", "-Wall", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .output()
+            .expect("cc runs (install build-essential)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        exe
+    })
+    .clone()
+}
+
+/// A prefix that runs a program as an unprivileged user: uid 65534 through `setpriv` when
+/// the tests run as root, nothing when they already run unprivileged. Such a reader may read
+/// its own uid's dumpable processes only (no CAP_SYS_PTRACE), and sees no PFNs.
+pub fn unprivileged() -> Vec<&'static str> {
+    if is_root() {
+        vec![
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ]
+    } else {
+        Vec::new()
+    }
+}
+
+/// `cowscope` run through `prefix` (see [`unprivileged`]).
+pub fn cowscope_with(prefix: &[&str]) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(cowscope_bin());
+            c
+        }
+        None => Command::new(cowscope_bin()),
+    }
+}
+
+/// A running `family` program (see family.c): ended by closing its stdin on drop.
+#[derive(Debug)]
+pub struct CFamily {
+    proc: Option<std::process::Child>,
+    /// The parent.
+    pub parent: i32,
+    /// Child 1 (makes itself non-dumpable on SIGUSR1).
+    pub c1: i32,
+    /// Child 2 (non-dumpable from the start), with "unreadable".
+    pub c2: Option<i32>,
+}
+
+impl CFamily {
+    /// Start `family ARGS`, under `prefix` (e.g. [`unprivileged`]; empty: directly).
+    pub fn start(prefix: &[&str], args: &[&str]) -> CFamily {
+        use std::io::BufRead;
+        let prog = family_program();
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&prog);
+                c
+            }
+            None => Command::new(&prog),
+        };
+        let mut proc = cmd
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run family");
+        let mut line = String::new();
+        std::io::BufReader::new(proc.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut it = line.split_whitespace().map(|v| v.parse::<i32>().unwrap());
+        let (c1, c2) = (it.next().expect("child 1"), it.next().expect("child 2"));
+        CFamily {
+            parent: proc.id() as i32,
+            c1,
+            c2: (c2 > 0).then_some(c2),
+            proc: Some(proc),
+        }
+    }
+
+    /// Close stdin and wait for the parent's exit status (every process ends at EOF; a
+    /// process left stopped would keep the parent waiting, so this times out after 10 s).
+    pub fn end(&mut self) -> Option<std::process::ExitStatus> {
+        let mut p = self.proc.take()?;
+        drop(p.stdin.take());
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(s)) = p.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for pid in [Some(self.c1), self.c2].into_iter().flatten() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = p.kill();
+        let _ = p.wait();
+        None
+    }
+}
+
+impl Drop for CFamily {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
