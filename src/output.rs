@@ -6,6 +6,61 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
+/// The temporary file of the [`StreamOut`] being written, as a C string, for
+/// [`discard_pending_temp`] (null: none).
+static PENDING_TMP: std::sync::atomic::AtomicPtr<libc::c_char> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Remove the temporary file of an unfinished [`StreamOut`], if there is one. Meant for a
+/// signal handler that is about to `_exit` (a second Ctrl-C): async-signal-safe (one atomic
+/// swap and unlink(2); the name's memory is left to the exit).
+pub fn discard_pending_temp() {
+    let p = PENDING_TMP.swap(std::ptr::null_mut(), std::sync::atomic::Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: `p` came from CString::into_raw in `PendingTemp::new` and the swap made
+        // this call its only user; unlink(2) reads the NUL-terminated name and is
+        // async-signal-safe. A name already renamed away fails with ENOENT, harmlessly.
+        unsafe { libc::unlink(p) };
+    }
+}
+
+/// Registers a temporary file for [`discard_pending_temp`] while it lives.
+#[derive(Debug)]
+struct PendingTemp(*mut libc::c_char);
+
+impl PendingTemp {
+    fn new(path: &Path) -> PendingTemp {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return PendingTemp(std::ptr::null_mut());
+        };
+        let raw = c.into_raw();
+        // Only one stream is written at a time; a registration this replaces stays owned
+        // (and freed) by its own guard.
+        PENDING_TMP.store(raw, std::sync::atomic::Ordering::SeqCst);
+        PendingTemp(raw)
+    }
+}
+
+impl Drop for PendingTemp {
+    fn drop(&mut self) {
+        if self.0.is_null() {
+            return;
+        }
+        // Unregister only our own name; a handler that already took it owns it now.
+        let _ = PENDING_TMP.compare_exchange(
+            self.0,
+            std::ptr::null_mut(),
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        // SAFETY: `self.0` came from CString::into_raw in `new` and is freed only here, once;
+        // no handler can still be reading it (a handler that took it never returns: it
+        // `_exit`s).
+        drop(unsafe { std::ffi::CString::from_raw(self.0) });
+    }
+}
+
 /// Most symbolic links followed for one `--out` path (the kernel's own limit is 40).
 const MAX_SYMLINKS: usize = 40;
 
@@ -187,6 +242,8 @@ enum Sink {
     Stdout,
     Through(std::fs::File),
     Replace {
+        /// Declared first, so it unregisters before `tmp` removes the file.
+        _pending: PendingTemp,
         tmp: tempfile::NamedTempFile,
         target: std::path::PathBuf,
         dir: std::path::PathBuf,
@@ -236,6 +293,7 @@ impl StreamOut {
         };
         Ok(StreamOut {
             sink: Sink::Replace {
+                _pending: PendingTemp::new(tmp.path()),
                 tmp,
                 target,
                 dir,
@@ -278,6 +336,7 @@ impl StreamOut {
     pub fn finish(self) -> Result<()> {
         let ctx = self.ctx();
         let Sink::Replace {
+            _pending: pending,
             tmp,
             target,
             dir,
@@ -294,6 +353,8 @@ impl StreamOut {
             .map_err(|e| Error::io(&ctx, plain(e, &dir)))?;
         tmp.persist(&target)
             .map_err(|e| Error::io(&ctx, plain(e.error, &dir)))?;
+        // Unregistered only now: a last-moment unlink of the renamed-away name is harmless.
+        drop(pending);
         Ok(())
     }
 }

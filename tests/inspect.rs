@@ -1231,6 +1231,67 @@ fn jsonl_out_to_a_regular_file_replaces_the_old_result_only_when_the_watch_ends(
     assert_eq!(temp_len(), None, "no temporary file left");
 }
 
+/// A second Ctrl-C means "now": cowscope `_exit`s from the signal handler, and still leaves
+/// no temporary file beside the result, whose old content is either kept or wholly replaced.
+#[test]
+fn a_second_ctrl_c_mid_jsonl_out_leaves_no_temporary_file() {
+    let (_res, fam) = small_family();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("watch.jsonl");
+    let temps = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".cowscope-"))
+            .count()
+    };
+    let mut hard_exits = 0;
+    for _ in 0..10 {
+        std::fs::write(&out, "old result\n").unwrap();
+        let cs = Command::new(cowscope_bin())
+            .args(["inspect", "--pid", &fam.parent.to_string()])
+            .args(["--interval", "20ms", "--format", "jsonl", "--out"])
+            .arg(&out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while temps() == 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(temps(), 1, "the records stream into one temp file");
+        let pid = nix::unistd::Pid::from_raw(cs.id() as i32);
+        // Two signals back to back: the second lands while the first is being honoured.
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let o = cs.wait_with_output().unwrap();
+        assert_eq!(temps(), 0, "no temporary file left behind");
+        let text = std::fs::read_to_string(&out).unwrap();
+        if text != "old result\n" {
+            for l in text.lines() {
+                let _: Value = serde_json::from_str(l).expect("a replaced result is whole");
+            }
+        }
+        match o.status.code() {
+            // The handler of whichever signal came second `_exit`s with 128 + its number.
+            Some(c) if c == 128 + libc::SIGTERM || c == 128 + libc::SIGINT => hard_exits += 1,
+            Some(0 | 3) => {} // the first signal's clean ending won the race
+            other => panic!(
+                "unexpected exit {other:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        }
+        if hard_exits >= 3 {
+            break;
+        }
+    }
+    assert!(
+        hard_exits > 0,
+        "the second signal never arrived before the clean ending: the case was not exercised"
+    );
+}
+
 #[test]
 fn jsonl_out_refuses_a_directory_and_a_block_device_before_reading() {
     let (_res, fam) = small_family();

@@ -1,7 +1,8 @@
 //! Ctrl-C and friends for long reads: SIGINT, SIGTERM and SIGHUP set a flag that the read
 //! and watch loops poll, and wake a sleeping watch loop through a self-pipe. A second signal
 //! means "now": the handler itself sends SIGCONT to every process cowscope stopped (kept in a
-//! fixed table of atomics, so the handler needs no lock and no allocation) and `_exit`s.
+//! fixed table of atomics, so the handler needs no lock and no allocation), removes the
+//! temporary file of an unfinished `--out` stream, and `_exit`s.
 //!
 //! [`install`] is called by the CLI only; as a library (tests) nothing is installed and
 //! [`requested`] stays false.
@@ -26,6 +27,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
     if REQUESTED.swap(sig, Ordering::SeqCst) != 0 {
         // Second signal: do the essential cleanup here, then leave.
         resume_registered();
+        crate::output::discard_pending_temp();
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(128 + sig) };
     }
