@@ -32,6 +32,12 @@ fn rows(c: &Counts) -> [(&'static str, u64); 14] {
 /// One sentence a person can act on. Without PFNs nothing says who copied, so the sentence
 /// never names a side's copies (they are 0 by construction, not by proof): it gives what is
 /// proven apart (diverged) from what is not (unproven).
+/// One class's row: name, pages (singular for one), MiB; the columns stay in line.
+fn count_line(name: &str, v: u64, ps: u64) -> String {
+    let unit = if v == 1 { "page" } else { "pages" };
+    format!("    {name:<20} {v:>10} {unit:<5} {:>10.1} MiB", mib(v, ps))
+}
+
 fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     let fin = f.final_sample.as_ref()?;
     let c = &fin.counts;
@@ -151,8 +157,8 @@ pub fn table(r: &TraceDoc) -> String {
         if let Some(bl) = &f.baseline {
             let _ = writeln!(
                 s,
-                "  baseline: {} pages ({:.1} MiB) in {} VMAs{}",
-                bl.pages,
+                "  baseline: {} ({:.1} MiB) in {} VMAs{}",
+                super::svg::pages(bl.pages),
                 mib(bl.pages, ps),
                 bl.vmas,
                 if bl.copied_at_fork > 0 {
@@ -175,7 +181,7 @@ pub fn table(r: &TraceDoc) -> String {
             );
             for (name, v) in rows(&fin.counts) {
                 if v > 0 {
-                    let _ = writeln!(s, "    {name:<20} {v:>10} pages {:>10.1} MiB", mib(v, ps));
+                    let _ = writeln!(s, "{}", count_line(name, v, ps));
                 }
             }
             let mut top: Vec<_> = fin
@@ -292,6 +298,17 @@ mod tests {
         assert!(s.contains("of the 40.0 MiB mapped at the fork"), "{s}");
         assert!(s.contains("10.0 MiB are proven diverged"), "{s}");
         assert!(s.contains("5.0 MiB are unproven"), "{s}");
+    }
+
+    #[test]
+    fn a_class_row_says_1_page_and_keeps_its_columns() {
+        let one = count_line("copied_at_fork", 1, 4096);
+        let many = count_line("shared", 2560, 4096);
+        assert!(one.contains(" 1 page "), "{one}");
+        assert!(!one.contains("pages"), "{one}");
+        assert!(many.contains(" 2560 pages "), "{many}");
+        assert_eq!(one.find("MiB"), many.find("MiB"), "{one}\n{many}");
+        assert!(many.ends_with("10.0 MiB"), "{many}");
     }
 
     #[test]
