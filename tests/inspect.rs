@@ -1172,29 +1172,37 @@ fn a_watched_child_that_becomes_unreadable_is_an_error_not_an_exit() {
 
 // ---- jsonl --out follows the --out rules (finding 15) ----
 
+/// `inspect --pid PARENT --interval 20ms --format jsonl --out OUT`, running.
+fn spawn_jsonl_watch(parent: i32, out: &std::path::Path) -> std::process::Child {
+    Command::new(cowscope_bin())
+        .args(["inspect", "--pid", &parent.to_string()])
+        .args(["--interval", "20ms", "--format", "jsonl", "--out"])
+        .arg(out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The sizes of cowscope's temporary files in `dir`.
+fn temp_sizes(dir: &std::path::Path) -> Vec<u64> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".cowscope-"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .collect()
+}
+
 #[test]
 fn jsonl_out_to_a_regular_file_replaces_the_old_result_only_when_the_watch_ends() {
     let (_res, fam) = small_family();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("watch.jsonl");
     std::fs::write(&out, "old result\n").unwrap();
-    let cs = Command::new(cowscope_bin())
-        .args(["inspect", "--pid", &fam.parent.to_string()])
-        .args(["--interval", "20ms", "--format", "jsonl", "--out"])
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let cs = spawn_jsonl_watch(fam.parent, &out);
     // Records stream into a temporary file beside the target...
-    let temp_len = || {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".cowscope-"))
-            .map(|e| e.metadata().map_or(0, |m| m.len()))
-            .max()
-    };
+    let temp_len = || temp_sizes(dir.path()).into_iter().max();
     let end = Instant::now() + Duration::from_secs(10);
     while temp_len().unwrap_or(0) == 0 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(5));
@@ -1238,24 +1246,11 @@ fn a_second_ctrl_c_mid_jsonl_out_leaves_no_temporary_file() {
     let (_res, fam) = small_family();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("watch.jsonl");
-    let temps = || {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".cowscope-"))
-            .count()
-    };
+    let temps = || temp_sizes(dir.path()).len();
     let mut hard_exits = 0;
     for _ in 0..10 {
         std::fs::write(&out, "old result\n").unwrap();
-        let cs = Command::new(cowscope_bin())
-            .args(["inspect", "--pid", &fam.parent.to_string()])
-            .args(["--interval", "20ms", "--format", "jsonl", "--out"])
-            .arg(&out)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let cs = spawn_jsonl_watch(fam.parent, &out);
         let end = Instant::now() + Duration::from_secs(10);
         while temps() == 0 && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(5));
