@@ -29,22 +29,12 @@ fn main() {
     let every = arg(2, 10, "K");
     let len = mib << 20;
     let ps = cowscope::kernel::page_size();
-    // SAFETY: a fresh private anonymous mapping at a kernel-chosen address aliases nothing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        eprintln!("mmap: {}", std::io::Error::last_os_error());
-        std::process::exit(1);
-    }
-    let base = p as usize;
+    let map = cowscope::kernel::AnonMap::new(len, libc::PROT_READ | libc::PROT_WRITE, 0)
+        .unwrap_or_else(|e| {
+            eprintln!("mmap: {e}");
+            std::process::exit(1);
+        });
+    let base = map.addr();
     for off in (0..len).step_by(ps) {
         // SAFETY: off < len, inside the mapping we just created.
         unsafe { std::ptr::write_volatile((base + off) as *mut u8, 1) };

@@ -9,6 +9,66 @@ pub fn page_size() -> usize {
     if n > 0 { n as usize } else { 4096 }
 }
 
+/// A private anonymous mapping at a kernel-chosen address, unmapped on drop: the probes'
+/// scratch memory and the reservations that scenario memory is placed in. (The arena keeps its
+/// own, which it grows and moves.)
+#[derive(Debug)]
+pub struct AnonMap {
+    base: usize,
+    len: usize,
+}
+
+impl AnonMap {
+    /// mmap(2) `len` bytes with `prot`, `MAP_PRIVATE | MAP_ANONYMOUS | extra_flags`.
+    ///
+    /// # Errors
+    /// What mmap(2) said.
+    pub fn new(len: usize, prot: i32, extra_flags: i32) -> std::io::Result<AnonMap> {
+        // SAFETY: a fresh anonymous mapping at a kernel-chosen address (no MAP_FIXED in the
+        // callers' flags) aliases no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra_flags,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(AnonMap {
+            base: p as usize,
+            len,
+        })
+    }
+
+    /// The first byte's address.
+    pub fn addr(&self) -> usize {
+        self.base
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping is empty (never: mmap refuses a zero length).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for AnonMap {
+    fn drop(&mut self) {
+        // SAFETY: [base, base + len) is the mapping `new` made and this value owns; its users
+        // hold no reference into it past the value's life.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len) };
+    }
+}
+
 /// The sysfs directory of transparent huge pages.
 pub const THP_DIR: &str = "/sys/kernel/mm/transparent_hugepage";
 

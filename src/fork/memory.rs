@@ -15,7 +15,7 @@ use super::child::{self, side};
 use super::scenarios::{MemoryKind, Op, Prep, Scenario, ThpLayout};
 use crate::arena::{Advice, Arena, ArenaConfig};
 use crate::error::{Error, Result};
-use crate::kernel::SysfsGuard;
+use crate::kernel::{AnonMap, SysfsGuard};
 use crate::mem::pagemap::Pagemap;
 
 const THP_DIR: &str = "/sys/kernel/mm/transparent_hugepage";
@@ -38,7 +38,9 @@ pub struct Memory {
     pub page_size: usize,
     /// The arena, for anonymous kinds (and the seed's 09a arena).
     pub arena: Option<Arena>,
-    raw: Option<RawMapping>,
+    /// A mapping made outside the arena engine (hugetlb, files, memfd): the whole PROT_NONE
+    /// reservation around it, unmapped on drop.
+    raw: Option<AnonMap>,
     /// The file or memfd behind the mapping.
     _backing_file: Option<File>,
     /// The pipe vmsplice steps write into: (read end, write end).
@@ -82,22 +84,6 @@ pub enum Prepared {
     Skip(String),
 }
 
-/// A mapping made outside the arena engine (hugetlb, files, memfd): the whole PROT_NONE
-/// reservation around it is unmapped on drop.
-#[derive(Debug)]
-struct RawMapping {
-    start: usize,
-    len: usize,
-}
-
-impl Drop for RawMapping {
-    fn drop(&mut self) {
-        // SAFETY: [start, start + len) is the reservation this value mapped and owns; no Rust
-        // reference into it outlives the scenario.
-        unsafe { libc::munmap(self.start as *mut libc::c_void, self.len) };
-    }
-}
-
 /// Map `len` bytes at an `align`-aligned address inside a PROT_NONE reservation that leaves at
 /// least one guard page on each side: `flags` and `fd` as for mmap(2).
 fn map_guarded(
@@ -106,30 +92,11 @@ fn map_guarded(
     page: usize,
     flags: i32,
     fd: RawFd,
-) -> Result<(RawMapping, usize)> {
+) -> Result<(AnonMap, usize)> {
     let total = len + 2 * align.max(page) + 2 * page;
-    // SAFETY: a fresh PROT_NONE anonymous reservation at a kernel-chosen address.
-    let r = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            total,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if r == libc::MAP_FAILED {
-        return Err(Error::io(
-            "reserving address space",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let res = RawMapping {
-        start: r as usize,
-        len: total,
-    };
-    let base = (res.start + page + align - 1) & !(align - 1);
+    let res = AnonMap::new(total, libc::PROT_NONE, libc::MAP_NORESERVE)
+        .map_err(|e| Error::io("reserving address space", e))?;
+    let base = (res.addr() + page + align - 1) & !(align - 1);
     // SAFETY: [base, base + len) lies inside our own reservation (base >= start + page and
     // base + len <= start + total - page by the slack added above), so MAP_FIXED replaces only
     // pages we own.

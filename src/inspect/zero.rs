@@ -60,52 +60,34 @@ fn probe(huge: bool) -> Option<u64> {
         ps
     };
     let len = if huge { 2 * pmd } else { ps };
-    // SAFETY: a fresh private anonymous mapping at a kernel-chosen address aliases nothing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
-    let base = p as usize;
+    let map = crate::kernel::AnonMap::new(len, libc::PROT_READ | libc::PROT_WRITE, 0).ok()?;
+    let base = map.addr();
     let addr = if huge {
         base.next_multiple_of(pmd)
     } else {
         base
     };
-    let result = (|| {
-        if huge {
-            // SAFETY: [addr, addr + pmd) lies inside our own mapping (len = 2 * pmd).
-            let rc = unsafe { libc::madvise(addr as *mut libc::c_void, pmd, libc::MADV_HUGEPAGE) };
-            if rc != 0 {
-                return None;
-            }
-        }
-        // SAFETY: addr is inside our readable mapping; a volatile read is a read fault.
-        unsafe { std::ptr::read_volatile(addr as *const u8) };
-        let pm = Pagemap::open(std::process::id() as i32).ok()?;
-        let mut raw = vec![0u64; pmd / ps];
-        pm.read_into(addr as u64, &mut raw).ok()?;
-        let first = PagemapEntry(raw[0]);
-        if !first.present() || first.pfn() == 0 {
+    if huge {
+        // SAFETY: [addr, addr + pmd) lies inside our own mapping (len = 2 * pmd).
+        let rc = unsafe { libc::madvise(addr as *mut libc::c_void, pmd, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
             return None;
         }
-        let consecutive = raw.iter().enumerate().all(|(i, &e)| {
-            let e = PagemapEntry(e);
-            e.present() && e.pfn() == first.pfn() + i as u64
-        });
-        consecutive.then_some(first.pfn())
-    })();
-    // SAFETY: unmapping exactly the mapping created above, which nothing borrows.
-    unsafe { libc::munmap(p, len) };
-    result
+    }
+    // SAFETY: addr is inside our readable mapping; a volatile read is a read fault.
+    unsafe { std::ptr::read_volatile(addr as *const u8) };
+    let pm = Pagemap::open(std::process::id() as i32).ok()?;
+    let mut raw = vec![0u64; pmd / ps];
+    pm.read_into(addr as u64, &mut raw).ok()?;
+    let first = PagemapEntry(raw[0]);
+    if !first.present() || first.pfn() == 0 {
+        return None;
+    }
+    let consecutive = raw.iter().enumerate().all(|(i, &e)| {
+        let e = PagemapEntry(e);
+        e.present() && e.pfn() == first.pfn() + i as u64
+    });
+    consecutive.then_some(first.pfn())
 }
 
 #[cfg(test)]

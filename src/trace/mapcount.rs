@@ -69,19 +69,6 @@ pub fn semantics() -> Bit56 {
     })
 }
 
-/// A private anonymous mapping, unmapped on drop.
-struct Region {
-    base: *mut libc::c_void,
-    len: usize,
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly what mmap returned; nothing refers to it anymore.
-        unsafe { libc::munmap(self.base, self.len) };
-    }
-}
-
 /// Run the fork probe; `None` when it cannot tell (no THP here, fork failed...).
 pub fn probe() -> Option<Bit56> {
     let ps = crate::kernel::page_size();
@@ -90,22 +77,8 @@ pub fn probe() -> Option<Bit56> {
         return None;
     }
     let len = 2 * pmd;
-    // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return None;
-    }
-    let region = Region { base, len };
-    let folio = (region.base as usize).next_multiple_of(pmd);
+    let region = crate::kernel::AnonMap::new(len, libc::PROT_READ | libc::PROT_WRITE, 0).ok()?;
+    let folio = region.addr().next_multiple_of(pmd);
     // SAFETY: [folio, folio + pmd) lies inside our own fresh mapping.
     unsafe { libc::madvise(folio as *mut libc::c_void, pmd, libc::MADV_HUGEPAGE) };
     for off in (0..pmd).step_by(ps) {
