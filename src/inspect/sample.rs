@@ -309,8 +309,33 @@ fn walk_common(
     tally: &mut Tally,
 ) -> std::result::Result<(), SideError> {
     let ps = crate::kernel::page_size() as u64;
+    let sides = [(&pt.pm, Side::Parent), (&ct.pm, Side::Child)];
+    walk_populated(&sides, (start, end), tally, |tally, a, b| {
+        reader.walk(&pt.pm, &ct.pm, a, b, |addr, pe, ce| {
+            if ctx.pfn_visible {
+                tally.add_visible(addr, pe, ce, &ctx.zero);
+            } else {
+                let e = addr + pe.len() as u64 * ps;
+                let mut pf = hidden_facts(ctx, &pt.pm, Side::Parent, addr, e, smaps_of.0)?;
+                let mut cf = hidden_facts(ctx, &ct.pm, Side::Child, addr, e, smaps_of.1)?;
+                tally.add_hidden(addr, pe, ce, &mut pf, &mut cf, shared_mapping);
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Walk `[start, end)` with `walk(tally, a, b)`: over the populated ranges alone when the
+/// segment is large (the gaps go into `tally` as empty), else over all of it.
+fn walk_populated(
+    sides: &[(&Pagemap, Side)],
+    (start, end): (u64, u64),
+    tally: &mut Tally,
+    mut walk: impl FnMut(&mut Tally, u64, u64) -> std::result::Result<(), SideError>,
+) -> std::result::Result<(), SideError> {
+    let ps = crate::kernel::page_size() as u64;
     let ranges = if (end - start) / ps > SPARSE_WALK_PAGES {
-        populated(&[(&pt.pm, Side::Parent), (&ct.pm, Side::Child)], start, end)?
+        populated(sides, start, end)?
     } else {
         None
     };
@@ -324,17 +349,7 @@ fn walk_common(
         if a > cur {
             tally.add_empty(cur, (a - cur) / ps);
         }
-        reader.walk(&pt.pm, &ct.pm, a, b, |addr, pe, ce| {
-            if ctx.pfn_visible {
-                tally.add_visible(addr, pe, ce, &ctx.zero);
-            } else {
-                let e = addr + pe.len() as u64 * ps;
-                let mut pf = hidden_facts(ctx, &pt.pm, Side::Parent, addr, e, smaps_of.0)?;
-                let mut cf = hidden_facts(ctx, &ct.pm, Side::Child, addr, e, smaps_of.1)?;
-                tally.add_hidden(addr, pe, ce, &mut pf, &mut cf, shared_mapping);
-            }
-            Ok(())
-        })?;
+        walk(tally, a, b)?;
         cur = b;
     }
     if cur < end {
@@ -351,32 +366,12 @@ fn walk_one_sided(
     (start, end): (u64, u64),
     tally: &mut Tally,
 ) -> std::result::Result<(), SideError> {
-    let ps = crate::kernel::page_size() as u64;
-    let ranges = if (end - start) / ps > SPARSE_WALK_PAGES {
-        populated(&[(&t.pm, side)], start, end)?
-    } else {
-        None
-    };
-    let ranges = ranges.unwrap_or_else(|| vec![(start, end)]);
-    let mut cur = start;
-    for (a, b) in ranges {
-        let (a, b) = (a.max(start), b.min(end));
-        if a >= b {
-            continue;
-        }
-        if a > cur {
-            tally.add_empty(cur, (a - cur) / ps);
-        }
+    walk_populated(&[(&t.pm, side)], (start, end), tally, |tally, a, b| {
         reader.walk_one(&t.pm, side, a, b, |addr, e| {
             tally.add_one_sided(addr, e, side == Side::Parent);
             Ok(())
-        })?;
-        cur = b;
-    }
-    if cur < end {
-        tally.add_empty(cur, (end - cur) / ps);
-    }
-    Ok(())
+        })
+    })
 }
 
 /// Clip a segment to the request's range; `None` when it lies outside.
