@@ -334,6 +334,44 @@ fn a_pool_of_three_children_shares_each_parent_frame_as_their_writes_predict() {
     }
 }
 
+/// A VMA larger than the sparse-walk threshold (1 GiB of pages) is walked over its populated
+/// ranges alone; the pages in between are empty, not classes. Three islands of 8 written
+/// pages (start, middle, end) in a 1 GiB + 4 MiB mapping; the child writes 3 + 2 of them.
+#[test]
+fn a_vma_past_the_sparse_threshold_counts_exactly_its_populated_pages() {
+    if !is_root() {
+        eprintln!("SKIP: shared vs diverged needs visible PFNs");
+        return;
+    }
+    let pages = (1usize << 18) + 1024;
+    let res = Reservation::new(pages + 2);
+    let r = res.page(1);
+    let mid = r + 200_000 * ps();
+    let last = r + (pages - 8) * ps();
+    let mut s = vec![ChildOp::MapAnon {
+        addr: r,
+        len: pages * ps(),
+    }];
+    for island in [r, mid, last] {
+        s.extend(writes(island, 8));
+    }
+    let mut child = writes(r, 3);
+    child.extend(writes(last + 6 * ps(), 2));
+    let fam = Family::spawn(&s, &[child], &[], |_| {});
+    let doc = inspect_json(&["--pid", &fam.parent.to_string()], 0);
+    let row = row(pair(&doc, fam.children[0]), r);
+    assert_eq!(row["shared"], 24 - 5, "{row}");
+    assert_eq!(row["diverged"], 5, "{row}");
+    assert_eq!(
+        row["neither"],
+        pages - 24,
+        "the gaps are empty pages: {row}"
+    );
+    for class in ["only_parent", "only_child", "zero", "unproven"] {
+        assert_eq!(row[class], 0, "{class}: {row}");
+    }
+}
+
 /// A 2 MiB-aligned THP region in the test process (`MADV_HUGEPAGE`), populated by reading
 /// (huge zero page) or writing (a THP). `None` when THP cannot be had here.
 struct Thp {

@@ -27,26 +27,18 @@ pub fn is_root() -> bool {
 pub struct Reservation {
     pub addr: usize,
     pub len: usize,
+    _map: cowscope::kernel::AnonMap,
 }
 
 impl Reservation {
     pub fn new(pages: usize) -> Reservation {
         let len = pages * ps();
-        // SAFETY: a fresh PROT_NONE private anonymous mapping aliases nothing.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "reserve {len} bytes");
+        let map = cowscope::kernel::AnonMap::new(len, libc::PROT_NONE, libc::MAP_NORESERVE)
+            .unwrap_or_else(|e| panic!("reserve {len} bytes: {e}"));
         Reservation {
-            addr: p as usize,
+            addr: map.addr(),
             len,
+            _map: map,
         }
     }
     /// Address of page `i`.
@@ -57,13 +49,6 @@ impl Reservation {
     /// `[start, end)` of the whole reservation, hex, for `--range`.
     pub fn range_arg(&self) -> String {
         format!("{:#x}-{:#x}", self.addr, self.addr + self.len)
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping; nothing borrows it.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
     }
 }
 
