@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::inspect_table::plural;
+use super::inspect_table::{mib, plural, totals_line};
 use crate::doc::InspectDoc;
 use crate::inspect::classify::{N_CLASSES, PairClass};
 use crate::inspect::model::{PairReport, SideName};
@@ -48,15 +48,6 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-fn mib(pages: u64, ps: u64) -> String {
-    let bytes = pages * ps;
-    if bytes < 1 << 20 {
-        format!("{} kB", bytes / 1024)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-    }
 }
 
 /// The last path component (a library's file name), or the pseudo-name as it is.
@@ -197,19 +188,14 @@ pub fn page_map(r: &InspectDoc) -> String {
         let t = &p.totals;
         let _ = writeln!(
             body,
-            r#"<text x="10" y="{}" class="t">{} ({}) → {} ({})</text><text x="10" y="{}" class="s">shared {} · diverged {} · only parent {} · only child {} · zero {} · unproven {}</text>"#,
+            r#"<text x="10" y="{}" class="t">{} ({}) → {} ({})</text><text x="10" y="{}" class="s">{}</text>"#,
             y + 12,
             p.parent,
             esc(&p.parent_comm),
             p.child,
             esc(&p.child_comm),
             y + 28,
-            mib(t.shared, ps),
-            mib(t.diverged, ps),
-            mib(t.only_parent, ps),
-            mib(t.only_child, ps),
-            mib(t.zero, ps),
-            mib(t.unproven, ps)
+            totals_line(t, ps)
         );
         y += 38;
         let (rows, empty) = rows_of(p);

@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use crate::doc::InspectDoc;
 use crate::inspect::model::{PairReport, SideName, Snapshot};
+use crate::inspect::tally::ClassCounts;
 
 /// Rows of "most diverged VMAs" per pair.
 const TOP: usize = 5;
@@ -20,7 +21,21 @@ pub fn plural(n: u64, noun: &str) -> String {
     }
 }
 
-fn mib(pages: u64, ps: u64) -> String {
+/// A pair's totals in one line: "shared 66.6 MiB · diverged 31.3 MiB · ...".
+pub fn totals_line(t: &ClassCounts, ps: u64) -> String {
+    format!(
+        "shared {} · diverged {} · only parent {} · only child {} · zero {} · unproven {}",
+        mib(t.shared, ps),
+        mib(t.diverged, ps),
+        mib(t.only_parent, ps),
+        mib(t.only_child, ps),
+        mib(t.zero, ps),
+        mib(t.unproven, ps)
+    )
+}
+
+/// A size for people: MiB with one decimal, kB below 0.05 MiB.
+pub fn mib(pages: u64, ps: u64) -> String {
     let m = pages as f64 * ps as f64 / (1u64 << 20) as f64;
     if pages > 0 && m < 0.05 {
         format!("{} kB", pages * ps / 1024)
@@ -104,16 +119,7 @@ fn pair(out: &mut String, p: &PairReport, s: &Snapshot, ps: u64) {
     );
     let _ = writeln!(out, "  {}", sentence(p, ps, s.pfn_visible));
     let t = &p.totals;
-    let _ = writeln!(
-        out,
-        "  shared {} · diverged {} · only parent {} · only child {} · zero {} · unproven {}",
-        mib(t.shared, ps),
-        mib(t.diverged, ps),
-        mib(t.only_parent, ps),
-        mib(t.only_child, ps),
-        mib(t.zero, ps),
-        mib(t.unproven, ps)
-    );
+    let _ = writeln!(out, "  {}", totals_line(t, ps));
     let mut rows: Vec<_> = p.vmas.iter().filter(|v| v.counts.diverged > 0).collect();
     rows.sort_by_key(|v| std::cmp::Reverse(v.counts.diverged));
     if !rows.is_empty() {
