@@ -9,73 +9,24 @@
 
 mod inspect_support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use inspect_support::*;
-use serde_json::Value;
 
-struct Py {
-    proc: Child,
-    info: Value,
+/// Page runs `[[start, end], ...]` of a key of the fixture's line.
+fn runs(py: &PySubject, key: &str) -> Vec<(u64, u64)> {
+    py.info[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
+        .collect()
 }
 
-impl Py {
-    fn spawn(args: &[&str]) -> Option<Py> {
-        let py = system_python()?;
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/inspect/python_refcounts.py"
-        );
-        let mut proc = Command::new(py)
-            .arg(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .ok()?;
-        let mut line = String::new();
-        BufReader::new(proc.stdout.take()?)
-            .read_line(&mut line)
-            .ok()?;
-        let info = serde_json::from_str(&line).ok()?;
-        Some(Py { proc, info })
-    }
-    fn pid(&self) -> String {
-        self.info["parent"].to_string()
-    }
-    fn child(&self) -> i32 {
-        self.info["child"].as_i64().unwrap() as i32
-    }
-    /// Page runs `[[start, end], ...]` of a key.
-    fn runs(&self, key: &str) -> Vec<(u64, u64)> {
-        self.info[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| (r[0].as_u64().unwrap(), r[1].as_u64().unwrap()))
-            .collect()
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        drop(self.proc.stdin.take());
-        if self.proc.try_wait().ok().flatten().is_none() {
-            let _ = self.proc.kill();
-        }
-        let _ = self.proc.wait();
-        // SAFETY: kill(2) with plain integers; the child may be gone already.
-        unsafe { libc::kill(self.child(), libc::SIGKILL) };
-    }
-}
-
-fn start(args: &[&str]) -> Option<Py> {
+fn start(args: &[&str]) -> Option<PySubject> {
     if !is_root() {
         eprintln!("SKIP: frame-level proof needs root");
         return None;
     }
-    let p = Py::spawn(args);
+    let p = PySubject::spawn("python_refcounts.py", args, false);
     if p.is_none() {
         eprintln!("SKIP: no usable python3");
     }
@@ -83,7 +34,7 @@ fn start(args: &[&str]) -> Option<Py> {
 }
 
 /// How many of the pages in `runs` cowscope calls `diverged`, and how many pages that is.
-fn diverged_in(py: &Py, runs: &[(u64, u64)]) -> (u64, u64) {
+fn diverged_in(py: &PySubject, runs: &[(u64, u64)]) -> (u64, u64) {
     let lo = runs.first().unwrap().0;
     let hi = runs.last().unwrap().1;
     let range = format!("{lo:#x}-{hi:#x}");
@@ -144,7 +95,7 @@ fn iterating_a_list_of_ints_copies_every_int_page_and_leaves_the_bytearray_share
         "the bytearray stays shared: {t}"
     );
 
-    let (d, n) = diverged_in(&py, &py.runs("int_pages"));
+    let (d, n) = diverged_in(&py, &runs(&py, "int_pages"));
     eprintln!("int pages diverged: {d} of {n}");
     assert!(
         n > 5000,
@@ -174,7 +125,7 @@ fn gc_freeze_spares_the_collectors_copies_but_not_the_refcount_copies() {
         } else {
             "container_pages"
         };
-        let (d, n) = diverged_in(&py, &py.runs(key));
+        let (d, n) = diverged_in(&py, &runs(&py, key));
         let doc = inspect_json(&["--pid", &py.pid()], 0);
         let total = pair(&doc, py.child())["totals"]["diverged"]
             .as_u64()

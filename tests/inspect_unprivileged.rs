@@ -5,70 +5,21 @@
 
 mod inspect_support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use inspect_support::*;
 use serde_json::Value;
 
 const NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
 
-/// The known-writes Python subject, running as nobody; killed on drop.
-struct PySubject {
-    proc: Child,
-    info: Value,
-}
-
-impl PySubject {
-    fn spawn(args: &[&str]) -> Option<PySubject> {
-        let py = system_python()?;
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/inspect/known_writes.py"
-        );
-        let mut proc = Command::new("setpriv")
-            .args(NOBODY)
-            .arg(py)
-            .arg(script)
-            .args(args)
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .ok()?;
-        let mut line = String::new();
-        BufReader::new(proc.stdout.take()?)
-            .read_line(&mut line)
-            .ok()?;
-        let info: Value = serde_json::from_str(&line).ok()?;
-        Some(PySubject { proc, info })
-    }
-    fn pid(&self) -> String {
-        self.info["parent"].to_string()
-    }
-    fn child(&self) -> i64 {
-        self.info["child"].as_i64().unwrap()
-    }
-    fn range(&self, key: &str) -> String {
-        let r = &self.info[key];
-        format!(
-            "{:#x}-{:#x}",
-            r[0].as_u64().unwrap(),
-            r[1].as_u64().unwrap()
-        )
-    }
-}
-
-impl Drop for PySubject {
-    fn drop(&mut self) {
-        drop(self.proc.stdin.take()); // the parent kills its child and exits
-        if self.proc.try_wait().ok().flatten().is_none() {
-            let _ = self.proc.kill();
-        }
-        let _ = self.proc.wait();
-        // SAFETY: kill(2) with plain integers; the child may already be gone.
-        unsafe { libc::kill(self.child() as i32, libc::SIGKILL) };
-    }
+/// `[start, end)` of a key of the fixture's line, for `--range`.
+fn range(s: &PySubject, key: &str) -> String {
+    let r = &s.info[key];
+    format!(
+        "{:#x}-{:#x}",
+        r[0].as_u64().unwrap(),
+        r[1].as_u64().unwrap()
+    )
 }
 
 fn inspect_as_nobody(args: &[&str]) -> (i32, Value, String) {
@@ -90,7 +41,7 @@ fn setup(args: &[&str]) -> Option<PySubject> {
         eprintln!("SKIP: need root to run both sides as uid 65534 with setpriv");
         return None;
     }
-    let s = PySubject::spawn(args);
+    let s = PySubject::spawn("known_writes.py", args, true);
     if s.is_none() {
         eprintln!("SKIP: could not start the Python subject as nobody");
     }
@@ -100,12 +51,12 @@ fn setup(args: &[&str]) -> Option<PySubject> {
 #[test]
 fn without_pfns_written_pages_are_proven_diverged_and_the_rest_unproven() {
     let Some(s) = setup(&[]) else { return };
-    let (rc, doc, err) = inspect_as_nobody(&["--pid", &s.pid(), "--range", &s.range("region")]);
+    let (rc, doc, err) = inspect_as_nobody(&["--pid", &s.pid(), "--range", &range(&s, "region")]);
     assert_eq!(rc, 3, "some pages could not be proven: exit 3 ({err})");
     assert_eq!(doc["pfn_visible"], false);
     assert_eq!(doc["system"]["euid"], 65534);
     assert_eq!(doc["basis"], "exclusive_bit");
-    let t = &pair(&doc, s.child() as i32)["totals"];
+    let t = &pair(&doc, s.child())["totals"];
     // The 8 pages the child wrote: both copies are mapped once (bit 56) -> diverged.
     // The other 56: mapped by both, so neither has bit 56 -> unproven, never "shared".
     assert_eq!(classes(t), [0, 8, 0, 0, 0, 56], "{t}");
@@ -119,10 +70,10 @@ fn without_pfns_pagemap_scan_still_proves_the_zero_page() {
         eprintln!("SKIP: no PAGEMAP_SCAN (Linux < 6.7)");
         return;
     }
-    let (rc, doc, err) = inspect_as_nobody(&["--pid", &s.pid(), "--range", &s.range("zero")]);
+    let (rc, doc, err) = inspect_as_nobody(&["--pid", &s.pid(), "--range", &range(&s, "zero")]);
     assert_eq!(rc, 3, "{err}");
     assert_eq!(doc["zero_page"]["by_pagemap_scan"], true);
-    let t = &pair(&doc, s.child() as i32)["totals"];
+    let t = &pair(&doc, s.child())["totals"];
     // Page 0 was written before the fork (same page, mapped twice: unproven); pages 1..16
     // were only read: both map the zero page.
     assert_eq!(classes(t), [0, 0, 0, 0, 15, 1], "{t}");
@@ -150,31 +101,31 @@ fn without_pfns_the_exclusive_bit_of_a_pmd_mapped_thp_is_not_trusted() {
     // 511 pages are still shared.
     let exclusive = e.iter().filter(|&&x| x & (1 << 56) != 0).count();
     eprintln!("parent THP entries with bit 56: {exclusive} of 512");
-    let (rc, doc, err) = inspect_as_nobody(&["--pid", &s.pid(), "--range", &s.range("thp")]);
+    let (rc, doc, err) = inspect_as_nobody(&["--pid", &s.pid(), "--range", &range(&s, "thp")]);
     assert_eq!(rc, 3, "{err}");
-    let t = &pair(&doc, s.child() as i32)["totals"];
+    let t = &pair(&doc, s.child())["totals"];
     assert_eq!(
         t["diverged"], 1,
         "only the copied page is proven diverged: {t}"
     );
     assert_eq!(t["unproven"], 511, "{t}");
     // And with PFNs (root), the same pages are 1 diverged, 511 shared.
-    let root = inspect_json(&["--pid", &s.pid(), "--range", &s.range("thp")], 0);
-    let rt = &pair(&root, s.child() as i32)["totals"];
+    let root = inspect_json(&["--pid", &s.pid(), "--range", &range(&s, "thp")], 0);
+    let rt = &pair(&root, s.child())["totals"];
     assert_eq!(classes(rt), [511, 1, 0, 0, 0, 0], "{rt}");
 }
 
 #[test]
 fn root_agrees_with_the_unprivileged_proofs_on_the_same_pages() {
     let Some(s) = setup(&[]) else { return };
-    let doc = inspect_json(&["--pid", &s.pid(), "--range", &s.range("region")], 0);
+    let doc = inspect_json(&["--pid", &s.pid(), "--range", &range(&s, "region")], 0);
     assert_eq!(
-        classes(&pair(&doc, s.child() as i32)["totals"]),
+        classes(&pair(&doc, s.child())["totals"]),
         [56, 8, 0, 0, 0, 0]
     );
-    let doc = inspect_json(&["--pid", &s.pid(), "--range", &s.range("zero")], 0);
+    let doc = inspect_json(&["--pid", &s.pid(), "--range", &range(&s, "zero")], 0);
     assert_eq!(
-        classes(&pair(&doc, s.child() as i32)["totals"]),
+        classes(&pair(&doc, s.child())["totals"]),
         [1, 0, 0, 0, 15, 0]
     );
 }

@@ -270,6 +270,71 @@ pub fn system_python() -> Option<&'static str> {
         .find(|p| std::path::Path::new(p).exists())
 }
 
+/// A Python fixture (`tests/fixtures/inspect/<script>`) that forks, prints one JSON line
+/// (`{"parent": pid, "child": pid, ...}`) and holds until its stdin closes; stopped and its
+/// child killed on drop.
+pub struct PySubject {
+    proc: std::process::Child,
+    /// The fixture's JSON line.
+    pub info: Value,
+}
+
+impl PySubject {
+    /// Start `script` with `args`, as uid/gid 65534 when `as_nobody`; `None` when Python is
+    /// missing or the fixture did not report.
+    pub fn spawn(script: &str, args: &[&str], as_nobody: bool) -> Option<PySubject> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let py = system_python()?;
+        let script = format!(
+            "{}/tests/fixtures/inspect/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut cmd = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(py)
+                .current_dir("/");
+            c
+        } else {
+            Command::new(py)
+        };
+        let mut proc = cmd
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut line = String::new();
+        std::io::BufReader::new(proc.stdout.take()?)
+            .read_line(&mut line)
+            .ok()?;
+        let info = serde_json::from_str(&line).ok()?;
+        Some(PySubject { proc, info })
+    }
+    /// The parent's pid, as an argument.
+    pub fn pid(&self) -> String {
+        self.info["parent"].to_string()
+    }
+    /// The child's pid.
+    pub fn child(&self) -> i32 {
+        self.info["child"].as_i64().unwrap() as i32
+    }
+}
+
+impl Drop for PySubject {
+    fn drop(&mut self) {
+        drop(self.proc.stdin.take()); // the parent kills its child and exits
+        if self.proc.try_wait().ok().flatten().is_none() {
+            let _ = self.proc.kill();
+        }
+        let _ = self.proc.wait();
+        // SAFETY: kill(2) with plain integers; the child may already be gone.
+        unsafe { libc::kill(self.child(), libc::SIGKILL) };
+    }
+}
+
 /// `tests/inspect_support/family.c`, compiled once per test binary into a world-readable
 /// directory.
 pub fn family_program() -> std::path::PathBuf {
