@@ -534,19 +534,8 @@ fn ctrl_c_ends_a_frozen_watch_cleanly_with_what_it_collected_and_resumes_everyth
         return;
     }
     let (_res, fam) = small_family();
-    let child = Command::new(cowscope_bin())
-        .args([
-            "inspect",
-            "--pid",
-            &fam.parent.to_string(),
-            "--freeze",
-            "--interval",
-            "20ms",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let pid = fam.parent.to_string();
+    let child = spawn_inspect(&["--pid", &pid, "--freeze", "--interval", "20ms"]);
     std::thread::sleep(Duration::from_millis(600));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -643,20 +632,8 @@ fn jsonl_streams_one_record_per_sample_and_ends_when_the_child_exits() {
         return;
     }
     let (_res, fam) = small_family();
-    let mut cs = Command::new(cowscope_bin())
-        .args([
-            "inspect",
-            "--pid",
-            &fam.parent.to_string(),
-            "--interval",
-            "50ms",
-            "--format",
-            "jsonl",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let pid = fam.parent.to_string();
+    let mut cs = spawn_inspect(&["--pid", &pid, "--interval", "50ms", "--format", "jsonl"]);
     let mut lines = BufReader::new(cs.stdout.take().unwrap()).lines();
     let mut seqs = Vec::new();
     for _ in 0..3 {
@@ -944,12 +921,7 @@ fn inspecting_the_tests_own_process_with_freeze_returns_promptly_without_cowscop
     resume.extend(&fam.children);
     let net = SafetyNet::arm(Duration::from_secs(20), &resume);
     let t0 = Instant::now();
-    let cs = Command::new(cowscope_bin())
-        .args(["inspect", "--pid", &me.to_string(), "--freeze"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let cs = spawn_inspect(&["--pid", &me.to_string(), "--freeze"]);
     let cs_pid = cs.id() as i32;
     net.watch_pid(cs.id());
     let out = cs.wait_with_output().unwrap();
@@ -1212,14 +1184,17 @@ fn a_watched_child_that_becomes_unreadable_is_an_error_not_an_exit() {
 
 /// `inspect --pid PARENT --interval 20ms --format jsonl --out OUT`, running.
 fn spawn_jsonl_watch(parent: i32, out: &std::path::Path) -> std::process::Child {
-    Command::new(cowscope_bin())
-        .args(["inspect", "--pid", &parent.to_string()])
-        .args(["--interval", "20ms", "--format", "jsonl", "--out"])
-        .arg(out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    let (pid, out) = (parent.to_string(), out.to_str().unwrap());
+    spawn_inspect(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "20ms",
+        "--format",
+        "jsonl",
+        "--out",
+        out,
+    ])
 }
 
 /// The sizes of cowscope's temporary files in `dir`.

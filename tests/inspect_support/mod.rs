@@ -191,6 +191,17 @@ pub fn cowscope_bin() -> std::path::PathBuf {
     assert_cmd::cargo::cargo_bin("cowscope")
 }
 
+/// Start `cowscope inspect ARGS` with stdout and stderr piped.
+pub fn spawn_inspect(args: &[&str]) -> std::process::Child {
+    Command::new(cowscope_bin())
+        .arg("inspect")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cowscope")
+}
+
 /// Run `cowscope inspect ARGS`; returns (exit code, stdout, stderr).
 pub fn inspect(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(cowscope_bin())
