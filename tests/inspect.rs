@@ -475,14 +475,7 @@ fn freeze_resumes_what_it_stopped_and_leaves_an_already_stopped_child_stopped() 
         eprintln!("SKIP: needs root to read root's subjects");
         return;
     }
-    let res = Reservation::new(10);
-    let r = res.page(1);
-    let mut s = vec![ChildOp::MapAnon {
-        addr: r,
-        len: 8 * ps(),
-    }];
-    s.extend(writes(r, 8));
-    let fam = Family::spawn(&s, &[writes(r, 2)], &[], |_| {});
+    let (_res, fam) = written_family(8, 2);
     let c = fam.children[0];
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(c),
@@ -515,16 +508,22 @@ fn freeze_resumes_what_it_stopped_and_leaves_an_already_stopped_child_stopped() 
     );
 }
 
-fn small_family() -> (Reservation, Family) {
-    let res = Reservation::new(1026);
+/// A parent that maps and writes `pages` pages, and one child that writes the first
+/// `child_writes` of them.
+fn written_family(pages: usize, child_writes: usize) -> (Reservation, Family) {
+    let res = Reservation::new(pages + 2);
     let r = res.page(1);
     let mut s = vec![ChildOp::MapAnon {
         addr: r,
-        len: 1024 * ps(),
+        len: pages * ps(),
     }];
-    s.extend(writes(r, 1024));
-    let fam = Family::spawn(&s, &[writes(r, 16)], &[], |_| {});
+    s.extend(writes(r, pages));
+    let fam = Family::spawn(&s, &[writes(r, child_writes)], &[], |_| {});
     (res, fam)
+}
+
+fn small_family() -> (Reservation, Family) {
+    written_family(1024, 16)
 }
 
 #[test]
@@ -570,14 +569,7 @@ fn the_watchdog_resumes_the_targets_when_cowscope_is_killed_mid_freeze() {
         return;
     }
     // A bigger parent so each frozen read lasts a while.
-    let res = Reservation::new(16386);
-    let r = res.page(1);
-    let mut s = vec![ChildOp::MapAnon {
-        addr: r,
-        len: 16384 * ps(),
-    }];
-    s.extend(writes(r, 16384));
-    let fam = Family::spawn(&s, &[writes(r, 1)], &[], |_| {});
+    let (_res, fam) = written_family(16384, 1);
     let mut caught = false;
     for _attempt in 0..20 {
         let mut cs = Command::new(cowscope_bin())
