@@ -8,8 +8,10 @@
 // 0. Kernel facts: page size, uname, sysfs choice files, meminfo.
 pub mod kernel;
 
-// 1. The evidence readers: pagemap, kpage, smaps, PAGEMAP_SCAN, privilege, system facts.
+// 1. The evidence readers: pagemap, kpage, smaps, PAGEMAP_SCAN, privilege, system facts;
+//    the perf-event reader (events, ring buffers, tracefs).
 pub mod mem;
+pub mod perf;
 
 // 2. The arena engine.
 pub mod arena;
@@ -17,6 +19,9 @@ pub mod arena;
 // 3. Errors and atomic output.
 pub mod error;
 pub mod output;
+
+// 3b. Stacks: modules, unwinding, symbols (for `trace --stacks`).
+pub mod stacks;
 
 // 4. The orchestrator and the other producers of document bodies.
 pub mod baseline;

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "kernel",
     "mem",
+    "perf",
     "arena",
     "error",
     "output",
+    "stacks",
     "fork",
     "pages",
     "compare",

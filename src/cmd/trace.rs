@@ -40,6 +40,15 @@ pub struct Args {
     /// command it replaces the seccomp filter (slower).
     #[arg(long)]
     pub syscalls: bool,
+    /// Name the code behind every copied page: record the page faults after each fork
+    /// (perf events) with their call stacks, and give each copy the stack of the write fault
+    /// that made it. Exit 3 when the faults cannot be recorded (the page classes stand).
+    #[arg(long)]
+    pub stacks: bool,
+    /// With --stacks: bytes of user stack copied per fault for DWARF unwinding (deep stacks,
+    /// e.g. an interpreter's, need more; at most 60000).
+    #[arg(long, value_name = "BYTES", requires = "stacks")]
+    pub stack_size: Option<String>,
     /// Write the report here atomically (JSON unless --format table) instead of printing it
     /// on stderr.
     #[arg(long, value_name = "FILE")]
@@ -90,6 +99,20 @@ pub fn run(args: Args) -> Result<i32> {
             .map(|s| parse_duration("--interval", s))
             .transpose()?,
         syscalls: args.syscalls,
+        stacks: if args.stacks {
+            let bytes = match args.stack_size.as_deref() {
+                Some(s) => parse_number::<u32>("--stack-size", s)?,
+                None => crate::trace::faults::DEFAULT_STACK_BYTES,
+            };
+            if !(64..=60_000).contains(&bytes) {
+                return Err(Error::usage(format!(
+                    "--stack-size {bytes}: give 64 to 60000 bytes"
+                )));
+            }
+            Some(bytes)
+        } else {
+            None
+        },
     };
     let format = args.format.unwrap_or(if args.out.is_some() {
         DocFormat::Json

@@ -278,6 +278,9 @@ mod tests {
             }),
             releases: PairReleases::default(),
             ended: None,
+            stacks: None,
+            unattributed: None,
+            stack_samples: None,
             notes: Vec::new(),
         }
     }

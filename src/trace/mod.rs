@@ -21,7 +21,9 @@
 //! with ENOSYS), so cowscope waits for it, and `PTRACE_O_EXITKILL` kills it if cowscope itself
 //! dies; an attached (`--pid`) target is always detached, never killed, and keeps running.
 
+pub mod attribute;
 pub mod classify;
+pub mod faults;
 pub mod mapcount;
 pub mod ptrace;
 pub mod relation;
@@ -56,6 +58,9 @@ pub struct TraceOptions {
     /// Track releases with PTRACE_SYSCALL stops on every syscall instead of a seccomp filter
     /// (the only way with `--pid`; measurably slower).
     pub syscalls: bool,
+    /// `--stacks`: record page faults after each fork and name the code behind each copy;
+    /// the value is the bytes of user stack copied per fault (for DWARF unwinding).
+    pub stacks: Option<u32>,
 }
 
 /// The `trace` document's own fields.
@@ -89,6 +94,59 @@ pub struct TraceBody {
     pub forks: Vec<ForkRecord>,
     /// Anything the reader should know about this run.
     pub notes: Vec<String>,
+    /// `--stacks`: how page faults were recorded, or why they could not be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<StacksInfo>,
+}
+
+/// How `--stacks` recorded the faults behind the copies.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StacksInfo {
+    /// Faults were recorded (false: perf_event_open was refused; `reason` says why, the page
+    /// classes stand, and cowscope exits 3 for the missing stacks).
+    pub recorded: bool,
+    /// The event: the `exceptions:page_fault_user` tracepoint (carries the write bit) or the
+    /// software `page-faults` event (does not: the first fault at a copied page is taken).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Why faults could not be recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes of user stack copied per fault, for DWARF unwinding.
+    pub stack_bytes: u32,
+    /// Fault samples read, all processes (also faults outside every baseline).
+    pub samples: u64,
+    /// Of them, faults at pages outside every baseline or before a process's fork (first
+    /// touches of new memory): counted, never kept.
+    pub outside: u64,
+    /// Distinct stacks kept.
+    pub distinct_stacks: u64,
+    /// Threads whose event could not be opened, and other problems.
+    pub problems: Vec<String>,
+}
+
+/// One call path and the pages whose copy it made.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StackRecord {
+    /// `child` or `parent`: whose fault it was.
+    pub who: String,
+    /// `copied_by_child`, `copied_by_parent` or `copied_at_fork`.
+    pub class: Class,
+    /// Pages this stack copied.
+    pub pages: u64,
+    /// Leaf first. The leaf is the faulting instruction; the others are call sites (an
+    /// inlined call shows as frames of its own where debug information says so).
+    pub frames: Vec<crate::stacks::symbols::Frame>,
+}
+
+/// Fault samples behind one fork's stacks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct StackSamples {
+    /// Fault samples of either side since the fork at baseline pages.
+    pub recorded: u64,
+    /// Records the kernel dropped (ring full) on either side's streams since the fork: a
+    /// copy whose fault was lost is `unattributed`.
+    pub lost: u64,
 }
 
 /// How releases were tracked.
@@ -195,6 +253,18 @@ pub struct ForkRecord {
     /// How the pair ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended: Option<PairEnd>,
+    /// `--stacks`: the code behind the copies, most pages first: every page any sample
+    /// called copied_by_child or copied_by_parent gets the stack of the first write fault at
+    /// it in that process after the fork; copied_at_fork pages get the parent's stack at its
+    /// fork stop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<Vec<StackRecord>>,
+    /// `--stacks`: copied pages with no recorded fault, per class (never guessed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unattributed: Option<std::collections::BTreeMap<String, u64>>,
+    /// `--stacks`: the samples behind the stacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_samples: Option<StackSamples>,
     /// Notes about this pair.
     pub notes: Vec<String>,
 }

@@ -121,6 +121,15 @@ impl ParentSnapshot {
     pub fn read_time(&self) -> std::time::Duration {
         self.read
     }
+
+    /// The address ranges the baseline covers (one per segment), for the fault stream.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        let ps = crate::kernel::page_size() as u64;
+        self.segs
+            .iter()
+            .map(|s| (s.start, s.start + s.pages as u64 * ps))
+            .collect()
+    }
 }
 
 fn side_err(e: SideError) -> io::Error {
@@ -255,6 +264,9 @@ pub struct Baseline {
     copied_at_fork: u64,
     /// Pages attributed to a write whose new frame is a THP that replaced a zero page.
     thp_from_zero: u64,
+    /// With `--stacks`: the pages any sample called copied_by_child, copied_by_parent or
+    /// copied_at_fork (in that order), so a copy later released still gets its stack.
+    copies: Option<Box<[Bits; 3]>>,
 }
 
 /// What one sample found.
@@ -332,6 +344,7 @@ impl Baseline {
             tracked,
             copied_at_fork,
             thp_from_zero: 0,
+            copies: None,
         })
     }
 
@@ -349,6 +362,39 @@ impl Baseline {
     /// a zero page (the huge zero page written: Linux 6.13+ gives the writer a whole THP).
     pub fn thp_from_zero(&self) -> u64 {
         self.thp_from_zero
+    }
+
+    /// Remember, from now on, every page a sample calls copied (see [`Self::copied_pages`]).
+    pub fn track_copies(&mut self) {
+        let n = self.hist.len();
+        self.copies = Some(Box::new([Bits::new(n), Bits::new(n), Bits::new(n)]));
+    }
+
+    /// Every page any sample since [`Self::track_copies`] called `copied_by_child`,
+    /// `copied_by_parent` or `copied_at_fork`, with that class (address order; a page seen
+    /// under two of them, e.g. a copy a later sample could no longer attribute, is listed
+    /// once per class).
+    pub fn copied_pages(&self) -> Vec<(u64, Class)> {
+        let Some(bits) = &self.copies else {
+            return Vec::new();
+        };
+        let ps = crate::kernel::page_size() as u64;
+        let mut out = Vec::new();
+        for s in &self.segs {
+            for j in 0..s.pages {
+                let i = s.first + j;
+                for (b, class) in bits.iter().zip([
+                    Class::CopiedByChild,
+                    Class::CopiedByParent,
+                    Class::CopiedAtFork,
+                ]) {
+                    if b.get(i) {
+                        out.push((s.start + j as u64 * ps, class));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The VMAs of the baseline.
@@ -425,6 +471,7 @@ impl Baseline {
             released_by_parent,
             released_by_child,
             thp_from_zero,
+            copies,
             ..
         } = self;
         for s in segs.iter() {
@@ -574,6 +621,17 @@ impl Baseline {
                         frames[i] = st.frame;
                         hist[i] = st.hist as u8;
                         counts.add(class);
+                        if let Some(bits) = copies.as_mut() {
+                            let which = match class {
+                                Class::CopiedByChild => Some(0),
+                                Class::CopiedByParent => Some(1),
+                                Class::CopiedAtFork => Some(2),
+                                _ => None,
+                            };
+                            if let Some(w) = which {
+                                bits[w].set_range(i, i + 1);
+                            }
+                        }
                     }
                     Ok(())
                 })

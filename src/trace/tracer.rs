@@ -20,7 +20,7 @@ use super::relation::{self, Baseline, SampleInput};
 use super::syscalls::{self, Traced};
 use super::{
     Attribution, BaselineInfo, FinalSample, ForkRecord, PairEnd, ProcessRecord, ProgramExit,
-    ReleaseTracking, Sample, Target, TraceBody, TraceOptions, VmaRow,
+    ReleaseTracking, Sample, StacksInfo, Target, TraceBody, TraceOptions, VmaRow,
 };
 use crate::error::{EXIT_UNPROVEN, Error, Result};
 use crate::fork::child::{self, ChildOp};
@@ -89,6 +89,8 @@ struct Pair {
     pm_parent: Option<Pagemap>,
     pm_child: Option<Pagemap>,
     live: bool,
+    /// The fork stop's CLOCK_MONOTONIC time (the perf events' clock).
+    at_ns: u64,
     last: Option<(f64, String, Counts, Vec<Counts>)>,
     /// Without PFNs, at the last sample: baseline pages no longer under their fork-time VMA.
     remapped: u64,
@@ -401,6 +403,9 @@ struct Tracer<'a> {
     /// Processes running a 32-bit program while releases were tracked (their releases were
     /// not).
     untracked_32bit: Vec<i32>,
+    /// `--stacks`: the fault stream, and each ended pair's copied pages.
+    faults: Option<super::faults::Recorder>,
+    copies: Vec<super::attribute::PairCopies>,
 }
 
 /// Run the trace described by `opts`.
@@ -463,6 +468,7 @@ pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
             processes: Vec::new(),
             forks: Vec::new(),
             notes: Vec::new(),
+            stacks: None,
         },
         root_exit: None,
         report_pipe: None,
@@ -487,7 +493,12 @@ pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
         ksm_running: crate::kernel::read_setting("/sys/kernel/mm/ksm/run")
             .is_ok_and(|r| r.trim() == "1"),
         untracked_32bit: Vec::new(),
+        faults: None,
+        copies: Vec::new(),
     };
+    if let Some(bytes) = opts.stacks {
+        t.start_fault_stream(bytes);
+    }
     match &opts.target {
         Target::Command(argv) => {
             // Orphans of the traced tree are reparented to us and reaped here: nothing is
@@ -562,6 +573,7 @@ fn empty_body() -> TraceBody {
         processes: Vec::new(),
         forks: Vec::new(),
         notes: Vec::new(),
+        stacks: None,
     }
 }
 
@@ -842,6 +854,7 @@ impl Tracer<'_> {
 
     fn on_fork(&mut self, tid: i32, ev: i32) {
         let stopped_at = Instant::now();
+        let at_ns = crate::perf::monotonic_ns();
         let Ok(new) = ptrace::event_msg(tid).map(|m| m as i32) else {
             self.resume(tid, 0);
             return;
@@ -855,6 +868,9 @@ impl Tracer<'_> {
             });
             if let Some(p) = self.procs.get_mut(&ptgid) {
                 p.threads.insert(new);
+            }
+            if let Some(r) = self.faults.as_mut() {
+                r.new_thread(ptgid, new);
             }
             self.resume(tid, 0);
             return;
@@ -896,6 +912,9 @@ impl Tracer<'_> {
             final_sample: None,
             releases: Default::default(),
             ended: None,
+            stacks: None,
+            unattributed: None,
+            stack_samples: None,
             notes: Vec::new(),
         });
         if shares_mm {
@@ -911,6 +930,17 @@ impl Tracer<'_> {
             let snap = relation::read_parent(tid, &pm)?;
             Ok((pm, snap))
         });
+        if let (Ok((_, snap)), Some(r)) = (&phase1, self.faults.as_mut()) {
+            // Before the parent runs on: its faults from here belong to this fork.
+            r.fork(ptgid, new, at_ns, &snap.ranges());
+            let threads: Vec<i32> = self
+                .procs
+                .get(&ptgid)
+                .map(|p| p.threads.iter().copied().collect())
+                .unwrap_or_else(|| vec![tid]);
+            r.open_process(ptgid, &threads);
+            r.fork_stack(fork, ptgid, tid);
+        }
         self.resume(tid, 0);
         self.body.forks[fork].pause_us = stopped_at.elapsed().as_micros() as u64;
         if let Ok((_, snap)) = &phase1 {
@@ -923,7 +953,12 @@ impl Tracer<'_> {
             Ok((pm_p, pm_c, b))
         });
         match built {
-            Ok((pm_p, pm_c, base)) => {
+            Ok((pm_p, pm_c, mut base)) => {
+                if let Some(r) = self.faults.as_mut() {
+                    // Before the child's first instruction.
+                    r.open_process(new, &[new]);
+                    base.track_copies();
+                }
                 self.body.forks[fork].baseline = Some(BaselineInfo {
                     pages: base.tracked_pages(),
                     copied_at_fork: base.copied_at_fork(),
@@ -946,6 +981,7 @@ impl Tracer<'_> {
                     pm_parent: Some(pm_p),
                     pm_child: Some(pm_c),
                     live: true,
+                    at_ns,
                     last: None,
                     remapped: 0,
                 });
@@ -1044,6 +1080,9 @@ impl Tracer<'_> {
         }
         if tgid == self.root {
             self.read_report_pipe();
+        }
+        if let Some(r) = self.faults.as_ref() {
+            r.reread_maps(tgid);
         }
         if self.tracking != Tracking::None && is_32bit_elf(tgid) {
             self.untracked_32bit.push(tgid);
@@ -1382,6 +1421,17 @@ impl Tracer<'_> {
             )),
             _ => {}
         }
+        if self.faults.is_some()
+            && let Some(base) = pair.base.as_ref()
+        {
+            self.copies.push(super::attribute::PairCopies {
+                fork: pair.fork,
+                parent: pair.parent,
+                child: pair.child,
+                at_ns: pair.at_ns,
+                pages: base.copied_pages(),
+            });
+        }
         pair.base = None;
         pair.pm_parent = None;
         pair.pm_child = None;
@@ -1550,7 +1600,79 @@ impl Tracer<'_> {
         self.body.exit = program_exit(self.root_exit.clone(), detached);
         self.body.duration_s = self.now();
         self.fill_attribution();
+        self.attribute_copies();
         Ok(())
+    }
+
+    /// `--stacks`: open the fault stream, or say why it cannot be (the page classes stand).
+    fn start_fault_stream(&mut self, stack_bytes: u32) {
+        match super::faults::Recorder::start(stack_bytes) {
+            Ok(r) => {
+                self.body.stacks = Some(StacksInfo {
+                    recorded: true,
+                    event: Some(r.method().name().to_string()),
+                    reason: None,
+                    stack_bytes,
+                    samples: 0,
+                    outside: 0,
+                    distinct_stacks: 0,
+                    problems: Vec::new(),
+                });
+                self.faults = Some(r);
+            }
+            Err(reason) => {
+                self.body.stacks = Some(StacksInfo {
+                    recorded: false,
+                    event: None,
+                    reason: Some(reason),
+                    stack_bytes,
+                    samples: 0,
+                    outside: 0,
+                    distinct_stacks: 0,
+                    problems: Vec::new(),
+                });
+            }
+        }
+    }
+
+    /// `--stacks`: stop the fault stream and give every fork its stacks.
+    fn attribute_copies(&mut self) {
+        let Some(r) = self.faults.take() else {
+            return;
+        };
+        let problems = r.failures.clone();
+        let collected = r.finish();
+        let copies = std::mem::take(&mut self.copies);
+        let joins: Vec<_> = copies
+            .iter()
+            .map(|p| super::attribute::join(p, &collected))
+            .collect();
+        let named = super::attribute::name(&joins, &collected);
+        for ((p, j), stacks) in copies.iter().zip(joins).zip(named) {
+            let rec = &mut self.body.forks[p.fork];
+            if j.samples.lost > 0 {
+                rec.notes.push(format!(
+                    "{} fault record(s) were lost (a ring buffer was full): a copy whose fault \
+                     was lost is unattributed",
+                    j.samples.lost
+                ));
+            }
+            rec.stacks = Some(stacks);
+            rec.unattributed = Some(j.unattributed);
+            rec.stack_samples = Some(j.samples);
+        }
+        if let Some(info) = self.body.stacks.as_mut() {
+            info.samples = collected.samples;
+            info.outside = collected.outside;
+            info.distinct_stacks = collected.stacks.len() as u64;
+            info.problems = problems;
+            if collected.malformed > 0 {
+                info.problems.push(format!(
+                    "{} fault record(s) could not be parsed",
+                    collected.malformed
+                ));
+            }
+        }
     }
 
     fn fill_attribution(&mut self) {

@@ -1,0 +1,848 @@
+//! `trace --stacks`: the page-fault stream of every traced process after each fork, and for
+//! each page the first write fault since each fork with its unwound user stack.
+//!
+//! ```text
+//!  tracer thread                          collector thread (this module)
+//!  fork stop: epoch(parent, t), ranges  ─▶ Shared (mutex): per pid, fork times and the
+//!             open streams (parent, child)    baseline ranges faults are kept for
+//!             fork-stop stack (regs+bytes) ─▶ channel ─▶ unwound: the copied_at_fork stack
+//!  exec:      modules re-read            ─▶
+//!  end:       stop                       ─▶ poll(rings) ─▶ drain ─▶ per (pid, page): the first
+//!                                           write fault in each interval between the
+//!                                           process's forks, unwound once (framehop), interned
+//! ```
+//!
+//! Which event: the `exceptions:page_fault_user` tracepoint where it opens (root or
+//! CAP_PERFMON: tracepoint samples are taken in kernel mode), filtered in the kernel to write
+//! faults (`error_code & 2`); else the software `page-faults` event (allowed for one's own
+//! processes at `perf_event_paranoid` 2), whose samples do not say read or write.
+//!
+//! Memory is bounded by the baseline pages faulted (one small entry per page and fork
+//! interval) and the distinct stacks, not by the faults seen: a fault outside every baseline
+//! range is only counted, and a fault at a page that already has an entry for its interval
+//! is dropped before it is unwound.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::perf::{self, Config, Field, Record, Source, Stream};
+use crate::stacks::Loc;
+use crate::stacks::modules::Modules;
+use crate::stacks::unwind::{Unwinder, UserRegs};
+
+/// Bytes of user stack copied per sample by default (`--stack-size`).
+pub const DEFAULT_STACK_BYTES: u32 = 16 * 1024;
+
+/// Ring pages per thread with privilege (CAP_IPC_LOCK lifts the locked-memory limit):
+/// 8 MiB holds about 500 samples of a 16 KiB stack while the collector catches up.
+const RING_PAGES_ROOT: usize = 2048;
+/// Without it, `perf_event_mlock_kb` (516 KiB per CPU by default) plus RLIMIT_MEMLOCK bound
+/// all of a user's rings together; rings are halved until one fits.
+const RING_PAGES_USER: usize = 256;
+
+/// How faults are recorded on this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `exceptions:page_fault_user`, write faults only.
+    Tracepoint,
+    /// The software `page-faults` event: every fault, read or write unknown.
+    Software,
+}
+
+impl Method {
+    /// As the report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Tracepoint => "tracepoint exceptions:page_fault_user (write faults)",
+            Method::Software => "software event page-faults (read or write not known)",
+        }
+    }
+}
+
+/// What the tracer and the collector share: written by the tracer at a fork stop before it
+/// resumes the parent, so no fault after the fork is judged against an older fork.
+#[derive(Debug, Default)]
+struct Shared {
+    procs: HashMap<i32, ProcFilter>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct ProcFilter {
+    /// Fork times of this process as a parent (CLOCK_MONOTONIC ns), and for a child its own
+    /// creation first.
+    epochs: Vec<u64>,
+    /// Address ranges faults are kept for (sorted, merged): the baselines it is a side of.
+    ranges: Vec<(u64, u64)>,
+}
+
+impl ProcFilter {
+    fn add_ranges(&mut self, r: &[(u64, u64)]) {
+        self.ranges.extend_from_slice(r);
+        self.ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len());
+        for &(a, b) in &self.ranges {
+            match merged.last_mut() {
+                Some(l) if a <= l.1 => l.1 = l.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        self.ranges = merged;
+    }
+
+    fn contains(&self, addr: u64) -> bool {
+        let i = self.ranges.partition_point(|r| r.1 <= addr);
+        self.ranges.get(i).is_some_and(|r| r.0 <= addr)
+    }
+
+    /// The interval a fault at `t` belongs to: how many epochs began at or before it.
+    fn interval(&self, t: u64) -> usize {
+        self.epochs.partition_point(|&e| e <= t)
+    }
+}
+
+enum Cmd {
+    Streams(i32, Vec<Stream>),
+    Inherit {
+        parent: i32,
+        child: i32,
+    },
+    ReadMaps(i32),
+    ForkStack {
+        fork: usize,
+        pid: i32,
+        regs: UserRegs,
+        stack: Vec<u8>,
+    },
+    Stop,
+}
+
+/// One kept fault: the first write fault at a page in one interval between forks.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    interval: u32,
+    time: u64,
+    stack: u32,
+}
+
+/// Per process, what the collector kept.
+#[derive(Debug, Default)]
+pub struct ProcFaults {
+    /// Page address -> the first fault in each interval (few: one per fork it faulted after).
+    pages: HashMap<u64, Vec<Kept>>,
+    /// Samples at baseline pages, per interval.
+    recorded: Vec<u64>,
+    /// LOST records: (time, records lost).
+    lost: Vec<(u64, u64)>,
+}
+
+/// What the collector hands back at the end.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Per pid.
+    pub procs: HashMap<i32, ProcFaults>,
+    /// Interned stacks, leaf first (`bool`: the frame is the leaf, looked up at its exact
+    /// address; the others are return addresses).
+    pub stacks: Vec<Vec<(Loc, bool)>>,
+    /// The forking thread's stack at each fork stop, by fork index.
+    pub fork_stacks: HashMap<usize, u32>,
+    /// The modules every process mapped, for symbolization after the processes are gone.
+    pub modules: Modules,
+    /// Samples seen in all.
+    pub samples: u64,
+    /// Samples outside every baseline (first touches of new memory, faults before a fork).
+    pub outside: u64,
+    /// Records that could not be parsed.
+    pub malformed: u64,
+    /// Fork times per pid (the epochs), to join faults with forks.
+    epochs: HashMap<i32, Vec<u64>>,
+}
+
+impl Collected {
+    /// The stack of the first fault at `page` in `pid` at or after `since` (a fork time).
+    pub fn first_fault(&self, pid: i32, page: u64, since: u64) -> Option<u32> {
+        let epochs = self.epochs.get(&pid)?;
+        let k = epochs.partition_point(|&e| e < since);
+        // Entries are per interval; interval index = epochs at or before the fault.
+        let want = k + 1;
+        self.procs
+            .get(&pid)?
+            .pages
+            .get(&page)?
+            .iter()
+            .filter(|e| e.interval as usize >= want && e.time >= since)
+            .min_by_key(|e| e.interval)
+            .map(|e| e.stack)
+    }
+
+    /// Samples at baseline pages of `pid` at or after `since`, and records lost then.
+    pub fn counts_since(&self, pid: i32, since: u64) -> (u64, u64) {
+        let Some(p) = self.procs.get(&pid) else {
+            return (0, 0);
+        };
+        let k = self
+            .epochs
+            .get(&pid)
+            .map_or(0, |e| e.partition_point(|&x| x < since));
+        let rec = p.recorded.iter().skip(k + 1).sum();
+        let lost = p
+            .lost
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .map(|(_, n)| n)
+            .sum();
+        (rec, lost)
+    }
+}
+
+/// The tracer's handle on the fault stream.
+#[derive(Debug)]
+pub struct Recorder {
+    cfg: Config,
+    method: Method,
+    tx: Sender<CmdBox>,
+    wake: std::os::fd::OwnedFd,
+    shared: Arc<Mutex<Shared>>,
+    handle: Option<JoinHandle<Collected>>,
+    /// Threads with an event.
+    opened: std::collections::HashSet<i32>,
+    /// Threads whose event could not be opened, and why.
+    pub failures: Vec<String>,
+    stack_bytes: u32,
+}
+
+/// Commands are boxed so the channel's item stays small.
+struct CmdBox(Box<Cmd>);
+
+impl std::fmt::Debug for CmdBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cmd")
+    }
+}
+
+fn write_fault_fields() -> io::Result<(u64, Field, Field, Field)> {
+    let tps = perf::tracefs::tracepoints(&[("exceptions", "page_fault_user")])?;
+    let tp = tps
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("no tracepoint"))??;
+    let f = |n: &str| {
+        tp.field(n).cloned().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} has no field {n}", tp.name),
+            )
+        })
+    };
+    Ok((tp.id, f("address")?, f("ip")?, f("error_code")?))
+}
+
+/// Open a test event on our own thread: what works here.
+fn probe(cfg: &mut Config) -> io::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
+    loop {
+        match Stream::open(cfg, me) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && cfg.ring_pages > 16 => {
+                cfg.ring_pages /= 2;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && cfg.inherit_threads => {
+                // Kernels before 5.13 have no inherit_thread: every thread then gets its
+                // own event at its clone stop.
+                cfg.inherit_threads = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Recorder {
+    /// Choose the event (the write-fault tracepoint, else software page faults), check it
+    /// opens here, and start the collector thread.
+    ///
+    /// # Errors
+    /// Neither event can be opened (`perf_event_open` refused): the sentence says why.
+    pub fn start(stack_bytes: u32) -> Result<Recorder, String> {
+        let privileged = nix::unistd::geteuid().is_root();
+        let mut errors = Vec::new();
+        let mut chosen = None;
+        match write_fault_fields() {
+            Ok((id, addr, ip, ec)) => {
+                let mut cfg = Config {
+                    source: Source::Tracepoint(id),
+                    stack_bytes,
+                    user_regs: true,
+                    kernel: true,
+                    inherit_threads: true,
+                    ring_pages: if privileged {
+                        RING_PAGES_ROOT
+                    } else {
+                        RING_PAGES_USER
+                    },
+                };
+                match probe(&mut cfg) {
+                    Ok(()) => chosen = Some((cfg, Method::Tracepoint, Some((addr, ip, ec)))),
+                    Err(e) => errors.push(format!("the page_fault_user tracepoint: {e}")),
+                }
+            }
+            Err(e) => errors.push(format!("the page_fault_user tracepoint: {e}")),
+        }
+        if chosen.is_none() {
+            let mut cfg = Config {
+                source: Source::SoftwarePageFaults,
+                stack_bytes,
+                user_regs: true,
+                kernel: false,
+                inherit_threads: true,
+                ring_pages: if privileged {
+                    RING_PAGES_ROOT
+                } else {
+                    RING_PAGES_USER
+                },
+            };
+            match probe(&mut cfg) {
+                Ok(()) => chosen = Some((cfg, Method::Software, None)),
+                Err(e) => errors.push(format!("the software page-fault event: {e}")),
+            }
+        }
+        let Some((cfg, method, fields)) = chosen else {
+            return Err(format!(
+                "perf_event_open refused every page-fault event ({}); perf_event_paranoid is {}",
+                errors.join("; "),
+                std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_else(|_| "unknown".into())
+            ));
+        };
+        let (tx, rx) = channel::<CmdBox>();
+        let wake = nix::sys::eventfd::EventFd::from_value_and_flags(
+            0,
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .map_err(|e| format!("eventfd: {e}"))?;
+        let wake: std::os::fd::OwnedFd = wake.into();
+        let wake_rx = wake.try_clone().map_err(|e| format!("dup: {e}"))?;
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let collector = Collector {
+            rx,
+            wake: wake_rx,
+            shared: shared.clone(),
+            streams: Vec::new(),
+            fields,
+            out: Collected::default(),
+            unwinder: Unwinder::new(),
+            scratch: Vec::new(),
+            last_reread: HashMap::new(),
+            page_mask: !(crate::kernel::page_size() as u64 - 1),
+        };
+        let handle = std::thread::Builder::new()
+            .name("cowscope-faults".into())
+            .spawn(move || collector.run())
+            .map_err(|e| format!("cannot start the fault collector: {e}"))?;
+        Ok(Recorder {
+            cfg,
+            method,
+            tx,
+            wake,
+            shared,
+            handle: Some(handle),
+            opened: Default::default(),
+            failures: Vec::new(),
+            stack_bytes,
+        })
+    }
+
+    /// Which event is used.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    /// Bytes of stack per sample.
+    pub fn stack_bytes(&self) -> u32 {
+        self.stack_bytes
+    }
+
+    fn send(&self, c: Cmd) {
+        let _ = self.tx.send(CmdBox(Box::new(c)));
+        let _ = nix::unistd::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Open events on the threads of `pid` that have none (call while the process is held
+    /// at a ptrace stop, before it runs on). Threads created later inherit them.
+    pub fn open_process(&mut self, pid: i32, threads: &[i32]) {
+        let mut streams = Vec::new();
+        for &tid in threads {
+            if self.opened.contains(&tid) {
+                continue;
+            }
+            match Stream::open(&self.cfg, tid) {
+                Ok(s) => {
+                    if matches!(self.cfg.source, Source::Tracepoint(_))
+                        && let Err(e) = s.set_filter("error_code & 2")
+                    {
+                        self.failures.push(format!(
+                            "the write-fault filter was refused on thread {tid} ({e}): read \
+                             faults are recorded too and skipped here"
+                        ));
+                    }
+                    if let Err(e) = s.enable() {
+                        self.failures
+                            .push(format!("thread {tid}: the event did not start: {e}"));
+                        continue;
+                    }
+                    self.opened.insert(tid);
+                    streams.push(s);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => self
+                    .failures
+                    .push(format!("thread {tid} of pid {pid}: perf_event_open: {e}")),
+            }
+        }
+        if !streams.is_empty() {
+            self.send(Cmd::Streams(pid, streams));
+        }
+    }
+
+    /// A new thread of a traced process (only needed where threads do not inherit events).
+    pub fn new_thread(&mut self, pid: i32, tid: i32) {
+        if !self.cfg.inherit_threads && self.opened.iter().any(|_| true) {
+            let known = self
+                .shared
+                .lock()
+                .map(|s| s.procs.contains_key(&pid))
+                .unwrap_or(false);
+            if known {
+                self.open_process(pid, &[tid]);
+            }
+        }
+    }
+
+    /// A fork stop: the parent's new interval begins now; both sides keep faults at the
+    /// baseline's ranges. Call before resuming the parent.
+    pub fn fork(&mut self, parent: i32, child: i32, at_ns: u64, ranges: &[(u64, u64)]) {
+        if let Ok(mut s) = self.shared.lock() {
+            let p = s.procs.entry(parent).or_default();
+            p.epochs.push(at_ns);
+            p.add_ranges(ranges);
+            let c = s.procs.entry(child).or_default();
+            c.epochs.push(at_ns);
+            c.add_ranges(ranges);
+        }
+        self.send(Cmd::Inherit { parent, child });
+    }
+
+    /// The process's code may have changed (exec, a module loaded): read its maps again.
+    pub fn reread_maps(&self, pid: i32) {
+        self.send(Cmd::ReadMaps(pid));
+    }
+
+    /// The forking thread's user stack at its fork stop, for the pages fork itself copied.
+    pub fn fork_stack(&self, fork: usize, pid: i32, tid: i32) {
+        if let Some((regs, stack)) = stopped_stack(tid, self.stack_bytes as usize) {
+            self.send(Cmd::ForkStack {
+                fork,
+                pid,
+                regs,
+                stack,
+            });
+        }
+    }
+
+    /// Stop the collector after a last drain of every ring; what it kept.
+    pub fn finish(mut self) -> Collected {
+        self.send(Cmd::Stop);
+        let mut c = self
+            .handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if let Ok(s) = self.shared.lock() {
+            c.epochs = s
+                .procs
+                .iter()
+                .map(|(&p, f)| (p, f.epochs.clone()))
+                .collect();
+        }
+        c
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            let _ = self.tx.send(CmdBox(Box::new(Cmd::Stop)));
+            let _ = nix::unistd::write(&self.wake, &1u64.to_ne_bytes());
+            let _ = h.join();
+        }
+    }
+}
+
+/// A stopped thread's registers (PTRACE_GETREGS) and the top of its user stack
+/// (`/proc/<tid>/mem`: no page is pinned, faulted in or copied by the read).
+#[cfg(target_arch = "x86_64")]
+fn stopped_stack(tid: i32, bytes: usize) -> Option<(UserRegs, Vec<u8>)> {
+    use std::os::unix::fs::FileExt;
+    let mut r = std::mem::MaybeUninit::<libc::user_regs_struct>::uninit();
+    // SAFETY: PTRACE_GETREGS writes one user_regs_struct into the buffer we pass; the caller
+    // holds the thread in a ptrace stop (the tracer thread is its tracer).
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGS,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            r.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return None;
+    }
+    // SAFETY: the call succeeded, so the kernel filled the struct.
+    let r = unsafe { r.assume_init() };
+    let regs = UserRegs {
+        ip: r.rip,
+        sp: r.rsp,
+        bp: r.rbp,
+    };
+    let mem = std::fs::File::open(format!("/proc/{tid}/mem")).ok()?;
+    let mut buf = vec![0u8; bytes];
+    let mut got = 0;
+    // Page by page: the stack VMA may end before `bytes`.
+    while got < bytes {
+        let ps = crate::kernel::page_size();
+        let end = ((regs.sp as usize + got) / ps + 1) * ps - regs.sp as usize;
+        let end = end.min(bytes);
+        match mem.read_at(&mut buf[got..end], regs.sp + got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    buf.truncate(got);
+    Some((regs, buf))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn stopped_stack(_tid: i32, _bytes: usize) -> Option<(UserRegs, Vec<u8>)> {
+    None
+}
+
+struct Collector {
+    rx: Receiver<CmdBox>,
+    wake: std::os::fd::OwnedFd,
+    shared: Arc<Mutex<Shared>>,
+    streams: Vec<(i32, Stream)>,
+    fields: Option<(Field, Field, Field)>,
+    out: Collected,
+    unwinder: Unwinder,
+    scratch: Vec<(Loc, bool)>,
+    last_reread: HashMap<i32, std::time::Instant>,
+    page_mask: u64,
+}
+
+/// One fault as the collector judges it.
+struct Fault<'a> {
+    pid: i32,
+    time: u64,
+    addr: u64,
+    ip: u64,
+    write: Option<bool>,
+    regs: Option<UserRegs>,
+    stack: &'a [u8],
+}
+
+impl Collector {
+    fn run(mut self) -> Collected {
+        let mut interned: HashMap<Vec<(Loc, bool)>, u32> = HashMap::new();
+        let mut stop = false;
+        while !stop {
+            self.wait();
+            while let Ok(CmdBox(c)) = self.rx.try_recv() {
+                match *c {
+                    Cmd::Streams(pid, s) => {
+                        if self.out.modules.locate(pid, 0).is_none() {
+                            let _ = self.out.modules.read_process(pid);
+                        }
+                        self.streams.extend(s.into_iter().map(|s| (pid, s)));
+                    }
+                    Cmd::Inherit { parent, child } => self.out.modules.inherit(parent, child),
+                    Cmd::ReadMaps(pid) => {
+                        let _ = self.out.modules.read_process(pid);
+                    }
+                    Cmd::ForkStack {
+                        fork,
+                        pid,
+                        regs,
+                        stack,
+                    } => {
+                        self.scratch.clear();
+                        self.unwinder.unwind(
+                            &mut self.out.modules,
+                            pid,
+                            regs,
+                            &stack,
+                            &mut self.scratch,
+                        );
+                        let id = intern(&mut interned, &mut self.out.stacks, &self.scratch);
+                        self.out.fork_stacks.insert(fork, id);
+                    }
+                    Cmd::Stop => stop = true,
+                }
+            }
+            self.drain_all(&mut interned);
+        }
+        self.drain_all(&mut interned);
+        for (_, s) in &self.streams {
+            self.out.malformed += s.malformed;
+        }
+        self.out
+    }
+
+    /// Sleep until a ring passes its watermark, a command arrives, or 20 ms pass.
+    fn wait(&mut self) {
+        use std::os::fd::AsFd;
+        let mut fds: Vec<nix::poll::PollFd<'_>> = Vec::with_capacity(self.streams.len() + 1);
+        fds.push(nix::poll::PollFd::new(
+            self.wake.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        ));
+        // SAFETY: each raw fd is owned by a Stream in self.streams, which outlives `fds`.
+        let borrowed: Vec<std::os::fd::BorrowedFd<'_>> = self
+            .streams
+            .iter()
+            .map(|(_, s)| unsafe { std::os::fd::BorrowedFd::borrow_raw(s.raw_fd()) })
+            .collect();
+        for b in &borrowed {
+            fds.push(nix::poll::PollFd::new(*b, nix::poll::PollFlags::POLLIN));
+        }
+        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20u8));
+        let mut buf = [0u8; 8];
+        let _ = nix::unistd::read(&self.wake, &mut buf);
+    }
+
+    fn drain_all(&mut self, interned: &mut HashMap<Vec<(Loc, bool)>, u32>) {
+        let mut streams = std::mem::take(&mut self.streams);
+        for (owner, s) in &mut streams {
+            let owner = *owner;
+            s.drain(|r| match r {
+                Record::Lost(n) => {
+                    self.out
+                        .procs
+                        .entry(owner)
+                        .or_default()
+                        .lost
+                        .push((perf::monotonic_ns(), n));
+                }
+                Record::Sample(smp) => {
+                    self.out.samples += 1;
+                    let Some(pid) = smp.pid else { return };
+                    // Inherited into a forked child (kernels without inherit_thread): that
+                    // child has its own event.
+                    if pid != owner {
+                        return;
+                    }
+                    let (addr, ip, write) = match (&self.fields, smp.raw) {
+                        (Some((a, i, ec)), Some(raw)) => (
+                            perf::field_u64(&raw, a).unwrap_or(0),
+                            perf::field_u64(&raw, i).unwrap_or(0),
+                            perf::field_u64(&raw, ec).map(|e| e & 2 != 0),
+                        ),
+                        _ => (smp.addr.unwrap_or(0), smp.ip.unwrap_or(0), None),
+                    };
+                    let regs = smp.user_regs.as_ref().and_then(|r| {
+                        Some(UserRegs {
+                            bp: r.get(6)?,
+                            sp: r.get(7)?,
+                            ip: r.get(8)?,
+                        })
+                    });
+                    let stack = smp
+                        .user_stack
+                        .as_ref()
+                        .map(|(d, dyn_size)| {
+                            let n = (*dyn_size as usize).min(d.len());
+                            d.get(0..n).map(|x| x.as_slice())
+                        })
+                        .and_then(|x| x);
+                    let stack_bytes: std::borrow::Cow<'_, [u8]> =
+                        stack.unwrap_or(std::borrow::Cow::Borrowed(&[]));
+                    self.on_fault(
+                        Fault {
+                            pid,
+                            time: smp.timestamp.unwrap_or(0),
+                            addr,
+                            ip,
+                            write,
+                            regs,
+                            stack: &stack_bytes,
+                        },
+                        interned,
+                    );
+                }
+            });
+        }
+        self.streams = streams;
+    }
+
+    fn on_fault(&mut self, f: Fault<'_>, interned: &mut HashMap<Vec<(Loc, bool)>, u32>) {
+        if f.write == Some(false) {
+            return;
+        }
+        let page = f.addr & self.page_mask;
+        let interval = {
+            let Ok(s) = self.shared.lock() else { return };
+            let Some(p) = s.procs.get(&f.pid) else {
+                self.out.outside += 1;
+                return;
+            };
+            if !p.contains(page) {
+                self.out.outside += 1;
+                return;
+            }
+            p.interval(f.time)
+        };
+        if interval == 0 {
+            // Before the process's first fork (or its own creation): not after a fork.
+            self.out.outside += 1;
+            return;
+        }
+        let pf = self.out.procs.entry(f.pid).or_default();
+        if pf.recorded.len() <= interval {
+            pf.recorded.resize(interval + 1, 0);
+        }
+        pf.recorded[interval] += 1;
+        let entries = pf.pages.entry(page).or_default();
+        if let Some(e) = entries.iter().find(|e| e.interval as usize == interval)
+            && e.time <= f.time
+        {
+            return;
+        }
+        // The first fault at this page in this interval: unwind it.
+        let regs = f.regs.unwrap_or(UserRegs {
+            ip: f.ip,
+            sp: 0,
+            bp: 0,
+        });
+        let regs = UserRegs { ip: f.ip, ..regs };
+        if self.out.modules.locate(f.pid, f.ip).is_none() {
+            let due = self
+                .last_reread
+                .get(&f.pid)
+                .is_none_or(|t| t.elapsed() > std::time::Duration::from_millis(100));
+            if due {
+                let _ = self.out.modules.read_process(f.pid);
+                self.last_reread.insert(f.pid, std::time::Instant::now());
+            }
+        }
+        self.scratch.clear();
+        self.unwinder.unwind(
+            &mut self.out.modules,
+            f.pid,
+            regs,
+            f.stack,
+            &mut self.scratch,
+        );
+        let stack = intern(interned, &mut self.out.stacks, &self.scratch);
+        let pf = self.out.procs.entry(f.pid).or_default();
+        let entries = pf.pages.entry(page).or_default();
+        let k = Kept {
+            interval: interval as u32,
+            time: f.time,
+            stack,
+        };
+        match entries.iter_mut().find(|e| e.interval as usize == interval) {
+            Some(e) => *e = k,
+            None => entries.push(k),
+        }
+    }
+}
+
+fn intern(
+    map: &mut HashMap<Vec<(Loc, bool)>, u32>,
+    stacks: &mut Vec<Vec<(Loc, bool)>>,
+    s: &[(Loc, bool)],
+) -> u32 {
+    if let Some(&id) = map.get(s) {
+        return id;
+    }
+    let id = stacks.len() as u32;
+    stacks.push(s.to_vec());
+    map.insert(s.to_vec(), id);
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_contain_only_their_pages() {
+        let mut f = ProcFilter::default();
+        f.add_ranges(&[(0x3000, 0x5000), (0x1000, 0x2000)]);
+        f.add_ranges(&[(0x2000, 0x3000)]);
+        assert_eq!(f.ranges, vec![(0x1000, 0x5000)]);
+        assert!(f.contains(0x1000));
+        assert!(f.contains(0x4fff));
+        assert!(!f.contains(0x5000));
+        assert!(!f.contains(0xfff));
+    }
+
+    #[test]
+    fn a_fault_belongs_to_the_interval_after_the_last_fork_before_it() {
+        let f = ProcFilter {
+            epochs: vec![100, 200],
+            ranges: vec![],
+        };
+        assert_eq!(f.interval(50), 0, "before the first fork");
+        assert_eq!(f.interval(100), 1);
+        assert_eq!(f.interval(199), 1);
+        assert_eq!(f.interval(250), 2);
+    }
+
+    fn collected(entries: Vec<Kept>, epochs: Vec<u64>) -> Collected {
+        let mut c = Collected::default();
+        let mut pf = ProcFaults::default();
+        pf.pages.insert(0x1000, entries);
+        c.procs.insert(7, pf);
+        c.epochs.insert(7, epochs);
+        c
+    }
+
+    #[test]
+    fn each_fork_gets_the_first_fault_after_it_not_an_earlier_forks() {
+        let c = collected(
+            vec![
+                Kept {
+                    interval: 1,
+                    time: 150,
+                    stack: 1,
+                },
+                Kept {
+                    interval: 2,
+                    time: 260,
+                    stack: 2,
+                },
+            ],
+            vec![100, 200],
+        );
+        assert_eq!(c.first_fault(7, 0x1000, 100), Some(1));
+        assert_eq!(c.first_fault(7, 0x1000, 200), Some(2));
+        assert_eq!(c.first_fault(7, 0x2000, 100), None, "no fault at that page");
+    }
+
+    #[test]
+    fn a_fork_whose_interval_has_no_fault_takes_the_next_intervals_first() {
+        let c = collected(
+            vec![Kept {
+                interval: 3,
+                time: 350,
+                stack: 9,
+            }],
+            vec![100, 200, 300],
+        );
+        assert_eq!(c.first_fault(7, 0x1000, 100), Some(9));
+        assert_eq!(c.first_fault(7, 0x1000, 200), Some(9));
+    }
+}
