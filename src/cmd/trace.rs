@@ -138,5 +138,13 @@ pub fn run(args: Args) -> Result<i32> {
         Some(p) => output::emit(&text, Some(p))?,
         None => eprint!("{text}"),
     }
-    Ok(doc.body.exit_status())
+    let status = doc.body.exit_status();
+    // --stacks asked for stacks the kernel would not give: could not prove (3), unless the
+    // program's own status already says it failed.
+    let stacks_missing = doc.body.stacks.as_ref().is_some_and(|s| !s.recorded);
+    Ok(if stacks_missing && status == 0 {
+        crate::error::EXIT_UNPROVEN
+    } else {
+        status
+    })
 }

@@ -93,6 +93,8 @@ pub struct Stream {
     pub lost: u64,
     /// Records that could not be parsed.
     pub malformed: u64,
+    /// Further events on the same thread writing into this stream's ring.
+    joined: Vec<OwnedFd>,
 }
 
 // SAFETY: the mapping is owned by the stream and used only through `&mut self` (drain) or
@@ -146,6 +148,17 @@ fn attr(cfg: &Config) -> sys::bindings::perf_event_attr {
     a.set_watermark(1);
     a.__bindgen_anon_2.wakeup_watermark = (cfg.ring_pages * crate::kernel::page_size() / 4) as u32;
     a
+}
+
+fn set_filter(fd: &OwnedFd, filter: &str) -> io::Result<()> {
+    let c = std::ffi::CString::new(filter)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in filter"))?;
+    // SAFETY: a valid event fd and a NUL-terminated string that outlives the call.
+    let rc = unsafe { sys::ioctls::SET_FILTER(fd.as_raw_fd(), c.as_ptr() as *mut _) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The parse info `linux-perf-event-reader` needs, from the attr's own bytes.
@@ -214,7 +227,47 @@ impl Stream {
             tid,
             lost: 0,
             malformed: 0,
+            joined: Vec::new(),
         })
+    }
+
+    /// Open `cfg` on this stream's thread and send its records into this stream's ring
+    /// (`PERF_EVENT_IOC_SET_OUTPUT`: same thread, same CPU setting), with `filter` if given,
+    /// enabled at once. Its records must be told apart by their content.
+    ///
+    /// # Errors
+    /// As [`Stream::open`], or the kernel refused the filter or the redirection.
+    pub fn join(&mut self, cfg: &Config, filter: Option<&str>) -> io::Result<()> {
+        let mut a = attr(cfg);
+        // SAFETY: as in `open`.
+        let fd = unsafe {
+            sys::perf_event_open(
+                &mut a,
+                self.tid,
+                -1,
+                -1,
+                sys::bindings::PERF_FLAG_FD_CLOEXEC as _,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: perf_event_open returned a new descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: two valid event fds; SET_OUTPUT takes the target fd as its argument.
+        let rc = unsafe { sys::ioctls::SET_OUTPUT(fd.as_raw_fd(), self.fd.as_raw_fd()) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(f) = filter {
+            set_filter(&fd, f)?;
+        }
+        // SAFETY: a valid event fd; ENABLE takes no pointer.
+        if unsafe { sys::ioctls::ENABLE(fd.as_raw_fd(), 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.joined.push(fd);
+        Ok(())
     }
 
     /// Install a tracepoint filter (`error_code & 2`): the kernel drops what does not match
@@ -223,14 +276,7 @@ impl Stream {
     /// # Errors
     /// The kernel rejected the expression (EINVAL) or the event is no tracepoint.
     pub fn set_filter(&self, filter: &str) -> io::Result<()> {
-        let c = std::ffi::CString::new(filter)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in filter"))?;
-        // SAFETY: a valid event fd and a NUL-terminated string that outlives the call.
-        let rc = unsafe { sys::ioctls::SET_FILTER(self.fd.as_raw_fd(), c.as_ptr() as *mut _) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        set_filter(&self.fd, filter)
     }
 
     /// Start counting.

@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 use crate::doc::TraceDoc;
-use crate::trace::{Counts, ForkRecord};
+use crate::stacks::symbols::Frame;
+use crate::trace::{Counts, ForkRecord, StackRecord};
 
 fn mib(pages: u64, ps: u64) -> f64 {
     (pages * ps) as f64 / (1024.0 * 1024.0)
@@ -104,6 +105,125 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     }
     s.push('.');
     Some(s)
+}
+
+/// A module's file name, as frames name it.
+fn module_name(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+/// A frame as one short word: its function, else module+offset.
+fn frame_name(f: &Frame) -> String {
+    match &f.function {
+        Some(func) => func.clone(),
+        None => format!("{}+{}", f.module, f.offset),
+    }
+}
+
+/// The frames worth showing: the leaf, then the first frames of the program's own code
+/// (`own`: its module name) after it, else the next frames; outermost last.
+fn short_path(frames: &[Frame], own: &str, keep: usize) -> String {
+    let Some(leaf) = frames.first() else {
+        return "(no frames)".into();
+    };
+    let rest = &frames[1..];
+    let mut shown: Vec<String> = vec![frame_name(leaf)];
+    let owned: Vec<&Frame> = rest.iter().filter(|f| f.module == own).collect();
+    let pick: Vec<&Frame> = if owned.is_empty() || leaf.module == own {
+        rest.iter().collect()
+    } else {
+        owned
+    };
+    shown.extend(pick.iter().take(keep).map(|f| frame_name(f)));
+    let mut line = shown.join(" <- ");
+    if let (Some(file), Some(l)) = (&leaf.file, leaf.line) {
+        let _ = write!(line, "  ({}:{l})", module_name(file));
+    }
+    line
+}
+
+/// `--stacks`: per side, the code behind the copies, most pages first, and one sentence.
+fn stack_lines(f: &ForkRecord, own: &str, ps: u64) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(stacks) = &f.stacks else {
+        return out;
+    };
+    for who in ["child", "parent"] {
+        let mine: Vec<&StackRecord> = stacks.iter().filter(|r| r.who == who).collect();
+        let unattr: u64 = f
+            .unattributed
+            .as_ref()
+            .map(|u| {
+                u.iter()
+                    .filter(|(k, _)| match who {
+                        "child" => k.as_str() == "copied_by_child",
+                        _ => k.as_str() != "copied_by_child",
+                    })
+                    .map(|(_, v)| *v)
+                    .sum()
+            })
+            .unwrap_or(0);
+        let total: u64 = mine.iter().map(|r| r.pages).sum::<u64>() + unattr;
+        if total == 0 {
+            continue;
+        }
+        if let Some(top) = mine.first() {
+            // The share of the top stack's leaf function and its first caller of the
+            // program's own code.
+            let head = short_path(&top.frames, own, 1);
+            let head = head.split("  (").next().unwrap_or(&head).to_string();
+            let same: u64 = mine
+                .iter()
+                .filter(|r| short_path(&r.frames, own, 1).starts_with(&head))
+                .map(|r| r.pages)
+                .sum();
+            out.push(format!(
+                "  => the {who} copied {:.1} MiB, {:.0}% of it in {head}",
+                mib(total, ps),
+                100.0 * same as f64 / total as f64
+            ));
+        }
+        out.push(format!("  code behind the {who}'s copies:"));
+        for r in mine.iter().take(5) {
+            out.push(format!(
+                "    {:>8} {:<5} {:>8.1} MiB  {}{}",
+                r.pages,
+                if r.pages == 1 { "page" } else { "pages" },
+                mib(r.pages, ps),
+                if r.class == crate::trace::Class::CopiedAtFork {
+                    "[at fork] "
+                } else {
+                    ""
+                },
+                short_path(&r.frames, own, 3)
+            ));
+        }
+        if mine.len() > 5 {
+            let rest: u64 = mine.iter().skip(5).map(|r| r.pages).sum();
+            out.push(format!(
+                "    {:>8} {:<5} in {} other stacks",
+                rest,
+                if rest == 1 { "page" } else { "pages" },
+                mine.len() - 5
+            ));
+        }
+        if unattr > 0 {
+            out.push(format!(
+                "    {:>8} {:<5} unattributed (no fault recorded at the page)",
+                unattr,
+                if unattr == 1 { "page" } else { "pages" }
+            ));
+        }
+    }
+    if let Some(ss) = &f.stack_samples
+        && ss.lost > 0
+    {
+        out.push(format!(
+            "  {} fault records lost (ring buffer full): their copies are unattributed",
+            ss.lost
+        ));
+    }
+    out
 }
 
 /// Render the report.
@@ -229,6 +349,15 @@ pub fn table(r: &TraceDoc) -> String {
             if let Some(line) = sentence(f, ps, b.attribution.pfn_visible) {
                 let _ = writeln!(s, "  => {line}");
             }
+        }
+        let own = b
+            .processes
+            .iter()
+            .find(|p| p.pid == f.parent)
+            .map(|p| module_name(&p.exe))
+            .unwrap_or_default();
+        for line in stack_lines(f, &own, ps) {
+            let _ = writeln!(s, "{line}");
         }
         if let Some(e) = &f.ended {
             let _ = writeln!(s, "  ended: {} at {:.3} s", e.by, e.at);

@@ -5,8 +5,12 @@
 //! in the copying process after the fork. A `copied_by_child` page takes the child's first
 //! fault there, a `copied_by_parent` page the parent's first fault there after this fork's
 //! time; a `copied_at_fork` page (fork copied it before the child ran: pinned pages, the TID
-//! word) takes the parent's stack at its fork stop. Faults at pages that were not copied
-//! never count; a copied page without a fault is `unattributed`, per class.
+//! word) takes the parent's stack at its fork stop. A `diverged` page (the frames differ but
+//! pagemap cannot say who moved: PFNs hidden) takes the earlier of the two sides' first
+//! faults there since the fork: the first write to a page both map copies it, and a later
+//! write by the other side finds its page exclusive and copies nothing. Faults at pages
+//! that were not copied never count; a copied page without a fault is `unattributed`, per
+//! class.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -49,7 +53,8 @@ fn key(c: Class) -> ClassKey {
     match c {
         Class::CopiedByChild => 0,
         Class::CopiedByParent => 1,
-        _ => 2,
+        Class::CopiedAtFork => 2,
+        _ => 3,
     }
 }
 
@@ -57,7 +62,8 @@ fn class_of(k: ClassKey) -> Class {
     match k {
         0 => Class::CopiedByChild,
         1 => Class::CopiedByParent,
-        _ => Class::CopiedAtFork,
+        2 => Class::CopiedAtFork,
+        _ => Class::Diverged,
     }
 }
 
@@ -73,9 +79,22 @@ pub fn join(p: &PairCopies, c: &Collected) -> Joined {
     let mut j = Joined::default();
     for &(page, class) in &p.pages {
         let (who, stack) = match class {
-            Class::CopiedByChild => ("child", c.first_fault(p.child, page, p.at_ns)),
-            Class::CopiedByParent => ("parent", c.first_fault(p.parent, page, p.at_ns)),
+            Class::CopiedByChild => ("child", c.first_fault(p.child, page, p.at_ns).map(|f| f.1)),
+            Class::CopiedByParent => (
+                "parent",
+                c.first_fault(p.parent, page, p.at_ns).map(|f| f.1),
+            ),
             Class::CopiedAtFork => ("parent", c.fork_stacks.get(&p.fork).copied()),
+            Class::Diverged => {
+                let fc = c.first_fault(p.child, page, p.at_ns);
+                let fp = c.first_fault(p.parent, page, p.at_ns);
+                match (fc, fp) {
+                    (Some(x), Some(y)) if y.0 < x.0 => ("parent", Some(y.1)),
+                    (Some(x), _) => ("child", Some(x.1)),
+                    (None, Some(y)) => ("parent", Some(y.1)),
+                    (None, None) => ("child", None),
+                }
+            }
             _ => continue,
         };
         match stack {

@@ -33,6 +33,9 @@ use crate::stacks::Loc;
 use crate::stacks::modules::Modules;
 use crate::stacks::unwind::{Unwinder, UserRegs};
 
+/// Kernel-mode write faults at user addresses only (x86_64: below the canonical hole).
+const KERNEL_FAULT_FILTER: &str = "(error_code & 2) && address < 0x800000000000";
+
 /// Bytes of user stack copied per sample by default (`--stack-size`).
 pub const DEFAULT_STACK_BYTES: u32 = 16 * 1024;
 
@@ -161,8 +164,9 @@ pub struct Collected {
 }
 
 impl Collected {
-    /// The stack of the first fault at `page` in `pid` at or after `since` (a fork time).
-    pub fn first_fault(&self, pid: i32, page: u64, since: u64) -> Option<u32> {
+    /// The first fault at `page` in `pid` at or after `since` (a fork time): its time and
+    /// stack.
+    pub fn first_fault(&self, pid: i32, page: u64, since: u64) -> Option<(u64, u32)> {
         let epochs = self.epochs.get(&pid)?;
         let k = epochs.partition_point(|&e| e < since);
         // Entries are per interval; interval index = epochs at or before the fault.
@@ -174,7 +178,7 @@ impl Collected {
             .iter()
             .filter(|e| e.interval as usize >= want && e.time >= since)
             .min_by_key(|e| e.interval)
-            .map(|e| e.stack)
+            .map(|e| (e.time, e.stack))
     }
 
     /// Samples at baseline pages of `pid` at or after `since`, and records lost then.
@@ -201,6 +205,8 @@ impl Collected {
 #[derive(Debug)]
 pub struct Recorder {
     cfg: Config,
+    /// The kernel-mode write-fault tracepoint, joined into each thread's ring.
+    kernel_cfg: Option<Config>,
     method: Method,
     tx: Sender<CmdBox>,
     wake: std::os::fd::OwnedFd,
@@ -222,12 +228,19 @@ impl std::fmt::Debug for CmdBox {
     }
 }
 
-fn write_fault_fields() -> io::Result<(u64, Field, Field, Field)> {
-    let tps = perf::tracefs::tracepoints(&[("exceptions", "page_fault_user")])?;
+/// The write-fault tracepoints: `page_fault_user` (its id and the fields address, ip,
+/// error_code) and, where the kernel has it, `page_fault_kernel` (a fault the kernel took at
+/// a user address on the process's behalf: a `read()` into an inherited buffer).
+fn write_fault_fields() -> io::Result<(u64, Field, Field, Field, Option<u64>)> {
+    let mut tps = perf::tracefs::tracepoints(&[
+        ("exceptions", "page_fault_user"),
+        ("exceptions", "page_fault_kernel"),
+    ])?
+    .into_iter();
     let tp = tps
-        .into_iter()
         .next()
         .ok_or_else(|| io::Error::other("no tracepoint"))??;
+    let kernel = tps.next().and_then(|k| k.ok()).map(|k| k.id);
     let f = |n: &str| {
         tp.field(n).cloned().ok_or_else(|| {
             io::Error::new(
@@ -236,7 +249,7 @@ fn write_fault_fields() -> io::Result<(u64, Field, Field, Field)> {
             )
         })
     };
-    Ok((tp.id, f("address")?, f("ip")?, f("error_code")?))
+    Ok((tp.id, f("address")?, f("ip")?, f("error_code")?, kernel))
 }
 
 /// Open a test event on our own thread: what works here.
@@ -269,8 +282,9 @@ impl Recorder {
         let privileged = nix::unistd::geteuid().is_root();
         let mut errors = Vec::new();
         let mut chosen = None;
+        let mut kernel_cfg = None;
         match write_fault_fields() {
-            Ok((id, addr, ip, ec)) => {
+            Ok((id, addr, ip, ec, kernel_id)) => {
                 let mut cfg = Config {
                     source: Source::Tracepoint(id),
                     stack_bytes,
@@ -284,7 +298,13 @@ impl Recorder {
                     },
                 };
                 match probe(&mut cfg) {
-                    Ok(()) => chosen = Some((cfg, Method::Tracepoint, Some((addr, ip, ec)))),
+                    Ok(()) => {
+                        kernel_cfg = kernel_id.map(|id| Config {
+                            source: Source::Tracepoint(id),
+                            ..cfg
+                        });
+                        chosen = Some((cfg, Method::Tracepoint, Some((addr, ip, ec))));
+                    }
                     Err(e) => errors.push(format!("the page_fault_user tracepoint: {e}")),
                 }
             }
@@ -344,6 +364,7 @@ impl Recorder {
             .map_err(|e| format!("cannot start the fault collector: {e}"))?;
         Ok(Recorder {
             cfg,
+            kernel_cfg,
             method,
             tx,
             wake,
@@ -379,7 +400,15 @@ impl Recorder {
                 continue;
             }
             match Stream::open(&self.cfg, tid) {
-                Ok(s) => {
+                Ok(mut s) => {
+                    if let Some(kc) = &self.kernel_cfg
+                        && let Err(e) = s.join(kc, Some(KERNEL_FAULT_FILTER))
+                    {
+                        self.failures.push(format!(
+                            "thread {tid}: the page_fault_kernel tracepoint did not open ({e}): \
+                             pages the kernel copied for a syscall are unattributed"
+                        ));
+                    }
                     if matches!(self.cfg.source, Source::Tracepoint(_))
                         && let Err(e) = s.set_filter("error_code & 2")
                     {
@@ -658,6 +687,14 @@ impl Collector {
                             ip: r.get(8)?,
                         })
                     });
+                    // A kernel-mode fault (page_fault_kernel: the kernel wrote into user
+                    // memory for a syscall): its ip is the kernel's; the user stack is the
+                    // syscall's, from the user registers.
+                    let ip = if ip >= 1 << 63 {
+                        regs.map_or(0, |r| r.ip)
+                    } else {
+                        ip
+                    };
                     let stack = smp
                         .user_stack
                         .as_ref()
@@ -827,8 +864,8 @@ mod tests {
             ],
             vec![100, 200],
         );
-        assert_eq!(c.first_fault(7, 0x1000, 100), Some(1));
-        assert_eq!(c.first_fault(7, 0x1000, 200), Some(2));
+        assert_eq!(c.first_fault(7, 0x1000, 100), Some((150, 1)));
+        assert_eq!(c.first_fault(7, 0x1000, 200), Some((260, 2)));
         assert_eq!(c.first_fault(7, 0x2000, 100), None, "no fault at that page");
     }
 
@@ -842,7 +879,7 @@ mod tests {
             }],
             vec![100, 200, 300],
         );
-        assert_eq!(c.first_fault(7, 0x1000, 100), Some(9));
-        assert_eq!(c.first_fault(7, 0x1000, 200), Some(9));
+        assert_eq!(c.first_fault(7, 0x1000, 100), Some((350, 9)));
+        assert_eq!(c.first_fault(7, 0x1000, 200), Some((350, 9)));
     }
 }

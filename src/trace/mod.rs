@@ -130,7 +130,8 @@ pub struct StacksInfo {
 pub struct StackRecord {
     /// `child` or `parent`: whose fault it was.
     pub who: String,
-    /// `copied_by_child`, `copied_by_parent` or `copied_at_fork`.
+    /// `copied_by_child`, `copied_by_parent`, `copied_at_fork`, or `diverged` (PFNs hidden:
+    /// pagemap cannot say who copied; `who` is the side whose fault came first).
     pub class: Class,
     /// Pages this stack copied.
     pub pages: u64,

@@ -264,9 +264,10 @@ pub struct Baseline {
     copied_at_fork: u64,
     /// Pages attributed to a write whose new frame is a THP that replaced a zero page.
     thp_from_zero: u64,
-    /// With `--stacks`: the pages any sample called copied_by_child, copied_by_parent or
-    /// copied_at_fork (in that order), so a copy later released still gets its stack.
-    copies: Option<Box<[Bits; 3]>>,
+    /// With `--stacks`: the pages any sample called copied_by_child, copied_by_parent,
+    /// copied_at_fork or diverged (in that order), so a copy later released still gets its
+    /// stack.
+    copies: Option<Box<[Bits; 4]>>,
 }
 
 /// What one sample found.
@@ -367,12 +368,17 @@ impl Baseline {
     /// Remember, from now on, every page a sample calls copied (see [`Self::copied_pages`]).
     pub fn track_copies(&mut self) {
         let n = self.hist.len();
-        self.copies = Some(Box::new([Bits::new(n), Bits::new(n), Bits::new(n)]));
+        self.copies = Some(Box::new([
+            Bits::new(n),
+            Bits::new(n),
+            Bits::new(n),
+            Bits::new(n),
+        ]));
     }
 
     /// Every page any sample since [`Self::track_copies`] called `copied_by_child`,
-    /// `copied_by_parent` or `copied_at_fork`, with that class (address order; a page seen
-    /// under two of them, e.g. a copy a later sample could no longer attribute, is listed
+    /// `copied_by_parent`, `copied_at_fork` or `diverged`, with that class (address order; a
+    /// page seen under two of them, e.g. diverged without PFNs and copied later, is listed
     /// once per class).
     pub fn copied_pages(&self) -> Vec<(u64, Class)> {
         let Some(bits) = &self.copies else {
@@ -387,6 +393,7 @@ impl Baseline {
                     Class::CopiedByChild,
                     Class::CopiedByParent,
                     Class::CopiedAtFork,
+                    Class::Diverged,
                 ]) {
                     if b.get(i) {
                         out.push((s.start + j as u64 * ps, class));
@@ -626,6 +633,7 @@ impl Baseline {
                                 Class::CopiedByChild => Some(0),
                                 Class::CopiedByParent => Some(1),
                                 Class::CopiedAtFork => Some(2),
+                                Class::Diverged => Some(3),
                                 _ => None,
                             };
                             if let Some(w) = which {
