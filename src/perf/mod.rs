@@ -201,6 +201,10 @@ impl Stream {
         }
         // SAFETY: perf_event_open returned a new descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Self::map(fd, cfg, parse, tid)
+    }
+
+    fn map(fd: OwnedFd, cfg: &Config, parse: RecordParseInfo, tid: i32) -> io::Result<Stream> {
         let ps = crate::kernel::page_size();
         let pages = cfg.ring_pages.next_power_of_two().max(1);
         let map_len = (pages + 1) * ps;
@@ -229,6 +233,89 @@ impl Stream {
             malformed: 0,
             joined: Vec::new(),
         })
+    }
+
+    /// A ring for one CPU: a silent carrier event (the software dummy event, on the calling
+    /// thread, bound to `cpu`) and its mapping. Events of any thread opened for that CPU are
+    /// sent into it with [`Stream::redirect`]: a traced process's events then cost no ring
+    /// of their own, and opening them at a ptrace stop maps and zeroes nothing. Records are
+    /// parsed as `cfg`'s (every event sent here must sample what `cfg` samples).
+    ///
+    /// # Errors
+    /// As [`Stream::open`].
+    pub fn open_ring(cfg: &Config, cpu: i32) -> io::Result<Stream> {
+        let sampled = attr(cfg);
+        let parse = parse_info(&sampled)?;
+        let mut a = sampled;
+        a.type_ = sys::bindings::PERF_TYPE_SOFTWARE;
+        a.config = sys::bindings::PERF_COUNT_SW_DUMMY as u64;
+        a.set_inherit(0);
+        a.set_inherit_thread(0);
+        // SAFETY: a valid attr of its own size; this thread (pid 0), one CPU, no group.
+        let fd = unsafe {
+            sys::perf_event_open(&mut a, 0, cpu, -1, sys::bindings::PERF_FLAG_FD_CLOEXEC as _)
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: perf_event_open returned a new descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Self::map(fd, cfg, parse, 0)
+    }
+
+    /// Open `cfg` on thread `tid`, bound to the CPU of `ring` (a [`Stream::ring_fd`] of a
+    /// [`Stream::open_ring`]), send its records there, set
+    /// `filter`, enable it; the caller keeps the returned event open as long as it wants
+    /// records. (`PERF_EVENT_IOC_SET_OUTPUT` takes a ring of another task only from an
+    /// event on the same CPU.)
+    ///
+    /// # Errors
+    /// `perf_event_open` refused (see [`Stream::open`]), or the filter or the redirection
+    /// was refused.
+    pub fn redirect(
+        ring: &OwnedFd,
+        cfg: &Config,
+        tid: i32,
+        cpu: i32,
+        filter: Option<&str>,
+    ) -> io::Result<OwnedFd> {
+        let mut a = attr(cfg);
+        // SAFETY: a valid attr of its own size; a thread, one CPU, no group.
+        let fd = unsafe {
+            sys::perf_event_open(
+                &mut a,
+                tid,
+                cpu,
+                -1,
+                sys::bindings::PERF_FLAG_FD_CLOEXEC as _,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: perf_event_open returned a new descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: two valid event fds; SET_OUTPUT takes the target fd as its argument.
+        if unsafe { sys::ioctls::SET_OUTPUT(fd.as_raw_fd(), ring.as_raw_fd()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if let Some(f) = filter {
+            set_filter(&fd, f)?;
+        }
+        // SAFETY: a valid event fd; ENABLE takes no pointer.
+        if unsafe { sys::ioctls::ENABLE(fd.as_raw_fd(), 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+
+    /// A second descriptor of this stream's event (for [`Stream::redirect`] from another
+    /// thread while this one drains the ring).
+    ///
+    /// # Errors
+    /// `dup` failed (no descriptors left).
+    pub fn ring_fd(&self) -> io::Result<OwnedFd> {
+        self.fd.try_clone()
     }
 
     /// Open `cfg` on this stream's thread and send its records into this stream's ring

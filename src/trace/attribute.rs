@@ -102,11 +102,9 @@ pub fn join(p: &PairCopies, c: &Collected) -> Joined {
             None => *j.unattributed.entry(class_name(class)).or_default() += 1,
         }
     }
-    let (rc, lc) = c.counts_since(p.child, p.at_ns);
-    let (rp, lp) = c.counts_since(p.parent, p.at_ns);
     j.samples = StackSamples {
-        recorded: rc + rp,
-        lost: lc + lp,
+        recorded: c.recorded_since(p.child, p.at_ns) + c.recorded_since(p.parent, p.at_ns),
+        lost: c.lost_since(p.at_ns),
     };
     j
 }

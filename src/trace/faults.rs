@@ -3,8 +3,11 @@
 //!
 //! ```text
 //!  tracer thread                          collector thread (this module)
+//!  start:     one ring per CPU (a carrier event on this thread, mapped once)
 //!  fork stop: epoch(parent, t), ranges  ─▶ Shared (mutex): per pid, fork times and the
-//!             open streams (parent, child)    baseline ranges faults are kept for
+//!             events of every thread of       baseline ranges faults are kept for
+//!             parent and child, per CPU,
+//!             sent into that CPU's ring
 //!             fork-stop stack (regs+bytes) ─▶ channel ─▶ unwound: the copied_at_fork stack
 //!  exec:      modules re-read            ─▶
 //!  end:       stop                       ─▶ poll(rings) ─▶ drain ─▶ per (pid, page): the first
@@ -107,7 +110,6 @@ impl ProcFilter {
 }
 
 enum Cmd {
-    Streams(i32, Vec<Stream>),
     Inherit {
         parent: i32,
         child: i32,
@@ -137,8 +139,6 @@ pub struct ProcFaults {
     pages: HashMap<u64, Vec<Kept>>,
     /// Samples at baseline pages, per interval.
     recorded: Vec<u64>,
-    /// LOST records: (time, records lost).
-    lost: Vec<(u64, u64)>,
 }
 
 /// What the collector hands back at the end.
@@ -159,6 +159,9 @@ pub struct Collected {
     pub outside: u64,
     /// Records that could not be parsed.
     pub malformed: u64,
+    /// LOST records of every ring: (when they were read, records lost). Rings are per
+    /// CPU, shared by every traced process, so a loss is charged to every fork before it.
+    pub lost: Vec<(u64, u64)>,
     /// Fork times per pid (the epochs), to join faults with forks.
     epochs: HashMap<i32, Vec<u64>>,
 }
@@ -181,23 +184,25 @@ impl Collected {
             .map(|e| (e.time, e.stack))
     }
 
-    /// Samples at baseline pages of `pid` at or after `since`, and records lost then.
-    pub fn counts_since(&self, pid: i32, since: u64) -> (u64, u64) {
+    /// Samples at baseline pages of `pid` at or after `since`.
+    pub fn recorded_since(&self, pid: i32, since: u64) -> u64 {
         let Some(p) = self.procs.get(&pid) else {
-            return (0, 0);
+            return 0;
         };
         let k = self
             .epochs
             .get(&pid)
             .map_or(0, |e| e.partition_point(|&x| x < since));
-        let rec = p.recorded.iter().skip(k + 1).sum();
-        let lost = p
-            .lost
+        p.recorded.iter().skip(k + 1).sum()
+    }
+
+    /// Records lost (on any ring) since `since`.
+    pub fn lost_since(&self, since: u64) -> u64 {
+        self.lost
             .iter()
             .filter(|(t, _)| *t >= since)
             .map(|(_, n)| n)
-            .sum();
-        (rec, lost)
+            .sum()
     }
 }
 
@@ -205,8 +210,12 @@ impl Collected {
 #[derive(Debug)]
 pub struct Recorder {
     cfg: Config,
-    /// The kernel-mode write-fault tracepoint, joined into each thread's ring.
+    /// The kernel-mode write-fault tracepoint, sent into the same rings.
     kernel_cfg: Option<Config>,
+    /// A descriptor of each CPU's ring (the collector drains them).
+    ring_fds: Vec<(i32, std::os::fd::OwnedFd)>,
+    /// The events of every traced thread, per CPU: open until the end.
+    events: Vec<std::os::fd::OwnedFd>,
     method: Method,
     tx: Sender<CmdBox>,
     wake: std::os::fd::OwnedFd,
@@ -252,19 +261,51 @@ fn write_fault_fields() -> io::Result<(u64, Field, Field, Field, Option<u64>)> {
     Ok((tp.id, f("address")?, f("ip")?, f("error_code")?, kernel))
 }
 
-/// Open a test event on our own thread: what works here.
-fn probe(cfg: &mut Config) -> io::Result<()> {
+/// The online CPUs (`/sys/devices/system/cpu/online`: "0-3,5").
+fn online_cpus() -> Vec<i32> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let mut out = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(a), Ok(b)) = (a.parse::<i32>(), b.parse::<i32>()) {
+            out.extend(a..=b);
+        }
+    }
+    if out.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()) as i32;
+        out.extend(0..n);
+    }
+    out
+}
+
+/// One ring per online CPU, and a test event of `cfg` on our own thread sent into the
+/// first: what works here. Rings are halved while the locked-memory limit refuses them.
+fn open_rings(cfg: &mut Config) -> io::Result<Vec<(i32, Stream)>> {
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
     loop {
-        match Stream::open(cfg, me) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) && cfg.ring_pages > 16 => {
+        let attempt = (|| -> io::Result<Vec<(i32, Stream)>> {
+            let mut rings = Vec::new();
+            for cpu in online_cpus() {
+                rings.push((cpu, Stream::open_ring(cfg, cpu)?));
+            }
+            let (cpu0, first) = rings
+                .first()
+                .ok_or_else(|| io::Error::other("no online CPU"))?;
+            drop(Stream::redirect(&first.ring_fd()?, cfg, me, *cpu0, None)?);
+            Ok(rings)
+        })();
+        match attempt {
+            Ok(r) => return Ok(r),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && cfg.ring_pages > 8 => {
                 cfg.ring_pages /= 2;
             }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && cfg.inherit_threads => {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::E2BIG))
+                    && cfg.inherit_threads =>
+            {
                 // Kernels before 5.13 have no inherit_thread: every thread then gets its
-                // own event at its clone stop.
+                // own events at its clone stop.
                 cfg.inherit_threads = false;
             }
             Err(e) => return Err(e),
@@ -283,6 +324,7 @@ impl Recorder {
         let mut errors = Vec::new();
         let mut chosen = None;
         let mut kernel_cfg = None;
+        let mut rings = Vec::new();
         match write_fault_fields() {
             Ok((id, addr, ip, ec, kernel_id)) => {
                 let mut cfg = Config {
@@ -297,8 +339,9 @@ impl Recorder {
                         RING_PAGES_USER
                     },
                 };
-                match probe(&mut cfg) {
-                    Ok(()) => {
+                match open_rings(&mut cfg) {
+                    Ok(r) => {
+                        rings = r;
                         kernel_cfg = kernel_id.map(|id| Config {
                             source: Source::Tracepoint(id),
                             ..cfg
@@ -323,8 +366,11 @@ impl Recorder {
                     RING_PAGES_USER
                 },
             };
-            match probe(&mut cfg) {
-                Ok(()) => chosen = Some((cfg, Method::Software, None)),
+            match open_rings(&mut cfg) {
+                Ok(r) => {
+                    rings = r;
+                    chosen = Some((cfg, Method::Software, None));
+                }
                 Err(e) => errors.push(format!("the software page-fault event: {e}")),
             }
         }
@@ -346,11 +392,16 @@ impl Recorder {
         let wake: std::os::fd::OwnedFd = wake.into();
         let wake_rx = wake.try_clone().map_err(|e| format!("dup: {e}"))?;
         let shared = Arc::new(Mutex::new(Shared::default()));
+        let mut ring_fds = Vec::new();
+        for (cpu, r) in &rings {
+            ring_fds.push((*cpu, r.ring_fd().map_err(|e| format!("dup: {e}"))?));
+        }
+        raise_fd_limit();
         let collector = Collector {
             rx,
             wake: wake_rx,
             shared: shared.clone(),
-            streams: Vec::new(),
+            streams: rings,
             fields,
             out: Collected::default(),
             unwinder: Unwinder::new(),
@@ -365,6 +416,8 @@ impl Recorder {
         Ok(Recorder {
             cfg,
             kernel_cfg,
+            ring_fds,
+            events: Vec::new(),
             method,
             tx,
             wake,
@@ -381,6 +434,17 @@ impl Recorder {
         self.method
     }
 
+    /// The events, as the report names them.
+    pub fn event_name(&self) -> String {
+        match (self.method, self.kernel_cfg.is_some()) {
+            (Method::Tracepoint, true) => "tracepoints exceptions:page_fault_user and \
+                 exceptions:page_fault_kernel (write faults; the kernel's writes into user \
+                 memory for a syscall carry the syscall's user stack)"
+                .into(),
+            (m, _) => m.name().into(),
+        }
+    }
+
     /// Bytes of stack per sample.
     pub fn stack_bytes(&self) -> u32 {
         self.stack_bytes
@@ -394,45 +458,41 @@ impl Recorder {
     /// Open events on the threads of `pid` that have none (call while the process is held
     /// at a ptrace stop, before it runs on). Threads created later inherit them.
     pub fn open_process(&mut self, pid: i32, threads: &[i32]) {
-        let mut streams = Vec::new();
+        let user_filter =
+            matches!(self.cfg.source, Source::Tracepoint(_)).then_some("error_code & 2");
         for &tid in threads {
             if self.opened.contains(&tid) {
                 continue;
             }
-            match Stream::open(&self.cfg, tid) {
-                Ok(mut s) => {
-                    if let Some(kc) = &self.kernel_cfg
-                        && let Err(e) = s.join(kc, Some(KERNEL_FAULT_FILTER))
-                    {
-                        self.failures.push(format!(
-                            "thread {tid}: the page_fault_kernel tracepoint did not open ({e}): \
-                             pages the kernel copied for a syscall are unattributed"
-                        ));
+            let mut ok = false;
+            for (cpu, ring) in &self.ring_fds {
+                match Stream::redirect(ring, &self.cfg, tid, *cpu, user_filter) {
+                    Ok(fd) => {
+                        ok = true;
+                        self.events.push(fd);
                     }
-                    if matches!(self.cfg.source, Source::Tracepoint(_))
-                        && let Err(e) = s.set_filter("error_code & 2")
-                    {
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => break,
+                    Err(e) => {
                         self.failures.push(format!(
-                            "the write-fault filter was refused on thread {tid} ({e}): read \
-                             faults are recorded too and skipped here"
+                            "thread {tid} of pid {pid} on CPU {cpu}: perf_event_open: {e}"
                         ));
-                    }
-                    if let Err(e) = s.enable() {
-                        self.failures
-                            .push(format!("thread {tid}: the event did not start: {e}"));
                         continue;
                     }
-                    self.opened.insert(tid);
-                    streams.push(s);
                 }
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(e) => self
-                    .failures
-                    .push(format!("thread {tid} of pid {pid}: perf_event_open: {e}")),
+                if let Some(kc) = &self.kernel_cfg {
+                    match Stream::redirect(ring, kc, tid, *cpu, Some(KERNEL_FAULT_FILTER)) {
+                        Ok(fd) => self.events.push(fd),
+                        Err(e) => self.failures.push(format!(
+                            "thread {tid} on CPU {cpu}: the page_fault_kernel tracepoint did \
+                             not open ({e}): pages the kernel copied for a syscall are \
+                             unattributed"
+                        )),
+                    }
+                }
             }
-        }
-        if !streams.is_empty() {
-            self.send(Cmd::Streams(pid, streams));
+            if ok {
+                self.opened.insert(tid);
+            }
         }
     }
 
@@ -461,6 +521,9 @@ impl Recorder {
             c.epochs.push(at_ns);
             c.add_ranges(ranges);
         }
+        // The parent's modules now (it may have loaded some since), then the child's: the
+        // same at the fork.
+        self.send(Cmd::ReadMaps(parent));
         self.send(Cmd::Inherit { parent, child });
     }
 
@@ -590,12 +653,6 @@ impl Collector {
             self.wait();
             while let Ok(CmdBox(c)) = self.rx.try_recv() {
                 match *c {
-                    Cmd::Streams(pid, s) => {
-                        if self.out.modules.locate(pid, 0).is_none() {
-                            let _ = self.out.modules.read_process(pid);
-                        }
-                        self.streams.extend(s.into_iter().map(|s| (pid, s)));
-                    }
                     Cmd::Inherit { parent, child } => self.out.modules.inherit(parent, child),
                     Cmd::ReadMaps(pid) => {
                         let _ = self.out.modules.read_process(pid);
@@ -653,25 +710,14 @@ impl Collector {
 
     fn drain_all(&mut self, interned: &mut HashMap<Vec<(Loc, bool)>, u32>) {
         let mut streams = std::mem::take(&mut self.streams);
-        for (owner, s) in &mut streams {
-            let owner = *owner;
+        for (_, s) in &mut streams {
             s.drain(|r| match r {
                 Record::Lost(n) => {
-                    self.out
-                        .procs
-                        .entry(owner)
-                        .or_default()
-                        .lost
-                        .push((perf::monotonic_ns(), n));
+                    self.out.lost.push((perf::monotonic_ns(), n));
                 }
                 Record::Sample(smp) => {
                     self.out.samples += 1;
                     let Some(pid) = smp.pid else { return };
-                    // Inherited into a forked child (kernels without inherit_thread): that
-                    // child has its own event.
-                    if pid != owner {
-                        return;
-                    }
                     let (addr, ip, write) = match (&self.fields, smp.raw) {
                         (Some((a, i, ec)), Some(raw)) => (
                             perf::field_u64(&raw, a).unwrap_or(0),
@@ -793,6 +839,17 @@ impl Collector {
             Some(e) => *e = k,
             None => entries.push(k),
         }
+    }
+}
+
+/// Every traced thread holds one event per CPU (two with the kernel-fault tracepoint): raise
+/// the soft limit on open files to the hard one, as perf does.
+fn raise_fd_limit() {
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

@@ -1610,7 +1610,7 @@ impl Tracer<'_> {
             Ok(r) => {
                 self.body.stacks = Some(StacksInfo {
                     recorded: true,
-                    event: Some(r.method().name().to_string()),
+                    event: Some(r.event_name()),
                     reason: None,
                     stack_bytes,
                     samples: 0,
