@@ -11,6 +11,9 @@ pub mod kernel;
 // 1. The evidence readers: pagemap, kpage, smaps, PAGEMAP_SCAN, privilege, system facts.
 pub mod mem;
 
+// 1b. Stacks: module maps, unwinding, symbols (used by the trace producer).
+pub mod stacks;
+
 // 2. The arena engine.
 pub mod arena;
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&str] = &[
     "kernel",
     "mem",
+    "stacks",
     "arena",
     "error",
     "output",
