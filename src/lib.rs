@@ -13,15 +13,15 @@ pub mod kernel;
 pub mod mem;
 pub mod perf;
 
+// 1b. Stacks: module maps, unwinding, symbols (used by the trace producer).
+pub mod stacks;
+
 // 2. The arena engine.
 pub mod arena;
 
 // 3. Errors and atomic output.
 pub mod error;
 pub mod output;
-
-// 3b. Stacks: modules, unwinding, symbols (for `trace --stacks`).
-pub mod stacks;
 
 // 4. The orchestrator and the other producers of document bodies.
 pub mod baseline;

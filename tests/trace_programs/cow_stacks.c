@@ -20,8 +20,8 @@
  *
  * The writers are noinline and write through a volatile pointer one byte per page (the
  * copy is the first write), so each page's copy is made by exactly that function; they are
- * called from main through a chain of noinline functions so an unwinder must walk several
- * frames to reach main.
+ * called from main through a chain of noinline functions (none a tail call) so an unwinder
+ * must walk several frames to reach main: main -> run -> child_work/parent_work -> writer.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -34,6 +34,9 @@
 static long n = 2048, a = 250, b = 150, p = 200, r = 0, t = 0;
 static long ps;
 static char *arena;
+/* Written after each call in the chain, so no call is a tail call (a tail call leaves no
+ * frame for the unwinder to find: main would vanish from the stack, rightly). */
+static volatile int steps;
 
 #define NOINLINE __attribute__((noinline))
 
@@ -83,12 +86,19 @@ NOINLINE void child_first_touch(long count) {
 
 NOINLINE void child_work(void) {
     child_writes_a(arena, 0, a);
+    steps++;
     child_writes_b(arena, a, b);
+    steps++;
     child_refaults(arena, a + b + p, r);
+    steps++;
     child_first_touch(t);
+    steps++;
 }
 
-NOINLINE void parent_work(void) { parent_writes(arena, a + b, p); }
+NOINLINE void parent_work(void) {
+    parent_writes(arena, a + b, p);
+    steps++;
+}
 
 NOINLINE int run(void) {
     int go[2];
@@ -103,10 +113,12 @@ NOINLINE int run(void) {
         if (read(go[0], &c, 1) != 1)
             _exit(98);
         child_work();
+        steps++;
         _exit(0);
     }
     close(go[0]);
     parent_work();
+    steps++;
     if (write(go[1], "g", 1) != 1)
         die("write");
     int st;
@@ -144,5 +156,7 @@ int main(int argc, char **argv) {
     populate(arena, n);
     printf("arena %p %p\n", (void *)arena, (void *)(arena + n * ps));
     fflush(stdout);
-    return run();
+    int rc = run();
+    steps++;
+    return rc;
 }
