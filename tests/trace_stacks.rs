@@ -414,11 +414,14 @@ fn python_list_iteration_copies_are_the_list_iterators_refcount_writes() {
         eprintln!("SKIP: /usr/bin/python3 is not installed (.ci/run installs it)");
         return;
     };
-    let t = trace(false, &["--stack-size", "32768"], &py, &["-c", PY_LIST]);
+    let t = trace(false, &[], &py, &["-c", PY_LIST]);
     assert_eq!(t.status, Some(0), "{}", t.stderr);
     let f = biggest_fork(&t.report);
+    assert_eq!(f["stack_samples"]["lost"], 0, "{:#}", f["stack_samples"]);
+    // The write is Py_INCREF inlined into listiter_next: with python3-dbg's DWARF the
+    // inlined function is a frame of its own, leaf first.
     let (hit, all) = stack_pages(f, "child", |fns| {
-        fns.first().is_some_and(|l| l.starts_with("listiter_next"))
+        fns.iter().take(2).any(|l| l.starts_with("listiter_next"))
     });
     eprintln!(
         "python list iteration: {hit} of {all} child pages in listiter_next; unattributed {:#}",
@@ -476,7 +479,7 @@ fn python_gc_copies_are_the_collectors_and_gc_freeze_removes_them() {
         return;
     };
     let run = |mode: &str| -> (u64, u64) {
-        let t = trace(false, &["--stack-size", "32768"], &py, &["-c", PY_GC, mode]);
+        let t = trace(false, &[], &py, &["-c", PY_GC, mode]);
         assert_eq!(t.status, Some(0), "{}", t.stderr);
         stack_pages(biggest_fork(&t.report), "child", in_collector)
     };
