@@ -85,6 +85,26 @@ fn resolve(path: &Path) -> std::io::Result<(std::path::PathBuf, Option<std::fs::
     Err(std::io::Error::from_raw_os_error(libc::ELOOP))
 }
 
+/// Refuse a `--out` whose directory is a kernel interface (procfs, sysfs), where no file can
+/// be created or replaced: say so in one sentence instead of the kernel's bare EACCES/ENOENT.
+fn refuse_pseudo_fs(path: &Path, dir: &Path) -> Result<()> {
+    use nix::sys::statfs::{PROC_SUPER_MAGIC, SYSFS_MAGIC, statfs};
+    let Ok(st) = statfs(dir) else {
+        return Ok(()); // the real attempt reports the directory's own error
+    };
+    let what = match st.filesystem_type() {
+        t if t == PROC_SUPER_MAGIC => "/proc",
+        t if t == SYSFS_MAGIC => "/sys",
+        _ => return Ok(()),
+    };
+    Err(Error::usage(format!(
+        "--out {}: {} is in {what}, a kernel interface where no result file can be created \
+         or replaced; name a file on an ordinary file system",
+        path.display(),
+        dir.display()
+    )))
+}
+
 /// The error without the temporary file's name, which tempfile adds to its messages and which
 /// means nothing to the user (the message names the user's path instead): the OS error of the
 /// directory when that is the problem, else the kind alone.
@@ -127,6 +147,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    refuse_pseudo_fs(path, dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".cowscope-")
         .suffix(".tmp")
@@ -282,6 +303,7 @@ impl StreamOut {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => std::path::PathBuf::from("."),
         };
+        refuse_pseudo_fs(path, &dir)?;
         let tmp = tempfile::Builder::new()
             .prefix(".cowscope-")
             .suffix(".tmp")

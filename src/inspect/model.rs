@@ -298,6 +298,160 @@ pub struct PoolReport {
     pub kpagecount_histogram: Option<BTreeMap<String, u64>>,
     /// What this pool's evidence cannot show.
     pub notes: Vec<String>,
+    /// A part of this pool is missing: the walk of the parent's frames stopped (a read
+    /// failed) or PFNs are hidden, so `sharing_histogram` is absent. The exit code is 3.
+    #[serde(default)]
+    pub incomplete: bool,
+    /// What the workers cost together, from their pairs (no PFNs needed).
+    pub view: PoolView,
+}
+
+/// A pool at a glance: what its workers' pairs add up to, identical pairs collapsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PoolView {
+    /// Workers: members with a pair in this report.
+    pub workers: u64,
+    /// Bytes no longer the same page in the parent and a worker (`diverged` x page size),
+    /// summed over the workers: one page each that the fork added (a copy, or released and
+    /// refaulted). Without PFNs a lower bound (`unproven` pages are not in it).
+    pub diverged_bytes: u64,
+    /// Bytes only a worker has (`only_child`), summed over the workers.
+    pub only_child_bytes: u64,
+    /// Workers whose pairs have identical counts, one entry per distinct pair, most
+    /// diverged first.
+    pub groups: Vec<PoolGroup>,
+    /// One sentence: "4 workers, each 24.1 MiB diverged, 96.4 MiB in all".
+    pub summary: String,
+    /// One sentence on `only_parent`: what the parent has that the workers do not.
+    pub only_parent: String,
+}
+
+/// Workers whose pairs with the parent have the same counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PoolGroup {
+    /// The workers.
+    pub members: Vec<i32>,
+    /// Each worker's diverged bytes.
+    pub diverged_bytes: u64,
+    /// Each worker's shared bytes.
+    pub shared_bytes: u64,
+    /// Each worker's only_parent bytes.
+    pub only_parent_bytes: u64,
+    /// Each worker's only_child bytes.
+    pub only_child_bytes: u64,
+}
+
+/// A size for people: MiB with one decimal, kB below 0.05 MiB (the one formatter of sizes
+/// in inspect's sentences and renderings).
+pub fn human_size(bytes: u64) -> String {
+    let m = bytes as f64 / (1u64 << 20) as f64;
+    if bytes > 0 && m < 0.05 {
+        format!("{} kB", bytes / 1024)
+    } else {
+        format!("{m:.1} MiB")
+    }
+}
+
+impl PoolView {
+    /// The view of the workers' pairs (`pairs`: the pairs of this pool's parent with its
+    /// members). Pairs with identical class counts collapse into one group.
+    pub fn of(pairs: &[&PairReport], page_size: u64, pfn_visible: bool) -> PoolView {
+        let mut groups: Vec<(ClassCounts, Vec<i32>)> = Vec::new();
+        for p in pairs {
+            match groups.iter_mut().find(|(t, _)| *t == p.totals) {
+                Some((_, m)) => m.push(p.child),
+                None => groups.push((p.totals, vec![p.child])),
+            }
+        }
+        groups.sort_by(|a, b| {
+            b.0.diverged
+                .cmp(&a.0.diverged)
+                .then_with(|| a.1.first().cmp(&b.1.first()))
+        });
+        let bytes = |pages: u64| pages * page_size;
+        let groups: Vec<PoolGroup> = groups
+            .into_iter()
+            .map(|(t, mut members)| {
+                members.sort_unstable();
+                PoolGroup {
+                    members,
+                    diverged_bytes: bytes(t.diverged),
+                    shared_bytes: bytes(t.shared),
+                    only_parent_bytes: bytes(t.only_parent),
+                    only_child_bytes: bytes(t.only_child),
+                }
+            })
+            .collect();
+        let workers = pairs.len() as u64;
+        let diverged_bytes: u64 = pairs.iter().map(|p| bytes(p.totals.diverged)).sum();
+        let only_child_bytes = pairs.iter().map(|p| bytes(p.totals.only_child)).sum();
+        let n = |k: usize| {
+            if k == 1 {
+                "1 worker".to_string()
+            } else {
+                format!("{k} workers")
+            }
+        };
+        let at_least = if pfn_visible { "" } else { "at least " };
+        let summary = match groups.as_slice() {
+            [g] => format!(
+                "{}, each {at_least}{} diverged, {} in all",
+                n(g.members.len()),
+                human_size(g.diverged_bytes),
+                human_size(diverged_bytes)
+            ),
+            gs => format!(
+                "{}, {at_least}{} diverged in all: {}",
+                n(pairs.len()),
+                human_size(diverged_bytes),
+                gs.iter()
+                    .map(|g| match g.members.len() {
+                        1 => format!("1 worker {}", human_size(g.diverged_bytes)),
+                        k => format!("{k} workers each {}", human_size(g.diverged_bytes)),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let lo = groups
+            .iter()
+            .map(|g| g.only_parent_bytes)
+            .min()
+            .unwrap_or(0);
+        let hi = groups
+            .iter()
+            .map(|g| g.only_parent_bytes)
+            .max()
+            .unwrap_or(0);
+        let only_parent = if hi == 0 {
+            "only_parent: every page the parent has, each worker has too.".to_string()
+        } else {
+            format!(
+                "only_parent: the parent has {} that {}: pages the parent mapped or touched \
+                 after the fork, or the worker dropped (unmapped, released), and file pages \
+                 the worker has not touched since the fork (fork copies no page tables for a \
+                 mapping never written, so they appear when the worker faults them in).",
+                if lo == hi {
+                    human_size(hi)
+                } else {
+                    format!("{} to {}", human_size(lo), human_size(hi))
+                },
+                if pairs.len() == 1 {
+                    "the worker does not"
+                } else {
+                    "each worker does not"
+                }
+            )
+        };
+        PoolView {
+            workers,
+            diverged_bytes,
+            only_child_bytes,
+            groups,
+            summary,
+            only_parent,
+        }
+    }
 }
 
 /// The zero page frames cowscope learnt and how zero pages were recognised.
@@ -456,9 +610,11 @@ impl Snapshot {
     }
 
     /// Whether this moment proves less than a complete read would: some page is
-    /// `unproven`, or a live descendant was left out because its memory could not be read
-    /// (exit code 3).
+    /// `unproven`, a live descendant was left out because its memory could not be read, or
+    /// a pool's walk is missing (exit code 3).
     pub fn incomplete(&self) -> bool {
-        self.unproven() > 0 || self.skipped.iter().any(|s| s.unreadable)
+        self.unproven() > 0
+            || self.skipped.iter().any(|s| s.unreadable)
+            || self.pools.iter().any(|p| p.incomplete)
     }
 }

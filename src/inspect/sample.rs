@@ -22,7 +22,7 @@ use super::access;
 use super::classify::{HiddenFacts, PairClass};
 use super::freeze::Freeze;
 use super::model::{
-    Accounting, Basis, OneSidedReason, OneSidedVma, PairReport, PoolReport, ProcessInfo,
+    Accounting, Basis, OneSidedReason, OneSidedVma, PairReport, PoolReport, PoolView, ProcessInfo,
     SideAccounting, SideName, Skipped, SmapsRollup, Snapshot, VmaRow,
 };
 use super::pool::{PoolMember, pool_sharing};
@@ -430,7 +430,7 @@ fn walk_pair(
         match seg {
             Segment::Common { p, c, .. } => {
                 let (pv, cv) = (&pt.maps[p], &ct.maps[c]);
-                if pv.pathname == "[vsyscall]" {
+                if !pv.has_pagemap() {
                     // Above the user address space: in no page table, pagemap cannot read it.
                     tally.add_empty(s, (e - s) / ps);
                 } else {
@@ -440,14 +440,14 @@ fn walk_pair(
                 }
             }
             Segment::ParentOnly { p, .. } => {
-                if pt.maps[p].pathname == "[vsyscall]" {
+                if !pt.maps[p].has_pagemap() {
                     tally.add_empty(s, (e - s) / ps);
                 } else {
                     walk_one_sided(reader, pt, Side::Parent, (s, e), &mut tally)?;
                 }
             }
             Segment::ChildOnly { c, .. } => {
-                if ct.maps[c].pathname == "[vsyscall]" {
+                if !ct.maps[c].has_pagemap() {
                     tally.add_empty(s, (e - s) / ps);
                 } else {
                     walk_one_sided(reader, ct, Side::Child, (s, e), &mut tally)?;
@@ -629,9 +629,14 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                         .find(|((p, cc), _)| *p == parent && cc == c)
                         .and_then(|(_, r)| r.as_ref().ok())
                         .map(|ws| {
+                            // Only what pagemap can read: never `[vsyscall]`.
                             ws.iter()
                                 .filter_map(|w| match w.seg {
-                                    Segment::Common { start, end, .. } => Some((start, end)),
+                                    Segment::Common { p, start, end, .. }
+                                        if targets[&parent].maps[p].has_pagemap() =>
+                                    {
+                                        Some((start, end))
+                                    }
                                     _ => None,
                                 })
                                 .collect()
@@ -764,6 +769,7 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
         return Err(Error::usage(why));
     }
 
+    let ps = crate::kernel::page_size() as u64;
     let pools = pools_raw
         .into_iter()
         .filter(|(parent, members, _)| {
@@ -774,6 +780,11 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                 >= 2
         })
         .map(|(parent, members, result)| {
+            let worker_pairs: Vec<&PairReport> = pairs
+                .iter()
+                .filter(|p| p.parent == parent && members.contains(&p.child))
+                .collect();
+            let view = PoolView::of(&worker_pairs, ps, ctx.pfn_visible);
             let mut r = PoolReport {
                 parent,
                 members,
@@ -781,16 +792,25 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                 sharing_histogram: None,
                 kpagecount_histogram: None,
                 notes: Vec::new(),
+                incomplete: false,
+                view,
             };
             match result {
-                None => r.notes.push(
-                    "PFNs are hidden: how many members share each frame is unknowable".into(),
-                ),
-                Some(Err(e)) => r.notes.push(format!(
-                    "the pool walk stopped: {} ({})",
-                    e.error,
-                    e.pid.map_or("parent".into(), |p| format!("member {p}"))
-                )),
+                None => {
+                    r.incomplete = true;
+                    r.notes.push(
+                        "PFNs are hidden: how many members share each frame is unknowable".into(),
+                    );
+                }
+                Some(Err(e)) => {
+                    r.incomplete = true;
+                    r.notes.push(format!(
+                        "the pool walk stopped, so how many members share each frame is \
+                         missing: {} ({})",
+                        e.error,
+                        e.pid.map_or("parent".into(), |p| format!("member {p}"))
+                    ));
+                }
                 Some(Ok(s)) => {
                     r.parent_pages = s.parent_pages;
                     r.sharing_histogram = Some(
