@@ -154,6 +154,25 @@ fn one_exposition_parses_and_carries_the_known_writes() {
     }
 }
 
+/// A comm with a quote and a backslash (family.c's layout child names itself `lay"out\x`)
+/// comes back whole through both parsers.
+#[test]
+fn a_comm_with_a_quote_and_a_backslash_is_escaped() {
+    let mut fam = CFamily::start(&[], &["layout", "4", "C:4:2"]);
+    let (rc, text, err) = inspect(&["--pid", &fam.parent.to_string(), "--format", "openmetrics"]);
+    assert!(rc == 0 || rc == 3, "{err}");
+    assert!(text.contains(r#"child_comm="lay\"out\\x""#), "{text}");
+    if let Some(parsed) = parse(&text) {
+        for parser in ["prometheus", "openmetrics"] {
+            let m = samples(&parsed, parser);
+            let (labels, _) = &m["cowscope_pair_diverged_bytes"][0];
+            assert_eq!(labels["child_comm"], r#"lay"out\x"#, "{parser}");
+            assert_eq!(labels["child_pid"], fam.c1.to_string(), "{parser}");
+        }
+    }
+    assert!(fam.end().is_some_and(|s| s.success()));
+}
+
 #[test]
 fn openmetrics_with_interval_needs_out() {
     let (rc, _, err) = inspect(&["--pid", "1", "--interval", "1s", "--format", "openmetrics"]);

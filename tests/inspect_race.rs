@@ -55,6 +55,9 @@ fn judge(
     if code == Some(101) || err.contains("panicked") {
         return Err(format!("{what}: PANIC (exit {code:?}): {err}"));
     }
+    if code == Some(2) && err.trim().lines().count() != 1 {
+        return Err(format!("{what}: exit 2 without one sentence: {err}"));
+    }
     match code {
         Some(c) if allowed.contains(&c) => Ok(()),
         _ => Err(format!(
@@ -92,7 +95,8 @@ fn children_exiting_at_random_moments_never_panic_and_nothing_is_left_stopped() 
             .output()
             .expect("run cowscope");
         runs += 1;
-        // 0 read; 2 every pair was lost to exits (one sentence); 3 incomplete.
+        // 0 read; 2 every pair was lost to exits, or no child lived at the moment of the plan
+        // (one sentence); 3 incomplete.
         if let Err(e) = judge(
             &format!("inspect #{i} {args:?}"),
             &out,

@@ -25,7 +25,7 @@ use super::model::{
     Accounting, Basis, OneSidedReason, OneSidedVma, PairReport, PoolReport, PoolView, ProcessInfo,
     SideAccounting, SideName, Skipped, SmapsRollup, Snapshot, VmaRow,
 };
-use super::pool::{PoolMember, pool_sharing};
+use super::pool::{MemberError, PoolMember, pool_sharing};
 use super::proc::{self, Stat};
 use super::tally::{ClassCounts, Facts, Tally};
 use super::vma::{self, Mounts, Segment, VmaKind, kind_of, match_vmas};
@@ -644,26 +644,53 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                         .unwrap_or_default()
                 })
                 .collect();
+            // A member that exits during the pool walk (its pagemap reads EOF once its mm is
+            // gone) is left out and the walk redone over the others: the pool of the live
+            // workers stays complete. Fewer than two left: no pool any more.
+            let (mut members, mut commons) = (members, commons);
+            let mut left_out = Vec::new();
             let result = if ctx.pfn_visible {
-                let ms: Vec<PoolMember<'_>> = members
-                    .iter()
-                    .zip(&commons)
-                    .map(|(c, common)| PoolMember {
-                        pid: *c,
-                        pm: &targets[c].pm,
-                        common,
-                    })
-                    .collect();
-                Some(pool_sharing(
-                    &targets[&parent].pm,
-                    &ms,
-                    &ctx.zero,
-                    kpage.as_ref(),
-                ))
+                loop {
+                    let ms: Vec<PoolMember<'_>> = members
+                        .iter()
+                        .zip(&commons)
+                        .map(|(c, common)| PoolMember {
+                            pid: *c,
+                            pm: &targets[c].pm,
+                            common,
+                        })
+                        .collect();
+                    let r = pool_sharing(&targets[&parent].pm, &ms, &ctx.zero, kpage.as_ref());
+                    let exited = match &r {
+                        Err(MemberError {
+                            pid: Some(m),
+                            error,
+                        }) => {
+                            let gone = error.kind() == std::io::ErrorKind::UnexpectedEof
+                                || error.raw_os_error() == Some(libc::ESRCH)
+                                || !access::still_alive(&targets[m].stat);
+                            gone.then_some(*m)
+                        }
+                        _ => None,
+                    };
+                    match exited.and_then(|m| members.iter().position(|&x| x == m)) {
+                        Some(i) => {
+                            left_out.push(members.remove(i));
+                            commons.remove(i);
+                            if members.len() < 2 {
+                                break None;
+                            }
+                        }
+                        None => break Some(r),
+                    }
+                }
             } else {
                 None
             };
-            pools_raw.push((parent, members, result));
+            if ctx.pfn_visible && result.is_none() {
+                continue; // every member but one exited during the walk: no pool
+            }
+            pools_raw.push((parent, members, result, left_out));
         }
         work();
         if let Some(h) = side {
@@ -772,14 +799,14 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
     let ps = crate::kernel::page_size() as u64;
     let pools = pools_raw
         .into_iter()
-        .filter(|(parent, members, _)| {
+        .filter(|(parent, members, _, _)| {
             pairs
                 .iter()
                 .filter(|p| p.parent == *parent && members.contains(&p.child))
                 .count()
                 >= 2
         })
-        .map(|(parent, members, result)| {
+        .map(|(parent, members, result, left_out)| {
             let worker_pairs: Vec<&PairReport> = pairs
                 .iter()
                 .filter(|p| p.parent == parent && members.contains(&p.child))
@@ -795,6 +822,11 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                 incomplete: false,
                 view,
             };
+            for m in left_out {
+                r.notes.push(format!(
+                    "member {m} exited during the pool walk and is left out of the pool"
+                ));
+            }
             match result {
                 None => {
                     r.incomplete = true;

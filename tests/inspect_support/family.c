@@ -27,7 +27,8 @@
  *   B:pw:cw     both one-sided: a hole at the fork; the parent maps it MAP_SHARED, the child
  *               MAP_PRIVATE (different mappings at the same addresses)
  *   H           a hole in both
- * Prints "<child> 0\n" once both are done, then both wait for EOF on stdin.
+ * The child names itself `lay"out\x` (a comm with a quote and a backslash). Prints
+ * "<child> 0\n" once both are done, then both wait for EOF on stdin.
  *
  * family churn MS CHILDREN
  *
@@ -86,8 +87,6 @@ static int layout(int argc, char **argv) {
     long pages = atol(argv[2]);
     int nslots = argc - 3;
     size_t slot = (size_t)(pages * ps);
-    /* One early line of output, so stdio's buffer is allocated before the layout exists. */
-    fflush(stdout);
     for (int i = 0; i < nslots; i++) {
         char *spec = argv[3 + i];
         long a = 0, b = 0;
@@ -103,6 +102,8 @@ static int layout(int argc, char **argv) {
     if (c < 0)
         return 92;
     if (c == 0) {
+        /* A comm with a quote and a backslash: label values must escape both. */
+        prctl(PR_SET_NAME, "lay\"out\\x", 0, 0, 0);
         for (int i = 0; i < nslots; i++) {
             char *spec = argv[3 + i];
             long a = 0, b = 0;
