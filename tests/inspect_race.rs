@@ -1,5 +1,6 @@
 //! Children exiting at random moments while cowscope reads them: `inspect` (some runs with
-//! `--freeze`), `inspect --interval` (json, jsonl, table; some frozen) and `trace -- CMD`,
+//! `--freeze`), `inspect --interval` (json, jsonl, table, openmetrics; some frozen) and
+//! `trace -- CMD`,
 //! hundreds of runs against `family churn` (tests/inspect_support/family.c: a parent that keeps
 //! children alive, each writing a random part of 1 MiB, a third of them mapping memory below
 //! every inherited VMA, each living 0-20 ms). Whatever the timing: never a panic (exit 101 or
@@ -109,8 +110,10 @@ fn children_exiting_at_random_moments_never_panic_and_nothing_is_left_stopped() 
             failures.push(format!("inspect #{i} {args:?} left {p} stopped"));
         }
     }
+    let dir = tempfile::tempdir().unwrap();
+    let prom = dir.path().join("cowscope.prom").display().to_string();
     for i in 0..WATCH_RUNS {
-        let format = ["json", "jsonl", "table"][rng.usize(0..3)];
+        let format = ["json", "jsonl", "table", "openmetrics"][rng.usize(0..4)];
         let mut args = vec![
             "--pid",
             pid.as_str(),
@@ -121,6 +124,9 @@ fn children_exiting_at_random_moments_never_panic_and_nothing_is_left_stopped() 
             "--format",
             format,
         ];
+        if format == "openmetrics" {
+            args.extend(["--out", prom.as_str()]);
+        }
         if rng.bool() {
             args.push("--freeze");
         }
