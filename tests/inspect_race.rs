@@ -1,10 +1,10 @@
 //! Children exiting at random moments while cowscope reads them: `inspect` (some runs with
-//! `--freeze`), `inspect --interval` (json, jsonl, table, openmetrics; some frozen) and
-//! `trace -- CMD`,
-//! hundreds of runs against `family churn` (tests/inspect_support/family.c: a parent that keeps
-//! children alive, each writing a random part of 1 MiB, a third of them mapping memory below
-//! every inherited VMA, each living 0-20 ms). Whatever the timing: never a panic (exit 101 or
-//! "panicked" on stderr), only the documented exit codes, and no process left stopped.
+//! `--freeze`), `inspect --interval` (json, jsonl, table, openmetrics; some frozen) and `trace
+//! -- CMD`, hundreds of runs against `family churn` (tests/inspect_support/family.c: a parent
+//! that keeps children alive, each writing a random part of 1 MiB, a third of them mapping
+//! memory below every inherited VMA, each living 0-20 ms). Whatever the timing: never a panic
+//! (exit 101 or "panicked" on stderr), only the documented exit codes (an exit 2 in one
+//! sentence), and no process left stopped.
 //!
 //! The run order and flags come from a seeded RNG (the seed is printed; set
 //! COWSCOPE_RACE_SEED to replay one).
