@@ -72,10 +72,18 @@ fn resolve(path: &Path) -> std::io::Result<(std::path::PathBuf, Option<std::fs::
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => {
                 let target = std::fs::read_link(&p)?;
-                p = match p.parent() {
+                let next = match p.parent() {
                     Some(dir) if target.is_relative() => dir.join(target),
                     _ => target,
                 };
+                // A /proc magic link (`/dev/stdout` -> `/proc/self/fd/1` -> `pipe:[N]`) names
+                // no path, but the kernel follows it: what it reaches is what is there.
+                if let (Err(_), Ok(m)) = (std::fs::symlink_metadata(&next), std::fs::metadata(&p))
+                    && !m.is_file()
+                {
+                    return Ok((p, Some(m)));
+                }
+                p = next;
             }
             Ok(m) => return Ok((p, Some(m))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((p, None)),

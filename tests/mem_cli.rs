@@ -488,6 +488,21 @@ fn the_table_with_per_page_prints_a_row_per_page() {
     drop(m);
 }
 
+/// `--out /dev/stdout` with stdout a pipe writes through the pipe (`/proc/self/fd/1` is a
+/// magic link to `pipe:[N]`, which names no path).
+#[test]
+fn out_dev_stdout_to_a_pipe_writes_through() {
+    let out = Command::new(cargo_bin("cowscope"))
+        .args(["pages", "--pid", &own_pid(), "--out", "/dev/stdout"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("the JSON came through the pipe");
+    assert_eq!(doc["pid"].as_i64(), Some(std::process::id() as i64));
+}
+
 /// `--out` into /proc is refused with a sentence naming why, not a bare errno.
 #[test]
 fn out_into_proc_says_what_is_wrong_with_the_path() {
