@@ -4,7 +4,7 @@
 //! that keeps children alive, each writing a random part of 1 MiB, a third of them mapping
 //! memory below every inherited VMA, each living 0-20 ms). Whatever the timing: never a panic
 //! (exit 101 or "panicked" on stderr), only the documented exit codes (an exit 2 in one
-//! sentence), and no process left stopped.
+//! sentence), and no process left stopped (nor, after `trace`, left running at all).
 //!
 //! The run order and flags come from a seeded RNG (the seed is printed; set
 //! COWSCOPE_RACE_SEED to replay one).
@@ -39,6 +39,19 @@ fn left_stopped(parent: i32) -> Option<i32> {
     stopped.into_iter().find(|&p| {
         !wait_state(p, &['R', 'S', 'D', 'Z', 'X'], Duration::from_millis(300)) && state(p).is_some()
     })
+}
+
+/// Live processes running `prog` (none may outlive a `trace -- prog` run: not stopped, not
+/// traced, not orphaned), with their state.
+fn running(prog: &std::path::Path) -> Vec<(i32, Option<char>)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == prog))
+        .map(|pid| (pid, state(pid)))
+        .filter(|(_, st)| st.is_some_and(|c| c != 'Z' && c != 'X'))
+        .collect()
 }
 
 /// What was wrong with one run, if anything; counts its exit code in `codes`.
@@ -154,6 +167,10 @@ fn children_exiting_at_random_moments_never_panic_and_nothing_is_left_stopped() 
     );
 
     let prog = family_program();
+    assert!(
+        running(&prog).is_empty(),
+        "the inspect family is gone before the trace runs"
+    );
     for i in 0..TRACE_RUNS {
         let ms = rng.u64(50..250).to_string();
         let kids = rng.u8(1..6).to_string();
@@ -166,6 +183,14 @@ fn children_exiting_at_random_moments_never_panic_and_nothing_is_left_stopped() 
             .output()
             .expect("run cowscope");
         runs += 1;
+        let left = running(&prog);
+        if !left.is_empty() {
+            failures.push(format!("trace #{i} left {left:?} behind"));
+            for (p, _) in left {
+                // SAFETY: kill(2) with plain integers, on processes of our own test program.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
         // The program's own status (0), or 3 when an end was not seen.
         if let Err(e) = judge(
             &format!("trace #{i} churn {ms} {kids}"),
