@@ -400,18 +400,40 @@ impl PoolView {
                 human_size(g.diverged_bytes),
                 human_size(diverged_bytes)
             ),
-            gs => format!(
-                "{}, {at_least}{} diverged in all: {}",
-                n(pairs.len()),
-                human_size(diverged_bytes),
-                gs.iter()
+            gs => {
+                // At most SHOWN groups by name; the rest as one range.
+                const SHOWN: usize = 3;
+                let mut parts: Vec<String> = gs
+                    .iter()
+                    .take(if gs.len() > SHOWN + 1 {
+                        SHOWN
+                    } else {
+                        gs.len()
+                    })
                     .map(|g| match g.members.len() {
                         1 => format!("1 worker {}", human_size(g.diverged_bytes)),
                         k => format!("{k} workers each {}", human_size(g.diverged_bytes)),
                     })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+                    .collect();
+                if gs.len() > SHOWN + 1 {
+                    let rest = &gs[SHOWN..];
+                    let k: usize = rest.iter().map(|g| g.members.len()).sum();
+                    let lo = rest.iter().map(|g| g.diverged_bytes).min().unwrap_or(0);
+                    let hi = rest.iter().map(|g| g.diverged_bytes).max().unwrap_or(0);
+                    parts.push(format!(
+                        "{} {} to {} each",
+                        n(k),
+                        human_size(lo),
+                        human_size(hi)
+                    ));
+                }
+                format!(
+                    "{}, {at_least}{} diverged in all: {}",
+                    n(pairs.len()),
+                    human_size(diverged_bytes),
+                    parts.join(", ")
+                )
+            }
         };
         let lo = groups
             .iter()
@@ -616,5 +638,81 @@ impl Snapshot {
         self.unproven() > 0
             || self.skipped.iter().any(|s| s.unreadable)
             || self.pools.iter().any(|p| p.incomplete)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(child: i32, diverged: u64, only_parent: u64) -> PairReport {
+        PairReport {
+            parent: 1,
+            child,
+            parent_comm: "p".into(),
+            child_comm: "w".into(),
+            totals: ClassCounts {
+                shared: 100,
+                diverged,
+                only_parent,
+                ..Default::default()
+            },
+            by_kind: BTreeMap::new(),
+            vmas: Vec::new(),
+            one_sided: Vec::new(),
+            accounting: None,
+            page_runs: None,
+            notes: Vec::new(),
+        }
+    }
+
+    const MIB_PAGES: u64 = 256; // 1 MiB of 4 KiB pages
+
+    #[test]
+    fn identical_workers_collapse_into_each_and_in_all() {
+        let ps: Vec<PairReport> = (2..6).map(|c| pair(c, 24 * MIB_PAGES, 0)).collect();
+        let refs: Vec<&PairReport> = ps.iter().collect();
+        let v = PoolView::of(&refs, 4096, true);
+        assert_eq!(v.workers, 4);
+        assert_eq!(v.groups.len(), 1);
+        assert_eq!(v.groups[0].members, [2, 3, 4, 5]);
+        assert_eq!(v.diverged_bytes, 4 * 24 << 20);
+        assert_eq!(
+            v.summary,
+            "4 workers, each 24.0 MiB diverged, 96.0 MiB in all"
+        );
+        assert_eq!(
+            v.only_parent,
+            "only_parent: every page the parent has, each worker has too."
+        );
+    }
+
+    #[test]
+    fn different_workers_are_listed_most_diverged_first_and_many_as_a_range() {
+        let ps = [
+            pair(7, MIB_PAGES, 10),
+            pair(3, 2 * MIB_PAGES, 20),
+            pair(4, 2 * MIB_PAGES, 20),
+        ];
+        let refs: Vec<&PairReport> = ps.iter().collect();
+        let v = PoolView::of(&refs, 4096, false);
+        assert_eq!(
+            v.summary,
+            "3 workers, at least 5.0 MiB diverged in all: 2 workers each 2.0 MiB, 1 worker 1.0 MiB"
+        );
+        assert!(
+            v.only_parent.starts_with(
+                "only_parent: the parent has 40 kB to 0.1 MiB that each worker does not"
+            ),
+            "{}",
+            v.only_parent
+        );
+        let many: Vec<PairReport> = (1..=6).map(|c| pair(c, c as u64 * MIB_PAGES, 0)).collect();
+        let refs: Vec<&PairReport> = many.iter().collect();
+        assert_eq!(
+            PoolView::of(&refs, 4096, true).summary,
+            "6 workers, 21.0 MiB diverged in all: 1 worker 6.0 MiB, 1 worker 5.0 MiB, 1 worker \
+             4.0 MiB, 3 workers 1.0 MiB to 3.0 MiB each"
+        );
     }
 }
