@@ -676,7 +676,7 @@ mod tests {
         assert_eq!(v.workers, 4);
         assert_eq!(v.groups.len(), 1);
         assert_eq!(v.groups[0].members, [2, 3, 4, 5]);
-        assert_eq!(v.diverged_bytes, 4 * 24 << 20);
+        assert_eq!(v.diverged_bytes, 96 << 20);
         assert_eq!(
             v.summary,
             "4 workers, each 24.0 MiB diverged, 96.0 MiB in all"
