@@ -393,33 +393,44 @@ impl PoolView {
             }
         };
         let at_least = if pfn_visible { "" } else { "at least " };
-        let summary = match groups.as_slice() {
-            [g] => format!(
+        // The sentence collapses workers whose diverged memory reads the same at its
+        // precision (groups are sorted by diverged bytes, so those are neighbours); the
+        // groups themselves stay exact.
+        let mut shown: Vec<(u64, usize)> = Vec::new(); // (diverged bytes of the first, workers)
+        for g in &groups {
+            match shown.last_mut() {
+                Some((b, k)) if human_size(*b) == human_size(g.diverged_bytes) => {
+                    *k += g.members.len();
+                }
+                _ => shown.push((g.diverged_bytes, g.members.len())),
+            }
+        }
+        let summary = match shown.as_slice() {
+            [(b, k)] => format!(
                 "{}, each {at_least}{} diverged, {} in all",
-                n(g.members.len()),
-                human_size(g.diverged_bytes),
+                n(*k),
+                human_size(*b),
                 human_size(diverged_bytes)
             ),
             gs => {
-                // At most SHOWN groups by name; the rest as one range.
+                // At most SHOWN sizes by name; the rest as one range.
                 const SHOWN: usize = 3;
-                let mut parts: Vec<String> = gs
+                let named = if gs.len() > SHOWN + 1 {
+                    SHOWN
+                } else {
+                    gs.len()
+                };
+                let mut parts: Vec<String> = gs[..named]
                     .iter()
-                    .take(if gs.len() > SHOWN + 1 {
-                        SHOWN
-                    } else {
-                        gs.len()
-                    })
-                    .map(|g| match g.members.len() {
-                        1 => format!("1 worker {}", human_size(g.diverged_bytes)),
-                        k => format!("{k} workers each {}", human_size(g.diverged_bytes)),
+                    .map(|&(b, k)| match k {
+                        1 => format!("1 worker {}", human_size(b)),
+                        k => format!("{k} workers each {}", human_size(b)),
                     })
                     .collect();
-                if gs.len() > SHOWN + 1 {
-                    let rest = &gs[SHOWN..];
-                    let k: usize = rest.iter().map(|g| g.members.len()).sum();
-                    let lo = rest.iter().map(|g| g.diverged_bytes).min().unwrap_or(0);
-                    let hi = rest.iter().map(|g| g.diverged_bytes).max().unwrap_or(0);
+                if let Some(rest) = gs.get(named..).filter(|r| !r.is_empty()) {
+                    let k: usize = rest.iter().map(|g| g.1).sum();
+                    let lo = rest.iter().map(|g| g.0).min().unwrap_or(0);
+                    let hi = rest.iter().map(|g| g.0).max().unwrap_or(0);
                     parts.push(format!(
                         "{} {} to {} each",
                         n(k),
@@ -706,6 +717,16 @@ mod tests {
             ),
             "{}",
             v.only_parent
+        );
+        // 31.0 MiB and 31.0 MiB plus one page read the same: one "each" in the sentence, two
+        // exact groups in the JSON.
+        let near = [pair(2, 31 * MIB_PAGES, 0), pair(3, 31 * MIB_PAGES + 1, 0)];
+        let refs: Vec<&PairReport> = near.iter().collect();
+        let v = PoolView::of(&refs, 4096, true);
+        assert_eq!(v.groups.len(), 2);
+        assert_eq!(
+            v.summary,
+            "2 workers, each 31.0 MiB diverged, 62.0 MiB in all"
         );
         let many: Vec<PairReport> = (1..=6).map(|c| pair(c, c as u64 * MIB_PAGES, 0)).collect();
         let refs: Vec<&PairReport> = many.iter().collect();

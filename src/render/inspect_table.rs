@@ -296,18 +296,27 @@ pub fn report(r: &InspectDoc) -> String {
             pool.parent,
             pool.view.summary
         );
-        if pool.view.groups.len() > 1 {
-            for g in &pool.view.groups {
-                let pids: Vec<String> = g.members.iter().map(i32::to_string).collect();
-                let _ = writeln!(
-                    out,
-                    "  {:>10} diverged {:>10} shared {:>10} only parent {:>10} only child  {}",
-                    crate::inspect::model::human_size(g.diverged_bytes),
-                    crate::inspect::model::human_size(g.shared_bytes),
-                    crate::inspect::model::human_size(g.only_parent_bytes),
-                    crate::inspect::model::human_size(g.only_child_bytes),
-                    pids.join(" ")
-                );
+        // The groups as they read: groups whose figures print the same share a row.
+        let mut rows: Vec<(String, Vec<i32>)> = Vec::new();
+        for g in &pool.view.groups {
+            let h = crate::inspect::model::human_size;
+            let figures = format!(
+                "{:>10} diverged {:>10} shared {:>10} only parent {:>10} only child",
+                h(g.diverged_bytes),
+                h(g.shared_bytes),
+                h(g.only_parent_bytes),
+                h(g.only_child_bytes)
+            );
+            match rows.iter_mut().find(|(f, _)| *f == figures) {
+                Some((_, m)) => m.extend(&g.members),
+                None => rows.push((figures, g.members.clone())),
+            }
+        }
+        if rows.len() > 1 {
+            for (figures, mut members) in rows {
+                members.sort_unstable();
+                let pids: Vec<String> = members.iter().map(i32::to_string).collect();
+                let _ = writeln!(out, "  {figures}  {}", pids.join(" "));
             }
         }
         let _ = writeln!(out, "  {}", pool.view.only_parent);
