@@ -2,11 +2,11 @@
 //! handlers, inspect once or watch, render, write, and pick the exit code.
 //!
 //! Exit codes: 0 every page was classified; 3 some pages are `unproven` (PFNs hidden: the
-//! document is still complete and honest, but it could not prove everything) or a live
-//! descendant could not be read (permission), in any sample of a watch; 2 usage or input
-//! errors (nothing could be read). A single inspect interrupted by SIGINT/SIGTERM resumes
-//! anything frozen and dies of that signal without output; a watch ends cleanly with what it
-//! collected.
+//! document is still complete and honest, but it could not prove everything), a live
+//! descendant could not be read (permission) or a pool's frames could not be walked, in any
+//! sample of a watch; 2 usage or input errors (nothing could be read). A single inspect
+//! interrupted by SIGINT/SIGTERM resumes anything frozen and dies of that signal without
+//! output (130/143 to the shell); a watch ends cleanly with what it collected.
 
 use std::path::PathBuf;
 
@@ -174,13 +174,6 @@ pub fn run(a: Args) -> Result<i32> {
         return Ok(exit_code(&report));
     };
 
-    if a.format == Format::Openmetrics && a.out.is_none() {
-        return Err(Error::usage(
-            "--format openmetrics with --interval needs --out FILE (replaced atomically at \
-             each sample, e.g. in node_exporter's textfile directory); without --interval \
-             it prints one exposition to stdout",
-        ));
-    }
     let opts = WatchOptions {
         interval,
         duration,
@@ -192,7 +185,13 @@ pub fn run(a: Args) -> Result<i32> {
     let body = if a.format == Format::Openmetrics {
         // Each sample replaces the file whole (tempfile + rename): a collector reading it
         // at any moment sees one complete exposition.
-        let out = a.out.as_deref().unwrap_or(std::path::Path::new("-"));
+        let Some(out) = a.out.as_deref() else {
+            return Err(Error::usage(
+                "--format openmetrics with --interval needs --out FILE (replaced atomically \
+                 at each sample, e.g. in node_exporter's textfile directory); without \
+                 --interval it prints one exposition to stdout",
+            ));
+        };
         let ps = system.page_size;
         crate::inspect::watch(&req, &opts, |rec| {
             let text = crate::render::openmetrics::exposition(&rec.snapshot, ps, unix_now());
