@@ -180,6 +180,27 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Check `--out` before any work, by the rules of [`write_atomic`]: what is there must be a
+/// regular file, a character device or a FIFO (or nothing yet), and not in /proc or /sys.
+/// Nothing is created or written.
+///
+/// # Errors
+/// [`Error::Usage`] or [`Error::Io`] naming the user's path, as [`write_atomic`] would.
+pub fn check_out(path: &Path) -> Result<()> {
+    let (target, existing) =
+        resolve(path).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    if let Some(m) = &existing
+        && written_through(m, path, &target)?
+    {
+        return Ok(());
+    }
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    refuse_pseudo_fs(path, dir)
+}
+
 /// The `--out` rule for what is at the path already: `Ok(true)` for a character device or a
 /// FIFO (written through, never replaced), `Ok(false)` for a regular file (replaced), a usage
 /// error for anything else (a directory, a socket, a block device), which is left untouched.

@@ -181,6 +181,32 @@ fn openmetrics_with_interval_needs_out() {
     assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
 }
 
+/// A watch refuses an --out it could never replace before it reads anything.
+#[test]
+fn a_watch_refuses_a_directory_or_proc_before_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    for (out, says) in [
+        (d.as_str(), "is a directory"),
+        ("/proc/self/x.prom", "in /proc"),
+    ] {
+        let (rc, stdout, err) = inspect(&[
+            "--pid",
+            "1",
+            "--interval",
+            "1s",
+            "--format",
+            "openmetrics",
+            "--out",
+            out,
+        ]);
+        assert_eq!(rc, 2, "{out}: {err}");
+        assert!(err.contains(says), "{out}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+        assert!(stdout.is_empty());
+    }
+}
+
 /// A watch replaces its --out file at each sample: a reader polling it meanwhile only ever
 /// sees whole expositions (each ends with `# EOF`), whose read time moves on, and no
 /// temporary file stays behind.

@@ -192,6 +192,7 @@ pub fn run(a: Args) -> Result<i32> {
                  --interval it prints one exposition to stdout",
             ));
         };
+        output::check_out(out)?;
         let ps = system.page_size;
         crate::inspect::watch(&req, &opts, |rec| {
             let text = crate::render::openmetrics::exposition(&rec.snapshot, ps, unix_now());
