@@ -72,10 +72,18 @@ fn resolve(path: &Path) -> std::io::Result<(std::path::PathBuf, Option<std::fs::
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => {
                 let target = std::fs::read_link(&p)?;
-                p = match p.parent() {
+                let next = match p.parent() {
                     Some(dir) if target.is_relative() => dir.join(target),
                     _ => target,
                 };
+                // A /proc magic link (`/dev/stdout` -> `/proc/self/fd/1` -> `pipe:[N]`) names
+                // no path, but the kernel follows it: what it reaches is what is there.
+                if let (Err(_), Ok(m)) = (std::fs::symlink_metadata(&next), std::fs::metadata(&p))
+                    && !m.is_file()
+                {
+                    return Ok((p, Some(m)));
+                }
+                p = next;
             }
             Ok(m) => return Ok((p, Some(m))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((p, None)),
@@ -83,6 +91,26 @@ fn resolve(path: &Path) -> std::io::Result<(std::path::PathBuf, Option<std::fs::
         }
     }
     Err(std::io::Error::from_raw_os_error(libc::ELOOP))
+}
+
+/// Refuse a `--out` whose directory is a kernel interface (procfs, sysfs), where no file can
+/// be created or replaced: say so in one sentence instead of the kernel's bare EACCES/ENOENT.
+fn refuse_pseudo_fs(path: &Path, dir: &Path) -> Result<()> {
+    use nix::sys::statfs::{PROC_SUPER_MAGIC, SYSFS_MAGIC, statfs};
+    let Ok(st) = statfs(dir) else {
+        return Ok(()); // the real attempt reports the directory's own error
+    };
+    let what = match st.filesystem_type() {
+        t if t == PROC_SUPER_MAGIC => "/proc",
+        t if t == SYSFS_MAGIC => "/sys",
+        _ => return Ok(()),
+    };
+    Err(Error::usage(format!(
+        "--out {}: {} is in {what}, a kernel interface where no result file can be created \
+         or replaced; name a file on an ordinary file system",
+        path.display(),
+        dir.display()
+    )))
 }
 
 /// The error without the temporary file's name, which tempfile adds to its messages and which
@@ -127,6 +155,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    refuse_pseudo_fs(path, dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".cowscope-")
         .suffix(".tmp")
@@ -149,6 +178,27 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     tmp.persist(&target)
         .map_err(|e| Error::io(ctx(), plain(e.error, dir)))?;
     Ok(())
+}
+
+/// Check `--out` before any work, by the rules of [`write_atomic`]: what is there must be a
+/// regular file, a character device or a FIFO (or nothing yet), and not in /proc or /sys.
+/// Nothing is created or written.
+///
+/// # Errors
+/// [`Error::Usage`] or [`Error::Io`] naming the user's path, as [`write_atomic`] would.
+pub fn check_out(path: &Path) -> Result<()> {
+    let (target, existing) =
+        resolve(path).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    if let Some(m) = &existing
+        && written_through(m, path, &target)?
+    {
+        return Ok(());
+    }
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    refuse_pseudo_fs(path, dir)
 }
 
 /// The `--out` rule for what is at the path already: `Ok(true)` for a character device or a
@@ -282,6 +332,7 @@ impl StreamOut {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => std::path::PathBuf::from("."),
         };
+        refuse_pseudo_fs(path, &dir)?;
         let tmp = tempfile::Builder::new()
             .prefix(".cowscope-")
             .suffix(".tmp")

@@ -113,9 +113,14 @@ pub struct VmaSummary {
     pub examined_end: u64,
     /// Counts over the examined part.
     pub counts: Option<PageCounts>,
-    /// Why counts are missing, if they are.
+    /// Why counts are missing, if they are (a read that failed; not for a VMA without
+    /// pagemap entries, which is `no_pagemap`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The VMA has no pagemap entries (`[vsyscall]`, above the user address space): nothing
+    /// to count, and nothing wrong.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_pagemap: bool,
 }
 
 /// One page, for `--per-page`.
@@ -317,8 +322,16 @@ pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
             }
             Ok((all, huge))
         });
-        let mine: Vec<io::Result<PageCounts>> =
-            spans.iter().map(|(_, a, b)| acc.span(*a, *b)).collect();
+        let mine: Vec<io::Result<PageCounts>> = spans
+            .iter()
+            .map(|(g, a, b)| {
+                if g.has_pagemap() {
+                    acc.span(*a, *b)
+                } else {
+                    Ok(PageCounts::default())
+                }
+            })
+            .collect();
         let side = side
             .join()
             .unwrap_or_else(|_| Err(Error::usage("the smaps reader panicked")));
@@ -341,7 +354,9 @@ pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
             .find(|v| v.start == g.start && v.end == g.end)
             .cloned();
         changed |= smaps_entry.is_none();
+        let no_pagemap = !g.has_pagemap();
         let (counts, error) = match res {
+            _ if no_pagemap => (None, None),
             Ok(mut c) => {
                 if use_scan {
                     c.huge = huge;
@@ -360,6 +375,7 @@ pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
             examined_end: b,
             counts,
             error,
+            no_pagemap,
         });
     }
     if let Some((s, e)) = range {
@@ -426,9 +442,9 @@ pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
     Ok(body)
 }
 
-/// `[vsyscall]` and similar special VMAs have no readable pagemap: report, do not fail.
+/// A special VMA whose pagemap read ends early: report, do not fail.
 fn vmas_unreadable(v: &SmapsEntry, e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::UnexpectedEof || v.pathname == "[vsyscall]"
+    e.kind() == io::ErrorKind::UnexpectedEof || !v.has_pagemap()
 }
 
 /// Rows for pages of the range inside no VMA, then everything sorted by address.

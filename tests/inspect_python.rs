@@ -156,3 +156,62 @@ fn gc_freeze_spares_the_collectors_copies_but_not_the_refcount_copies() {
         "the whole pair diverges far less"
     );
 }
+
+/// A pool of real workers: four CPython children each iterate the parent's list of 10^6 ints.
+/// Each worker then holds its own copy of every page holding an int (its refcount writes), so
+/// the pool view adds up at least 4 x those pages, names 4 workers, and the 64 MiB bytearray
+/// nobody touched is a frame all 4 still share (sharing_histogram["4"]).
+#[test]
+fn a_pool_of_four_python_workers_adds_up_their_copies() {
+    let Some(py) = start(&["--mode", "iterate", "--workers", "4"]) else {
+        return;
+    };
+    let ps = ps() as u64;
+    let int_pages: u64 = runs(&py, "int_pages")
+        .iter()
+        .map(|(a, b)| (b - a) / ps)
+        .sum();
+    let ba = &py.info["bytearray"];
+    let ba_pages = (ba[1].as_u64().unwrap() - ba[0].as_u64().unwrap()) / ps;
+    let doc = inspect_json(&["--pid", &py.pid()], 0);
+    let pool = &doc["pools"][0];
+    let view = &pool["view"];
+    assert_eq!(view["workers"], 4, "{view}");
+    assert_eq!(pool["incomplete"], false);
+    let diverged = view["diverged_bytes"].as_u64().unwrap();
+    assert!(
+        diverged >= 4 * int_pages * ps,
+        "{diverged} bytes diverged < 4 x {int_pages} int pages"
+    );
+    let members: Vec<i64> = view["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| {
+            g["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_i64().unwrap())
+        })
+        .collect();
+    let mut want: Vec<i64> = py.info["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_i64().unwrap())
+        .collect();
+    let mut got = members.clone();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "every worker in exactly one group");
+    assert!(
+        view["summary"].as_str().unwrap().starts_with("4 workers, "),
+        "{view}"
+    );
+    let shared_by_all = pool["sharing_histogram"]["4"].as_u64().unwrap();
+    assert!(
+        shared_by_all >= ba_pages,
+        "{shared_by_all} pages shared by all 4 < the bytearray's {ba_pages}"
+    );
+}

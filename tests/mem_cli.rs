@@ -386,6 +386,138 @@ fn the_table_format_has_a_row_per_vma_and_the_totals() {
     );
 }
 
+/// The table's total row fills every count column, rss included: the sum of the rows.
+#[test]
+fn the_table_total_row_fills_its_rss_column() {
+    let m = Mapping::anon(8, libc::MAP_PRIVATE);
+    m.touch_all();
+    let pid = own_pid();
+    let out = cowscope()
+        .args(["pages", "--pid", &pid, "--format", "table"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let doc = pages_json(&["--pid", &pid]);
+    let rss: u64 = doc["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["smaps"]["rss_kb"].as_u64().unwrap())
+        .sum();
+    let total = text
+        .lines()
+        .find(|l| l.starts_with("total"))
+        .unwrap_or_else(|| panic!("no total row:\n{text}"));
+    // total, pages, present, exclusive, rss kB, swapped, huge
+    let cols: Vec<&str> = total.split_whitespace().collect();
+    assert_eq!(cols.len(), 7, "every column filled: {total}");
+    let table_rss: u64 = cols[4].parse().unwrap();
+    // Our own process: its Rss moves a little between the two runs.
+    assert!(
+        table_rss.abs_diff(rss) < rss / 4 + 64,
+        "total rss {table_rss} kB vs the rows' {rss} kB: {total}"
+    );
+    drop(m);
+}
+
+/// `[vsyscall]` has no pagemap entries (it lies above the user address space): the table
+/// says "no pagemap", the JSON carries `no_pagemap` and no error.
+#[test]
+fn vsyscall_is_listed_as_no_pagemap_not_as_an_error() {
+    if !std::fs::read_to_string("/proc/self/maps").is_ok_and(|m| m.contains("[vsyscall]")) {
+        eprintln!("SKIP: this kernel maps no [vsyscall] page");
+        return;
+    }
+    let pid = own_pid();
+    let doc = pages_json(&["--pid", &pid]);
+    let v = doc["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["smaps"]["pathname"] == "[vsyscall]")
+        .expect("a [vsyscall] row");
+    assert_eq!(v["no_pagemap"], true, "{v}");
+    assert!(v.get("error").is_none(), "{v}");
+    let out = cowscope()
+        .args(["pages", "--pid", &pid, "--format", "table"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.ends_with("[vsyscall]"))
+        .unwrap_or_else(|| panic!("no [vsyscall] row:\n{text}"));
+    assert!(row.contains("no pagemap"), "{row}");
+    assert!(!row.contains("unreadable"), "{row}");
+}
+
+/// `--per-page` with the table prints one row per page (it once printed the VMA rows only).
+#[test]
+fn the_table_with_per_page_prints_a_row_per_page() {
+    let m = Mapping::anon(6, libc::MAP_PRIVATE);
+    m.touch_all();
+    let range = format!("{:#x}-{:#x}", m.start(), m.end());
+    let out = cowscope()
+        .args([
+            "pages",
+            "--pid",
+            &own_pid(),
+            "--range",
+            &range,
+            "--per-page",
+            "--format",
+            "table",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ps = page_size();
+    for i in 0..6 {
+        let addr = format!("{:#x}", m.start() + (i * ps) as u64);
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(addr.as_str()))
+            .unwrap_or_else(|| panic!("no row for page {i} at {addr}:\n{text}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        // page, address, present, swapped, exclusive: our own written private pages.
+        assert_eq!(cols[0], i.to_string(), "{row}");
+        assert_eq!(&cols[2..5], ["yes", "-", "yes"], "{row}");
+    }
+    drop(m);
+}
+
+/// `--out /dev/stdout` with stdout a pipe writes through the pipe (`/proc/self/fd/1` is a
+/// magic link to `pipe:[N]`, which names no path).
+#[test]
+fn out_dev_stdout_to_a_pipe_writes_through() {
+    let out = Command::new(cargo_bin("cowscope"))
+        .args(["pages", "--pid", &own_pid(), "--out", "/dev/stdout"])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("the JSON came through the pipe");
+    assert_eq!(doc["pid"].as_i64(), Some(std::process::id() as i64));
+}
+
+/// `--out` into /proc is refused with a sentence naming why, not a bare errno.
+#[test]
+fn out_into_proc_says_what_is_wrong_with_the_path() {
+    let out = cowscope()
+        .args(["pages", "--pid", &own_pid(), "--out", "/proc/self/status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/proc/self/status"), "{err}");
+    assert!(err.contains("kernel interface"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn a_format_pages_does_not_have_is_refused() {
     cowscope()

@@ -2,11 +2,11 @@
 //! handlers, inspect once or watch, render, write, and pick the exit code.
 //!
 //! Exit codes: 0 every page was classified; 3 some pages are `unproven` (PFNs hidden: the
-//! document is still complete and honest, but it could not prove everything) or a live
-//! descendant could not be read (permission), in any sample of a watch; 2 usage or input
-//! errors (nothing could be read). A single inspect interrupted by SIGINT/SIGTERM resumes
-//! anything frozen and dies of that signal without output; a watch ends cleanly with what it
-//! collected.
+//! document is still complete and honest, but it could not prove everything), a live
+//! descendant could not be read (permission) or a pool's frames could not be walked, in any
+//! sample of a watch; 2 usage or input errors (nothing could be read). A single inspect
+//! interrupted by SIGINT/SIGTERM resumes anything frozen and dies of that signal without
+//! output (130/143 to the shell); a watch ends cleanly with what it collected.
 
 use std::path::PathBuf;
 
@@ -30,6 +30,9 @@ pub enum Format {
     Svg,
     /// JSON Lines: one record per sample, flushed as it is taken.
     Jsonl,
+    /// OpenMetrics text (also valid Prometheus text for node_exporter's textfile
+    /// collector): the current pair and pool figures as gauges.
+    Openmetrics,
 }
 
 /// `inspect` arguments.
@@ -46,8 +49,10 @@ pub struct Args {
     /// error, Ctrl-C, or if cowscope is killed: a watchdog process resumes them).
     #[arg(long)]
     pub freeze: bool,
-    /// json, table, svg (a page map; with --interval a timeline), or jsonl (one record per
-    /// sample).
+    /// json, table (with --interval: one line per sample as it is taken, then the last
+    /// sample's tables), svg (a page map; with --interval a timeline), jsonl (one record
+    /// per sample), or openmetrics (gauges for Prometheus; with --interval it needs --out,
+    /// replaced atomically at each sample).
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
     /// Write the result here instead of stdout. A regular file is replaced atomically when
@@ -148,6 +153,11 @@ pub fn run(a: Args) -> Result<i32> {
             Format::Json => output::to_json(&report)?,
             Format::Table => crate::render::inspect_table::report(&report),
             Format::Svg => crate::render::inspect_svg::page_map(&report),
+            Format::Openmetrics => crate::render::openmetrics::exposition(
+                &report.body.snapshot,
+                report.system.page_size,
+                unix_now(),
+            ),
             Format::Jsonl => {
                 let rec: InspectSampleDoc = Envelope::new(
                     report.system.clone(),
@@ -167,11 +177,48 @@ pub fn run(a: Args) -> Result<i32> {
     let opts = WatchOptions {
         interval,
         duration,
-        keep_samples: a.format != Format::Jsonl,
-        progress: true,
+        keep_samples: matches!(a.format, Format::Json | Format::Svg),
+        // A table watch's own lines are its progress.
+        progress: a.format != Format::Table,
     };
     let system = crate::mem::system::detect();
-    let body = if a.format == Format::Jsonl {
+    let body = if a.format == Format::Openmetrics {
+        // Each sample replaces the file whole (tempfile + rename): a collector reading it
+        // at any moment sees one complete exposition.
+        let Some(out) = a.out.as_deref() else {
+            return Err(Error::usage(
+                "--format openmetrics with --interval needs --out FILE (replaced atomically \
+                 at each sample, e.g. in node_exporter's textfile directory); without \
+                 --interval it prints one exposition to stdout",
+            ));
+        };
+        output::check_out(out)?;
+        let ps = system.page_size;
+        crate::inspect::watch(&req, &opts, |rec| {
+            let text = crate::render::openmetrics::exposition(&rec.snapshot, ps, unix_now());
+            output::write_atomic(out, text.as_bytes())
+        })?
+    } else if a.format == Format::Table {
+        // One line per sample, flushed as it is taken; the last sample's tables at the end.
+        let mut sink = output::StreamOut::open(a.out.as_deref())?;
+        let ps = system.page_size;
+        let body = crate::inspect::watch(&req, &opts, |rec| {
+            let mut line = String::new();
+            if rec.seq == 0 {
+                line.push_str(&crate::render::inspect_table::watch_header(
+                    &rec.snapshot,
+                    interval,
+                ));
+            }
+            line.push_str(&crate::render::inspect_table::sample_line(rec, ps));
+            sink.write_record(line.as_bytes())
+        })?;
+        let report: InspectDoc = Envelope::new(system, body);
+        let text = crate::render::inspect_table::report(&report);
+        sink.write_record(format!("\n{text}").as_bytes())?;
+        sink.finish()?;
+        return Ok(exit_code(&report));
+    } else if a.format == Format::Jsonl {
         // Each record is written whole and flushed as it is taken; a regular --out file is
         // put into place only when the watch ends (see output::StreamOut).
         let mut sink = output::StreamOut::open(a.out.as_deref())?;
@@ -188,13 +235,19 @@ pub fn run(a: Args) -> Result<i32> {
     };
     let report: InspectDoc = Envelope::new(system, body);
     let text = match a.format {
-        Format::Jsonl => return Ok(exit_code(&report)),
+        Format::Jsonl | Format::Openmetrics | Format::Table => return Ok(exit_code(&report)),
         Format::Json => output::to_json(&report)?,
-        Format::Table => crate::render::inspect_table::report(&report),
         Format::Svg => crate::render::inspect_svg::timeline(&report),
     };
     output::emit(&text, a.out.as_deref())?;
     Ok(exit_code(&report))
+}
+
+/// Now, in seconds since the Unix epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// 3 when the evidence could not prove everything: some page is unproven or a live
@@ -262,6 +315,26 @@ mod tests {
     fn a_zombie_left_out_is_no_gap_but_an_unreadable_live_process_is() {
         assert_eq!(exit_code(&doc(false, None)), EXIT_OK);
         assert_eq!(exit_code(&doc(true, None)), EXIT_UNPROVEN);
+    }
+
+    #[test]
+    fn a_pool_whose_frames_were_not_walked_is_a_missing_part_and_exits_3() {
+        use crate::inspect::model::{PoolReport, PoolView};
+        let mut d = doc(false, None);
+        let pool = |incomplete| PoolReport {
+            parent: 1,
+            members: vec![2, 3],
+            parent_pages: 0,
+            sharing_histogram: None,
+            kpagecount_histogram: None,
+            notes: Vec::new(),
+            incomplete,
+            view: PoolView::default(),
+        };
+        d.body.snapshot.pools = vec![pool(false)];
+        assert_eq!(exit_code(&d), EXIT_OK);
+        d.body.snapshot.pools = vec![pool(false), pool(true)];
+        assert_eq!(exit_code(&d), EXIT_UNPROVEN);
     }
 
     #[test]

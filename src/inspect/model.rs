@@ -298,6 +298,193 @@ pub struct PoolReport {
     pub kpagecount_histogram: Option<BTreeMap<String, u64>>,
     /// What this pool's evidence cannot show.
     pub notes: Vec<String>,
+    /// A part of this pool is missing: the walk of the parent's frames stopped (a read
+    /// failed) or PFNs are hidden, so `sharing_histogram` is absent. The exit code is 3.
+    #[serde(default)]
+    pub incomplete: bool,
+    /// What the workers cost together, from their pairs (no PFNs needed).
+    pub view: PoolView,
+}
+
+/// A pool at a glance: what its workers' pairs add up to, identical pairs collapsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PoolView {
+    /// Workers: members with a pair in this report.
+    pub workers: u64,
+    /// Bytes no longer the same page in the parent and a worker (`diverged` x page size),
+    /// summed over the workers: one page each that the fork added (a copy, or released and
+    /// refaulted). Without PFNs a lower bound (`unproven` pages are not in it).
+    pub diverged_bytes: u64,
+    /// Bytes only a worker has (`only_child`), summed over the workers.
+    pub only_child_bytes: u64,
+    /// Workers whose pairs have identical counts, one entry per distinct pair, most
+    /// diverged first.
+    pub groups: Vec<PoolGroup>,
+    /// One sentence: "4 workers, each 24.1 MiB diverged, 96.4 MiB in all".
+    pub summary: String,
+    /// One sentence on `only_parent`: what the parent has that the workers do not.
+    pub only_parent: String,
+}
+
+/// Workers whose pairs with the parent have the same counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PoolGroup {
+    /// The workers.
+    pub members: Vec<i32>,
+    /// Each worker's diverged bytes.
+    pub diverged_bytes: u64,
+    /// Each worker's shared bytes.
+    pub shared_bytes: u64,
+    /// Each worker's only_parent bytes.
+    pub only_parent_bytes: u64,
+    /// Each worker's only_child bytes.
+    pub only_child_bytes: u64,
+}
+
+/// A size for people: MiB with one decimal, kB below 0.05 MiB (the one formatter of sizes
+/// in inspect's sentences and renderings).
+pub fn human_size(bytes: u64) -> String {
+    let m = bytes as f64 / (1u64 << 20) as f64;
+    if bytes > 0 && m < 0.05 {
+        format!("{} kB", bytes / 1024)
+    } else {
+        format!("{m:.1} MiB")
+    }
+}
+
+impl PoolView {
+    /// The view of the workers' pairs (`pairs`: the pairs of this pool's parent with its
+    /// members). Pairs with identical class counts collapse into one group.
+    pub fn of(pairs: &[&PairReport], page_size: u64, pfn_visible: bool) -> PoolView {
+        let mut groups: Vec<(ClassCounts, Vec<i32>)> = Vec::new();
+        for p in pairs {
+            match groups.iter_mut().find(|(t, _)| *t == p.totals) {
+                Some((_, m)) => m.push(p.child),
+                None => groups.push((p.totals, vec![p.child])),
+            }
+        }
+        groups.sort_by(|a, b| {
+            b.0.diverged
+                .cmp(&a.0.diverged)
+                .then_with(|| a.1.first().cmp(&b.1.first()))
+        });
+        let bytes = |pages: u64| pages * page_size;
+        let groups: Vec<PoolGroup> = groups
+            .into_iter()
+            .map(|(t, mut members)| {
+                members.sort_unstable();
+                PoolGroup {
+                    members,
+                    diverged_bytes: bytes(t.diverged),
+                    shared_bytes: bytes(t.shared),
+                    only_parent_bytes: bytes(t.only_parent),
+                    only_child_bytes: bytes(t.only_child),
+                }
+            })
+            .collect();
+        let workers = pairs.len() as u64;
+        let diverged_bytes: u64 = pairs.iter().map(|p| bytes(p.totals.diverged)).sum();
+        let only_child_bytes = pairs.iter().map(|p| bytes(p.totals.only_child)).sum();
+        let n = |k: usize| {
+            if k == 1 {
+                "1 worker".to_string()
+            } else {
+                format!("{k} workers")
+            }
+        };
+        let at_least = if pfn_visible { "" } else { "at least " };
+        // The sentence collapses workers whose diverged memory reads the same at its
+        // precision (groups are sorted by diverged bytes, so those are neighbours); the
+        // groups themselves stay exact.
+        let mut shown: Vec<(u64, usize)> = Vec::new(); // (diverged bytes of the first, workers)
+        for g in &groups {
+            match shown.last_mut() {
+                Some((b, k)) if human_size(*b) == human_size(g.diverged_bytes) => {
+                    *k += g.members.len();
+                }
+                _ => shown.push((g.diverged_bytes, g.members.len())),
+            }
+        }
+        let summary = match shown.as_slice() {
+            [(b, k)] => format!(
+                "{}, each {at_least}{} diverged, {} in all",
+                n(*k),
+                human_size(*b),
+                human_size(diverged_bytes)
+            ),
+            gs => {
+                // At most SHOWN sizes by name; the rest as one range.
+                const SHOWN: usize = 3;
+                let named = if gs.len() > SHOWN + 1 {
+                    SHOWN
+                } else {
+                    gs.len()
+                };
+                let mut parts: Vec<String> = gs[..named]
+                    .iter()
+                    .map(|&(b, k)| match k {
+                        1 => format!("1 worker {}", human_size(b)),
+                        k => format!("{k} workers each {}", human_size(b)),
+                    })
+                    .collect();
+                if let Some(rest) = gs.get(named..).filter(|r| !r.is_empty()) {
+                    let k: usize = rest.iter().map(|g| g.1).sum();
+                    let lo = rest.iter().map(|g| g.0).min().unwrap_or(0);
+                    let hi = rest.iter().map(|g| g.0).max().unwrap_or(0);
+                    parts.push(format!(
+                        "{} {} to {} each",
+                        n(k),
+                        human_size(lo),
+                        human_size(hi)
+                    ));
+                }
+                format!(
+                    "{}, {at_least}{} diverged in all: {}",
+                    n(pairs.len()),
+                    human_size(diverged_bytes),
+                    parts.join(", ")
+                )
+            }
+        };
+        let lo = groups
+            .iter()
+            .map(|g| g.only_parent_bytes)
+            .min()
+            .unwrap_or(0);
+        let hi = groups
+            .iter()
+            .map(|g| g.only_parent_bytes)
+            .max()
+            .unwrap_or(0);
+        let only_parent = if hi == 0 {
+            "only_parent: every page the parent has, each worker has too.".to_string()
+        } else {
+            format!(
+                "only_parent: the parent has {} that {}: pages the parent mapped or touched \
+                 after the fork, or the worker dropped (unmapped, released), and file pages \
+                 the worker has not touched since the fork (fork copies no page tables for a \
+                 mapping never written, so they appear when the worker faults them in).",
+                if lo == hi {
+                    human_size(hi)
+                } else {
+                    format!("{} to {}", human_size(lo), human_size(hi))
+                },
+                if pairs.len() == 1 {
+                    "the worker does not"
+                } else {
+                    "each worker does not"
+                }
+            )
+        };
+        PoolView {
+            workers,
+            diverged_bytes,
+            only_child_bytes,
+            groups,
+            summary,
+            only_parent,
+        }
+    }
 }
 
 /// The zero page frames cowscope learnt and how zero pages were recognised.
@@ -456,9 +643,97 @@ impl Snapshot {
     }
 
     /// Whether this moment proves less than a complete read would: some page is
-    /// `unproven`, or a live descendant was left out because its memory could not be read
-    /// (exit code 3).
+    /// `unproven`, a live descendant was left out because its memory could not be read, or
+    /// a pool's walk is missing (exit code 3).
     pub fn incomplete(&self) -> bool {
-        self.unproven() > 0 || self.skipped.iter().any(|s| s.unreadable)
+        self.unproven() > 0
+            || self.skipped.iter().any(|s| s.unreadable)
+            || self.pools.iter().any(|p| p.incomplete)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(child: i32, diverged: u64, only_parent: u64) -> PairReport {
+        PairReport {
+            parent: 1,
+            child,
+            parent_comm: "p".into(),
+            child_comm: "w".into(),
+            totals: ClassCounts {
+                shared: 100,
+                diverged,
+                only_parent,
+                ..Default::default()
+            },
+            by_kind: BTreeMap::new(),
+            vmas: Vec::new(),
+            one_sided: Vec::new(),
+            accounting: None,
+            page_runs: None,
+            notes: Vec::new(),
+        }
+    }
+
+    const MIB_PAGES: u64 = 256; // 1 MiB of 4 KiB pages
+
+    #[test]
+    fn identical_workers_collapse_into_each_and_in_all() {
+        let ps: Vec<PairReport> = (2..6).map(|c| pair(c, 24 * MIB_PAGES, 0)).collect();
+        let refs: Vec<&PairReport> = ps.iter().collect();
+        let v = PoolView::of(&refs, 4096, true);
+        assert_eq!(v.workers, 4);
+        assert_eq!(v.groups.len(), 1);
+        assert_eq!(v.groups[0].members, [2, 3, 4, 5]);
+        assert_eq!(v.diverged_bytes, 96 << 20);
+        assert_eq!(
+            v.summary,
+            "4 workers, each 24.0 MiB diverged, 96.0 MiB in all"
+        );
+        assert_eq!(
+            v.only_parent,
+            "only_parent: every page the parent has, each worker has too."
+        );
+    }
+
+    #[test]
+    fn different_workers_are_listed_most_diverged_first_and_many_as_a_range() {
+        let ps = [
+            pair(7, MIB_PAGES, 10),
+            pair(3, 2 * MIB_PAGES, 20),
+            pair(4, 2 * MIB_PAGES, 20),
+        ];
+        let refs: Vec<&PairReport> = ps.iter().collect();
+        let v = PoolView::of(&refs, 4096, false);
+        assert_eq!(
+            v.summary,
+            "3 workers, at least 5.0 MiB diverged in all: 2 workers each 2.0 MiB, 1 worker 1.0 MiB"
+        );
+        assert!(
+            v.only_parent.starts_with(
+                "only_parent: the parent has 40 kB to 0.1 MiB that each worker does not"
+            ),
+            "{}",
+            v.only_parent
+        );
+        // 31.0 MiB and 31.0 MiB plus one page read the same: one "each" in the sentence, two
+        // exact groups in the JSON.
+        let near = [pair(2, 31 * MIB_PAGES, 0), pair(3, 31 * MIB_PAGES + 1, 0)];
+        let refs: Vec<&PairReport> = near.iter().collect();
+        let v = PoolView::of(&refs, 4096, true);
+        assert_eq!(v.groups.len(), 2);
+        assert_eq!(
+            v.summary,
+            "2 workers, each 31.0 MiB diverged, 62.0 MiB in all"
+        );
+        let many: Vec<PairReport> = (1..=6).map(|c| pair(c, c as u64 * MIB_PAGES, 0)).collect();
+        let refs: Vec<&PairReport> = many.iter().collect();
+        assert_eq!(
+            PoolView::of(&refs, 4096, true).summary,
+            "6 workers, 21.0 MiB diverged in all: 1 worker 6.0 MiB, 1 worker 5.0 MiB, 1 worker \
+             4.0 MiB, 3 workers 1.0 MiB to 3.0 MiB each"
+        );
     }
 }

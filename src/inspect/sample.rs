@@ -22,10 +22,10 @@ use super::access;
 use super::classify::{HiddenFacts, PairClass};
 use super::freeze::Freeze;
 use super::model::{
-    Accounting, Basis, OneSidedReason, OneSidedVma, PairReport, PoolReport, ProcessInfo,
+    Accounting, Basis, OneSidedReason, OneSidedVma, PairReport, PoolReport, PoolView, ProcessInfo,
     SideAccounting, SideName, Skipped, SmapsRollup, Snapshot, VmaRow,
 };
-use super::pool::{PoolMember, pool_sharing};
+use super::pool::{MemberError, PoolMember, pool_sharing};
 use super::proc::{self, Stat};
 use super::tally::{ClassCounts, Facts, Tally};
 use super::vma::{self, Mounts, Segment, VmaKind, kind_of, match_vmas};
@@ -430,7 +430,7 @@ fn walk_pair(
         match seg {
             Segment::Common { p, c, .. } => {
                 let (pv, cv) = (&pt.maps[p], &ct.maps[c]);
-                if pv.pathname == "[vsyscall]" {
+                if !pv.has_pagemap() {
                     // Above the user address space: in no page table, pagemap cannot read it.
                     tally.add_empty(s, (e - s) / ps);
                 } else {
@@ -440,14 +440,14 @@ fn walk_pair(
                 }
             }
             Segment::ParentOnly { p, .. } => {
-                if pt.maps[p].pathname == "[vsyscall]" {
+                if !pt.maps[p].has_pagemap() {
                     tally.add_empty(s, (e - s) / ps);
                 } else {
                     walk_one_sided(reader, pt, Side::Parent, (s, e), &mut tally)?;
                 }
             }
             Segment::ChildOnly { c, .. } => {
-                if ct.maps[c].pathname == "[vsyscall]" {
+                if !ct.maps[c].has_pagemap() {
                     tally.add_empty(s, (e - s) / ps);
                 } else {
                     walk_one_sided(reader, ct, Side::Child, (s, e), &mut tally)?;
@@ -629,9 +629,14 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                         .find(|((p, cc), _)| *p == parent && cc == c)
                         .and_then(|(_, r)| r.as_ref().ok())
                         .map(|ws| {
+                            // Only what pagemap can read: never `[vsyscall]`.
                             ws.iter()
                                 .filter_map(|w| match w.seg {
-                                    Segment::Common { start, end, .. } => Some((start, end)),
+                                    Segment::Common { p, start, end, .. }
+                                        if targets[&parent].maps[p].has_pagemap() =>
+                                    {
+                                        Some((start, end))
+                                    }
                                     _ => None,
                                 })
                                 .collect()
@@ -639,26 +644,53 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                         .unwrap_or_default()
                 })
                 .collect();
+            // A member that exits during the pool walk (its pagemap reads EOF once its mm is
+            // gone) is left out and the walk redone over the others: the pool of the live
+            // workers stays complete. Fewer than two left: no pool any more.
+            let (mut members, mut commons) = (members, commons);
+            let mut left_out = Vec::new();
             let result = if ctx.pfn_visible {
-                let ms: Vec<PoolMember<'_>> = members
-                    .iter()
-                    .zip(&commons)
-                    .map(|(c, common)| PoolMember {
-                        pid: *c,
-                        pm: &targets[c].pm,
-                        common,
-                    })
-                    .collect();
-                Some(pool_sharing(
-                    &targets[&parent].pm,
-                    &ms,
-                    &ctx.zero,
-                    kpage.as_ref(),
-                ))
+                loop {
+                    let ms: Vec<PoolMember<'_>> = members
+                        .iter()
+                        .zip(&commons)
+                        .map(|(c, common)| PoolMember {
+                            pid: *c,
+                            pm: &targets[c].pm,
+                            common,
+                        })
+                        .collect();
+                    let r = pool_sharing(&targets[&parent].pm, &ms, &ctx.zero, kpage.as_ref());
+                    let exited = match &r {
+                        Err(MemberError {
+                            pid: Some(m),
+                            error,
+                        }) => {
+                            let gone = error.kind() == std::io::ErrorKind::UnexpectedEof
+                                || error.raw_os_error() == Some(libc::ESRCH)
+                                || !access::still_alive(&targets[m].stat);
+                            gone.then_some(*m)
+                        }
+                        _ => None,
+                    };
+                    match exited.and_then(|m| members.iter().position(|&x| x == m)) {
+                        Some(i) => {
+                            left_out.push(members.remove(i));
+                            commons.remove(i);
+                            if members.len() < 2 {
+                                break None;
+                            }
+                        }
+                        None => break Some(r),
+                    }
+                }
             } else {
                 None
             };
-            pools_raw.push((parent, members, result));
+            if ctx.pfn_visible && result.is_none() {
+                continue; // every member but one exited during the walk: no pool
+            }
+            pools_raw.push((parent, members, result, left_out));
         }
         work();
         if let Some(h) = side {
@@ -764,16 +796,22 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
         return Err(Error::usage(why));
     }
 
+    let ps = crate::kernel::page_size() as u64;
     let pools = pools_raw
         .into_iter()
-        .filter(|(parent, members, _)| {
+        .filter(|(parent, members, _, _)| {
             pairs
                 .iter()
                 .filter(|p| p.parent == *parent && members.contains(&p.child))
                 .count()
                 >= 2
         })
-        .map(|(parent, members, result)| {
+        .map(|(parent, members, result, left_out)| {
+            let worker_pairs: Vec<&PairReport> = pairs
+                .iter()
+                .filter(|p| p.parent == parent && members.contains(&p.child))
+                .collect();
+            let view = PoolView::of(&worker_pairs, ps, ctx.pfn_visible);
             let mut r = PoolReport {
                 parent,
                 members,
@@ -781,16 +819,30 @@ pub fn take_snapshot(plan: &Plan, req: &InspectRequest, ctx: &Context) -> Result
                 sharing_histogram: None,
                 kpagecount_histogram: None,
                 notes: Vec::new(),
+                incomplete: false,
+                view,
             };
+            for m in left_out {
+                r.notes.push(format!(
+                    "member {m} exited during the pool walk and is left out of the pool"
+                ));
+            }
             match result {
-                None => r.notes.push(
-                    "PFNs are hidden: how many members share each frame is unknowable".into(),
-                ),
-                Some(Err(e)) => r.notes.push(format!(
-                    "the pool walk stopped: {} ({})",
-                    e.error,
-                    e.pid.map_or("parent".into(), |p| format!("member {p}"))
-                )),
+                None => {
+                    r.incomplete = true;
+                    r.notes.push(
+                        "PFNs are hidden: how many members share each frame is unknowable".into(),
+                    );
+                }
+                Some(Err(e)) => {
+                    r.incomplete = true;
+                    r.notes.push(format!(
+                        "the pool walk stopped, so how many members share each frame is \
+                         missing: {} ({})",
+                        e.error,
+                        e.pid.map_or("parent".into(), |p| format!("member {p}"))
+                    ));
+                }
                 Some(Ok(s)) => {
                     r.parent_pages = s.parent_pages;
                     r.sharing_histogram = Some(

@@ -48,10 +48,16 @@ impl SideError {
 }
 
 /// Reusable chunk buffers for walking two pagemaps side by side.
+///
+/// Both sides live in ONE allocation of `2 * chunk` entries, sized in one place
+/// ([`PairReader::buffers`]): every walk takes its slices from there, so no walk can find one
+/// side's buffer shorter than the other's. (Two vectors grown by different walks once
+/// panicked: a one-sided walk first sized only the parent's, and the next pair walk sliced
+/// the child's empty one.)
 #[derive(Debug)]
 pub struct PairReader {
-    parent: Vec<u64>,
-    child: Vec<u64>,
+    /// `[parent chunk | child chunk]`, allocated on first use.
+    buf: Vec<u64>,
     chunk: usize,
 }
 
@@ -70,10 +76,25 @@ impl PairReader {
     /// Buffers of `chunk_pages` entries per side (at least 1).
     pub fn with_chunk(chunk_pages: usize) -> Self {
         PairReader {
-            parent: Vec::new(),
-            child: Vec::new(),
+            buf: Vec::new(),
             chunk: chunk_pages.max(1),
         }
+    }
+
+    /// The two buffers of `n` entries each (`n <= chunk`): the only place that sizes them.
+    fn buffers(&mut self, n: usize) -> (&mut [u64], &mut [u64]) {
+        debug_assert!(
+            n <= self.chunk,
+            "a walk asks for at most one chunk ({n} > {})",
+            self.chunk
+        );
+        if self.buf.len() != 2 * self.chunk {
+            // Zeroed by the allocator (fresh pages): a half that is never read into (a reader
+            // used for one-sided walks only) costs no resident memory.
+            self.buf = vec![0; 2 * self.chunk];
+        }
+        let (a, b) = self.buf.split_at_mut(self.chunk);
+        (&mut a[..n], &mut b[..n])
     }
 
     /// Read `[start, end)` of both processes chunk by chunk and call
@@ -97,14 +118,10 @@ impl PairReader {
             start % ps == 0 && end % ps == 0,
             "walk range must be page aligned"
         );
-        if self.parent.len() < self.chunk {
-            self.parent.resize(self.chunk, 0);
-            self.child.resize(self.chunk, 0);
-        }
         let mut cur = start;
         while cur < end {
             let n = (((end - cur) / ps) as usize).min(self.chunk);
-            let (a, b) = (&mut self.parent[..n], &mut self.child[..n]);
+            let (a, b) = self.buffers(n);
             parent
                 .read_into(cur, a)
                 .map_err(|e| SideError::new(Side::Parent, e))?;
@@ -130,13 +147,10 @@ impl PairReader {
         mut visit: impl FnMut(u64, &[u64]) -> Result<(), SideError>,
     ) -> Result<(), SideError> {
         let ps = crate::kernel::page_size() as u64;
-        if self.parent.len() < self.chunk {
-            self.parent.resize(self.chunk, 0);
-        }
         let mut cur = start;
         while cur < end {
             let n = (((end - cur) / ps) as usize).min(self.chunk);
-            let a = &mut self.parent[..n];
+            let (a, _) = self.buffers(n);
             pm.read_into(cur, a).map_err(|e| SideError::new(side, e))?;
             visit(cur, a)?;
             cur += n as u64 * ps;
@@ -192,6 +206,33 @@ mod tests {
             [(0, 8), (10, 30), (40, 41)]
         );
         assert!(union(Vec::new()).is_empty());
+    }
+
+    /// The order that panicked: a one-sided walk first, then a pair walk with the same reader.
+    #[test]
+    fn a_pair_walk_after_a_one_sided_walk_has_both_buffers() {
+        let ps = crate::kernel::page_size();
+        let v = vec![7u8; 5 * ps];
+        let start = (v.as_ptr() as u64).next_multiple_of(ps as u64);
+        let end = start + 3 * ps as u64;
+        let me = std::process::id() as i32;
+        let (a, b) = (Pagemap::open(me).unwrap(), Pagemap::open(me).unwrap());
+        let mut r = PairReader::with_chunk(2);
+        let mut one = 0;
+        r.walk_one(&a, Side::Child, start, end, |_, e| {
+            one += e.len();
+            Ok(())
+        })
+        .unwrap();
+        let mut both = 0;
+        r.walk(&a, &b, start, end, |_, x, y| {
+            assert_eq!(x.len(), y.len());
+            both += x.len();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((one, both), (3, 3));
+        std::hint::black_box(&v);
     }
 
     #[test]

@@ -135,6 +135,11 @@ pub fn watch(
             ended_by = "interrupted";
             break;
         }
+        // Also when reads keep failing to exits (no sample reaches the check below).
+        if opts.duration.is_some_and(|d| t0.elapsed() >= d) {
+            ended_by = "duration";
+            break;
+        }
         if need_plan {
             match replan(req, &first)? {
                 Ok(p) => current = p,
@@ -146,9 +151,10 @@ pub fn watch(
         }
         need_plan = true;
         let t_ms = t0.elapsed().as_millis() as u64;
+        // A sample whose pairs all exited mid-read (also the first: workers come and go)
+        // plans again; one that fails while its processes live is an error.
         let snap = match take_snapshot(&current, req, &ctx) {
             Ok(s) => s,
-            Err(e) if seq == 0 && last.is_none() => return Err(e),
             Err(e) => match after_failed_read(&current) {
                 Some(Next::End(why)) => {
                     ended_by = why;

@@ -90,6 +90,13 @@ pub struct SmapsEntry {
 }
 
 impl SmapsEntry {
+    /// Whether `/proc/<pid>/pagemap` has entries for this VMA. It covers the user address
+    /// space only (up to TASK_SIZE); the legacy `[vsyscall]` page (0xffffffffff600000) lies
+    /// above it, in no process's own page tables, and a read there ends at EOF.
+    pub fn has_pagemap(&self) -> bool {
+        self.pathname != "[vsyscall]"
+    }
+
     /// Whether `addr` lies in `[start, end)`.
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::doc::InspectDoc;
-use crate::inspect::model::{PairReport, SideName, Snapshot};
+use crate::inspect::model::{PairReport, SampleLine, SideName, Snapshot};
 use crate::inspect::tally::ClassCounts;
 
 /// Rows of "most diverged VMAs" per pair.
@@ -36,12 +36,7 @@ pub fn totals_line(t: &ClassCounts, ps: u64) -> String {
 
 /// A size for people: MiB with one decimal, kB below 0.05 MiB.
 pub fn mib(pages: u64, ps: u64) -> String {
-    let m = pages as f64 * ps as f64 / (1u64 << 20) as f64;
-    if pages > 0 && m < 0.05 {
-        format!("{} kB", pages * ps / 1024)
-    } else {
-        format!("{m:.1} MiB")
-    }
+    crate::inspect::model::human_size(pages * ps)
 }
 
 fn kb_mib(kb: u64) -> String {
@@ -208,6 +203,53 @@ fn pair(out: &mut String, p: &PairReport, s: &Snapshot, ps: u64) {
     }
 }
 
+/// The first line of a table watch: what is watched and how often.
+pub fn watch_header(s: &Snapshot, interval: std::time::Duration) -> String {
+    format!(
+        "watching {} every {} ms: per sample the pairs and the memory no longer the same page \
+         in each ({})\n",
+        s.pid,
+        interval.as_millis(),
+        if s.pfn_visible {
+            "frames compared"
+        } else {
+            "PFNs hidden: at least"
+        }
+    )
+}
+
+/// One line per sample of a table watch, printed as the sample is taken: its time, the
+/// pairs' diverged memory (in all and per child) and what it could not prove.
+pub fn sample_line(rec: &SampleLine, ps: u64) -> String {
+    let s = &rec.snapshot;
+    let diverged: u64 = s.pairs.iter().map(|p| p.totals.diverged).sum();
+    let cells: Vec<String> = s
+        .pairs
+        .iter()
+        .map(|p| format!("{}: {}", p.child, mib(p.totals.diverged, ps)))
+        .collect();
+    let mut line = format!(
+        "{:>8.1} s  #{}  {}, diverged {} in all  {}",
+        rec.t_ms as f64 / 1000.0,
+        rec.seq + 1,
+        plural(s.pairs.len() as u64, "pair"),
+        mib(diverged, ps),
+        cells.join("  ")
+    );
+    let unproven = s.unproven();
+    if unproven > 0 {
+        let _ = write!(line, "  ({} unproven)", mib(unproven, ps));
+    }
+    for sk in s.skipped.iter().filter(|k| k.unreadable) {
+        let _ = write!(line, "  ({} unreadable)", sk.pid);
+    }
+    for pool in s.pools.iter().filter(|p| p.incomplete) {
+        let _ = write!(line, "  (pool of {}: frames not walked)", pool.parent);
+    }
+    line.push('\n');
+    line
+}
+
 /// Render the document.
 pub fn report(r: &InspectDoc) -> String {
     let s = &r.body.snapshot;
@@ -247,12 +289,38 @@ pub fn report(r: &InspectDoc) -> String {
         pair(&mut out, p, s, ps);
     }
     for pool in &s.pools {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "\npool of {} under {}: ",
+            "\npool of {} under {}: {}",
             plural(pool.members.len() as u64, "member"),
-            pool.parent
+            pool.parent,
+            pool.view.summary
         );
+        // The groups as they read: groups whose figures print the same share a row.
+        let mut rows: Vec<(String, Vec<i32>)> = Vec::new();
+        for g in &pool.view.groups {
+            let h = crate::inspect::model::human_size;
+            let figures = format!(
+                "{:>10} diverged {:>10} shared {:>10} only parent {:>10} only child",
+                h(g.diverged_bytes),
+                h(g.shared_bytes),
+                h(g.only_parent_bytes),
+                h(g.only_child_bytes)
+            );
+            match rows.iter_mut().find(|(f, _)| *f == figures) {
+                Some((_, m)) => m.extend(&g.members),
+                None => rows.push((figures, g.members.clone())),
+            }
+        }
+        if rows.len() > 1 {
+            for (figures, mut members) in rows {
+                members.sort_unstable();
+                let pids: Vec<String> = members.iter().map(i32::to_string).collect();
+                let _ = writeln!(out, "  {figures}  {}", pids.join(" "));
+            }
+        }
+        let _ = writeln!(out, "  {}", pool.view.only_parent);
+        let _ = write!(out, "  frames: ");
         match &pool.sharing_histogram {
             Some(h) => {
                 let parts: Vec<String> = h
@@ -269,6 +337,11 @@ pub fn report(r: &InspectDoc) -> String {
             }
             None => {
                 let _ = writeln!(out, "{}", pool.notes.join("; "));
+            }
+        }
+        if pool.sharing_histogram.is_some() {
+            for n in &pool.notes {
+                let _ = writeln!(out, "  note: {n}");
             }
         }
     }
@@ -297,6 +370,15 @@ pub fn report(r: &InspectDoc) -> String {
     }
     for n in &s.notes {
         let _ = writeln!(out, "note: {n}");
+    }
+    if let (Some(w), None) = (&r.body.watch, &r.body.samples) {
+        let _ = writeln!(
+            out,
+            "\nwatched {} every {} ms (ended: {}); the tables above are the last sample's",
+            plural(w.samples, "sample"),
+            w.interval_ms,
+            w.ended_by.replace('_', " ")
+        );
     }
     if let (Some(w), Some(samples)) = (&r.body.watch, &r.body.samples) {
         let _ = writeln!(

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod experiment;
 pub mod inspect_svg;
 pub mod inspect_table;
+pub mod openmetrics;
 pub mod pages;
 pub mod svg;
 pub mod table;

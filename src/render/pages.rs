@@ -47,6 +47,13 @@ pub fn table(doc: &PagesDoc) -> String {
                     v.smaps.pathname
                 );
             }
+            None if v.no_pagemap => {
+                let _ = writeln!(
+                    s,
+                    "{range:<33} {:<5} no pagemap (above the user address space) {:>9}  {}",
+                    v.smaps.perms, v.smaps.rss_kb, v.smaps.pathname
+                );
+            }
             None => {
                 let _ = writeln!(
                     s,
@@ -59,6 +66,7 @@ pub fn table(doc: &PagesDoc) -> String {
         }
     }
     let c = &b.counts;
+    let rss_kb: u64 = b.vmas.iter().map(|v| v.smaps.rss_kb).sum();
     let _ = writeln!(
         s,
         "{:<33} {:<5} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
@@ -67,10 +75,44 @@ pub fn table(doc: &PagesDoc) -> String {
         c.pages,
         c.present,
         c.exclusive,
-        "",
+        rss_kb,
         c.swapped,
         huge(c)
     );
+    if let Some(rows) = &b.per_page {
+        let _ = writeln!(
+            s,
+            "\n{:>7} {:<18} {:<7} {:<7} {:<9} {:<11} {:<5} {:>12} {:>8}  flags",
+            "page",
+            "address",
+            "present",
+            "swapped",
+            "exclusive",
+            "file/shared",
+            "guard",
+            "pfn",
+            "mapcount"
+        );
+        let yes = |b: bool| if b { "yes" } else { "-" };
+        let opt = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |n| n.to_string());
+        for r in rows {
+            let pfn = r.pfn.map_or_else(|| "?".to_string(), |p| format!("{p:#x}"));
+            let _ = writeln!(
+                s,
+                "{:>7} {:<18} {:<7} {:<7} {:<9} {:<11} {:<5} {:>12} {:>8}  {}",
+                r.index,
+                format!("{:#x}", r.address),
+                yes(r.present),
+                yes(r.swapped),
+                yes(r.exclusive),
+                yes(r.file_or_shared),
+                yes(r.guard),
+                pfn,
+                opt(r.mapcount),
+                r.flags.as_ref().map(|f| f.join(",")).unwrap_or_default()
+            );
+        }
+    }
     if c.unmapped > 0 {
         let _ = writeln!(s, "{} page(s) of the range lie in no VMA", c.unmapped);
     }

@@ -62,6 +62,25 @@ pub fn writes(addr: usize, pages: usize) -> Vec<ChildOp<'static>> {
         .collect()
 }
 
+/// A parent that maps and writes `pages` pages (page 1 of the reservation on), and one child
+/// that writes the first `child_writes` of them.
+pub fn written_family(pages: usize, child_writes: usize) -> (Reservation, Family) {
+    let res = Reservation::new(pages + 2);
+    let r = res.page(1);
+    let mut s = vec![ChildOp::MapAnon {
+        addr: r,
+        len: pages * ps(),
+    }];
+    s.extend(writes(r, pages));
+    let fam = Family::spawn(&s, &[writes(r, child_writes)], &[], |_| {});
+    (res, fam)
+}
+
+/// `--range` over the `pages` pages [`written_family`] wrote.
+pub fn written_range(res: &Reservation, pages: usize) -> String {
+    format!("{:#x}-{:#x}", res.page(1), res.page(1) + pages * ps())
+}
+
 /// A parent subject and its children, all blocked until dropped.
 #[derive(Debug)]
 pub struct Family {
