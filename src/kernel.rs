@@ -159,6 +159,76 @@ pub fn defer_stop_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT held blocked in the calling thread (see
+/// [`hold_stop_signals`]).
+#[derive(Debug)]
+pub struct StopSignalsHeld {
+    old: nix::sys::signal::SigSet,
+    set: nix::sys::signal::SigSet,
+}
+
+/// Block SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread until the returned hold is
+/// dropped (or for good: [`StopSignalsHeld::until_exit`]). A signal that arrives meanwhile
+/// stays pending: code that waits for them itself (`sigtimedwait`) still sees it, and one it
+/// did not take cannot kill the process half-way through writing its result. `trace` holds
+/// them from before the tracer starts until its report is written, so a second Ctrl-C (or
+/// `timeout -s INT`, which signals cowscope and then its process group) arriving while it
+/// detaches or writes is absorbed instead of killing it with the report unwritten. Call it
+/// before any other thread starts (threads inherit the mask).
+///
+/// # Errors
+/// When the mask cannot be set.
+pub fn hold_stop_signals() -> std::io::Result<StopSignalsHeld> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        set.add(s);
+    }
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+        .map_err(std::io::Error::from)?;
+    Ok(StopSignalsHeld { old, set })
+}
+
+impl StopSignalsHeld {
+    /// Keep the signals blocked until the process exits: whatever arrives from now on is
+    /// discarded with the process. For the very end of a command, after its result is
+    /// written, so a late signal cannot turn a finished run into a death by signal.
+    pub fn until_exit(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for StopSignalsHeld {
+    /// Discard the held signals that are pending (they were absorbed), then restore the mask.
+    fn drop(&mut self) {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        loop {
+            // SAFETY: zeroed siginfo is a valid out-parameter.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: sigtimedwait reads the set and the zero timeout and writes `info`; it
+            // only takes signals that are pending and blocked in this thread.
+            let r = unsafe { libc::sigtimedwait(self.set.as_ref(), &mut info, &zero) };
+            if r <= 0 {
+                break;
+            }
+        }
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&self.old),
+            None,
+        );
+    }
+}
+
 /// The stop signal received since [`defer_stop_signals`], if any.
 pub fn stop_requested() -> Option<i32> {
     match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {

@@ -14,9 +14,10 @@ pub mod mem;
 // 2. The arena engine.
 pub mod arena;
 
-// 3. Errors and atomic output.
+// 3. Errors, atomic output, progress on stderr.
 pub mod error;
 pub mod output;
+pub mod progress;
 
 // 4. The orchestrator and the other producers of document bodies.
 pub mod baseline;

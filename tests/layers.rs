@@ -11,6 +11,7 @@ const LAYERS: &[&str] = &[
     "arena",
     "error",
     "output",
+    "progress",
     "fork",
     "pages",
     "compare",

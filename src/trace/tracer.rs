@@ -19,7 +19,7 @@ use super::ptrace::{self, Wait, event};
 use super::relation::{self, Baseline, SampleInput};
 use super::syscalls::{self, Traced};
 use super::{
-    Attribution, BaselineInfo, FinalSample, ForkRecord, PairEnd, ProcessRecord, ProgramExit,
+    Attribution, BaselineInfo, FinalSample, ForkRecord, Live, PairEnd, ProcessRecord, ProgramExit,
     ReleaseTracking, Sample, Target, TraceBody, TraceOptions, VmaRow,
 };
 use crate::error::{EXIT_UNPROVEN, Error, Result};
@@ -374,6 +374,11 @@ fn check_target(pid: i32) -> Result<()> {
 
 struct Tracer<'a> {
     opts: &'a TraceOptions,
+    /// Told about progress and each sample (`trace::run_with`).
+    watch: &'a mut dyn FnMut(Live<'_>),
+    /// Samples taken so far, and when the watcher last heard the counts.
+    samples_taken: usize,
+    last_status: Option<Instant>,
     mode: Mode,
     tracking: Tracking,
     start: Instant,
@@ -404,7 +409,11 @@ struct Tracer<'a> {
 }
 
 /// Run the trace described by `opts`.
-pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
+pub fn run(
+    opts: &TraceOptions,
+    sys: &SystemInfo,
+    watch: &mut dyn FnMut(Live<'_>),
+) -> Result<TraceBody> {
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     return Err(Error::Privilege(
         "trace supports x86_64 and aarch64 only".into(),
@@ -419,6 +428,9 @@ pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
     let privilege = crate::mem::privilege::detect();
     let mut t = Tracer {
         opts,
+        watch,
+        samples_taken: 0,
+        last_status: None,
         mode,
         tracking,
         start: Instant::now(),
@@ -693,6 +705,7 @@ impl Tracer<'_> {
             if self.tasks.is_empty() {
                 return Ok(());
             }
+            self.tell_status();
             self.release_orphaned_holds();
             if let (Some(d), Some(t)) = (interval, next_sample)
                 && Instant::now() >= t
@@ -1294,6 +1307,8 @@ impl Tracer<'_> {
                 });
                 pair.remapped = out.remapped;
                 pair.last = Some((at, trigger.to_string(), out.total, out.per_vma));
+                let fork = pair.fork;
+                self.tell_sample(fork);
             }
             Err(e) => {
                 let fork = pair.fork;
@@ -1302,6 +1317,33 @@ impl Tracer<'_> {
                     .push(format!("a {trigger} sample failed: {e}"));
             }
         }
+    }
+
+    /// Tell the watcher about the sample just pushed to fork `fork`.
+    fn tell_sample(&mut self, fork: usize) {
+        self.samples_taken += 1;
+        let f = &self.body.forks[fork];
+        if let Some(sample) = f.samples.last() {
+            (self.watch)(Live::Sample { fork: f, sample });
+        }
+    }
+
+    /// Tell the watcher the counts so far, at most ten times a second.
+    fn tell_status(&mut self) {
+        if self
+            .last_status
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last_status = Some(Instant::now());
+        let status = Live::Status {
+            processes: self.body.processes.len(),
+            forks: self.body.forks.len(),
+            samples: self.samples_taken,
+            live_pairs: self.pairs.iter().filter(|p| p.live).count(),
+        };
+        (self.watch)(status);
     }
 
     fn sample_all(&mut self, trigger: &str) {
