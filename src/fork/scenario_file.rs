@@ -425,6 +425,139 @@ mod tests {
         assert_eq!(s[0].written_by(&[0]), vec![2]);
     }
 
+    fn one_child_writing(pages: usize, list: &str) -> String {
+        format!(
+            r#"{{"scenarios": [{{"name": "x", "summary": "y", "pages": {pages},
+                "children": [{{"ops": [{{"op": "write", "pages": {list}}}]}}]}}]}}"#
+        )
+    }
+
+    #[rstest::rstest]
+    #[case::a_list(r#"[3, 1, 2]"#, vec![1, 2, 3])]
+    #[case::all(r#""all""#, (0..16).collect())]
+    #[case::inclusive_text_range(r#""0-3""#, vec![0, 1, 2, 3])]
+    #[case::a_text_range_of_one(r#""5-5""#, vec![5])]
+    #[case::the_last_page_inclusive(r#""14-15""#, vec![14, 15])]
+    #[case::from_to_excludes_to(r#"{"from": 0, "to": 4}"#, vec![0, 1, 2, 3])]
+    #[case::from_to_step(r#"{"from": 0, "to": 16, "step": 5}"#, vec![0, 5, 10, 15])]
+    #[case::to_may_be_the_arena_size(r#"{"from": 12, "to": 16}"#, vec![12, 13, 14, 15])]
+    fn every_page_list_form_names_these_pages(#[case] list: &str, #[case] want: Vec<usize>) {
+        let s = parse(&one_child_writing(16, list), "f").unwrap();
+        assert_eq!(s[0].written_by(&[0]), want);
+    }
+
+    #[test]
+    fn ranges_work_in_every_place_a_page_list_goes() {
+        let s = parse(
+            r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8,
+                "prepare": [{"op": "vmsplice", "pages": "0-1"}],
+                "children": [{"ops": [{"op": "munmap", "pages": {"from": 6, "to": 8}},
+                                      {"op": "fork", "ops": [{"op": "write", "pages": "all"}]}]}],
+                "parent": {"ops": [{"op": "write-byte", "pages": "2-3"}]},
+                "expect": [{"process": "child", "pages": "4-5", "class": "shared"}]}]}"#,
+            "f",
+        );
+        let s = match s {
+            Ok(s) => s,
+            // The step names may differ from this guess: say which, rather than pass.
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(s[0].unmapped_by(&[0]), vec![6, 7]);
+        assert_eq!(s[0].written_by(&[0, 0]), (0..8).collect::<Vec<_>>());
+        assert_eq!(s[0].written_by(&[]), vec![2, 3]);
+        assert_eq!(s[0].vmspliced(), vec![0, 1]);
+        assert_eq!(s[0].expect[0].pages, vec![4, 5]);
+    }
+
+    #[test]
+    fn a_file_with_ranges_round_trips_as_the_lists_they_name() {
+        let s = parse(
+            &one_child_writing(64, r#"{"from": 1, "to": 64, "step": 7}"#),
+            "f",
+        )
+        .unwrap();
+        let text = serde_json::to_string(&ScenarioFile {
+            scenarios: s.clone(),
+        })
+        .unwrap();
+        assert!(
+            text.contains(r#""pages":[1,8,15,22,29,36,43,50,57]"#),
+            "{text}"
+        );
+        assert_eq!(parse(&text, "again").unwrap(), s);
+    }
+
+    #[test]
+    fn the_schema_describes_the_range_forms() {
+        let schema = serde_json::to_value(schemars::schema_for!(ScenarioFile)).unwrap();
+        // The descriptions, decoded (no JSON escapes), of the page-list type.
+        let mut text = String::new();
+        let list = &schema["$defs"]["PageList"];
+        text.push_str(list["description"].as_str().unwrap_or_default());
+        for form in list["anyOf"].as_array().into_iter().flatten() {
+            text.push_str(form["description"].as_str().unwrap_or_default());
+        }
+        for needle in [
+            "\"all\"",
+            "\"A-B\"",
+            "both included",
+            "`to` is excluded",
+            "step",
+        ] {
+            assert!(
+                text.contains(needle),
+                "{needle} missing from the schema: {text}"
+            );
+        }
+        // And every page list of a step points at it.
+        let ops = serde_json::to_string(&schema["$defs"]["Op"]).unwrap();
+        assert!(ops.contains("#/$defs/PageList"), "{ops}");
+    }
+
+    #[rstest::rstest]
+    #[case::an_unknown_word(r#""every""#, "children[0].ops[0].pages: a page list is an array")]
+    #[case::backwards(
+        r#""9-2""#,
+        "children[0].ops[0].pages: the range \"9-2\" runs backwards"
+    )]
+    #[case::past_the_end(
+        r#""0-16""#,
+        "children[0].ops[0].pages: the range \"0-16\" ends past the arena's 16 pages"
+    )]
+    #[case::half_a_range(r#""3-""#, "children[0].ops[0].pages: a page list is an array")]
+    #[case::negative(r#""-1-3""#, "children[0].ops[0].pages: a page list is an array")]
+    #[case::empty_span(
+        r#"{"from": 4, "to": 4}"#,
+        "children[0].ops[0].pages: from 4 to 4 names no page"
+    )]
+    #[case::span_past_the_end(
+        r#"{"from": 0, "to": 17}"#,
+        "children[0].ops[0].pages: to 17 is past the arena's 16 pages"
+    )]
+    #[case::step_zero(
+        r#"{"from": 0, "to": 4, "step": 0}"#,
+        "children[0].ops[0].pages: step must be at least 1"
+    )]
+    #[case::a_number(r#"7"#, "children[0].ops[0].pages: a page list is an array")]
+    #[case::a_list_of_words(r#"["all"]"#, "children[0].ops[0]: invalid type: string \"all\"")]
+    fn a_bad_page_list_names_its_json_path(#[case] list: &str, #[case] needle: &str) {
+        let e = parse(&one_child_writing(16, list), "f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("at scenarios[0].{needle}")), "{e}");
+    }
+
+    #[test]
+    fn all_without_a_usable_arena_size_names_the_pages_field() {
+        let e = parse(&one_child_writing(0, r#""all""#), "f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("at scenarios[0].pages: a page range needs"),
+            "{e}"
+        );
+    }
+
     #[rstest::rstest]
     #[case::unknown_field(
         r#"{"scenarios": [{"name": "x", "summary": "y", "pages": 8, "colour": 1}]}"#,
