@@ -192,7 +192,29 @@ pub fn hold_stop_signals() -> std::io::Result<StopSignalsHeld> {
     let mut old = SigSet::empty();
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
         .map_err(std::io::Error::from)?;
+    let added = set
+        .iter()
+        .filter(|s| !old.contains(*s))
+        .fold(0u64, |bits, s| bits | 1 << (s as i32));
+    HELD_BY_US.fetch_or(added, std::sync::atomic::Ordering::SeqCst);
     Ok(StopSignalsHeld { old, set })
+}
+
+/// The signals [`hold_stop_signals`] blocked that were not blocked before (bit N: signal N).
+static HELD_BY_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `mask` without the signals [`hold_stop_signals`] blocked: the mask a program started from
+/// here must get (the caller's own, not cowscope's hold), so `trace -- CMD` runs CMD with
+/// SIGINT deliverable as the user's shell gave it.
+pub fn without_held(mut mask: libc::sigset_t) -> libc::sigset_t {
+    let held = HELD_BY_US.load(std::sync::atomic::Ordering::SeqCst);
+    for sig in 1..64 {
+        if held & (1 << sig) != 0 {
+            // SAFETY: sigdelset on an initialised set with a valid signal number.
+            unsafe { libc::sigdelset(&mut mask, sig) };
+        }
+    }
+    mask
 }
 
 impl StopSignalsHeld {

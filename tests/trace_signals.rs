@@ -351,6 +351,28 @@ fn a_second_signal_to_a_traced_command_still_writes_the_report(#[case] script: &
             tree.extend(k);
             found
         });
+        // The program runs with the signal mask cowscope was given (none blocked here),
+        // not with the signals cowscope holds for itself. Asked of `sleep`, which never
+        // changes its mask (sh blocks signals itself around its waits).
+        for &p in &tree {
+            let st = status(p).unwrap_or_default();
+            if field(&st, "Name:") != "sleep" {
+                continue;
+            }
+            let blocked = field(&st, "SigBlk:");
+            let mask = u64::from_str_radix(&blocked, 16).unwrap_or(0);
+            for s in [
+                Signal::SIGINT,
+                Signal::SIGTERM,
+                Signal::SIGHUP,
+                Signal::SIGQUIT,
+            ] {
+                if mask & (1 << (s as u64 - 1)) != 0 {
+                    let name = status(p).map(|s| field(&s, "Name:")).unwrap_or_default();
+                    failed.push(format!("run {run}: pid {p} ({name}) runs with {s} blocked"));
+                }
+            }
+        }
         let sig = if run % 2 == 0 {
             Signal::SIGINT
         } else {
@@ -389,4 +411,45 @@ fn a_second_signal_to_a_traced_command_still_writes_the_report(#[case] script: &
         failed.len(),
         failed.join("\n")
     );
+}
+
+/// The traced command runs with the signal mask cowscope was started with, not with the
+/// signals cowscope holds blocked for itself (or Ctrl-C could never reach it).
+#[test]
+fn the_traced_command_does_not_inherit_the_held_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let mut c = Command::new(bin())
+        .args(["trace", "--out"])
+        .arg(&out)
+        .args(["--", "/bin/sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let me = c.id() as i32;
+    let mut sleep = None;
+    wait_until("sleep to run", Duration::from_secs(10), || {
+        sleep = children(me)
+            .into_iter()
+            .find(|&p| status(p).is_some_and(|s| field(&s, "Name:") == "sleep"));
+        sleep.is_some()
+    });
+    let st = status(sleep.unwrap()).unwrap();
+    let mask = u64::from_str_radix(&field(&st, "SigBlk:"), 16).unwrap();
+    kill(me, Signal::SIGINT);
+    let code = wait_exit(&mut c, Duration::from_secs(10));
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        assert_eq!(
+            mask & (1 << (s as u64 - 1)),
+            0,
+            "{s} blocked in the command"
+        );
+    }
+    assert_eq!(code, Some(130), "sleep died of the SIGINT passed on");
 }

@@ -506,7 +506,12 @@ pub fn run(
             // left behind as a zombie of an init that does not reap.
             // SAFETY: prctl with plain integers.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-            let (pid, pipe) = start_command(argv, tracking == Tracking::Seccomp, &guard.0)?;
+            let (pid, pipe) = start_command(
+                argv,
+                tracking == Tracking::Seccomp,
+                // The command gets the mask cowscope was started with, not cmd's hold.
+                &crate::kernel::without_held(guard.0),
+            )?;
             t.report_pipe = Some(pipe);
             t.root = pid;
             t.add_process(pid, None, true, pid);
