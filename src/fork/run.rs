@@ -69,6 +69,7 @@ pub fn run_scenario_with(
         setup_us: us(t_setup),
         ..Default::default()
     };
+    stop_check()?;
     let self_pid = nix::unistd::getpid().as_raw();
     let before = observe::sample(self_pid, mem.base as u64, s.pages, mem.page_size)?;
 
@@ -376,34 +377,39 @@ fn observe_all(
 ) -> Result<Observed> {
     let t = Instant::now();
     let (base, pages, page) = (mem.base as u64, s.pages, mem.page_size);
+    // Each read of a 1 GiB arena takes about half a second: a stop signal is looked for
+    // between them.
     let parent = observe::sample(nix::unistd::getpid().as_raw(), base, pages, page)?;
-    let samples: Vec<Option<ProcessSample>> = sp
-        .procs
-        .iter()
-        .map(|p| {
+    let mut samples: Vec<Option<ProcessSample>> = Vec::with_capacity(sp.procs.len());
+    for p in &sp.procs {
+        stop_check()?;
+        samples.push(
             p.ready
                 .then(|| observe::sample(p.pid, base, pages, page).ok())
-                .flatten()
-        })
-        .collect();
+                .flatten(),
+        );
+    }
+    stop_check()?;
     let mut all: Vec<&ProcessSample> = vec![&parent, before];
     all.extend(samples.iter().flatten());
     let (counts, flags) = observe::kpage_facts(&all, sys.pfn_visible && sys.kpage_readable);
     let evidence_us = us(t);
+    stop_check()?;
 
     // Content last: it can fault pages in (principle 7). Then the page tables again.
-    let heads: Vec<Option<Vec<u8>>> = sp
-        .procs
-        .iter()
-        .zip(&samples)
-        .map(|(p, smp)| match smp {
+    let mut heads: Vec<Option<Vec<u8>>> = Vec::with_capacity(sp.procs.len());
+    for (p, smp) in sp.procs.iter().zip(&samples) {
+        stop_check()?;
+        heads.push(match smp {
             Some(sm) if !sm.vmas.is_empty() => observe::read_heads(p.pid, base, pages, page, HEAD),
             _ => None,
-        })
-        .collect();
+        });
+    }
+    stop_check()?;
     let self_pid = nix::unistd::getpid().as_raw();
     let parent_heads = observe::read_heads(self_pid, base, pages, page, HEAD);
     // The parent's page tables again too: reading does not pin, but the kernel may migrate.
+    stop_check()?;
     let parent_moved_by_reading = if sys.pfn_visible {
         observe::sample(self_pid, base, pages, page)
             .ok()
