@@ -204,7 +204,9 @@ pub fn build(cols: &[Column]) -> Comparison {
                 let cells = cols
                     .iter()
                     .map(|c| match scenario(&c.doc, name) {
-                        Some(sc) => cell(sc),
+                        // A skipped scenario has no figures: every cell says so and why,
+                        // never `none` or a zero it did not measure.
+                        Some(sc) => skipped_cell(sc).unwrap_or_else(|| cell(sc)),
                         None => MISSING.to_string(),
                     })
                     .collect();
@@ -340,13 +342,20 @@ fn skipped(sc: &Value) -> Option<String> {
         })
 }
 
-fn verdict(sc: &Value) -> String {
-    if let Some(reason) = skipped(sc) {
-        return if reason.is_empty() {
+/// `skipped (reason)` for a skipped scenario, else None.
+fn skipped_cell(sc: &Value) -> Option<String> {
+    skipped(sc).map(|reason| {
+        if reason.is_empty() {
             "skipped".to_string()
         } else {
-            format!("skipped: {reason}")
-        };
+            format!("skipped ({reason})")
+        }
+    })
+}
+
+fn verdict(sc: &Value) -> String {
+    if let Some(s) = skipped_cell(sc) {
+        return s;
     }
     let Some(v) = sc.get("verdict").filter(|v| v.is_object()) else {
         return MISSING.to_string();
@@ -423,12 +432,8 @@ fn thp_bytes(doc: &Value, sc: Option<&Value>) -> String {
     let Some(sc) = sc else {
         return MISSING.to_string();
     };
-    if let Some(reason) = skipped(sc) {
-        return if reason.is_empty() {
-            "skipped".to_string()
-        } else {
-            format!("skipped: {reason}")
-        };
+    if let Some(s) = skipped_cell(sc) {
+        return s;
     }
     let copied = sc.pointer("/pages/copied").and_then(Value::as_u64);
     let page = doc.pointer("/system/page_size").and_then(Value::as_u64);

@@ -159,6 +159,98 @@ pub fn defer_stop_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT held blocked in the calling thread (see
+/// [`hold_stop_signals`]).
+#[derive(Debug)]
+pub struct StopSignalsHeld {
+    old: nix::sys::signal::SigSet,
+    set: nix::sys::signal::SigSet,
+}
+
+/// Block SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread until the returned hold is
+/// dropped (or for good: [`StopSignalsHeld::until_exit`]). A signal that arrives meanwhile
+/// stays pending: code that waits for them itself (`sigtimedwait`) still sees it, and one it
+/// did not take cannot kill the process half-way through writing its result. `trace` holds
+/// them from before the tracer starts until its report is written, so a second Ctrl-C (or
+/// `timeout -s INT`, which signals cowscope and then its process group) arriving while it
+/// detaches or writes is absorbed instead of killing it with the report unwritten. Call it
+/// before any other thread starts (threads inherit the mask).
+///
+/// # Errors
+/// When the mask cannot be set.
+pub fn hold_stop_signals() -> std::io::Result<StopSignalsHeld> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        set.add(s);
+    }
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+        .map_err(std::io::Error::from)?;
+    let added = set
+        .iter()
+        .filter(|s| !old.contains(*s))
+        .fold(0u64, |bits, s| bits | 1 << (s as i32));
+    HELD_BY_US.fetch_or(added, std::sync::atomic::Ordering::SeqCst);
+    Ok(StopSignalsHeld { old, set })
+}
+
+/// The signals [`hold_stop_signals`] blocked that were not blocked before (bit N: signal N).
+static HELD_BY_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `mask` without the signals [`hold_stop_signals`] blocked: the mask a program started from
+/// here must get (the caller's own, not cowscope's hold), so `trace -- CMD` runs CMD with
+/// SIGINT deliverable as the user's shell gave it.
+pub fn without_held(mut mask: libc::sigset_t) -> libc::sigset_t {
+    let held = HELD_BY_US.load(std::sync::atomic::Ordering::SeqCst);
+    for sig in 1..64 {
+        if held & (1 << sig) != 0 {
+            // SAFETY: sigdelset on an initialised set with a valid signal number.
+            unsafe { libc::sigdelset(&mut mask, sig) };
+        }
+    }
+    mask
+}
+
+impl StopSignalsHeld {
+    /// Keep the signals blocked until the process exits: whatever arrives from now on is
+    /// discarded with the process. For the very end of a command, after its result is
+    /// written, so a late signal cannot turn a finished run into a death by signal.
+    pub fn until_exit(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for StopSignalsHeld {
+    /// Discard the held signals that are pending (they were absorbed), then restore the mask.
+    fn drop(&mut self) {
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        loop {
+            // SAFETY: zeroed siginfo is a valid out-parameter.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: sigtimedwait reads the set and the zero timeout and writes `info`; it
+            // only takes signals that are pending and blocked in this thread.
+            let r = unsafe { libc::sigtimedwait(self.set.as_ref(), &mut info, &zero) };
+            if r <= 0 {
+                break;
+            }
+        }
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&self.old),
+            None,
+        );
+    }
+}
+
 /// The stop signal received since [`defer_stop_signals`], if any.
 pub fn stop_requested() -> Option<i32> {
     match STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) {

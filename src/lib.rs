@@ -19,9 +19,10 @@ pub mod stacks;
 // 2. The arena engine.
 pub mod arena;
 
-// 3. Errors and atomic output.
+// 3. Errors, atomic output, progress on stderr.
 pub mod error;
 pub mod output;
+pub mod progress;
 
 // 4. The orchestrator and the other producers of document bodies.
 pub mod baseline;

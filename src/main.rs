@@ -10,6 +10,13 @@ use cowscope::cmd;
 #[derive(Debug, Parser)]
 #[command(name = "cowscope", version, about, propagate_version = true)]
 struct Cli {
+    /// Show progress on stderr also where it is not a terminal (a pipe, a CI log). By
+    /// default it shows on a terminal only, and never when CI is set.
+    #[arg(long, global = true)]
+    progress: bool,
+    /// Show no progress at all (wins over --progress).
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
         eprintln!("cowscope: internal error (please report): {info}");
     }));
     let cli = Cli::parse();
+    cowscope::progress::configure(cli.progress, cli.quiet);
     let result = match cli.command {
         Command::ForkReport(a) => cmd::fork_report::run(a),
         Command::Baseline(a) => cmd::baseline::run(a),

@@ -334,3 +334,34 @@ fn baseline_needs_no_privilege() {
         "the seed's ARENA_SIZE, with or without privilege"
     );
 }
+
+/// Every baseline document carries a verdict like every other document: the leaks and the
+/// bytes past each block's end that the seed's own arithmetic gives (the clown string is 11
+/// bytes of UTF-8 plus strcpy's NUL: at c + 20 it ends exactly at c's end, at c + 24 it
+/// crosses by 4), and the engine found exactly those.
+#[rstest]
+#[case::c09a("09a", &[], &[0, 0, 0])]
+#[case::c09b("09b", &["unassigned"], &[0, 0, 0, 20 + (" \u{1F921} Oops!".len() + 1) - 32])]
+#[case::c09b_overflow("09b-overflow", &["unassigned"], &[0, 0, 0, 0, 24 + (" \u{1F921} Oops!".len() + 1) - 32])]
+fn every_baseline_carries_a_verdict_that_holds(
+    #[case] case: &str,
+    #[case] leaks: &[&str],
+    #[case] past_end: &[usize],
+) {
+    let v = run_json(case);
+    let verdict = &v["verdict"];
+    assert_eq!(verdict["state"], "held", "{verdict}");
+    assert_eq!(verdict["holds"], true);
+    assert_eq!(verdict["expected_leaks"], serde_json::json!(leaks));
+    assert_eq!(
+        verdict["expected_bytes_past_end"],
+        serde_json::json!(past_end)
+    );
+    let seen: Vec<u64> = v["writes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["bytes_past_end"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seen, past_end.iter().map(|&n| n as u64).collect::<Vec<_>>());
+}

@@ -225,8 +225,14 @@ fn only_cells_that_differ_from_the_first_kernel_are_marked() {
 fn a_scenario_missing_or_skipped_on_one_kernel_shows_why() {
     let (_, out, _) = compare(&ALL);
     let r = row(&out, "verdict", "wipeonfork");
-    assert!(r.contains("skipped: fixture: pretend"), "{r}");
+    assert!(r.contains("skipped (fixture: pretend"), "{r}");
     assert!(r.contains(" - *"), "absent from the 6.1 report: {r}");
+    // Every figure of a skipped scenario says so, never `none` (it measured nothing).
+    for figure in ["page classes", "evidence"] {
+        let r = row(&out, figure, "wipeonfork");
+        assert!(r.contains("skipped (fixture: pretend"), "{figure}: {r}");
+        assert!(!r.contains("none"), "{figure}: {r}");
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "arena",
     "error",
     "output",
+    "progress",
     "fork",
     "pages",
     "compare",

@@ -137,6 +137,26 @@ pub struct BaselineWrite {
     pub bytes_past_capacity: usize,
 }
 
+/// The baseline's verdict: the engine's findings against what the seed's own arithmetic says
+/// (block size, string lengths plus the NUL `strcpy` writes, the result 09b never assigns),
+/// computed by the replay from the C program's constants, never from the engine's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BaselineVerdict {
+    /// `held` (the engine found exactly what the arithmetic predicts) or `failed`.
+    pub state: String,
+    /// `state` is `held`.
+    pub holds: bool,
+    /// One sentence: what was predicted and found.
+    pub sentence: String,
+    /// Blocks the seed leaks, by its variable name (never written, never released).
+    pub expected_leaks: Vec<String>,
+    /// Bytes past its block's end each `strcpy` must write, in order.
+    pub expected_bytes_past_end: Vec<usize>,
+    /// Where the engine disagreed with the arithmetic.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub disagreements: Vec<String>,
+}
+
 /// The body of a baseline document.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct BaselineBody {
@@ -169,6 +189,19 @@ pub struct BaselineBody {
     pub findings: Findings,
     /// The seed's log lines, replayed (addresses are this run's).
     pub log: Vec<String>,
+    /// The engine's findings against the seed's arithmetic.
+    pub verdict: BaselineVerdict,
+}
+
+impl BaselineBody {
+    /// 0 when the verdict held, 1 when it failed.
+    pub fn exit_code(&self) -> i32 {
+        if self.verdict.holds {
+            crate::error::EXIT_OK
+        } else {
+            crate::error::EXIT_VERDICT_FAILED
+        }
+    }
 }
 
 /// The seed's `arena_alloc` and `strcpy`, replayed on the engine with the seed's log lines.
@@ -176,10 +209,14 @@ struct Replay {
     arena: Arena,
     log: Vec<String>,
     writes: Vec<BaselineWrite>,
+    /// The C program's block size, for the expected crossing of each write.
+    block_size: usize,
+    /// Bytes past the block's end each write must land, from the arithmetic alone.
+    expected_past_end: Vec<usize>,
 }
 
 impl Replay {
-    fn init(size: usize, icon: &str) -> Result<Replay> {
+    fn init(size: usize, block_size: usize, icon: &str) -> Result<Replay> {
         let arena = Arena::new(ArenaConfig::new(size))?;
         let log = vec![format!(
             "{icon} Arena initialized at {:#x} ({} bytes; mapped {} bytes, one guard page each side)",
@@ -191,6 +228,8 @@ impl Replay {
             arena,
             log,
             writes: Vec::new(),
+            block_size,
+            expected_past_end: Vec::new(),
         })
     }
 
@@ -210,6 +249,8 @@ impl Replay {
         let mut bytes = Vec::with_capacity(s.len() + 1);
         bytes.extend_from_slice(s.as_bytes());
         bytes.push(0);
+        self.expected_past_end
+            .push((at + bytes.len()).saturating_sub(self.block_size));
         let out = self.arena.write(block, at, &bytes)?;
         let name = block.label().unwrap_or("?");
         let dest = if at == 0 {
@@ -233,6 +274,7 @@ impl Replay {
         case: BaselineCase,
         description: &str,
         header: String,
+        expected_leaks: &[&str],
     ) -> Result<BaselineBody> {
         let a = &self.arena;
         let dump = a.dump();
@@ -277,6 +319,12 @@ impl Replay {
                 victims: o.victims.clone(),
             })
             .collect();
+        let verdict = judge(
+            &findings,
+            &self.writes,
+            expected_leaks,
+            &self.expected_past_end,
+        );
         let (capacity, mapped_bytes, used, dump_hex) =
             (a.capacity(), a.mapped_len(), a.used(), a.dump_hex());
         self.arena.release()?;
@@ -296,6 +344,7 @@ impl Replay {
             overflows,
             findings,
             log: self.log,
+            verdict,
         })
     }
 }
@@ -303,7 +352,7 @@ impl Replay {
 fn run_09a() -> Result<BaselineBody> {
     const ARENA_SIZE: usize = 4096;
     const BLOCK_SIZE: usize = 64;
-    let mut r = Replay::init(ARENA_SIZE, "📦")?;
+    let mut r = Replay::init(ARENA_SIZE, BLOCK_SIZE, "📦")?;
     let msg1 = r.alloc(BLOCK_SIZE, "msg1")?;
     let msg2 = r.alloc(BLOCK_SIZE, "msg2")?;
     let msg3 = r.alloc(BLOCK_SIZE, "msg3")?;
@@ -314,13 +363,14 @@ fn run_09a() -> Result<BaselineBody> {
         BaselineCase::A09,
         "09a_arena_scope_local_mmap.c: a 4096-byte mmap arena, three 64-byte blocks, three strings",
         "🧠 Arena dump:".to_string(),
+        &[],
     )
 }
 
 fn run_09b(overflow: bool) -> Result<BaselineBody> {
     const ARENA_SIZE: usize = 256;
     const BLOCK_SIZE: usize = 32;
-    let mut r = Replay::init(ARENA_SIZE, "🎯")?;
+    let mut r = Replay::init(ARENA_SIZE, BLOCK_SIZE, "🎯")?;
     let a = r.alloc(BLOCK_SIZE, "a")?;
     let b = r.alloc(BLOCK_SIZE, "b")?;
     r.strcpy(&a, 0, "First block ok.")?;
@@ -359,7 +409,72 @@ fn run_09b(overflow: bool) -> Result<BaselineBody> {
              exactly at c's end)",
         )
     };
-    r.finish(case, description, header)
+    // The seed never assigns the third result: that block is the leak, whatever else runs.
+    r.finish(case, description, header, &["unassigned"])
+}
+
+/// The engine's findings against the arithmetic: the leaked blocks by name, and each write's
+/// bytes past its block's end (and an overflow finding exactly for the writes that cross).
+fn judge(
+    findings: &Findings,
+    writes: &[BaselineWrite],
+    expected_leaks: &[&str],
+    expected_past_end: &[usize],
+) -> BaselineVerdict {
+    let mut disagreements = Vec::new();
+    let mut leaked: Vec<&str> = findings
+        .leaks
+        .iter()
+        .map(|l| l.label.as_deref().unwrap_or("?"))
+        .collect();
+    leaked.sort_unstable();
+    let mut want: Vec<&str> = expected_leaks.to_vec();
+    want.sort_unstable();
+    if leaked != want {
+        disagreements.push(format!(
+            "leaks: the engine found {leaked:?}, the seed leaks {want:?}"
+        ));
+    }
+    for (w, &want) in writes.iter().zip(expected_past_end) {
+        if w.bytes_past_end != want {
+            disagreements.push(format!(
+                "{}: the engine saw {} byte(s) past the block's end, the arithmetic says {want}",
+                w.call, w.bytes_past_end
+            ));
+        }
+    }
+    let crossing = expected_past_end.iter().filter(|&&n| n > 0).count();
+    if findings.overflows.len() != crossing {
+        disagreements.push(format!(
+            "overflows: the engine reported {}, {crossing} write(s) cross a block end",
+            findings.overflows.len()
+        ));
+    }
+    let holds = disagreements.is_empty();
+    let crossed: usize = expected_past_end.iter().sum();
+    let sentence = format!(
+        "{} leaked block(s) ({}), {} write(s) crossing a block end ({crossed} byte(s) past it): {}",
+        want.len(),
+        if want.is_empty() {
+            "none".to_string()
+        } else {
+            want.join(", ")
+        },
+        crossing,
+        if holds {
+            "the engine found exactly that"
+        } else {
+            "the engine found otherwise"
+        }
+    );
+    BaselineVerdict {
+        state: if holds { "held" } else { "failed" }.into(),
+        holds,
+        sentence,
+        expected_leaks: expected_leaks.iter().map(|s| s.to_string()).collect(),
+        expected_bytes_past_end: expected_past_end.to_vec(),
+        disagreements,
+    }
 }
 
 /// Replay `case`.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::baseline::BaselineCase;
 use crate::doc::{BaselineDoc, Envelope};
-use crate::error::{EXIT_OK, Result};
+use crate::error::Result;
 use crate::output;
 
 use super::DocFormat;
@@ -43,5 +43,5 @@ pub fn run(args: Args) -> Result<i32> {
         DocFormat::Table => crate::render::baseline::transcript(&doc.body),
     };
     output::emit(&text, args.out.as_deref())?;
-    Ok(EXIT_OK)
+    Ok(doc.body.exit_code())
 }

@@ -38,7 +38,13 @@ pub struct Args {
 pub fn report(name: Option<&str>, opts: &ExperimentOptions) -> Result<ExperimentDoc> {
     let body = match name {
         Some(n) => crate::experiments::run(n, opts)?,
-        None => crate::experiments::run_all(opts)?,
+        None => {
+            // No ticking thread: some experiments count or create threads themselves.
+            let progress = crate::progress::Progress::untimed();
+            let r = crate::experiments::run_all_with(opts, &progress);
+            progress.finish();
+            r?
+        }
     };
     Ok(Envelope::new(crate::mem::system::detect(), body))
 }

@@ -61,8 +61,19 @@ pub struct Args {
 /// # Errors
 /// Bad options (usage) or a failure to set up memory.
 pub fn report(opts: &ForkReportOptions) -> Result<ForkReportDoc> {
+    report_with(opts, &crate::progress::Progress::hidden())
+}
+
+/// [`report`], with progress (scenario i/N, stage) on `progress`.
+///
+/// # Errors
+/// As [`report`].
+pub fn report_with(
+    opts: &ForkReportOptions,
+    progress: &crate::progress::Progress,
+) -> Result<ForkReportDoc> {
     let system = crate::mem::system::detect();
-    let body = crate::fork::fork_report(opts, &system)?;
+    let body = crate::fork::fork_report_with(opts, &system, progress)?;
     Ok(Envelope::new(system, body))
 }
 
@@ -102,7 +113,11 @@ pub fn run(args: Args) -> Result<i32> {
     // stop signals as a request honoured between scenarios (before any thread starts).
     crate::kernel::defer_stop_signals()
         .map_err(|e| crate::error::Error::io("deferring SIGINT/SIGTERM/SIGHUP", e))?;
-    let doc = report(&opts)?;
+    // After the deferral: the progress line's ticking thread inherits the blocked mask.
+    let progress = crate::progress::Progress::new();
+    let doc = report_with(&opts, &progress);
+    progress.finish();
+    let doc = doc?;
     for s in &doc.body.scenarios {
         for f in &s.restore_failures {
             eprintln!(

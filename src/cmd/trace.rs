@@ -2,12 +2,14 @@
 //! page who copied what since each fork.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 
 use crate::doc::{Envelope, TraceDoc};
 use crate::error::{Error, Result};
 use crate::output;
-use crate::trace::{Target, TraceOptions};
+use crate::progress::Progress;
+use crate::trace::{Live, Target, TraceOptions};
 
 use super::{DocFormat, parse_duration, parse_number};
 
@@ -67,8 +69,16 @@ pub struct Args {
 /// # Errors
 /// See [`crate::trace::run`].
 pub fn report(opts: &TraceOptions) -> Result<TraceDoc> {
+    report_with(opts, &mut |_| {})
+}
+
+/// [`report`], telling `watch` about progress and each sample as it is taken.
+///
+/// # Errors
+/// See [`crate::trace::run`].
+pub fn report_with(opts: &TraceOptions, watch: &mut dyn FnMut(Live<'_>)) -> Result<TraceDoc> {
     let system = crate::mem::system::detect();
-    let body = crate::trace::run(opts, &system)?;
+    let body = crate::trace::run_with(opts, &system, watch)?;
     Ok(Envelope::new(system, body))
 }
 
@@ -129,7 +139,38 @@ pub fn run(args: Args) -> Result<i32> {
             )));
         }
     }
-    let doc = report(&opts)?;
+    // SIGINT/SIGTERM/SIGHUP/SIGQUIT stay blocked from here to the exit: the tracer takes
+    // them itself (sigtimedwait); one that arrives after it stopped listening (a second
+    // Ctrl-C while it detaches, `timeout -s INT` signalling cowscope and then its process
+    // group) stays pending and is discarded at the exit, so it can never kill cowscope with
+    // the report unwritten.
+    let held = crate::kernel::hold_stop_signals()
+        .map_err(|e| Error::io("blocking SIGINT/SIGTERM while tracing", e))?;
+    // A live line on a terminal (processes, forks, samples), and with --interval and a
+    // table one line per sample per live pair as it is taken. Both go to stderr: the
+    // program's stdout stays its own. Created after the hold (no ticking thread: see
+    // Progress::untimed).
+    let progress = Progress::untimed();
+    let sample_lines = format == DocFormat::Table && opts.interval.is_some();
+    let mut watch = |ev: Live<'_>| match ev {
+        Live::Status {
+            processes,
+            forks,
+            samples,
+            live_pairs,
+        } => progress.line(format!(
+            "tracing: {processes} process(es), {forks} fork(s), {live_pairs} live pair(s), \
+             {samples} sample(s)"
+        )),
+        Live::Sample { fork, sample } if sample_lines => {
+            progress.println(&crate::render::trace::sample_line(fork, sample));
+            let _ = std::io::stderr().flush();
+        }
+        Live::Sample { .. } => {}
+    };
+    let doc = report_with(&opts, &mut watch);
+    progress.finish();
+    let doc = doc?;
     let text = match format {
         DocFormat::Json => output::to_json(&doc)?,
         DocFormat::Table => crate::render::trace::table(&doc),
@@ -138,6 +179,7 @@ pub fn run(args: Args) -> Result<i32> {
         Some(p) => output::emit(&text, Some(p))?,
         None => eprint!("{text}"),
     }
+    held.until_exit();
     let status = doc.body.exit_status();
     // --stacks asked for stacks the kernel would not give: could not prove (3), unless the
     // program's own status already says it failed.

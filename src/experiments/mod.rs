@@ -275,8 +275,20 @@ pub fn run(name: &str, opts: &ExperimentOptions) -> Result<ExperimentBody> {
 /// # Errors
 /// A setup failure an experiment could not turn into a verdict.
 pub fn run_all(opts: &ExperimentOptions) -> Result<ExperimentBody> {
+    run_all_with(opts, &crate::progress::Progress::hidden())
+}
+
+/// [`run_all`], saying on `progress` which experiment (i/N) runs.
+///
+/// # Errors
+/// As [`run_all`].
+pub fn run_all_with(
+    opts: &ExperimentOptions,
+    progress: &crate::progress::Progress,
+) -> Result<ExperimentBody> {
     let mut experiments = Vec::new();
-    for (n, d, f) in REGISTRY {
+    for (i, (n, d, f)) in REGISTRY.iter().enumerate() {
+        progress.line(format!("experiment {}/{} {n}", i + 1, REGISTRY.len()));
         experiments.push(run_entry(n, d, *f, opts)?);
     }
     Ok(ExperimentBody::All { experiments })

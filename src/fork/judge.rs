@@ -462,6 +462,7 @@ fn classes_match_first_principles(s: &Scenario, e: &Evidence, j: &mut Judgement)
         if !p.sampled {
             continue;
         }
+        let want = s.expect_for(&p.path, unit);
         let mut cls = Vec::with_capacity(pages);
         for i in 0..pages {
             let pw = &par.pages[i];
@@ -485,10 +486,10 @@ fn classes_match_first_principles(s: &Scenario, e: &Evidence, j: &mut Judgement)
         let unit_moved =
             |u: usize| (u * unit..((u + 1) * unit).min(pages)).all(|i| cls[i] == PageClass::Copied);
         for (i, &class) in cls.iter().enumerate() {
-            let mut expected = s.expected_class(&p.path, i, unit);
+            let mut expected = want.class(i);
             if s.memory.write_unit() == WriteUnit::BaseOrHuge
                 && expected == PageClass::Shared
-                && s.written_by(&p.path).iter().any(|&w| w / unit == i / unit)
+                && want.wrote_in_unit_of(i)
                 && unit_moved(i / unit)
             {
                 expected = PageClass::Copied;
@@ -571,6 +572,7 @@ fn the_expected_side_got_the_new_frame(s: &Scenario, e: &Evidence, j: &mut Judge
         if !p.sampled {
             continue;
         }
+        let expect = s.expect_for(&p.path, unit);
         let mut moved_total = 0u64;
         for (i, w) in p.pages.iter().enumerate() {
             let before = &e.before[i];
@@ -584,13 +586,10 @@ fn the_expected_side_got_the_new_frame(s: &Scenario, e: &Evidence, j: &mut Judge
                 _ => continue,
             };
             moved_total += u64::from(moved);
-            let Some(mut want) = s.expects_new_frame(&p.path, i, unit) else {
+            let Some(mut want) = expect.new_frame(i) else {
                 continue;
             };
-            if j.whole_unit_moved
-                && !want
-                && s.written_by(&p.path).iter().any(|&x| x / unit == i / unit)
-            {
+            if j.whole_unit_moved && !want && expect.wrote_in_unit_of(i) {
                 want = true;
             }
             if moved != want && mismatches.len() < 16 {
@@ -824,14 +823,16 @@ fn soft_dirty_names_the_writers(s: &Scenario, e: &Evidence, j: &mut Judgement) {
         j.written_since_fork[idx] = Some(dirty.len() as u64);
         let mut wrote = s.written_by(&p.path);
         wrote.retain(|&w| p.pages.get(w).is_some_and(|x| x.present));
-        let mut whole: Vec<usize> = wrote
-            .iter()
-            .flat_map(|&w| (w / pmd * pmd)..((w / pmd + 1) * pmd).min(p.pages.len()))
-            .collect();
-        whole.dedup();
         if dirty == wrote {
             continue;
         }
+        // Every page of each THP written (`wrote` is sorted: each unit is listed once).
+        let mut units: Vec<usize> = wrote.iter().map(|&w| w / pmd).collect();
+        units.dedup();
+        let whole: Vec<usize> = units
+            .iter()
+            .flat_map(|&u| (u * pmd)..((u + 1) * pmd).min(p.pages.len()))
+            .collect();
         let hugetlb = matches!(s.memory, MemoryKind::Hugetlb { .. });
         let pinned_untouched: Vec<usize> = (0..p.pages.len())
             .filter(|i| p.path.is_empty() && s.pinned() && p.pages[*i].present)
@@ -942,8 +943,8 @@ fn every_page_reads_its_last_writer(s: &Scenario, e: &Evidence, j: &mut Judgemen
             }
             None => {}
         }
-        let expects_content =
-            p.sampled && (0..p.pages.len()).any(|i| s.expected_head(&p.path, i, unit).is_some());
+        let expect = s.expect_for(&p.path, unit);
+        let expects_content = p.sampled && (0..p.pages.len()).any(|i| expect.head(i).is_some());
         let Some(h) = &p.heads else {
             // A process whose pages should carry known bytes, but whose memory could not be
             // read (`/proc/<pid>/mem` refused, or it is gone): its content is unproven.
@@ -953,7 +954,7 @@ fn every_page_reads_its_last_writer(s: &Scenario, e: &Evidence, j: &mut Judgemen
             continue;
         };
         for i in 0..h.len() / HEAD {
-            let Some(want) = s.expected_head(&p.path, i, unit) else {
+            let Some(want) = expect.head(i) else {
                 continue;
             };
             checked = true;
@@ -1164,8 +1165,9 @@ mod tests {
         let unit = unit(s, &e);
         for p in e.procs.iter_mut().filter(|p| p.sampled) {
             let mut heads = vec![0u8; p.pages.len() * HEAD];
+            let expect = s.expect_for(&p.path, unit);
             for i in 0..p.pages.len() {
-                if let Some(w) = s.expected_head(&p.path, i, unit) {
+                if let Some(w) = expect.head(i) {
                     let h = &mut heads[i * HEAD..(i + 1) * HEAD];
                     h[..8].copy_from_slice(&w.index.to_le_bytes());
                     h[crate::fork::child::STAMP_SIDE_OFFSET] = w.marker;

@@ -351,15 +351,35 @@ pub struct ScenarioResult {
 /// # Errors
 /// Unknown scenario names, absurd sizes (usage), or a failure to set up memory.
 pub fn fork_report(opts: &ForkReportOptions, system: &SystemInfo) -> Result<ForkReportBody> {
+    fork_report_with(opts, system, &crate::progress::Progress::hidden())
+}
+
+/// [`fork_report`], saying on `progress` which scenario (i/N) and stage it is in.
+///
+/// # Errors
+/// As [`fork_report`]; [`Error::Interrupted`] after a stop signal (deferred by the command),
+/// honoured between scenarios and inside one (see [`run::run_scenario_with`]).
+pub fn fork_report_with(
+    opts: &ForkReportOptions,
+    system: &SystemInfo,
+    progress: &crate::progress::Progress,
+) -> Result<ForkReportBody> {
     let scenarios = select(opts)?;
     let mut reports = Vec::with_capacity(scenarios.len());
-    for s in &scenarios {
+    let n = scenarios.len();
+    for (i, s) in scenarios.iter().enumerate() {
         // A stop signal (deferred by the command) ends the run between scenarios, after the
         // last one restored what it changed.
         if let Some(sig) = crate::kernel::stop_requested() {
             return Err(Error::Interrupted(sig));
         }
-        reports.push(run::run_scenario(s, system, opts)?);
+        progress.context(format!(
+            "scenario {}/{n} {} ({} pages)",
+            i + 1,
+            s.name,
+            s.pages
+        ));
+        reports.push(run::run_scenario_with(s, system, opts, progress)?);
     }
     if let Some(sig) = crate::kernel::stop_requested() {
         return Err(Error::Interrupted(sig));

@@ -22,8 +22,9 @@ use super::{
     ScenarioResult, ThpFacts, Timing,
 };
 use crate::arena::{Advice, Arena, ArenaConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::mem::system::SystemInfo;
+use crate::progress::Progress;
 
 /// Page rows are listed for arenas up to this many pages.
 const MAX_PAGE_ROWS: usize = 64;
@@ -40,6 +41,22 @@ pub fn run_scenario(
     sys: &SystemInfo,
     opts: &ForkReportOptions,
 ) -> Result<ScenarioResult> {
+    run_scenario_with(s, sys, opts, &Progress::hidden())
+}
+
+/// [`run_scenario`], saying on `progress` which stage it is in.
+///
+/// # Errors
+/// As [`run_scenario`], and [`Error::Interrupted`] when a stop signal (deferred by the
+/// command) arrived: the scenario's subjects are killed and reaped, its memory unmapped and
+/// every setting it changed restored before this returns.
+pub fn run_scenario_with(
+    s: &Scenario,
+    sys: &SystemInfo,
+    opts: &ForkReportOptions,
+    progress: &Progress,
+) -> Result<ScenarioResult> {
+    progress.phase("setup");
     let t_setup = Instant::now();
     let allow = Allow {
         sysfs: opts.allow_sysfs,
@@ -52,26 +69,39 @@ pub fn run_scenario(
         setup_us: us(t_setup),
         ..Default::default()
     };
+    stop_check()?;
     let self_pid = nix::unistd::getpid().as_raw();
     let before = observe::sample(self_pid, mem.base as u64, s.pages, mem.page_size)?;
 
+    // A stop signal (SIGINT/SIGTERM, deferred by the command) is honoured between stages,
+    // and inside the waits for subjects: `?` drops what the scenario holds, and the drops
+    // do the cleanup (Subject kills and reaps its child, Memory unmaps and restores).
+    stop_check()?;
     let t = Instant::now();
-    let mut spawned = spawn(s, sys, &mem, opts)?;
+    let mut spawned = spawn(s, sys, &mem, opts, progress)?;
     phases.fork_and_writes_us = us(t);
+    stop_check()?;
 
+    progress.phase("evidence");
     let t = Instant::now();
     let observed = observe_all(s, sys, &mem, &spawned, &before)?;
     phases.evidence_us = observed.evidence_us;
     phases.content_us = us(t).saturating_sub(observed.evidence_us);
+    stop_check()?;
 
+    progress.phase("reap");
     let t = Instant::now();
     let reaped = reap(&mut spawned, opts.timeout);
     phases.reap_us = us(t);
+    stop_check()?;
 
+    progress.phase("judge");
     let t = Instant::now();
     let evidence = observed.into_evidence(s, sys, &mem, &spawned, reaped);
     let judgement = judge::judge(s, &evidence);
     phases.judge_us = us(t);
+    progress.pages_judged(s.pages as u64);
+    stop_check()?;
 
     let restore_failures = mem.restore();
     let t = Instant::now();
@@ -80,6 +110,7 @@ pub fn run_scenario(
     let changed = std::mem::take(&mut mem.changed);
     drop(mem);
     phases.unmap_us = us(t);
+    progress.phase("timing");
     let mut timing = timing_runs(s, sys.page_size as usize, opts, spawned.fork_ns_observed)?;
     timing.phases_us = Some(phases);
     Ok(report(
@@ -138,11 +169,20 @@ fn plan_ops(
 
 /// Fork every subject and let each run its steps; the parent's own after-fork steps run once
 /// every child reported ready, then children gated on them run their second half.
+/// [`Error::Interrupted`] once a deferred stop signal arrived.
+fn stop_check() -> Result<()> {
+    match crate::kernel::stop_requested() {
+        Some(sig) => Err(Error::Interrupted(sig)),
+        None => Ok(()),
+    }
+}
+
 fn spawn(
     s: &Scenario,
     sys: &SystemInfo,
     mem: &Memory,
     opts: &ForkReportOptions,
+    progress: &Progress,
 ) -> Result<Spawned> {
     let track = sys.soft_dirty && s.advice == ForkAdvice::None;
     let deadline = || Instant::now() + opts.timeout;
@@ -153,6 +193,8 @@ fn spawn(
         notes: Vec::new(),
     };
     for (i, plan) in s.children.iter().enumerate() {
+        stop_check()?;
+        progress.phase(&format!("fork {}/{}", i + 1, s.children.len()));
         let path = vec![i];
         let pipes = SubjectPipes::new()?;
         let report = pipes.child_report_fd();
@@ -335,34 +377,39 @@ fn observe_all(
 ) -> Result<Observed> {
     let t = Instant::now();
     let (base, pages, page) = (mem.base as u64, s.pages, mem.page_size);
+    // Each read of a 1 GiB arena takes about half a second: a stop signal is looked for
+    // between them.
     let parent = observe::sample(nix::unistd::getpid().as_raw(), base, pages, page)?;
-    let samples: Vec<Option<ProcessSample>> = sp
-        .procs
-        .iter()
-        .map(|p| {
+    let mut samples: Vec<Option<ProcessSample>> = Vec::with_capacity(sp.procs.len());
+    for p in &sp.procs {
+        stop_check()?;
+        samples.push(
             p.ready
                 .then(|| observe::sample(p.pid, base, pages, page).ok())
-                .flatten()
-        })
-        .collect();
+                .flatten(),
+        );
+    }
+    stop_check()?;
     let mut all: Vec<&ProcessSample> = vec![&parent, before];
     all.extend(samples.iter().flatten());
     let (counts, flags) = observe::kpage_facts(&all, sys.pfn_visible && sys.kpage_readable);
     let evidence_us = us(t);
+    stop_check()?;
 
     // Content last: it can fault pages in (principle 7). Then the page tables again.
-    let heads: Vec<Option<Vec<u8>>> = sp
-        .procs
-        .iter()
-        .zip(&samples)
-        .map(|(p, smp)| match smp {
+    let mut heads: Vec<Option<Vec<u8>>> = Vec::with_capacity(sp.procs.len());
+    for (p, smp) in sp.procs.iter().zip(&samples) {
+        stop_check()?;
+        heads.push(match smp {
             Some(sm) if !sm.vmas.is_empty() => observe::read_heads(p.pid, base, pages, page, HEAD),
             _ => None,
-        })
-        .collect();
+        });
+    }
+    stop_check()?;
     let self_pid = nix::unistd::getpid().as_raw();
     let parent_heads = observe::read_heads(self_pid, base, pages, page, HEAD);
     // The parent's page tables again too: reading does not pin, but the kernel may migrate.
+    stop_check()?;
     let parent_moved_by_reading = if sys.pfn_visible {
         observe::sample(self_pid, base, pages, page)
             .ok()
@@ -727,6 +774,7 @@ fn timing_runs(
         s.pages.min(TIMED_PAGES)
     };
     for _ in 0..opts.runs {
+        stop_check()?;
         let mut cfg = ArenaConfig::new(pages * page_size);
         if thp {
             cfg = cfg.align(pages * page_size).advise(Advice::HugePage);

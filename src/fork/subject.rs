@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::child::{self, ChildOp, MSG_LEN, TAG_READY};
 use crate::error::{Error, Result};
 
+/// How long a wait for a subject may go without looking for a deferred stop signal.
+const STOP_POLL: Duration = Duration::from_millis(100);
 /// The two pipes between the parent and one subject, created before the fork.
 #[derive(Debug)]
 pub struct SubjectPipes {
@@ -253,7 +255,13 @@ impl Subject {
             if left.is_zero() {
                 return Err(NotReady::TimedOut(self.kill_and_reap(true)));
             }
-            let ms = u16::try_from(left.as_millis().min(u128::from(u16::MAX))).unwrap_or(u16::MAX);
+            // A stop signal (deferred by the command: `kernel::stop_requested`) ends the
+            // wait within STOP_POLL: the subject is killed and reaped, and the caller, which
+            // checks for the signal too, ends the run.
+            if crate::kernel::stop_requested().is_some() {
+                return Err(NotReady::Died(self.kill_and_reap(false)));
+            }
+            let ms = u16::try_from(left.min(STOP_POLL).as_millis()).unwrap_or(u16::MAX);
             let mut fds = [PollFd::new(
                 std::os::fd::AsFd::as_fd(&self.report),
                 PollFlags::POLLIN,

@@ -69,5 +69,14 @@ pub fn transcript(b: &BaselineBody) -> String {
             d.nonzero_bytes, d.capacity, d.mapped, d.bytes_past_capacity
         ));
     }
+    let v = &b.verdict;
+    s.push_str(&format!(
+        "\nverdict: {}: {}\n",
+        if v.holds { "held" } else { "FAILED" },
+        v.sentence
+    ));
+    for d in &v.disagreements {
+        s.push_str(&format!("  disagreement: {d}\n"));
+    }
     s
 }

@@ -381,6 +381,26 @@ pub fn table(r: &TraceDoc) -> String {
     s
 }
 
+/// One line for a sample as it is taken (`trace --interval --format table`): time, the pair,
+/// what triggered it and its main classes in pages.
+pub fn sample_line(f: &ForkRecord, s: &crate::trace::Sample) -> String {
+    let c = &s.counts;
+    format!(
+        "cowscope: {:>9.3} s  {} -> {}  {:<12} shared {}  copied by child {}  by parent {}  \
+         released {}  diverged {}  unproven {}",
+        s.at,
+        f.parent,
+        f.child,
+        s.trigger,
+        c.shared,
+        c.copied_by_child,
+        c.copied_by_parent,
+        c.released_by_child + c.released_by_parent + c.released_by_both,
+        c.diverged,
+        c.unproven
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -365,5 +365,42 @@ impl TraceBody {
 /// [`crate::Error::NotReadable`] for a pid that is no live user process;
 /// [`crate::Error::Privilege`] when ptrace is refused.
 pub fn run(opts: &TraceOptions, sys: &crate::mem::system::SystemInfo) -> crate::Result<TraceBody> {
-    tracer::run(opts, sys)
+    tracer::run(opts, sys, &mut |_| {})
+}
+
+/// What the tracer tells a watcher while it runs (for progress and live table lines).
+#[derive(Debug, Clone, Copy)]
+pub enum Live<'a> {
+    /// Where tracing is: counts so far (sent often; a watcher throttles).
+    Status {
+        /// Processes seen.
+        processes: usize,
+        /// Forks seen.
+        forks: usize,
+        /// Samples taken.
+        samples: usize,
+        /// Pairs (parent, child) still alive.
+        live_pairs: usize,
+    },
+    /// A sample of one pair was just taken.
+    Sample {
+        /// The fork it belongs to.
+        fork: &'a ForkRecord,
+        /// The sample (the fork's last).
+        sample: &'a Sample,
+    },
+}
+
+/// [`run`], telling `watch` about progress and every sample as it is taken. The watcher runs
+/// in the tracer's thread, between ptrace stops: it must be quick (print a line, update a
+/// progress bar).
+///
+/// # Errors
+/// As [`run`].
+pub fn run_with(
+    opts: &TraceOptions,
+    sys: &crate::mem::system::SystemInfo,
+    watch: &mut dyn FnMut(Live<'_>),
+) -> crate::Result<TraceBody> {
+    tracer::run(opts, sys, watch)
 }

@@ -19,7 +19,7 @@ use super::ptrace::{self, Wait, event};
 use super::relation::{self, Baseline, SampleInput};
 use super::syscalls::{self, Traced};
 use super::{
-    Attribution, BaselineInfo, FinalSample, ForkRecord, PairEnd, ProcessRecord, ProgramExit,
+    Attribution, BaselineInfo, FinalSample, ForkRecord, Live, PairEnd, ProcessRecord, ProgramExit,
     ReleaseTracking, Sample, StacksInfo, Target, TraceBody, TraceOptions, VmaRow,
 };
 use crate::error::{EXIT_UNPROVEN, Error, Result};
@@ -376,6 +376,11 @@ fn check_target(pid: i32) -> Result<()> {
 
 struct Tracer<'a> {
     opts: &'a TraceOptions,
+    /// Told about progress and each sample (`trace::run_with`).
+    watch: &'a mut dyn FnMut(Live<'_>),
+    /// Samples taken so far, and when the watcher last heard the counts.
+    samples_taken: usize,
+    last_status: Option<Instant>,
     mode: Mode,
     tracking: Tracking,
     start: Instant,
@@ -409,7 +414,11 @@ struct Tracer<'a> {
 }
 
 /// Run the trace described by `opts`.
-pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
+pub fn run(
+    opts: &TraceOptions,
+    sys: &SystemInfo,
+    watch: &mut dyn FnMut(Live<'_>),
+) -> Result<TraceBody> {
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     return Err(Error::Privilege(
         "trace supports x86_64 and aarch64 only".into(),
@@ -424,6 +433,9 @@ pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
     let privilege = crate::mem::privilege::detect();
     let mut t = Tracer {
         opts,
+        watch,
+        samples_taken: 0,
+        last_status: None,
         mode,
         tracking,
         start: Instant::now(),
@@ -505,7 +517,12 @@ pub fn run(opts: &TraceOptions, sys: &SystemInfo) -> Result<TraceBody> {
             // left behind as a zombie of an init that does not reap.
             // SAFETY: prctl with plain integers.
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-            let (pid, pipe) = start_command(argv, tracking == Tracking::Seccomp, &guard.0)?;
+            let (pid, pipe) = start_command(
+                argv,
+                tracking == Tracking::Seccomp,
+                // The command gets the mask cowscope was started with, not cmd's hold.
+                &crate::kernel::without_held(guard.0),
+            )?;
             t.report_pipe = Some(pipe);
             t.root = pid;
             t.add_process(pid, None, true, pid);
@@ -705,6 +722,7 @@ impl Tracer<'_> {
             if self.tasks.is_empty() {
                 return Ok(());
             }
+            self.tell_status();
             self.release_orphaned_holds();
             if let (Some(d), Some(t)) = (interval, next_sample)
                 && Instant::now() >= t
@@ -1333,6 +1351,8 @@ impl Tracer<'_> {
                 });
                 pair.remapped = out.remapped;
                 pair.last = Some((at, trigger.to_string(), out.total, out.per_vma));
+                let fork = pair.fork;
+                self.tell_sample(fork);
             }
             Err(e) => {
                 let fork = pair.fork;
@@ -1341,6 +1361,33 @@ impl Tracer<'_> {
                     .push(format!("a {trigger} sample failed: {e}"));
             }
         }
+    }
+
+    /// Tell the watcher about the sample just pushed to fork `fork`.
+    fn tell_sample(&mut self, fork: usize) {
+        self.samples_taken += 1;
+        let f = &self.body.forks[fork];
+        if let Some(sample) = f.samples.last() {
+            (self.watch)(Live::Sample { fork: f, sample });
+        }
+    }
+
+    /// Tell the watcher the counts so far, at most ten times a second.
+    fn tell_status(&mut self) {
+        if self
+            .last_status
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.last_status = Some(Instant::now());
+        let status = Live::Status {
+            processes: self.body.processes.len(),
+            forks: self.body.forks.len(),
+            samples: self.samples_taken,
+            live_pairs: self.pairs.iter().filter(|p| p.live).count(),
+        };
+        (self.watch)(status);
     }
 
     fn sample_all(&mut self, trigger: &str) {
