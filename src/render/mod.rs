@@ -7,6 +7,7 @@ pub mod experiment;
 pub mod inspect_svg;
 pub mod inspect_table;
 pub mod pages;
+pub mod stacks;
 pub mod svg;
 pub mod table;
 pub mod trace;
