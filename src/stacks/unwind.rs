@@ -105,7 +105,9 @@ impl Unwinder {
     /// used where the module has it, the frame pointer where not. Unwinding stops at
     /// `max_frames`, where the stack copy ends, at the outermost frame, or at an address in
     /// no executable mapping (after one re-read of `/proc/<pid>/maps` for the leaf, in case
-    /// the process mapped code since it was last read).
+    /// the process mapped code since it was last read). `out` stays empty only when the leaf
+    /// itself is in no executable mapping of `pid` (or the process is gone and was never
+    /// read): there is no code location to name.
     pub fn unwind(
         &mut self,
         modules: &mut Modules,
@@ -160,7 +162,8 @@ impl Unwinder {
 
     /// Unwind a process stopped under ptrace by the caller (registers via `PTRACE_GETREGS`,
     /// `stack_bytes` of stack via `process_vm_readv` from the stack pointer; fewer where the
-    /// stack's VMA ends sooner). Used for the parent's stack at its fork stop.
+    /// stack's VMA ends sooner). Used for the parent's stack at its fork stop. For a thread
+    /// other than the main one use [`Unwinder::unwind_stopped_thread`].
     ///
     /// # Errors
     /// The OS error of `PTRACE_GETREGS` (ESRCH: not stopped or not traced by this thread) or
@@ -172,15 +175,31 @@ impl Unwinder {
         stack_bytes: usize,
         out: &mut Vec<(Loc, bool)>,
     ) -> io::Result<()> {
-        let npid = nix::unistd::Pid::from_raw(pid);
-        let r = nix::sys::ptrace::getregs(npid).map_err(io::Error::from)?;
+        self.unwind_stopped_thread(modules, pid, pid, stack_bytes, out)
+    }
+
+    /// [`Unwinder::unwind_stopped`] for thread `tid` of process `pid` (the registers and stack
+    /// are the thread's, the mappings the process's).
+    ///
+    /// # Errors
+    /// As [`Unwinder::unwind_stopped`].
+    pub fn unwind_stopped_thread(
+        &mut self,
+        modules: &mut Modules,
+        pid: i32,
+        tid: i32,
+        stack_bytes: usize,
+        out: &mut Vec<(Loc, bool)>,
+    ) -> io::Result<()> {
+        let ntid = nix::unistd::Pid::from_raw(tid);
+        let r = nix::sys::ptrace::getregs(ntid).map_err(io::Error::from)?;
         let regs = UserRegs {
             ip: r.rip,
             sp: r.rsp,
             bp: r.rbp,
         };
         let mut stack = vec![0u8; stack_bytes];
-        let n = read_remote(npid, regs.sp, &mut stack)?;
+        let n = read_remote(ntid, regs.sp, &mut stack)?;
         stack.truncate(n);
         self.unwind(modules, pid, regs, &stack, out);
         Ok(())
@@ -322,5 +341,25 @@ mod tests {
         assert!(leaf_fn.contains("the_own_stack_unwinds"), "leaf {leaf:?}");
         let outer = &syms[out.last().expect("frames")];
         assert_eq!(outer[0].module, "libc.so.6", "outermost {outer:?}");
+
+        // A stack copy that ends early ends the walk there; the leaf stays exact.
+        let mut short = Vec::new();
+        u.unwind(
+            &mut modules,
+            pid,
+            UserRegs { ip, sp, bp },
+            &stack[..0],
+            &mut short,
+        );
+        assert_eq!(short, out[..1].to_vec());
+        u.max_frames = 2;
+        u.unwind(
+            &mut modules,
+            pid,
+            UserRegs { ip, sp, bp },
+            &stack,
+            &mut short,
+        );
+        assert_eq!(short, out[..2].to_vec(), "max_frames");
     }
 }
