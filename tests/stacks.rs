@@ -359,6 +359,63 @@ fn separate_debug_file_gives_file_and_line(#[case] layout: &str) {
     assert_eq!(plain[&u.locs[0]].last().unwrap().line, None);
 }
 
+/// Whether `ip` is in `pid`'s mapping named `name` (read from /proc directly).
+fn in_mapping(pid: i32, ip: u64, name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(name))
+        .any(|l| {
+            let (s, e) = l.split_once(' ').unwrap().0.split_once('-').unwrap();
+            let s = u64::from_str_radix(s, 16).unwrap();
+            let e = u64::from_str_radix(e, 16).unwrap();
+            (s..e).contains(&ip)
+        })
+}
+
+#[test]
+fn a_stop_inside_the_vdso_unwinds_through_libc_to_main() {
+    let exe = builds().path("nofp");
+    let mut cmd = Command::new(&exe);
+    cmd.arg("clock");
+    let stopped = stop_when(cmd, |pid, ip| in_mapping(pid, ip, "[vdso]"));
+    let mut modules = Modules::new();
+    modules.read_process(stopped.pid()).unwrap();
+    let mut locs = Vec::new();
+    Unwinder::new()
+        .unwind_stopped(&mut modules, stopped.pid(), 64 * 1024, &mut locs)
+        .expect("unwind");
+    drop(stopped);
+    let syms = symbolize(&modules, &locs);
+    let frames: Vec<&Frame> = locs.iter().map(|l| syms[l].last().unwrap()).collect();
+    let shown: Vec<String> = frames
+        .iter()
+        .map(|f| format!("{} ({})", f.name(), f.module))
+        .collect();
+    eprintln!("in the vDSO: {shown:#?}");
+    assert_eq!(frames[0].module, "[vdso]", "{shown:#?}");
+    assert!(
+        frames[0]
+            .function
+            .as_deref()
+            .is_some_and(|f| f.contains("clock_gettime")),
+        "{shown:#?}"
+    );
+    let first = frames
+        .iter()
+        .position(|f| f.module == "nofp")
+        .expect("reaches the program");
+    let names: Vec<Option<&str>> = frames[first..first + 4]
+        .iter()
+        .map(|f| f.function.as_deref())
+        .collect();
+    assert_eq!(
+        names,
+        [Some("c"), Some("b"), Some("a"), Some("main")],
+        "{shown:#?}"
+    );
+}
+
 #[test]
 fn perf_map_names_anonymous_executable_memory() {
     // Fake JIT code in this process: an anonymous executable page, and the perf map a JIT
@@ -420,19 +477,7 @@ fn debian_python3_unwinds_through_its_stripped_binary_to_main() {
         "import time; print('ready', flush=True); time.sleep(600)",
     ]);
     // Stop it asleep: the ip in libc (the clock_nanosleep system call), not in python3.
-    let libc_range = |pid: i32, ip: u64| {
-        std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("libc.so"))
-            .any(|l| {
-                let (s, e) = l.split_once(' ').unwrap().0.split_once('-').unwrap();
-                let s = u64::from_str_radix(s, 16).unwrap();
-                let e = u64::from_str_radix(e, 16).unwrap();
-                (s..e).contains(&ip)
-            })
-    };
-    let stopped = stop_when(cmd, libc_range);
+    let stopped = stop_when(cmd, |pid, ip| in_mapping(pid, ip, "libc.so"));
     let mut modules = Modules::new();
     modules.read_process(stopped.pid()).unwrap();
     let mut locs = Vec::new();

@@ -88,6 +88,7 @@ pub fn symbolize_with(
         let frames: Vec<Vec<Frame>> = match &module.kind {
             ModuleKind::Elf if same_build_id(module) => elf_frames(&symbolizer, module, &group),
             ModuleKind::PerfMap { pid: _ } => perf_map_frames(module, &group),
+            ModuleKind::Pseudo if module.path == "[vdso]" => vdso_frames(module, &group),
             _ => group.iter().map(|l| vec![unknown(module, l.0)]).collect(),
         };
         out.extend(group.into_iter().zip(frames));
@@ -169,6 +170,32 @@ pub fn demangle(name: &str) -> String {
         .ok()
         .and_then(|s| s.demangle().ok())
         .unwrap_or_else(|| name.to_string())
+}
+
+/// vDSO frames named by the vDSO's own `.dynsym` (the image this process maps, the same code;
+/// see [`super::modules::own_vdso_image`]); the `__vdso_` alias is preferred.
+fn vdso_frames(module: &Module, group: &[(Loc, bool)]) -> Vec<Vec<Frame>> {
+    use object::{Object as _, ObjectSymbol as _};
+    let image = super::modules::own_vdso_image();
+    let file = image.and_then(|d| object::File::parse(d).ok());
+    let name_of = |addr: u64| -> Option<String> {
+        let file = file.as_ref()?;
+        let mut names: Vec<String> = file
+            .dynamic_symbols()
+            .filter(|s| s.is_definition() && s.address() <= addr && addr < s.address() + s.size())
+            .filter_map(|s| s.name().ok().map(str::to_string))
+            .collect();
+        names.sort_by_key(|n| !n.starts_with("__vdso_"));
+        names.into_iter().next()
+    };
+    group
+        .iter()
+        .map(|l| {
+            let mut f = unknown(module, l.0);
+            f.function = name_of(lookup_addr(*l));
+            vec![f]
+        })
+        .collect()
 }
 
 /// One perf map line: `START SIZE name` (hex, `0x` optional).

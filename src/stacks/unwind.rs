@@ -4,8 +4,9 @@
 //! Per module the unwind sections (`.eh_frame` with `.eh_frame_hdr`, else `.eh_frame` alone,
 //! else `.debug_frame`) are read once from the file and shared by every process that maps it;
 //! per process one framehop unwinder holds the modules at their load addresses, rebuilt when
-//! [`Modules::generation`] says the mappings changed. Where an address has no CFI (a JIT, the
-//! vDSO, a module without unwind sections) framehop falls back to the frame pointer.
+//! [`Modules::generation`] says the mappings changed. Where an address has no CFI (a JIT, a
+//! module without unwind sections) framehop falls back to the frame pointer. The `[vdso]`'s
+//! CFI comes from cowscope's own vDSO image ([`super::modules::own_vdso_image`]).
 //!
 //! Memory: the unwind sections of each distinct module (a few hundred KiB for libc or
 //! python3), a framehop module list per live process (call [`Unwinder::forget_process`] when
@@ -214,13 +215,20 @@ impl Unwinder {
         let mut unwinder = UnwinderX86_64::new();
         for m in modules.mappings(pid).unwrap_or_default() {
             let module = modules.module(m.module);
-            if module.kind != ModuleKind::Elf {
+            let is_vdso = module.kind == ModuleKind::Pseudo && module.path == "[vdso]";
+            if module.kind != ModuleKind::Elf && !is_vdso {
                 continue;
             }
             let sections = self
                 .sections
                 .entry(m.module)
-                .or_insert_with(|| read_unwind_sections(&module.path).map(Arc::new))
+                .or_insert_with(|| {
+                    if is_vdso {
+                        vdso_unwind_sections().map(Arc::new)
+                    } else {
+                        read_unwind_sections(&module.path).map(Arc::new)
+                    }
+                })
                 .clone();
             let Some(s) = sections else { continue };
             let info = ExplicitModuleSectionInfo {
@@ -274,7 +282,16 @@ fn read_remote(pid: nix::unistd::Pid, addr: u64, buf: &mut [u8]) -> io::Result<u
 fn read_unwind_sections(path: &str) -> Option<UnwindSections> {
     let file = File::open(path).ok()?;
     let cache = object::ReadCache::new(file);
-    let elf = ElfFile64::<object::Endianness, _>::parse(&cache).ok()?;
+    unwind_sections(&cache)
+}
+
+/// The unwind sections of the vDSO (see [`super::modules::own_vdso_image`]).
+fn vdso_unwind_sections() -> Option<UnwindSections> {
+    unwind_sections(super::modules::own_vdso_image()?)
+}
+
+fn unwind_sections<'data, R: object::ReadRef<'data>>(data: R) -> Option<UnwindSections> {
+    let elf = ElfFile64::<object::Endianness, R>::parse(data).ok()?;
     let with_data = |name: &str| {
         let s = elf.section_by_name(name)?;
         let data: Data = Arc::from(s.data().ok()?);
