@@ -300,7 +300,7 @@ mod tests {
             demangle("_ZN4core3ptr4read17h0123456789abcdefE"),
             "core::ptr::read"
         );
-        assert_eq!(demangle("_RNvCs1234_7mycrate3foo"), "mycrate::foo");
+        assert_eq!(demangle("_RNvCs1234_5mylib3foo"), "mylib::foo");
         assert_eq!(demangle("_Znot-mangled"), "_Znot-mangled");
     }
 
