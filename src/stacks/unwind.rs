@@ -322,6 +322,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_stages_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<Unwinder>();
+        send::<Modules>();
+        send::<super::super::symbols::Frame>();
+    }
+
+    #[test]
     fn the_own_stack_unwinds_through_this_test_to_the_test_harness() {
         // This thread's registers and stack, taken here: the leaf is in this function, and
         // CFI unwinding must reach past it into the test harness's frames.
