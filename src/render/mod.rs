@@ -8,6 +8,7 @@ pub mod inspect_svg;
 pub mod inspect_table;
 pub mod openmetrics;
 pub mod pages;
+pub mod stacks;
 pub mod svg;
 pub mod table;
 pub mod trace;

@@ -294,6 +294,32 @@ impl Modules {
     }
 }
 
+/// The 64-bit vDSO image as this process maps it, copied once. Every 64-bit process of one
+/// kernel maps the same vDSO code (one image per ABI, linked at virtual address 0), so its
+/// `.eh_frame` and `.dynsym` stand in for a traced process's `[vdso]`, which has no file.
+pub fn own_vdso_image() -> Option<&'static [u8]> {
+    static IMAGE: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let pid = nix::unistd::getpid();
+            let vmas = vma_bounds(pid.as_raw()).ok()?;
+            let v = vmas.iter().find(|v| v.pathname == "[vdso]")?;
+            let len = usize::try_from(v.end - v.start).ok()?;
+            let mut buf = vec![0u8; len];
+            let n = nix::sys::uio::process_vm_readv(
+                pid,
+                &mut [io::IoSliceMut::new(&mut buf)],
+                &[nix::sys::uio::RemoteIoVec {
+                    base: usize::try_from(v.start).ok()?,
+                    len,
+                }],
+            )
+            .ok()?;
+            (n == len).then_some(buf)
+        })
+        .as_deref()
+}
+
 /// Where a JIT in process `pid` writes its perf map (perf's convention).
 pub fn perf_map_path(pid: i32) -> String {
     format!("/tmp/perf-{pid}.map")

@@ -76,7 +76,10 @@ pub fn symbolize_with(
     let symbolizer = Symbolizer::builder()
         .enable_code_info(true)
         .enable_inlined_fns(true)
-        .enable_demangling(true)
+        // Demangled here instead (see `demangle`): blazesym tries C++ demangling on every
+        // name it cannot place, and cpp_demangle reads a C function named `c` as the type
+        // `char` (and `a`, `b` as `signed char`, `bool`).
+        .enable_demangling(false)
         .set_debug_dirs(opts.debug_dirs.clone())
         .build();
     let mut out = HashMap::with_capacity(seen.len());
@@ -85,6 +88,7 @@ pub fn symbolize_with(
         let frames: Vec<Vec<Frame>> = match &module.kind {
             ModuleKind::Elf if same_build_id(module) => elf_frames(&symbolizer, module, &group),
             ModuleKind::PerfMap { pid: _ } => perf_map_frames(module, &group),
+            ModuleKind::Pseudo if module.path == "[vdso]" => vdso_frames(module, &group),
             _ => group.iter().map(|l| vec![unknown(module, l.0)]).collect(),
         };
         out.extend(group.into_iter().zip(frames));
@@ -132,7 +136,7 @@ fn elf_frames(symbolizer: &Symbolizer, module: &Module, group: &[(Loc, bool)]) -
             Symbolized::Sym(sym) => {
                 let base = unknown(module, l.0);
                 let located = |name: &str, ci: Option<&blazesym::symbolize::CodeInfo<'_>>| Frame {
-                    function: Some(name.to_string()),
+                    function: Some(demangle(name)),
                     file: ci.map(|c| c.to_path().to_string_lossy().into_owned()),
                     line: ci.and_then(|c| c.line),
                     ..base.clone()
@@ -149,6 +153,47 @@ fn elf_frames(symbolizer: &Symbolizer, module: &Module, group: &[(Loc, bool)]) -
                 frames
             }
             Symbolized::Unknown(_) => vec![unknown(module, l.0)],
+        })
+        .collect()
+}
+
+/// A mangled Rust (legacy `_ZN..E` or v0 `_R`) or C++ (`_Z`) name demangled; any other name
+/// as it is (a C function is its own name).
+pub fn demangle(name: &str) -> String {
+    if !(name.starts_with("_Z") || name.starts_with("_R") || name.starts_with("__Z")) {
+        return name.to_string();
+    }
+    if let Ok(d) = rustc_demangle::try_demangle(name) {
+        return format!("{d:#}");
+    }
+    cpp_demangle::Symbol::new(name)
+        .ok()
+        .and_then(|s| s.demangle().ok())
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// vDSO frames named by the vDSO's own `.dynsym` (the image this process maps, the same code;
+/// see [`super::modules::own_vdso_image`]); the `__vdso_` alias is preferred.
+fn vdso_frames(module: &Module, group: &[(Loc, bool)]) -> Vec<Vec<Frame>> {
+    use object::{Object as _, ObjectSymbol as _};
+    let image = super::modules::own_vdso_image();
+    let file = image.and_then(|d| object::File::parse(d).ok());
+    let name_of = |addr: u64| -> Option<String> {
+        let file = file.as_ref()?;
+        let mut names: Vec<String> = file
+            .dynamic_symbols()
+            .filter(|s| s.is_definition() && s.address() <= addr && addr < s.address() + s.size())
+            .filter_map(|s| s.name().ok().map(str::to_string))
+            .collect();
+        names.sort_by_key(|n| !n.starts_with("__vdso_"));
+        names.into_iter().next()
+    };
+    group
+        .iter()
+        .map(|l| {
+            let mut f = unknown(module, l.0);
+            f.function = name_of(lookup_addr(*l));
+            vec![f]
         })
         .collect()
 }
@@ -243,6 +288,20 @@ mod tests {
         );
         assert_eq!(perf_map_lookup(&e, 0x7f00_0000_2010), None);
         assert_eq!(perf_map_lookup(&e, 0x10), None);
+    }
+
+    #[test]
+    fn only_mangled_names_are_demangled() {
+        assert_eq!(demangle("c"), "c", "a C function, not the type char");
+        assert_eq!(demangle("a"), "a");
+        assert_eq!(demangle("listiter_next"), "listiter_next");
+        assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
+        assert_eq!(
+            demangle("_ZN4core3ptr4read17h0123456789abcdefE"),
+            "core::ptr::read"
+        );
+        assert_eq!(demangle("_RNvCs1234_5mylib3foo"), "mylib::foo");
+        assert_eq!(demangle("_Znot-mangled"), "_Znot-mangled");
     }
 
     #[test]

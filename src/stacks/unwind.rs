@@ -4,8 +4,9 @@
 //! Per module the unwind sections (`.eh_frame` with `.eh_frame_hdr`, else `.eh_frame` alone,
 //! else `.debug_frame`) are read once from the file and shared by every process that maps it;
 //! per process one framehop unwinder holds the modules at their load addresses, rebuilt when
-//! [`Modules::generation`] says the mappings changed. Where an address has no CFI (a JIT, the
-//! vDSO, a module without unwind sections) framehop falls back to the frame pointer.
+//! [`Modules::generation`] says the mappings changed. Where an address has no CFI (a JIT, a
+//! module without unwind sections) framehop falls back to the frame pointer. The `[vdso]`'s
+//! CFI comes from cowscope's own vDSO image ([`super::modules::own_vdso_image`]).
 //!
 //! Memory: the unwind sections of each distinct module (a few hundred KiB for libc or
 //! python3), a framehop module list per live process (call [`Unwinder::forget_process`] when
@@ -105,7 +106,9 @@ impl Unwinder {
     /// used where the module has it, the frame pointer where not. Unwinding stops at
     /// `max_frames`, where the stack copy ends, at the outermost frame, or at an address in
     /// no executable mapping (after one re-read of `/proc/<pid>/maps` for the leaf, in case
-    /// the process mapped code since it was last read).
+    /// the process mapped code since it was last read). `out` stays empty only when the leaf
+    /// itself is in no executable mapping of `pid` (or the process is gone and was never
+    /// read): there is no code location to name.
     pub fn unwind(
         &mut self,
         modules: &mut Modules,
@@ -160,7 +163,8 @@ impl Unwinder {
 
     /// Unwind a process stopped under ptrace by the caller (registers via `PTRACE_GETREGS`,
     /// `stack_bytes` of stack via `process_vm_readv` from the stack pointer; fewer where the
-    /// stack's VMA ends sooner). Used for the parent's stack at its fork stop.
+    /// stack's VMA ends sooner). Used for the parent's stack at its fork stop. For a thread
+    /// other than the main one use [`Unwinder::unwind_stopped_thread`].
     ///
     /// # Errors
     /// The OS error of `PTRACE_GETREGS` (ESRCH: not stopped or not traced by this thread) or
@@ -172,15 +176,31 @@ impl Unwinder {
         stack_bytes: usize,
         out: &mut Vec<(Loc, bool)>,
     ) -> io::Result<()> {
-        let npid = nix::unistd::Pid::from_raw(pid);
-        let r = nix::sys::ptrace::getregs(npid).map_err(io::Error::from)?;
+        self.unwind_stopped_thread(modules, pid, pid, stack_bytes, out)
+    }
+
+    /// [`Unwinder::unwind_stopped`] for thread `tid` of process `pid` (the registers and stack
+    /// are the thread's, the mappings the process's).
+    ///
+    /// # Errors
+    /// As [`Unwinder::unwind_stopped`].
+    pub fn unwind_stopped_thread(
+        &mut self,
+        modules: &mut Modules,
+        pid: i32,
+        tid: i32,
+        stack_bytes: usize,
+        out: &mut Vec<(Loc, bool)>,
+    ) -> io::Result<()> {
+        let ntid = nix::unistd::Pid::from_raw(tid);
+        let r = nix::sys::ptrace::getregs(ntid).map_err(io::Error::from)?;
         let regs = UserRegs {
             ip: r.rip,
             sp: r.rsp,
             bp: r.rbp,
         };
         let mut stack = vec![0u8; stack_bytes];
-        let n = read_remote(npid, regs.sp, &mut stack)?;
+        let n = read_remote(ntid, regs.sp, &mut stack)?;
         stack.truncate(n);
         self.unwind(modules, pid, regs, &stack, out);
         Ok(())
@@ -195,13 +215,20 @@ impl Unwinder {
         let mut unwinder = UnwinderX86_64::new();
         for m in modules.mappings(pid).unwrap_or_default() {
             let module = modules.module(m.module);
-            if module.kind != ModuleKind::Elf {
+            let is_vdso = module.kind == ModuleKind::Pseudo && module.path == "[vdso]";
+            if module.kind != ModuleKind::Elf && !is_vdso {
                 continue;
             }
             let sections = self
                 .sections
                 .entry(m.module)
-                .or_insert_with(|| read_unwind_sections(&module.path).map(Arc::new))
+                .or_insert_with(|| {
+                    if is_vdso {
+                        vdso_unwind_sections().map(Arc::new)
+                    } else {
+                        read_unwind_sections(&module.path).map(Arc::new)
+                    }
+                })
                 .clone();
             let Some(s) = sections else { continue };
             let info = ExplicitModuleSectionInfo {
@@ -255,7 +282,16 @@ fn read_remote(pid: nix::unistd::Pid, addr: u64, buf: &mut [u8]) -> io::Result<u
 fn read_unwind_sections(path: &str) -> Option<UnwindSections> {
     let file = File::open(path).ok()?;
     let cache = object::ReadCache::new(file);
-    let elf = ElfFile64::<object::Endianness, _>::parse(&cache).ok()?;
+    unwind_sections(&cache)
+}
+
+/// The unwind sections of the vDSO (see [`super::modules::own_vdso_image`]).
+fn vdso_unwind_sections() -> Option<UnwindSections> {
+    unwind_sections(super::modules::own_vdso_image()?)
+}
+
+fn unwind_sections<'data, R: object::ReadRef<'data>>(data: R) -> Option<UnwindSections> {
+    let elf = ElfFile64::<object::Endianness, R>::parse(data).ok()?;
     let with_data = |name: &str| {
         let s = elf.section_by_name(name)?;
         let data: Data = Arc::from(s.data().ok()?);
@@ -284,6 +320,14 @@ fn read_unwind_sections(path: &str) -> Option<UnwindSections> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stages_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<Unwinder>();
+        send::<Modules>();
+        send::<super::super::symbols::Frame>();
+    }
 
     #[test]
     fn the_own_stack_unwinds_through_this_test_to_the_test_harness() {
@@ -322,5 +366,25 @@ mod tests {
         assert!(leaf_fn.contains("the_own_stack_unwinds"), "leaf {leaf:?}");
         let outer = &syms[out.last().expect("frames")];
         assert_eq!(outer[0].module, "libc.so.6", "outermost {outer:?}");
+
+        // A stack copy that ends early ends the walk there; the leaf stays exact.
+        let mut short = Vec::new();
+        u.unwind(
+            &mut modules,
+            pid,
+            UserRegs { ip, sp, bp },
+            &stack[..0],
+            &mut short,
+        );
+        assert_eq!(short, out[..1].to_vec());
+        u.max_frames = 2;
+        u.unwind(
+            &mut modules,
+            pid,
+            UserRegs { ip, sp, bp },
+            &stack,
+            &mut short,
+        );
+        assert_eq!(short, out[..2].to_vec(), "max_frames");
     }
 }
