@@ -11,7 +11,7 @@ use crate::output;
 use crate::progress::Progress;
 use crate::trace::{Live, Target, TraceOptions};
 
-use super::{DocFormat, parse_duration, parse_number};
+use super::{parse_duration, parse_number};
 
 /// `trace` arguments.
 #[derive(Debug, clap::Args)]
@@ -55,13 +55,28 @@ pub struct Args {
     /// on stderr.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// json or table (default: json with --out, a table without). Without --out either goes
-    /// to stderr, never stdout (the program's own).
+    /// json or table (default: json with --out, a table without); with --stacks also
+    /// folded (folded stacks of copied pages, `comm;side;outermost;...;leaf PAGES`, for
+    /// inferno, flamegraph.pl or speedscope) or flamegraph (an SVG). Without --out any of
+    /// them goes to stderr, never stdout (the program's own).
     #[arg(long, value_enum)]
-    pub format: Option<DocFormat>,
+    pub format: Option<TraceFormat>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+/// `trace`'s formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TraceFormat {
+    /// One JSON document.
+    Json,
+    /// A table for people.
+    Table,
+    /// Folded stacks of the copied pages (needs --stacks).
+    Folded,
+    /// An SVG flame graph of the copied pages (needs --stacks).
+    Flamegraph,
 }
 
 /// Trace and build the document.
@@ -125,10 +140,15 @@ pub fn run(args: Args) -> Result<i32> {
         },
     };
     let format = args.format.unwrap_or(if args.out.is_some() {
-        DocFormat::Json
+        TraceFormat::Json
     } else {
-        DocFormat::Table
+        TraceFormat::Table
     });
+    if matches!(format, TraceFormat::Folded | TraceFormat::Flamegraph) && opts.stacks.is_none() {
+        return Err(Error::usage(
+            "--format folded and --format flamegraph draw the stacks of --stacks: add --stacks",
+        ));
+    }
     // Check the output path before the program runs, not after.
     if let Some(p) = &args.out {
         let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
@@ -151,7 +171,7 @@ pub fn run(args: Args) -> Result<i32> {
     // program's stdout stays its own. Created after the hold (no ticking thread: see
     // Progress::untimed).
     let progress = Progress::untimed();
-    let sample_lines = format == DocFormat::Table && opts.interval.is_some();
+    let sample_lines = format == TraceFormat::Table && opts.interval.is_some();
     let mut watch = |ev: Live<'_>| match ev {
         Live::Status {
             processes,
@@ -172,8 +192,17 @@ pub fn run(args: Args) -> Result<i32> {
     progress.finish();
     let doc = doc?;
     let text = match format {
-        DocFormat::Json => output::to_json(&doc)?,
-        DocFormat::Table => crate::render::trace::table(&doc),
+        TraceFormat::Json => output::to_json(&doc)?,
+        TraceFormat::Table => crate::render::trace::table(&doc),
+        TraceFormat::Folded => crate::render::trace::folded(&doc),
+        TraceFormat::Flamegraph => match crate::render::trace::flamegraph(&doc) {
+            Ok(svg) => svg,
+            // No copied page has a stack: say so instead of drawing an empty picture.
+            Err(e) => {
+                eprintln!("cowscope: no flame graph: {e}");
+                crate::render::trace::table(&doc)
+            }
+        },
     };
     match &args.out {
         Some(p) => output::emit(&text, Some(p))?,

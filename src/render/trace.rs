@@ -107,6 +107,52 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     Some(s)
 }
 
+/// The stacks of every fork as the stack renderers take them: one group per fork, named by
+/// the forking program (its executable's file name).
+fn stack_groups(r: &TraceDoc) -> Vec<super::stacks::StackGroup<'_>> {
+    let b = &r.body;
+    b.forks
+        .iter()
+        .filter_map(|f| {
+            let stacks = f.stacks.as_ref()?;
+            let comm = b
+                .processes
+                .iter()
+                .find(|p| p.pid == f.parent)
+                .map_or("?", |p| p.exe.rsplit('/').next().unwrap_or(&p.exe));
+            Some(super::stacks::StackGroup {
+                comm,
+                stacks: stacks
+                    .iter()
+                    .map(|s| super::stacks::StackLine {
+                        who: &s.who,
+                        pages: s.pages,
+                        frames: &s.frames,
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// `--format folded`: the copied pages' stacks of every fork.
+pub fn folded(r: &TraceDoc) -> String {
+    super::stacks::folded(&stack_groups(r))
+}
+
+/// `--format flamegraph`: an SVG of the copied pages' stacks, titled with the program and
+/// the kernel.
+///
+/// # Errors
+/// No copied page has a stack (nothing to draw).
+pub fn flamegraph(r: &TraceDoc) -> std::io::Result<String> {
+    let program = match &r.body.command {
+        Some(c) => c.join(" "),
+        None => format!("pid {}", r.body.pid),
+    };
+    super::stacks::flamegraph(&stack_groups(r), &program, &r.system.kernel_release)
+}
+
 /// A module's file name, as frames name it.
 fn module_name(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_string()
