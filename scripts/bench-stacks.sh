@@ -72,10 +72,19 @@ awk -v s="$s" -v r="$r" -v p="$p" 'BEGIN {
 jq -r '"stack samples \(.stacks.samples), outside \(.stacks.outside), stacks \(.stacks.distinct_stacks), lost \([.forks[].stack_samples.lost] | add)"' "$work/t.json" 2>/dev/null || true
 
 echo
-echo "cowscope peak RSS (same copies; first touches 0 vs $touches):"
+echo "cowscope's own peak RSS (VmHWM; same copies; first touches 0 vs $touches):"
+# Not /usr/bin/time: its figure includes the traced program (a waited-for descendant).
 for t in 0 "$touches"; do
-  rss=$(/usr/bin/time -f %M "$cow" trace --stacks --out "$work/m.json" -- "$work/cow_stacks" \
-    "n=$pages" "a=$half" "b=$half" "p=$half" "t=$t" 2>&1 >/dev/null | tail -1)
+  "$cow" trace --stacks --out "$work/m.json" -- "$work/cow_stacks" \
+    "n=$pages" "a=$half" "b=$half" "p=$half" "t=$t" >/dev/null 2>&1 &
+  cpid=$!
+  hwm=0
+  while kill -0 "$cpid" 2>/dev/null; do
+    v=$(awk '/^VmHWM/ {print $2}' "/proc/$cpid/status" 2>/dev/null || true)
+    [[ -n $v ]] && hwm=$v
+    sleep 0.02
+  done
+  wait "$cpid" || true
   samples=$(jq '.stacks.samples' "$work/m.json" 2>/dev/null || echo "?")
-  printf '  first touches %-8s fault samples %-8s peak RSS %s KiB\n' "$t" "$samples" "$rss"
+  printf '  first touches %-8s fault samples %-8s peak RSS %s KiB\n' "$t" "$samples" "$hwm"
 done

@@ -499,17 +499,19 @@ impl Recorder {
         }
     }
 
-    /// A new thread of a traced process (only needed where threads do not inherit events).
+    /// A new thread of a traced process: on kernels without `inherit_thread` (before 5.13)
+    /// it gets its own events, if its process has them (it forked, or was forked).
     pub fn new_thread(&mut self, pid: i32, tid: i32) {
-        if !self.cfg.inherit_threads && self.opened.iter().any(|_| true) {
-            let known = self
-                .shared
-                .lock()
-                .map(|s| s.procs.contains_key(&pid))
-                .unwrap_or(false);
-            if known {
-                self.open_process(pid, &[tid]);
-            }
+        if self.cfg.inherit_threads {
+            return;
+        }
+        let known = self
+            .shared
+            .lock()
+            .map(|s| s.procs.contains_key(&pid))
+            .unwrap_or(false);
+        if known {
+            self.open_process(pid, &[tid]);
         }
     }
 
