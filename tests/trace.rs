@@ -724,7 +724,11 @@ fn attach_and_detach_leave_the_target_running(#[case] extra: &[&str]) {
             .iter()
             .all(|f| f["parent"].as_i64() == Some(i64::from(pid)))
     );
-    let method = if extra.is_empty() { "none" } else { "syscalls" };
+    let method = match (extra.is_empty(), is_root()) {
+        (false, _) => "syscalls",
+        (true, true) => "tracepoints",
+        (true, false) => "none",
+    };
     assert_eq!(v["release_tracking"]["method"], method);
     target.kill().unwrap();
     target.wait().unwrap();

@@ -15,7 +15,7 @@ use super::{DocFormat, parse_duration, parse_number};
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  cowscope trace -- python3 server.py\n  \
     cowscope trace --out trace.json --interval 500ms -- redis-server --port 7777\n  \
-    cowscope trace --pid 4242 --syscalls\n\n\
+    cowscope trace --pid 4242\n\n\
     Output: the report goes to stderr when it ends (a table, or JSON with --format json), \
     after the program's own output, so the program's stdout stays its own; --out FILE \
     writes it to a file instead.\n\
@@ -36,8 +36,9 @@ pub struct Args {
     /// Also sample every live pair this often, e.g. 500ms or 2s.
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
-    /// Track releases with a ptrace stop at every syscall: the only way with --pid; with a
-    /// command it replaces the seccomp filter (slower).
+    /// Track releases with a ptrace stop at every syscall (slow): with --pid the fallback to
+    /// the syscall tracepoints (used by default where they open: root or CAP_PERFMON); with
+    /// a command it replaces the seccomp filter.
     #[arg(long)]
     pub syscalls: bool,
     /// Name the code behind every copied page: record the page faults after each fork

@@ -223,6 +223,10 @@ pub struct Evidence {
     /// process lives in the address space's family, and KSM does not run (it merges pages
     /// across unrelated processes).
     pub family_rule: bool,
+    /// Release records of (parent, child) were lost since the fork (a ring buffer was
+    /// full): a new frame on that side may follow a release nobody saw, so it is `diverged`
+    /// (who is unknown), never that side's copy.
+    pub releases_lost: (bool, bool),
 }
 
 /// Per-page state kept between samples.
@@ -303,10 +307,15 @@ pub fn classify(
     if st.hist == Hist::Unborn {
         return None;
     }
-    Some(if ev.pfn_visible {
+    let class = if ev.pfn_visible {
         classify_with_pfns(st, p, c, released_by_parent, released_by_child, ev)
     } else {
         classify_without_pfns(st, p, c, released_by_parent, released_by_child, ev)
+    };
+    Some(match class {
+        Class::CopiedByParent if ev.releases_lost.0 => Class::Diverged,
+        Class::CopiedByChild if ev.releases_lost.1 => Class::Diverged,
+        k => k,
     })
 }
 
@@ -652,6 +661,7 @@ mod tests {
         same_mapping: true,
         file_backed: false,
         family_rule: false,
+        releases_lost: (false, false),
     };
     fn shared_state() -> PageState {
         PageState {
@@ -875,6 +885,7 @@ mod tests {
         same_mapping: true,
         file_backed: false,
         family_rule: true,
+        releases_lost: (false, false),
     };
 
     #[rstest]
@@ -974,6 +985,26 @@ mod tests {
             classify(&mut st, p, c, false, false, HIDDEN),
             Some(Class::Unproven)
         );
+    }
+
+    /// A release whose record was lost cannot be placed: the side's new frame is diverged.
+    #[rstest]
+    #[case::the_childs_records_were_lost(on(F), on(7), (false, true), Class::Diverged)]
+    #[case::the_parents_records_were_lost(on(7), on(F), (true, false), Class::Diverged)]
+    #[case::the_other_sides_loss_changes_nothing(on(F), on(7), (true, false), Class::CopiedByChild)]
+    #[case::a_shared_page_stays_shared(on(F), on(F), (true, true), Class::Shared)]
+    fn a_lost_release_record_never_makes_a_copy(
+        #[case] p: Seen,
+        #[case] c: Seen,
+        #[case] lost: (bool, bool),
+        #[case] want: Class,
+    ) {
+        let mut st = shared_state();
+        let ev = Evidence {
+            releases_lost: lost,
+            ..ROOT
+        };
+        assert_eq!(classify(&mut st, p, c, false, false, ev), Some(want));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod faults;
 pub mod mapcount;
 pub mod ptrace;
 pub mod relation;
+pub mod releases_perf;
 pub mod syscalls;
 mod tracer;
 
@@ -56,7 +57,7 @@ pub struct TraceOptions {
     /// Sample every live pair this often (besides the exit and exec samples).
     pub interval: Option<Duration>,
     /// Track releases with PTRACE_SYSCALL stops on every syscall instead of a seccomp filter
-    /// (the only way with `--pid`; measurably slower).
+    /// (a command) or the syscall tracepoints (`--pid`); measurably slower.
     pub syscalls: bool,
     /// `--stacks`: record page faults after each fork and name the code behind each copy;
     /// the value is the bytes of user stack copied per fault (for DWARF unwinding).
@@ -154,7 +155,9 @@ pub struct StackSamples {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ReleaseTracking {
     /// `seccomp` (a filter stops on exactly the releasing syscalls), `syscalls`
-    /// (PTRACE_SYSCALL on every syscall), or `none` (`--pid` without `--syscalls`).
+    /// (PTRACE_SYSCALL on every syscall), `tracepoints` (`--pid`: the kernel's syscall
+    /// tracepoints read from perf ring buffers, no stop), or `none` (`--pid` where the
+    /// tracepoints cannot be opened: a note says why).
     pub method: String,
     /// The filter needed `no_new_privs` (no CAP_SYS_ADMIN): setuid programs run by the traced
     /// command did not gain privileges.
@@ -163,6 +166,19 @@ pub struct ReleaseTracking {
     pub stops: u64,
     /// Releasing syscalls recorded (successful ones by a process in a live pair).
     pub releases: u64,
+    /// `tracepoints`: the records read and lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventCounts>,
+}
+
+/// The syscall records of the `tracepoints` method.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct EventCounts {
+    /// Syscall entry and exit records read (all traced threads).
+    pub records: u64,
+    /// Records the kernel dropped because a ring buffer was full. On a pair whose side lost
+    /// records, that side's new frames are `diverged`, never its copies.
+    pub lost: u64,
 }
 
 /// What can be attributed on this run.
