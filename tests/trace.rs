@@ -104,12 +104,14 @@ fn vma_row<'a>(fork: &'a Value, start: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row for {start} in {fork:#}"))
 }
 
-const CLASSES: [&str; 14] = [
+const CLASSES: [&str; 16] = [
     "shared",
     "zero",
     "copied_by_child",
     "copied_by_parent",
     "copied_at_fork",
+    "copied_then_released_by_child",
+    "copied_then_released_by_parent",
     "released_by_child",
     "released_by_parent",
     "released_by_both",

@@ -45,12 +45,14 @@ fn attach_history() -> &'static Path {
     })
 }
 
-const CLASSES: [&str; 14] = [
+const CLASSES: [&str; 16] = [
     "shared",
     "zero",
     "copied_by_child",
     "copied_by_parent",
     "copied_at_fork",
+    "copied_then_released_by_child",
+    "copied_then_released_by_parent",
     "released_by_child",
     "released_by_parent",
     "released_by_both",
@@ -152,7 +154,8 @@ fn attached_releases_are_tracked_without_syscall_stops() {
         &[
             ("shared", 250),
             ("copied_by_child", 300),
-            ("released_by_child", 150),
+            ("copied_then_released_by_child", 100),
+            ("released_by_child", 50),
             ("copied_by_parent", 200),
             ("released_by_parent", 100),
         ],
@@ -177,7 +180,8 @@ fn syscalls_stays_the_ptrace_fallback() {
         &[
             ("shared", 250),
             ("copied_by_child", 300),
-            ("released_by_child", 150),
+            ("copied_then_released_by_child", 100),
+            ("released_by_child", 50),
             ("copied_by_parent", 200),
             ("released_by_parent", 100),
         ],

@@ -11,13 +11,21 @@ fn mib(pages: u64, ps: u64) -> f64 {
     (pages * ps) as f64 / (1024.0 * 1024.0)
 }
 
-fn rows(c: &Counts) -> [(&'static str, u64); 14] {
+fn rows(c: &Counts) -> [(&'static str, u64); 16] {
     [
         ("shared", c.shared),
         ("zero", c.zero),
         ("copied_by_child", c.copied_by_child),
         ("copied_by_parent", c.copied_by_parent),
         ("copied_at_fork", c.copied_at_fork),
+        (
+            "copied_then_released_by_child",
+            c.copied_then_released_by_child,
+        ),
+        (
+            "copied_then_released_by_parent",
+            c.copied_then_released_by_parent,
+        ),
         ("released_by_child", c.released_by_child),
         ("released_by_parent", c.released_by_parent),
         ("released_by_both", c.released_by_both),
@@ -36,7 +44,7 @@ fn rows(c: &Counts) -> [(&'static str, u64); 14] {
 /// One class's row: name, pages (singular for one), MiB; the columns stay in line.
 fn count_line(name: &str, v: u64, ps: u64) -> String {
     let unit = if v == 1 { "page" } else { "pages" };
-    format!("    {name:<20} {v:>10} {unit:<5} {:>10.1} MiB", mib(v, ps))
+    format!("    {name:<30} {v:>10} {unit:<5} {:>10.1} MiB", mib(v, ps))
 }
 
 fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
