@@ -160,6 +160,23 @@ fn attached_releases_are_tracked_without_syscall_stops() {
             ("released_by_parent", 100),
         ],
     );
+    // The peak: a sample during the child's hold saw its 400 copies of the arena (300 kept,
+    // 100 released later); its own stack and libc add a few pages in other VMAs.
+    let peak = f["peak"]["child"]["pages"].as_u64().expect("a child peak");
+    assert!(
+        (400..430).contains(&peak),
+        "child peak {peak}: {:#}",
+        f["peak"]
+    );
+    assert!(
+        f["final"]["copied_by_child"].as_u64() < Some(peak),
+        "the final sample comes after the child released 100 of its copies"
+    );
+    assert!(
+        f["peak"]["before_end"]["trigger"] == "interval",
+        "{:#}",
+        f["peak"]
+    );
     let r = &f["releases"];
     assert!(r["by_child"]["pages"].as_u64() >= Some(150), "{r:#}");
     assert!(r["by_parent"]["pages"].as_u64() >= Some(100), "{r:#}");

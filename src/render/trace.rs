@@ -52,11 +52,30 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     let c = &fin.counts;
     let tracked = f.baseline.as_ref().map_or(c.total, |b| b.pages);
     let mut s = if pfn_visible {
+        // The peak leads: what a side held while it ran, then what it still held at the end.
+        let side = |who: &str, held: u64, peak: Option<&crate::trace::Peak>| match peak {
+            Some(p) if p.pages > held => format!(
+                "the {who} copied up to {:.1} MiB while it ran ({:.3} s); {:.1} MiB still held \
+                 at {}",
+                mib(p.pages, ps),
+                p.at,
+                mib(held, ps),
+                fin.trigger
+            ),
+            _ => format!("the {who} copied {:.1} MiB", mib(held, ps)),
+        };
         format!(
-            "the child copied {:.1} MiB and the parent {:.1} MiB of the {:.1} MiB mapped at the \
-             fork",
-            mib(c.copied_by_child, ps),
-            mib(c.copied_by_parent, ps),
+            "{} and {} of the {:.1} MiB mapped at the fork",
+            side(
+                "child",
+                c.copied_by_child,
+                f.peak.as_ref().map(|p| &p.child)
+            ),
+            side(
+                "parent",
+                c.copied_by_parent,
+                f.peak.as_ref().map(|p| &p.parent)
+            ),
             mib(tracked, ps)
         )
     } else {
@@ -87,6 +106,16 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
             100.0 * n as f64 / copied as f64
         );
     }
+    let freed = c.copied_then_released_by_child + c.copied_then_released_by_parent;
+    if freed > 0 {
+        let _ = write!(
+            s,
+            "; {:.1} MiB were copied and released again (child {:.1}, parent {:.1})",
+            mib(freed, ps),
+            mib(c.copied_then_released_by_child, ps),
+            mib(c.copied_then_released_by_parent, ps)
+        );
+    }
     let rel = c.released_by_child + c.released_by_parent + c.released_by_both;
     if rel > 0 {
         let _ = write!(
@@ -113,6 +142,37 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     }
     s.push('.');
     Some(s)
+}
+
+/// One line over all forks: the sum of each fork's peak per side (what the run's copies cost
+/// at their most, fork by fork), beside what was still held at the end.
+fn run_summary(forks: &[ForkRecord], ps: u64, pfn_visible: bool) -> Option<String> {
+    if !pfn_visible {
+        return None;
+    }
+    let with: Vec<&ForkRecord> = forks.iter().filter(|f| f.peak.is_some()).collect();
+    if with.is_empty() {
+        return None;
+    }
+    let sum = |g: fn(&crate::trace::Peaks) -> u64| -> u64 {
+        with.iter().filter_map(|f| f.peak.as_ref()).map(g).sum()
+    };
+    let (pc, pp) = (sum(|p| p.child.pages), sum(|p| p.parent.pages));
+    let held: (u64, u64) = with
+        .iter()
+        .filter_map(|f| f.final_sample.as_ref())
+        .fold((0, 0), |(a, b), x| {
+            (a + x.counts.copied_by_child, b + x.counts.copied_by_parent)
+        });
+    Some(format!(
+        "all {} fork(s): the children copied up to {:.1} MiB and the parents {:.1} MiB (the sum \
+         of each fork's peak); {:.1} MiB and {:.1} MiB still held at the end",
+        with.len(),
+        mib(pc, ps),
+        mib(pp, ps),
+        mib(held.0, ps),
+        mib(held.1, ps)
+    ))
 }
 
 /// A module's file name, as frames name it.
@@ -377,6 +437,9 @@ pub fn table(r: &TraceDoc) -> String {
     if b.forks.is_empty() {
         let _ = writeln!(s, "\nno forks seen");
     }
+    if let Some(line) = run_summary(&b.forks, ps, b.attribution.pfn_visible) {
+        let _ = writeln!(s, "\n{line}");
+    }
     if !b.attribution.unproven.is_empty() {
         let _ = writeln!(s);
         for u in &b.attribution.unproven {
@@ -413,6 +476,7 @@ mod tests {
                 counts,
                 vmas: Vec::new(),
             }),
+            peak: None,
             releases: PairReleases::default(),
             ended: None,
             stacks: None,
@@ -449,6 +513,39 @@ mod tests {
         assert!(many.contains(" 2560 pages "), "{many}");
         assert_eq!(one.find("MiB"), many.find("MiB"), "{one}\n{many}");
         assert!(many.ends_with("10.0 MiB"), "{many}");
+    }
+
+    #[test]
+    fn the_peak_leads_and_what_is_left_at_exit_follows() {
+        // 11,553 pages copied at the peak, 2,200 still held at the exit stop.
+        let c = Counts {
+            total: 30000,
+            shared: 27800,
+            copied_by_child: 2200,
+            ..Counts::default()
+        };
+        let mut f = fork(c);
+        f.peak = Some(crate::trace::Peaks {
+            child: crate::trace::Peak {
+                pages: 11553,
+                at: 4.5,
+            },
+            parent: crate::trace::Peak { pages: 0, at: 0.0 },
+            before_end: None,
+        });
+        let s = sentence(&f, 4096, true).unwrap();
+        assert!(
+            s.starts_with("the child copied up to 45.1 MiB while it ran (4.500 s); 8.6 MiB still held at child_exit"),
+            "{s}"
+        );
+        assert!(s.contains("the parent copied 0.0 MiB"), "{s}");
+        let two = [f.clone(), f];
+        let line = run_summary(&two, 4096, true).unwrap();
+        assert!(
+            line.contains("all 2 fork(s): the children copied up to 90.3 MiB"),
+            "{line}"
+        );
+        assert!(line.contains("17.2 MiB and 0.0 MiB still held"), "{line}");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 pub mod attribute;
 pub mod classify;
 pub mod faults;
+pub mod history;
 pub mod mapcount;
 pub mod ptrace;
 pub mod relation;
@@ -265,6 +266,10 @@ pub struct ForkRecord {
     /// The last sample before the pair ended (or before tracing ended), with per-VMA rows.
     #[serde(rename = "final", skip_serializing_if = "Option::is_none")]
     pub final_sample: Option<FinalSample>,
+    /// Per side the most copied memory any sample saw (the final sample may come after the
+    /// program's shutdown freed most of it), and the last sample before the pair's end began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak: Option<Peaks>,
     /// Releases each side made while the pair lived.
     pub releases: PairReleases,
     /// How the pair ended.
@@ -311,6 +316,28 @@ pub struct Sample {
     /// Pages per class.
     #[serde(flatten)]
     pub counts: Counts,
+}
+
+/// The most copied memory of one side over the samples.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Peak {
+    /// `copied_by_child` (or `copied_by_parent`) at its largest.
+    pub pages: u64,
+    /// Seconds since start of that sample.
+    pub at: f64,
+}
+
+/// A pair's peaks.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Peaks {
+    /// The child's copies.
+    pub child: Peak,
+    /// The parent's copies.
+    pub parent: Peak,
+    /// The last sample before the end began (not an exit, exec or end sample): what the
+    /// sides held while they still ran (`--interval` samples only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before_end: Option<Sample>,
 }
 
 /// The final sample with per-VMA rows.

@@ -928,6 +928,7 @@ impl Tracer<'_> {
             baseline: None,
             samples: Vec::new(),
             final_sample: None,
+            peak: None,
             releases: Default::default(),
             ended: None,
             stacks: None,
@@ -1407,6 +1408,7 @@ impl Tracer<'_> {
             at,
             by: by.to_string(),
         });
+        rec.peak = super::history::peaks(&rec.samples);
         match (pair.last.take(), pair.base.as_ref()) {
             (Some((sat, trig, counts, per_vma)), Some(base)) => {
                 let vmas = base
