@@ -204,3 +204,36 @@ fn syscalls_stays_the_ptrace_fallback() {
         ],
     );
 }
+
+/// Fork lines name both processes (comm and command line); children that exec at once are
+/// one line unless `--all-forks`.
+#[test]
+fn fork_lines_name_both_sides_and_fold_children_that_exec_at_once() {
+    let run = |extra: &[&str]| -> String {
+        let out = Command::new(bin())
+            .arg("trace")
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", "/bin/true; /bin/true; /bin/true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let folded = run(&[]);
+    assert!(folded.contains("3 fork+exec children (true): "), "{folded}");
+    assert!(!folded.contains("\nfork 1:"), "{folded}");
+    let all = run(&["--all-forks"]);
+    let lines: Vec<&str> = all.lines().filter(|l| l.starts_with("fork ")).collect();
+    assert_eq!(lines.len(), 3, "{all}");
+    for l in lines {
+        assert!(
+            l.contains(" sh (/bin/sh -c /bin/true; /bin/true; /bin/true) -> "),
+            "the parent by comm and command line: {l}"
+        );
+        assert!(
+            l.contains(" true (/bin/true) "),
+            "the child after its exec: {l}"
+        );
+    }
+    assert!(!all.contains("fork+exec"), "{all}");
+}

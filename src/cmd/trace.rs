@@ -58,6 +58,10 @@ pub struct Args {
     /// to stderr, never stdout (the program's own).
     #[arg(long, value_enum)]
     pub format: Option<DocFormat>,
+    /// Table: a section for every fork, also for children that exec'd at once with nothing
+    /// copied (by default one line counts those).
+    #[arg(long)]
+    pub all_forks: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -133,7 +137,7 @@ pub fn run(args: Args) -> Result<i32> {
     let doc = report(&opts)?;
     let text = match format {
         DocFormat::Json => output::to_json(&doc)?,
-        DocFormat::Table => crate::render::trace::table(&doc),
+        DocFormat::Table => crate::render::trace::table_with(&doc, args.all_forks),
     };
     match &args.out {
         Some(p) => output::emit(&text, Some(p))?,

@@ -294,8 +294,55 @@ fn stack_lines(f: &ForkRecord, own: &str, ps: u64) -> Vec<String> {
     out
 }
 
-/// Render the report.
+/// A process as the fork lines name it: pid, `comm`, and its command line where readable
+/// (shortened; left out when it only repeats the name).
+fn who(b: &crate::trace::TraceBody, pid: i32) -> String {
+    let Some(p) = b.processes.iter().find(|p| p.pid == pid) else {
+        return pid.to_string();
+    };
+    let mut s = if p.comm.is_empty() {
+        pid.to_string()
+    } else {
+        format!("{pid} {}", p.comm)
+    };
+    if let Some(c) = p.cmdline.as_deref().filter(|c| *c != p.comm) {
+        let short: String = c.chars().take(60).collect();
+        let more = if c.chars().count() > 60 { "..." } else { "" };
+        let _ = write!(s, " ({short}{more})");
+    }
+    s
+}
+
+/// How long after its fork a child's exec still counts as "at once" (a shell's `sh -c`, a
+/// shim), seconds.
+const EXEC_AT_ONCE_S: f64 = 1.0;
+
+/// A fork whose child exec'd within [`EXEC_AT_ONCE_S`] (or shared the parent's memory until
+/// its exec: vfork): one line for all of them, unless `--all-forks`.
+fn exec_at_once(f: &ForkRecord) -> bool {
+    f.ended
+        .as_ref()
+        .is_some_and(|e| e.by == "child_exec" && (f.shares_mm || e.at - f.at < EXEC_AT_ONCE_S))
+}
+
+/// Pages a folded fork's sides copied before the exec (kept or released since).
+fn copies_before_exec(f: &ForkRecord) -> u64 {
+    f.final_sample.as_ref().map_or(0, |fin| {
+        let c = &fin.counts;
+        c.copied_by_child
+            + c.copied_by_parent
+            + c.copied_then_released_by_child
+            + c.copied_then_released_by_parent
+    })
+}
+
+/// Render the report (forks that exec'd at once folded into one line).
 pub fn table(r: &TraceDoc) -> String {
+    table_with(r, false)
+}
+
+/// Render the report; `all_forks`: a section for every fork, also those that exec'd at once.
+pub fn table_with(r: &TraceDoc, all_forks: bool) -> String {
     let b = &r.body;
     let ps = r.system.page_size;
     let mut s = String::new();
@@ -315,23 +362,35 @@ pub fn table(r: &TraceDoc) -> String {
     );
     let _ = writeln!(
         s,
-        "releases tracked by {} ({} syscall stops, {} releases); PFNs {}",
+        "releases tracked by {} ({} syscall stops, {} releases{}); PFNs {}",
         b.release_tracking.method,
         b.release_tracking.stops,
         b.release_tracking.releases,
+        match &b.release_tracking.events {
+            Some(e) => format!(", {} syscall records read, {} lost", e.records, e.lost),
+            None => String::new(),
+        },
         if b.attribution.pfn_visible {
             "visible"
         } else {
             "hidden (who copied is unproven)"
         }
     );
+    let folded: Vec<&ForkRecord> = if all_forks {
+        Vec::new()
+    } else {
+        b.forks.iter().filter(|f| exec_at_once(f)).collect()
+    };
     for (n, f) in b.forks.iter().enumerate() {
+        if !all_forks && exec_at_once(f) {
+            continue;
+        }
         let _ = writeln!(
             s,
             "\nfork {}: {} -> {} ({}{}) at {:.3} s, parent held {} µs, child held {} µs",
             n + 1,
-            f.parent,
-            f.child,
+            who(b, f.parent),
+            who(b, f.child),
             f.kind,
             if f.shares_mm {
                 ", shares the parent's memory: no copy-on-write"
@@ -434,6 +493,47 @@ pub fn table(r: &TraceDoc) -> String {
             let _ = writeln!(s, "  note: {n}");
         }
     }
+    if !folded.is_empty() {
+        let mut names: Vec<String> = Vec::new();
+        for f in &folded {
+            let n = b
+                .processes
+                .iter()
+                .find(|p| p.pid == f.child)
+                .map(|p| p.comm.clone())
+                .unwrap_or_default();
+            if !n.is_empty() && !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        let more = if names.len() > 5 { ", ..." } else { "" };
+        names.truncate(5);
+        let copied: u64 = folded.iter().map(|f| copies_before_exec(f)).sum();
+        let unsampled = folded
+            .iter()
+            .filter(|f| !f.shares_mm && f.final_sample.is_none())
+            .count();
+        let what = match (copied, unsampled) {
+            (0, 0) => "nothing copied".to_string(),
+            (0, u) => format!("nothing copied where sampled ({u} not sampled before the exec)"),
+            (c, 0) => format!("{} copied before their execs", super::svg::pages(c)),
+            (c, u) => format!(
+                "{} copied before their execs ({u} not sampled before the exec)",
+                super::svg::pages(c)
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "\n{} fork+exec {} ({}{more}): {what} (--all-forks lists them)",
+            folded.len(),
+            if folded.len() == 1 {
+                "child"
+            } else {
+                "children"
+            },
+            names.join(", ")
+        );
+    }
     if b.forks.is_empty() {
         let _ = writeln!(s, "\nno forks seen");
     }
@@ -513,6 +613,39 @@ mod tests {
         assert!(many.contains(" 2560 pages "), "{many}");
         assert_eq!(one.find("MiB"), many.find("MiB"), "{one}\n{many}");
         assert!(many.ends_with("10.0 MiB"), "{many}");
+    }
+
+    #[test]
+    fn forks_that_exec_at_once_are_one_line_unless_all_forks() {
+        let mut shim = fork(Counts {
+            total: 100,
+            shared: 100,
+            ..Counts::default()
+        });
+        shim.ended = Some(crate::trace::PairEnd {
+            at: 0.01,
+            by: "child_exec".into(),
+        });
+        let mut worker = fork(Counts {
+            total: 100,
+            shared: 90,
+            copied_by_child: 10,
+            ..Counts::default()
+        });
+        worker.child = 3;
+        let mut copied_then_exec = worker.clone();
+        copied_then_exec.child = 4;
+        copied_then_exec.ended = shim.ended.clone();
+        copied_then_exec.ended = Some(crate::trace::PairEnd {
+            at: 30.0,
+            by: "child_exec".into(),
+        });
+        assert!(exec_at_once(&shim));
+        assert!(!exec_at_once(&worker));
+        assert!(
+            !exec_at_once(&copied_then_exec),
+            "a child that ran for a while before its exec keeps its section"
+        );
     }
 
     #[test]

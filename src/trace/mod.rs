@@ -220,6 +220,13 @@ pub struct ProcessRecord {
     pub ppid: Option<i32>,
     /// `/proc/<pid>/exe` when last seen (after its last exec).
     pub exe: String,
+    /// Its `comm` when last seen (at its start, exec, and exit stop).
+    #[serde(default)]
+    pub comm: String,
+    /// Its command line when last seen (a title set with setproctitle shows), where
+    /// readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
     /// Seconds since start when it was first seen.
     pub first_seen: f64,
     /// Successful execs while traced.

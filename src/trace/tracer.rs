@@ -615,6 +615,8 @@ impl Tracer<'_> {
             pid,
             ppid,
             exe: exe_of(pid),
+            comm: String::new(),
+            cmdline: None,
             first_seen: self.now(),
             execs: 0,
             exited_at: None,
@@ -631,6 +633,23 @@ impl Tracer<'_> {
                 alive: true,
             },
         );
+        self.refresh_name(pid);
+    }
+
+    /// Read a process's `comm` and command line again (a title set since shows).
+    fn refresh_name(&mut self, pid: i32) {
+        let Some(rec) = self.procs.get(&pid).map(|p| p.rec) else {
+            return;
+        };
+        let r = &mut self.body.processes[rec];
+        if let Ok(st) = crate::mem::process::stat(pid) {
+            r.comm = st.comm;
+        }
+        if let Ok(c) = crate::mem::process::cmdline(pid)
+            && !c.is_empty()
+        {
+            r.cmdline = Some(c);
+        }
     }
 
     fn new_family(&mut self, complete: bool) -> u64 {
@@ -1100,6 +1119,7 @@ impl Tracer<'_> {
             let rec = p.rec;
             self.body.processes[rec].execs += 1;
             self.body.processes[rec].exe = exe_of(tgid);
+            self.refresh_name(tgid);
         }
         if tgid == self.root {
             self.read_report_pipe();
@@ -1152,6 +1172,8 @@ impl Tracer<'_> {
         let tgid = self.tasks.get(&tid).map_or(tid, |t| t.tgid);
         let members = self.members(tgid);
         if !members.is_empty() && process_is_ending(tgid, tid) {
+            // The last name it had (a title set with setproctitle since its start).
+            self.refresh_name(tgid);
             for i in members {
                 let trig = if self.pairs[i].child == tgid {
                     "child_exit"
