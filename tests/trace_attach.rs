@@ -237,3 +237,155 @@ fn fork_lines_name_both_sides_and_fold_children_that_exec_at_once() {
     }
     assert!(!all.contains("fork+exec"), "{all}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Redis started outside cowscope, attached during a BGSAVE under a write load: the
+/// child's releases of what it saved (Redis 7 drops saved values' pages) are releases from
+/// the tracepoints, not copies; the server is never stopped per syscall.
+#[test]
+fn redis_attached_during_bgsave_counts_the_childs_releases_as_releases() {
+    if !is_root() {
+        eprintln!("SKIP: needs visible PFNs and the syscall tracepoints (root)");
+        return;
+    }
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let port_s = port.to_string();
+    /// Stops the server however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let redis = Kill(
+        Command::new("redis-server")
+            .args(["--port", &port_s, "--dir"])
+            .arg(dir.path())
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--enable-debug-command", "local"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("redis to answer", Duration::from_secs(20), || {
+        redis_cli(port, &["PING"]).trim() == "PONG"
+    });
+    let pid = redis.0.id();
+    assert!(redis_cli(port, &["DEBUG", "POPULATE", "100000", "key", "4096"]).contains("OK"));
+    redis_cli(port, &["CONFIG", "SET", "rdb-key-save-delay", "20"]);
+    let out = dir.path().join("t.json");
+    let mut c = Command::new(bin())
+        .args([
+            "trace",
+            "--pid",
+            &pid.to_string(),
+            "--interval",
+            "200ms",
+            "--out",
+        ])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("cowscope to attach", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| s.contains(&format!("TracerPid:\t{}", c.id())))
+    });
+    // The tracepoints are open once attach() returns; give it a moment beyond the seize.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(redis_cli(port, &["BGSAVE"]).contains("started"));
+    let mut writer = Command::new("redis-benchmark")
+        .args([
+            "-p", &port_s, "-t", "set", "-n", "20000", "-r", "100000", "-d", "4096", "-q",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("BGSAVE to finish", Duration::from_secs(90), || {
+        redis_cli(port, &["INFO", "persistence"]).contains("rdb_bgsave_in_progress:0")
+    });
+    let _ = writer.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "cowscope detaches");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "detached: the server runs on");
+    assert_eq!(
+        redis_cli(port, &["PING"]).trim(),
+        "PONG",
+        "redis still serves"
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(v["release_tracking"]["method"], "tracepoints");
+    assert_eq!(v["release_tracking"]["stops"], 0);
+    let f = v["forks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["final"]["total"].as_u64() > Some(50_000))
+        .unwrap_or_else(|| panic!("the BGSAVE fork: {v:#}"));
+    let fin = &f["final"];
+    eprintln!(
+        "redis BGSAVE attached: total {} shared {} copied_by_child {} copied_by_parent {} \
+         released_by_child {} copied_then_released_by_child {} records {} lost {}",
+        fin["total"],
+        fin["shared"],
+        fin["copied_by_child"],
+        fin["copied_by_parent"],
+        fin["released_by_child"],
+        fin["copied_then_released_by_child"],
+        v["release_tracking"]["events"]["records"],
+        v["release_tracking"]["events"]["lost"],
+    );
+    assert_eq!(fin["trigger"], "child_exit");
+    assert!(fin["released_by_child"].as_u64() > Some(10_000), "{fin:#}");
+    assert!(
+        fin["copied_by_child"].as_u64() < fin["released_by_child"].as_u64(),
+        "the child's own copies stay small: {fin:#}"
+    );
+    assert!(fin["copied_by_parent"].as_u64() > Some(0), "{fin:#}");
+}
