@@ -389,3 +389,99 @@ fn redis_attached_during_bgsave_counts_the_childs_releases_as_releases() {
     );
     assert!(fin["copied_by_parent"].as_u64() > Some(0), "{fin:#}");
 }
+
+/// gunicorn from PyPI (`.ci/run` installs it into `.cache/venv-gunicorn` with Debian's
+/// python3), `--preload -w 2`, traced with `--interval`: each worker's `peak` is the most it
+/// copied while it served, within 5% of its largest interval sample (its shutdown frees what
+/// it copied, so the exit sample is not the peak).
+#[test]
+fn gunicorn_workers_peak_is_their_largest_interval_sample() {
+    if !is_root() {
+        eprintln!("SKIP: who copied needs visible PFNs (root)");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let gunicorn = root.join(".cache/venv-gunicorn/bin/gunicorn");
+    if !gunicorn.exists() {
+        eprintln!(
+            "SKIP: {} is missing (.ci/run installs it)",
+            gunicorn.display()
+        );
+        return;
+    }
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let mut c = Command::new(bin())
+        .args(["trace", "--interval", "100ms", "--out"])
+        .arg(&out)
+        .arg("--")
+        .arg(&gunicorn)
+        .args(["--preload", "-w", "2", "-b", &format!("127.0.0.1:{port}")])
+        .arg("--chdir")
+        .arg(root.join("tests/trace_programs"))
+        .arg("prefork_app:app")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        Some(r)
+    };
+    wait_until("gunicorn to answer", Duration::from_secs(30), || {
+        get().is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
+    });
+    for _ in 0..20 {
+        assert!(get().is_some());
+    }
+    // Interval samples while the workers hold their copies.
+    std::thread::sleep(Duration::from_millis(600));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = c.kill();
+            panic!("gunicorn did not stop within 30 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(status.code(), Some(101), "no panic");
+    let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let workers: Vec<&Value> = v["forks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "fork" && f["peak"]["child"]["pages"].as_u64() > Some(500))
+        .collect();
+    assert!(!workers.is_empty(), "a worker that copied: {v:#}");
+    for f in workers {
+        let largest = f["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["trigger"] == "interval")
+            .filter_map(|s| s["copied_by_child"].as_u64())
+            .max()
+            .expect("interval samples of the worker");
+        let peak = f["peak"]["child"]["pages"].as_u64().unwrap();
+        eprintln!(
+            "worker {}: peak {peak} pages, largest interval sample {largest}, final {}",
+            f["child"], f["final"]["copied_by_child"]
+        );
+        assert!(
+            peak >= largest && (peak - largest) * 20 <= largest,
+            "peak {peak} within 5% of the largest interval sample {largest}"
+        );
+    }
+}
