@@ -188,6 +188,17 @@ fn lookup() -> io::Result<Vec<Tp>> {
     Ok(tps)
 }
 
+/// Every traced thread holds a dozen event descriptors: raise the soft limit on open files
+/// to the hard one (best effort; the default 1,024 would last ~80 threads).
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 impl ReleaseEvents {
     /// Look the tracepoints up (mounting tracefs for the read if needed) and check that one
     /// opens here (root or CAP_PERFMON: syscall tracepoints fire in kernel mode).
@@ -204,6 +215,7 @@ impl ReleaseEvents {
             inherit_threads: true,
             ring_pages: RING_PAGES,
         };
+        raise_fd_limit();
         // SAFETY: gettid has no preconditions.
         let me = unsafe { libc::gettid() };
         loop {
@@ -301,10 +313,39 @@ impl ReleaseEvents {
     /// Every event that happened before `until` (CLOCK_MONOTONIC ns), in time order; later
     /// ones wait for the next call.
     pub fn collect(&mut self, until: u64) -> Vec<Event> {
+        self.drain(None);
+        self.queue.sort_by_key(Event::time);
+        let n = self.queue.partition_point(|e| e.time() < until);
+        self.queue.drain(..n).collect()
+    }
+
+    /// A process is gone: read what its rings still hold, then close them (each thread has a
+    /// dozen descriptors: a program that forks thousands of children must not run cowscope
+    /// out of them).
+    pub fn close_process(&mut self, pid: i32) {
+        if !self.streams.iter().any(|(o, _)| *o == pid) {
+            return;
+        }
+        self.drain(Some(pid));
+        self.streams.retain(|(o, s)| {
+            let keep = *o != pid;
+            if !keep {
+                self.opened.remove(&s.tid);
+            }
+            keep
+        });
+        self.brk.remove(&pid);
+    }
+
+    /// Read the rings (of `only`'s streams, or all) and queue their events.
+    fn drain(&mut self, only: Option<i32>) {
         let mut streams = std::mem::take(&mut self.streams);
         let mut recs: Vec<(u64, i32, i32, usize, [u64; 6])> = Vec::new();
         for (owner, s) in &mut streams {
             let owner = *owner;
+            if only.is_some_and(|p| p != owner) {
+                continue;
+            }
             s.drain(|r| match r {
                 Record::Lost(n) => {
                     self.lost += n;
@@ -387,9 +428,6 @@ impl ReleaseEvents {
                 });
             }
         }
-        self.queue.sort_by_key(Event::time);
-        let n = self.queue.partition_point(|e| e.time() < until);
-        self.queue.drain(..n).collect()
     }
 
     /// A process's threads and program break are gone (exit or exec): forget its pending

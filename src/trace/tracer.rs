@@ -1311,6 +1311,7 @@ impl Tracer<'_> {
         }
         // The leader's death is reported last: the process is gone.
         self.tasks.retain(|_, t| t.tgid != tgid);
+        self.release_events_gone(tgid);
         let now = self.now();
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.alive = false;

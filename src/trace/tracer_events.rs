@@ -90,6 +90,13 @@ impl Tracer<'_> {
         r.open_process(pid, &threads, heap_end(pid));
     }
 
+    /// A process is gone: its rings are read one last time and closed.
+    pub(super) fn release_events_gone(&mut self, pid: i32) {
+        if let Some(r) = self.rel.as_mut() {
+            r.close_process(pid);
+        }
+    }
+
     fn report_release_failures(&mut self) {
         if let Some(r) = self.rel.as_mut() {
             self.body.notes.append(&mut r.failures);
