@@ -146,7 +146,7 @@ fn lookup() -> io::Result<Vec<Tp>> {
     let found = perf::tracefs::tracepoints(&refs)?;
     let mut tps = Vec::new();
     for (k, r) in found.into_iter().enumerate() {
-        let (name, t) = CALLS[k / 2];
+        let (_, t) = CALLS[k / 2];
         let enter = k % 2 == 0;
         let tp = r.map_err(|e| {
             io::Error::new(
@@ -176,7 +176,6 @@ fn lookup() -> io::Result<Vec<Tp>> {
             (true, Traced::MmapFixed) => Some("flags & 0x10".to_string()),
             _ => None,
         };
-        let _ = name;
         tps.push(Tp {
             id: tp.id,
             t,
@@ -430,8 +429,8 @@ impl ReleaseEvents {
         }
     }
 
-    /// A process's threads and program break are gone (exit or exec): forget its pending
-    /// entries' owners. Its streams stay until the end (closing a ring loses its records).
+    /// A process exec'd: the old program break means nothing now (the caller sets the new
+    /// one with [`Self::open_process`]).
     pub fn forget(&mut self, pid: i32) {
         self.brk.remove(&pid);
     }
