@@ -10,10 +10,14 @@
 //!        │                      the child's pagemap before it runs = the fork-time baseline
 //!        ├─ seccomp stop        syscalls.rs: a release (munmap, madvise DONTNEED...): PTRACE_SYSCALL
 //!        │  / syscall stop      to its exit, then mark the released range for that side
+//!        ├─ --pid: tracepoints  releases_perf.rs: the same releases from the syscall tracepoints
+//!        │                      (perf rings, no stop), applied before every sample
 //!        ├─ PTRACE_EVENT_EXIT   a sample while the exiting side's memory is still mapped
 //!        ├─ execve (entry)      a sample before the address space is replaced
 //!        └─ --interval          samples of every live pair
-//!  classify.rs    one class per page: shared, copied_by_child, released_by_parent, moved...
+//!  classify.rs    one class per page: shared, copied_by_child, copied_then_released_by_child,
+//!                 released_by_parent, moved...
+//!  history.rs     per fork and side the peak of copied pages over the samples
 //! ```
 //!
 //! Invariants: every ptrace request comes from the one tracer thread; a traced command is
