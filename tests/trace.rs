@@ -104,12 +104,14 @@ fn vma_row<'a>(fork: &'a Value, start: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row for {start} in {fork:#}"))
 }
 
-const CLASSES: [&str; 14] = [
+const CLASSES: [&str; 16] = [
     "shared",
     "zero",
     "copied_by_child",
     "copied_by_parent",
     "copied_at_fork",
+    "copied_then_released_by_child",
+    "copied_then_released_by_parent",
     "released_by_child",
     "released_by_parent",
     "released_by_both",
@@ -724,7 +726,11 @@ fn attach_and_detach_leave_the_target_running(#[case] extra: &[&str]) {
             .iter()
             .all(|f| f["parent"].as_i64() == Some(i64::from(pid)))
     );
-    let method = if extra.is_empty() { "none" } else { "syscalls" };
+    let method = match (extra.is_empty(), is_root()) {
+        (false, _) => "syscalls",
+        (true, true) => "tracepoints",
+        (true, false) => "none",
+    };
     assert_eq!(v["release_tracking"]["method"], method);
     target.kill().unwrap();
     target.wait().unwrap();

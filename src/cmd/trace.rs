@@ -17,7 +17,7 @@ use super::{parse_duration, parse_number};
 #[derive(Debug, clap::Args)]
 #[command(after_help = "Examples:\n  cowscope trace -- python3 server.py\n  \
     cowscope trace --out trace.json --interval 500ms -- redis-server --port 7777\n  \
-    cowscope trace --pid 4242 --syscalls\n\n\
+    cowscope trace --pid 4242\n\n\
     Output: the report goes to stderr when it ends (a table, or JSON with --format json), \
     after the program's own output, so the program's stdout stays its own; --out FILE \
     writes it to a file instead.\n\
@@ -38,8 +38,9 @@ pub struct Args {
     /// Also sample every live pair this often, e.g. 500ms or 2s.
     #[arg(long, value_name = "DURATION")]
     pub interval: Option<String>,
-    /// Track releases with a ptrace stop at every syscall: the only way with --pid; with a
-    /// command it replaces the seccomp filter (slower).
+    /// Track releases with a ptrace stop at every syscall (slow): with --pid the fallback to
+    /// the syscall tracepoints (used by default where they open: root or CAP_PERFMON); with
+    /// a command it replaces the seccomp filter.
     #[arg(long)]
     pub syscalls: bool,
     /// Name the code behind every copied page: record the page faults after each fork
@@ -61,6 +62,10 @@ pub struct Args {
     /// them goes to stderr, never stdout (the program's own).
     #[arg(long, value_enum)]
     pub format: Option<TraceFormat>,
+    /// Table: a section for every fork, also for children that exec'd at once with nothing
+    /// copied (by default one line counts those).
+    #[arg(long)]
+    pub all_forks: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -193,7 +198,7 @@ pub fn run(args: Args) -> Result<i32> {
     let doc = doc?;
     let text = match format {
         TraceFormat::Json => output::to_json(&doc)?,
-        TraceFormat::Table => crate::render::trace::table(&doc),
+        TraceFormat::Table => crate::render::trace::table_with(&doc, args.all_forks),
         TraceFormat::Folded => crate::render::trace::folded(&doc),
         TraceFormat::Flamegraph => match crate::render::trace::flamegraph(&doc) {
             Ok(svg) => svg,

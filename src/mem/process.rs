@@ -1,5 +1,5 @@
 //! One process as procfs describes it, one parser per file: `/proc/<pid>/stat` (name, state,
-//! parent, kernel thread, start time), `/proc/<pid>/status` and `task/<tid>/status` (thread
+//! parent, kernel thread, start time), `/proc/<pid>/cmdline`, `/proc/<pid>/status` and `task/<tid>/status` (thread
 //! group, state, pending signals, tracer, uids, capabilities), `/proc/<pid>/task` (threads),
 //! `task/<tid>/children`, `/proc/<pid>/statm` (resident pages); `kcmp(KCMP_VM)` (do two
 //! processes share one address space); and, when the kernel refuses access, the reason in
@@ -66,6 +66,27 @@ pub fn parse_stat(line: &str) -> Option<Stat> {
         flags: field(9)?.parse().ok()?,
         start_time: field(22)?.parse().ok()?,
     })
+}
+
+/// `/proc/<pid>/cmdline` as one line: the arguments joined by spaces (a program that
+/// rewrote its title, e.g. with setproctitle, shows that title). Empty for a zombie or a
+/// kernel thread.
+///
+/// # Errors
+/// `NotFound` when there is no such process; `PermissionDenied` when hidden (hidepid).
+pub fn cmdline(pid: i32) -> io::Result<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline"))?;
+    Ok(parse_cmdline(&raw))
+}
+
+/// The NUL-separated arguments of a `cmdline` file, joined by spaces (trailing NULs and a
+/// title padded with NULs dropped).
+pub fn parse_cmdline(raw: &[u8]) -> String {
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Read `/proc/<pid>/stat`.
@@ -397,6 +418,20 @@ pub fn denied_because(pid: i32, access: Access) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_cmdline_is_its_arguments_joined_and_a_padded_title_loses_its_nuls() {
+        assert_eq!(
+            parse_cmdline(b"/bin/sh\0-c\0true; true\0"),
+            "/bin/sh -c true; true"
+        );
+        assert_eq!(
+            parse_cmdline(b"gunicorn: worker [app]\0\0\0\0"),
+            "gunicorn: worker [app]"
+        );
+        assert_eq!(parse_cmdline(b""), "");
+    }
+
     use super::*;
 
     #[test]

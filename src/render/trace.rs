@@ -11,13 +11,21 @@ fn mib(pages: u64, ps: u64) -> f64 {
     (pages * ps) as f64 / (1024.0 * 1024.0)
 }
 
-fn rows(c: &Counts) -> [(&'static str, u64); 14] {
+fn rows(c: &Counts) -> [(&'static str, u64); 16] {
     [
         ("shared", c.shared),
         ("zero", c.zero),
         ("copied_by_child", c.copied_by_child),
         ("copied_by_parent", c.copied_by_parent),
         ("copied_at_fork", c.copied_at_fork),
+        (
+            "copied_then_released_by_child",
+            c.copied_then_released_by_child,
+        ),
+        (
+            "copied_then_released_by_parent",
+            c.copied_then_released_by_parent,
+        ),
         ("released_by_child", c.released_by_child),
         ("released_by_parent", c.released_by_parent),
         ("released_by_both", c.released_by_both),
@@ -36,7 +44,7 @@ fn rows(c: &Counts) -> [(&'static str, u64); 14] {
 /// One class's row: name, pages (singular for one), MiB; the columns stay in line.
 fn count_line(name: &str, v: u64, ps: u64) -> String {
     let unit = if v == 1 { "page" } else { "pages" };
-    format!("    {name:<20} {v:>10} {unit:<5} {:>10.1} MiB", mib(v, ps))
+    format!("    {name:<30} {v:>10} {unit:<5} {:>10.1} MiB", mib(v, ps))
 }
 
 fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
@@ -44,11 +52,30 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     let c = &fin.counts;
     let tracked = f.baseline.as_ref().map_or(c.total, |b| b.pages);
     let mut s = if pfn_visible {
+        // The peak leads: what a side held while it ran, then what it still held at the end.
+        let side = |who: &str, held: u64, peak: Option<&crate::trace::Peak>| match peak {
+            Some(p) if p.pages > held => format!(
+                "the {who} copied up to {:.1} MiB while it ran ({:.3} s); {:.1} MiB still held \
+                 at {}",
+                mib(p.pages, ps),
+                p.at,
+                mib(held, ps),
+                fin.trigger
+            ),
+            _ => format!("the {who} copied {:.1} MiB", mib(held, ps)),
+        };
         format!(
-            "the child copied {:.1} MiB and the parent {:.1} MiB of the {:.1} MiB mapped at the \
-             fork",
-            mib(c.copied_by_child, ps),
-            mib(c.copied_by_parent, ps),
+            "{} and {} of the {:.1} MiB mapped at the fork",
+            side(
+                "child",
+                c.copied_by_child,
+                f.peak.as_ref().map(|p| &p.child)
+            ),
+            side(
+                "parent",
+                c.copied_by_parent,
+                f.peak.as_ref().map(|p| &p.parent)
+            ),
             mib(tracked, ps)
         )
     } else {
@@ -77,6 +104,16 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
             s,
             "; {:.0}% of it in {name}",
             100.0 * n as f64 / copied as f64
+        );
+    }
+    let freed = c.copied_then_released_by_child + c.copied_then_released_by_parent;
+    if freed > 0 {
+        let _ = write!(
+            s,
+            "; {:.1} MiB were copied and released again (child {:.1}, parent {:.1})",
+            mib(freed, ps),
+            mib(c.copied_then_released_by_child, ps),
+            mib(c.copied_then_released_by_parent, ps)
         );
     }
     let rel = c.released_by_child + c.released_by_parent + c.released_by_both;
@@ -151,6 +188,37 @@ pub fn flamegraph(r: &TraceDoc) -> std::io::Result<String> {
         None => format!("pid {}", r.body.pid),
     };
     super::stacks::flamegraph(&stack_groups(r), &program, &r.system.kernel_release)
+}
+
+/// One line over all forks: the sum of each fork's peak per side (what the run's copies cost
+/// at their most, fork by fork), beside what was still held at the end.
+fn run_summary(forks: &[ForkRecord], ps: u64, pfn_visible: bool) -> Option<String> {
+    if !pfn_visible {
+        return None;
+    }
+    let with: Vec<&ForkRecord> = forks.iter().filter(|f| f.peak.is_some()).collect();
+    if with.is_empty() {
+        return None;
+    }
+    let sum = |g: fn(&crate::trace::Peaks) -> u64| -> u64 {
+        with.iter().filter_map(|f| f.peak.as_ref()).map(g).sum()
+    };
+    let (pc, pp) = (sum(|p| p.child.pages), sum(|p| p.parent.pages));
+    let held: (u64, u64) = with
+        .iter()
+        .filter_map(|f| f.final_sample.as_ref())
+        .fold((0, 0), |(a, b), x| {
+            (a + x.counts.copied_by_child, b + x.counts.copied_by_parent)
+        });
+    Some(format!(
+        "all {} fork(s): the children copied up to {:.1} MiB and the parents {:.1} MiB (the sum \
+         of each fork's peak); {:.1} MiB and {:.1} MiB still held at the end",
+        with.len(),
+        mib(pc, ps),
+        mib(pp, ps),
+        mib(held.0, ps),
+        mib(held.1, ps)
+    ))
 }
 
 /// A module's file name, as frames name it.
@@ -272,8 +340,55 @@ fn stack_lines(f: &ForkRecord, own: &str, ps: u64) -> Vec<String> {
     out
 }
 
-/// Render the report.
+/// A process as the fork lines name it: pid, `comm`, and its command line where readable
+/// (shortened; left out when it only repeats the name).
+fn who(b: &crate::trace::TraceBody, pid: i32) -> String {
+    let Some(p) = b.processes.iter().find(|p| p.pid == pid) else {
+        return pid.to_string();
+    };
+    let mut s = if p.comm.is_empty() {
+        pid.to_string()
+    } else {
+        format!("{pid} {}", p.comm)
+    };
+    if let Some(c) = p.cmdline.as_deref().filter(|c| *c != p.comm) {
+        let short: String = c.chars().take(60).collect();
+        let more = if c.chars().count() > 60 { "..." } else { "" };
+        let _ = write!(s, " ({short}{more})");
+    }
+    s
+}
+
+/// How long after its fork a child's exec still counts as "at once" (a shell's `sh -c`, a
+/// shim), seconds.
+const EXEC_AT_ONCE_S: f64 = 1.0;
+
+/// A fork whose child exec'd within [`EXEC_AT_ONCE_S`] (or shared the parent's memory until
+/// its exec: vfork): one line for all of them, unless `--all-forks`.
+fn exec_at_once(f: &ForkRecord) -> bool {
+    f.ended
+        .as_ref()
+        .is_some_and(|e| e.by == "child_exec" && (f.shares_mm || e.at - f.at < EXEC_AT_ONCE_S))
+}
+
+/// Pages a folded fork's sides copied before the exec (kept or released since).
+fn copies_before_exec(f: &ForkRecord) -> u64 {
+    f.final_sample.as_ref().map_or(0, |fin| {
+        let c = &fin.counts;
+        c.copied_by_child
+            + c.copied_by_parent
+            + c.copied_then_released_by_child
+            + c.copied_then_released_by_parent
+    })
+}
+
+/// Render the report (forks that exec'd at once folded into one line).
 pub fn table(r: &TraceDoc) -> String {
+    table_with(r, false)
+}
+
+/// Render the report; `all_forks`: a section for every fork, also those that exec'd at once.
+pub fn table_with(r: &TraceDoc, all_forks: bool) -> String {
     let b = &r.body;
     let ps = r.system.page_size;
     let mut s = String::new();
@@ -293,23 +408,35 @@ pub fn table(r: &TraceDoc) -> String {
     );
     let _ = writeln!(
         s,
-        "releases tracked by {} ({} syscall stops, {} releases); PFNs {}",
+        "releases tracked by {} ({} syscall stops, {} releases{}); PFNs {}",
         b.release_tracking.method,
         b.release_tracking.stops,
         b.release_tracking.releases,
+        match &b.release_tracking.events {
+            Some(e) => format!(", {} syscall records read, {} lost", e.records, e.lost),
+            None => String::new(),
+        },
         if b.attribution.pfn_visible {
             "visible"
         } else {
             "hidden (who copied is unproven)"
         }
     );
+    let folded: Vec<&ForkRecord> = if all_forks {
+        Vec::new()
+    } else {
+        b.forks.iter().filter(|f| exec_at_once(f)).collect()
+    };
     for (n, f) in b.forks.iter().enumerate() {
+        if !all_forks && exec_at_once(f) {
+            continue;
+        }
         let _ = writeln!(
             s,
             "\nfork {}: {} -> {} ({}{}) at {:.3} s, parent held {} µs, child held {} µs",
             n + 1,
-            f.parent,
-            f.child,
+            who(b, f.parent),
+            who(b, f.child),
             f.kind,
             if f.shares_mm {
                 ", shares the parent's memory: no copy-on-write"
@@ -412,8 +539,52 @@ pub fn table(r: &TraceDoc) -> String {
             let _ = writeln!(s, "  note: {n}");
         }
     }
+    if !folded.is_empty() {
+        let mut names: Vec<String> = Vec::new();
+        for f in &folded {
+            let n = b
+                .processes
+                .iter()
+                .find(|p| p.pid == f.child)
+                .map(|p| p.comm.clone())
+                .unwrap_or_default();
+            if !n.is_empty() && !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        let more = if names.len() > 5 { ", ..." } else { "" };
+        names.truncate(5);
+        let copied: u64 = folded.iter().map(|f| copies_before_exec(f)).sum();
+        let unsampled = folded
+            .iter()
+            .filter(|f| !f.shares_mm && f.final_sample.is_none())
+            .count();
+        let what = match (copied, unsampled) {
+            (0, 0) => "nothing copied".to_string(),
+            (0, u) => format!("nothing copied where sampled ({u} not sampled before the exec)"),
+            (c, 0) => format!("{} copied before their execs", super::svg::pages(c)),
+            (c, u) => format!(
+                "{} copied before their execs ({u} not sampled before the exec)",
+                super::svg::pages(c)
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "\n{} fork+exec {} ({}{more}): {what} (--all-forks lists them)",
+            folded.len(),
+            if folded.len() == 1 {
+                "child"
+            } else {
+                "children"
+            },
+            names.join(", ")
+        );
+    }
     if b.forks.is_empty() {
         let _ = writeln!(s, "\nno forks seen");
+    }
+    if let Some(line) = run_summary(&b.forks, ps, b.attribution.pfn_visible) {
+        let _ = writeln!(s, "\n{line}");
     }
     if !b.attribution.unproven.is_empty() {
         let _ = writeln!(s);
@@ -471,6 +642,7 @@ mod tests {
                 counts,
                 vmas: Vec::new(),
             }),
+            peak: None,
             releases: PairReleases::default(),
             ended: None,
             stacks: None,
@@ -507,6 +679,72 @@ mod tests {
         assert!(many.contains(" 2560 pages "), "{many}");
         assert_eq!(one.find("MiB"), many.find("MiB"), "{one}\n{many}");
         assert!(many.ends_with("10.0 MiB"), "{many}");
+    }
+
+    #[test]
+    fn forks_that_exec_at_once_are_one_line_unless_all_forks() {
+        let mut shim = fork(Counts {
+            total: 100,
+            shared: 100,
+            ..Counts::default()
+        });
+        shim.ended = Some(crate::trace::PairEnd {
+            at: 0.01,
+            by: "child_exec".into(),
+        });
+        let mut worker = fork(Counts {
+            total: 100,
+            shared: 90,
+            copied_by_child: 10,
+            ..Counts::default()
+        });
+        worker.child = 3;
+        let mut copied_then_exec = worker.clone();
+        copied_then_exec.child = 4;
+        copied_then_exec.ended = shim.ended.clone();
+        copied_then_exec.ended = Some(crate::trace::PairEnd {
+            at: 30.0,
+            by: "child_exec".into(),
+        });
+        assert!(exec_at_once(&shim));
+        assert!(!exec_at_once(&worker));
+        assert!(
+            !exec_at_once(&copied_then_exec),
+            "a child that ran for a while before its exec keeps its section"
+        );
+    }
+
+    #[test]
+    fn the_peak_leads_and_what_is_left_at_exit_follows() {
+        // 11,553 pages copied at the peak, 2,200 still held at the exit stop.
+        let c = Counts {
+            total: 30000,
+            shared: 27800,
+            copied_by_child: 2200,
+            ..Counts::default()
+        };
+        let mut f = fork(c);
+        f.peak = Some(crate::trace::Peaks {
+            child: crate::trace::Peak {
+                pages: 11553,
+                at: 4.5,
+            },
+            parent: crate::trace::Peak { pages: 0, at: 0.0 },
+            before_end: None,
+        });
+        let s = sentence(&f, 4096, true).unwrap();
+        assert!(
+            s.starts_with("the child copied up to 45.1 MiB while it ran (4.500 s); 8.6 MiB still held at child_exit"),
+            "{s}"
+        );
+        assert!(s.contains("the parent copied 0.0 MiB"), "{s}");
+        let two = [f.clone(), f];
+        let line = run_summary(&two, 4096, true).unwrap();
+        assert!(
+            line.contains("all 2 fork(s): the children copied up to 90.3 MiB"),
+            "{line}"
+        );
+        assert!(line.contains("17.2 MiB and 0.0 MiB still held"), "{line}");
     }
 
     #[test]

@@ -11,9 +11,12 @@
 //!    Both on a zero frame, even different ones (the huge zero page on one side, small zero
 //!    pages after a split on the other), is `zero`.
 //! 3. A side released the range since the fork (munmap, madvise DONTNEED/FREE/REMOVE, mremap,
-//!    brk shrink, MAP_FIXED over it): `released_by_parent`, `released_by_child` or
-//!    `released_by_both`. A release never overrides rule 2: a page still on the shared frame is
-//!    shared, whatever syscall touched it (MADV_FREE skips pages mapped by two processes).
+//!    brk shrink, MAP_FIXED over it): `copied_then_released_by_child` /
+//!    `copied_then_released_by_parent` when an earlier sample saw that side's copy there (the
+//!    history byte remembers it: a copy later freed was a copy), else `released_by_parent`,
+//!    `released_by_child` or `released_by_both`. A release never overrides rule 2: a page
+//!    still on the shared frame is shared, whatever syscall touched it (MADV_FREE skips pages
+//!    mapped by two processes).
 //! 4. A side has nothing there, in RAM or swap (and did not release it): `absent`,
 //!    `only_parent`, `only_child`. A page in swap is still the side's page: the same swap slot
 //!    on both sides is one page (`shared`, with visible swap offsets), different slots are
@@ -63,7 +66,13 @@ pub enum Class {
     /// wrote the child's TID (CLONE_CHILD_SETTID, as glibc's fork asks), or a page that may
     /// be DMA-pinned (io_uring, O_DIRECT), which fork copies instead of sharing.
     CopiedAtFork,
-    /// The child released the range after the fork (and may have faulted a fresh page).
+    /// The child copied the page (a sample saw its copy) and released it later: memory the
+    /// child held for a while, gone now.
+    CopiedThenReleasedByChild,
+    /// The parent copied the page (a sample saw its copy) and released it later.
+    CopiedThenReleasedByParent,
+    /// The child released the range after the fork without a copy seen first (and may have
+    /// faulted a fresh page).
     ReleasedByChild,
     /// The parent released the range after the fork.
     ReleasedByParent,
@@ -223,6 +232,10 @@ pub struct Evidence {
     /// process lives in the address space's family, and KSM does not run (it merges pages
     /// across unrelated processes).
     pub family_rule: bool,
+    /// Release records of (parent, child) were lost since the fork (a ring buffer was
+    /// full): a new frame on that side may follow a release nobody saw, so it is `diverged`
+    /// (who is unknown), never that side's copy.
+    pub releases_lost: (bool, bool),
 }
 
 /// Per-page state kept between samples.
@@ -303,15 +316,22 @@ pub fn classify(
     if st.hist == Hist::Unborn {
         return None;
     }
-    Some(if ev.pfn_visible {
+    let class = if ev.pfn_visible {
         classify_with_pfns(st, p, c, released_by_parent, released_by_child, ev)
     } else {
         classify_without_pfns(st, p, c, released_by_parent, released_by_child, ev)
+    };
+    Some(match class {
+        Class::CopiedByParent if ev.releases_lost.0 => Class::Diverged,
+        Class::CopiedByChild if ev.releases_lost.1 => Class::Diverged,
+        k => k,
     })
 }
 
-fn by_release(rp: bool, rc: bool) -> Option<Class> {
+fn by_release(rp: bool, rc: bool, h: Hist) -> Option<Class> {
     match (rp, rc) {
+        (_, true) if h == Hist::CopiedByChild => Some(Class::CopiedThenReleasedByChild),
+        (true, _) if h == Hist::CopiedByParent => Some(Class::CopiedThenReleasedByParent),
         (true, true) => Some(Class::ReleasedByBoth),
         (true, false) => Some(Class::ReleasedByParent),
         (false, true) => Some(Class::ReleasedByChild),
@@ -395,7 +415,7 @@ fn classify_with_pfns(
             return Class::Zero;
         }
     }
-    if let Some(r) = by_release(rp, rc) {
+    if let Some(r) = by_release(rp, rc, st.hist) {
         return r;
     }
     if let Some(k) = by_presence(p, c) {
@@ -470,7 +490,7 @@ fn classify_without_pfns(
         PairClass::Zero => return Class::Zero,
         _ => {}
     }
-    if let Some(r) = by_release(rp, rc) {
+    if let Some(r) = by_release(rp, rc, st.hist) {
         return r;
     }
     match k {
@@ -521,7 +541,11 @@ pub struct Counts {
     pub copied_by_parent: u64,
     /// Copied by the kernel during fork (pinned pages).
     pub copied_at_fork: u64,
-    /// Released by the child since the fork.
+    /// Copied by the child (an earlier sample saw it), then released by it.
+    pub copied_then_released_by_child: u64,
+    /// Copied by the parent (an earlier sample saw it), then released by it.
+    pub copied_then_released_by_parent: u64,
+    /// Released by the child since the fork, without a copy seen first.
     pub released_by_child: u64,
     /// Released by the parent since the fork.
     pub released_by_parent: u64,
@@ -556,6 +580,8 @@ impl Counts {
             Class::CopiedByChild => &mut self.copied_by_child,
             Class::CopiedByParent => &mut self.copied_by_parent,
             Class::CopiedAtFork => &mut self.copied_at_fork,
+            Class::CopiedThenReleasedByChild => &mut self.copied_then_released_by_child,
+            Class::CopiedThenReleasedByParent => &mut self.copied_then_released_by_parent,
             Class::ReleasedByChild => &mut self.released_by_child,
             Class::ReleasedByParent => &mut self.released_by_parent,
             Class::ReleasedByBoth => &mut self.released_by_both,
@@ -576,6 +602,8 @@ impl Counts {
         self.copied_by_child += o.copied_by_child;
         self.copied_by_parent += o.copied_by_parent;
         self.copied_at_fork += o.copied_at_fork;
+        self.copied_then_released_by_child += o.copied_then_released_by_child;
+        self.copied_then_released_by_parent += o.copied_then_released_by_parent;
         self.released_by_child += o.released_by_child;
         self.released_by_parent += o.released_by_parent;
         self.released_by_both += o.released_by_both;
@@ -594,6 +622,8 @@ impl Counts {
             + self.copied_by_child
             + self.copied_by_parent
             + self.copied_at_fork
+            + self.copied_then_released_by_child
+            + self.copied_then_released_by_parent
             + self.released_by_child
             + self.released_by_parent
             + self.released_by_both
@@ -652,6 +682,7 @@ mod tests {
         same_mapping: true,
         file_backed: false,
         family_rule: false,
+        releases_lost: (false, false),
     };
     fn shared_state() -> PageState {
         PageState {
@@ -875,6 +906,7 @@ mod tests {
         same_mapping: true,
         file_backed: false,
         family_rule: true,
+        releases_lost: (false, false),
     };
 
     #[rstest]
@@ -974,6 +1006,50 @@ mod tests {
             classify(&mut st, p, c, false, false, HIDDEN),
             Some(Class::Unproven)
         );
+    }
+
+    /// History: a copy a sample saw and its side released later was a copy (the worker held
+    /// that memory), not a plain release; a release without a copy seen first stays one.
+    #[rstest]
+    #[case::the_child_copied_then_released(on(F), on(7), gone(), (false, true), Class::CopiedThenReleasedByChild)]
+    #[case::the_child_copied_released_and_refaulted(on(F), on(7), on(8), (false, true), Class::CopiedThenReleasedByChild)]
+    #[case::the_parent_copied_then_released(on(7), on(F), gone(), (true, false), Class::CopiedThenReleasedByParent)]
+    #[case::the_parent_copied_then_both_released(on(7), on(F), gone(), (true, true), Class::CopiedThenReleasedByParent)]
+    #[case::the_other_side_released_its_original(on(F), on(7), gone(), (true, false), Class::ReleasedByParent)]
+    #[case::the_child_released_a_page_it_never_copied(on(F), on(F), gone(), (false, true), Class::ReleasedByChild)]
+    fn a_copy_released_later_keeps_its_history(
+        #[case] p: Seen,
+        #[case] first: Seen,
+        #[case] later: Seen,
+        #[case] released: (bool, bool),
+        #[case] want: Class,
+    ) {
+        let mut st = shared_state();
+        // The first sample: no release yet.
+        classify(&mut st, p, first, false, false, ROOT);
+        let (rp, rc) = released;
+        let p_later = if rp { gone() } else { p };
+        assert_eq!(classify(&mut st, p_later, later, rp, rc, ROOT), Some(want));
+    }
+
+    /// A release whose record was lost cannot be placed: the side's new frame is diverged.
+    #[rstest]
+    #[case::the_childs_records_were_lost(on(F), on(7), (false, true), Class::Diverged)]
+    #[case::the_parents_records_were_lost(on(7), on(F), (true, false), Class::Diverged)]
+    #[case::the_other_sides_loss_changes_nothing(on(F), on(7), (true, false), Class::CopiedByChild)]
+    #[case::a_shared_page_stays_shared(on(F), on(F), (true, true), Class::Shared)]
+    fn a_lost_release_record_never_makes_a_copy(
+        #[case] p: Seen,
+        #[case] c: Seen,
+        #[case] lost: (bool, bool),
+        #[case] want: Class,
+    ) {
+        let mut st = shared_state();
+        let ev = Evidence {
+            releases_lost: lost,
+            ..ROOT
+        };
+        assert_eq!(classify(&mut st, p, c, false, false, ev), Some(want));
     }
 
     #[test]

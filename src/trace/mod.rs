@@ -10,10 +10,14 @@
 //!        │                      the child's pagemap before it runs = the fork-time baseline
 //!        ├─ seccomp stop        syscalls.rs: a release (munmap, madvise DONTNEED...): PTRACE_SYSCALL
 //!        │  / syscall stop      to its exit, then mark the released range for that side
+//!        ├─ --pid: tracepoints  releases_perf.rs: the same releases from the syscall tracepoints
+//!        │                      (perf rings, no stop), applied before every sample
 //!        ├─ PTRACE_EVENT_EXIT   a sample while the exiting side's memory is still mapped
 //!        ├─ execve (entry)      a sample before the address space is replaced
 //!        └─ --interval          samples of every live pair
-//!  classify.rs    one class per page: shared, copied_by_child, released_by_parent, moved...
+//!  classify.rs    one class per page: shared, copied_by_child, copied_then_released_by_child,
+//!                 released_by_parent, moved...
+//!  history.rs     per fork and side the peak of copied pages over the samples
 //! ```
 //!
 //! Invariants: every ptrace request comes from the one tracer thread; a traced command is
@@ -24,9 +28,11 @@
 pub mod attribute;
 pub mod classify;
 pub mod faults;
+pub mod history;
 pub mod mapcount;
 pub mod ptrace;
 pub mod relation;
+pub mod releases_perf;
 pub mod syscalls;
 mod tracer;
 
@@ -56,7 +62,7 @@ pub struct TraceOptions {
     /// Sample every live pair this often (besides the exit and exec samples).
     pub interval: Option<Duration>,
     /// Track releases with PTRACE_SYSCALL stops on every syscall instead of a seccomp filter
-    /// (the only way with `--pid`; measurably slower).
+    /// (a command) or the syscall tracepoints (`--pid`); measurably slower.
     pub syscalls: bool,
     /// `--stacks`: record page faults after each fork and name the code behind each copy;
     /// the value is the bytes of user stack copied per fault (for DWARF unwinding).
@@ -154,7 +160,9 @@ pub struct StackSamples {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ReleaseTracking {
     /// `seccomp` (a filter stops on exactly the releasing syscalls), `syscalls`
-    /// (PTRACE_SYSCALL on every syscall), or `none` (`--pid` without `--syscalls`).
+    /// (PTRACE_SYSCALL on every syscall), `tracepoints` (`--pid`: the kernel's syscall
+    /// tracepoints read from perf ring buffers, no stop), or `none` (`--pid` where the
+    /// tracepoints cannot be opened: a note says why).
     pub method: String,
     /// The filter needed `no_new_privs` (no CAP_SYS_ADMIN): setuid programs run by the traced
     /// command did not gain privileges.
@@ -163,6 +171,19 @@ pub struct ReleaseTracking {
     pub stops: u64,
     /// Releasing syscalls recorded (successful ones by a process in a live pair).
     pub releases: u64,
+    /// `tracepoints`: the records read and lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventCounts>,
+}
+
+/// The syscall records of the `tracepoints` method.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct EventCounts {
+    /// Syscall entry and exit records read (all traced threads).
+    pub records: u64,
+    /// Records the kernel dropped because a ring buffer was full. On a pair whose side lost
+    /// records, that side's new frames are `diverged`, never its copies.
+    pub lost: u64,
 }
 
 /// What can be attributed on this run.
@@ -203,6 +224,13 @@ pub struct ProcessRecord {
     pub ppid: Option<i32>,
     /// `/proc/<pid>/exe` when last seen (after its last exec).
     pub exe: String,
+    /// Its `comm` when last seen (at its start, exec, and exit stop).
+    #[serde(default)]
+    pub comm: String,
+    /// Its command line when last seen (a title set with setproctitle shows), where
+    /// readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
     /// Seconds since start when it was first seen.
     pub first_seen: f64,
     /// Successful execs while traced.
@@ -249,6 +277,10 @@ pub struct ForkRecord {
     /// The last sample before the pair ended (or before tracing ended), with per-VMA rows.
     #[serde(rename = "final", skip_serializing_if = "Option::is_none")]
     pub final_sample: Option<FinalSample>,
+    /// Per side the most copied memory any sample saw (the final sample may come after the
+    /// program's shutdown freed most of it), and the last sample before the pair's end began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak: Option<Peaks>,
     /// Releases each side made while the pair lived.
     pub releases: PairReleases,
     /// How the pair ended.
@@ -295,6 +327,28 @@ pub struct Sample {
     /// Pages per class.
     #[serde(flatten)]
     pub counts: Counts,
+}
+
+/// The most copied memory of one side over the samples.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Peak {
+    /// `copied_by_child` (or `copied_by_parent`) at its largest.
+    pub pages: u64,
+    /// Seconds since start of that sample.
+    pub at: f64,
+}
+
+/// A pair's peaks.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Peaks {
+    /// The child's copies.
+    pub child: Peak,
+    /// The parent's copies.
+    pub parent: Peak,
+    /// The last sample before the end began (not an exit, exec or end sample): what the
+    /// sides held while they still ran (`--interval` samples only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before_end: Option<Sample>,
 }
 
 /// The final sample with per-VMA rows.

@@ -575,6 +575,7 @@ impl Baseline {
                         }
                         let mut ev = Evidence {
                             pfn_visible: inp.pfn_visible,
+                            releases_lost: inp.releases_lost,
                             ..Evidence::default()
                         };
                         if inp.pfn_visible {
@@ -727,6 +728,9 @@ pub struct SampleInput<'a> {
     /// Without PFNs: "neither side has bit 56" proves "mapped by both" (see
     /// [`Evidence::family_rule`]).
     pub family_rule: bool,
+    /// Release records of (parent, child) were lost since the fork: a side's new frame may
+    /// be a release it made, so none is called its copy (see [`Evidence::releases_lost`]).
+    pub releases_lost: (bool, bool),
 }
 
 #[cfg(test)]

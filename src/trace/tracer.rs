@@ -29,6 +29,9 @@ use crate::mem::kpage::Kpage;
 use crate::mem::pagemap::Pagemap;
 use crate::mem::system::SystemInfo;
 
+#[path = "tracer_events.rs"]
+mod events;
+
 const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 /// How long detaching (or killing, on error) may wait for tracees to stop or die.
 const CLEANUP_WAIT: Duration = Duration::from_secs(5);
@@ -43,6 +46,8 @@ enum Mode {
 enum Tracking {
     Seccomp,
     Syscalls,
+    /// `--pid`: the syscall tracepoints, read from perf rings (tracer_events.rs).
+    Tracepoints,
     None,
 }
 
@@ -94,6 +99,9 @@ struct Pair {
     last: Option<(f64, String, Counts, Vec<Counts>)>,
     /// Without PFNs, at the last sample: baseline pages no longer under their fork-time VMA.
     remapped: u64,
+    /// Release records of (parent, child) were lost since the fork: that side's copies are
+    /// `diverged`.
+    releases_lost: (bool, bool),
 }
 
 struct SigmaskGuard(libc::sigset_t);
@@ -411,6 +419,8 @@ struct Tracer<'a> {
     /// `--stacks`: the fault stream, and each ended pair's copied pages.
     faults: Option<super::faults::Recorder>,
     copies: Vec<super::attribute::PairCopies>,
+    /// `--pid`: releases from the syscall tracepoints.
+    rel: Option<super::releases_perf::ReleaseEvents>,
 }
 
 /// Run the trace described by `opts`.
@@ -428,8 +438,9 @@ pub fn run(
         (Target::Command(_), false) => (Mode::Command, Tracking::Seccomp),
         (Target::Command(_), true) => (Mode::Command, Tracking::Syscalls),
         (Target::Pid(_), true) => (Mode::Attach, Tracking::Syscalls),
-        (Target::Pid(_), false) => (Mode::Attach, Tracking::None),
+        (Target::Pid(_), false) => (Mode::Attach, Tracking::Tracepoints),
     };
+    let (tracking, rel, rel_refused) = events::start(tracking);
     let privilege = crate::mem::privilege::detect();
     let mut t = Tracer {
         opts,
@@ -460,12 +471,14 @@ pub fn run(
                 method: match tracking {
                     Tracking::Seccomp => "seccomp",
                     Tracking::Syscalls => "syscalls",
+                    Tracking::Tracepoints => "tracepoints",
                     Tracking::None => "none",
                 }
                 .into(),
                 no_new_privs: false,
                 stops: 0,
                 releases: 0,
+                events: None,
             },
             attribution: Attribution {
                 pfn_visible: sys.pfn_visible,
@@ -479,7 +492,7 @@ pub fn run(
             exit: ProgramExit::default(),
             processes: Vec::new(),
             forks: Vec::new(),
-            notes: Vec::new(),
+            notes: rel_refused.into_iter().collect(),
             stacks: None,
         },
         root_exit: None,
@@ -507,6 +520,7 @@ pub fn run(
         untracked_32bit: Vec::new(),
         faults: None,
         copies: Vec::new(),
+        rel,
     };
     if let Some(bytes) = opts.stacks {
         t.start_fault_stream(bytes);
@@ -576,6 +590,7 @@ fn empty_body() -> TraceBody {
             no_new_privs: false,
             stops: 0,
             releases: 0,
+            events: None,
         },
         attribution: Attribution {
             pfn_visible: false,
@@ -617,6 +632,8 @@ impl Tracer<'_> {
             pid,
             ppid,
             exe: exe_of(pid),
+            comm: String::new(),
+            cmdline: None,
             first_seen: self.now(),
             execs: 0,
             exited_at: None,
@@ -633,6 +650,23 @@ impl Tracer<'_> {
                 alive: true,
             },
         );
+        self.refresh_name(pid);
+    }
+
+    /// Read a process's `comm` and command line again (a title set since shows).
+    fn refresh_name(&mut self, pid: i32) {
+        let Some(rec) = self.procs.get(&pid).map(|p| p.rec) else {
+            return;
+        };
+        let r = &mut self.body.processes[rec];
+        if let Ok(st) = crate::mem::process::stat(pid) {
+            r.comm = st.comm;
+        }
+        if let Ok(c) = crate::mem::process::cmdline(pid)
+            && !c.is_empty()
+        {
+            r.cmdline = Some(c);
+        }
     }
 
     fn new_family(&mut self, complete: bool) -> u64 {
@@ -683,6 +717,7 @@ impl Tracer<'_> {
                 break;
             }
         }
+        self.open_release_events(pid);
         if self.tracking == Tracking::Syscalls {
             // Each thread must stop once to be switched to PTRACE_SYSCALL resumes.
             for tid in self.tasks.keys().copied().collect::<Vec<_>>() {
@@ -724,6 +759,7 @@ impl Tracer<'_> {
             }
             self.tell_status();
             self.release_orphaned_holds();
+            self.sync_releases();
             if let (Some(d), Some(t)) = (interval, next_sample)
                 && Instant::now() >= t
             {
@@ -733,7 +769,7 @@ impl Tracer<'_> {
             let wait_for = next_sample
                 .map(|t| t.saturating_duration_since(Instant::now()))
                 .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
+                .min(self.longest_wait());
             let ts = libc::timespec {
                 tv_sec: wait_for.as_secs() as libc::time_t,
                 tv_nsec: wait_for.subsec_nanos() as libc::c_long,
@@ -890,6 +926,7 @@ impl Tracer<'_> {
             if let Some(r) = self.faults.as_mut() {
                 r.new_thread(ptgid, new);
             }
+            self.release_events_new_thread(ptgid, new);
             self.resume(tid, 0);
             return;
         }
@@ -928,6 +965,7 @@ impl Tracer<'_> {
             baseline: None,
             samples: Vec::new(),
             final_sample: None,
+            peak: None,
             releases: Default::default(),
             ended: None,
             stacks: None,
@@ -939,6 +977,7 @@ impl Tracer<'_> {
             self.resume(tid, 0);
             self.body.forks[fork].pause_us = stopped_at.elapsed().as_micros() as u64;
             self.vforks.insert(new, fork);
+            self.open_release_events_child(ptgid, new);
             self.release_child(new, stopped_at, fork);
             return;
         }
@@ -1002,12 +1041,15 @@ impl Tracer<'_> {
                     at_ns,
                     last: None,
                     remapped: 0,
+                    releases_lost: (false, false),
                 });
             }
             Err(e) => self.body.forks[fork]
                 .notes
                 .push(format!("no baseline could be read: {e}")),
         }
+        // Before the child's first instruction.
+        self.open_release_events_child(ptgid, new);
         self.release_child(new, stopped_at, fork);
     }
 
@@ -1095,6 +1137,7 @@ impl Tracer<'_> {
             let rec = p.rec;
             self.body.processes[rec].execs += 1;
             self.body.processes[rec].exe = exe_of(tgid);
+            self.refresh_name(tgid);
         }
         if tgid == self.root {
             self.read_report_pipe();
@@ -1102,6 +1145,7 @@ impl Tracer<'_> {
         if let Some(r) = self.faults.as_ref() {
             r.reread_maps(tgid);
         }
+        self.release_events_exec(tgid);
         if self.tracking != Tracking::None && is_32bit_elf(tgid) {
             self.untracked_32bit.push(tgid);
             self.body.notes.push(format!(
@@ -1146,6 +1190,8 @@ impl Tracer<'_> {
         let tgid = self.tasks.get(&tid).map_or(tid, |t| t.tgid);
         let members = self.members(tgid);
         if !members.is_empty() && process_is_ending(tgid, tid) {
+            // The last name it had (a title set with setproctitle since its start).
+            self.refresh_name(tgid);
             for i in members {
                 let trig = if self.pairs[i].child == tgid {
                     "child_exit"
@@ -1235,12 +1281,21 @@ impl Tracer<'_> {
 
     fn apply_release(&mut self, p: Pending, rval: i64, is_error: bool) {
         let ranges = syscalls::released(p.t, &p.args, rval, is_error, p.old_brk, self.ps);
+        self.apply_ranges(p.mm, p.t, &ranges, None);
+    }
+
+    /// Mark `ranges`, released by process `mm`'s address space with `t`, on every live pair
+    /// it is a side of (with `at_ns`: only pairs forked before it).
+    fn apply_ranges(&mut self, mm: i32, t: Traced, ranges: &[syscalls::Range], at_ns: Option<u64>) {
         if ranges.is_empty() {
             return;
         }
         self.body.release_tracking.releases += 1;
-        for i in self.members(p.mm) {
-            let by_child = self.pairs[i].child == p.mm;
+        for i in self.members(mm) {
+            if at_ns.is_some_and(|t| t < self.pairs[i].at_ns) {
+                continue;
+            }
+            let by_child = self.pairs[i].child == mm;
             let Some(base) = self.pairs[i].base.as_mut() else {
                 continue;
             };
@@ -1257,7 +1312,7 @@ impl Tracer<'_> {
             };
             side.calls += 1;
             side.pages += pages;
-            *side.by_syscall.entry(p.t.name().to_string()).or_insert(0) += 1;
+            *side.by_syscall.entry(t.name().to_string()).or_insert(0) += 1;
         }
     }
 
@@ -1274,6 +1329,7 @@ impl Tracer<'_> {
         }
         // The leader's death is reported last: the process is gone.
         self.tasks.retain(|_, t| t.tgid != tgid);
+        self.release_events_gone(tgid);
         let now = self.now();
         if let Some(p) = self.procs.get_mut(&tgid) {
             p.alive = false;
@@ -1324,6 +1380,8 @@ impl Tracer<'_> {
     }
 
     fn sample_pair(&mut self, i: usize, trigger: &str) {
+        // Every release made before this sample, applied before it reads.
+        self.sync_releases();
         let whole = self.pair_is_whole_family(i);
         let at = self.now();
         let pair = &mut self.pairs[i];
@@ -1341,6 +1399,7 @@ impl Tracer<'_> {
             kpage: self.kpage.as_ref(),
             zero: &self.zero,
             family_rule: whole && self.bit56.clear_means_mapped_twice() && !self.ksm_running,
+            releases_lost: pair.releases_lost,
         };
         match base.sample(&inp) {
             Ok(out) => {
@@ -1419,6 +1478,7 @@ impl Tracer<'_> {
             at,
             by: by.to_string(),
         });
+        rec.peak = super::history::peaks(&rec.samples);
         match (pair.last.take(), pair.base.as_ref()) {
             (Some((sat, trig, counts, per_vma)), Some(base)) => {
                 let vmas = base
@@ -1459,7 +1519,7 @@ impl Tracer<'_> {
                 "no sample before the pair ended ({by}): a process killed by SIGKILL makes \
                  no exit stop{}",
                 match self.tracking {
-                    Tracking::None =>
+                    Tracking::None | Tracking::Tracepoints =>
                         ", and without syscall tracking an exec is seen only \
                                        after the old memory is gone (use --syscalls or \
                                        --interval)",
@@ -1779,6 +1839,9 @@ impl Tracer<'_> {
         }
         let untracked: Vec<String> = self.untracked_32bit.iter().map(i32::to_string).collect();
         match self.tracking {
+            Tracking::Tracepoints if untracked.is_empty() => {
+                events::attribution(a, self.rel.as_ref())
+            }
             Tracking::Seccomp | Tracking::Syscalls if untracked.is_empty() => a.proven.push(
                 "released_by_child / released_by_parent come from the syscalls themselves \
                  (munmap, madvise DONTNEED/FREE/REMOVE/DONTNEED_LOCKED/GUARD_INSTALL, mremap, \
@@ -1786,7 +1849,7 @@ impl Tracer<'_> {
                  succeed; a page released and touched again is a release, not a copy"
                     .into(),
             ),
-            Tracking::Seccomp | Tracking::Syscalls => {
+            Tracking::Seccomp | Tracking::Syscalls | Tracking::Tracepoints => {
                 a.releases_tracked = false;
                 a.unproven.push(format!(
                     "releases are tracked for 64-bit programs only: pid {} ran a 32-bit \

@@ -1,0 +1,487 @@
+//! `cowscope trace --pid` without `--syscalls` (issue 16): releases come from the kernel's
+//! syscall tracepoints, read from perf ring buffers, with no ptrace stop per syscall.
+//! Expected figures follow from tests/trace_programs/attach_history.c, never from
+//! cowscope's output.
+//!
+//! Run with `--test-threads=1`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("cowscope")
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn attach_history() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("cowscope-attach-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/trace_programs/attach_history.c");
+        let exe = dir.join("attach_history");
+        let out = Command::new("cc")
+            .args(["-O1", "-o"])
+            .arg(&exe)
+            .arg(&src)
+            .output()
+            .expect("cc runs (install build-essential)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        exe
+    })
+}
+
+const CLASSES: [&str; 16] = [
+    "shared",
+    "zero",
+    "copied_by_child",
+    "copied_by_parent",
+    "copied_at_fork",
+    "copied_then_released_by_child",
+    "copied_then_released_by_parent",
+    "released_by_child",
+    "released_by_parent",
+    "released_by_both",
+    "moved",
+    "diverged",
+    "only_parent",
+    "only_child",
+    "absent",
+    "unproven",
+];
+
+/// Every class of `row` equals `want` (missing names: 0), and the classes sum to `total`.
+fn assert_counts(row: &Value, want: &[(&str, u64)]) {
+    let mut sum = 0;
+    for c in CLASSES {
+        let expected = want.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
+        assert_eq!(row[c].as_u64(), Some(expected), "{c} in {row:#}");
+        sum += expected;
+    }
+    assert_eq!(row["total"].as_u64(), Some(sum), "total in {row:#}");
+}
+
+/// Start attach_history, attach `cowscope trace --pid` with `extra`, and return the report and
+/// the arena's start address.
+fn trace_attached(extra: &[&str]) -> (Value, String) {
+    let mut prog = Command::new(attach_history())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(prog.stdout.take().unwrap()).lines();
+    let arena = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let mut c = Command::new(bin())
+        .args(["trace", "--pid", &prog.id().to_string(), "--out"])
+        .arg(&out)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            let _ = c.kill();
+            let _ = prog.kill();
+            panic!("cowscope did not end within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(&mut c.stderr.take().unwrap(), &mut err);
+    assert_eq!(status.code(), Some(0), "the program exits 0: {err}");
+    let _ = prog.wait();
+    let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    (v, arena)
+}
+
+fn arena_row<'a>(fork: &'a Value, start: &str) -> &'a Value {
+    fork["final"]["vmas"]
+        .as_array()
+        .expect("a final sample with VMA rows")
+        .iter()
+        .find(|v| v["start"] == start)
+        .unwrap_or_else(|| panic!("no row for {start} in {fork:#}"))
+}
+
+/// Releases of an attached program come from the syscall tracepoints (no stop): a page
+/// released and written again is a release, never a copy; the program was never stopped
+/// for a syscall.
+#[test]
+fn attached_releases_are_tracked_without_syscall_stops() {
+    if !is_root() {
+        eprintln!("SKIP: exact attribution and the syscall tracepoints need root");
+        return;
+    }
+    let (v, arena) = trace_attached(&["--interval", "100ms"]);
+    let rt = &v["release_tracking"];
+    assert_eq!(rt["method"], "tracepoints", "{v:#}");
+    assert_eq!(rt["stops"], 0, "no ptrace stop per syscall");
+    assert_eq!(rt["events"]["lost"], 0);
+    assert_eq!(v["attribution"]["releases_tracked"], true);
+    let forks = v["forks"].as_array().unwrap();
+    assert_eq!(forks.len(), 1, "{forks:#?}");
+    let f = &forks[0];
+    assert_eq!(f["final"]["trigger"], "child_exit");
+    assert_counts(
+        arena_row(f, &arena),
+        &[
+            ("shared", 250),
+            ("copied_by_child", 300),
+            ("copied_then_released_by_child", 100),
+            ("released_by_child", 50),
+            ("copied_by_parent", 200),
+            ("released_by_parent", 100),
+        ],
+    );
+    // The peak: a sample during the child's hold saw its 400 copies of the arena (300 kept,
+    // 100 released later); its own stack and libc add a few pages in other VMAs.
+    let peak = f["peak"]["child"]["pages"].as_u64().expect("a child peak");
+    assert!(
+        (400..430).contains(&peak),
+        "child peak {peak}: {:#}",
+        f["peak"]
+    );
+    assert!(
+        f["final"]["copied_by_child"].as_u64() < Some(peak),
+        "the final sample comes after the child released 100 of its copies"
+    );
+    assert!(
+        f["peak"]["before_end"]["trigger"] == "interval",
+        "{:#}",
+        f["peak"]
+    );
+    let r = &f["releases"];
+    assert!(r["by_child"]["pages"].as_u64() >= Some(150), "{r:#}");
+    assert!(r["by_parent"]["pages"].as_u64() >= Some(100), "{r:#}");
+}
+
+/// `--syscalls` stays the fallback and says so.
+#[test]
+fn syscalls_stays_the_ptrace_fallback() {
+    if !is_root() {
+        eprintln!("SKIP: exact attribution needs root");
+        return;
+    }
+    let (v, arena) = trace_attached(&["--syscalls", "--interval", "100ms"]);
+    assert_eq!(v["release_tracking"]["method"], "syscalls");
+    assert!(v["release_tracking"]["stops"].as_u64() > Some(0));
+    assert_counts(
+        arena_row(&v["forks"][0], &arena),
+        &[
+            ("shared", 250),
+            ("copied_by_child", 300),
+            ("copied_then_released_by_child", 100),
+            ("released_by_child", 50),
+            ("copied_by_parent", 200),
+            ("released_by_parent", 100),
+        ],
+    );
+}
+
+/// Fork lines name both processes (comm and command line); children that exec at once are
+/// one line unless `--all-forks`.
+#[test]
+fn fork_lines_name_both_sides_and_fold_children_that_exec_at_once() {
+    let run = |extra: &[&str]| -> String {
+        let out = Command::new(bin())
+            .arg("trace")
+            .args(extra)
+            .args(["--", "/bin/sh", "-c", "/bin/true; /bin/true; /bin/true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let folded = run(&[]);
+    assert!(folded.contains("3 fork+exec children (true): "), "{folded}");
+    assert!(!folded.contains("\nfork 1:"), "{folded}");
+    let all = run(&["--all-forks"]);
+    let lines: Vec<&str> = all.lines().filter(|l| l.starts_with("fork ")).collect();
+    assert_eq!(lines.len(), 3, "{all}");
+    for l in lines {
+        assert!(
+            l.contains(" sh (/bin/sh -c /bin/true; /bin/true; /bin/true) -> "),
+            "the parent by comm and command line: {l}"
+        );
+        assert!(
+            l.contains(" true (/bin/true) "),
+            "the child after its exec: {l}"
+        );
+    }
+    assert!(!all.contains("fork+exec"), "{all}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Redis started outside cowscope, attached during a BGSAVE under a write load: the
+/// child's releases of what it saved (Redis 7 drops saved values' pages) are releases from
+/// the tracepoints, not copies; the server is never stopped per syscall.
+#[test]
+fn redis_attached_during_bgsave_counts_the_childs_releases_as_releases() {
+    if !is_root() {
+        eprintln!("SKIP: needs visible PFNs and the syscall tracepoints (root)");
+        return;
+    }
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let port_s = port.to_string();
+    /// Stops the server however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let redis = Kill(
+        Command::new("redis-server")
+            .args(["--port", &port_s, "--dir"])
+            .arg(dir.path())
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--enable-debug-command", "local"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("redis to answer", Duration::from_secs(20), || {
+        redis_cli(port, &["PING"]).trim() == "PONG"
+    });
+    let pid = redis.0.id();
+    assert!(redis_cli(port, &["DEBUG", "POPULATE", "100000", "key", "4096"]).contains("OK"));
+    redis_cli(port, &["CONFIG", "SET", "rdb-key-save-delay", "20"]);
+    let out = dir.path().join("t.json");
+    let mut c = Command::new(bin())
+        .args([
+            "trace",
+            "--pid",
+            &pid.to_string(),
+            "--interval",
+            "200ms",
+            "--out",
+        ])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("cowscope to attach", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| s.contains(&format!("TracerPid:\t{}", c.id())))
+    });
+    // The tracepoints are open once attach() returns; give it a moment beyond the seize.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(redis_cli(port, &["BGSAVE"]).contains("started"));
+    let mut writer = Command::new("redis-benchmark")
+        .args([
+            "-p", &port_s, "-t", "set", "-n", "20000", "-r", "100000", "-d", "4096", "-q",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("BGSAVE to finish", Duration::from_secs(90), || {
+        redis_cli(port, &["INFO", "persistence"]).contains("rdb_bgsave_in_progress:0")
+    });
+    let _ = writer.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "cowscope detaches");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "detached: the server runs on");
+    assert_eq!(
+        redis_cli(port, &["PING"]).trim(),
+        "PONG",
+        "redis still serves"
+    );
+    let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(v["release_tracking"]["method"], "tracepoints");
+    assert_eq!(v["release_tracking"]["stops"], 0);
+    let f = v["forks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["final"]["total"].as_u64() > Some(50_000))
+        .unwrap_or_else(|| panic!("the BGSAVE fork: {v:#}"));
+    let fin = &f["final"];
+    eprintln!(
+        "redis BGSAVE attached: total {} shared {} copied_by_child {} copied_by_parent {} \
+         released_by_child {} copied_then_released_by_child {} records {} lost {}",
+        fin["total"],
+        fin["shared"],
+        fin["copied_by_child"],
+        fin["copied_by_parent"],
+        fin["released_by_child"],
+        fin["copied_then_released_by_child"],
+        v["release_tracking"]["events"]["records"],
+        v["release_tracking"]["events"]["lost"],
+    );
+    assert_eq!(fin["trigger"], "child_exit");
+    assert!(fin["released_by_child"].as_u64() > Some(10_000), "{fin:#}");
+    assert!(
+        fin["copied_by_child"].as_u64() < fin["released_by_child"].as_u64(),
+        "the child's own copies stay small: {fin:#}"
+    );
+    assert!(fin["copied_by_parent"].as_u64() > Some(0), "{fin:#}");
+}
+
+/// gunicorn from PyPI (`.ci/run` installs it into `.cache/venv-gunicorn` with Debian's
+/// python3), `--preload -w 2`, traced with `--interval`: each worker's `peak` is the most it
+/// copied while it served, within 5% of its largest interval sample (its shutdown frees what
+/// it copied, so the exit sample is not the peak).
+#[test]
+fn gunicorn_workers_peak_is_their_largest_interval_sample() {
+    if !is_root() {
+        eprintln!("SKIP: who copied needs visible PFNs (root)");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let gunicorn = root.join(".cache/venv-gunicorn/bin/gunicorn");
+    if !gunicorn.exists() {
+        eprintln!(
+            "SKIP: {} is missing (.ci/run installs it)",
+            gunicorn.display()
+        );
+        return;
+    }
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.json");
+    let mut c = Command::new(bin())
+        .args(["trace", "--interval", "100ms", "--out"])
+        .arg(&out)
+        .arg("--")
+        .arg(&gunicorn)
+        .args(["--preload", "-w", "2", "-b", &format!("127.0.0.1:{port}")])
+        .arg("--chdir")
+        .arg(root.join("tests/trace_programs"))
+        .arg("prefork_app:app")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = || -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        Some(r)
+    };
+    wait_until("gunicorn to answer", Duration::from_secs(30), || {
+        get().is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200"))
+    });
+    for _ in 0..20 {
+        assert!(get().is_some());
+    }
+    // Interval samples while the workers hold their copies.
+    std::thread::sleep(Duration::from_millis(600));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = c.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            let _ = c.kill();
+            panic!("gunicorn did not stop within 30 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(status.code(), Some(101), "no panic");
+    let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let workers: Vec<&Value> = v["forks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "fork" && f["peak"]["child"]["pages"].as_u64() > Some(500))
+        .collect();
+    assert!(!workers.is_empty(), "a worker that copied: {v:#}");
+    for f in workers {
+        let largest = f["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["trigger"] == "interval")
+            .filter_map(|s| s["copied_by_child"].as_u64())
+            .max()
+            .expect("interval samples of the worker");
+        let peak = f["peak"]["child"]["pages"].as_u64().unwrap();
+        eprintln!(
+            "worker {}: peak {peak} pages, largest interval sample {largest}, final {}",
+            f["child"], f["final"]["copied_by_child"]
+        );
+        assert!(
+            peak >= largest && (peak - largest) * 20 <= largest,
+            "peak {peak} within 5% of the largest interval sample {largest}"
+        );
+    }
+}
