@@ -150,6 +150,37 @@ fn attr(cfg: &Config) -> sys::bindings::perf_event_attr {
     a
 }
 
+/// `perf_event_open(attr, tid, cpu)` (no group, close-on-exec): a new event we own.
+fn open_event(a: &mut sys::bindings::perf_event_attr, tid: i32, cpu: i32) -> io::Result<OwnedFd> {
+    // SAFETY: `a` is a valid, fully initialised attr whose `size` is its own size (built by
+    // `attr`); the other arguments are plain integers (a thread or 0 for this one, a CPU or
+    // -1 for any, no group, CLOEXEC).
+    let fd =
+        unsafe { sys::perf_event_open(a, tid, cpu, -1, sys::bindings::PERF_FLAG_FD_CLOEXEC as _) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: perf_event_open returned a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Send the records of event `fd` into the ring of event `ring` (`PERF_EVENT_IOC_SET_OUTPUT`:
+/// the same thread, or the same CPU), set `filter`, and enable it.
+fn send_into(fd: &OwnedFd, ring: &OwnedFd, filter: Option<&str>) -> io::Result<()> {
+    // SAFETY: two valid event fds; SET_OUTPUT takes the target fd as its argument.
+    if unsafe { sys::ioctls::SET_OUTPUT(fd.as_raw_fd(), ring.as_raw_fd()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let Some(f) = filter {
+        set_filter(fd, f)?;
+    }
+    // SAFETY: a valid event fd; ENABLE takes no pointer.
+    if unsafe { sys::ioctls::ENABLE(fd.as_raw_fd(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn set_filter(fd: &OwnedFd, filter: &str) -> io::Result<()> {
     let c = std::ffi::CString::new(filter)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in filter"))?;
@@ -185,22 +216,7 @@ impl Stream {
     pub fn open(cfg: &Config, tid: i32) -> io::Result<Stream> {
         let mut a = attr(cfg);
         let parse = parse_info(&a)?;
-        // SAFETY: `a` is a valid, fully initialised attr whose `size` is its own size; the
-        // other arguments are plain integers (a thread, any CPU, no group, CLOEXEC).
-        let fd = unsafe {
-            sys::perf_event_open(
-                &mut a,
-                tid,
-                -1,
-                -1,
-                sys::bindings::PERF_FLAG_FD_CLOEXEC as _,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: perf_event_open returned a new descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_event(&mut a, tid, -1)?;
         Self::map(fd, cfg, parse, tid)
     }
 
@@ -251,15 +267,7 @@ impl Stream {
         a.config = sys::bindings::PERF_COUNT_SW_DUMMY as u64;
         a.set_inherit(0);
         a.set_inherit_thread(0);
-        // SAFETY: a valid attr of its own size; this thread (pid 0), one CPU, no group.
-        let fd = unsafe {
-            sys::perf_event_open(&mut a, 0, cpu, -1, sys::bindings::PERF_FLAG_FD_CLOEXEC as _)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: perf_event_open returned a new descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_event(&mut a, 0, cpu)?;
         Self::map(fd, cfg, parse, 0)
     }
 
@@ -279,33 +287,8 @@ impl Stream {
         cpu: i32,
         filter: Option<&str>,
     ) -> io::Result<OwnedFd> {
-        let mut a = attr(cfg);
-        // SAFETY: a valid attr of its own size; a thread, one CPU, no group.
-        let fd = unsafe {
-            sys::perf_event_open(
-                &mut a,
-                tid,
-                cpu,
-                -1,
-                sys::bindings::PERF_FLAG_FD_CLOEXEC as _,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: perf_event_open returned a new descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: two valid event fds; SET_OUTPUT takes the target fd as its argument.
-        if unsafe { sys::ioctls::SET_OUTPUT(fd.as_raw_fd(), ring.as_raw_fd()) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if let Some(f) = filter {
-            set_filter(&fd, f)?;
-        }
-        // SAFETY: a valid event fd; ENABLE takes no pointer.
-        if unsafe { sys::ioctls::ENABLE(fd.as_raw_fd(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = open_event(&mut attr(cfg), tid, cpu)?;
+        send_into(&fd, ring, filter)?;
         Ok(fd)
     }
 
@@ -325,34 +308,8 @@ impl Stream {
     /// # Errors
     /// As [`Stream::open`], or the kernel refused the filter or the redirection.
     pub fn join(&mut self, cfg: &Config, filter: Option<&str>) -> io::Result<()> {
-        let mut a = attr(cfg);
-        // SAFETY: as in `open`.
-        let fd = unsafe {
-            sys::perf_event_open(
-                &mut a,
-                self.tid,
-                -1,
-                -1,
-                sys::bindings::PERF_FLAG_FD_CLOEXEC as _,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: perf_event_open returned a new descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: two valid event fds; SET_OUTPUT takes the target fd as its argument.
-        let rc = unsafe { sys::ioctls::SET_OUTPUT(fd.as_raw_fd(), self.fd.as_raw_fd()) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if let Some(f) = filter {
-            set_filter(&fd, f)?;
-        }
-        // SAFETY: a valid event fd; ENABLE takes no pointer.
-        if unsafe { sys::ioctls::ENABLE(fd.as_raw_fd(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = open_event(&mut attr(cfg), self.tid, -1)?;
+        send_into(&fd, &self.fd, filter)?;
         self.joined.push(fd);
         Ok(())
     }

@@ -328,20 +328,21 @@ impl Recorder {
         let mut chosen = None;
         let mut kernel_cfg = None;
         let mut rings = Vec::new();
+        let base = |source, kernel| Config {
+            source,
+            stack_bytes,
+            user_regs: true,
+            kernel,
+            inherit_threads: true,
+            ring_pages: if privileged {
+                RING_PAGES_ROOT
+            } else {
+                RING_PAGES_USER
+            },
+        };
         match write_fault_fields() {
             Ok((id, addr, ip, ec, kernel_id)) => {
-                let mut cfg = Config {
-                    source: Source::Tracepoint(id),
-                    stack_bytes,
-                    user_regs: true,
-                    kernel: true,
-                    inherit_threads: true,
-                    ring_pages: if privileged {
-                        RING_PAGES_ROOT
-                    } else {
-                        RING_PAGES_USER
-                    },
-                };
+                let mut cfg = base(Source::Tracepoint(id), true);
                 match open_rings(&mut cfg) {
                     Ok(r) => {
                         rings = r;
@@ -357,18 +358,7 @@ impl Recorder {
             Err(e) => errors.push(format!("the page_fault_user tracepoint: {e}")),
         }
         if chosen.is_none() {
-            let mut cfg = Config {
-                source: Source::SoftwarePageFaults,
-                stack_bytes,
-                user_regs: true,
-                kernel: false,
-                inherit_threads: true,
-                ring_pages: if privileged {
-                    RING_PAGES_ROOT
-                } else {
-                    RING_PAGES_USER
-                },
-            };
+            let mut cfg = base(Source::SoftwarePageFaults, false);
             match open_rings(&mut cfg) {
                 Ok(r) => {
                     rings = r;

@@ -99,6 +99,9 @@ struct Pair {
     last: Option<(f64, String, Counts, Vec<Counts>)>,
     /// Without PFNs, at the last sample: baseline pages no longer under their fork-time VMA.
     remapped: u64,
+    /// A side's exit stop was sampled: its memory is being torn down from here on, so no
+    /// later `--interval` sample may replace that one as the pair's last.
+    exit_sampled: bool,
     /// Release records of (parent, child) were lost since the fork: that side's copies are
     /// `diverged`.
     releases_lost: (bool, bool),
@@ -1041,6 +1044,7 @@ impl Tracer<'_> {
                     at_ns,
                     last: None,
                     remapped: 0,
+                    exit_sampled: false,
                     releases_lost: (false, false),
                 });
             }
@@ -1199,6 +1203,7 @@ impl Tracer<'_> {
                     "parent_exit"
                 };
                 self.sample_pair(i, trig);
+                self.pairs[i].exit_sampled = true;
             }
         }
         self.resume(tid, 0);
@@ -1451,7 +1456,7 @@ impl Tracer<'_> {
 
     fn sample_all(&mut self, trigger: &str) {
         for i in 0..self.pairs.len() {
-            if self.pairs[i].live {
+            if self.pairs[i].live && !self.pairs[i].exit_sampled {
                 self.sample_pair(i, trigger);
             }
         }
