@@ -631,3 +631,61 @@ fn redis_bgsave_parent_copies_come_from_the_command_path_and_child_releases_are_
         "most pages have stacks deeper than the leaf"
     );
 }
+
+/// The stack formats: folded lines sum to the stacks' pages; a flame graph is an SVG, also
+/// when there is nothing to draw (it says why); both need --stacks (usage error, exit 2).
+#[test]
+fn folded_and_flamegraph_formats_draw_the_documents_stacks() {
+    let no_stacks = Command::new(bin())
+        .args(["trace", "--format", "folded", "--", "/bin/true"])
+        .output()
+        .unwrap();
+    assert_eq!(no_stacks.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_stacks.stderr).contains("--stacks"));
+    let empty = Command::new(bin())
+        .args([
+            "trace",
+            "--stacks",
+            "--format",
+            "flamegraph",
+            "--",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    let svg = String::from_utf8_lossy(&empty.stderr);
+    assert!(
+        svg.starts_with("<svg") && svg.contains("never forked"),
+        "{svg}"
+    );
+    if !is_root() {
+        eprintln!("SKIP: the folded figures need the copied_by_* classes (root)");
+        return;
+    }
+    let prog = programs().join("cow_stacks_nofp");
+    let out = Command::new(bin())
+        .args(["trace", "--stacks", "--format", "folded", "--"])
+        .arg(&prog)
+        .args(["n=512", "a=40", "b=30", "p=20"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stderr);
+    let sum = |leaf: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.rsplit_once(' ')
+                    .is_some_and(|(s, _)| s.ends_with(&format!(";{leaf}")))
+            })
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("child_writes_a"), 40, "{text}");
+    assert_eq!(sum("child_writes_b"), 30, "{text}");
+    assert_eq!(sum("parent_writes"), 20, "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("cow_stacks_nofp;child;")
+            && l.contains(";main;run;child_work;child_writes_a ")),
+        "outermost first, program and side first: {text}"
+    );
+}

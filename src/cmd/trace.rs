@@ -200,14 +200,7 @@ pub fn run(args: Args) -> Result<i32> {
         TraceFormat::Json => output::to_json(&doc)?,
         TraceFormat::Table => crate::render::trace::table_with(&doc, args.all_forks),
         TraceFormat::Folded => crate::render::trace::folded(&doc),
-        TraceFormat::Flamegraph => match crate::render::trace::flamegraph(&doc) {
-            Ok(svg) => svg,
-            // No copied page has a stack: say so instead of drawing an empty picture.
-            Err(e) => {
-                eprintln!("cowscope: no flame graph: {e}");
-                crate::render::trace::table(&doc)
-            }
-        },
+        TraceFormat::Flamegraph => crate::render::trace::flamegraph(&doc),
     };
     match &args.out {
         Some(p) => output::emit(&text, Some(p))?,

@@ -178,16 +178,38 @@ pub fn folded(r: &TraceDoc) -> String {
 }
 
 /// `--format flamegraph`: an SVG of the copied pages' stacks, titled with the program and
-/// the kernel.
-///
-/// # Errors
-/// No copied page has a stack (nothing to draw).
-pub fn flamegraph(r: &TraceDoc) -> std::io::Result<String> {
+/// the kernel; where no copied page has a stack (nothing was copied, or no fault was
+/// recorded), an SVG that says so and why, never an empty picture or another format.
+pub fn flamegraph(r: &TraceDoc) -> String {
     let program = match &r.body.command {
         Some(c) => c.join(" "),
         None => format!("pid {}", r.body.pid),
     };
-    super::stacks::flamegraph(&stack_groups(r), &program, &r.system.kernel_release)
+    super::stacks::flamegraph(&stack_groups(r), &program, &r.system.kernel_release).unwrap_or_else(
+        |_| {
+            let why = match &r.body.stacks {
+                Some(s) if !s.recorded => format!(
+                    "no stacks: page faults could not be recorded ({})",
+                    s.reason.as_deref().unwrap_or("perf_event_open refused")
+                ),
+                _ if r.body.forks.is_empty() => "no stacks: the program never forked".into(),
+                _ => "no stacks: no page was copied after a fork".into(),
+            };
+            let esc = |t: &str| {
+                t.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+            };
+            format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1200\" height=\"80\">\
+                 <text x=\"10\" y=\"30\" font-family=\"Verdana\" font-size=\"17\">\
+                 Pages copied after fork: {}</text><text x=\"10\" y=\"60\" \
+                 font-family=\"Verdana\" font-size=\"14\">{}</text></svg>\n",
+                esc(&program),
+                esc(&why)
+            )
+        },
+    )
 }
 
 /// One line over all forks: the sum of each fork's peak per side (what the run's copies cost
