@@ -152,11 +152,10 @@ fn attr(cfg: &Config) -> sys::bindings::perf_event_attr {
 
 /// `perf_event_open(attr, tid, cpu)` (no group, close-on-exec): a new event we own.
 fn open_event(a: &mut sys::bindings::perf_event_attr, tid: i32, cpu: i32) -> io::Result<OwnedFd> {
-    // SAFETY: `a` is a valid, fully initialised attr whose `size` is its own size (built by
-    // `attr`); the other arguments are plain integers (a thread or 0 for this one, a CPU or
-    // -1 for any, no group, CLOEXEC).
-    let fd =
-        unsafe { sys::perf_event_open(a, tid, cpu, -1, sys::bindings::PERF_FLAG_FD_CLOEXEC as _) };
+    let flags = sys::bindings::PERF_FLAG_FD_CLOEXEC as _;
+    // SAFETY: `a` is a valid, fully initialised attr of its own `size` (from `attr`); the
+    // rest are plain integers (a thread or 0, a CPU or -1, no group, CLOEXEC).
+    let fd = unsafe { sys::perf_event_open(a, tid, cpu, -1, flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -412,6 +411,12 @@ impl Stream {
         tail_a.store(tail, Ordering::Release);
         self.lost += lost;
         self.malformed += malformed;
+    }
+}
+
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

@@ -689,14 +689,11 @@ impl Collector {
             self.wake.as_fd(),
             nix::poll::PollFlags::POLLIN,
         ));
-        // SAFETY: each raw fd is owned by a Stream in self.streams, which outlives `fds`.
-        let borrowed: Vec<std::os::fd::BorrowedFd<'_>> = self
-            .streams
-            .iter()
-            .map(|(_, s)| unsafe { std::os::fd::BorrowedFd::borrow_raw(s.raw_fd()) })
-            .collect();
-        for b in &borrowed {
-            fds.push(nix::poll::PollFd::new(*b, nix::poll::PollFlags::POLLIN));
+        for (_, s) in &self.streams {
+            fds.push(nix::poll::PollFd::new(
+                s.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
         }
         let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20u8));
         let mut buf = [0u8; 8];
