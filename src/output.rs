@@ -61,6 +61,42 @@ impl Drop for PendingTemp {
     }
 }
 
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT blocked in this thread while it lives; the mask it
+/// found is restored on drop (a signal that came meanwhile is delivered then).
+struct HeldStopSignals(Option<nix::sys::signal::SigSet>);
+
+impl HeldStopSignals {
+    fn new() -> HeldStopSignals {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+        let mut set = SigSet::empty();
+        for s in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            set.add(s);
+        }
+        let mut old = SigSet::empty();
+        match pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)) {
+            Ok(()) => HeldStopSignals(Some(old)),
+            Err(_) => HeldStopSignals(None),
+        }
+    }
+}
+
+impl Drop for HeldStopSignals {
+    fn drop(&mut self) {
+        if let Some(old) = self.0.take() {
+            let _ = nix::sys::signal::pthread_sigmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&old),
+                None,
+            );
+        }
+    }
+}
+
 /// Most symbolic links followed for one `--out` path (the kernel's own limit is 40).
 const MAX_SYMLINKS: usize = 40;
 
@@ -333,18 +369,24 @@ impl StreamOut {
             _ => std::path::PathBuf::from("."),
         };
         refuse_pseudo_fs(path, &dir)?;
+        // The temporary file exists before its name is registered for the signal handler:
+        // hold the stop signals between the two, so a second Ctrl-C in that window is taken
+        // after the registration (and its handler removes the file) instead of leaving it.
+        let held = HeldStopSignals::new();
         let tmp = tempfile::Builder::new()
             .prefix(".cowscope-")
             .suffix(".tmp")
             .tempfile_in(&dir)
             .map_err(|e| Error::io(ctx(), plain(e, &dir)))?;
+        let pending = PendingTemp::new(tmp.path());
+        drop(held);
         let mode = match &existing {
             Some(m) => std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
             None => 0o666 & !umask(),
         };
         Ok(StreamOut {
             sink: Sink::Replace {
-                _pending: PendingTemp::new(tmp.path()),
+                _pending: pending,
                 tmp,
                 target,
                 dir,
