@@ -458,22 +458,33 @@ fn gunicorn_workers_peak_is_their_largest_interval_sample() {
     };
     assert_ne!(status.code(), Some(101), "no panic");
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let workers: Vec<&Value> = v["forks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "fork" && f["peak"]["child"]["pages"].as_u64() > Some(500))
-        .collect();
-    assert!(!workers.is_empty(), "a worker that copied: {v:#}");
-    for f in workers {
-        let largest = f["samples"]
+    let largest_interval = |f: &Value| -> u64 {
+        f["samples"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|s| s["trigger"] == "interval")
             .filter_map(|s| s["copied_by_child"].as_u64())
             .max()
-            .expect("interval samples of the worker");
+            .unwrap_or(0)
+    };
+    // The workers that served a request while the interval samples ran: a request walks all
+    // 300,000 strings, each at least a 64-byte pymalloc block (`'000'` is 52 bytes), so its
+    // refcount writes copy at least 19.2 MB, 4,687 pages. A worker the 20 requests never
+    // reached copies ~1,400-1,900 pages while idle and ~2,300 at its shutdown; its peak is
+    // its exit, and it proves nothing here.
+    let workers: Vec<&Value> = v["forks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "fork" && largest_interval(f) > 4_000)
+        .collect();
+    assert!(
+        !workers.is_empty(),
+        "a worker that served and copied: {v:#}"
+    );
+    for f in workers {
+        let largest = largest_interval(f);
         let peak = f["peak"]["child"]["pages"].as_u64().unwrap();
         eprintln!(
             "worker {}: peak {peak} pages, largest interval sample {largest}, final {}",
