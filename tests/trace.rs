@@ -5,6 +5,11 @@
 //!
 //! Run with `--test-threads=1`: the Ctrl-C tests signal processes by pid.
 
+mod trace_support;
+use trace_support::{
+    bin, children, field, free_port, is_root, kill, redis_cli, status, wait_exit, wait_until,
+};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,14 +18,6 @@ use std::time::{Duration, Instant};
 
 use rstest::rstest;
 use serde_json::Value;
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("cowscope")
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// A world-readable directory holding the compiled test programs and a copy of cowscope
 /// (so an unprivileged user can run both).
@@ -502,17 +499,6 @@ fn bad_input_is_refused_with_exit_2(#[case] args: &[&str], #[case] code: i32) {
 
 // ---- processes left behind ----
 
-fn status(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
-}
-
-fn field(s: &str, name: &str) -> String {
-    s.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// The process is gone, or it runs untraced and not stopped.
 fn assert_clean(pid: i32) {
     let Some(s) = status(pid) else { return };
@@ -522,22 +508,6 @@ fn assert_clean(pid: i32) {
         !state.starts_with('T') && !state.starts_with('t') && !state.starts_with('Z'),
         "pid {pid} left {state}"
     );
-}
-
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn spawn_trace(args: &[&str], out: &Path) -> Child {
@@ -550,24 +520,6 @@ fn spawn_trace(args: &[&str], out: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn kill(pid: i32, sig: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            panic!("cowscope did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Ctrl-C (SIGINT sent to cowscope alone): the program gets it too, exits, and nothing is
@@ -1292,23 +1244,6 @@ fn python_gc_freeze_spares_the_pages_a_childs_collection_would_copy() {
 }
 
 // ---- Redis BGSAVE ----
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into()
-}
 
 #[test]
 fn redis_bgsave_child_releases_what_it_saved() {

@@ -5,6 +5,9 @@
 //!
 //! Run with `--test-threads=1`.
 
+mod trace_support;
+use trace_support::{bin, free_port, is_root, redis_cli, wait_until};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,14 +15,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("cowscope")
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 fn attach_history() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -236,31 +231,6 @@ fn fork_lines_name_both_sides_and_fold_children_that_exec_at_once() {
         );
     }
     assert!(!all.contains("fork+exec"), "{all}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A Redis started outside cowscope, attached during a BGSAVE under a write load: the

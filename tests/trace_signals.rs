@@ -8,6 +8,9 @@
 //!
 //! Run with `--test-threads=1`: the tests signal processes by pid.
 
+mod trace_support;
+use trace_support::{children, field, kill, status, wait_exit, wait_until};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,17 +58,6 @@ impl Rng {
     }
 }
 
-fn status(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status")).ok()
-}
-
-fn field(s: &str, name: &str) -> String {
-    s.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// Why the process is not clean (traced, stopped), or None when it is gone or runs clean.
 fn unclean(pid: i32) -> Option<String> {
     let s = status(pid)?;
@@ -89,40 +81,6 @@ fn signal_pending(pid: i32, sig: Signal) -> bool {
     ["ShdPnd:", "SigPnd:"]
         .iter()
         .any(|k| u64::from_str_radix(&field(&st, k), 16).unwrap_or(0) & bit != 0)
-}
-
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn kill(pid: i32, sig: Signal) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            panic!("cowscope did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn read_report(path: &Path) -> Option<Value> {

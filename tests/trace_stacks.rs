@@ -6,21 +6,16 @@
 //!
 //! Run with `--test-threads=1`.
 
+mod trace_support;
+use trace_support::{bin, free_port, is_root, redis_cli, wait_until};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rstest::rstest;
 use serde_json::Value;
-
-fn bin() -> PathBuf {
-    assert_cmd::cargo::cargo_bin("cowscope")
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// The test programs, built three ways, and a copy of cowscope, in a world-readable
 /// directory (the unprivileged case runs them as uid 65534).
@@ -515,31 +510,6 @@ fn python_gc_copies_are_the_collectors_and_gc_freeze_removes_them() {
 }
 
 // ---- Redis BGSAVE under SET load (Debian's stripped redis-server) ----
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).into()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn redis_bgsave_parent_copies_come_from_the_command_path_and_child_releases_are_no_copies() {
