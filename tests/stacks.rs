@@ -180,14 +180,28 @@ impl Unwound {
 /// Stop a build of stack_target in c's spin loop, unwind it with `unwind_stopped`, symbolize.
 fn unwind_target(exe: &Path, opts: &SymbolizeOptions) -> Unwound {
     let c = symbol_range(&unstripped(exe), "c");
-    let stopped = stop_when(Command::new(exe), |pid, ip| {
-        c.contains(&ip.wrapping_sub(load_bias(pid, exe)))
-    });
+    unwind_when(
+        Command::new(exe),
+        |pid, ip| c.contains(&ip.wrapping_sub(load_bias(pid, exe))),
+        64 * 1024,
+        opts,
+    )
+}
+
+/// Stop `cmd` where `at` holds, unwind `stack_bytes` of its stack with `unwind_stopped`, and
+/// symbolize every frame.
+fn unwind_when(
+    cmd: Command,
+    at: impl Fn(i32, u64) -> bool,
+    stack_bytes: usize,
+    opts: &SymbolizeOptions,
+) -> Unwound {
+    let stopped = stop_when(cmd, at);
     let mut modules = Modules::new();
     modules.read_process(stopped.pid()).unwrap();
     let mut locs = Vec::new();
     Unwinder::new()
-        .unwind_stopped(&mut modules, stopped.pid(), 64 * 1024, &mut locs)
+        .unwind_stopped(&mut modules, stopped.pid(), stack_bytes, &mut locs)
         .expect("unwind");
     drop(stopped);
     let syms = symbolize_with(&modules, &locs, opts);
@@ -378,16 +392,13 @@ fn a_stop_inside_the_vdso_unwinds_through_libc_to_main() {
     let exe = builds().path("nofp");
     let mut cmd = Command::new(&exe);
     cmd.arg("clock");
-    let stopped = stop_when(cmd, |pid, ip| in_mapping(pid, ip, "[vdso]"));
-    let mut modules = Modules::new();
-    modules.read_process(stopped.pid()).unwrap();
-    let mut locs = Vec::new();
-    Unwinder::new()
-        .unwind_stopped(&mut modules, stopped.pid(), 64 * 1024, &mut locs)
-        .expect("unwind");
-    drop(stopped);
-    let syms = symbolize(&modules, &locs);
-    let frames: Vec<&Frame> = locs.iter().map(|l| syms[l].last().unwrap()).collect();
+    let u = unwind_when(
+        cmd,
+        |pid, ip| in_mapping(pid, ip, "[vdso]"),
+        64 * 1024,
+        &SymbolizeOptions::default(),
+    );
+    let frames: Vec<&Frame> = u.frames.iter().map(|f| f.last().unwrap()).collect();
     let shown: Vec<String> = frames
         .iter()
         .map(|f| format!("{} ({})", f.name(), f.module))
@@ -477,16 +488,13 @@ fn debian_python3_unwinds_through_its_stripped_binary_to_main() {
         "import time; print('ready', flush=True); time.sleep(600)",
     ]);
     // Stop it asleep: the ip in libc (the clock_nanosleep system call), not in python3.
-    let stopped = stop_when(cmd, |pid, ip| in_mapping(pid, ip, "libc.so"));
-    let mut modules = Modules::new();
-    modules.read_process(stopped.pid()).unwrap();
-    let mut locs = Vec::new();
-    Unwinder::new()
-        .unwind_stopped(&mut modules, stopped.pid(), 256 * 1024, &mut locs)
-        .expect("unwind");
-    drop(stopped);
-    let syms = symbolize(&modules, &locs);
-    let frames: Vec<&Frame> = locs.iter().map(|l| syms[l].last().unwrap()).collect();
+    let u = unwind_when(
+        cmd,
+        |pid, ip| in_mapping(pid, ip, "libc.so"),
+        256 * 1024,
+        &SymbolizeOptions::default(),
+    );
+    let frames: Vec<&Frame> = u.frames.iter().map(|f| f.last().unwrap()).collect();
     let shown: Vec<String> = frames
         .iter()
         .map(|f| format!("{} ({}) {:?}:{:?}", f.name(), f.module, f.file, f.line))

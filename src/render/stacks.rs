@@ -155,32 +155,20 @@ mod tests {
         (child, parent, bare)
     }
 
+    fn line<'a>(who: &'static str, pages: u64, frames: &'a [Frame]) -> StackLine<'a> {
+        StackLine { who, pages, frames }
+    }
+
     #[test]
     fn folded_lines_are_outermost_first_summed_and_escaped() {
         let (child, parent, bare) = sample();
         let groups = [StackGroup {
             comm: "python3",
             stacks: vec![
-                StackLine {
-                    who: "child",
-                    pages: 300,
-                    frames: &child,
-                },
-                StackLine {
-                    who: "parent",
-                    pages: 2,
-                    frames: &parent,
-                },
-                StackLine {
-                    who: "child",
-                    pages: 5,
-                    frames: &child,
-                },
-                StackLine {
-                    who: "child",
-                    pages: 0,
-                    frames: &bare,
-                },
+                line("child", 300, &child),
+                line("parent", 2, &parent),
+                line("child", 5, &child),
+                line("child", 0, &bare),
             ],
         }];
         let text = folded(&groups);
@@ -200,18 +188,7 @@ mod tests {
         let (child, parent, _) = sample();
         let groups = [StackGroup {
             comm: "python3",
-            stacks: vec![
-                StackLine {
-                    who: "child",
-                    pages: 300,
-                    frames: &child,
-                },
-                StackLine {
-                    who: "parent",
-                    pages: 100,
-                    frames: &parent,
-                },
-            ],
+            stacks: vec![line("child", 300, &child), line("parent", 100, &parent)],
         }];
         let svg = flamegraph(&groups, "python3 list.py", "6.1.0-test").unwrap();
         assert!(svg.contains("Pages copied after fork: python3 list.py"));
