@@ -103,27 +103,27 @@ fn scan_fallback(b: divan::Bencher) {
     });
 }
 
-#[divan::bench(sample_count = 10)]
-fn kpagecount_of_range(b: divan::Bencher) {
+/// The kpage files, or `None` (said on stderr) where they are closed to this process.
+fn kpage() -> Option<Kpage> {
     let p = privilege::detect();
     if !p.pfn_visible || !p.kpage_readable {
         eprintln!("SKIP: kpage files need CAP_SYS_ADMIN");
-        return;
+        return None;
     }
+    Some(Kpage::open().expect("kpage"))
+}
+
+#[divan::bench(sample_count = 10)]
+fn kpagecount_of_range(b: divan::Bencher) {
+    let Some(k) = kpage() else { return };
     let r = region();
-    let k = Kpage::open().expect("kpage");
     b.bench_local(|| k.counts(&r.pfns).expect("counts").len());
 }
 
 #[divan::bench(sample_count = 10)]
 fn kpageflags_of_range(b: divan::Bencher) {
-    let p = privilege::detect();
-    if !p.pfn_visible || !p.kpage_readable {
-        eprintln!("SKIP: kpage files need CAP_SYS_ADMIN");
-        return;
-    }
+    let Some(k) = kpage() else { return };
     let r = region();
-    let k = Kpage::open().expect("kpage");
     b.bench_local(|| k.flags(&r.pfns).expect("flags").len());
 }
 

@@ -49,3 +49,20 @@ selected() {
   [[ -r $1 ]] || return 0
   sed -n 's/.*\[\([^]]*\)\].*/\1/p' "$1"
 }
+
+# For the scripts that regenerate worked examples: build the release binary into `cs`, make a
+# temporary `work` directory, and stop (by pid) every process appended to `pids` on exit.
+start_examples() {
+  cargo build --release --quiet --bin cowscope
+  # shellcheck disable=SC2034  # used by the scripts that source this file
+  cs=target/release/cowscope
+  work=$(mktemp -d)
+  pids=()
+  trap stop_examples EXIT
+}
+
+stop_examples() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}

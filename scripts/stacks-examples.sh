@@ -10,17 +10,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=results
-cargo build --release --quiet --bin cowscope
-cs=target/release/cowscope
+SCRIPT_NAME=$(basename "$0")
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+start_examples
 py=/usr/bin/python3
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 echo "== C (no frame pointers)"
 cc -O2 -fomit-frame-pointer -o "$work/cow_stacks" tests/trace_programs/cow_stacks.c

@@ -5,7 +5,7 @@ mod mem_support;
 use std::process::{Child, Command, Stdio};
 
 use assert_cmd::cargo::cargo_bin;
-use mem_support::{BlockedChild, Mapping, is_root, page_size};
+use mem_support::{BlockedChild, Mapping, is_root, page_size, thp_window};
 use predicates::prelude::*;
 use serde_json::Value;
 
@@ -284,21 +284,10 @@ fn root_without_cap_sys_ptrace_is_told_that_is_why() {
 
 #[test]
 fn a_thp_range_counts_512_huge_pages_on_both_paths() {
-    let mode = cowscope::kernel::thp_enabled();
-    if mode == "never" || mode == "unavailable" {
-        eprintln!("SKIP: THP is {mode}");
+    let Some((_m, aligned)) = thp_window(9) else {
         return;
-    }
+    };
     let huge = 2usize << 20;
-    let m = Mapping::anon(2 * huge / page_size(), libc::MAP_PRIVATE);
-    let aligned = (m.start() + huge as u64 - 1) & !(huge as u64 - 1);
-    // SAFETY: the aligned 2 MiB window lies inside our 4 MiB mapping.
-    let rc = unsafe { libc::madvise(aligned as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) };
-    assert_eq!(rc, 0);
-    for off in (0..huge).step_by(page_size()) {
-        // SAFETY: inside the aligned window.
-        unsafe { std::ptr::write_volatile((aligned as *mut u8).add(off), 9) };
-    }
     let range = format!("{:x}-{:x}", aligned, aligned + huge as u64);
     let pid = own_pid();
     let d = pages_json(&["--pid", &pid, "--range", &range]);

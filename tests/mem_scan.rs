@@ -6,7 +6,7 @@ mod mem_support;
 use cowscope::mem::pagemap::Pagemap;
 use cowscope::mem::scan::{self, PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_HUGE, PAGE_IS_PFNZERO};
 use cowscope::mem::scan::{PAGE_IS_PRESENT, ScanMethod};
-use mem_support::{Mapping, page_size};
+use mem_support::{Mapping, page_size, thp_window};
 
 fn own() -> Pagemap {
     Pagemap::open(std::process::id() as i32).expect("own pagemap")
@@ -171,21 +171,10 @@ fn guard_regions_agree() {
 
 #[test]
 fn a_pmd_mapped_thp_is_huge_on_both_paths() {
-    let mode = cowscope::kernel::thp_enabled();
-    if mode == "never" || mode == "unavailable" {
-        eprintln!("SKIP: THP is {mode}");
+    let Some((m, aligned)) = thp_window(3) else {
         return;
-    }
+    };
     let huge = 2usize << 20;
-    let m = Mapping::anon(2 * huge / page_size(), libc::MAP_PRIVATE);
-    let aligned = (m.start() + huge as u64 - 1) & !(huge as u64 - 1);
-    // SAFETY: the aligned 2 MiB window lies inside our 4 MiB mapping.
-    let rc = unsafe { libc::madvise(aligned as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) };
-    assert_eq!(rc, 0);
-    for off in (0..huge).step_by(page_size()) {
-        // SAFETY: inside the aligned window.
-        unsafe { std::ptr::write_volatile((aligned as *mut u8).add(off), 3) };
-    }
     let Some(c) = agree(m.start(), m.end(), "thp") else {
         return;
     };

@@ -61,6 +61,27 @@ impl Mapping {
     }
 }
 
+/// A 4 MiB mapping with a 2 MiB-aligned window inside it, advised `MADV_HUGEPAGE` and written
+/// page by page with `fill`, and the window's start; `None` (said) where THP is off.
+pub fn thp_window(fill: u8) -> Option<(Mapping, u64)> {
+    let mode = cowscope::kernel::thp_enabled();
+    if mode == "never" || mode == "unavailable" {
+        eprintln!("SKIP: THP is {mode}");
+        return None;
+    }
+    let huge = 2usize << 20;
+    let m = Mapping::anon(2 * huge / page_size(), libc::MAP_PRIVATE);
+    let aligned = (m.start() + huge as u64 - 1) & !(huge as u64 - 1);
+    // SAFETY: the aligned 2 MiB window lies inside our 4 MiB mapping.
+    let rc = unsafe { libc::madvise(aligned as *mut libc::c_void, huge, libc::MADV_HUGEPAGE) };
+    assert_eq!(rc, 0);
+    for off in (0..huge).step_by(page_size()) {
+        // SAFETY: inside the aligned window.
+        unsafe { std::ptr::write_volatile((aligned as *mut u8).add(off), fill) };
+    }
+    Some((m, aligned))
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: ptr/len came from our own successful mmap and nothing borrows it any more.
