@@ -239,15 +239,7 @@ pub fn parse_range(s: &str) -> Result<(u64, u64)> {
 /// errors if the process changes under us in a way the kernel reports.
 pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
     let pid = req.pid;
-    if pid <= 0 {
-        return Err(Error::usage(format!(
-            "--pid must be a positive process id, got {pid}"
-        )));
-    }
-    let ps = crate::kernel::page_size() as u64;
-    crate::mem::process::user_process(pid)?;
-    let geometry = smaps::vma_bounds(pid).map_err(|e| Error::process_io(pid, "maps", e))?;
-    let pm = Pagemap::open(pid).map_err(|e| Error::process_io(pid, "pagemap", e))?;
+    let (geometry, pm) = open_process(pid)?;
     let privilege = privilege::detect();
     let kpage = if privilege.pfn_visible && privilege.kpage_readable {
         Kpage::open().ok()
@@ -255,39 +247,9 @@ pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
         None
     };
     let use_scan = scan::available() && !req.force_fallback;
-
-    let range = match req.range {
-        Some((s, e)) => {
-            let start = s & !(ps - 1);
-            let end = e
-                .checked_next_multiple_of(ps)
-                .ok_or_else(|| Error::usage(format!("--range end {e:#x} is past the last page")))?;
-            Some((start, end))
-        }
-        None => None,
-    };
-    let spans: Vec<(SmapsEntry, u64, u64)> = geometry
-        .into_iter()
-        .filter_map(|v| match range {
-            Some((s, e)) => {
-                let (a, b) = (v.start.max(s), v.end.min(e));
-                (a < b).then_some((v, a, b))
-            }
-            None => {
-                let (a, b) = (v.start, v.end);
-                Some((v, a, b))
-            }
-        })
-        .collect();
-    let total_pages = match range {
-        Some((s, e)) => (e - s) / ps,
-        None => spans.iter().map(|(_, a, b)| (b - a) / ps).sum(),
-    };
-    if req.per_page && total_pages > MAX_PER_PAGE_ROWS {
-        return Err(Error::usage(format!(
-            "--per-page over {total_pages} pages is too many (limit {MAX_PER_PAGE_ROWS}); narrow --range"
-        )));
-    }
+    let range = page_range(req.range)?;
+    let spans = spans_in(geometry, range);
+    check_per_page_rows(req, range, &spans)?;
 
     let mut acc = Collector {
         pm: &pm,
@@ -305,23 +267,8 @@ pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
     };
     // Second thread: smaps, then PAGEMAP_SCAN only where smaps shows PMD-mapped memory.
     let (pagemap_results, smaps_result) = std::thread::scope(|s| {
-        let spans = &spans;
-        let pm = &pm;
-        let side = s.spawn(move || -> Result<(Vec<SmapsEntry>, Vec<Option<u64>>)> {
-            let all = smaps::all_vmas(pid).map_err(|e| Error::process_io(pid, "smaps", e))?;
-            let mut huge = Vec::with_capacity(spans.len());
-            for (g, a, b) in spans {
-                let entry = all.iter().find(|v| v.contains(g.start));
-                huge.push(match entry {
-                    _ if !use_scan => None,
-                    Some(v) if !smaps::has_pmd_mapped_memory(v) => Some(0),
-                    _ => scan::scan(pm, *a, *b, false)
-                        .ok()
-                        .and_then(|sc| sc.counts().huge),
-                });
-            }
-            Ok((all, huge))
-        });
+        let (spans, pm) = (&spans, &pm);
+        let side = s.spawn(move || smaps_and_huge(pid, spans, pm, use_scan));
         let mine: Vec<io::Result<PageCounts>> = spans
             .iter()
             .map(|(g, a, b)| {
@@ -338,90 +285,29 @@ pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
         (mine, side)
     });
     let (all_smaps, scan_huge) = smaps_result?;
-
-    let mut total = PageCounts {
-        huge: Some(0),
+    let read = ReadSpans {
+        pid,
+        use_scan,
         pfn_visible: privilege.pfn_visible,
-        ..PageCounts::default()
     };
-    let mut vmas = Vec::with_capacity(spans.len());
-    let mut covered = 0u64;
-    let mut changed = false;
-    for (((g, a, b), res), huge) in spans.into_iter().zip(pagemap_results).zip(scan_huge) {
-        covered += (b - a) / ps;
-        let smaps_entry = all_smaps
-            .iter()
-            .find(|v| v.start == g.start && v.end == g.end)
-            .cloned();
-        changed |= smaps_entry.is_none();
-        let no_pagemap = !g.has_pagemap();
-        let (counts, error) = match res {
-            _ if no_pagemap => (None, None),
-            Ok(mut c) => {
-                if use_scan {
-                    c.huge = huge;
-                }
-                (Some(c), None)
-            }
-            Err(e) if vmas_unreadable(&g, &e) => (None, Some(e.to_string())),
-            Err(e) => return Err(Error::process_io(pid, "pagemap", e)),
-        };
-        if let Some(c) = &counts {
-            total.add(c);
-        }
-        vmas.push(VmaSummary {
-            smaps: smaps_entry.unwrap_or(g),
-            examined_start: a,
-            examined_end: b,
-            counts,
-            error,
-            no_pagemap,
-        });
-    }
+    let (vmas, mut total, changed) =
+        read.summarise(spans, pagemap_results, scan_huge, &all_smaps)?;
     if let Some((s, e)) = range {
+        let ps = crate::kernel::page_size() as u64;
+        let covered: u64 = vmas
+            .iter()
+            .map(|v| (v.examined_end - v.examined_start) / ps)
+            .sum();
         let unmapped = (e - s) / ps - covered;
         total.pages += unmapped;
         total.unmapped += unmapped;
-    }
-    if let (Some(rows), Some((s, e))) = (&mut acc.rows, range) {
-        fill_unmapped_rows(rows, s, e, ps);
-    }
-
-    let mut notes = Vec::new();
-    if !privilege.pfn_visible {
-        notes.push(
-            "PFNs are hidden (no CAP_SYS_ADMIN): pfn, mapcount and flags are null and PFN \
-             equality proves nothing; rely on the exclusive bit and smaps."
-                .to_string(),
-        );
-    } else if kpage.is_none() {
-        notes.push("kpagecount/kpageflags unreadable: no mapcount or flags.".to_string());
-    }
-    if total.huge.is_none() {
-        notes
-            .push("huge is unknown: no PAGEMAP_SCAN (or --no-scan) and no kpageflags.".to_string());
-    }
-    if changed {
-        notes.push(
-            "the process's VMAs changed while it was read: a VMA without smaps figures has \
-             only its /proc/<pid>/maps fields."
-                .to_string(),
-        );
-    }
-    let have_kpage = kpage.is_some();
-    let flags_hist = have_kpage.then(|| {
-        let mut h = BTreeMap::new();
-        for (f, n) in &acc.flags {
-            *h.entry(KpageFlags(*f).key()).or_insert(0) += n;
+        if let Some(rows) = &mut acc.rows {
+            fill_unmapped_rows(rows, s, e, ps);
         }
-        h
-    });
-    let map_hist = have_kpage.then(|| {
-        acc.mapcounts
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect::<BTreeMap<u64, u64>>()
-    });
+    }
+    let notes = notes(&privilege, kpage.is_some(), &total, changed);
+    let have_kpage = kpage.is_some();
+    let (map_hist, flags_hist) = acc.histograms(have_kpage);
     let body = PagesBody {
         pid,
         range: range.map(|(start, end)| AddressRange { start, end }),
@@ -440,6 +326,183 @@ pub fn pages(req: &PagesRequest) -> Result<PagesBody> {
         notes,
     };
     Ok(body)
+}
+
+/// Check `pid` and open what is read first: its VMAs' geometry and its pagemap.
+fn open_process(pid: i32) -> Result<(Vec<SmapsEntry>, Pagemap)> {
+    if pid <= 0 {
+        return Err(Error::usage(format!(
+            "--pid must be a positive process id, got {pid}"
+        )));
+    }
+    crate::mem::process::user_process(pid)?;
+    let geometry = smaps::vma_bounds(pid).map_err(|e| Error::process_io(pid, "maps", e))?;
+    let pm = Pagemap::open(pid).map_err(|e| Error::process_io(pid, "pagemap", e))?;
+    Ok((geometry, pm))
+}
+
+/// `--range` aligned outward to whole pages.
+fn page_range(range: Option<(u64, u64)>) -> Result<Option<(u64, u64)>> {
+    let ps = crate::kernel::page_size() as u64;
+    let Some((s, e)) = range else {
+        return Ok(None);
+    };
+    let start = s & !(ps - 1);
+    let end = e
+        .checked_next_multiple_of(ps)
+        .ok_or_else(|| Error::usage(format!("--range end {e:#x} is past the last page")))?;
+    Ok(Some((start, end)))
+}
+
+/// Each VMA with the part of it to examine: all of it, or its overlap with the range.
+fn spans_in(geometry: Vec<SmapsEntry>, range: Option<(u64, u64)>) -> Vec<(SmapsEntry, u64, u64)> {
+    geometry
+        .into_iter()
+        .filter_map(|v| match range {
+            Some((s, e)) => {
+                let (a, b) = (v.start.max(s), v.end.min(e));
+                (a < b).then_some((v, a, b))
+            }
+            None => {
+                let (a, b) = (v.start, v.end);
+                Some((v, a, b))
+            }
+        })
+        .collect()
+}
+
+/// Refuse `--per-page` over more than [`MAX_PER_PAGE_ROWS`] pages.
+fn check_per_page_rows(
+    req: &PagesRequest,
+    range: Option<(u64, u64)>,
+    spans: &[(SmapsEntry, u64, u64)],
+) -> Result<()> {
+    let ps = crate::kernel::page_size() as u64;
+    let total_pages = match range {
+        Some((s, e)) => (e - s) / ps,
+        None => spans.iter().map(|(_, a, b)| (b - a) / ps).sum(),
+    };
+    if req.per_page && total_pages > MAX_PER_PAGE_ROWS {
+        return Err(Error::usage(format!(
+            "--per-page over {total_pages} pages is too many (limit {MAX_PER_PAGE_ROWS}); narrow --range"
+        )));
+    }
+    Ok(())
+}
+
+/// The side thread's read: every VMA's smaps, then per span the pages mapped by a PMD
+/// (PAGEMAP_SCAN only where smaps shows PMD-mapped memory; `None` without PAGEMAP_SCAN).
+fn smaps_and_huge(
+    pid: i32,
+    spans: &[(SmapsEntry, u64, u64)],
+    pm: &Pagemap,
+    use_scan: bool,
+) -> Result<(Vec<SmapsEntry>, Vec<Option<u64>>)> {
+    let all = smaps::all_vmas(pid).map_err(|e| Error::process_io(pid, "smaps", e))?;
+    let mut huge = Vec::with_capacity(spans.len());
+    for (g, a, b) in spans {
+        let entry = all.iter().find(|v| v.contains(g.start));
+        huge.push(match entry {
+            _ if !use_scan => None,
+            Some(v) if !smaps::has_pmd_mapped_memory(v) => Some(0),
+            _ => scan::scan(pm, *a, *b, false)
+                .ok()
+                .and_then(|sc| sc.counts().huge),
+        });
+    }
+    Ok((all, huge))
+}
+
+/// How the spans were read: what their summaries depend on.
+struct ReadSpans {
+    pid: i32,
+    use_scan: bool,
+    pfn_visible: bool,
+}
+
+impl ReadSpans {
+    /// One summary per span from its pagemap counts, its smaps entry and its PMD count; the
+    /// total; whether the VMAs changed between the maps and smaps reads.
+    ///
+    /// # Errors
+    /// A pagemap read that failed in a VMA where it should not.
+    fn summarise(
+        &self,
+        spans: Vec<(SmapsEntry, u64, u64)>,
+        pagemap_results: Vec<io::Result<PageCounts>>,
+        scan_huge: Vec<Option<u64>>,
+        all_smaps: &[SmapsEntry],
+    ) -> Result<(Vec<VmaSummary>, PageCounts, bool)> {
+        let mut total = PageCounts {
+            huge: Some(0),
+            pfn_visible: self.pfn_visible,
+            ..PageCounts::default()
+        };
+        let mut vmas = Vec::with_capacity(spans.len());
+        let mut changed = false;
+        for (((g, a, b), res), huge) in spans.into_iter().zip(pagemap_results).zip(scan_huge) {
+            let smaps_entry = all_smaps
+                .iter()
+                .find(|v| v.start == g.start && v.end == g.end)
+                .cloned();
+            changed |= smaps_entry.is_none();
+            let no_pagemap = !g.has_pagemap();
+            let (counts, error) = match res {
+                _ if no_pagemap => (None, None),
+                Ok(mut c) => {
+                    if self.use_scan {
+                        c.huge = huge;
+                    }
+                    (Some(c), None)
+                }
+                Err(e) if vmas_unreadable(&g, &e) => (None, Some(e.to_string())),
+                Err(e) => return Err(Error::process_io(self.pid, "pagemap", e)),
+            };
+            if let Some(c) = &counts {
+                total.add(c);
+            }
+            vmas.push(VmaSummary {
+                smaps: smaps_entry.unwrap_or(g),
+                examined_start: a,
+                examined_end: b,
+                counts,
+                error,
+                no_pagemap,
+            });
+        }
+        Ok((vmas, total, changed))
+    }
+}
+
+/// What the document cannot say here, as notes.
+fn notes(
+    privilege: &Privilege,
+    have_kpage: bool,
+    total: &PageCounts,
+    changed: bool,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    if !privilege.pfn_visible {
+        notes.push(
+            "PFNs are hidden (no CAP_SYS_ADMIN): pfn, mapcount and flags are null and PFN \
+             equality proves nothing; rely on the exclusive bit and smaps."
+                .to_string(),
+        );
+    } else if !have_kpage {
+        notes.push("kpagecount/kpageflags unreadable: no mapcount or flags.".to_string());
+    }
+    if total.huge.is_none() {
+        notes
+            .push("huge is unknown: no PAGEMAP_SCAN (or --no-scan) and no kpageflags.".to_string());
+    }
+    if changed {
+        notes.push(
+            "the process's VMAs changed while it was read: a VMA without smaps figures has \
+             only its /proc/<pid>/maps fields."
+                .to_string(),
+        );
+    }
+    notes
 }
 
 /// A special VMA whose pagemap read ends early: report, do not fail.
@@ -496,6 +559,28 @@ struct Collector<'a> {
 }
 
 impl Collector<'_> {
+    /// The mapcount and kpageflags histograms, when the kpage files were read.
+    #[allow(clippy::type_complexity)]
+    fn histograms(
+        &self,
+        have_kpage: bool,
+    ) -> (Option<BTreeMap<u64, u64>>, Option<BTreeMap<String, u64>>) {
+        let flags_hist = have_kpage.then(|| {
+            let mut h = BTreeMap::new();
+            for (f, n) in &self.flags {
+                *h.entry(KpageFlags(*f).key()).or_insert(0) += n;
+            }
+            h
+        });
+        let map_hist = have_kpage.then(|| {
+            self.mapcounts
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect::<BTreeMap<u64, u64>>()
+        });
+        (map_hist, flags_hist)
+    }
+
     fn span(&mut self, a: u64, b: u64) -> io::Result<PageCounts> {
         let ps = crate::kernel::page_size() as u64;
         let mut c = PageCounts {

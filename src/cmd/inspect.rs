@@ -9,12 +9,15 @@
 //! output (130/143 to the shell); a watch ends cleanly with what it collected.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::doc::{Envelope, InspectDoc, InspectSampleDoc};
 use crate::error::{EXIT_OK, EXIT_UNPROVEN, Error, Result};
+use crate::inspect::InspectBody;
 use crate::inspect::interrupt;
 use crate::inspect::sample::InspectRequest;
 use crate::inspect::watch::WatchOptions;
+use crate::mem::system::SystemInfo;
 use crate::output;
 
 use super::parse_duration;
@@ -95,6 +98,17 @@ fn number(flag: &str, s: &str) -> Result<i32> {
 /// # Errors
 /// Usage and read errors (exit 2).
 pub fn run(a: Args) -> Result<i32> {
+    let req = request(&a)?;
+    let (interval, duration) = watch_times(&a)?;
+    interrupt::install().map_err(|e| Error::io("installing signal handlers", e))?;
+    match interval {
+        None => inspect_once(&a, &req),
+        Some(interval) => watch(&a, &req, interval, duration),
+    }
+}
+
+/// The request the flags ask for (`--cells` checked, 96 cells for an SVG page map).
+fn request(a: &Args) -> Result<InspectRequest> {
     let cells = match (&a.cells, a.format) {
         (Some(c), _) => {
             let n: usize = c
@@ -111,7 +125,7 @@ pub fn run(a: Args) -> Result<i32> {
         (None, Format::Svg) => SVG_CELLS,
         (None, _) => 0,
     };
-    let req = InspectRequest {
+    Ok(InspectRequest {
         pid: number("--pid", &a.pid)?,
         children: a
             .children
@@ -126,7 +140,11 @@ pub fn run(a: Args) -> Result<i32> {
             .transpose()?,
         cells,
         per_page: a.per_page,
-    };
+    })
+}
+
+/// `--interval` and `--duration` (which needs `--interval`).
+fn watch_times(a: &Args) -> Result<(Option<Duration>, Option<Duration>)> {
     let interval = a
         .interval
         .as_deref()
@@ -140,40 +158,49 @@ pub fn run(a: Args) -> Result<i32> {
     if duration.is_some() && interval.is_none() {
         return Err(Error::usage("--duration needs --interval"));
     }
-    interrupt::install().map_err(|e| Error::io("installing signal handlers", e))?;
+    Ok((interval, duration))
+}
 
-    let Some(interval) = interval else {
-        let report = Envelope::new(crate::mem::system::detect(), crate::inspect::inspect(&req)?);
-        if let Some(sig) = interrupt::requested() {
-            // Everything frozen was resumed on the way out of inspect(); leave as the
-            // signal asked.
-            interrupt::die_of(sig);
+/// Inspect once, render in the format asked, write it.
+fn inspect_once(a: &Args, req: &InspectRequest) -> Result<i32> {
+    let report = Envelope::new(crate::mem::system::detect(), crate::inspect::inspect(req)?);
+    if let Some(sig) = interrupt::requested() {
+        // Everything frozen was resumed on the way out of inspect(); leave as the
+        // signal asked.
+        interrupt::die_of(sig);
+    }
+    let text = match a.format {
+        Format::Json => output::to_json(&report)?,
+        Format::Table => crate::render::inspect_table::report(&report),
+        Format::Svg => crate::render::inspect_svg::page_map(&report),
+        Format::Openmetrics => crate::render::openmetrics::exposition(
+            &report.body.snapshot,
+            report.system.page_size,
+            unix_now(),
+        ),
+        Format::Jsonl => {
+            let rec: InspectSampleDoc = Envelope::new(
+                report.system.clone(),
+                crate::inspect::SampleLine {
+                    seq: 0,
+                    t_ms: 0,
+                    snapshot: report.body.snapshot.clone(),
+                },
+            );
+            format!("{}\n", serde_json::to_string(&rec)?)
         }
-        let text = match a.format {
-            Format::Json => output::to_json(&report)?,
-            Format::Table => crate::render::inspect_table::report(&report),
-            Format::Svg => crate::render::inspect_svg::page_map(&report),
-            Format::Openmetrics => crate::render::openmetrics::exposition(
-                &report.body.snapshot,
-                report.system.page_size,
-                unix_now(),
-            ),
-            Format::Jsonl => {
-                let rec: InspectSampleDoc = Envelope::new(
-                    report.system.clone(),
-                    crate::inspect::SampleLine {
-                        seq: 0,
-                        t_ms: 0,
-                        snapshot: report.body.snapshot.clone(),
-                    },
-                );
-                format!("{}\n", serde_json::to_string(&rec)?)
-            }
-        };
-        output::emit(&text, a.out.as_deref())?;
-        return Ok(exit_code(&report));
     };
+    output::emit(&text, a.out.as_deref())?;
+    Ok(exit_code(&report))
+}
 
+/// Watch: per format, what each sample writes as it is taken, and what is written at the end.
+fn watch(
+    a: &Args,
+    req: &InspectRequest,
+    interval: Duration,
+    duration: Option<Duration>,
+) -> Result<i32> {
     let opts = WatchOptions {
         interval,
         duration,
@@ -182,56 +209,11 @@ pub fn run(a: Args) -> Result<i32> {
         progress: a.format != Format::Table,
     };
     let system = crate::mem::system::detect();
-    let body = if a.format == Format::Openmetrics {
-        // Each sample replaces the file whole (tempfile + rename): a collector reading it
-        // at any moment sees one complete exposition.
-        let Some(out) = a.out.as_deref() else {
-            return Err(Error::usage(
-                "--format openmetrics with --interval needs --out FILE (replaced atomically \
-                 at each sample, e.g. in node_exporter's textfile directory); without \
-                 --interval it prints one exposition to stdout",
-            ));
-        };
-        output::check_out(out)?;
-        let ps = system.page_size;
-        crate::inspect::watch(&req, &opts, |rec| {
-            let text = crate::render::openmetrics::exposition(&rec.snapshot, ps, unix_now());
-            output::write_atomic(out, text.as_bytes())
-        })?
-    } else if a.format == Format::Table {
-        // One line per sample, flushed as it is taken; the last sample's tables at the end.
-        let mut sink = output::StreamOut::open(a.out.as_deref())?;
-        let ps = system.page_size;
-        let body = crate::inspect::watch(&req, &opts, |rec| {
-            let mut line = String::new();
-            if rec.seq == 0 {
-                line.push_str(&crate::render::inspect_table::watch_header(
-                    &rec.snapshot,
-                    interval,
-                ));
-            }
-            line.push_str(&crate::render::inspect_table::sample_line(rec, ps));
-            sink.write_record(line.as_bytes())
-        })?;
-        let report: InspectDoc = Envelope::new(system, body);
-        let text = crate::render::inspect_table::report(&report);
-        sink.write_record(format!("\n{text}").as_bytes())?;
-        sink.finish()?;
-        return Ok(exit_code(&report));
-    } else if a.format == Format::Jsonl {
-        // Each record is written whole and flushed as it is taken; a regular --out file is
-        // put into place only when the watch ends (see output::StreamOut).
-        let mut sink = output::StreamOut::open(a.out.as_deref())?;
-        let body = crate::inspect::watch(&req, &opts, |rec| {
-            let rec: InspectSampleDoc = Envelope::new(system.clone(), rec.clone());
-            let mut line = serde_json::to_string(&rec)?;
-            line.push('\n');
-            sink.write_record(line.as_bytes())
-        })?;
-        sink.finish()?;
-        body
-    } else {
-        crate::inspect::watch(&req, &opts, |_| Ok(()))?
+    let body = match a.format {
+        Format::Openmetrics => watch_openmetrics(a, req, &opts, system.page_size)?,
+        Format::Table => return watch_table(a, req, &opts, system),
+        Format::Jsonl => watch_jsonl(a, req, &opts, &system)?,
+        Format::Json | Format::Svg => crate::inspect::watch(req, &opts, |_| Ok(()))?,
     };
     let report: InspectDoc = Envelope::new(system, body);
     let text = match a.format {
@@ -241,6 +223,75 @@ pub fn run(a: Args) -> Result<i32> {
     };
     output::emit(&text, a.out.as_deref())?;
     Ok(exit_code(&report))
+}
+
+/// An openmetrics watch: each sample replaces the `--out` file whole (tempfile + rename), so
+/// a collector reading it at any moment sees one complete exposition.
+fn watch_openmetrics(
+    a: &Args,
+    req: &InspectRequest,
+    opts: &WatchOptions,
+    ps: u64,
+) -> Result<InspectBody> {
+    let Some(out) = a.out.as_deref() else {
+        return Err(Error::usage(
+            "--format openmetrics with --interval needs --out FILE (replaced atomically \
+             at each sample, e.g. in node_exporter's textfile directory); without \
+             --interval it prints one exposition to stdout",
+        ));
+    };
+    output::check_out(out)?;
+    crate::inspect::watch(req, opts, |rec| {
+        let text = crate::render::openmetrics::exposition(&rec.snapshot, ps, unix_now());
+        output::write_atomic(out, text.as_bytes())
+    })
+}
+
+/// A table watch: one line per sample, flushed as it is taken; the last sample's tables at
+/// the end.
+fn watch_table(
+    a: &Args,
+    req: &InspectRequest,
+    opts: &WatchOptions,
+    system: SystemInfo,
+) -> Result<i32> {
+    let mut sink = output::StreamOut::open(a.out.as_deref())?;
+    let ps = system.page_size;
+    let body = crate::inspect::watch(req, opts, |rec| {
+        let mut line = String::new();
+        if rec.seq == 0 {
+            line.push_str(&crate::render::inspect_table::watch_header(
+                &rec.snapshot,
+                opts.interval,
+            ));
+        }
+        line.push_str(&crate::render::inspect_table::sample_line(rec, ps));
+        sink.write_record(line.as_bytes())
+    })?;
+    let report: InspectDoc = Envelope::new(system, body);
+    let text = crate::render::inspect_table::report(&report);
+    sink.write_record(format!("\n{text}").as_bytes())?;
+    sink.finish()?;
+    Ok(exit_code(&report))
+}
+
+/// A jsonl watch: each record is written whole and flushed as it is taken; a regular --out
+/// file is put into place only when the watch ends (see output::StreamOut).
+fn watch_jsonl(
+    a: &Args,
+    req: &InspectRequest,
+    opts: &WatchOptions,
+    system: &SystemInfo,
+) -> Result<InspectBody> {
+    let mut sink = output::StreamOut::open(a.out.as_deref())?;
+    let body = crate::inspect::watch(req, opts, |rec| {
+        let rec: InspectSampleDoc = Envelope::new(system.clone(), rec.clone());
+        let mut line = serde_json::to_string(&rec)?;
+        line.push('\n');
+        sink.write_record(line.as_bytes())
+    })?;
+    sink.finish()?;
+    Ok(body)
 }
 
 /// Now, in seconds since the Unix epoch.

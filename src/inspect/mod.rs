@@ -21,19 +21,30 @@
 //! - [`pool`]: how many pool members still share each parent frame.
 //! - [`freeze`], [`interrupt`]: SIGSTOP/SIGCONT with a Drop guard, signal handling and a
 //!   watchdog process.
-//! - [`sample`]: plan the pairs, take one snapshot.
+//! - [`request`]: what a snapshot is asked and what the machine lets it prove.
+//! - [`sample`]: one snapshot, a short pipeline over the stages below, each beside its data:
+//!   [`plan`] (which pairs; what a failed read means) -> [`targets`] (freeze, open, resume)
+//!   -> [`smaps_read`] (smaps beside the walk) -> [`pair_walk`] (the page walk per pair) ->
+//!   [`pools`] (pool frame walks and reports) -> [`build`] (pair reports, accounting).
 //! - [`mod@watch`]: snapshots over time.
 //! - [`model`]: the JSON documents.
 
 pub mod access;
+pub mod build;
 pub mod classify;
 pub mod freeze;
 pub mod interrupt;
 pub mod model;
+pub mod pair_walk;
+pub mod plan;
 pub mod pool;
+pub mod pools;
 pub mod proc;
+pub mod request;
 pub mod sample;
+pub mod smaps_read;
 pub mod tally;
+pub mod targets;
 pub mod vma;
 pub mod walk;
 pub mod watch;

@@ -356,134 +356,154 @@ impl PoolView {
     /// The view of the workers' pairs (`pairs`: the pairs of this pool's parent with its
     /// members). Pairs with identical class counts collapse into one group.
     pub fn of(pairs: &[&PairReport], page_size: u64, pfn_visible: bool) -> PoolView {
-        let mut groups: Vec<(ClassCounts, Vec<i32>)> = Vec::new();
-        for p in pairs {
-            match groups.iter_mut().find(|(t, _)| *t == p.totals) {
-                Some((_, m)) => m.push(p.child),
-                None => groups.push((p.totals, vec![p.child])),
-            }
-        }
-        groups.sort_by(|a, b| {
-            b.0.diverged
-                .cmp(&a.0.diverged)
-                .then_with(|| a.1.first().cmp(&b.1.first()))
-        });
         let bytes = |pages: u64| pages * page_size;
-        let groups: Vec<PoolGroup> = groups
-            .into_iter()
-            .map(|(t, mut members)| {
-                members.sort_unstable();
-                PoolGroup {
-                    members,
-                    diverged_bytes: bytes(t.diverged),
-                    shared_bytes: bytes(t.shared),
-                    only_parent_bytes: bytes(t.only_parent),
-                    only_child_bytes: bytes(t.only_child),
-                }
-            })
-            .collect();
-        let workers = pairs.len() as u64;
+        let groups = groups_of(pairs, page_size);
         let diverged_bytes: u64 = pairs.iter().map(|p| bytes(p.totals.diverged)).sum();
         let only_child_bytes = pairs.iter().map(|p| bytes(p.totals.only_child)).sum();
-        let n = |k: usize| {
-            if k == 1 {
-                "1 worker".to_string()
-            } else {
-                format!("{k} workers")
-            }
-        };
-        let at_least = if pfn_visible { "" } else { "at least " };
-        // The sentence collapses workers whose diverged memory reads the same at its
-        // precision (groups are sorted by diverged bytes, so those are neighbours); the
-        // groups themselves stay exact.
-        let mut shown: Vec<(u64, usize)> = Vec::new(); // (diverged bytes of the first, workers)
-        for g in &groups {
-            match shown.last_mut() {
-                Some((b, k)) if human_size(*b) == human_size(g.diverged_bytes) => {
-                    *k += g.members.len();
-                }
-                _ => shown.push((g.diverged_bytes, g.members.len())),
-            }
-        }
-        let summary = match shown.as_slice() {
-            [(b, k)] => format!(
-                "{}, each {at_least}{} diverged, {} in all",
-                n(*k),
-                human_size(*b),
-                human_size(diverged_bytes)
-            ),
-            gs => {
-                // At most SHOWN sizes by name; the rest as one range.
-                const SHOWN: usize = 3;
-                let named = if gs.len() > SHOWN + 1 {
-                    SHOWN
-                } else {
-                    gs.len()
-                };
-                let mut parts: Vec<String> = gs[..named]
-                    .iter()
-                    .map(|&(b, k)| match k {
-                        1 => format!("1 worker {}", human_size(b)),
-                        k => format!("{k} workers each {}", human_size(b)),
-                    })
-                    .collect();
-                if let Some(rest) = gs.get(named..).filter(|r| !r.is_empty()) {
-                    let k: usize = rest.iter().map(|g| g.1).sum();
-                    let lo = rest.iter().map(|g| g.0).min().unwrap_or(0);
-                    let hi = rest.iter().map(|g| g.0).max().unwrap_or(0);
-                    parts.push(format!(
-                        "{} {} to {} each",
-                        n(k),
-                        human_size(lo),
-                        human_size(hi)
-                    ));
-                }
-                format!(
-                    "{}, {at_least}{} diverged in all: {}",
-                    n(pairs.len()),
-                    human_size(diverged_bytes),
-                    parts.join(", ")
-                )
-            }
-        };
-        let lo = groups
-            .iter()
-            .map(|g| g.only_parent_bytes)
-            .min()
-            .unwrap_or(0);
-        let hi = groups
-            .iter()
-            .map(|g| g.only_parent_bytes)
-            .max()
-            .unwrap_or(0);
-        let only_parent = if hi == 0 {
-            "only_parent: every page the parent has, each worker has too.".to_string()
-        } else {
-            format!(
-                "only_parent: the parent has {} that {}: pages the parent mapped or touched \
-                 after the fork, or the worker dropped (unmapped, released), and file pages \
-                 the worker has not touched since the fork (fork copies no page tables for a \
-                 mapping never written, so they appear when the worker faults them in).",
-                if lo == hi {
-                    human_size(hi)
-                } else {
-                    format!("{} to {}", human_size(lo), human_size(hi))
-                },
-                if pairs.len() == 1 {
-                    "the worker does not"
-                } else {
-                    "each worker does not"
-                }
-            )
-        };
         PoolView {
-            workers,
+            workers: pairs.len() as u64,
             diverged_bytes,
             only_child_bytes,
+            summary: summary_sentence(&groups, pairs.len(), diverged_bytes, pfn_visible),
+            only_parent: only_parent_sentence(&groups, pairs.len()),
             groups,
-            summary,
-            only_parent,
         }
+    }
+}
+
+/// The workers' pairs with identical class counts as one group each, most diverged first.
+fn groups_of(pairs: &[&PairReport], page_size: u64) -> Vec<PoolGroup> {
+    let mut groups: Vec<(ClassCounts, Vec<i32>)> = Vec::new();
+    for p in pairs {
+        match groups.iter_mut().find(|(t, _)| *t == p.totals) {
+            Some((_, m)) => m.push(p.child),
+            None => groups.push((p.totals, vec![p.child])),
+        }
+    }
+    groups.sort_by(|a, b| {
+        b.0.diverged
+            .cmp(&a.0.diverged)
+            .then_with(|| a.1.first().cmp(&b.1.first()))
+    });
+    let bytes = |pages: u64| pages * page_size;
+    groups
+        .into_iter()
+        .map(|(t, mut members)| {
+            members.sort_unstable();
+            PoolGroup {
+                members,
+                diverged_bytes: bytes(t.diverged),
+                shared_bytes: bytes(t.shared),
+                only_parent_bytes: bytes(t.only_parent),
+                only_child_bytes: bytes(t.only_child),
+            }
+        })
+        .collect()
+}
+
+/// "1 worker", "3 workers".
+fn workers_phrase(k: usize) -> String {
+    if k == 1 {
+        "1 worker".to_string()
+    } else {
+        format!("{k} workers")
+    }
+}
+
+/// The pool's summary sentence: how much the workers diverged, each and in all.
+fn summary_sentence(
+    groups: &[PoolGroup],
+    workers: usize,
+    diverged_bytes: u64,
+    pfn_visible: bool,
+) -> String {
+    let at_least = if pfn_visible { "" } else { "at least " };
+    // The sentence collapses workers whose diverged memory reads the same at its
+    // precision (groups are sorted by diverged bytes, so those are neighbours); the
+    // groups themselves stay exact.
+    let mut shown: Vec<(u64, usize)> = Vec::new(); // (diverged bytes of the first, workers)
+    for g in groups {
+        match shown.last_mut() {
+            Some((b, k)) if human_size(*b) == human_size(g.diverged_bytes) => {
+                *k += g.members.len();
+            }
+            _ => shown.push((g.diverged_bytes, g.members.len())),
+        }
+    }
+    match shown.as_slice() {
+        [(b, k)] => format!(
+            "{}, each {at_least}{} diverged, {} in all",
+            workers_phrase(*k),
+            human_size(*b),
+            human_size(diverged_bytes)
+        ),
+        gs => {
+            // At most SHOWN sizes by name; the rest as one range.
+            const SHOWN: usize = 3;
+            let named = if gs.len() > SHOWN + 1 {
+                SHOWN
+            } else {
+                gs.len()
+            };
+            let mut parts: Vec<String> = gs[..named]
+                .iter()
+                .map(|&(b, k)| match k {
+                    1 => format!("1 worker {}", human_size(b)),
+                    k => format!("{k} workers each {}", human_size(b)),
+                })
+                .collect();
+            if let Some(rest) = gs.get(named..).filter(|r| !r.is_empty()) {
+                let k: usize = rest.iter().map(|g| g.1).sum();
+                let lo = rest.iter().map(|g| g.0).min().unwrap_or(0);
+                let hi = rest.iter().map(|g| g.0).max().unwrap_or(0);
+                parts.push(format!(
+                    "{} {} to {} each",
+                    workers_phrase(k),
+                    human_size(lo),
+                    human_size(hi)
+                ));
+            }
+            format!(
+                "{}, {at_least}{} diverged in all: {}",
+                workers_phrase(workers),
+                human_size(diverged_bytes),
+                parts.join(", ")
+            )
+        }
+    }
+}
+
+/// The only_parent sentence: what the parent has that the workers lack, and why.
+fn only_parent_sentence(groups: &[PoolGroup], workers: usize) -> String {
+    let lo = groups
+        .iter()
+        .map(|g| g.only_parent_bytes)
+        .min()
+        .unwrap_or(0);
+    let hi = groups
+        .iter()
+        .map(|g| g.only_parent_bytes)
+        .max()
+        .unwrap_or(0);
+    if hi == 0 {
+        "only_parent: every page the parent has, each worker has too.".to_string()
+    } else {
+        format!(
+            "only_parent: the parent has {} that {}: pages the parent mapped or touched \
+             after the fork, or the worker dropped (unmapped, released), and file pages \
+             the worker has not touched since the fork (fork copies no page tables for a \
+             mapping never written, so they appear when the worker faults them in).",
+            if lo == hi {
+                human_size(hi)
+            } else {
+                format!("{} to {}", human_size(lo), human_size(hi))
+            },
+            if workers == 1 {
+                "the worker does not"
+            } else {
+                "each worker does not"
+            }
+        )
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::access;
 use super::interrupt;
-use super::model::{InspectBody, SampleLine, WatchInfo};
+use super::model::{InspectBody, SampleLine, SampleSummary, Snapshot, WatchInfo};
 use super::sample::{Context, InspectRequest, Plan, plan, plan_pairs, take_snapshot};
 use crate::error::{Error, Result};
 
@@ -123,10 +123,7 @@ pub fn watch(
     let first = plan(req)?;
     let mut current = first.clone();
     let t0 = Instant::now();
-    let mut seq = 0u64;
-    let mut incomplete = 0u64;
-    let mut summaries = Vec::new();
-    let mut last = None;
+    let mut kept = Kept::default();
     let ended_by;
     let progress = opts.progress && std::io::stderr().is_terminal();
     let mut need_plan = false;
@@ -166,65 +163,107 @@ pub fn watch(
             },
         };
         let record = SampleLine {
-            seq,
+            seq: kept.seq,
             t_ms,
             snapshot: snap,
         };
         on_sample(&record)?;
-        let snap = record.snapshot;
-        if snap.incomplete() {
-            incomplete += 1;
-        }
-        if opts.keep_samples {
-            summaries.push(snap.summary(seq, t_ms));
-        }
         if progress {
-            let diverged: u64 = snap.pairs.iter().map(|p| p.totals.diverged).sum();
-            let mib = diverged as f64 * page_size as f64 / (1 << 20) as f64;
-            let mut e = std::io::stderr().lock();
-            let _ = write!(
-                e,
-                "\rcowscope: sample {} at {:.1} s, {} pair{}, {:.1} MiB diverged   ",
-                seq + 1,
-                t_ms as f64 / 1000.0,
-                snap.pairs.len(),
-                if snap.pairs.len() == 1 { "" } else { "s" },
-                mib
-            );
-            let _ = e.flush();
+            show_progress(&record, page_size);
         }
-        last = Some(snap);
-        seq += 1;
-        let next = opts.interval.saturating_mul(seq as u32);
-        if opts.duration.is_some_and(|d| next >= d) {
-            ended_by = "duration";
-            break;
-        }
-        let wait = next.saturating_sub(t0.elapsed());
-        if interrupt::sleep(wait) {
-            ended_by = "interrupted";
+        kept.keep(record, opts.keep_samples);
+        if let Some(why) = wait_for_next(opts, t0, kept.seq) {
+            ended_by = why;
             break;
         }
     }
     if progress {
         eprintln!();
     }
-    let Some(snapshot) = last else {
-        return Err(Error::usage(format!(
-            "the watch ended ({ended_by}) before the first sample"
-        )));
-    };
-    Ok(InspectBody {
-        snapshot,
-        zero_page: super::zero_info(&ctx),
-        range: req.range.map(super::hex_range),
-        watch: Some(WatchInfo {
-            interval_ms: opts.interval.as_millis() as u64,
-            duration_ms: opts.duration.map(|d| d.as_millis() as u64),
-            ended_by: ended_by.into(),
-            samples: seq,
-            incomplete_samples: incomplete,
-        }),
-        samples: opts.keep_samples.then_some(summaries),
-    })
+    kept.into_body(req, opts, &ctx, ended_by)
+}
+
+/// What a watch keeps of its samples: the last one whole, totals of each when asked.
+#[derive(Default)]
+struct Kept {
+    /// Samples taken.
+    seq: u64,
+    /// Samples that could not prove everything.
+    incomplete: u64,
+    summaries: Vec<SampleSummary>,
+    last: Option<Snapshot>,
+}
+
+impl Kept {
+    fn keep(&mut self, record: SampleLine, keep_samples: bool) {
+        let snap = record.snapshot;
+        if snap.incomplete() {
+            self.incomplete += 1;
+        }
+        if keep_samples {
+            self.summaries.push(snap.summary(record.seq, record.t_ms));
+        }
+        self.last = Some(snap);
+        self.seq += 1;
+    }
+
+    /// The watch's document body: the last snapshot, how the watch ran, the samples kept.
+    ///
+    /// # Errors
+    /// The watch ended before its first sample.
+    fn into_body(
+        self,
+        req: &InspectRequest,
+        opts: &WatchOptions,
+        ctx: &Context,
+        ended_by: &str,
+    ) -> Result<InspectBody> {
+        let Some(snapshot) = self.last else {
+            return Err(Error::usage(format!(
+                "the watch ended ({ended_by}) before the first sample"
+            )));
+        };
+        Ok(InspectBody {
+            snapshot,
+            zero_page: super::zero_info(ctx),
+            range: req.range.map(super::hex_range),
+            watch: Some(WatchInfo {
+                interval_ms: opts.interval.as_millis() as u64,
+                duration_ms: opts.duration.map(|d| d.as_millis() as u64),
+                ended_by: ended_by.into(),
+                samples: self.seq,
+                incomplete_samples: self.incomplete,
+            }),
+            samples: opts.keep_samples.then_some(self.summaries),
+        })
+    }
+}
+
+/// One progress line on stderr, rewritten in place.
+fn show_progress(record: &SampleLine, page_size: u64) {
+    let snap = &record.snapshot;
+    let diverged: u64 = snap.pairs.iter().map(|p| p.totals.diverged).sum();
+    let mib = diverged as f64 * page_size as f64 / (1 << 20) as f64;
+    let mut e = std::io::stderr().lock();
+    let _ = write!(
+        e,
+        "\rcowscope: sample {} at {:.1} s, {} pair{}, {:.1} MiB diverged   ",
+        record.seq + 1,
+        record.t_ms as f64 / 1000.0,
+        snap.pairs.len(),
+        if snap.pairs.len() == 1 { "" } else { "s" },
+        mib
+    );
+    let _ = e.flush();
+}
+
+/// Sleep until sample `seq` is due; why the watch ends instead, if it does (`--duration`
+/// reached before it, or a stop signal during the sleep).
+fn wait_for_next(opts: &WatchOptions, t0: Instant, seq: u64) -> Option<&'static str> {
+    let next = opts.interval.saturating_mul(seq as u32);
+    if opts.duration.is_some_and(|d| next >= d) {
+        return Some("duration");
+    }
+    let wait = next.saturating_sub(t0.elapsed());
+    interrupt::sleep(wait).then_some("interrupted")
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use crate::doc::InspectDoc;
-use crate::inspect::model::{PairReport, SampleLine, SideName, Snapshot};
+use crate::inspect::model::{PairReport, PoolReport, SampleLine, SideName, Snapshot};
 use crate::inspect::tally::ClassCounts;
 
 /// Rows of "most diverged VMAs" per pair.
@@ -255,6 +255,27 @@ pub fn report(r: &InspectDoc) -> String {
     let s = &r.body.snapshot;
     let ps = r.system.page_size;
     let mut out = String::new();
+    heading(&mut out, r);
+    for p in &s.pairs {
+        pair(&mut out, p, s, ps);
+    }
+    for p in &s.pools {
+        pool(&mut out, p, ps);
+    }
+    processes(&mut out, s);
+    for sk in &s.skipped {
+        let _ = writeln!(out, "skipped {} ({}): {}", sk.pid, sk.comm, sk.reason);
+    }
+    for n in &s.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    watch_summary(&mut out, r, ps);
+    out
+}
+
+/// The first line: what was inspected where, how it was read and held.
+fn heading(out: &mut String, r: &InspectDoc) {
+    let s = &r.body.snapshot;
     let root = s
         .processes
         .iter()
@@ -285,66 +306,69 @@ pub fn report(r: &InspectDoc) -> String {
         },
         s.read_us as f64 / 1000.0
     );
-    for p in &s.pairs {
-        pair(&mut out, p, s, ps);
-    }
-    for pool in &s.pools {
-        let _ = writeln!(
-            out,
-            "\npool of {} under {}: {}",
-            plural(pool.members.len() as u64, "member"),
-            pool.parent,
-            pool.view.summary
+}
+
+/// One pool: its summary, its groups where they differ, and how many members share frames.
+fn pool(out: &mut String, pool: &PoolReport, ps: u64) {
+    let _ = writeln!(
+        out,
+        "\npool of {} under {}: {}",
+        plural(pool.members.len() as u64, "member"),
+        pool.parent,
+        pool.view.summary
+    );
+    // The groups as they read: groups whose figures print the same share a row.
+    let mut rows: Vec<(String, Vec<i32>)> = Vec::new();
+    for g in &pool.view.groups {
+        let h = crate::inspect::model::human_size;
+        let figures = format!(
+            "{:>10} diverged {:>10} shared {:>10} only parent {:>10} only child",
+            h(g.diverged_bytes),
+            h(g.shared_bytes),
+            h(g.only_parent_bytes),
+            h(g.only_child_bytes)
         );
-        // The groups as they read: groups whose figures print the same share a row.
-        let mut rows: Vec<(String, Vec<i32>)> = Vec::new();
-        for g in &pool.view.groups {
-            let h = crate::inspect::model::human_size;
-            let figures = format!(
-                "{:>10} diverged {:>10} shared {:>10} only parent {:>10} only child",
-                h(g.diverged_bytes),
-                h(g.shared_bytes),
-                h(g.only_parent_bytes),
-                h(g.only_child_bytes)
-            );
-            match rows.iter_mut().find(|(f, _)| *f == figures) {
-                Some((_, m)) => m.extend(&g.members),
-                None => rows.push((figures, g.members.clone())),
-            }
-        }
-        if rows.len() > 1 {
-            for (figures, mut members) in rows {
-                members.sort_unstable();
-                let pids: Vec<String> = members.iter().map(i32::to_string).collect();
-                let _ = writeln!(out, "  {figures}  {}", pids.join(" "));
-            }
-        }
-        let _ = writeln!(out, "  {}", pool.view.only_parent);
-        let _ = write!(out, "  frames: ");
-        match &pool.sharing_histogram {
-            Some(h) => {
-                let parts: Vec<String> = h
-                    .iter()
-                    .rev()
-                    .map(|(k, n)| format!("{} shared by {k}", mib(*n, ps)))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "of the parent's {} in RAM: {}",
-                    mib(pool.parent_pages, ps),
-                    parts.join(", ")
-                );
-            }
-            None => {
-                let _ = writeln!(out, "{}", pool.notes.join("; "));
-            }
-        }
-        if pool.sharing_histogram.is_some() {
-            for n in &pool.notes {
-                let _ = writeln!(out, "  note: {n}");
-            }
+        match rows.iter_mut().find(|(f, _)| *f == figures) {
+            Some((_, m)) => m.extend(&g.members),
+            None => rows.push((figures, g.members.clone())),
         }
     }
+    if rows.len() > 1 {
+        for (figures, mut members) in rows {
+            members.sort_unstable();
+            let pids: Vec<String> = members.iter().map(i32::to_string).collect();
+            let _ = writeln!(out, "  {figures}  {}", pids.join(" "));
+        }
+    }
+    let _ = writeln!(out, "  {}", pool.view.only_parent);
+    let _ = write!(out, "  frames: ");
+    match &pool.sharing_histogram {
+        Some(h) => {
+            let parts: Vec<String> = h
+                .iter()
+                .rev()
+                .map(|(k, n)| format!("{} shared by {k}", mib(*n, ps)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "of the parent's {} in RAM: {}",
+                mib(pool.parent_pages, ps),
+                parts.join(", ")
+            );
+        }
+        None => {
+            let _ = writeln!(out, "{}", pool.notes.join("; "));
+        }
+    }
+    if pool.sharing_histogram.is_some() {
+        for n in &pool.notes {
+            let _ = writeln!(out, "  note: {n}");
+        }
+    }
+}
+
+/// The smaps_rollup table of every process read.
+fn processes(out: &mut String, s: &Snapshot) {
     let _ = writeln!(
         out,
         "\n{:>8} {:>8}  {:<16} {:>10} {:>10} {:>14} {:>13} {:>8}",
@@ -365,12 +389,10 @@ pub fn report(r: &InspectDoc) -> String {
             kb_mib(m.swap_kb)
         );
     }
-    for sk in &s.skipped {
-        let _ = writeln!(out, "skipped {} ({}): {}", sk.pid, sk.comm, sk.reason);
-    }
-    for n in &s.notes {
-        let _ = writeln!(out, "note: {n}");
-    }
+}
+
+/// After a watch: how it ran, and with its samples kept, diverged per pair over time.
+fn watch_summary(out: &mut String, r: &InspectDoc, ps: u64) {
     if let (Some(w), None) = (&r.body.watch, &r.body.samples) {
         let _ = writeln!(
             out,
@@ -403,7 +425,6 @@ pub fn report(r: &InspectDoc) -> String {
             );
         }
     }
-    out
 }
 
 #[cfg(test)]

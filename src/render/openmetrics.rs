@@ -70,6 +70,15 @@ impl<'a> Family<'a> {
 /// (seconds since the epoch).
 pub fn exposition(s: &Snapshot, ps: u64, read_at_unix_s: f64) -> String {
     let mut out = String::new();
+    pair_families(&mut out, s, ps);
+    pool_families(&mut out, s);
+    read_families(&mut out, s, read_at_unix_s);
+    out.push_str("# EOF\n");
+    out
+}
+
+/// A family per pair figure, a sample per pair.
+fn pair_families(out: &mut String, s: &Snapshot, ps: u64) {
     let pair_labels = |p: &crate::inspect::model::PairReport| {
         vec![
             ("parent_pid", p.parent.to_string()),
@@ -107,11 +116,15 @@ pub fn exposition(s: &Snapshot, ps: u64, read_at_unix_s: f64) -> String {
         ),
     ];
     for (name, help, figure) in pair_figures {
-        let mut f = Family::new(&mut out, name, "bytes", help);
+        let mut f = Family::new(out, name, "bytes", help);
         for p in &s.pairs {
             f.sample(name, &pair_labels(p), figure(&p.totals) * ps);
         }
     }
+}
+
+/// The pools' families, a sample per pool, labelled with the parent.
+fn pool_families(out: &mut String, s: &Snapshot) {
     let comm_of = |pid: i32| {
         s.processes
             .iter()
@@ -134,7 +147,7 @@ pub fn exposition(s: &Snapshot, ps: u64, read_at_unix_s: f64) -> String {
     {
         let name = "cowscope_pool_diverged_bytes";
         let mut f = Family::new(
-            &mut out,
+            out,
             name,
             "bytes",
             "Memory diverged between a parent and its workers, summed over the workers.",
@@ -146,7 +159,7 @@ pub fn exposition(s: &Snapshot, ps: u64, read_at_unix_s: f64) -> String {
     {
         let name = "cowscope_pool_workers";
         let mut f = Family::new(
-            &mut out,
+            out,
             name,
             "",
             "Workers (children with a pair) of a parent with several children.",
@@ -155,10 +168,14 @@ pub fn exposition(s: &Snapshot, ps: u64, read_at_unix_s: f64) -> String {
             f.sample(name, &pool_labels(pool.parent), pool.view.workers);
         }
     }
+}
+
+/// How the last sample was read: its duration, when, and whether it is complete.
+fn read_families(out: &mut String, s: &Snapshot, read_at_unix_s: f64) {
     {
         let name = "cowscope_read_duration_seconds";
         let mut f = Family::new(
-            &mut out,
+            out,
             name,
             "seconds",
             "Time the last sample took to read (pagemaps, maps, smaps).",
@@ -168,7 +185,7 @@ pub fn exposition(s: &Snapshot, ps: u64, read_at_unix_s: f64) -> String {
     {
         let name = "cowscope_read_timestamp_seconds";
         let mut f = Family::new(
-            &mut out,
+            out,
             name,
             "seconds",
             "When the last sample was read, in seconds since the Unix epoch.",
@@ -178,15 +195,13 @@ pub fn exposition(s: &Snapshot, ps: u64, read_at_unix_s: f64) -> String {
     {
         let name = "cowscope_incomplete";
         let mut f = Family::new(
-            &mut out,
+            out,
             name,
             "",
             "1 when the last sample could not prove everything (exit code 3), else 0.",
         );
         f.sample(name, &[], u8::from(s.incomplete()));
     }
-    out.push_str("# EOF\n");
-    out
 }
 
 #[cfg(test)]

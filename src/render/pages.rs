@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::doc::PagesDoc;
-use crate::pages::PageCounts;
+use crate::pages::{PageCounts, PageRow, VmaSummary};
 
 fn huge(c: &PageCounts) -> String {
     c.huge.map_or_else(|| "?".to_string(), |h| h.to_string())
@@ -31,39 +31,7 @@ pub fn table(doc: &PagesDoc) -> String {
         "range", "perms", "pages", "present", "exclusiv", "rss kB", "swapped", "huge"
     );
     for v in &b.vmas {
-        let range = format!("{:#x}-{:#x}", v.examined_start, v.examined_end);
-        match &v.counts {
-            Some(c) => {
-                let _ = writeln!(
-                    s,
-                    "{range:<33} {:<5} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  {}",
-                    v.smaps.perms,
-                    c.pages,
-                    c.present,
-                    c.exclusive,
-                    v.smaps.rss_kb,
-                    c.swapped,
-                    huge(c),
-                    v.smaps.pathname
-                );
-            }
-            None if v.no_pagemap => {
-                let _ = writeln!(
-                    s,
-                    "{range:<33} {:<5} no pagemap (above the user address space) {:>9}  {}",
-                    v.smaps.perms, v.smaps.rss_kb, v.smaps.pathname
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "{range:<33} {:<5} unreadable: {}  {}",
-                    v.smaps.perms,
-                    v.error.as_deref().unwrap_or("?"),
-                    v.smaps.pathname
-                );
-            }
-        }
+        vma_row(&mut s, v);
     }
     let c = &b.counts;
     let rss_kb: u64 = b.vmas.iter().map(|v| v.smaps.rss_kb).sum();
@@ -80,38 +48,7 @@ pub fn table(doc: &PagesDoc) -> String {
         huge(c)
     );
     if let Some(rows) = &b.per_page {
-        let _ = writeln!(
-            s,
-            "\n{:>7} {:<18} {:<7} {:<7} {:<9} {:<11} {:<5} {:>12} {:>8}  flags",
-            "page",
-            "address",
-            "present",
-            "swapped",
-            "exclusive",
-            "file/shared",
-            "guard",
-            "pfn",
-            "mapcount"
-        );
-        let yes = |b: bool| if b { "yes" } else { "-" };
-        let opt = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |n| n.to_string());
-        for r in rows {
-            let pfn = r.pfn.map_or_else(|| "?".to_string(), |p| format!("{p:#x}"));
-            let _ = writeln!(
-                s,
-                "{:>7} {:<18} {:<7} {:<7} {:<9} {:<11} {:<5} {:>12} {:>8}  {}",
-                r.index,
-                format!("{:#x}", r.address),
-                yes(r.present),
-                yes(r.swapped),
-                yes(r.exclusive),
-                yes(r.file_or_shared),
-                yes(r.guard),
-                pfn,
-                opt(r.mapcount),
-                r.flags.as_ref().map(|f| f.join(",")).unwrap_or_default()
-            );
-        }
+        page_rows(&mut s, rows);
     }
     if c.unmapped > 0 {
         let _ = writeln!(s, "{} page(s) of the range lie in no VMA", c.unmapped);
@@ -137,4 +74,77 @@ pub fn table(doc: &PagesDoc) -> String {
     }
     // No padding after the last column (anonymous VMAs have no pathname).
     s.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
+}
+
+/// One VMA's row: its counts, or why it has none.
+fn vma_row(s: &mut String, v: &VmaSummary) {
+    let range = format!("{:#x}-{:#x}", v.examined_start, v.examined_end);
+    match &v.counts {
+        Some(c) => {
+            let _ = writeln!(
+                s,
+                "{range:<33} {:<5} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  {}",
+                v.smaps.perms,
+                c.pages,
+                c.present,
+                c.exclusive,
+                v.smaps.rss_kb,
+                c.swapped,
+                huge(c),
+                v.smaps.pathname
+            );
+        }
+        None if v.no_pagemap => {
+            let _ = writeln!(
+                s,
+                "{range:<33} {:<5} no pagemap (above the user address space) {:>9}  {}",
+                v.smaps.perms, v.smaps.rss_kb, v.smaps.pathname
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "{range:<33} {:<5} unreadable: {}  {}",
+                v.smaps.perms,
+                v.error.as_deref().unwrap_or("?"),
+                v.smaps.pathname
+            );
+        }
+    }
+}
+
+/// The `--per-page` rows.
+fn page_rows(s: &mut String, rows: &[PageRow]) {
+    let _ = writeln!(
+        s,
+        "\n{:>7} {:<18} {:<7} {:<7} {:<9} {:<11} {:<5} {:>12} {:>8}  flags",
+        "page",
+        "address",
+        "present",
+        "swapped",
+        "exclusive",
+        "file/shared",
+        "guard",
+        "pfn",
+        "mapcount"
+    );
+    let yes = |b: bool| if b { "yes" } else { "-" };
+    let opt = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |n| n.to_string());
+    for r in rows {
+        let pfn = r.pfn.map_or_else(|| "?".to_string(), |p| format!("{p:#x}"));
+        let _ = writeln!(
+            s,
+            "{:>7} {:<18} {:<7} {:<7} {:<9} {:<11} {:<5} {:>12} {:>8}  {}",
+            r.index,
+            format!("{:#x}", r.address),
+            yes(r.present),
+            yes(r.swapped),
+            yes(r.exclusive),
+            yes(r.file_or_shared),
+            yes(r.guard),
+            pfn,
+            opt(r.mapcount),
+            r.flags.as_ref().map(|f| f.join(",")).unwrap_or_default()
+        );
+    }
 }
