@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Collect cowscope's results on the running kernel into <out>/<uname -r>/:
 #   fork-report.json, baseline-09a.json, baseline-09b.json, baseline-09b-overflow.json,
-#   experiments.json (when this build has experiments), system.json.
+#   experiments.json (when this build has experiments), inspect.json, trace.json,
+#   trace-stacks.json and trace-attach.json (live programs with known writes, checked by
+#   scripts/check-live.sh),
+#   system.json.
 # Every file is written atomically (cowscope writes a temp file and renames it; system.json is
 # written the same way here), so an interrupted run never leaves a half-written result.
 #
@@ -57,13 +60,19 @@ progress "collecting on kernel $RELEASE into $DEST with $BIN"
 
 FAILED=()
 WRITTEN=()
-# run_one FILE ARGS...: run cowscope ARGS --out DEST/FILE, report its exit, check the JSON.
+# run_one FILE ARGS...: run cowscope ARGS --out DEST/FILE (or with DEST/FILE in place of an
+# argument `{out}`), report its exit, check the JSON.
 run_one() {
   local file=$1
   shift
-  local start rc=0 secs
+  local start rc=0 secs args=() a has_out=0
+  for a in "$@"; do
+    if [[ $a == "{out}" ]]; then args+=("$DEST/$file"); has_out=1; else args+=("$a"); fi
+  done
+  ((has_out)) || args+=(--out "$DEST/$file")
   start=$(date +%s.%N)
-  "$BIN" "$@" --out "$DEST/$file" || rc=$?
+  # A traced program's own stdout goes to stderr with the progress lines.
+  "$BIN" "${args[@]}" >&2 || rc=$?
   secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
   case $rc in
     0) progress "$file: ok (${secs} s)" ;;
@@ -102,6 +111,51 @@ if [[ -n $("$BIN" experiment --list 2>/dev/null || true) ]]; then
   fi
 else
   progress "experiments: this build lists none; skipped"
+fi
+
+# The live programs: inspect of a held family with known writes, trace of a program with known
+# copies and releases, and the same trace with --stacks; the same programs and arguments as the
+# kernel-matrix guests (src/cmd/guest/mod.rs live_collections), checked below by
+# scripts/check-live.sh.
+SUBJECTS=$(mktemp -d)
+HOLD_PID=""
+cleanup() {
+  if [[ -n $HOLD_PID ]]; then kill -KILL -- "-$HOLD_PID" 2>/dev/null || true; fi
+  rm -rf "$SUBJECTS"
+}
+trap cleanup EXIT
+if ! command -v cc >/dev/null 2>&1; then
+  progress "live programs: no C compiler (install build-essential); inspect.json and trace*.json not collected"
+  FAILED+=(inspect.json trace.json trace-stacks.json)
+else
+  cc -O2 -o "$SUBJECTS/cow_hold" "$ROOT/scripts/matrix/cow_hold.c"
+  cc -O2 -pthread -o "$SUBJECTS/cow_exact" "$ROOT/tests/trace_programs/cow_exact.c"
+  progress "inspect (a held family: scripts/matrix/cow_hold.c)"
+  setsid "$SUBJECTS/cow_hold" >"$SUBJECTS/hold.out" &
+  HOLD_PID=$!
+  for _ in $(seq 200); do
+    grep -q '^ready ' "$SUBJECTS/hold.out" && break
+    sleep 0.05
+  done
+  run_one inspect.json inspect --pid "$HOLD_PID" --range 0x300000001000-0x300000052000
+  kill -KILL -- "-$HOLD_PID" 2>/dev/null || true
+  wait "$HOLD_PID" 2>/dev/null || true
+  HOLD_PID=""
+  exact=("$SUBJECTS/cow_exact" n=64 a=3 b=5 c=7 d=4 e=2 f=6 z=8 at=0x200000000000)
+  progress "trace (known copies and releases: tests/trace_programs/cow_exact.c)"
+  run_one trace.json trace --out "{out}" -- "${exact[@]}"
+  progress "trace --stacks"
+  run_one trace-stacks.json trace --stacks --out "{out}" -- "${exact[@]}"
+  progress "trace --pid (attached; the program sleeps 4 s before its fork)"
+  setsid "${exact[@]}" delay=4000 >"$SUBJECTS/attach.out" &
+  HOLD_PID=$!
+  for _ in $(seq 200); do
+    grep -q '^arena ' "$SUBJECTS/attach.out" && break
+    sleep 0.05
+  done
+  run_one trace-attach.json trace --pid "$HOLD_PID" --out "{out}"
+  wait "$HOLD_PID" 2>/dev/null || true
+  HOLD_PID=""
 fi
 
 # system.json: the envelope (taken from a document this run just wrote, so `system` is exactly
@@ -166,6 +220,14 @@ else
   mv -f "$tmp" "$DEST/system.json"
   progress "system.json: ok"
 fi
+
+live=0
+"$ROOT/scripts/check-live.sh" "$DEST" || live=$?
+case $live in
+  0) ;;
+  3) progress "live documents: some figure could not be proven here (see above)" ;;
+  *) FAILED+=("live documents (scripts/check-live.sh)") ;;
+esac
 
 if ((${#FAILED[@]})); then
   progress "done with failures: ${FAILED[*]}"

@@ -9,8 +9,15 @@
 # prints ==COWSCOPE-DONE== and powers off. qemu exits 0 even after a kernel panic, so a boot only
 # counts when the DONE marker is seen; `timeout` bounds every boot.
 #
-# Exit: 0 every kernel produced a valid fork-report.json and the DONE marker; 1 some kernel did
-# not; 2 bad usage or a missing tool that could not be installed.
+# The guests also run `inspect` and `trace` against small static programs in /bin of the
+# initramfs (scripts/matrix/cow_hold.c, tests/trace_programs/cow_exact.c), and
+# scripts/check-live.sh checks inspect.json, trace.json and trace-stacks.json against their
+# known writes.
+#
+# Exit: 0 every kernel produced a valid fork-report.json, the DONE marker and live documents
+# matching the known writes; 1 some kernel did not; 3 nothing failed but a live figure could not
+# be proven on some kernel (e.g. no perf events for --stacks: the document says why); 2 bad
+# usage or a missing tool that could not be installed.
 set -euo pipefail
 
 SCRIPT_NAME=kernel-matrix
@@ -223,12 +230,24 @@ if ldd "$BIN" 2>/dev/null | grep -q '=>'; then
   die "'$BIN' is dynamically linked; the guest has no libraries (build with +crt-static)"
 fi
 
-progress "packing the initramfs (cowscope as /init)"
+# The live subjects of inspect.json and trace.json (src/cmd/guest/mod.rs live_collections),
+# statically linked: the initramfs has no libraries.
+ensure_cmd cc build-essential
+SUBJECTS=$CACHE/subjects
+mkdir -p "$SUBJECTS"
+progress "building the live subjects (cow_hold, cow_exact; cc -static)"
+cc -static -O2 -o "$SUBJECTS/cow_hold" "$ROOT/scripts/matrix/cow_hold.c" ||
+  die "cc -static failed for scripts/matrix/cow_hold.c (is libc6-dev installed?)"
+cc -static -O2 -pthread -o "$SUBJECTS/cow_exact" "$ROOT/tests/trace_programs/cow_exact.c" ||
+  die "cc -static failed for tests/trace_programs/cow_exact.c"
+
+progress "packing the initramfs (cowscope as /init, the subjects in /bin)"
 INITRD=$CACHE/initramfs.cpio.gz
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage"/{dev,proc,sys,tmp}
+mkdir -p "$stage"/{bin,dev,proc,sys,tmp}
 install -m 0755 "$BIN" "$stage/init"
+install -m 0755 "$SUBJECTS/cow_hold" "$SUBJECTS/cow_exact" "$stage/bin/"
 (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) | gzip -1 >"$INITRD.tmp"
 mv -f "$INITRD.tmp" "$INITRD"
 progress "initramfs: $(du -h "$INITRD" | cut -f1)"
@@ -267,6 +286,7 @@ boot() {
 GUEST_TIMEOUT=$((TIMEOUT / 3))
 ((GUEST_TIMEOUT >= 10)) || GUEST_TIMEOUT=10
 FAILED=()
+UNPROVEN=()
 SUMMARY=()
 for img in "${IMAGES[@]}"; do
   release=$(basename "$img")
@@ -281,7 +301,15 @@ for img in "${IMAGES[@]}"; do
   secs=$BOOT_SECS
   EXTRACTED_RELEASE=$release
   if extract "$log" "$release"; then
-    SUMMARY+=("$EXTRACTED_RELEASE: ok in ${secs}s")
+    live=0
+    "$ROOT/scripts/check-live.sh" "$OUT/$EXTRACTED_RELEASE" || live=$?
+    case $live in
+      0) SUMMARY+=("$EXTRACTED_RELEASE: ok in ${secs}s (live documents match the known writes)") ;;
+      3) SUMMARY+=("$EXTRACTED_RELEASE: ok in ${secs}s; some live figure UNPROVEN here (see above)")
+         UNPROVEN+=("$EXTRACTED_RELEASE") ;;
+      *) FAILED+=("$EXTRACTED_RELEASE")
+         SUMMARY+=("$EXTRACTED_RELEASE: live documents FAILED their check after ${secs}s (log: $log)") ;;
+    esac
   else
     FAILED+=("$EXTRACTED_RELEASE")
     SUMMARY+=("$EXTRACTED_RELEASE: FAILED after ${secs}s (log: $log)")
@@ -292,5 +320,9 @@ for line in "${SUMMARY[@]}"; do progress "$line"; done
 if ((${#FAILED[@]})); then
   progress "failed: ${FAILED[*]}"
   exit 1
+fi
+if ((${#UNPROVEN[@]})); then
+  progress "done, but not everything could be proven on: ${UNPROVEN[*]}; results in $OUT"
+  exit 3
 fi
 progress "done: results in $OUT"

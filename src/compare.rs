@@ -1,7 +1,9 @@
-//! `compare`: fork reports from several kernels as one [`Comparison`]: per figure a row per
-//! scenario and a cell per kernel. Reports are read as loose JSON ([`serde_json::Value`])
-//! after `cmd::compare` checked them against the schema, so a cell shows `-` where a report
-//! has no such figure (a skipped scenario, a scenario another kernel's report lacks).
+//! `compare`: fork reports, inspect and trace documents from several kernels as one
+//! [`Comparison`]: per figure a row per scenario (fork reports), per pair and class (inspect)
+//! or per fork and class (trace), and a cell per kernel. Documents are read as loose JSON
+//! ([`serde_json::Value`]) after `cmd::compare` checked them against their schema, so a cell
+//! shows `-` where a document has no such figure (a skipped scenario, a scenario, pair or
+//! fork another kernel's document lacks, a kernel with no document of that kind).
 
 use std::path::Path;
 
@@ -445,5 +447,323 @@ fn thp_bytes(doc: &Value, sc: Option<&Value>) -> String {
         (Some(b), Some(c)) => format!("{b} B ({} KiB, {c} page(s) copied)", b / 1024),
         (Some(b), None) => format!("{b} B ({} KiB)", b / 1024),
         _ => MISSING.to_string(),
+    }
+}
+
+/// What a compared document is, told by its top-level keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocKind {
+    /// `cowscope fork-report` (`scenarios`).
+    ForkReport,
+    /// `cowscope inspect` (`pairs`).
+    Inspect,
+    /// `cowscope trace` (`forks`).
+    Trace,
+}
+
+impl DocKind {
+    /// The kind of `doc`, or `None` when it is none of the three.
+    pub fn of(doc: &Value) -> Option<DocKind> {
+        if doc.get("scenarios").is_some_and(Value::is_array) {
+            Some(DocKind::ForkReport)
+        } else if doc.get("pairs").is_some_and(Value::is_array) {
+            Some(DocKind::Inspect)
+        } else if doc.get("forks").is_some_and(Value::is_array) {
+            Some(DocKind::Trace)
+        } else {
+            None
+        }
+    }
+}
+
+/// Compare documents of any of the three kinds: each kind is labelled by kernel on its own
+/// (as [`columns`] does), the kernels are the union of those labels in order of first
+/// appearance, and each kind's sections have a cell per kernel (`-` where that kernel has no
+/// document of the kind). Documents of no known kind are left out (`cmd::compare` refuses
+/// them before this).
+pub fn build_any(docs: Vec<(String, Value)>) -> Comparison {
+    let mut by_kind: [Vec<(String, Value)>; 3] = Default::default();
+    for (source, doc) in docs {
+        match DocKind::of(&doc) {
+            Some(DocKind::ForkReport) => by_kind[0].push((source, doc)),
+            Some(DocKind::Inspect) => by_kind[1].push((source, doc)),
+            Some(DocKind::Trace) => by_kind[2].push((source, doc)),
+            None => {}
+        }
+    }
+    let [fork, inspect, trace] = by_kind.map(columns);
+    let mut kernels: Vec<KernelColumn> = Vec::new();
+    for c in fork.iter().chain(&inspect).chain(&trace) {
+        match kernels.iter_mut().find(|k| k.label == c.label) {
+            Some(k) => {
+                k.source.push_str(", ");
+                k.source.push_str(&c.source);
+            }
+            None => kernels.push(KernelColumn {
+                label: c.label.clone(),
+                source: c.source.clone(),
+            }),
+        }
+    }
+    let aligned = |cols: &[Column]| -> Vec<Column> {
+        kernels
+            .iter()
+            .map(|k| {
+                cols.iter()
+                    .find(|c| c.label == k.label)
+                    .cloned()
+                    .unwrap_or_else(|| Column {
+                        label: k.label.clone(),
+                        source: String::new(),
+                        doc: Value::Null,
+                    })
+            })
+            .collect()
+    };
+    let mut out = if fork.is_empty() {
+        Comparison {
+            kernels: Vec::new(),
+            sections: vec![system_section(&aligned(
+                &inspect.iter().chain(&trace).cloned().collect::<Vec<_>>(),
+            ))],
+            remarks: Vec::new(),
+        }
+    } else {
+        build(&aligned(&fork))
+    };
+    out.kernels = kernels.clone();
+    if !inspect.is_empty() {
+        out.sections.extend(inspect_sections(&aligned(&inspect)));
+    }
+    if !trace.is_empty() {
+        out.sections.extend(trace_sections(&aligned(&trace)));
+    }
+    out
+}
+
+/// The system facts of each column's document.
+fn system_section(cols: &[Column]) -> Section {
+    Section {
+        title: "system".into(),
+        heading: "fact".into(),
+        rows: SYSTEM_FACTS
+            .iter()
+            .map(|key| {
+                let cells = cols
+                    .iter()
+                    .map(|c| scalar(c.doc.get("system").and_then(|s| s.get(*key))))
+                    .collect();
+                row(key.to_string(), cells)
+            })
+            .collect(),
+    }
+}
+
+/// The classes of an inspect pair's totals.
+const INSPECT_CLASSES: [&str; 6] = [
+    "shared",
+    "diverged",
+    "only_parent",
+    "only_child",
+    "zero",
+    "unproven",
+];
+
+/// A document's array `key`, sorted by the number at `by` (pairs by child pid, forks by
+/// time): the N-th entry of one kernel's document is the N-th of another's when the same
+/// program ran on both.
+fn ordered<'a>(doc: &'a Value, key: &str, by: &str) -> Vec<&'a Value> {
+    let mut v: Vec<&Value> = doc
+        .get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    let key = |x: &Value| {
+        x.pointer(by)
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::INFINITY)
+    };
+    v.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    v
+}
+
+/// `inspect`: how it saw the pages, a row per pair and class, and each pool's sharing.
+fn inspect_sections(cols: &[Column]) -> Vec<Section> {
+    let how = ["pfn_visible", "basis"]
+        .iter()
+        .map(|k| {
+            row(
+                (*k).into(),
+                cols.iter().map(|c| scalar(c.doc.get(*k))).collect(),
+            )
+        })
+        .chain(std::iter::once(row(
+            "zero page by PAGEMAP_SCAN".into(),
+            cols.iter()
+                .map(|c| scalar(c.doc.pointer("/zero_page/by_pagemap_scan")))
+                .collect(),
+        )))
+        .collect();
+    let pairs: Vec<Vec<&Value>> = cols
+        .iter()
+        .map(|c| ordered(&c.doc, "pairs", "/child"))
+        .collect();
+    let n = pairs.iter().map(Vec::len).max().unwrap_or(0);
+    let mut rows = Vec::new();
+    for i in 0..n {
+        for class in INSPECT_CLASSES {
+            let cells = pairs
+                .iter()
+                .map(|p| {
+                    number(
+                        p.get(i)
+                            .and_then(|p| p.pointer(&format!("/totals/{class}"))),
+                    )
+                })
+                .collect();
+            rows.push(row(
+                format!("pair {} (by child pid): {class}", i + 1),
+                cells,
+            ));
+        }
+    }
+    let pools: Vec<Vec<&Value>> = cols
+        .iter()
+        .map(|c| ordered(&c.doc, "pools", "/parent"))
+        .collect();
+    let m = pools.iter().map(Vec::len).max().unwrap_or(0);
+    let pool_rows = (0..m)
+        .map(|i| {
+            let cells = pools
+                .iter()
+                .map(|p| histogram(p.get(i).and_then(|p| p.get("sharing_histogram"))))
+                .collect();
+            row(format!("pool {}", i + 1), cells)
+        })
+        .collect();
+    vec![
+        Section {
+            title: "inspect: how the pages were seen".into(),
+            heading: "fact".into(),
+            rows: how,
+        },
+        Section {
+            title: "inspect: pages per pair and class (totals over the range inspected)".into(),
+            heading: "pair: class".into(),
+            rows,
+        },
+        Section {
+            title: "inspect: pool sharing, members mapping each parent frame: pages".into(),
+            heading: "pool".into(),
+            rows: pool_rows,
+        },
+    ]
+}
+
+/// `{"0": 4, "2": 14}` as `0:4 2:14` (zero counts left out), or `-`.
+fn histogram(v: Option<&Value>) -> String {
+    let Some(m) = v.and_then(Value::as_object) else {
+        return MISSING.to_string();
+    };
+    let parts: Vec<String> = m
+        .iter()
+        .filter(|(_, n)| n.as_u64() != Some(0))
+        .map(|(k, n)| format!("{k}:{}", number(Some(n))))
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// The classes of a trace fork's final sample, in the document's order.
+const TRACE_CLASSES: [&str; 17] = [
+    "total",
+    "shared",
+    "zero",
+    "copied_by_child",
+    "copied_by_parent",
+    "copied_at_fork",
+    "copied_then_released_by_child",
+    "copied_then_released_by_parent",
+    "released_by_child",
+    "released_by_parent",
+    "released_by_both",
+    "moved",
+    "diverged",
+    "only_parent",
+    "only_child",
+    "absent",
+    "unproven",
+];
+
+/// `trace`: how releases and stacks were recorded, and a row per fork and class of its final
+/// sample (whole process; classes that are 0 on every kernel are left out).
+fn trace_sections(cols: &[Column]) -> Vec<Section> {
+    let how = vec![
+        row(
+            "release tracking".into(),
+            cols.iter()
+                .map(|c| scalar(c.doc.pointer("/release_tracking/method")))
+                .collect(),
+        ),
+        row(
+            "stacks".into(),
+            cols.iter().map(|c| stacks_cell(&c.doc)).collect(),
+        ),
+    ];
+    let forks: Vec<Vec<&Value>> = cols
+        .iter()
+        .map(|c| ordered(&c.doc, "forks", "/at"))
+        .collect();
+    let n = forks.iter().map(Vec::len).max().unwrap_or(0);
+    let mut rows = Vec::new();
+    for i in 0..n {
+        for class in TRACE_CLASSES {
+            let cells: Vec<String> = forks
+                .iter()
+                .map(|f| number(f.get(i).and_then(|f| f.pointer(&format!("/final/{class}")))))
+                .collect();
+            if cells.iter().all(|c| c == "0" || c == MISSING) && class != "total" {
+                continue;
+            }
+            let kind = forks
+                .iter()
+                .find_map(|f| f.get(i)?.get("kind")?.as_str())
+                .unwrap_or("fork");
+            rows.push(row(format!("{kind} {}: {class}", i + 1), cells));
+        }
+    }
+    vec![
+        Section {
+            title: "trace: how it was recorded".into(),
+            heading: "fact".into(),
+            rows: how,
+        },
+        Section {
+            title: "trace: pages per fork and class at the fork's final sample (whole process)"
+                .into(),
+            heading: "fork: class".into(),
+            rows,
+        },
+    ]
+}
+
+/// `recorded (N samples)`, `skipped (reason)` or `-` (no --stacks).
+fn stacks_cell(doc: &Value) -> String {
+    let Some(st) = doc.get("stacks").filter(|s| s.is_object()) else {
+        return MISSING.to_string();
+    };
+    if st.get("recorded").and_then(Value::as_bool) == Some(true) {
+        format!("recorded ({} samples)", number(st.get("samples")))
+    } else {
+        format!(
+            "skipped ({})",
+            st.get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given")
+        )
     }
 }

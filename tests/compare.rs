@@ -247,7 +247,10 @@ fn a_truncated_file_is_a_usage_error_naming_it() {
 fn a_document_without_scenarios_is_refused() {
     let (code, _, err) = compare(&["not-a-report.json"]);
     assert_eq!(code, 2);
-    assert!(err.contains("is not a fork report"), "{err}");
+    assert!(
+        err.contains("is not a fork report, an inspect or a trace document"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -363,4 +366,105 @@ fn soft_dirty_counts_that_differ_are_marked() {
             .trim_end()
             .ends_with(" -")
     );
+}
+
+// Inspect and trace documents (real documents of this machine's live programs, relabelled per
+// kernel; the 6.1 ones changed by hand where a test is about a difference).
+
+const LIVE: [&str; 4] = [
+    "6.1.0-fixture/inspect.json",
+    "6.12.0-fixture/inspect.json",
+    "6.1.0-fixture/trace.json",
+    "6.12.0-fixture/trace.json",
+];
+
+#[test]
+fn inspect_documents_get_a_row_per_pair_and_class_and_mark_what_differs() {
+    let (code, out, err) = compare(&LIVE);
+    assert_eq!(code, 0, "{err}");
+    let section = "inspect: pages per pair and class";
+    // The fixture's second pair (by child pid) diverged 9 pages on 6.1, 8 on 6.12.
+    let r = row(&out, section, "pair 2 (by child pid): diverged");
+    assert!(r.starts_with('*'), "{r}");
+    assert!(r.contains(" 9 ") && r.trim_end().ends_with("8 *"), "{r}");
+    // Every other pair agrees: no mark.
+    for name in [
+        "pair 1 (by child pid): diverged",
+        "pair 3 (by child pid): zero",
+    ] {
+        assert!(!row(&out, section, name).contains('*'), "{name}");
+    }
+    assert!(!row(&out, "inspect: how the pages were seen", "basis").contains('*'));
+    assert!(row(&out, "system", "pagemap_scan").starts_with('*'));
+    let r = row(&out, "inspect: pool sharing", "pool 1");
+    assert!(r.contains("0:4 2:14 3:47") && !r.contains('*'), "{r}");
+}
+
+#[test]
+fn trace_documents_get_a_row_per_fork_and_class_and_say_why_stacks_are_missing() {
+    let (code, out, err) = compare(&LIVE);
+    assert_eq!(code, 0, "{err}");
+    let section = "trace: pages per fork and class";
+    let r = row(&out, section, "fork 1: copied_by_child");
+    assert!(r.starts_with('*'), "{r}");
+    assert!(!row(&out, section, "fork 1: released_by_parent").contains('*'));
+    let r = row(&out, "trace: how it was recorded", "stacks");
+    assert!(
+        r.contains("skipped (fixture: pretend perf_event_open was refused)"),
+        "{r}"
+    );
+    assert!(r.contains("recorded (") && r.starts_with('*'), "{r}");
+}
+
+#[test]
+fn documents_of_every_kind_share_one_column_per_kernel() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut files = vec![
+        "6.1.0-fixture/fork-report.json",
+        "6.12.0-fixture/fork-report.json",
+    ];
+    files.extend(LIVE);
+    files.push("5.4.0-fixture/fork-report.json");
+    let paths = materialize(dir.path(), &files);
+    let (code, out, err) = compare_paths(&["--format", "json"], &paths);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    let labels: Vec<&str> = v["kernels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["6.1.0-fixture", "6.12.0-fixture", "5.4.0-fixture"]);
+    // 5.4 has no inspect document: '-' in its cell of every inspect row.
+    let pairs = v["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("inspect: pages"))
+        })
+        .expect("the inspect section");
+    for r in pairs["rows"].as_array().unwrap() {
+        assert_eq!(r["cells"][2], "-", "{r}");
+        assert_eq!(r["cells"].as_array().unwrap().len(), 3);
+    }
+}
+
+#[test]
+fn an_inspect_document_of_the_wrong_shape_is_refused_with_its_json_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("6.12.0-fixture/inspect.json")).unwrap(),
+    )
+    .unwrap();
+    doc["pairs"][0]["totals"]["shared"] = Value::from("many");
+    let f = dir.path().join("inspect.json");
+    std::fs::write(&f, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let (code, _, err) = compare_paths(&[], &[f]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does not match the inspect schema"), "{err}");
+    assert!(err.contains("\"many\""), "{err}");
 }

@@ -288,7 +288,7 @@ fn bgsave_copy_on_write_size_equals_the_childs_private_dirty_and_the_classes_acc
             before["rdb_bgsave_in_progress"], "1",
             "the save is still running"
         );
-        let doc = inspect_json(&["--pid", &pid, "--child", &cpid, "--freeze"], 0);
+        let doc = inspect_json_once(&["--pid", &pid, "--child", &cpid, "--freeze"], 0);
         let after = c.info("persistence");
         let fresh = before["current_save_keys_processed"] == after["current_save_keys_processed"];
         let redis_cow: u64 = before["current_cow_size"].parse().unwrap();

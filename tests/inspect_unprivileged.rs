@@ -79,6 +79,32 @@ fn without_pfns_pagemap_scan_still_proves_the_zero_page() {
     assert_eq!(classes(t), [0, 0, 0, 0, 15, 1], "{t}");
 }
 
+/// The same two ranges with `--no-scan`, the paths of a kernel without PAGEMAP_SCAN (before
+/// 6.7): the written pages are still proven diverged by the exclusive bit, but nothing can
+/// tell the zero page from a shared page any more, so the 15 zero pages join the unproven
+/// ones, and a note says why.
+#[test]
+fn without_pfns_and_without_pagemap_scan_the_zero_page_is_unproven() {
+    let Some(s) = setup(&[]) else { return };
+    let no_scan = |key: &str| {
+        let (rc, doc, err) =
+            inspect_as_nobody(&["--pid", &s.pid(), "--range", &range(&s, key), "--no-scan"]);
+        assert_eq!(rc, 3, "{err}");
+        assert_eq!(doc["system"]["pagemap_scan"], false);
+        assert_eq!(doc["zero_page"]["by_pagemap_scan"], false);
+        assert!(
+            doc["notes"]
+                .to_string()
+                .contains("PAGEMAP_SCAN is unavailable"),
+            "{}",
+            doc["notes"]
+        );
+        classes(&pair(&doc, s.child())["totals"])
+    };
+    assert_eq!(no_scan("region"), [0, 8, 0, 0, 0, 56]);
+    assert_eq!(no_scan("zero"), [0, 0, 0, 0, 0, 16]);
+}
+
 #[test]
 fn without_pfns_the_exclusive_bit_of_a_pmd_mapped_thp_is_not_trusted() {
     let Some(s) = setup(&["--thp"]) else { return };

@@ -131,6 +131,22 @@ fn assert_counts(row: &Value, want: &[(&str, u64)]) {
     assert_eq!(row["total"].as_u64(), Some(sum), "total in {row:#}");
 }
 
+/// The two ways every exact-count test runs: with PAGEMAP_SCAN where the kernel has it, and
+/// with `--no-scan`, the paths of a kernel without it (before 6.7). Both must give the same
+/// counts, asserted from first principles each time.
+const WAYS: [bool; 2] = [false, true];
+
+fn way(no_scan: bool) -> &'static [&'static str] {
+    if no_scan { &["--no-scan"] } else { &[] }
+}
+
+/// A `--no-scan` report says PAGEMAP_SCAN was not used.
+fn assert_scan_way(t: &Traced, no_scan: bool) {
+    if no_scan {
+        assert_eq!(t.report["system"]["pagemap_scan"], false, "{}", t.stderr);
+    }
+}
+
 fn kv(args: &[(&str, u64)]) -> Vec<String> {
     args.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
@@ -149,14 +165,19 @@ fn kv(args: &[(&str, u64)]) -> Vec<String> {
     &[("shared", 29), ("zero", 8), ("copied_by_child", 3), ("copied_by_parent", 5), ("released_by_child", 9), ("released_by_parent", 10)]
 )]
 #[case::a_thread_that_forks(&[("n", 32), ("a", 5), ("b", 2), ("thread", 1)], &[("shared", 25), ("copied_by_child", 5), ("copied_by_parent", 2)])]
-fn exact_counts_in_the_arena(#[case] args: &[(&str, u64)], #[case] want: &[(&str, u64)]) {
+fn exact_counts_in_the_arena(
+    #[case] args: &[(&str, u64)],
+    #[case] want: &[(&str, u64)],
+    #[values(false, true)] no_scan: bool,
+) {
     if !is_root() {
         eprintln!("SKIP: exact frame attribution needs visible PFNs (root)");
         return;
     }
     let a = kv(args);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    let t = trace(&[], &cow_exact(), &a);
+    let t = trace(way(no_scan), &cow_exact(), &a);
+    assert_scan_way(&t, no_scan);
     assert_eq!(t.status, Some(0), "stderr: {}", t.stderr);
     let forks = t.report["forks"].as_array().expect("forks[]");
     assert_eq!(forks.len(), 1, "one fork: {forks:#?}");
@@ -184,21 +205,24 @@ fn pinned_pages_are_copied_at_fork_not_by_a_write() {
         eprintln!("SKIP: needs visible PFNs");
         return;
     }
-    let t = trace(&[], &cow_exact(), &["n=32", "a=2", "pin=5"]);
-    if t.status == Some(96) {
-        eprintln!("SKIP: io_uring is unavailable here (kernel.io_uring_disabled?)");
-        return;
+    for no_scan in WAYS {
+        let t = trace(way(no_scan), &cow_exact(), &["n=32", "a=2", "pin=5"]);
+        if t.status == Some(96) {
+            eprintln!("SKIP: io_uring is unavailable here (kernel.io_uring_disabled?)");
+            return;
+        }
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        assert_scan_way(&t, no_scan);
+        let f = &t.report["forks"][0];
+        assert_counts(
+            vma_row(f, &printed_start(&t.stdout, "arena")),
+            &[
+                ("shared", 25),
+                ("copied_by_child", 2),
+                ("copied_at_fork", 5),
+            ],
+        );
     }
-    assert_eq!(t.status, Some(0), "{}", t.stderr);
-    let f = &t.report["forks"][0];
-    assert_counts(
-        vma_row(f, &printed_start(&t.stdout, "arena")),
-        &[
-            ("shared", 25),
-            ("copied_by_child", 2),
-            ("copied_at_fork", 5),
-        ],
-    );
 }
 
 #[test]
@@ -235,25 +259,29 @@ fn forks_of_forks_are_each_a_pair_against_their_own_parent() {
         eprintln!("SKIP: needs visible PFNs");
         return;
     }
-    let t = trace(&[], &cow_exact(), &["n=32", "a=4", "g=6"]);
-    assert_eq!(t.status, Some(0), "{}", t.stderr);
-    let forks = t.report["forks"].as_array().unwrap();
-    assert_eq!(forks.len(), 2, "{forks:#?}");
-    let (first, second) = (&forks[0], &forks[1]);
-    assert_eq!(
-        second["parent"], first["child"],
-        "the grandchild's parent is the child"
-    );
-    let arena = printed_start(&t.stdout, "arena");
-    assert_counts(
-        vma_row(first, &arena),
-        &[("shared", 28), ("copied_by_child", 4)],
-    );
-    // Against the child (whose pages 0-3 are its own copies by then): the grandchild wrote 6.
-    assert_counts(
-        vma_row(second, &arena),
-        &[("shared", 26), ("copied_by_child", 6)],
-    );
+    for no_scan in WAYS {
+        let t = trace(way(no_scan), &cow_exact(), &["n=32", "a=4", "g=6"]);
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        assert_scan_way(&t, no_scan);
+        let forks = t.report["forks"].as_array().unwrap();
+        assert_eq!(forks.len(), 2, "{forks:#?}");
+        let (first, second) = (&forks[0], &forks[1]);
+        assert_eq!(
+            second["parent"], first["child"],
+            "the grandchild's parent is the child"
+        );
+        let arena = printed_start(&t.stdout, "arena");
+        assert_counts(
+            vma_row(first, &arena),
+            &[("shared", 28), ("copied_by_child", 4)],
+        );
+        // Against the child (whose pages 0-3 are its own copies by then): the grandchild
+        // wrote 6.
+        assert_counts(
+            vma_row(second, &arena),
+            &[("shared", 26), ("copied_by_child", 6)],
+        );
+    }
 }
 
 #[test]
@@ -299,24 +327,27 @@ fn a_collapse_into_a_huge_page_moves_frames_without_a_write() {
         eprintln!("SKIP: THP is unavailable or disabled, MADV_COLLAPSE cannot work");
         return;
     }
-    let t = trace(&[], &cow_exact(), &["n=16", "collapse=1"]);
-    if t.status == Some(97) {
-        eprintln!(
-            "SKIP: MADV_COLLAPSE failed in the child (kernel before 6.1?): {}",
-            t.stdout
+    for no_scan in WAYS {
+        let t = trace(way(no_scan), &cow_exact(), &["n=16", "collapse=1"]);
+        if t.status == Some(97) {
+            eprintln!(
+                "SKIP: MADV_COLLAPSE failed in the child (kernel before 6.1?): {}",
+                t.stdout
+            );
+            return;
+        }
+        assert_eq!(t.status, Some(0), "{}", t.stderr);
+        assert_scan_way(&t, no_scan);
+        let f = &t.report["forks"][0];
+        assert_counts(
+            vma_row(f, &printed_start(&t.stdout, "collapse")),
+            &[("moved", 512)],
         );
-        return;
+        assert_counts(
+            vma_row(f, &printed_start(&t.stdout, "arena")),
+            &[("shared", 16)],
+        );
     }
-    assert_eq!(t.status, Some(0), "{}", t.stderr);
-    let f = &t.report["forks"][0];
-    assert_counts(
-        vma_row(f, &printed_start(&t.stdout, "collapse")),
-        &[("moved", 512)],
-    );
-    assert_counts(
-        vma_row(f, &printed_start(&t.stdout, "arena")),
-        &[("shared", 16)],
-    );
 }
 
 /// The huge zero page, written by the child: on Linux 6.13+ the write gives the child a
@@ -338,12 +369,19 @@ fn a_write_into_the_huge_zero_page_is_the_writers_copy_and_a_split_stays_zero() 
         eprintln!("SKIP: THP or its huge zero page is disabled here");
         return;
     }
-    let t = trace(&[], &cow_exact(), &["n=4", "hzp=1"]);
+    for no_scan in WAYS {
+        huge_zero_page_write(no_scan);
+    }
+}
+
+fn huge_zero_page_write(no_scan: bool) {
+    let t = trace(way(no_scan), &cow_exact(), &["n=4", "hzp=1"]);
     if t.status == Some(95) {
         eprintln!("SKIP: the read fault did not map the huge zero page");
         return;
     }
     assert_eq!(t.status, Some(0), "{}", t.stderr);
+    assert_scan_way(&t, no_scan);
     let thp_kb: u64 = t
         .stdout
         .lines()

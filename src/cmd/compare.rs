@@ -1,11 +1,12 @@
-//! `cowscope compare`: fork reports from several kernels side by side. This module loads
-//! and checks the inputs; `render::compare` builds and draws the tables.
+//! `cowscope compare`: fork reports, inspect and trace documents from several kernels side by
+//! side. This module loads and checks the inputs; `compare` builds the comparison and
+//! `render::compare` draws the tables.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::compare::{build, columns};
+use crate::compare::{DocKind, build_any};
 use crate::doc::{CompareDoc, Envelope, SCHEMA_VERSION, Tool};
 use crate::error::{EXIT_OK, Error, Result};
 use crate::fork::ForkReportBody;
@@ -18,7 +19,8 @@ use super::DocFormat;
 /// `compare` arguments.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// fork-report.json files (one per kernel).
+    /// fork-report.json, inspect.json and trace.json files (one of each kind per kernel, e.g.
+    /// results/*/fork-report.json results/*/inspect.json).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     /// table (default), or json (the same cells as one document).
@@ -33,22 +35,20 @@ pub struct Args {
 ///
 /// # Errors
 /// [`Error::Io`] when a file cannot be read; [`Error::Usage`] when a file is not JSON, was
-/// written with another `schema_version`, or does not match the fork-report schema (the
-/// message names the file and the JSON path of the problem).
+/// written with another `schema_version`, is neither a fork report, an inspect nor a trace
+/// document, or does not match its schema (the message names the file and the JSON path of
+/// the problem).
 pub fn compare(files: &[PathBuf]) -> Result<CompareDoc> {
     if files.is_empty() {
         return Err(Error::usage(
-            "compare needs at least one fork-report.json file",
+            "compare needs at least one fork-report.json, inspect.json or trace.json file",
         ));
     }
     let mut docs = Vec::with_capacity(files.len());
     for path in files {
         docs.push((path.display().to_string(), load(path)?));
     }
-    Ok(Envelope::new(
-        crate::mem::system::detect(),
-        build(&columns(docs)),
-    ))
+    Ok(Envelope::new(crate::mem::system::detect(), build_any(docs)))
 }
 
 /// Read each file and render the comparison as text tables.
@@ -59,9 +59,9 @@ pub fn compare_files(files: &[PathBuf]) -> Result<String> {
     Ok(text(&compare(files)?.body))
 }
 
-/// Load one fork report: valid JSON, this build's `schema_version`, and every field of the
-/// fork-report schema with the right type (checked by deserialising into the report's own
-/// types, so the check cannot drift from what cowscope writes).
+/// Load one document: valid JSON, this build's `schema_version`, and every field of its
+/// schema (fork report, inspect or trace) with the right type (checked by deserialising into
+/// the document's own types, so the check cannot drift from what cowscope writes).
 fn load(path: &Path) -> Result<Value> {
     let name = path.display();
     let text =
@@ -88,22 +88,36 @@ fn check(doc: &Value) -> std::result::Result<(), String> {
         }
         Some((v, None)) => return Err(format!("has a schema_version that is not a number: {v}")),
     }
-    if !doc.get("scenarios").is_some_and(Value::is_array) {
-        return Err("is not a fork report: it has no 'scenarios' list".into());
-    }
+    let Some(kind) = DocKind::of(doc) else {
+        return Err(
+            "is not a fork report, an inspect or a trace document: it has no \
+                    'scenarios', 'pairs' or 'forks' list"
+                .into(),
+        );
+    };
     // Part by part: serde's `flatten` (the envelope's body) would hide the path of an error.
     let null = Value::Null;
     let part = |key: &str| doc.get(key).unwrap_or(&null);
-    typed::<Tool>(part("tool"), "tool.")?;
-    typed::<SystemInfo>(part("system"), "system.")?;
-    typed::<ForkReportBody>(doc, "")
+    typed::<Tool>(part("tool"), "tool.", kind)?;
+    typed::<SystemInfo>(part("system"), "system.", kind)?;
+    match kind {
+        DocKind::ForkReport => typed::<ForkReportBody>(doc, "", kind),
+        DocKind::Inspect => typed::<crate::inspect::InspectBody>(doc, "", kind),
+        DocKind::Trace => typed::<crate::trace::TraceBody>(doc, "", kind),
+    }
 }
 
 /// Deserialise `v` as `T`, naming the JSON path (under `prefix`) of the first problem.
 fn typed<T: serde::de::DeserializeOwned>(
     v: &Value,
     prefix: &str,
+    kind: DocKind,
 ) -> std::result::Result<(), String> {
+    let schema = match kind {
+        DocKind::ForkReport => "fork-report",
+        DocKind::Inspect => "inspect",
+        DocKind::Trace => "trace",
+    };
     serde_path_to_error::deserialize::<_, T>(v)
         .map(|_| ())
         .map_err(|e| {
@@ -114,7 +128,7 @@ fn typed<T: serde::de::DeserializeOwned>(
                 format!("{prefix}{at}")
             };
             format!(
-                "does not match the fork-report schema at {}: {}",
+                "does not match the {schema} schema at {}: {}",
                 if at.is_empty() {
                     "the top level".into()
                 } else {

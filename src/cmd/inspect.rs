@@ -48,6 +48,10 @@ pub struct Args {
     /// descendant, each against the process it was forked from.
     #[arg(long = "child", value_name = "PID")]
     pub children: Vec<String>,
+    /// Never use the PAGEMAP_SCAN ioctl: take the paths of a kernel without it (before 6.7),
+    /// plain pagemap reads and smaps. The classes and counts are the same.
+    #[arg(long)]
+    pub no_scan: bool,
     /// Stop every target with SIGSTOP for one consistent read; always resumed (also on
     /// error, Ctrl-C, or if cowscope is killed: a watchdog process resumes them).
     #[arg(long)]
@@ -98,6 +102,9 @@ fn number(flag: &str, s: &str) -> Result<i32> {
 /// # Errors
 /// Usage and read errors (exit 2).
 pub fn run(a: Args) -> Result<i32> {
+    if a.no_scan {
+        crate::mem::scan::turn_off();
+    }
     let req = request(&a)?;
     let (interval, duration) = watch_times(&a)?;
     interrupt::install().map_err(|e| Error::io("installing signal handlers", e))?;

@@ -62,6 +62,10 @@ pub struct Args {
     /// them goes to stderr, never stdout (the program's own).
     #[arg(long, value_enum)]
     pub format: Option<TraceFormat>,
+    /// Never use the PAGEMAP_SCAN ioctl: take the paths of a kernel without it (before 6.7),
+    /// plain pagemap reads. The classes and counts are the same.
+    #[arg(long)]
+    pub no_scan: bool,
     /// Table: a section for every fork, also for children that exec'd at once with nothing
     /// copied (by default one line counts those).
     #[arg(long)]
@@ -107,6 +111,9 @@ pub fn report_with(opts: &TraceOptions, watch: &mut dyn FnMut(Live<'_>)) -> Resu
 /// # Errors
 /// Bad options, a program that cannot be run or attached to, a failure writing the report.
 pub fn run(args: Args) -> Result<i32> {
+    if args.no_scan {
+        crate::mem::scan::turn_off();
+    }
     let target = match (args.pid, args.command.is_empty()) {
         (Some(_), false) => {
             return Err(Error::usage(

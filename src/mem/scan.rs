@@ -17,6 +17,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -200,10 +201,25 @@ impl Scan {
     }
 }
 
+/// Set by [`turn_off`]: this process behaves as on a kernel without PAGEMAP_SCAN.
+static TURNED_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Behave, for the rest of this process, as on a kernel without PAGEMAP_SCAN (before 6.7):
+/// [`available`] is false, [`scan`] reads pagemap, [`scan_matching`] returns `None`, so every
+/// caller takes the path such a kernel forces on it. This is `--no-scan` of `inspect` and
+/// `trace` (one switch for the whole process, so no caller's path can be missed).
+pub fn turn_off() {
+    TURNED_OFF.store(true, Ordering::Relaxed);
+}
+
 /// The categories the running kernel accepts, probed once on our own pagemap: `None` when
-/// PAGEMAP_SCAN is missing (before 6.7), `WANTED` without `PAGE_IS_GUARD` before 6.15.
+/// PAGEMAP_SCAN is missing (before 6.7) or [`turn_off`] was called, `WANTED` without
+/// `PAGE_IS_GUARD` before 6.15.
 fn supported_mask() -> Option<u64> {
     static MASK: OnceLock<Option<u64>> = OnceLock::new();
+    if TURNED_OFF.load(Ordering::Relaxed) {
+        return None;
+    }
     *MASK.get_or_init(|| {
         let pm = Pagemap::open(std::process::id() as i32).ok()?;
         let probe = [0u8; 16];
@@ -215,7 +231,7 @@ fn supported_mask() -> Option<u64> {
     })
 }
 
-/// Whether PAGEMAP_SCAN works on this kernel.
+/// Whether PAGEMAP_SCAN works on this kernel (and was not [`turn_off`]ed).
 pub fn available() -> bool {
     supported_mask().is_some()
 }

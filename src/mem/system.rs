@@ -23,7 +23,8 @@ pub struct SystemInfo {
     pub pfn_visible: bool,
     /// Whether `/proc/kpagecount` and `/proc/kpageflags` can be read.
     pub kpage_readable: bool,
-    /// Whether the PAGEMAP_SCAN ioctl (Linux 6.7+) works here.
+    /// Whether the PAGEMAP_SCAN ioctl (Linux 6.7+) works here and was used: false also under
+    /// `--no-scan` (`inspect`, `trace`), which takes the paths of a kernel without it.
     pub pagemap_scan: bool,
     /// Whether soft-dirty tracking works (CONFIG_MEM_SOFT_DIRTY: `clear_refs` 4, then pagemap
     /// bit 55 marks pages written since). When true, fork-report also says which pages each

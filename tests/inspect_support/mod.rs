@@ -235,11 +235,81 @@ pub fn inspect(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Run `cowscope inspect ARGS` expecting exit `code` and a JSON document.
-pub fn inspect_json(args: &[&str], code: i32) -> Value {
+/// Run `cowscope inspect ARGS` once, expecting exit `code` and a JSON document: for targets
+/// that keep running (a Redis save), where two reads cannot be compared.
+pub fn inspect_json_once(args: &[&str], code: i32) -> Value {
     let (rc, out, err) = inspect(args);
     assert_eq!(rc, code, "inspect {args:?}: stderr: {err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("JSON ({e}): {out}"))
+}
+
+/// Run `cowscope inspect ARGS` both ways, with PAGEMAP_SCAN (where the kernel has it) and
+/// with `--no-scan` (the paths of a kernel without it), expecting exit `code` from both, and
+/// assert that the two documents agree page for page (every class, count, page run and smaps
+/// figure; only timings and the switch itself may differ). Returns the first document.
+pub fn inspect_json(args: &[&str], code: i32) -> Value {
+    let with_scan = inspect_json_once(args, code);
+    let without = inspect_json_once(&[args, &["--no-scan"]].concat(), code);
+    assert_eq!(
+        without["system"]["pagemap_scan"], false,
+        "--no-scan: {without}"
+    );
+    assert_same_both_ways(&with_scan, &without, &format!("inspect {args:?}"));
+    with_scan
+}
+
+/// Assert that a document taken with PAGEMAP_SCAN and one taken with `--no-scan` agree: equal
+/// after dropping what is allowed to differ (timings: keys ending in `_us`, `_ms`, `_ns`;
+/// whether PAGEMAP_SCAN was used: `pagemap_scan`, `by_pagemap_scan`; the note saying it was
+/// not; the whole-process smaps figures, `smaps_rollup` and `accounting`, whose Pss moves
+/// with every other process mapping the same pages, the test's own included, between two
+/// reads; and a process's `state`, running or sleeping at the moment it was read). Every class count, VMA row, page run and pool histogram is compared.
+pub fn assert_same_both_ways(with_scan: &Value, without: &Value, what: &str) {
+    let (a, b) = (scan_blind(with_scan), scan_blind(without));
+    if a != b {
+        let (ta, tb) = (
+            serde_json::to_string_pretty(&a).unwrap(),
+            serde_json::to_string_pretty(&b).unwrap(),
+        );
+        let first = ta
+            .lines()
+            .zip(tb.lines())
+            .enumerate()
+            .find(|(_, (x, y))| x != y)
+            .map(|(i, (x, y))| format!("line {i}: with scan {x:?}, --no-scan {y:?}"))
+            .unwrap_or_else(|| "one document is longer".into());
+        panic!("{what}: the documents with and without PAGEMAP_SCAN differ: {first}");
+    }
+}
+
+fn scan_blind(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    !(k.ends_with("_us")
+                        || k.ends_with("_ms")
+                        || k.ends_with("_ns")
+                        || k.as_str() == "pagemap_scan"
+                        || k.as_str() == "by_pagemap_scan"
+                        || k.as_str() == "smaps_rollup"
+                        || k.as_str() == "accounting"
+                        || k.as_str() == "state")
+                })
+                .map(|(k, v)| (k.clone(), scan_blind(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .filter(|x| {
+                    !x.as_str()
+                        .is_some_and(|s| s.starts_with("PAGEMAP_SCAN is unavailable"))
+                })
+                .map(scan_blind)
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// The state letter of `pid` (`S`, `T`, `Z`...), or `None` when it is gone.

@@ -31,6 +31,10 @@
  *   remap=K      a private, writable mapping of a K-page file, read before the fork; the
  *                child maps another K-page file over it (MAP_FIXED) and reads it
  *   wait=1       read one byte from stdin before forking (lets a test attach first)
+ *   delay=MS     sleep MS milliseconds before forking, after printing the arena line (lets
+ *                `trace --pid` attach first without talking to the program)
+ *   at=ADDR      place the arena's reservation at ADDR (hex allowed; MAP_FIXED_NOREPLACE): the
+ *                arena then starts one page above ADDR (the kernel matrix's check knows it)
  * Prints "arena 0x<start> 0x<end>" (and "collapse ...", "hzp ...", "remap ...") on stdout, flushed
  * before the fork. The child only runs after the parent's work (a pipe), and the parent waits
  * for the child, so the child's exit stop sees both sides' work done.
@@ -55,7 +59,7 @@
 #endif
 
 static long n, a, b, c, d, e, f, z, g, collapse, do_vfork, thread, use_free, code, hold, pin;
-static long hzp, remap, wait_stdin;
+static long hzp, remap, wait_stdin, at, delay;
 static long ps;
 static char *arena, *carena, *hzarena, *rarena;
 static int remap_fd;
@@ -143,6 +147,10 @@ static int run(void) {
     long pe = pd + d;      /* child munmap      [pe, pe+e) */
     long pf = pe + e;      /* parent DONTNEED   [pf, pf+f) */
     fflush(stdout);
+    if (delay) {
+        struct timespec ts = {delay / 1000, (delay % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     if (wait_stdin) {
         char x;
         if (read(0, &x, 1) != 1)
@@ -223,7 +231,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         char k[32];
         long v;
-        if (sscanf(argv[i], "%31[a-z]=%ld", k, &v) != 2) {
+        if (sscanf(argv[i], "%31[a-z]=%li", k, &v) != 2) {
             fprintf(stderr, "bad argument %s\n", argv[i]);
             return 2;
         }
@@ -234,7 +242,8 @@ int main(int argc, char **argv) {
                    : !strcmp(k, "thread") ? &thread : !strcmp(k, "free") ? &use_free
                    : !strcmp(k, "exit") ? &code : !strcmp(k, "hold") ? &hold
                    : !strcmp(k, "pin") ? &pin : !strcmp(k, "hzp") ? &hzp
-                   : !strcmp(k, "remap") ? &remap : !strcmp(k, "wait") ? &wait_stdin : NULL;
+                   : !strcmp(k, "remap") ? &remap : !strcmp(k, "wait") ? &wait_stdin
+                   : !strcmp(k, "at") ? &at : !strcmp(k, "delay") ? &delay : NULL;
         if (!slot) {
             fprintf(stderr, "unknown key %s\n", k);
             return 2;
@@ -247,8 +256,9 @@ int main(int argc, char **argv) {
     }
     ps = sysconf(_SC_PAGESIZE);
     /* Guard pages on both sides keep the arena a VMA of its own. */
-    char *r = mmap(NULL, (n + 2) * ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (r == MAP_FAILED)
+    char *r = mmap((void *)at, (n + 2) * ps, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | (at ? MAP_FIXED_NOREPLACE : 0), -1, 0);
+    if (r == MAP_FAILED || (at && r != (char *)at))
         die("mmap");
     arena = r + ps;
     if (mprotect(arena, n * ps, PROT_READ | PROT_WRITE) != 0)

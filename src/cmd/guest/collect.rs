@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::init::say;
 use super::{
-    DEFAULT_TIMEOUT_SECS, MARK_RESULT, TIMEOUT_ENV, begin_marker, collections, end_marker,
+    Collection, DEFAULT_TIMEOUT_SECS, MARK_RESULT, TIMEOUT_ENV, begin_marker, collections,
+    end_marker,
 };
 
 fn collection_timeout() -> Duration {
@@ -28,7 +29,7 @@ pub(super) fn collect_all() {
     let timeout = collection_timeout();
     for c in collections() {
         say(&format!("cowscope-guest: collecting {}", c.file));
-        let outcome = run_collection(&exe, &c.args, timeout);
+        let outcome = run_with_subject(&exe, &c, timeout);
         publish(&c.file, &outcome);
     }
     // System facts last: they are computed in-process, and a panic here must not cost the
@@ -84,6 +85,91 @@ fn publish(file: &str, o: &Outcome) {
         "{MARK_RESULT} {file} {} json={json} secs={:.2}==",
         o.status, o.secs
     ));
+}
+
+/// Run one collection: start and hold its subject (if any), put the subject's pid and the
+/// output file into the arguments, run it, read the document from the file when it went
+/// there, and kill the subject's process group.
+fn run_with_subject(exe: &Path, c: &Collection, timeout: Duration) -> Outcome {
+    let out_file = format!("/tmp/{}", c.file);
+    let mut subject = None;
+    let mut pid = String::new();
+    if let Some(cmd) = &c.subject {
+        match start_subject(cmd) {
+            Ok((child, p)) => {
+                pid = p.to_string();
+                subject = Some(child);
+            }
+            Err(why) => {
+                return Outcome {
+                    status: "subject-failed".into(),
+                    stdout: Vec::new(),
+                    stderr: why.into_bytes(),
+                    secs: 0.0,
+                };
+            }
+        }
+    }
+    let args: Vec<String> = c
+        .args
+        .iter()
+        .map(|a| a.replace("{pid}", &pid).replace("{out}", &out_file))
+        .collect();
+    let mut o = run_collection(exe, &args, timeout);
+    if c.args.iter().any(|a| a.contains("{out}")) {
+        // The program's own output is not the document: echo it with the stderr lines.
+        let program = std::mem::take(&mut o.stdout);
+        for line in String::from_utf8_lossy(&program).lines() {
+            o.stderr
+                .extend_from_slice(format!("program: {line}\n").as_bytes());
+        }
+        o.stdout = std::fs::read(&out_file).unwrap_or_default();
+    }
+    if let Some(mut child) = subject {
+        // The subject and its children form one process group (process_group(0)).
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+    }
+    o
+}
+
+/// Start a subject in a process group of its own and wait (at most 20 s) for its
+/// `ready <pid>` line.
+fn start_subject(cmd: &[String]) -> std::result::Result<(std::process::Child, u32), String> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let (prog, args) = cmd.split_first().ok_or("an empty subject command")?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the subject {prog}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("the subject has no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    match line.trim().strip_prefix("ready ") {
+        Some(_) => {
+            let id = child.id();
+            Ok((child, id))
+        }
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "the subject {prog} did not report ready (got {line:?})"
+            ))
+        }
+    }
 }
 
 /// Run `exe args...` with stdout and stderr captured, killing it after `timeout`.

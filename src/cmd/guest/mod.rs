@@ -56,9 +56,84 @@ pub fn end_marker(file: &str) -> String {
 pub struct Collection {
     /// File name under `results/<release>/`, e.g. `fork-report.json`.
     pub file: String,
-    /// The subcommand and its arguments, e.g. `["baseline", "09a"]`.
+    /// The subcommand and its arguments, e.g. `["baseline", "09a"]`. `{pid}` is replaced by
+    /// the subject's pid; `{out}` by a file under /tmp, from which the document is then read
+    /// (for `trace`, whose program owns stdout).
     pub args: Vec<String>,
+    /// A program started first and held while the collection runs (`inspect`'s and `trace
+    /// --pid`'s target): the collection starts when it printed its first line on stdout (its
+    /// setup is done), and its process group is killed afterwards.
+    pub subject: Option<Vec<String>>,
 }
+
+/// Where scripts/kernel-matrix.sh puts the live subjects in the initramfs (built from
+/// scripts/matrix/cow_hold.c and tests/trace_programs/cow_exact.c, statically linked).
+pub const SUBJECT_DIR: &str = "/bin";
+
+/// The live-program collections, in the guest and (same arguments) in scripts/collect.sh:
+/// `inspect` of a held family with known writes (scripts/matrix/cow_hold.c), `trace` of a
+/// program with known copies and releases (cow_exact, arena at a fixed address), and the
+/// same trace with `--stacks` (perf events: `recorded: false` with the reason where the
+/// kernel has none), and `trace --pid` attached to it (releases from the syscall
+/// tracepoints). scripts/check-live.sh checks every figure against the programs' writes.
+pub fn live_collections(dir: &str) -> Vec<Collection> {
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_string()).collect::<Vec<_>>();
+    let exact = format!("{dir}/cow_exact");
+    let exact_args = [
+        "n=64",
+        "a=3",
+        "b=5",
+        "c=7",
+        "d=4",
+        "e=2",
+        "f=6",
+        "z=8",
+        "at=0x200000000000",
+    ];
+    let trace = |extra: &[&str]| {
+        let mut v = s(&["trace"]);
+        v.extend(s(extra));
+        v.extend(s(&["--out", "{out}", "--", &exact]));
+        v.extend(s(&exact_args));
+        v
+    };
+    vec![
+        Collection {
+            file: "inspect.json".into(),
+            args: s(&["inspect", "--pid", "{pid}", "--range", HOLD_RANGE]),
+            subject: Some(vec![format!("{dir}/cow_hold")]),
+        },
+        Collection {
+            file: "trace.json".into(),
+            args: trace(&[]),
+            subject: None,
+        },
+        Collection {
+            file: "trace-stacks.json".into(),
+            args: trace(&["--stacks"]),
+            subject: None,
+        },
+        // Attached: releases from the syscall tracepoints (perf events), no stop per
+        // syscall; the program sleeps before its fork so that cowscope attaches first.
+        Collection {
+            file: "trace-attach.json".into(),
+            args: s(&["trace", "--pid", "{pid}", "--out", "{out}"]),
+            subject: Some(
+                std::iter::once(exact.clone())
+                    .chain(s(&exact_args))
+                    .chain(s(&[ATTACH_DELAY]))
+                    .collect(),
+            ),
+        },
+    ]
+}
+
+/// How long cow_exact waits before its fork in `trace-attach.json`: cowscope must have
+/// attached by then (it takes well under a second, also under TCG).
+pub const ATTACH_DELAY: &str = "delay=4000";
+
+/// The arena and zero region of scripts/matrix/cow_hold.c (fixed address `HOLD_ADDR`).
+pub const HOLD_RANGE: &str = "0x300000001000-0x300000052000";
 
 /// What the guest collects, in order. The file names match `scripts/collect.sh`.
 ///
@@ -68,19 +143,23 @@ pub fn collections() -> Vec<Collection> {
     let mut v = vec![Collection {
         file: "fork-report.json".into(),
         args: vec!["fork-report".into(), "--allow-sysfs".into()],
+        subject: None,
     }];
     for (name, _) in crate::baseline::BaselineCase::ALL {
         v.push(Collection {
             file: format!("baseline-{name}.json"),
             args: vec!["baseline".into(), name.into()],
+            subject: None,
         });
     }
     if !crate::experiments::list().is_empty() {
         v.push(Collection {
             file: "experiments.json".into(),
             args: vec!["experiment".into(), "--all".into(), "--allow-sysfs".into()],
+            subject: None,
         });
     }
+    v.extend(live_collections(SUBJECT_DIR));
     v
 }
 
@@ -142,6 +221,28 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), files.len());
+    }
+
+    #[test]
+    fn live_collections_hold_their_subject_and_write_trace_documents_to_a_file() {
+        let live = live_collections("/bin");
+        let inspect = live.iter().find(|c| c.file == "inspect.json").unwrap();
+        assert_eq!(inspect.subject, Some(vec!["/bin/cow_hold".to_string()]));
+        assert!(inspect.args.contains(&"{pid}".to_string()));
+        for c in live.iter().filter(|c| c.file.starts_with("trace")) {
+            // The traced program owns stdout: the document goes to a file.
+            assert!(c.args.contains(&"{out}".to_string()), "{c:?}");
+        }
+        let attach = live.iter().find(|c| c.file == "trace-attach.json").unwrap();
+        assert!(attach.args.contains(&"--pid".to_string()));
+        assert!(
+            attach
+                .subject
+                .as_ref()
+                .unwrap()
+                .contains(&ATTACH_DELAY.to_string())
+        );
+        assert!(collections().iter().any(|c| c.file == "trace-stacks.json"));
     }
 
     #[test]
