@@ -55,19 +55,8 @@ pub use sample::InspectRequest;
 pub use watch::WatchOptions;
 
 use crate::error::{Error, Result};
-use model::ZeroInfo;
+use model::hex_range;
 use sample::Context;
-
-fn hex_range((a, b): (u64, u64)) -> [String; 2] {
-    [crate::mem::hex::format(a), crate::mem::hex::format(b)]
-}
-
-fn zero_info(ctx: &Context) -> ZeroInfo {
-    ZeroInfo {
-        pfns: ctx.zero,
-        by_pagemap_scan: !ctx.pfn_visible && ctx.scan,
-    }
-}
 
 /// Check and normalise a request: page-align the range outward, bound `--per-page`.
 ///
@@ -110,7 +99,7 @@ pub fn inspect(req: &InspectRequest) -> Result<InspectBody> {
     let snapshot = sample::take_snapshot(&plan, &req, &ctx)?;
     Ok(InspectBody {
         snapshot,
-        zero_page: zero_info(&ctx),
+        zero_page: ctx.zero_info(),
         range: req.range.map(hex_range),
         watch: None,
         samples: None,

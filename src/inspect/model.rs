@@ -507,6 +507,11 @@ fn only_parent_sentence(groups: &[PoolGroup], workers: usize) -> String {
     }
 }
 
+/// A range as the documents write it: two hex addresses.
+pub fn hex_range((a, b): (u64, u64)) -> [String; 2] {
+    [crate::mem::hex::format(a), crate::mem::hex::format(b)]
+}
+
 /// The zero page frames cowscope learnt and how zero pages were recognised.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ZeroInfo {

@@ -1,6 +1,7 @@
 //! What a snapshot is asked ([`InspectRequest`]) and what the machine lets it prove
 //! ([`Context`]): the two inputs every stage of the pipeline reads.
 
+use super::model::ZeroInfo;
 use super::zero::ZeroPfns;
 use crate::mem::scan;
 
@@ -46,6 +47,14 @@ impl Context {
             kpage_readable: p.kpage_readable,
             scan: scan::available(),
             zero: super::zero::learn(),
+        }
+    }
+
+    /// How zero pages were recognised, as the document says it.
+    pub fn zero_info(&self) -> ZeroInfo {
+        ZeroInfo {
+            pfns: self.zero,
+            by_pagemap_scan: !self.pfn_visible && self.scan,
         }
     }
 }

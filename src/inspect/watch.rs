@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::access;
 use super::interrupt;
-use super::model::{InspectBody, SampleLine, SampleSummary, Snapshot, WatchInfo};
+use super::model::{InspectBody, SampleLine, SampleSummary, Snapshot, WatchInfo, hex_range};
 use super::sample::{Context, InspectRequest, Plan, plan, plan_pairs, take_snapshot};
 use crate::error::{Error, Result};
 
@@ -225,8 +225,8 @@ impl Kept {
         };
         Ok(InspectBody {
             snapshot,
-            zero_page: super::zero_info(ctx),
-            range: req.range.map(super::hex_range),
+            zero_page: ctx.zero_info(),
+            range: req.range.map(hex_range),
             watch: Some(WatchInfo {
                 interval_ms: opts.interval.as_millis() as u64,
                 duration_ms: opts.duration.map(|d| d.as_millis() as u64),
