@@ -940,7 +940,7 @@ pub fn ops_for(op: &Op, m: &Memory, report_fd: RawFd, marker: u8) -> Vec<child::
         Op::WriteByte { pages } => {
             for &p in pages {
                 v.push(ChildOp::WriteByte {
-                    addr: base + p * page + super::judge::HEAD / 2,
+                    addr: base + p * page + super::evidence::HEAD / 2,
                     byte: marker,
                 });
             }
@@ -1034,7 +1034,7 @@ pub fn do_in_parent(op: &Op, m: &Memory) -> Option<String> {
                 // SAFETY: as above.
                 unsafe {
                     std::ptr::write_volatile(
-                        (base + p * page + super::judge::HEAD / 2) as *mut u8,
+                        (base + p * page + super::evidence::HEAD / 2) as *mut u8,
                         side::PARENT_AFTER,
                     )
                 };

@@ -12,7 +12,8 @@
 use std::time::{Duration, Instant};
 
 use super::child::{self, ChildOp, TAG_COW_NS, TAG_OWNED_NS, TAG_PID, side};
-use super::judge::{self, Evidence, HEAD, Judgement, ProcessSeen, Verdict};
+use super::evidence::{Evidence, HEAD, PfnMap, ProcessSeen};
+use super::judge::{self, Judgement, Verdict};
 use super::memory::{self, Allow, Memory, Prepared};
 use super::observe::{self, ProcessSample};
 use super::scenarios::{ForkAdvice, MemoryKind, Op, ProcessPlan, Scenario, ThpLayout, role};
@@ -356,8 +357,8 @@ fn spawn(
 struct Observed {
     parent: ProcessSample,
     samples: Vec<Option<ProcessSample>>,
-    counts: observe::PfnMap<u64>,
-    flags: observe::PfnMap<crate::mem::kpage::KpageFlags>,
+    counts: PfnMap<u64>,
+    flags: PfnMap<crate::mem::kpage::KpageFlags>,
     before: ProcessSample,
     heads: Vec<Option<Vec<u8>>>,
     parent_heads: Option<Vec<u8>>,
