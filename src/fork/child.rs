@@ -306,61 +306,29 @@ pub enum ChildOp<'a> {
 
 /// Run a child's program, then `_exit(0)` (or the code of an [`ChildOp::Exit`]).
 ///
+/// Each op is one call: the functions below are what the op does, each as short as the
+/// system calls it makes.
+///
 /// # Safety
 /// Call only in the child, straight after `fork()`. Every address in `ops` must be mapped
 /// for the access it names, except where the fault is the point of the scenario (then the
 /// child dies of the signal, which the parent observes). Descriptors must be the child's own.
 pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
     for op in ops {
+        // SAFETY (every call below): the caller's contract for `run` covers each op's
+        // addresses, descriptors and pointers; each function's own contract is a part of it.
         match *op {
             ChildOp::Close(fd) => {
                 // SAFETY: close(2) is async-signal-safe; a bad fd only yields EBADF.
                 unsafe { libc::close(fd) };
             }
-            ChildOp::NoCoreDump => {
-                let none = libc::rlimit {
-                    rlim_cur: 0,
-                    rlim_max: 0,
-                };
-                // SAFETY: setrlimit only reads the local struct.
-                unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
-            }
-            ChildOp::ReadByte { addr, fd } => {
-                // SAFETY: the caller guarantees addr is mapped readable, or that the fault is
-                // the intended outcome.
-                let b = unsafe { std::ptr::read_volatile(addr as *const u8) };
-                send(fd, TAG_BYTE, u64::from(b));
-            }
-            ChildOp::DieWithParent => {
-                // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory.
-                unsafe {
-                    libc::prctl(
-                        libc::PR_SET_PDEATHSIG,
-                        libc::SIGKILL as libc::c_ulong,
-                        0,
-                        0,
-                        0,
-                    )
-                };
-            }
-            ChildOp::ReportFaults { fd } => {
-                FAULT_FD.store(fd, std::sync::atomic::Ordering::Relaxed);
-                // SAFETY: sigaction with a zeroed struct plus handler and flags; the handler
-                // only calls async-signal-safe `write`.
-                unsafe {
-                    let mut sa: libc::sigaction = std::mem::zeroed();
-                    sa.sa_sigaction = fault_handler as *const () as usize;
-                    sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
-                    libc::sigemptyset(&mut sa.sa_mask);
-                    libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut());
-                    libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
-                }
-            }
-            ChildOp::WriteByte { addr, byte } => {
-                // SAFETY: the caller guarantees addr is mapped writable, or that the fault is
-                // the intended outcome (the child then dies of the signal).
-                unsafe { std::ptr::write_volatile(addr as *mut u8, byte) };
-            }
+            ChildOp::NoCoreDump => no_core_dump(),
+            // SAFETY: see above (addr readable, or the fault is the outcome).
+            ChildOp::ReadByte { addr, fd } => unsafe { read_byte(addr, fd) },
+            ChildOp::DieWithParent => die_with_parent(),
+            ChildOp::ReportFaults { fd } => report_faults(fd),
+            // SAFETY: see above (addr writable, or the fault is the outcome).
+            ChildOp::WriteByte { addr, byte } => unsafe { write_byte(addr, byte) },
             ChildOp::Stamp {
                 addr,
                 first_index,
@@ -368,21 +336,16 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 page_size,
                 side,
             } => {
-                for i in 0..pages {
-                    // SAFETY: the caller guarantees [addr, addr + pages*page_size) is mapped
-                    // writable; `stamp_page` stays within one page.
-                    unsafe { stamp_page(addr + i * page_size, first_index + i, page_size, side) };
-                }
+                // SAFETY: see above (the pages are mapped writable).
+                unsafe { stamp_pages(addr, first_index, pages, page_size, side) }
             }
             ChildOp::ReadPages {
                 addr,
                 pages,
                 page_size,
             } => {
-                for i in 0..pages {
-                    // SAFETY: the caller guarantees the pages are mapped readable.
-                    unsafe { std::ptr::read_volatile((addr + i * page_size) as *const u8) };
-                }
+                // SAFETY: see above (the pages are mapped readable).
+                unsafe { read_pages(addr, pages, page_size) }
             }
             ChildOp::TimeWrites {
                 addr,
@@ -390,161 +353,34 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 page_size,
                 fd,
             } => {
-                for i in 0..pages {
-                    let p = (addr + i * page_size) as *mut u8;
-                    let t0 = now_ns();
-                    // SAFETY: mapped writable (caller's guarantee); offsets 16 and 24 are
-                    // within the page.
-                    unsafe { std::ptr::write_volatile(p.add(16), 0xA5) };
-                    let t1 = now_ns();
-                    // SAFETY: as above.
-                    unsafe { std::ptr::write_volatile(p.add(24), 0x5A) };
-                    let t2 = now_ns();
-                    send(fd, TAG_COW_NS, t1.saturating_sub(t0));
-                    send(fd, TAG_OWNED_NS, t2.saturating_sub(t1));
-                }
+                // SAFETY: see above (the pages are mapped writable).
+                unsafe { time_writes(addr, pages, page_size, fd) }
             }
             ChildOp::Send { fd, tag, value } => send(fd, tag, value),
-            ChildOp::Wait(fd) => {
-                let mut b = 0u8;
-                loop {
-                    // SAFETY: reads at most 1 byte into a local.
-                    let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
-                    if n >= 0 || errno() != libc::EINTR {
-                        break;
-                    }
-                }
-            }
-            ChildOp::Fork { ops, fd } => {
-                // SAFETY: we are single-threaded here (a fork child has one thread), and the
-                // grandchild only runs this same async-signal-safe interpreter.
-                let pid = unsafe { libc::fork() };
-                if pid == 0 {
-                    // SAFETY: in the grandchild, straight after fork; `ops` obey the caller's
-                    // contract for `run`.
-                    unsafe { run(ops) };
-                }
-                if pid < 0 {
-                    exit(EXIT_FORK_FAILED);
-                }
-                send(fd, TAG_PID, pid as u64);
-            }
-            ChildOp::ReapAll => loop {
-                let mut status = 0;
-                // SAFETY: waitpid writes only to the local `status`.
-                let r = unsafe { libc::waitpid(-1, &mut status, 0) };
-                if r < 0 && errno() != libc::EINTR {
-                    break;
-                }
-            },
+            ChildOp::Wait(fd) => wait_for_byte(fd),
+            // SAFETY: see above (`ops` obey the same contract).
+            ChildOp::Fork { ops, fd } => unsafe { fork_and_run(ops, fd) },
+            ChildOp::ReapAll => reap_all(),
             ChildOp::Exit(code) => exit(code),
             ChildOp::TryLockFor {
                 mutex,
                 timeout_ns,
                 fd,
             } => {
-                let t0 = now_ns();
-                let mut tries = 0u64;
-                let acquired = loop {
-                    tries += 1;
-                    // SAFETY: the caller guarantees `mutex` points to an initialised default
-                    // pthread mutex in inherited memory; trylock never blocks (see the op's
-                    // docs for why it is fit for a fork child).
-                    let rc = unsafe { libc::pthread_mutex_trylock(mutex as *mut _) };
-                    if rc == 0 {
-                        break true;
-                    }
-                    if now_ns().saturating_sub(t0) >= timeout_ns {
-                        break false;
-                    }
-                    let pause = libc::timespec {
-                        tv_sec: 0,
-                        tv_nsec: 1_000_000,
-                    };
-                    // SAFETY: nanosleep is async-signal-safe; it reads the local `pause` and
-                    // may write nothing (null remainder). An EINTR just ends this pause early.
-                    unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
-                };
-                send(fd, TAG_LOCK_TRIES, tries);
-                send(fd, TAG_LOCK_WAITED_NS, now_ns().saturating_sub(t0));
-                send(fd, TAG_LOCK_ACQUIRED, u64::from(acquired));
+                // SAFETY: see above (`mutex` is an initialised pthread mutex).
+                unsafe { try_lock_for(mutex, timeout_ns, fd) }
             }
-            ChildOp::MapAnon { addr, len } => {
-                // SAFETY: MAP_FIXED over a range the caller guarantees is the child's own
-                // (see the op's docs); mmap is a plain syscall.
-                let p = unsafe {
-                    libc::mmap(
-                        addr as *mut libc::c_void,
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                        -1,
-                        0,
-                    )
-                };
-                if p as usize != addr {
-                    exit(EXIT_MMAP_FAILED);
-                }
-            }
-            ChildOp::ResumeOnOrphan { fd, pids, pidfds } => {
-                // SAFETY: setsid and sigaction with SIG_IGN are async-signal-safe syscalls
-                // touching only a zeroed local struct.
-                unsafe {
-                    libc::setsid();
-                    let mut sa: libc::sigaction = std::mem::zeroed();
-                    sa.sa_sigaction = libc::SIG_IGN;
-                    libc::sigemptyset(&mut sa.sa_mask);
-                    for sig in [
-                        libc::SIGINT,
-                        libc::SIGQUIT,
-                        libc::SIGHUP,
-                        libc::SIGTERM,
-                        libc::SIGPIPE,
-                        libc::SIGTSTP,
-                    ] {
-                        libc::sigaction(sig, &sa, std::ptr::null_mut());
-                    }
-                }
-                let mut b = 0u8;
-                let n = loop {
-                    // SAFETY: reads at most 1 byte into a local.
-                    let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
-                    if n >= 0 || errno() != libc::EINTR {
-                        break n;
-                    }
-                };
-                if n == 0 {
-                    for (k, &pid) in pids.iter().enumerate() {
-                        let pidfd = pidfds.get(k).copied().unwrap_or(-1);
-                        // SAFETY: pidfd_send_signal and kill take plain integers (a null
-                        // siginfo); both are async-signal-safe syscalls.
-                        let sent = pidfd >= 0
-                            && unsafe {
-                                libc::syscall(
-                                    libc::SYS_pidfd_send_signal,
-                                    pidfd,
-                                    libc::SIGCONT,
-                                    std::ptr::null::<libc::siginfo_t>(),
-                                    0,
-                                )
-                            } == 0;
-                        if !sent && pidfd < 0 {
-                            // SAFETY: as above.
-                            unsafe { libc::kill(pid, libc::SIGCONT) };
-                        }
-                    }
-                }
-            }
+            // SAFETY: see above (the range is the child's own).
+            ChildOp::MapAnon { addr, len } => unsafe { map_anon(addr, len) },
+            ChildOp::ResumeOnOrphan { fd, pids, pidfds } => resume_on_orphan(fd, pids, pidfds),
             ChildOp::Mprotect {
                 addr,
                 len,
                 prot,
                 fd,
             } => {
-                // SAFETY: mprotect(2) is a plain syscall on the child's own copy of the address
-                // space; the caller names a range that later ops access as `prot` allows.
-                let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
-                send(fd, TAG_SYSCALL_RESULT, result(rc as i64));
+                // SAFETY: see above (later ops access the range as `prot` allows).
+                unsafe { mprotect(addr, len, prot, fd) }
             }
             ChildOp::Vmsplice {
                 pipe,
@@ -552,14 +388,8 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 len,
                 fd,
             } => {
-                let iov = libc::iovec {
-                    iov_base: addr as *mut libc::c_void,
-                    iov_len: len,
-                };
-                // SAFETY: vmsplice reads the one local iovec; the range is mapped readable
-                // (caller's guarantee). The pipe only takes references to the pages.
-                let n = unsafe { libc::vmsplice(pipe, &iov, 1, 0) };
-                send(fd, TAG_SYSCALL_RESULT, result(n as i64));
+                // SAFETY: see above (the range is mapped readable).
+                unsafe { vmsplice(pipe, addr, len, fd) }
             }
             ChildOp::ReadFile {
                 file,
@@ -568,85 +398,404 @@ pub unsafe fn run(ops: &[ChildOp<'_>]) -> ! {
                 offset,
                 fd,
             } => {
-                // SAFETY: pread writes at most `len` bytes to [addr, addr + len), which the
-                // caller guarantees is mapped writable.
-                let n = unsafe { libc::pread(file, addr as *mut libc::c_void, len, offset) };
-                send(fd, TAG_SYSCALL_RESULT, result(n as i64));
+                // SAFETY: see above (the range is mapped writable).
+                unsafe { read_file(file, addr, len, offset, fd) }
             }
-            ChildOp::Munmap { addr, len, fd } => {
-                // SAFETY: munmap(2) is a plain syscall; the caller names a range of the child's
-                // own copy of the address space that the rest of `ops` no longer uses.
-                let rc = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
-                let result = if rc == 0 { 0 } else { errno().max(1) as u64 };
-                send(fd, TAG_MUNMAP_RESULT, result);
-            }
-            ChildOp::SetSigmask(set) => {
-                // SAFETY: sigprocmask reads the caller's sigset (inherited memory, built before
-                // the fork) and writes nothing (null old set); async-signal-safe.
-                unsafe { libc::sigprocmask(libc::SIG_SETMASK, set, std::ptr::null_mut()) };
-            }
-            ChildOp::DefaultSignal(sig) => {
-                // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask and no flags;
-                // sigaction only reads it.
-                unsafe {
-                    let mut sa: libc::sigaction = std::mem::zeroed();
-                    sa.sa_sigaction = libc::SIG_DFL;
-                    libc::sigemptyset(&mut sa.sa_mask);
-                    libc::sigaction(sig, &sa, std::ptr::null_mut());
-                }
-            }
+            // SAFETY: see above (the range is no longer used by the rest of `ops`).
+            ChildOp::Munmap { addr, len, fd } => unsafe { munmap(addr, len, fd) },
+            ChildOp::SetSigmask(set) => set_sigmask(set),
+            ChildOp::DefaultSignal(sig) => default_signal(sig),
             ChildOp::StopSelf => {
                 // SAFETY: getpid and kill are async-signal-safe syscalls on plain integers.
                 unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
             }
-            ChildOp::InstallSeccomp { prog, fd } => {
-                let install = || {
-                    // SAFETY: the kernel copies the BPF program that `prog` points to (built
-                    // before the fork, in inherited memory); nothing is written.
-                    unsafe {
-                        libc::syscall(
-                            libc::SYS_seccomp,
-                            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
-                            0 as libc::c_ulong,
-                            prog as *const libc::sock_fprog,
-                        )
-                    }
-                };
-                let mut rc = install();
-                if rc != 0 && errno() == libc::EACCES {
-                    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes plain integers.
-                    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-                    send(fd, TAG_NO_NEW_PRIVS, 1);
-                    rc = install();
-                }
-                if rc != 0 {
-                    send(fd, TAG_SECCOMP_ERRNO, errno().max(1) as u64);
-                    exit(EXIT_SECCOMP_FAILED);
-                }
-            }
+            ChildOp::InstallSeccomp { prog, fd } => install_seccomp(prog, fd),
             ChildOp::Exec {
                 path,
                 argv,
                 envp,
                 fd,
             } => {
-                // A malformed vector must never reach execve: the kernel reads until the null.
-                if argv.last().is_some_and(|p| p.is_null())
-                    && envp.last().is_some_and(|p| p.is_null())
-                {
-                    // SAFETY: `path` is a NUL-terminated string and both vectors are
-                    // null-terminated arrays of pointers to NUL-terminated strings, all built
-                    // before the fork and alive in inherited memory (caller's contract).
-                    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-                    send(fd, TAG_EXEC_ERRNO, errno().max(1) as u64);
-                } else {
-                    send(fd, TAG_EXEC_ERRNO, libc::EINVAL as u64);
-                }
-                exit(EXIT_EXEC_FAILED);
+                // SAFETY: see above (the vectors' pointers are alive, built before the fork).
+                unsafe { exec(path, argv, envp, fd) }
             }
         }
     }
     exit(0)
+}
+
+/// [`ChildOp::NoCoreDump`]: RLIMIT_CORE 0.
+fn no_core_dump() {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit only reads the local struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_CORE, &none) };
+}
+
+/// [`ChildOp::ReadByte`]: read one byte and send it.
+///
+/// # Safety
+/// `addr` is mapped readable, or the fault is the intended outcome.
+unsafe fn read_byte(addr: usize, fd: RawFd) {
+    // SAFETY: the caller guarantees addr is mapped readable, or that the fault is
+    // the intended outcome.
+    let b = unsafe { std::ptr::read_volatile(addr as *const u8) };
+    send(fd, TAG_BYTE, u64::from(b));
+}
+
+/// [`ChildOp::DieWithParent`]: PR_SET_PDEATHSIG SIGKILL.
+fn die_with_parent() {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no memory.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+}
+
+/// [`ChildOp::ReportFaults`]: SIGSEGV and SIGBUS report their address on `fd`, then kill.
+fn report_faults(fd: RawFd) {
+    FAULT_FD.store(fd, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: sigaction with a zeroed struct plus handler and flags; the handler
+    // only calls async-signal-safe `write`.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = fault_handler as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESETHAND;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut());
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+    }
+}
+
+/// [`ChildOp::WriteByte`]: one store.
+///
+/// # Safety
+/// `addr` is mapped writable, or the fault is the intended outcome.
+unsafe fn write_byte(addr: usize, byte: u8) {
+    // SAFETY: the caller guarantees addr is mapped writable, or that the fault is
+    // the intended outcome (the child then dies of the signal).
+    unsafe { std::ptr::write_volatile(addr as *mut u8, byte) };
+}
+
+/// [`ChildOp::Stamp`]: stamp `pages` pages from `addr` on.
+///
+/// # Safety
+/// `[addr, addr + pages * page_size)` is mapped writable and `page_size >= 9`.
+unsafe fn stamp_pages(addr: usize, first_index: usize, pages: usize, page_size: usize, side: u8) {
+    for i in 0..pages {
+        // SAFETY: the caller guarantees [addr, addr + pages*page_size) is mapped
+        // writable; `stamp_page` stays within one page.
+        unsafe { stamp_page(addr + i * page_size, first_index + i, page_size, side) };
+    }
+}
+
+/// [`ChildOp::ReadPages`]: read the first byte of each page.
+///
+/// # Safety
+/// The pages are mapped readable.
+unsafe fn read_pages(addr: usize, pages: usize, page_size: usize) {
+    for i in 0..pages {
+        // SAFETY: the caller guarantees the pages are mapped readable.
+        unsafe { std::ptr::read_volatile((addr + i * page_size) as *const u8) };
+    }
+}
+
+/// [`ChildOp::TimeWrites`]: per page, the time of a first store (a copy-on-write fault) and
+/// of a second one (owned).
+///
+/// # Safety
+/// The pages are mapped writable and at least 25 bytes long.
+unsafe fn time_writes(addr: usize, pages: usize, page_size: usize, fd: RawFd) {
+    for i in 0..pages {
+        let p = (addr + i * page_size) as *mut u8;
+        let t0 = now_ns();
+        // SAFETY: mapped writable (caller's guarantee); offsets 16 and 24 are
+        // within the page.
+        unsafe { std::ptr::write_volatile(p.add(16), 0xA5) };
+        let t1 = now_ns();
+        // SAFETY: as above.
+        unsafe { std::ptr::write_volatile(p.add(24), 0x5A) };
+        let t2 = now_ns();
+        send(fd, TAG_COW_NS, t1.saturating_sub(t0));
+        send(fd, TAG_OWNED_NS, t2.saturating_sub(t1));
+    }
+}
+
+/// [`ChildOp::Wait`]: block until one byte (or EOF) arrives on `fd`.
+fn wait_for_byte(fd: RawFd) {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reads at most 1 byte into a local.
+        let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+        if n >= 0 || errno() != libc::EINTR {
+            break;
+        }
+    }
+}
+
+/// [`ChildOp::Fork`]: a grandchild that runs `ops`; its pid goes to `fd`.
+///
+/// # Safety
+/// As [`run`] for `ops`.
+unsafe fn fork_and_run(ops: &[ChildOp<'_>], fd: RawFd) {
+    // SAFETY: we are single-threaded here (a fork child has one thread), and the
+    // grandchild only runs this same async-signal-safe interpreter.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: in the grandchild, straight after fork; `ops` obey the caller's
+        // contract for `run`.
+        unsafe { run(ops) };
+    }
+    if pid < 0 {
+        exit(EXIT_FORK_FAILED);
+    }
+    send(fd, TAG_PID, pid as u64);
+}
+
+/// [`ChildOp::ReapAll`]: wait for every child until none is left.
+fn reap_all() {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only to the local `status`.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r < 0 && errno() != libc::EINTR {
+            break;
+        }
+    }
+}
+
+/// [`ChildOp::TryLockFor`]: trylock every millisecond until taken or `timeout_ns` passed;
+/// sends tries, time and the outcome.
+///
+/// # Safety
+/// `mutex` points to an initialised default pthread mutex in inherited memory.
+unsafe fn try_lock_for(mutex: usize, timeout_ns: u64, fd: RawFd) {
+    let t0 = now_ns();
+    let mut tries = 0u64;
+    let acquired = loop {
+        tries += 1;
+        // SAFETY: the caller guarantees `mutex` points to an initialised default
+        // pthread mutex in inherited memory; trylock never blocks (see the op's
+        // docs for why it is fit for a fork child).
+        let rc = unsafe { libc::pthread_mutex_trylock(mutex as *mut _) };
+        if rc == 0 {
+            break true;
+        }
+        if now_ns().saturating_sub(t0) >= timeout_ns {
+            break false;
+        }
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        // SAFETY: nanosleep is async-signal-safe; it reads the local `pause` and
+        // may write nothing (null remainder). An EINTR just ends this pause early.
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+    };
+    send(fd, TAG_LOCK_TRIES, tries);
+    send(fd, TAG_LOCK_WAITED_NS, now_ns().saturating_sub(t0));
+    send(fd, TAG_LOCK_ACQUIRED, u64::from(acquired));
+}
+
+/// [`ChildOp::MapAnon`]: fresh anonymous memory over `[addr, addr + len)` (MAP_FIXED).
+///
+/// # Safety
+/// The range is the child's own and nothing the child still uses lives there.
+unsafe fn map_anon(addr: usize, len: usize) {
+    // SAFETY: MAP_FIXED over a range the caller guarantees is the child's own
+    // (see the op's docs); mmap is a plain syscall.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if p as usize != addr {
+        exit(EXIT_MMAP_FAILED);
+    }
+}
+
+/// [`ChildOp::ResumeOnOrphan`]: a session of its own, deaf to the stop signals, waiting on
+/// `fd`; at EOF (the parent died) SIGCONT to every process named.
+fn resume_on_orphan(fd: RawFd, pids: &[i32], pidfds: &[RawFd]) {
+    // SAFETY: setsid and sigaction with SIG_IGN are async-signal-safe syscalls
+    // touching only a zeroed local struct.
+    unsafe {
+        libc::setsid();
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_IGN;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for sig in [
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGHUP,
+            libc::SIGTERM,
+            libc::SIGPIPE,
+            libc::SIGTSTP,
+        ] {
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    let mut b = 0u8;
+    let n = loop {
+        // SAFETY: reads at most 1 byte into a local.
+        let n = unsafe { libc::read(fd, (&raw mut b).cast(), 1) };
+        if n >= 0 || errno() != libc::EINTR {
+            break n;
+        }
+    };
+    if n == 0 {
+        for (k, &pid) in pids.iter().enumerate() {
+            let pidfd = pidfds.get(k).copied().unwrap_or(-1);
+            // SAFETY: pidfd_send_signal and kill take plain integers (a null
+            // siginfo); both are async-signal-safe syscalls.
+            let sent = pidfd >= 0
+                && unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd,
+                        libc::SIGCONT,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                } == 0;
+            if !sent && pidfd < 0 {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+            }
+        }
+    }
+}
+
+/// [`ChildOp::Mprotect`]: mprotect, result sent.
+///
+/// # Safety
+/// Later ops access the range only as `prot` allows (or the fault is the outcome).
+unsafe fn mprotect(addr: usize, len: usize, prot: i32, fd: RawFd) {
+    // SAFETY: mprotect(2) is a plain syscall on the child's own copy of the address
+    // space; the caller names a range that later ops access as `prot` allows.
+    let rc = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
+    send(fd, TAG_SYSCALL_RESULT, result(rc as i64));
+}
+
+/// [`ChildOp::Vmsplice`]: vmsplice the range into `pipe`, result sent.
+///
+/// # Safety
+/// The range is mapped readable.
+unsafe fn vmsplice(pipe: RawFd, addr: usize, len: usize, fd: RawFd) {
+    let iov = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: vmsplice reads the one local iovec; the range is mapped readable
+    // (caller's guarantee). The pipe only takes references to the pages.
+    let n = unsafe { libc::vmsplice(pipe, &iov, 1, 0) };
+    send(fd, TAG_SYSCALL_RESULT, result(n as i64));
+}
+
+/// [`ChildOp::ReadFile`]: pread into the range, result sent.
+///
+/// # Safety
+/// `[addr, addr + len)` is mapped writable.
+unsafe fn read_file(file: RawFd, addr: usize, len: usize, offset: i64, fd: RawFd) {
+    // SAFETY: pread writes at most `len` bytes to [addr, addr + len), which the
+    // caller guarantees is mapped writable.
+    let n = unsafe { libc::pread(file, addr as *mut libc::c_void, len, offset) };
+    send(fd, TAG_SYSCALL_RESULT, result(n as i64));
+}
+
+/// [`ChildOp::Munmap`]: munmap, 0 or the errno sent.
+///
+/// # Safety
+/// Nothing the rest of the program uses lives in the range.
+unsafe fn munmap(addr: usize, len: usize, fd: RawFd) {
+    // SAFETY: munmap(2) is a plain syscall; the caller names a range of the child's
+    // own copy of the address space that the rest of `ops` no longer uses.
+    let rc = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+    let result = if rc == 0 { 0 } else { errno().max(1) as u64 };
+    send(fd, TAG_MUNMAP_RESULT, result);
+}
+
+/// [`ChildOp::SetSigmask`]: the blocked-signal mask becomes `set`.
+fn set_sigmask(set: &libc::sigset_t) {
+    // SAFETY: sigprocmask reads the caller's sigset (inherited memory, built before
+    // the fork) and writes nothing (null old set); async-signal-safe.
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, set, std::ptr::null_mut()) };
+}
+
+/// [`ChildOp::DefaultSignal`]: `sig` back to SIG_DFL.
+fn default_signal(sig: i32) {
+    // SAFETY: a zeroed sigaction is SIG_DFL with an empty mask and no flags;
+    // sigaction only reads it.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// [`ChildOp::InstallSeccomp`]: the filter (PR_SET_NO_NEW_PRIVS first when unprivileged,
+/// which is sent); a failure sends the errno and exits.
+fn install_seccomp(prog: &libc::sock_fprog, fd: RawFd) {
+    let install = || {
+        // SAFETY: the kernel copies the BPF program that `prog` points to (built
+        // before the fork, in inherited memory); nothing is written.
+        unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+                0 as libc::c_ulong,
+                prog as *const libc::sock_fprog,
+            )
+        }
+    };
+    let mut rc = install();
+    if rc != 0 && errno() == libc::EACCES {
+        // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1) takes plain integers.
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        send(fd, TAG_NO_NEW_PRIVS, 1);
+        rc = install();
+    }
+    if rc != 0 {
+        send(fd, TAG_SECCOMP_ERRNO, errno().max(1) as u64);
+        exit(EXIT_SECCOMP_FAILED);
+    }
+}
+
+/// [`ChildOp::Exec`]: execve; on failure the errno is sent and the child exits 127.
+///
+/// # Safety
+/// Every pointer in `argv` and `envp` but the last points to a NUL-terminated string alive
+/// in inherited memory.
+unsafe fn exec(
+    path: &std::ffi::CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    fd: RawFd,
+) -> ! {
+    // A malformed vector must never reach execve: the kernel reads until the null.
+    if argv.last().is_some_and(|p| p.is_null()) && envp.last().is_some_and(|p| p.is_null()) {
+        // SAFETY: `path` is a NUL-terminated string and both vectors are
+        // null-terminated arrays of pointers to NUL-terminated strings, all built
+        // before the fork and alive in inherited memory (caller's contract).
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        send(fd, TAG_EXEC_ERRNO, errno().max(1) as u64);
+    } else {
+        send(fd, TAG_EXEC_ERRNO, libc::EINVAL as u64);
+    }
+    exit(EXIT_EXEC_FAILED);
 }
 
 /// Fill one page: index (u64 LE), side marker, then the marker repeated.

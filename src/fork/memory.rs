@@ -272,6 +272,9 @@ fn ensure_setting(
     Ok(())
 }
 
+/// A stage of [`prepare`] that may find a feature missing: `Ok(Err(reason))` is a skip.
+type Stage<T> = Result<std::result::Result<T, String>>;
+
 /// Prepare the scenario's memory: map it, prove it formed, apply the before-fork steps.
 ///
 /// # Errors
@@ -289,155 +292,25 @@ pub fn prepare(
         .ok_or_else(|| Error::usage(format!("{} pages overflow the address space", s.pages)))?;
     let mut guard = SysfsGuard::default();
     let mut changed = Vec::new();
-    macro_rules! skip {
+    macro_rules! or_skip {
         ($e:expr) => {
-            return Ok(Prepared::Skip($e))
+            match $e {
+                Ok(v) => v,
+                Err(reason) => return Ok(Prepared::Skip(reason)),
+            }
         };
     }
     // ── what the kind needs from the machine ─────────────────────────────────────────────
-    if s.memory.is_thp() {
-        if let Some(r) = thp_unavailable(&guard, allow) {
-            skip!(r);
-        }
-        if crate::kernel::thp_enabled() == "never" {
-            if let Err(r) = ensure_setting(
-                &mut guard,
-                allow,
-                &format!("{THP_DIR}/enabled"),
-                &["always", "madvise"],
-                "madvise",
-                "THP",
-                &mut changed,
-            ) {
-                skip!(r);
-            }
-        }
-    }
-    match s.memory {
-        MemoryKind::HugeZeroPage => {
-            if let Err(r) = ensure_setting(
-                &mut guard,
-                allow,
-                &format!("{THP_DIR}/use_zero_page"),
-                &["1"],
-                "1",
-                "the huge zero page",
-                &mut changed,
-            ) {
-                skip!(r);
-            }
-        }
-        MemoryKind::Thp { .. } => {
-            let f = format!("{THP_DIR}/hugepages-{pmd_kb}kB/enabled");
-            if Path::new(&f).exists() {
-                if let Err(r) = ensure_setting(
-                    &mut guard,
-                    allow,
-                    &f,
-                    &["always", "madvise", "inherit"],
-                    "inherit",
-                    "PMD-sized THP",
-                    &mut changed,
-                ) {
-                    skip!(r);
-                }
-            }
-        }
-        MemoryKind::Mthp { size_kb } => {
-            let f = format!("{THP_DIR}/hugepages-{size_kb}kB/enabled");
-            if !Path::new(&f).exists() {
-                skip!(format!(
-                    "the kernel offers no {size_kb} kB anonymous THP size (no {f}; multi-size THP needs Linux 6.8+)"
-                ));
-            }
-            if let Err(r) = ensure_setting(
-                &mut guard,
-                allow,
-                &f,
-                &["always", "madvise"],
-                "madvise",
-                &format!("{size_kb} kB mTHP"),
-                &mut changed,
-            ) {
-                skip!(r);
-            }
-        }
-        MemoryKind::Hugetlb { size_kb } => {
-            let dir = format!("/sys/kernel/mm/hugepages/hugepages-{size_kb}kB");
-            if !Path::new(&dir).exists() {
-                skip!(format!(
-                    "the kernel has no {size_kb} kB hugetlb pages ({dir})"
-                ));
-            }
-            let read = |f: &str| -> u64 {
-                crate::kernel::read_setting(&format!("{dir}/{f}"))
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            // The child's write needs a second huge page (cow.c: fewer can end in SIGBUS).
-            let need = 2 * (s.pages * page).div_ceil(size_kb as usize * 1024) as u64;
-            let free = read("free_hugepages");
-            if free < need {
-                if !allow.sysfs {
-                    skip!(format!(
-                        "needs {need} free {size_kb} kB huge pages, {dir}/free_hugepages is {free}; pass --allow-sysfs (root) to reserve them for this case"
-                    ));
-                }
-                if !is_root() {
-                    skip!(format!(
-                        "needs {need} free {size_kb} kB huge pages ({free} free), and reserving them needs root"
-                    ));
-                }
-                let nr = read("nr_hugepages");
-                let want = nr + need - free;
-                if let Err(e) = guard.set(&format!("{dir}/nr_hugepages"), &want.to_string()) {
-                    skip!(format!("reserving huge pages: {e}"));
-                }
-                changed.push(format!("{dir}/nr_hugepages: {nr} -> {want}"));
-                if read("free_hugepages") < need {
-                    skip!(format!(
-                        "the kernel reserved fewer than {need} free {size_kb} kB huge pages (memory too fragmented)"
-                    ));
-                }
-            }
-        }
-        _ => {}
-    }
-    let mut swap = None;
-    if s.prepare.contains(&Prep::PageOut) && !swap_active() {
-        if !allow.sysfs {
-            skip!("no swap is active, so MADV_PAGEOUT cannot page anonymous memory out; pass --allow-sysfs (root) to add a temporary swap file for this case".into());
-        }
-        if !is_root() {
-            skip!("no swap is active, and adding a swap file needs root".into());
-        }
-        let Some(dir) = disk_dir() else {
-            skip!("no swap is active and no disk filesystem for a temporary swap file (tmpfs cannot hold one)".into());
-        };
-        match SwapFile::create(&dir, 16, page) {
-            Ok(f) => {
-                changed.push(format!(
-                    "swap file {}/cowscope-swap-{} (16 MiB), removed afterwards",
-                    dir.display(),
-                    std::process::id()
-                ));
-                swap = Some(f);
-            }
-            Err(e) => skip!(format!(
-                "could not add a temporary swap file in {}: {e}",
-                dir.display()
-            )),
-        }
-    }
-    let direct_dir = if s.uses_direct_file() {
-        match disk_dir() {
-            Some(d) => Some(d),
-            None => skip!("O_DIRECT needs a disk filesystem and every candidate directory (TMPDIR, /var/tmp, the current one) is tmpfs or ramfs".into()),
-        }
-    } else {
-        None
-    };
+    or_skip!(settle_the_settings(
+        s,
+        page,
+        pmd_kb,
+        allow,
+        &mut guard,
+        &mut changed
+    ));
+    let swap = or_skip!(swap_for_pageout(s, page, allow, &mut changed));
+    let direct_dir = or_skip!(dir_for_direct_io(s));
 
     // ── map and populate ─────────────────────────────────────────────────────────────────
     let mut m = Memory {
@@ -459,6 +332,207 @@ pub fn prepare(
         _swap: swap,
     };
     let unit = s.unit(page, pmd_kb);
+    or_skip!(map_the_kind(s, &mut m, bytes, pmd_kb, unit)?);
+
+    // ── prove the kind formed ────────────────────────────────────────────────────────────
+    if let Some(reason) = prove_formed(s, sys, &mut m, unit)? {
+        return Ok(Prepared::Skip(reason));
+    }
+    if let MemoryKind::Thp { layout } = s.memory {
+        if let Some(reason) = apply_layout(s, &mut m, layout, unit)? {
+            return Ok(Prepared::Skip(reason));
+        }
+    }
+
+    // ── the parent's before-fork steps ───────────────────────────────────────────────────
+    if s.uses_pipe() {
+        open_the_vmsplice_pipe(s, &mut m)?;
+    }
+    or_skip!(apply_the_before_fork_steps(s, &mut m, bytes)?);
+    if let Some(dir) = direct_dir {
+        or_skip!(open_the_direct_file(s, &mut m, &dir)?);
+    }
+    Ok(Prepared::Ready(Box::new(m)))
+}
+
+/// Make the sysfs settings the kind needs (THP enabled, the huge zero page, the PMD or mTHP
+/// size enabled, enough free hugetlb pages), as `allow` permits, or say why not.
+fn settle_the_settings(
+    s: &Scenario,
+    page: usize,
+    pmd_kb: u64,
+    allow: Allow,
+    guard: &mut SysfsGuard,
+    changed: &mut Vec<String>,
+) -> std::result::Result<(), String> {
+    if s.memory.is_thp() {
+        if let Some(r) = thp_unavailable(guard, allow) {
+            return Err(r);
+        }
+        if crate::kernel::thp_enabled() == "never" {
+            ensure_setting(
+                guard,
+                allow,
+                &format!("{THP_DIR}/enabled"),
+                &["always", "madvise"],
+                "madvise",
+                "THP",
+                changed,
+            )?;
+        }
+    }
+    match s.memory {
+        MemoryKind::HugeZeroPage => ensure_setting(
+            guard,
+            allow,
+            &format!("{THP_DIR}/use_zero_page"),
+            &["1"],
+            "1",
+            "the huge zero page",
+            changed,
+        ),
+        MemoryKind::Thp { .. } => {
+            let f = format!("{THP_DIR}/hugepages-{pmd_kb}kB/enabled");
+            if !Path::new(&f).exists() {
+                return Ok(());
+            }
+            ensure_setting(
+                guard,
+                allow,
+                &f,
+                &["always", "madvise", "inherit"],
+                "inherit",
+                "PMD-sized THP",
+                changed,
+            )
+        }
+        MemoryKind::Mthp { size_kb } => {
+            let f = format!("{THP_DIR}/hugepages-{size_kb}kB/enabled");
+            if !Path::new(&f).exists() {
+                return Err(format!(
+                    "the kernel offers no {size_kb} kB anonymous THP size (no {f}; multi-size THP needs Linux 6.8+)"
+                ));
+            }
+            ensure_setting(
+                guard,
+                allow,
+                &f,
+                &["always", "madvise"],
+                "madvise",
+                &format!("{size_kb} kB mTHP"),
+                changed,
+            )
+        }
+        MemoryKind::Hugetlb { size_kb } => {
+            reserve_huge_pages(s, page, size_kb, allow, guard, changed)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Enough free hugetlb pages of `size_kb` for the scenario and the copy a write makes,
+/// reserved through `guard` when `allow` permits, or why not.
+fn reserve_huge_pages(
+    s: &Scenario,
+    page: usize,
+    size_kb: u64,
+    allow: Allow,
+    guard: &mut SysfsGuard,
+    changed: &mut Vec<String>,
+) -> std::result::Result<(), String> {
+    let dir = format!("/sys/kernel/mm/hugepages/hugepages-{size_kb}kB");
+    if !Path::new(&dir).exists() {
+        return Err(format!(
+            "the kernel has no {size_kb} kB hugetlb pages ({dir})"
+        ));
+    }
+    let read = |f: &str| -> u64 {
+        crate::kernel::read_setting(&format!("{dir}/{f}"))
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    // The child's write needs a second huge page (cow.c: fewer can end in SIGBUS).
+    let need = 2 * (s.pages * page).div_ceil(size_kb as usize * 1024) as u64;
+    let free = read("free_hugepages");
+    if free >= need {
+        return Ok(());
+    }
+    if !allow.sysfs {
+        return Err(format!(
+            "needs {need} free {size_kb} kB huge pages, {dir}/free_hugepages is {free}; pass --allow-sysfs (root) to reserve them for this case"
+        ));
+    }
+    if !is_root() {
+        return Err(format!(
+            "needs {need} free {size_kb} kB huge pages ({free} free), and reserving them needs root"
+        ));
+    }
+    let nr = read("nr_hugepages");
+    let want = nr + need - free;
+    if let Err(e) = guard.set(&format!("{dir}/nr_hugepages"), &want.to_string()) {
+        return Err(format!("reserving huge pages: {e}"));
+    }
+    changed.push(format!("{dir}/nr_hugepages: {nr} -> {want}"));
+    if read("free_hugepages") < need {
+        return Err(format!(
+            "the kernel reserved fewer than {need} free {size_kb} kB huge pages (memory too fragmented)"
+        ));
+    }
+    Ok(())
+}
+
+/// A temporary swap file when the scenario pages out and no swap is active (`allow`
+/// permitting), or why MADV_PAGEOUT cannot work here.
+fn swap_for_pageout(
+    s: &Scenario,
+    page: usize,
+    allow: Allow,
+    changed: &mut Vec<String>,
+) -> std::result::Result<Option<SwapFile>, String> {
+    if !s.prepare.contains(&Prep::PageOut) || swap_active() {
+        return Ok(None);
+    }
+    if !allow.sysfs {
+        return Err("no swap is active, so MADV_PAGEOUT cannot page anonymous memory out; pass --allow-sysfs (root) to add a temporary swap file for this case".into());
+    }
+    if !is_root() {
+        return Err("no swap is active, and adding a swap file needs root".into());
+    }
+    let Some(dir) = disk_dir() else {
+        return Err("no swap is active and no disk filesystem for a temporary swap file (tmpfs cannot hold one)".into());
+    };
+    match SwapFile::create(&dir, 16, page) {
+        Ok(f) => {
+            changed.push(format!(
+                "swap file {}/cowscope-swap-{} (16 MiB), removed afterwards",
+                dir.display(),
+                std::process::id()
+            ));
+            Ok(Some(f))
+        }
+        Err(e) => Err(format!(
+            "could not add a temporary swap file in {}: {e}",
+            dir.display()
+        )),
+    }
+}
+
+/// The disk directory for the O_DIRECT file, when the scenario reads one.
+fn dir_for_direct_io(s: &Scenario) -> std::result::Result<Option<PathBuf>, String> {
+    if !s.uses_direct_file() {
+        return Ok(None);
+    }
+    match disk_dir() {
+        Some(d) => Ok(Some(d)),
+        None => Err("O_DIRECT needs a disk filesystem and every candidate directory (TMPDIR, /var/tmp, the current one) is tmpfs or ramfs".into()),
+    }
+}
+
+/// Map the scenario's kind of memory into `m` and populate it: hugetlb, a file or memfd,
+/// else an arena.
+fn map_the_kind(s: &Scenario, m: &mut Memory, bytes: usize, pmd_kb: u64, unit: usize) -> Stage<()> {
+    let page = m.page_size;
     match s.memory {
         MemoryKind::Hugetlb { size_kb } => {
             let huge = size_kb as usize * 1024;
@@ -472,32 +546,14 @@ pub fn prepare(
                     m.raw = Some(raw);
                     m.base = base;
                 }
-                Err(e) => skip!(format!("hugetlb mapping refused: {e}")),
+                Err(e) => return Ok(Err(format!("hugetlb mapping refused: {e}"))),
             }
             stamp_all(m.base, s.pages, page, true);
         }
         MemoryKind::File | MemoryKind::Memfd => {
-            let f = if s.memory == MemoryKind::File {
-                let dir = std::env::temp_dir();
-                match stamped_file(&dir, s.pages, page, side::PARENT_BEFORE) {
-                    Ok(f) => f,
-                    Err(e) => skip!(format!("no file for the mapping: {e}")),
-                }
-            } else {
-                let name = CString::new("cowscope").unwrap_or_default();
-                // SAFETY: memfd_create reads the C string only.
-                let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-                if fd < 0 {
-                    skip!(format!(
-                        "memfd_create failed: {}",
-                        std::io::Error::last_os_error()
-                    ));
-                }
-                // SAFETY: fd is a fresh descriptor we own.
-                let f = unsafe { File::from_raw_fd(fd) };
-                f.set_len(bytes as u64)
-                    .map_err(|e| Error::io("sizing the memfd", e))?;
-                f
+            let f = match backing_file(s, bytes, page)? {
+                Ok(f) => f,
+                Err(reason) => return Ok(Err(reason)),
             };
             let share = match s.mapping {
                 super::scenarios::Mapping::Private => libc::MAP_PRIVATE,
@@ -514,68 +570,95 @@ pub fn prepare(
             }
         }
         _ => {
-            let mut cfg = ArenaConfig::new(bytes);
-            if s.mapping == super::scenarios::Mapping::Shared {
-                cfg = cfg.shared();
-            }
-            match s.advice {
-                super::scenarios::ForkAdvice::WipeOnFork => cfg = cfg.advise(Advice::WipeOnFork),
-                super::scenarios::ForkAdvice::DontFork => cfg = cfg.advise(Advice::DontFork),
-                super::scenarios::ForkAdvice::None => {}
-            }
-            if let Some(u) = s.memory.unit_pages(page, pmd_kb) {
-                cfg = cfg.align(u * page).advise(Advice::HugePage);
-            } else if s.memory == MemoryKind::ZeroPage {
-                cfg = cfg.advise(Advice::NoHugePage);
-            }
-            if s.memory == MemoryKind::Seed09a {
-                cfg = ArenaConfig::new(bytes);
-            }
-            let arena = Arena::new(cfg)?;
+            let arena = Arena::new(arena_config(s, bytes, page, pmd_kb))?;
             m.base = arena.base_addr();
             m.arena = Some(arena);
-            populate_arena(s, &mut m, unit)?;
+            populate_arena(s, m, unit)?;
         }
     }
+    Ok(Ok(()))
+}
 
-    // ── prove the kind formed ────────────────────────────────────────────────────────────
-    if let Some(reason) = prove_formed(s, sys, &mut m, unit)? {
-        skip!(reason);
+/// The file behind a file or memfd mapping: a stamped temporary file, or a memfd of `bytes`.
+fn backing_file(s: &Scenario, bytes: usize, page: usize) -> Stage<File> {
+    if s.memory == MemoryKind::File {
+        let dir = std::env::temp_dir();
+        return Ok(stamped_file(&dir, s.pages, page, side::PARENT_BEFORE)
+            .map_err(|e| format!("no file for the mapping: {e}")));
     }
-    if let MemoryKind::Thp { layout } = s.memory {
-        if let Some(reason) = apply_layout(s, &mut m, layout, unit)? {
-            skip!(reason);
-        }
+    let name = CString::new("cowscope").unwrap_or_default();
+    // SAFETY: memfd_create reads the C string only.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Ok(Err(format!(
+            "memfd_create failed: {}",
+            std::io::Error::last_os_error()
+        )));
     }
+    // SAFETY: fd is a fresh descriptor we own.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(bytes as u64)
+        .map_err(|e| Error::io("sizing the memfd", e))?;
+    Ok(Ok(f))
+}
 
-    // ── the parent's before-fork steps ───────────────────────────────────────────────────
-    if s.uses_pipe() {
-        let (r, w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(|e| Error::io("creating the vmsplice pipe", e))?;
-        // Only the read end is non-blocking (the parent drains it); a vmsplice must block
-        // rather than splice part of a range.
-        nix::fcntl::fcntl(
-            &w,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-        )
-        .map_err(|e| Error::io("configuring the vmsplice pipe", e))?;
-        let spliced = s.vmspliced();
-        let mut want = Vec::with_capacity(spliced.len() * page);
-        for &p in &spliced {
-            // SAFETY: page p < pages (checked by `select`) lies in the mapped arena range.
-            let bytes =
-                unsafe { std::slice::from_raw_parts((m.base + p * page) as *const u8, page) };
-            want.extend_from_slice(bytes);
-        }
-        m.pipe_expected = Some(want);
-        m.pipe = Some((r, w));
+/// The arena of an anonymous kind: shared or private, fork advice, alignment and THP advice
+/// by the kind (seed-09a: the seed's plain arena).
+fn arena_config(s: &Scenario, bytes: usize, page: usize, pmd_kb: u64) -> ArenaConfig {
+    if s.memory == MemoryKind::Seed09a {
+        return ArenaConfig::new(bytes);
     }
+    let mut cfg = ArenaConfig::new(bytes);
+    if s.mapping == super::scenarios::Mapping::Shared {
+        cfg = cfg.shared();
+    }
+    match s.advice {
+        super::scenarios::ForkAdvice::WipeOnFork => cfg = cfg.advise(Advice::WipeOnFork),
+        super::scenarios::ForkAdvice::DontFork => cfg = cfg.advise(Advice::DontFork),
+        super::scenarios::ForkAdvice::None => {}
+    }
+    if let Some(u) = s.memory.unit_pages(page, pmd_kb) {
+        cfg = cfg.align(u * page).advise(Advice::HugePage);
+    } else if s.memory == MemoryKind::ZeroPage {
+        cfg = cfg.advise(Advice::NoHugePage);
+    }
+    cfg
+}
+
+/// The pipe the vmsplice step splices into, and the bytes it must yield later (the spliced
+/// pages' pre-fork content).
+fn open_the_vmsplice_pipe(s: &Scenario, m: &mut Memory) -> Result<()> {
+    let page = m.page_size;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(|e| Error::io("creating the vmsplice pipe", e))?;
+    // Only the read end is non-blocking (the parent drains it); a vmsplice must block
+    // rather than splice part of a range.
+    nix::fcntl::fcntl(
+        &w,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(|e| Error::io("configuring the vmsplice pipe", e))?;
+    let spliced = s.vmspliced();
+    let mut want = Vec::with_capacity(spliced.len() * page);
+    for &p in &spliced {
+        // SAFETY: page p < pages (checked by `select`) lies in the mapped arena range.
+        let bytes = unsafe { std::slice::from_raw_parts((m.base + p * page) as *const u8, page) };
+        want.extend_from_slice(bytes);
+    }
+    m.pipe_expected = Some(want);
+    m.pipe = Some((r, w));
+    Ok(())
+}
+
+/// The parent's before-fork steps, in order: MADV_FREE, MADV_PAGEOUT (proven: every page
+/// left for swap), vmsplice, an io_uring fixed buffer.
+fn apply_the_before_fork_steps(s: &Scenario, m: &mut Memory, bytes: usize) -> Stage<()> {
+    let page = m.page_size;
     for step in &s.prepare {
         match step {
-            Prep::MadvFree => advise(&m, libc::MADV_FREE, "MADV_FREE")?,
+            Prep::MadvFree => advise(m, libc::MADV_FREE, "MADV_FREE")?,
             Prep::PageOut => {
-                advise(&m, libc::MADV_PAGEOUT, "MADV_PAGEOUT")?;
+                advise(m, libc::MADV_PAGEOUT, "MADV_PAGEOUT")?;
                 let pm = Pagemap::open(nix::unistd::getpid().as_raw())
                     .map_err(|e| Error::io("opening our pagemap", e))?;
                 let e = pm
@@ -583,11 +666,11 @@ pub fn prepare(
                     .map_err(|e| Error::io("reading our pagemap", e))?;
                 let out = e.iter().filter(|x| x.swapped() && !x.present()).count();
                 if out < s.pages {
-                    skip!(format!(
+                    return Ok(Err(format!(
                         "MADV_PAGEOUT left {} of {} pages in memory (swap full or unavailable)",
                         s.pages - out,
                         s.pages
-                    ));
+                    )));
                 }
             }
             Prep::Vmsplice { pages } => {
@@ -609,25 +692,33 @@ pub fn prepare(
             }
             Prep::RegisterFixedBuffer => match register_fixed_buffer(m.base, bytes) {
                 Ok(ring) => m._ring = Some(ring),
-                Err(reason) => skip!(reason),
+                Err(reason) => return Ok(Err(reason)),
             },
         }
     }
-    if let Some(dir) = direct_dir {
-        let f = stamped_file(&dir, s.pages, page, side::DIRECT_FILE)?;
-        // Reopen the same inode with O_DIRECT through /proc/self/fd.
-        let path = format!("/proc/self/fd/{}", f.as_raw_fd());
-        use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-        {
-            Ok(d) => m.direct_file = Some(d),
-            Err(e) => skip!(format!("{} does not support O_DIRECT: {e}", dir.display())),
+    Ok(Ok(()))
+}
+
+/// The stamped file the O_DIRECT read step reads, reopened with O_DIRECT.
+fn open_the_direct_file(s: &Scenario, m: &mut Memory, dir: &Path) -> Stage<()> {
+    let f = stamped_file(dir, s.pages, m.page_size, side::DIRECT_FILE)?;
+    // Reopen the same inode with O_DIRECT through /proc/self/fd.
+    let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+    {
+        Ok(d) => {
+            m.direct_file = Some(d);
+            Ok(Ok(()))
         }
+        Err(e) => Ok(Err(format!(
+            "{} does not support O_DIRECT: {e}",
+            dir.display()
+        ))),
     }
-    Ok(Prepared::Ready(Box::new(m)))
 }
 
 fn advise(m: &Memory, advice: i32, name: &str) -> Result<()> {
@@ -940,7 +1031,7 @@ pub fn ops_for(op: &Op, m: &Memory, report_fd: RawFd, marker: u8) -> Vec<child::
         Op::WriteByte { pages } => {
             for &p in pages {
                 v.push(ChildOp::WriteByte {
-                    addr: base + p * page + super::judge::HEAD / 2,
+                    addr: base + p * page + super::evidence::HEAD / 2,
                     byte: marker,
                 });
             }
@@ -1034,7 +1125,7 @@ pub fn do_in_parent(op: &Op, m: &Memory) -> Option<String> {
                 // SAFETY: as above.
                 unsafe {
                     std::ptr::write_volatile(
-                        (base + p * page + super::judge::HEAD / 2) as *mut u8,
+                        (base + p * page + super::evidence::HEAD / 2) as *mut u8,
                         side::PARENT_AFTER,
                     )
                 };

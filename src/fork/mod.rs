@@ -4,6 +4,7 @@
 
 pub mod child;
 pub mod classify;
+pub mod evidence;
 pub mod judge;
 pub mod memory;
 pub mod observe;
@@ -20,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::mem::system::SystemInfo;
 use classify::{ClassCounts, PageClass};
-pub use judge::{ExpectedSmaps, Finding, SmapsFigures, Verdict, VerdictState};
+pub use evidence::SmapsFigures;
+pub use judge::{ExpectedSmaps, Finding, Verdict, VerdictState};
 use subject::ExitInfo;
 
 /// What `fork-report` was asked.

@@ -2,9 +2,8 @@
 //! Page tables first (pagemap, kpagecount, kpageflags, smaps); content last (reading bytes can
 //! fault pages in).
 
-use std::collections::HashMap;
-
 use super::classify::PageWitness;
+use super::evidence::{PfnMap, SmapsFigures};
 use crate::mem::kpage::{Kpage, KpageFlags};
 use crate::mem::pagemap::{Pagemap, PagemapEntry};
 use crate::mem::smaps::{self, SmapsEntry};
@@ -39,11 +38,11 @@ impl ProcessSample {
     }
 
     /// smaps figures summed over the range's VMAs (None when the process maps none of it).
-    pub fn figures(&self) -> Option<super::judge::SmapsFigures> {
+    pub fn figures(&self) -> Option<SmapsFigures> {
         if self.vmas.is_empty() {
             return None;
         }
-        let mut f = super::judge::SmapsFigures::default();
+        let mut f = SmapsFigures::default();
         for v in &self.vmas {
             f.rss_kb += v.rss_kb;
             f.pss_kb += v.pss_kb;
@@ -98,28 +97,6 @@ pub fn sample(pid: i32, base: u64, pages: usize, page_size: usize) -> crate::Res
         page_size,
     })
 }
-
-/// A hasher for PFN keys: one multiply (Fibonacci hashing). PFNs are not attacker-chosen, and
-/// SipHash showed up as the top cost of judging a 1 GiB arena.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PfnHasher(u64);
-
-impl std::hash::Hasher for PfnHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-/// A map keyed by PFN.
-pub type PfnMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PfnHasher>>;
 
 /// kpagecount and kpageflags of every distinct PFN in `samples`, when the kernel lets us read
 /// them; empty maps otherwise.

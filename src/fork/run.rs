@@ -12,7 +12,8 @@
 use std::time::{Duration, Instant};
 
 use super::child::{self, ChildOp, TAG_COW_NS, TAG_OWNED_NS, TAG_PID, side};
-use super::judge::{self, Evidence, HEAD, Judgement, ProcessSeen, Verdict};
+use super::evidence::{Evidence, HEAD, PfnMap, ProcessSeen};
+use super::judge::{self, Judgement, Verdict};
 use super::memory::{self, Allow, Memory, Prepared};
 use super::observe::{self, ProcessSample};
 use super::scenarios::{ForkAdvice, MemoryKind, Op, ProcessPlan, Scenario, ThpLayout, role};
@@ -167,8 +168,6 @@ fn plan_ops(
     v
 }
 
-/// Fork every subject and let each run its steps; the parent's own after-fork steps run once
-/// every child reported ready, then children gated on them run their second half.
 /// [`Error::Interrupted`] once a deferred stop signal arrived.
 fn stop_check() -> Result<()> {
     match crate::kernel::stop_requested() {
@@ -177,6 +176,8 @@ fn stop_check() -> Result<()> {
     }
 }
 
+/// Fork every subject and let each run its steps; the parent's own after-fork steps run once
+/// every child reported ready, then children gated on them run their second half.
 fn spawn(
     s: &Scenario,
     sys: &SystemInfo,
@@ -185,7 +186,6 @@ fn spawn(
     progress: &Progress,
 ) -> Result<Spawned> {
     let track = sys.soft_dirty && s.advice == ForkAdvice::None;
-    let deadline = || Instant::now() + opts.timeout;
     let mut out = Spawned {
         procs: Vec::new(),
         fork_ns_observed: None,
@@ -195,134 +195,7 @@ fn spawn(
     for (i, plan) in s.children.iter().enumerate() {
         stop_check()?;
         progress.phase(&format!("fork {}/{}", i + 1, s.children.len()));
-        let path = vec![i];
-        let pipes = SubjectPipes::new()?;
-        let report = pipes.child_report_fd();
-        let mut ops: Vec<ChildOp<'_>> = pipes.prologue().to_vec();
-        if track {
-            // Wait until the parent has cleared our soft-dirty bits, then write.
-            ops.push(ChildOp::Wait(pipes.child_release_fd()));
-        }
-        ops.extend(plan_ops(plan, mem, report, side::CHILD, true));
-        // The grandchild, if any: its pipes exist before the child is forked.
-        let gplan = plan.grandchild();
-        let gc_pipes = match &gplan {
-            Some(_) => Some(SubjectPipes::new()?),
-            None => None,
-        };
-        let gc_ops: Vec<ChildOp<'_>> = match (&gplan, &gc_pipes) {
-            (Some(gp), Some(g)) => {
-                let mut v = vec![
-                    ChildOp::Close(pipes.child_report_fd()),
-                    ChildOp::Close(pipes.child_release_fd()),
-                    ChildOp::DieWithParent,
-                ];
-                v.extend(plan_ops(
-                    gp,
-                    mem,
-                    g.child_report_fd(),
-                    side::GRANDCHILD,
-                    true,
-                ));
-                v.extend(g.epilogue());
-                let [a, b] = g.parent_fds();
-                ops.push(ChildOp::Close(a));
-                ops.push(ChildOp::Close(b));
-                v
-            }
-            _ => Vec::new(),
-        };
-        if let Some(g) = &gc_pipes {
-            ops.push(ChildOp::Fork {
-                ops: &gc_ops,
-                fd: report,
-            });
-            ops.push(ChildOp::Close(g.child_report_fd()));
-            ops.push(ChildOp::Close(g.child_release_fd()));
-        }
-        if plan.hangs() {
-            // Block before reporting ready: only the timeout ends this child.
-            ops.push(ChildOp::Wait(pipes.child_release_fd()));
-        }
-        let gated = plan.ops.contains(&Op::AfterParent);
-        let [ready, wait, reap, exit] = pipes.epilogue();
-        if gated {
-            ops.extend([ready, wait]);
-            ops.extend(plan_ops(plan, mem, report, side::CHILD, false));
-        }
-        ops.extend([ready, wait]);
-        for op in &plan.ops {
-            if let Op::TouchAfterRelease { page } = op {
-                ops.push(ChildOp::WriteByte {
-                    addr: mem.base + page * mem.page_size,
-                    byte: side::CHILD,
-                });
-            }
-        }
-        ops.extend([reap, exit]);
-
-        let (mut subj, took) = subject::spawn(pipes, &ops)?;
-        if i == 0 {
-            out.fork_ns_observed = Some(took.as_nanos() as u64);
-        }
-        if track {
-            if let Err(e) = crate::kernel::clear_soft_dirty(subj.pid().as_raw()) {
-                out.notes.push(format!(
-                    "could not clear the soft-dirty bits of {}: {e}",
-                    role(&path)
-                ));
-                out.soft_dirty_tracked = false;
-            }
-            subj.open_gate();
-        }
-        let pid = subj.pid().as_raw();
-        let res = subj.wait_ready(deadline());
-        let mut gc = None;
-        let (ready, exit) = match res {
-            Ok(msgs) => {
-                if let Some(g) = gc_pipes {
-                    match msgs
-                        .iter()
-                        .find(|m| m.tag == TAG_PID)
-                        .map(|m| m.value as i32)
-                    {
-                        Some(gpid) => {
-                            let mut gs = Subject::adopt(g, gpid);
-                            let r = gs.wait_ready(deadline());
-                            gc = Some((gs, r));
-                        }
-                        None => out
-                            .notes
-                            .push(format!("{} reported no grandchild pid", role(&path))),
-                    }
-                }
-                (true, None)
-            }
-            Err(NotReady::Died(e) | NotReady::TimedOut(e)) => (false, Some(e)),
-        };
-        out.procs.push(Proc {
-            path,
-            subject: Some(subj),
-            pid,
-            ready,
-            exit,
-            gated,
-        });
-        if let Some((g, r)) = gc {
-            let gpid = g.pid().as_raw();
-            let (ready, exit) = match r {
-                Ok(_) => (true, None),
-                Err(NotReady::Died(e) | NotReady::TimedOut(e)) => (false, Some(e)),
-            };
-            out.procs.push(Proc {
-                path: vec![i, 0],
-                subject: Some(g),
-                pid: gpid,
-                ready,
-                exit,
-                gated: false,
-            });
-        }
+        spawn_child(i, plan, mem, opts, track, &mut out)?;
     }
     if out.soft_dirty_tracked {
         if let Err(e) = crate::kernel::clear_soft_dirty(nix::unistd::getpid().as_raw()) {
@@ -337,16 +210,188 @@ fn spawn(
             out.notes.push(n);
         }
     }
+    release_the_gated(&mut out, opts);
+    Ok(out)
+}
+
+/// Fork child `i` (and its grandchild, if its plan forks one), clear its soft-dirty bits
+/// when tracked, and wait until it and the grandchild report ready; both join `out.procs`.
+fn spawn_child(
+    i: usize,
+    plan: &ProcessPlan,
+    mem: &Memory,
+    opts: &ForkReportOptions,
+    track: bool,
+    out: &mut Spawned,
+) -> Result<()> {
+    let deadline = || Instant::now() + opts.timeout;
+    let path = vec![i];
+    let pipes = SubjectPipes::new()?;
+    // The grandchild, if any: its pipes exist before the child is forked.
+    let gplan = plan.grandchild();
+    let gc_pipes = match &gplan {
+        Some(_) => Some(SubjectPipes::new()?),
+        None => None,
+    };
+    let gc_ops = match (&gplan, &gc_pipes) {
+        (Some(gp), Some(g)) => grandchild_program(gp, mem, &pipes, g),
+        _ => Vec::new(),
+    };
+    let ops = child_program(plan, mem, track, &pipes, gc_pipes.as_ref(), &gc_ops);
+    let gated = plan.ops.contains(&Op::AfterParent);
+
+    let (mut subj, took) = subject::spawn(pipes, &ops)?;
+    if i == 0 {
+        out.fork_ns_observed = Some(took.as_nanos() as u64);
+    }
+    if track {
+        if let Err(e) = crate::kernel::clear_soft_dirty(subj.pid().as_raw()) {
+            out.notes.push(format!(
+                "could not clear the soft-dirty bits of {}: {e}",
+                role(&path)
+            ));
+            out.soft_dirty_tracked = false;
+        }
+        subj.open_gate();
+    }
+    let pid = subj.pid().as_raw();
+    let mut gc = None;
+    let (ready, exit) = match subj.wait_ready(deadline()) {
+        Ok(msgs) => {
+            if let Some(g) = gc_pipes {
+                match msgs
+                    .iter()
+                    .find(|m| m.tag == TAG_PID)
+                    .map(|m| m.value as i32)
+                {
+                    Some(gpid) => {
+                        let mut gs = Subject::adopt(g, gpid);
+                        let r = gs.wait_ready(deadline());
+                        gc = Some((gs, r));
+                    }
+                    None => out
+                        .notes
+                        .push(format!("{} reported no grandchild pid", role(&path))),
+                }
+            }
+            (true, None)
+        }
+        Err(NotReady::Died(e) | NotReady::TimedOut(e)) => (false, Some(e)),
+    };
+    out.procs.push(Proc {
+        path,
+        subject: Some(subj),
+        pid,
+        ready,
+        exit,
+        gated,
+    });
+    if let Some((g, r)) = gc {
+        let gpid = g.pid().as_raw();
+        let (ready, exit) = match r {
+            Ok(_) => (true, None),
+            Err(NotReady::Died(e) | NotReady::TimedOut(e)) => (false, Some(e)),
+        };
+        out.procs.push(Proc {
+            path: vec![i, 0],
+            subject: Some(g),
+            pid: gpid,
+            ready,
+            exit,
+            gated: false,
+        });
+    }
+    Ok(())
+}
+
+/// The grandchild's program: close the child's pipe ends, die with the child, its own steps,
+/// then its report and release.
+fn grandchild_program(
+    gp: &ProcessPlan,
+    mem: &Memory,
+    pipes: &SubjectPipes,
+    g: &SubjectPipes,
+) -> Vec<ChildOp<'static>> {
+    let mut v = vec![
+        ChildOp::Close(pipes.child_report_fd()),
+        ChildOp::Close(pipes.child_release_fd()),
+        ChildOp::DieWithParent,
+    ];
+    v.extend(plan_ops(
+        gp,
+        mem,
+        g.child_report_fd(),
+        side::GRANDCHILD,
+        true,
+    ));
+    v.extend(g.epilogue());
+    v
+}
+
+/// A child's program: its steps up to the gate (after the soft-dirty clear, when tracked),
+/// the grandchild's fork, ready and wait; the second half after the gate; the touch after
+/// release (DONTFORK); reap and exit.
+fn child_program<'a>(
+    plan: &ProcessPlan,
+    mem: &Memory,
+    track: bool,
+    pipes: &SubjectPipes,
+    gc_pipes: Option<&SubjectPipes>,
+    gc_ops: &'a [ChildOp<'a>],
+) -> Vec<ChildOp<'a>> {
+    let report = pipes.child_report_fd();
+    let mut ops: Vec<ChildOp<'_>> = pipes.prologue().to_vec();
+    if track {
+        // Wait until the parent has cleared our soft-dirty bits, then write.
+        ops.push(ChildOp::Wait(pipes.child_release_fd()));
+    }
+    ops.extend(plan_ops(plan, mem, report, side::CHILD, true));
+    if let Some(g) = gc_pipes {
+        let [a, b] = g.parent_fds();
+        ops.push(ChildOp::Close(a));
+        ops.push(ChildOp::Close(b));
+        ops.push(ChildOp::Fork {
+            ops: gc_ops,
+            fd: report,
+        });
+        ops.push(ChildOp::Close(g.child_report_fd()));
+        ops.push(ChildOp::Close(g.child_release_fd()));
+    }
+    if plan.hangs() {
+        // Block before reporting ready: only the timeout ends this child.
+        ops.push(ChildOp::Wait(pipes.child_release_fd()));
+    }
+    let [ready, wait, reap, exit] = pipes.epilogue();
+    if plan.ops.contains(&Op::AfterParent) {
+        ops.extend([ready, wait]);
+        ops.extend(plan_ops(plan, mem, report, side::CHILD, false));
+    }
+    ops.extend([ready, wait]);
+    for op in &plan.ops {
+        if let Op::TouchAfterRelease { page } = op {
+            ops.push(ChildOp::WriteByte {
+                addr: mem.base + page * mem.page_size,
+                byte: side::CHILD,
+            });
+        }
+    }
+    ops.extend([reap, exit]);
+    ops
+}
+
+/// Children gated on the parent's steps run their second half now; each must report ready
+/// again.
+fn release_the_gated(out: &mut Spawned, opts: &ForkReportOptions) {
     for p in out.procs.iter_mut().filter(|p| p.gated && p.ready) {
         if let Some(subj) = p.subject.as_mut() {
             subj.open_gate();
-            if let Err(NotReady::Died(e) | NotReady::TimedOut(e)) = subj.wait_ready(deadline()) {
+            let deadline = Instant::now() + opts.timeout;
+            if let Err(NotReady::Died(e) | NotReady::TimedOut(e)) = subj.wait_ready(deadline) {
                 p.ready = false;
                 p.exit = Some(e);
             }
         }
     }
-    Ok(out)
 }
 
 // ── observe ──────────────────────────────────────────────────────────────────────────────
@@ -356,8 +401,8 @@ fn spawn(
 struct Observed {
     parent: ProcessSample,
     samples: Vec<Option<ProcessSample>>,
-    counts: observe::PfnMap<u64>,
-    flags: observe::PfnMap<crate::mem::kpage::KpageFlags>,
+    counts: PfnMap<u64>,
+    flags: PfnMap<crate::mem::kpage::KpageFlags>,
     before: ProcessSample,
     heads: Vec<Option<Vec<u8>>>,
     parent_heads: Option<Vec<u8>>,

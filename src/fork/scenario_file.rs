@@ -251,8 +251,20 @@ pub fn load(path: &Path) -> Result<Vec<Scenario>> {
     parse(&text, &path.display().to_string())
 }
 
+/// A refusal: (JSON path suffix, message).
+type Checked = std::result::Result<(), (String, String)>;
+
 /// What can be checked of a scenario without running it: (JSON path suffix, message).
-fn check(s: &Scenario) -> std::result::Result<(), (String, String)> {
+fn check(s: &Scenario) -> Checked {
+    the_name_and_size_are_sane(s)?;
+    the_size_fits_the_kind(s)?;
+    the_mapping_fits_the_kind(s)?;
+    the_steps_fit_their_processes(s)?;
+    every_expectation_names_a_process(s)
+}
+
+/// A one-word name, and 1..=MAX_PAGES pages.
+fn the_name_and_size_are_sane(s: &Scenario) -> Checked {
     let err = |f: &str, m: String| Err((f.to_string(), m));
     if s.name.trim().is_empty() || s.name.contains(char::is_whitespace) {
         return err(
@@ -270,6 +282,13 @@ fn check(s: &Scenario) -> std::result::Result<(), (String, String)> {
             ),
         );
     }
+    Ok(())
+}
+
+/// The pages a kind needs: whole THPs (one and a half for a partial mremap), the huge zero
+/// page's span, an mTHP or hugetlb size that exists, the seed's single page.
+fn the_size_fits_the_kind(s: &Scenario) -> Checked {
+    let err = |f: &str, m: String| Err((f.to_string(), m));
     let page_kb = (crate::kernel::page_size() / 1024) as u64;
     let pmd_pages = (crate::kernel::thp_pmd_size_kb().unwrap_or(2048) / page_kb) as usize;
     let want = |kb: u64| (kb / page_kb) as usize;
@@ -335,6 +354,12 @@ fn check(s: &Scenario) -> std::result::Result<(), (String, String)> {
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// `shared` only for anon, memfd or file memory.
+fn the_mapping_fits_the_kind(s: &Scenario) -> Checked {
+    let err = |f: &str, m: String| Err((f.to_string(), m));
     if s.mapping == super::scenarios::Mapping::Shared
         && !matches!(
             s.memory,
@@ -349,6 +374,12 @@ fn check(s: &Scenario) -> std::result::Result<(), (String, String)> {
             ),
         );
     }
+    Ok(())
+}
+
+/// Pages named in range, at most one grandchild per child, memory steps only in the parent.
+fn the_steps_fit_their_processes(s: &Scenario) -> Checked {
+    let err = |f: &str, m: String| Err((f.to_string(), m));
     if let Some(m) = s.max_named_page() {
         if m >= s.pages {
             return err(
@@ -381,6 +412,12 @@ fn check(s: &Scenario) -> std::result::Result<(), (String, String)> {
     }) {
         return err(".parent.ops", "the parent's steps are memory steps only (write, write-byte, read-all, mprotect-cycle, vmsplice, munmap, o-direct-read)".into());
     }
+    Ok(())
+}
+
+/// Every expectation names a process of the scenario.
+fn every_expectation_names_a_process(s: &Scenario) -> Checked {
+    let err = |f: &str, m: String| Err((f.to_string(), m));
     for e in &s.expect {
         let ok = e.process == "parent"
             || s.paths()

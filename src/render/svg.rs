@@ -129,71 +129,64 @@ fn verdict_text(s: &ScenarioResult) -> String {
     }
 }
 
-/// Render the report as a standalone SVG document.
-pub fn fork_report(r: &ForkReportDoc) -> String {
-    let cols = r
-        .body
-        .scenarios
-        .iter()
-        .map(|s| (s.config.pages as usize).min(MAX_CELLS))
-        .max()
-        .unwrap_or(16)
-        .max(16);
-    let width = (LABEL_W + ROLE_W + cols * (CELL + GAP) + 20).max(760);
-    let mut body = String::new();
-    let mut y = 50;
-    for s in &r.body.scenarios {
-        let n = s.config.pages;
-        let per = n.div_ceil(MAX_CELLS as u64).max(1);
-        let ncells = n.div_ceil(per);
-        let scale = if per == 1 {
-            "one cell per page".to_string()
-        } else {
-            format!("one cell per {}", pages(per))
-        };
+/// One scenario's block from `y` down: its name line, then a row of cells for the aggregate
+/// class and one per forked process. Returns where the next block starts.
+fn scenario_map(body: &mut String, s: &ScenarioResult, y: usize) -> usize {
+    let n = s.config.pages;
+    let per = n.div_ceil(MAX_CELLS as u64).max(1);
+    let ncells = n.div_ceil(per);
+    let scale = if per == 1 {
+        "one cell per page".to_string()
+    } else {
+        format!("one cell per {}", pages(per))
+    };
+    let _ = writeln!(
+        body,
+        r#"<text x="10" y="{}" class="name">{}</text><text x="10" y="{}" class="small">{} · {} · {}</text>"#,
+        y + 11,
+        esc(&s.name),
+        y + 25,
+        pages(n),
+        scale,
+        esc(&verdict_text(s))
+    );
+    let mut rows: Vec<(String, &[ClassRun])> = Vec::new();
+    if !s.page_class_runs.is_empty() {
+        rows.push(("all (class)".into(), &s.page_class_runs));
+        for p in s.processes.iter().skip(1) {
+            if !p.page_class_runs.is_empty() {
+                rows.push((p.role.clone(), &p.page_class_runs));
+            }
+        }
+    }
+    for (k, (who, runs)) in rows.iter().enumerate() {
+        let ry = y + k * (CELL + GAP);
         let _ = writeln!(
             body,
-            r#"<text x="10" y="{}" class="name">{}</text><text x="10" y="{}" class="small">{} · {} · {}</text>"#,
-            y + 11,
-            esc(&s.name),
-            y + 25,
-            pages(n),
-            scale,
-            esc(&verdict_text(s))
+            r#"<text x="{LABEL_W}" y="{}" class="small">{}</text>"#,
+            ry + 11,
+            esc(who)
         );
-        let mut rows: Vec<(String, &[ClassRun])> = Vec::new();
-        if !s.page_class_runs.is_empty() {
-            rows.push(("all (class)".into(), &s.page_class_runs));
-            for p in s.processes.iter().skip(1) {
-                if !p.page_class_runs.is_empty() {
-                    rows.push((p.role.clone(), &p.page_class_runs));
-                }
-            }
-        }
-        for (k, (who, runs)) in rows.iter().enumerate() {
-            let ry = y + k * (CELL + GAP);
-            let _ = writeln!(
+        for c in 0..ncells {
+            let lo = c * per;
+            let hi = (lo + per).min(n);
+            cell(
                 body,
-                r#"<text x="{LABEL_W}" y="{}" class="small">{}</text>"#,
-                ry + 11,
-                esc(who)
+                LABEL_W + ROLE_W + c as usize * (CELL + GAP),
+                ry,
+                who,
+                runs,
+                lo,
+                hi,
             );
-            for c in 0..ncells {
-                let lo = c * per;
-                let hi = (lo + per).min(n);
-                cell(
-                    &mut body,
-                    LABEL_W + ROLE_W + c as usize * (CELL + GAP),
-                    ry,
-                    who,
-                    runs,
-                    lo,
-                    hi,
-                );
-            }
         }
-        y += rows.len().max(2) * (CELL + GAP) + 14;
     }
+    y + rows.len().max(2) * (CELL + GAP) + 14
+}
+
+/// The legend from `y` down: each class's colour (unproven hatched), name and meaning, two
+/// per line.
+fn legend(y: usize) -> String {
     let mut legend = String::new();
     for (i, c) in PageClass::ALL.iter().enumerate() {
         let (col, row) = (i % 2, i / 2);
@@ -217,6 +210,26 @@ pub fn fork_report(r: &ForkReportDoc) -> String {
         );
         legend.push('\n');
     }
+    legend
+}
+
+/// Render the report as a standalone SVG document.
+pub fn fork_report(r: &ForkReportDoc) -> String {
+    let cols = r
+        .body
+        .scenarios
+        .iter()
+        .map(|s| (s.config.pages as usize).min(MAX_CELLS))
+        .max()
+        .unwrap_or(16)
+        .max(16);
+    let width = (LABEL_W + ROLE_W + cols * (CELL + GAP) + 20).max(760);
+    let mut body = String::new();
+    let mut y = 50;
+    for s in &r.body.scenarios {
+        y = scenario_map(&mut body, s, y);
+    }
+    let legend = legend(y);
     let height = y + 20 * PageClass::ALL.len().div_ceil(2) + 20;
     let sys = &r.system;
     format!(
