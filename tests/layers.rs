@@ -132,155 +132,6 @@ fn the_checker_sees_an_upward_reference() {
 // `self::y`, `use` trees with `{..}` groups, a child module by its name) to the file that
 // defines it and fails on any two files that import each other.
 
-/// Code with comments, string and char literals blanked out (lifetimes are kept).
-fn strip_code(text: &str) -> String {
-    let b = text.as_bytes();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'/' && b.get(i + 1) == Some(&b'/') {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            let mut depth = 0usize;
-            while i < b.len() {
-                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                    depth += 1;
-                    i += 2;
-                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            out.push(' ');
-        } else if c == b'r'
-            && (b.get(i + 1) == Some(&b'"') || b.get(i + 1) == Some(&b'#'))
-            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'))
-        {
-            // A raw string r"..", r#".."#.
-            let mut j = i + 1;
-            let mut hashes = 0;
-            while b.get(j) == Some(&b'#') {
-                hashes += 1;
-                j += 1;
-            }
-            if b.get(j) != Some(&b'"') {
-                out.push('r');
-                i += 1;
-                continue;
-            }
-            j += 1;
-            loop {
-                if j >= b.len() {
-                    break;
-                }
-                if b[j] == b'"'
-                    && b[j + 1..]
-                        .iter()
-                        .take(hashes)
-                        .filter(|&&h| h == b'#')
-                        .count()
-                        == hashes
-                {
-                    j += 1 + hashes;
-                    break;
-                }
-                j += 1;
-            }
-            out.push_str("\"\"");
-            i = j;
-        } else if c == b'"' {
-            i += 1;
-            while i < b.len() && b[i] != b'"' {
-                if b[i] == b'\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push_str("\"\"");
-        } else if c == b'\'' {
-            // A char literal ('a', '\n', '\u{..}') or a lifetime ('a).
-            if b.get(i + 1) == Some(&b'\\') {
-                let mut j = i + 2;
-                while j < b.len() && b[j] != b'\'' {
-                    j += 1;
-                }
-                i = j + 1;
-                out.push_str("' '");
-            } else if b.get(i + 2) == Some(&b'\'') {
-                i += 3;
-                out.push_str("' '");
-            } else {
-                // A char of several UTF-8 bytes, or a lifetime.
-                let rest = &text[i + 1..];
-                let mut chars = rest.char_indices();
-                match (chars.next(), chars.next()) {
-                    (Some((_, ch)), Some((k, '\''))) if !ch.is_ascii() => {
-                        i += 1 + k + 1;
-                        out.push_str("' '");
-                    }
-                    _ => {
-                        out.push('\'');
-                        i += 1;
-                    }
-                }
-            }
-        } else {
-            let ch = text[i..].chars().next().expect("in bounds");
-            out.push(ch);
-            i += ch.len_utf8();
-        }
-    }
-    out
-}
-
-#[derive(Debug, PartialEq, Clone)]
-enum Tok {
-    Ident(String),
-    Path,
-    Punct(char),
-}
-
-fn tokens(code: &str) -> Vec<Tok> {
-    let mut out = Vec::new();
-    let mut chars = code.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_alphabetic() || c == '_' {
-            let mut s = String::from(c);
-            while let Some(&n) = chars.peek() {
-                if n.is_alphanumeric() || n == '_' {
-                    s.push(n);
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-            out.push(Tok::Ident(s));
-        } else if c.is_ascii_digit() {
-            while chars
-                .peek()
-                .is_some_and(|n| n.is_alphanumeric() || *n == '_')
-            {
-                chars.next();
-            }
-        } else if c == ':' && chars.peek() == Some(&':') {
-            chars.next();
-            out.push(Tok::Path);
-        } else if !c.is_whitespace() {
-            out.push(Tok::Punct(c));
-        }
-    }
-    out
-}
-
 /// The module path of every file (`src/fork/judge.rs` -> `fork::judge`, a `mod.rs` its
 /// directory's, a `#[path = "x.rs"] mod m;` file its declarer's path plus `m`).
 fn module_paths(src: &Path, files: &[PathBuf]) -> Vec<Vec<String>> {
@@ -301,24 +152,16 @@ fn module_paths(src: &Path, files: &[PathBuf]) -> Vec<Vec<String>> {
         })
         .collect();
     for (i, f) in files.iter().enumerate() {
-        let text = std::fs::read_to_string(f).expect("read file");
-        let mut lines = text.lines();
-        while let Some(line) = lines.next() {
-            let Some(rest) = line.trim().strip_prefix("#[path = \"") else {
+        let ast = parse(f);
+        for item in &ast.items {
+            let syn::Item::Mod(m) = item else { continue };
+            let Some(target) = m.attrs.iter().find_map(path_attr) else {
                 continue;
             };
-            let target = rest.split('"').next().expect("a path");
-            let decl = lines.next().unwrap_or("");
-            let name = decl
-                .trim()
-                .trim_start_matches("pub ")
-                .trim_start_matches("mod ")
-                .trim_end_matches(';')
-                .to_string();
             let target = f.parent().expect("a dir").join(target);
             if let Some(j) = files.iter().position(|g| *g == target) {
                 let mut p = paths[i].clone();
-                p.push(name);
+                p.push(m.ident.to_string());
                 paths[j] = p;
             }
         }
@@ -326,124 +169,151 @@ fn module_paths(src: &Path, files: &[PathBuf]) -> Vec<Vec<String>> {
     paths
 }
 
-/// Every module path a file names, made absolute: what follows `crate::`, `super::`, `self::`,
-/// a `use` tree (with `{..}` groups), or a first segment that is a child module of the scope.
-/// `module` is the file's own path; inline `mod x { .. }` blocks shift `super` and `self`.
+fn parse(file: &Path) -> syn::File {
+    let text = std::fs::read_to_string(file).expect("read file");
+    syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+/// The file a `#[path = "x.rs"]` attribute names.
+fn path_attr(a: &syn::Attribute) -> Option<String> {
+    let syn::Meta::NameValue(nv) = &a.meta else {
+        return None;
+    };
+    let syn::Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Str(s),
+        ..
+    }) = &nv.value
+    else {
+        return None;
+    };
+    nv.path.is_ident("path").then(|| s.value())
+}
+
+/// Every module path a file names, made absolute: each `use` tree (with `{..}` groups), each
+/// path in code and types, and each `a::b` inside a macro's arguments (`format!`, `assert!`),
+/// resolved against the scope (`crate`, `super`, `self`, or a child module named bare). Inline
+/// `mod x { .. }` blocks shift `super` and `self`. Comments and strings name nothing (rustc's
+/// own grammar, through syn).
+struct Named<'a> {
+    scope: Vec<String>,
+    is_module: &'a dyn Fn(&[String]) -> bool,
+    out: Vec<Vec<String>>,
+}
+
+impl Named<'_> {
+    fn push(&mut self, segs: &[String]) {
+        if let Some(abs) = absolute(segs, &self.scope, self.is_module) {
+            self.out.push(abs);
+        }
+    }
+
+    /// The paths of a `use` tree, with `prefix` in front.
+    fn use_tree(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>) {
+        match tree {
+            syn::UseTree::Path(p) => {
+                prefix.push(p.ident.to_string());
+                self.use_tree(&p.tree, prefix);
+                prefix.pop();
+            }
+            syn::UseTree::Name(n) => {
+                let mut full = prefix.clone();
+                if n.ident != "self" || full.is_empty() {
+                    full.push(n.ident.to_string());
+                }
+                self.push(&full);
+            }
+            syn::UseTree::Rename(r) => {
+                let mut full = prefix.clone();
+                full.push(r.ident.to_string());
+                self.push(&full);
+            }
+            syn::UseTree::Glob(_) => self.push(&prefix.clone()),
+            syn::UseTree::Group(g) => {
+                for t in &g.items {
+                    self.use_tree(t, prefix);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, segs: &mut Vec<String>) {
+        if segs.len() > 1 {
+            self.push(segs);
+        }
+        segs.clear();
+    }
+
+    /// `a::b::c` runs in a macro's tokens (macro arguments are not parsed as code).
+    fn tokens(&mut self, tokens: proc_macro2::TokenStream) {
+        use proc_macro2::TokenTree;
+        let mut segs: Vec<String> = Vec::new();
+        let mut colons = 0;
+        for t in tokens {
+            match t {
+                TokenTree::Ident(i) if segs.is_empty() || colons == 2 => {
+                    segs.push(i.to_string());
+                    colons = 0;
+                }
+                TokenTree::Punct(p) if p.as_char() == ':' && !segs.is_empty() && colons < 2 => {
+                    colons += 1;
+                }
+                TokenTree::Group(g) => {
+                    self.flush(&mut segs);
+                    colons = 0;
+                    self.tokens(g.stream());
+                }
+                other => {
+                    self.flush(&mut segs);
+                    colons = 0;
+                    if let TokenTree::Ident(i) = other {
+                        segs.push(i.to_string());
+                    }
+                }
+            }
+        }
+        self.flush(&mut segs);
+    }
+}
+
+impl<'ast> syn::visit::Visit<'ast> for Named<'_> {
+    fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
+        self.use_tree(&u.tree, &mut Vec::new());
+    }
+
+    fn visit_item_mod(&mut self, m: &'ast syn::ItemMod) {
+        if m.content.is_some() {
+            self.scope.push(m.ident.to_string());
+            syn::visit::visit_item_mod(self, m);
+            self.scope.pop();
+        }
+    }
+
+    fn visit_path(&mut self, p: &'ast syn::Path) {
+        if p.segments.len() > 1 {
+            let segs: Vec<String> = p.segments.iter().map(|s| s.ident.to_string()).collect();
+            self.push(&segs);
+        }
+        syn::visit::visit_path(self, p);
+    }
+
+    fn visit_macro(&mut self, m: &'ast syn::Macro) {
+        syn::visit::visit_macro(self, m);
+        self.tokens(m.tokens.clone());
+    }
+}
+
 fn named_paths(
-    text: &str,
+    file: &syn::File,
     module: &[String],
     is_module: &dyn Fn(&[String]) -> bool,
 ) -> Vec<Vec<String>> {
-    let toks = tokens(&strip_code(text));
-    let mut out = Vec::new();
-    let mut scope: Vec<String> = module.to_vec();
-    // Brace depth at which each inline module was opened.
-    let mut inline: Vec<usize> = Vec::new();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < toks.len() {
-        match &toks[i] {
-            Tok::Punct('{') => depth += 1,
-            Tok::Punct('}') => {
-                depth = depth.saturating_sub(1);
-                if inline.last() == Some(&depth) {
-                    inline.pop();
-                    scope.pop();
-                }
-            }
-            Tok::Ident(k) if k == "mod" => {
-                if let (Some(Tok::Ident(name)), Some(Tok::Punct('{'))) =
-                    (toks.get(i + 1), toks.get(i + 2))
-                {
-                    scope.push(name.clone());
-                    inline.push(depth);
-                    depth += 1;
-                    i += 3;
-                    continue;
-                }
-            }
-            Tok::Ident(k) if k == "use" => {
-                let mut j = i + 1;
-                let mut prefixes = Vec::new();
-                use_tree(&toks, &mut j, &[], &mut prefixes);
-                for p in prefixes {
-                    if let Some(abs) = absolute(&p, &scope, is_module) {
-                        out.push(abs);
-                    }
-                }
-                i = j;
-                continue;
-            }
-            Tok::Ident(first) if toks.get(i + 1) == Some(&Tok::Path) => {
-                let preceded_by_path = i > 0 && toks[i - 1] == Tok::Path;
-                if !preceded_by_path {
-                    let mut segs = vec![first.clone()];
-                    let mut j = i + 1;
-                    while toks.get(j) == Some(&Tok::Path) {
-                        match toks.get(j + 1) {
-                            Some(Tok::Ident(s)) => {
-                                segs.push(s.clone());
-                                j += 2;
-                            }
-                            _ => break,
-                        }
-                    }
-                    if let Some(abs) = absolute(&segs, &scope, is_module) {
-                        out.push(abs);
-                    }
-                    i = j;
-                    continue;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    out
-}
-
-/// One `use` tree from `toks[*j]` on: every full path it names, with `prefix` in front.
-fn use_tree(toks: &[Tok], j: &mut usize, prefix: &[String], out: &mut Vec<Vec<String>>) {
-    let mut path = prefix.to_vec();
-    loop {
-        match toks.get(*j) {
-            Some(Tok::Ident(s)) if s == "as" => {
-                *j += 2;
-                out.push(path);
-                return;
-            }
-            Some(Tok::Ident(s)) => {
-                if s != "self" || path.is_empty() {
-                    path.push(s.clone());
-                }
-                *j += 1;
-            }
-            Some(Tok::Path) => *j += 1,
-            Some(Tok::Punct('*')) => {
-                *j += 1;
-                out.push(path);
-                return;
-            }
-            Some(Tok::Punct('{')) => {
-                *j += 1;
-                loop {
-                    match toks.get(*j) {
-                        Some(Tok::Punct('}')) => {
-                            *j += 1;
-                            return;
-                        }
-                        Some(Tok::Punct(',')) => *j += 1,
-                        None => return,
-                        _ => use_tree(toks, j, &path, out),
-                    }
-                }
-            }
-            _ => {
-                out.push(path);
-                return;
-            }
-        }
-    }
+    let mut named = Named {
+        scope: module.to_vec(),
+        is_module,
+        out: Vec::new(),
+    };
+    syn::visit::Visit::visit_file(&mut named, file);
+    named.out
 }
 
 /// `segs` resolved against `scope` (crate/super/self, or a child module of the scope); `None`
@@ -511,8 +381,7 @@ fn no_two_files_import_each_other() {
     };
     let mut edges = std::collections::BTreeSet::new();
     for (i, f) in files.iter().enumerate() {
-        let text = std::fs::read_to_string(f).expect("read file");
-        for p in named_paths(&text, &paths[i], &is_module) {
+        for p in named_paths(&parse(f), &paths[i], &is_module) {
             if let Some(j) = file_of(&p) {
                 if j != i {
                     edges.insert((i, j));
@@ -553,11 +422,12 @@ fn the_cycle_checker_resolves_what_a_file_names() {
     let text = "use super::observe::PfnMap;\n\
                 use super::{classify::{self, PageClass}, Verdict};\n\
                 // super::comment::X\n\
-                let s = \"crate::string::Y\";\n\
+                const S: &str = \"crate::string::Y\";\n\
                 mod tests { use super::*; }\n\
-                fn f() { crate::mem::kpage::read(); }\n";
+                fn f() { crate::mem::kpage::read(); }\n\
+                fn g() { assert!(crate::doc::ok(), \"{}\", super::observe::HEAD); }\n";
     let module: Vec<String> = vec!["fork".into(), "judge".into()];
-    let got: Vec<String> = named_paths(text, &module, &is_module)
+    let got: Vec<String> = named_paths(&syn::parse_file(text).unwrap(), &module, &is_module)
         .into_iter()
         .map(|p| p.join("::"))
         .collect();
@@ -570,12 +440,18 @@ fn the_cycle_checker_resolves_what_a_file_names() {
             "fork::Verdict",
             "fork::judge",
             "mem::kpage::read",
+            "doc::ok",
+            "fork::observe::HEAD",
         ]
     );
-    let in_fork: Vec<String> = named_paths("use classify::PageClass;", &known[0], &is_module)
-        .into_iter()
-        .map(|p| p.join("::"))
-        .collect();
+    let in_fork: Vec<String> = named_paths(
+        &syn::parse_file("use classify::PageClass;").unwrap(),
+        &known[0],
+        &is_module,
+    )
+    .into_iter()
+    .map(|p| p.join("::"))
+    .collect();
     assert_eq!(in_fork, ["fork::classify::PageClass"]);
     assert!(declares(&known[0], &known[1]) && !declares(&known[1], &known[2]));
 }
