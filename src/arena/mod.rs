@@ -785,11 +785,10 @@ impl Arena {
         let cur = self.cur;
         debug_assert!(cur <= self.end, "invariant: cur <= end");
         // `end - cur` cannot wrap (cur <= end), and `cur + len <= end`.
-        let fits = len != 0 && len <= self.end - cur;
-        let start = if self.fast && fits {
+        let start = if self.fast && len != 0 && len <= self.end - cur {
             self.cur = cur + len;
             cur - self.base_addr()
-        } else if self.recorded && fits {
+        } else if self.recorded && len != 0 && len <= self.end - cur {
             self.cur = cur + len;
             let start = cur - self.base_addr();
             self.record(start, len);
@@ -815,12 +814,13 @@ impl Arena {
         // (-cur) mod align: the padding up to the next multiple; < align, no overflow.
         let pad = cur.wrapping_neg() & align.wrapping_sub(1);
         let room = self.end - cur;
-        let fits = align.is_power_of_two() && len != 0 && pad <= room && len <= room - pad;
-        let start = if self.fast && fits {
+        let fits =
+            |align: usize| align.is_power_of_two() && len != 0 && pad <= room && len <= room - pad;
+        let start = if self.fast && fits(align) {
             let at = cur + pad;
             self.cur = at + len;
             at - self.base_addr()
-        } else if self.recorded && fits {
+        } else if self.recorded && fits(align) {
             let at = cur + pad;
             self.cur = at + len;
             let start = at - self.base_addr();
