@@ -1492,6 +1492,14 @@ mod tests {
     }
 
     #[test]
+    fn a_block_is_four_words_and_a_ledger_record_three() {
+        // The descriptor every allocation returns, and what the ledger appends per block:
+        // their size is what the fast paths pay for (BENCHMARKS.md).
+        assert_eq!(size_of::<Block>(), 4 * size_of::<usize>());
+        assert_eq!(size_of::<ledger::Record>(), 3 * size_of::<usize>());
+    }
+
+    #[test]
     fn render_hex_pads_the_last_line() {
         let s = render_hex(b"Hello arena\0");
         assert_eq!(
