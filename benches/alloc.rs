@@ -6,8 +6,9 @@
 //! the bookkeeping alone.
 //!
 //! What each iteration hands to `black_box` matters as much as the allocator: bumpalo returns a
-//! pointer (one register), cowscope a `Block` descriptor (index, offset, len, label, generation;
-//! 48 bytes). So cowscope is measured two ways:
+//! pointer (one register), cowscope a `Block` descriptor (index, offset, len, and its arena id
+//! and generation in one word: 32 bytes; the label stays in the arena). So cowscope is measured
+//! three ways:
 //!
 //! * `cowscope_ledger_off`: `ArenaConfig::ledger(false)`, the inlined fast path; the caller
 //!   keeps the block's address (`as_ptr() + offset`), the same thing bumpalo returns. The other
@@ -16,7 +17,8 @@
 //! * `cowscope_ledger_off_whole_block`: the same, but the whole `Result<Block, _>` goes to
 //!   `black_box`, forcing every field to memory on every allocation.
 //! * `cowscope_ledger_on`: the default, every block recorded in the ledger (the cost of leak,
-//!   overflow and misuse detection); the caller keeps the address.
+//!   overflow and misuse detection: one 24-byte record appended to the buffer the arena
+//!   reserved when it was made); the caller keeps the address.
 //! * `bumpalo_alloc_layout`: `Bump::alloc_layout` (infallible; would grow a new chunk).
 //! * `bumpalo_try_alloc_layout`: `Bump::try_alloc_layout` (fallible, like `Arena::alloc`).
 //!

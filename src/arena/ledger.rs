@@ -1,10 +1,15 @@
 //! The ledger: what happened to every block of the current generation, and the misuse seen so
 //! far (overflowing writes, double releases, use after reset or release).
 //!
-//! The ledger is bookkeeping only; it never touches the arena's bytes.
+//! The ledger is bookkeeping only; it never touches the arena's bytes. Its hot part is one
+//! fixed-size [`Record`] (offset, length, two flags: 24 bytes) per block, appended to a buffer
+//! reserved when the arena is made, so recording a block is a store and a length bump. What
+//! a finding needs beyond that is derived: the index from the record's position, the red zone
+//! from the arena (one size for every block), the label from the arena's label table.
 //! [`Arena::check`](crate::arena::Arena::check) combines it with the bytes (red zones, the
 //! slack past the capacity, stale bytes) into [`Findings`].
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use schemars::JsonSchema;
@@ -164,13 +169,49 @@ impl Findings {
     }
 }
 
+/// What the ledger keeps per block of the current generation: fixed size, no label, no index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Record {
+    /// Offset of the block's first byte.
+    pub offset: usize,
+    /// The block's length.
+    pub len: usize,
+    /// Written at least once through `Arena::write`.
+    pub written: bool,
+    /// Released with `Arena::release_block`.
+    pub released: bool,
+}
+
+impl Record {
+    /// A block just handed out.
+    #[inline(always)]
+    pub fn new(offset: usize, len: usize) -> Self {
+        Record {
+            offset,
+            len,
+            written: false,
+            released: false,
+        }
+    }
+
+    /// One past the block's last byte.
+    pub fn end(&self) -> usize {
+        self.offset + self.len
+    }
+}
+
+/// Records reserved up front: one per 8 bytes of capacity (a word, the usual allocation
+/// granule), at most this many (1.5 MiB). An arena of smaller blocks grows the buffer.
+const RESERVED_RECORDS_MAX: usize = 1 << 16;
+
 /// The ledger proper.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Ledger {
-    /// Index of `entries[0]`: the first block of the current generation.
+    /// Index of `records[0]`: the first block of the current generation.
     pub first_index: usize,
-    /// Blocks of the current generation, in allocation order (so offsets increase).
-    pub entries: Vec<LedgerEntry>,
+    /// Blocks of the current generation, in allocation order (so offsets increase); record `i`
+    /// is block `first_index + i`.
+    pub records: Vec<Record>,
     /// Sorted, merged byte ranges written (or canary-filled) since the last reset.
     pub fresh: Vec<Range<usize>>,
     /// Bytes below this offset may hold content from before a non-zeroing reset.
@@ -186,18 +227,41 @@ pub(super) struct Ledger {
 }
 
 impl Ledger {
-    /// The entry for block `index` of the current generation.
-    pub fn entry_mut(&mut self, index: usize) -> Option<&mut LedgerEntry> {
+    /// An empty ledger for an arena of `capacity` bytes, its record buffer reserved.
+    pub fn for_capacity(capacity: usize) -> Self {
+        Ledger {
+            records: Vec::with_capacity((capacity / 8).clamp(1, RESERVED_RECORDS_MAX)),
+            ..Ledger::default()
+        }
+    }
+
+    /// Append the record of a block just handed out (its index is `first_index +
+    /// records.len()`, which the caller keeps in step).
+    #[inline(always)]
+    pub fn record(&mut self, offset: usize, len: usize) {
+        self.records.push(Record::new(offset, len));
+    }
+
+    /// The record of block `index` of the current generation.
+    pub fn record_mut(&mut self, index: usize) -> Option<&mut Record> {
         let i = index.checked_sub(self.first_index)?;
-        self.entries.get_mut(i)
+        self.records.get_mut(i)
+    }
+
+    /// The blocks of the current generation as (index, record).
+    pub fn indexed(&self) -> impl Iterator<Item = (usize, &Record)> {
+        let first = self.first_index;
+        self.records
+            .iter()
+            .enumerate()
+            .map(move |(i, r)| (first + i, r))
     }
 
     /// Blocks (other than `except`) overlapping `r`.
     pub fn overlapping(&self, r: &Range<usize>, except: usize) -> Vec<usize> {
-        self.entries
-            .iter()
-            .filter(|e| e.index != except && e.offset < r.end && r.start < e.end())
-            .map(|e| e.index)
+        self.indexed()
+            .filter(|(i, e)| *i != except && e.offset < r.end && r.start < e.end())
+            .map(|(i, _)| i)
             .collect()
     }
 
@@ -225,19 +289,68 @@ impl Ledger {
     }
 }
 
-/// Turn a ledger entry into the block reference used by findings.
-pub(super) fn block_ref(e: &LedgerEntry) -> BlockRef {
+/// The block reference findings use, for block `index` whose record is `r`.
+pub(super) fn block_ref(index: usize, r: &Record, label: Option<&'static str>) -> BlockRef {
     BlockRef {
-        index: e.index,
-        offset: e.offset,
-        len: e.len,
-        label: e.label.map(str::to_string),
+        index,
+        offset: r.offset,
+        len: r.len,
+        label: label.map(str::to_string),
+    }
+}
+
+/// The labels given to blocks (`Arena::alloc_labeled`), over the arena's whole life: a label
+/// names a block in findings also after a reset (a use after reset names the stale block's
+/// label). Each distinct label is stored once; each labeled block costs one (index, label
+/// number) pair, and an unlabeled block nothing.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Labels {
+    /// Distinct labels, in order of first use.
+    names: Vec<&'static str>,
+    /// Label number (position in `names`) of each distinct label.
+    numbers: HashMap<&'static str, usize>,
+    /// (block index, label number), indices increasing.
+    by_index: Vec<(usize, usize)>,
+}
+
+impl Labels {
+    /// Give block `index` (larger than every index given before) the label `label`.
+    pub fn set(&mut self, index: usize, label: &'static str) {
+        debug_assert!(self.by_index.last().is_none_or(|(i, _)| *i < index));
+        let names = &mut self.names;
+        let n = *self.numbers.entry(label).or_insert_with(|| {
+            names.push(label);
+            names.len() - 1
+        });
+        self.by_index.push((index, n));
+    }
+
+    /// Block `index`'s label, if it was given one.
+    pub fn get(&self, index: usize) -> Option<&'static str> {
+        let i = self
+            .by_index
+            .binary_search_by_key(&index, |(i, _)| *i)
+            .ok()?;
+        self.names.get(self.by_index[i].1).copied()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_found_by_index_and_stored_once() {
+        let mut l = Labels::default();
+        l.set(0, "a");
+        l.set(3, "b");
+        l.set(7, "a");
+        assert_eq!(
+            (l.get(0), l.get(1), l.get(3), l.get(7), l.get(8)),
+            (Some("a"), None, Some("b"), Some("a"), None)
+        );
+        assert_eq!(l.names, vec!["a", "b"]);
+    }
 
     #[test]
     fn mark_fresh_merges_touching_and_overlapping_ranges() {

@@ -57,40 +57,54 @@ pub(super) fn map(
     };
     let flags = share | libc::MAP_ANONYMOUS;
     let slack = align - page;
-    let too_big = || ArenaError::BadConfig {
-        reason: "the mapping plus guards and alignment overflows the address space",
-        value: len,
-    };
-    let total = guard_len
+    if guard_len == 0 && slack == 0 {
+        return map_unguarded(len, flags);
+    }
+    let total = reservation_len(len, guard_len, slack)?;
+    let reserve = reserve(total)?;
+    place(reserve, total, len, guard_len, align, flags)
+}
+
+/// Bytes to reserve for `len` arena bytes, two guards and `slack` bytes of alignment room;
+/// refused when the sum overflows or exceeds `isize::MAX` (what mmap can map).
+fn reservation_len(len: usize, guard_len: usize, slack: usize) -> Result<usize, ArenaError> {
+    guard_len
         .checked_mul(2)
         .and_then(|g| g.checked_add(len))
         .and_then(|t| t.checked_add(slack))
         .filter(|t| *t <= isize::MAX as usize)
-        .ok_or_else(too_big)?;
+        .ok_or(ArenaError::BadConfig {
+            reason: "the mapping plus guards and alignment overflows the address space",
+            value: len,
+        })
+}
 
-    if guard_len == 0 && slack == 0 {
-        // SAFETY: a fresh anonymous mapping at an address the kernel chooses (NULL hint, no
-        // MAP_FIXED) cannot alias any existing Rust object; the result is checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                -1,
-                0,
-            )
-        };
-        let base = check_mmap(p, len)?;
-        return Ok(Mapping {
-            base,
+/// No guards and page alignment: one plain read-write mapping where the kernel chooses.
+fn map_unguarded(len: usize, flags: libc::c_int) -> Result<Mapping, ArenaError> {
+    // SAFETY: a fresh anonymous mapping at an address the kernel chooses (NULL hint, no
+    // MAP_FIXED) cannot alias any existing Rust object; the result is checked below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
             len,
-            guard_len,
-        });
-    }
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    let base = check_mmap(p, len)?;
+    Ok(Mapping {
+        base,
+        len,
+        guard_len: 0,
+    })
+}
 
-    // Reserve the whole range PROT_NONE first, then place the arena inside it with MAP_FIXED:
-    // MAP_FIXED only ever replaces pages of our own reservation.
+/// Reserve `total` bytes PROT_NONE (`MAP_NORESERVE`) where the kernel chooses; returns the
+/// start. The arena is then placed inside with `MAP_FIXED`, which then only ever replaces pages
+/// of our own reservation.
+fn reserve(total: usize) -> Result<usize, ArenaError> {
     // SAFETY: fresh PROT_NONE anonymous mapping at a kernel-chosen address; nothing aliases it.
     let r = unsafe {
         libc::mmap(
@@ -102,7 +116,21 @@ pub(super) fn map(
             0,
         )
     };
-    let reserve = check_mmap(r, total)?.as_ptr() as usize;
+    Ok(check_mmap(r, total)?.as_ptr() as usize)
+}
+
+/// Place the arena inside the reservation `[reserve, reserve + total)`: its base is the first
+/// multiple of `align` leaving `guard_len` bytes below; what lies outside the two guards is
+/// trimmed, and the arena's `len` bytes are mapped read-write over the reservation. On error
+/// nothing of the reservation stays mapped.
+fn place(
+    reserve: usize,
+    total: usize,
+    len: usize,
+    guard_len: usize,
+    align: usize,
+    flags: libc::c_int,
+) -> Result<Mapping, ArenaError> {
     let reserve_end = reserve + total;
     // reserve + guard_len + slack <= reserve_end, and rounding up to `align` adds at most slack.
     let base = (reserve + guard_len + align - 1) & !(align - 1);
@@ -112,26 +140,17 @@ pub(super) fn map(
         lo >= reserve && hi <= reserve_end,
         "arena must fit its reservation"
     );
-
-    let trim = |start: usize, end: usize| -> Result<(), ArenaError> {
-        if end > start {
-            // SAFETY: [start, end) is part of the reservation mapped above and not yet handed
-            // out to anyone; unmapping it cannot invalidate any Rust reference.
-            let rc = unsafe { libc::munmap(start as *mut libc::c_void, end - start) };
-            Errno::result(rc).map_err(|errno| ArenaError::Unmap {
-                len: end - start,
-                errno,
-            })?;
-        }
-        Ok(())
-    };
     let undo = |e: ArenaError| {
         // Best effort: give back whatever is still mapped of the reservation.
-        let _ = trim(reserve, reserve_end);
+        // SAFETY: the whole reservation is ours and nothing references it yet.
+        let _ = unsafe { unmap_range(reserve, total) };
         e
     };
-    trim(reserve, lo).map_err(undo)?;
-    trim(hi, reserve_end).map_err(undo)?;
+    // SAFETY: [reserve, lo) and [hi, reserve_end) are parts of the reservation mapped by
+    // `reserve` and not yet handed out to anyone; unmapping them invalidates no reference.
+    unsafe { unmap_range(reserve, lo - reserve) }.map_err(undo)?;
+    // SAFETY: as above.
+    unsafe { unmap_range(hi, reserve_end - hi) }.map_err(undo)?;
 
     // SAFETY: [base, base + len) lies inside our own PROT_NONE reservation (checked by the
     // arithmetic above), so MAP_FIXED replaces only pages we own and no Rust object lives there.
@@ -152,7 +171,8 @@ pub(super) fn map(
             guard_len,
         }),
         Err(e) => {
-            let _ = trim(lo, hi);
+            // SAFETY: [lo, hi) is what is left of our reservation, unreferenced.
+            let _ = unsafe { unmap_range(lo, hi - lo) };
             Err(e)
         }
     }
@@ -222,13 +242,9 @@ pub(super) struct Grown {
 /// Grow a private arena to `new_len` bytes (a multiple of `page`, larger than the
 /// current length), keeping a guard of `m.guard_len` bytes on each side.
 ///
-/// In place when the `new_len - len` bytes right after the end guard are free: they
-/// are claimed first with `MAP_FIXED_NOREPLACE` (so nobody else's mapping is ever touched),
-/// the arena then grows over its old end guard with `mremap` (no flags: in place or fail), and
-/// the claim's last `guard_len` bytes are the new end guard. Otherwise the arena moves: a fresh
-/// guarded region is mapped (aligned to `align`, like [`map`]) and `mremap(MREMAP_MAYMOVE |
-/// MREMAP_FIXED)` moves the arena's pages over its read-write part, growing them; the old
-/// guards are then unmapped. On error the arena is left as it was.
+/// In place when the `new_len - len` bytes right after the end guard are free
+/// ([`grow_in_place`]); otherwise the arena moves ([`grow_by_moving`]). On error the arena is
+/// left as it was.
 ///
 /// # Safety
 /// `m` must describe a live private mapping made by [`map`] that nothing references (no slice
@@ -239,23 +255,42 @@ pub(super) unsafe fn grow(
     align: usize,
     page: usize,
 ) -> Result<Grown, ArenaError> {
+    debug_assert!(new_len > m.len && new_len % page == 0);
+    // SAFETY: the caller's guarantee, passed on.
+    match unsafe { grow_in_place(m, new_len) }? {
+        InPlace::Grown(g) => Ok(g),
+        // SAFETY: the caller's guarantee; the arena is unchanged (only its end guard may be
+        // gone, which `old_end_guard_ours` says).
+        InPlace::Refused { old_end_guard_ours } => unsafe {
+            grow_by_moving(m, new_len, align, page, old_end_guard_ours)
+        },
+    }
+}
+
+/// What [`grow_in_place`] managed.
+enum InPlace {
+    /// The arena grew where it is.
+    Grown(Grown),
+    /// It could not; the arena is as it was, except that its end guard is gone when
+    /// `old_end_guard_ours` is false (the hole it left was taken meanwhile).
+    Refused { old_end_guard_ours: bool },
+}
+
+/// Claim the `new_len - len` bytes after the end guard with `MAP_FIXED_NOREPLACE` (so nobody
+/// else's mapping is ever touched), then grow the arena over its old end guard with `mremap`
+/// (no flags: in place or fail); the claim's last `guard_len` bytes are the new end guard.
+///
+/// # Safety
+/// As [`grow`].
+unsafe fn grow_in_place(m: &Mapping, new_len: usize) -> Result<InPlace, ArenaError> {
     let base = m.base.as_ptr() as usize;
     let (len, guard_len) = (m.len, m.guard_len);
-    debug_assert!(new_len > len && new_len % page == 0);
     let extra = new_len - len;
     let old_end = base + len;
     let claim_at = old_end + guard_len;
-    let remap_err = |errno| ArenaError::Remap {
-        old_mapped: len,
-        new_mapped: new_len,
-        errno,
-    };
-
-    let mut old_end_guard_ours = true;
-    // In place: claim the bytes after the end guard without replacing anything. The end of the
-    // claim cannot overflow: `map` checked that base + len + guards fits, and new_len
-    // was checked against isize::MAX by the caller; an address-space overflow makes the kernel
-    // refuse (ENOMEM), which leads to the move below.
+    // The end of the claim cannot overflow: `map` checked that base + len + guards fits, and
+    // new_len was checked against isize::MAX by the caller; an address-space overflow makes the
+    // kernel refuse (ENOMEM), which leads to a move.
     // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping (EEXIST instead); a fresh
     // PROT_NONE mapping aliases no Rust object.
     let claim = unsafe {
@@ -271,41 +306,63 @@ pub(super) unsafe fn grow(
             0,
         )
     };
-    if claim != libc::MAP_FAILED {
-        let got = claim as usize;
-        if got == claim_at {
-            // [old_end, claim_at + extra) is ours: old end guard + claim. The arena grows into
-            // its first `extra` bytes; the last `guard_len` bytes stay as the new end guard.
-            // SAFETY: that range is our old guard plus our claim, PROT_NONE, unreferenced.
-            unsafe { unmap_range(old_end, extra) }?;
-            // SAFETY: [base, old_end) is our live arena (caller's guarantee) and the range it
-            // grows into was just freed by us. Without MREMAP_MAYMOVE the kernel grows it in
-            // place or fails.
-            let r = unsafe { libc::mremap(base as *mut libc::c_void, len, new_len, 0) };
-            if r != libc::MAP_FAILED {
-                return Ok(Grown {
-                    map: Mapping {
-                        base: m.base,
-                        len: new_len,
-                        guard_len,
-                    },
-                    moved: false,
-                    old_guards_unmapped: true,
-                });
-            }
-            // Another thread mapped into the hole in the meantime: give back the rest of the
-            // claim (the would-be guard) and move instead. The old end guard is gone.
-            old_end_guard_ours = false;
-            // SAFETY: [old_end + extra, claim_at + extra) is the tail of our claim.
-            unsafe { unmap_range(old_end + extra, guard_len) }?;
-        } else {
-            // A kernel before 4.17 treats the address as a hint: not where we asked. Give it back.
-            // SAFETY: `claim` is the mapping just made, `extra` bytes, unreferenced.
-            unsafe { unmap_range(got, extra) }?;
-        }
+    if claim == libc::MAP_FAILED {
+        return Ok(InPlace::Refused {
+            old_end_guard_ours: true,
+        });
     }
+    let got = claim as usize;
+    if got != claim_at {
+        // A kernel before 4.17 treats the address as a hint: not where we asked. Give it back.
+        // SAFETY: `claim` is the mapping just made, `extra` bytes, unreferenced.
+        unsafe { unmap_range(got, extra) }?;
+        return Ok(InPlace::Refused {
+            old_end_guard_ours: true,
+        });
+    }
+    // [old_end, claim_at + extra) is ours: old end guard + claim. The arena grows into its
+    // first `extra` bytes; the last `guard_len` bytes stay as the new end guard.
+    // SAFETY: that range is our old guard plus our claim, PROT_NONE, unreferenced.
+    unsafe { unmap_range(old_end, extra) }?;
+    // SAFETY: [base, old_end) is our live arena (caller's guarantee) and the range it grows
+    // into was just freed by us. Without MREMAP_MAYMOVE the kernel grows it in place or fails.
+    let r = unsafe { libc::mremap(base as *mut libc::c_void, len, new_len, 0) };
+    if r != libc::MAP_FAILED {
+        return Ok(InPlace::Grown(Grown {
+            map: Mapping {
+                base: m.base,
+                len: new_len,
+                guard_len,
+            },
+            moved: false,
+            old_guards_unmapped: true,
+        }));
+    }
+    // Another thread mapped into the hole in the meantime: give back the rest of the claim
+    // (the would-be guard) and move instead. The old end guard is gone.
+    // SAFETY: [old_end + extra, claim_at + extra) is the tail of our claim.
+    unsafe { unmap_range(old_end + extra, guard_len) }?;
+    Ok(InPlace::Refused {
+        old_end_guard_ours: false,
+    })
+}
 
-    // Move: a fresh guarded, aligned region; the arena's pages replace its read-write part.
+/// Move the arena: a fresh guarded region is mapped (aligned to `align`, like [`map`]) and
+/// `mremap(MREMAP_MAYMOVE | MREMAP_FIXED)` moves the arena's pages over its read-write part,
+/// growing them; the old guards (the end guard only when `old_end_guard_ours`) are then
+/// unmapped.
+///
+/// # Safety
+/// As [`grow`].
+unsafe fn grow_by_moving(
+    m: &Mapping,
+    new_len: usize,
+    align: usize,
+    page: usize,
+    old_end_guard_ours: bool,
+) -> Result<Grown, ArenaError> {
+    let base = m.base.as_ptr() as usize;
+    let (len, guard_len) = (m.len, m.guard_len);
     let fresh = map(new_len, guard_len, align, page, false)?;
     // SAFETY: the source is our live arena, the destination the read-write part of the region
     // just mapped (ours, unreferenced); MREMAP_FIXED replaces only that. Afterwards the old
@@ -323,7 +380,11 @@ pub(super) unsafe fn grow(
         let errno = Errno::last();
         // SAFETY: `fresh` is ours and unreferenced; the arena stayed where it was.
         let _ = unsafe { unmap(&fresh) };
-        return Err(remap_err(errno));
+        return Err(ArenaError::Remap {
+            old_mapped: len,
+            new_mapped: new_len,
+            errno,
+        });
     }
     // The arena moved; its old guards are now strays of ours. Failing to unmap them leaks a
     // few PROT_NONE pages, not the arena, so it is reported, not an error.
@@ -331,7 +392,7 @@ pub(super) unsafe fn grow(
     let low = unsafe { unmap_range(base - guard_len, guard_len) };
     let high = if old_end_guard_ours {
         // SAFETY: as above.
-        unsafe { unmap_range(old_end, guard_len) }
+        unsafe { unmap_range(base + len, guard_len) }
     } else {
         Ok(())
     };

@@ -50,7 +50,7 @@ use nix::errno::Errno;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use ledger::{Ledger, block_ref};
+use ledger::{Labels, Ledger, block_ref};
 use map::Mapping;
 
 /// The value written into red zones. Not printable, not zero, not a common fill byte.
@@ -396,14 +396,15 @@ impl ArenaConfig {
     }
 }
 
-/// A block handed out by [`Arena::alloc`]. A plain description (index, offset, length, label);
-/// it does not borrow the arena. Writes go through [`Arena::write`], which checks it.
+/// A block handed out by [`Arena::alloc`]. A plain description (index, offset, length, and
+/// the arena and generation it belongs to: 32 bytes); it does not borrow the arena. Writes go
+/// through [`Arena::write`], which checks it. Its label, if any, stays with the arena
+/// ([`Arena::label`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
     index: usize,
     offset: usize,
     len: usize,
-    label: Option<&'static str>,
     arena: u32,
     generation: u32,
 }
@@ -432,10 +433,6 @@ impl Block {
     /// `offset..end`.
     pub fn range(&self) -> Range<usize> {
         self.offset..self.end()
-    }
-    /// The caller's label, if any.
-    pub fn label(&self) -> Option<&'static str> {
-        self.label
     }
     /// The arena generation (number of resets before this block was allocated).
     pub fn generation(&self) -> u32 {
@@ -531,6 +528,9 @@ pub struct Arena {
     next_index: usize,
     /// Ledger off, no red zone, not released: allocation needs no bookkeeping.
     fast: bool,
+    /// Ledger on, no red zone, not released: allocation appends one ledger record, nothing
+    /// else.
+    recorded: bool,
     id: u32,
     generation: u32,
     map: Mapping,
@@ -544,6 +544,8 @@ pub struct Arena {
     align: usize,
     advice: Vec<Advice>,
     ledger: Option<Ledger>,
+    /// Labels of labeled blocks, kept over resets (ledger on or off).
+    labels: Labels,
 }
 
 // SAFETY: the arena exclusively owns its mapping (no thread-local or shared state); moving it to
@@ -599,6 +601,7 @@ impl Arena {
             capacity,
             next_index: 0,
             fast: !cfg.ledger && cfg.red_zone == 0,
+            recorded: cfg.ledger && cfg.red_zone == 0,
             id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
             generation: 0,
             map,
@@ -608,7 +611,8 @@ impl Arena {
             shared: cfg.shared,
             align,
             advice: Vec::new(),
-            ledger: cfg.ledger.then(Ledger::default),
+            ledger: cfg.ledger.then(|| Ledger::for_capacity(capacity)),
+            labels: Labels::default(),
         };
         // On error below, dropping `arena` unmaps everything.
         for &a in &cfg.advice {
@@ -711,9 +715,32 @@ impl Arena {
         self.ledger.is_some()
     }
 
-    /// The blocks of the current generation (empty without the ledger).
-    pub fn blocks(&self) -> &[LedgerEntry] {
-        self.ledger.as_ref().map_or(&[], |l| &l.entries)
+    /// The blocks of the current generation (empty without the ledger), built from the
+    /// ledger's records.
+    pub fn blocks(&self) -> Vec<LedgerEntry> {
+        let Some(l) = self.ledger.as_ref() else {
+            return Vec::new();
+        };
+        l.indexed()
+            .map(|(index, r)| LedgerEntry {
+                index,
+                offset: r.offset,
+                len: r.len,
+                red_zone: self.red_zone,
+                label: self.labels.get(index),
+                written: r.written,
+                released: r.released,
+            })
+            .collect()
+    }
+
+    /// The label `b` was allocated with ([`Arena::alloc_labeled`]), if any; also for a block
+    /// of an earlier generation. `None` for a block of another arena.
+    pub fn label(&self, b: &Block) -> Option<&'static str> {
+        if b.arena != self.id {
+            return None;
+        }
+        self.labels.get(b.index)
     }
 
     /// Give non-destructive advice for the whole arena.
@@ -761,13 +788,18 @@ impl Arena {
         let start = if self.fast && len != 0 && len <= self.end - cur {
             self.cur = cur + len;
             cur - self.base_addr()
+        } else if self.recorded && len != 0 && len <= self.end - cur {
+            self.cur = cur + len;
+            let start = cur - self.base_addr();
+            self.record(start, len);
+            start
         } else {
             match self.alloc_slow(len, 1, None) {
                 Ok(start) => start,
                 Err(why) => return Err(self.refusal(why, len, 1)),
             }
         };
-        Ok(self.hand_out(start, len, None))
+        Ok(self.hand_out(start, len))
     }
 
     /// Allocate `len` bytes whose address is a multiple of `align` (a power of two).
@@ -782,19 +814,25 @@ impl Arena {
         // (-cur) mod align: the padding up to the next multiple; < align, no overflow.
         let pad = cur.wrapping_neg() & align.wrapping_sub(1);
         let room = self.end - cur;
-        let start =
-            if self.fast && align.is_power_of_two() && len != 0 && pad <= room && len <= room - pad
-            {
-                let at = cur + pad;
-                self.cur = at + len;
-                at - self.base_addr()
-            } else {
-                match self.alloc_slow(len, align, None) {
-                    Ok(start) => start,
-                    Err(why) => return Err(self.refusal(why, len, align)),
-                }
-            };
-        Ok(self.hand_out(start, len, None))
+        let fits =
+            |align: usize| align.is_power_of_two() && len != 0 && pad <= room && len <= room - pad;
+        let start = if self.fast && fits(align) {
+            let at = cur + pad;
+            self.cur = at + len;
+            at - self.base_addr()
+        } else if self.recorded && fits(align) {
+            let at = cur + pad;
+            self.cur = at + len;
+            let start = at - self.base_addr();
+            self.record(start, len);
+            start
+        } else {
+            match self.alloc_slow(len, align, None) {
+                Ok(start) => start,
+                Err(why) => return Err(self.refusal(why, len, align)),
+            }
+        };
+        Ok(self.hand_out(start, len))
     }
 
     /// [`Arena::alloc`] with a label for reports.
@@ -818,13 +856,22 @@ impl Arena {
         label: &'static str,
     ) -> Result<Block, ArenaError> {
         match self.alloc_slow(len, align, Some(label)) {
-            Ok(start) => Ok(self.hand_out(start, len, Some(label))),
+            Ok(start) => Ok(self.hand_out(start, len)),
             Err(why) => Err(self.refusal(why, len, align)),
         }
     }
 
+    /// The fast path's ledger entry: one fixed-size record appended (the buffer was reserved
+    /// when the arena was made). The slow path records for itself.
     #[inline(always)]
-    fn hand_out(&mut self, offset: usize, len: usize, label: Option<&'static str>) -> Block {
+    fn record(&mut self, offset: usize, len: usize) {
+        if let Some(l) = self.ledger.as_mut() {
+            l.record(offset, len);
+        }
+    }
+
+    #[inline(always)]
+    fn hand_out(&mut self, offset: usize, len: usize) -> Block {
         let index = self.next_index;
         // 2^64 allocations would take centuries; wrapping keeps the fast path branch-free.
         self.next_index = index.wrapping_add(1);
@@ -832,7 +879,6 @@ impl Arena {
             index,
             offset,
             len,
-            label,
             arena: self.id,
             generation: self.generation,
         }
@@ -879,15 +925,10 @@ impl Arena {
             if red_zone > 0 {
                 ledger.mark_fresh(block_end..end);
             }
-            ledger.entries.push(LedgerEntry {
-                index: self.next_index,
-                offset: start,
-                len,
-                red_zone,
-                label,
-                written: false,
-                released: false,
-            });
+            ledger.record(start, len);
+        }
+        if let Some(label) = label {
+            self.labels.set(self.next_index, label);
         }
         Ok(start)
     }
@@ -1012,7 +1053,7 @@ impl Arena {
         if let Some(ledger) = self.ledger.as_mut() {
             if !bytes.is_empty() {
                 ledger.mark_fresh(start..end);
-                if let Some(e) = ledger.entry_mut(block.index) {
+                if let Some(e) = ledger.record_mut(block.index) {
                     e.written = true;
                 }
             }
@@ -1022,7 +1063,7 @@ impl Arena {
                     index: block.index,
                     offset: block.offset,
                     len: block.len,
-                    label: block.label.map(str::to_string),
+                    label: self.labels.get(block.index).map(str::to_string),
                     bytes_past_end,
                     bytes_past_capacity,
                     write_offset: start,
@@ -1059,7 +1100,7 @@ impl Arena {
                 index: block.index,
                 offset: block.offset,
                 len: block.len,
-                label: block.label.map(str::to_string),
+                label: self.labels.get(block.index).map(str::to_string),
             },
             op: op.to_string(),
         };
@@ -1077,7 +1118,7 @@ impl Arena {
         }
         if op == "write"
             && let Some(l) = self.ledger.as_mut()
-            && l.entry_mut(block.index).is_some_and(|e| e.released)
+            && l.record_mut(block.index).is_some_and(|e| e.released)
         {
             l.use_after_release.push(misuse());
             return Err(ArenaError::UseAfterRelease {
@@ -1103,7 +1144,7 @@ impl Arena {
                 op: "release_block",
             });
         };
-        let Some(e) = ledger.entry_mut(b.index) else {
+        let Some(e) = ledger.record_mut(b.index) else {
             return Err(ArenaError::ForeignBlock {
                 index: b.index,
                 offset: b.offset,
@@ -1111,7 +1152,7 @@ impl Arena {
             });
         };
         if e.released {
-            let r = block_ref(e);
+            let r = block_ref(b.index, e, self.labels.get(b.index));
             ledger.double_releases.push(Misuse {
                 block: r,
                 op: "release_block".into(),
@@ -1157,7 +1198,7 @@ impl Arena {
         self.generation = self.generation.wrapping_add(1);
         if let Some(l) = self.ledger.as_mut() {
             l.first_index = self.next_index;
-            l.entries.clear();
+            l.records.clear();
             l.fresh.clear();
             l.stale_limit = if zero { 0 } else { l.stale_limit.max(extent) };
         }
@@ -1185,6 +1226,7 @@ impl Arena {
         unsafe { map::unmap(&self.map) }?;
         self.released = true;
         self.fast = false;
+        self.recorded = false;
         self.set_used(0);
         Ok(())
     }
@@ -1322,24 +1364,23 @@ impl Arena {
         let bytes = self.bytes();
         let slack = self.slack_damage();
         let leaks = l
-            .entries
-            .iter()
-            .filter(|e| !e.written && !e.released)
-            .map(block_ref)
+            .indexed()
+            .filter(|(_, e)| !e.written && !e.released)
+            .map(|(i, e)| block_ref(i, e, self.labels.get(i)))
             .collect();
         let mut overflows = l.overflows.clone();
-        for e in &l.entries {
-            let zone = e.end()..e.end() + e.red_zone;
+        for (index, e) in l.indexed() {
+            let zone = e.end()..e.end() + self.red_zone;
             if let Some(last) = bytes
                 .get(zone.clone())
                 .and_then(|z| z.iter().rposition(|b| *b != CANARY))
             {
                 let damaged = zone.start..zone.start + last + 1;
                 overflows.push(Overflow {
-                    index: e.index,
+                    index,
                     offset: e.offset,
                     len: e.len,
-                    label: e.label.map(str::to_string),
+                    label: self.labels.get(index).map(str::to_string),
                     bytes_past_end: last + 1,
                     bytes_past_capacity: 0,
                     write_offset: damaged.start,
@@ -1448,6 +1489,14 @@ mod tests {
             render_seed(&[31, 32, b'A', 126, 127, 0, 0x80, 0xff]),
             ". A~...."
         );
+    }
+
+    #[test]
+    fn a_block_is_four_words_and_a_ledger_record_three() {
+        // The descriptor every allocation returns, and what the ledger appends per block:
+        // their size is what the fast paths pay for (BENCHMARKS.md).
+        assert_eq!(size_of::<Block>(), 4 * size_of::<usize>());
+        assert_eq!(size_of::<ledger::Record>(), 3 * size_of::<usize>());
     }
 
     #[test]

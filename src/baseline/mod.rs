@@ -252,7 +252,7 @@ impl Replay {
         self.expected_past_end
             .push((at + bytes.len()).saturating_sub(self.block_size));
         let out = self.arena.write(block, at, &bytes)?;
-        let name = block.label().unwrap_or("?");
+        let name = self.arena.label(block).unwrap_or("?");
         let dest = if at == 0 {
             name.to_string()
         } else {
