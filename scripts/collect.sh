@@ -128,8 +128,10 @@ if ! command -v cc >/dev/null 2>&1; then
   progress "live programs: no C compiler (install build-essential); inspect.json and trace*.json not collected"
   FAILED+=(inspect.json trace.json trace-stacks.json)
 else
-  cc -O2 -o "$SUBJECTS/cow_hold" "$ROOT/scripts/matrix/cow_hold.c"
-  cc -O2 -pthread -o "$SUBJECTS/cow_exact" "$ROOT/tests/trace_programs/cow_exact.c"
+  # Statically linked, as in the guests: the whole-process figures (libc's own pages) then
+  # compare across kernels too.
+  cc -static -O2 -o "$SUBJECTS/cow_hold" "$ROOT/scripts/matrix/cow_hold.c"
+  cc -static -O2 -pthread -o "$SUBJECTS/cow_exact" "$ROOT/tests/trace_programs/cow_exact.c"
   progress "inspect (a held family: scripts/matrix/cow_hold.c)"
   setsid "$SUBJECTS/cow_hold" >"$SUBJECTS/hold.out" &
   HOLD_PID=$!

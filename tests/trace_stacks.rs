@@ -133,13 +133,18 @@ fn the_fork(r: &Value) -> &Value {
 #[rstest]
 #[case::frame_pointers("fp")]
 #[case::no_frame_pointers("nofp")]
-fn each_writer_function_is_named_with_exactly_the_pages_it_copied(#[case] build: &str) {
+fn each_writer_function_is_named_with_exactly_the_pages_it_copied(
+    #[case] build: &str,
+    #[values(false, true)] no_scan: bool,
+) {
     if !is_root() {
         eprintln!("SKIP: the copied_by_* classes need visible PFNs (root)");
         return;
     }
     let prog = programs().join(format!("cow_stacks_{build}"));
-    let t = trace(false, &[], &prog, &["n=2048", "a=250", "b=150", "p=200"]);
+    // Both ways: with PAGEMAP_SCAN and with --no-scan (the paths of a kernel before 6.7).
+    let way: &[&str] = if no_scan { &["--no-scan"] } else { &[] };
+    let t = trace(false, way, &prog, &["n=2048", "a=250", "b=150", "p=200"]);
     assert_eq!(t.status, Some(0), "{}", t.stderr);
     let r = &t.report;
     assert_eq!(r["stacks"]["recorded"], true, "{:#}", r["stacks"]);

@@ -225,6 +225,33 @@ const BITN: [&str; 64] = [
     "bit61", "bit62", "bit63",
 ];
 
+/// Whether this kernel's KPF_KSM bit means "KSM-merged": probed once on a private anonymous
+/// page of our own that KSM was never asked to merge, whose bit must be clear. 6.12.117/118
+/// set it on every anonymous page (`stable_page_flags()` tests `mapping &
+/// FOLIO_MAPPING_KSM`, true for any anonymous folio, since commit dee3d0bef2b0 "proc: rewrite
+/// stable_page_flags()"; fixed by "fs/proc: fix KPF_KSM reported for all anonymous pages"):
+/// there the bit proves nothing. True when the probe cannot run (PFNs hidden: the flag is then
+/// never read).
+pub fn ksm_flag_means_merged() -> bool {
+    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let ps = crate::kernel::page_size();
+        let mut buf = vec![0u8; 2 * ps];
+        let addr = (buf.as_ptr() as usize).next_multiple_of(ps);
+        let off = addr - buf.as_ptr() as usize;
+        // black_box: the write must happen, so the page is present and anonymous.
+        *std::hint::black_box(&mut buf[off]) = 1;
+        let flag = super::pagemap::Pagemap::open(std::process::id() as i32)
+            .and_then(|pm| pm.read(addr as u64, (addr + ps) as u64))
+            .ok()
+            .and_then(|v| v.first().copied())
+            .filter(|e| e.present() && e.pfn() != 0)
+            .and_then(|e| Kpage::open().ok()?.flags(&[e.pfn()]).ok()?.first().copied());
+        std::hint::black_box(&buf);
+        flag.is_none_or(|f| !f.ksm())
+    })
+}
+
 /// Open `/proc/kpagecount` and `/proc/kpageflags`.
 #[derive(Debug)]
 pub struct Kpage {

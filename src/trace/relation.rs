@@ -465,6 +465,8 @@ impl Baseline {
             Some(self.still_mapped(inp.parent.pid(), inp.child.pid())?)
         };
         let scan = !inp.pfn_visible && crate::mem::scan::available();
+        // KPF_KSM counts only where it means merged (6.12.117/118 flag every anon page).
+        let ksm = crate::mem::kpage::ksm_flag_means_merged();
         let mut remapped = 0u64;
         let mut reader = PairReader::new();
         let mut cands: Vec<u64> = Vec::new();
@@ -585,8 +587,10 @@ impl Baseline {
                             c.nonwrite = c.present && c.file && c.pfn != frames[i];
                             while next_cand < cand_idx.len() && cand_idx[next_cand].0 == j {
                                 let f = flags.get(next_cand).copied().unwrap_or_default();
-                                let nw =
-                                    f.ksm() || f.thp() || f.compound_head() || f.compound_tail();
+                                let nw = (ksm && f.ksm())
+                                    || f.thp()
+                                    || f.compound_head()
+                                    || f.compound_tail();
                                 if cand_idx[next_cand].1 {
                                     c.nonwrite |= nw;
                                 } else {

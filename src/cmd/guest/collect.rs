@@ -136,8 +136,8 @@ fn run_with_subject(exe: &Path, c: &Collection, timeout: Duration) -> Outcome {
     o
 }
 
-/// Start a subject in a process group of its own and wait (at most 20 s) for its
-/// `ready <pid>` line.
+/// Start a subject in a process group of its own and wait (at most 20 s) for its first line
+/// on stdout (its setup is done).
 fn start_subject(cmd: &[String]) -> std::result::Result<(std::process::Child, u32), String> {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
@@ -152,24 +152,21 @@ fn start_subject(cmd: &[String]) -> std::result::Result<(std::process::Child, u3
     let stdout = child.stdout.take().ok_or("the subject has no stdout")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
         let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = reader.read_line(&mut line);
         let _ = tx.send(line);
+        // Drain the rest, so a later write by the subject never meets a closed pipe.
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
     });
     let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-    match line.trim().strip_prefix("ready ") {
-        Some(_) => {
-            let id = child.id();
-            Ok((child, id))
-        }
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(format!(
-                "the subject {prog} did not report ready (got {line:?})"
-            ))
-        }
+    if line.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("the subject {prog} printed no line within 20 s"));
     }
+    let id = child.id();
+    Ok((child, id))
 }
 
 /// Run `exe args...` with stdout and stderr captured, killing it after `timeout`.
