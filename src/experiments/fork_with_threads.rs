@@ -105,17 +105,15 @@ fn lock_tries(msgs: &[Msg]) -> Vec<LockTry> {
     out
 }
 
-/// Run the experiment.
-///
-/// # Errors
-/// When the helper thread or the child cannot be started, or /proc cannot be read.
-pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
-    let held = std::sync::Arc::new(PthreadMutex::new());
-    let free = PthreadMutex::new();
+/// A thread that takes `held` and keeps it until told to let go: its handle, the sender
+/// that releases it, and its tid (once it holds the lock).
+fn start_the_lock_holder(
+    held: &std::sync::Arc<PthreadMutex>,
+) -> Result<(std::thread::JoinHandle<Result<()>>, mpsc::Sender<()>, i32)> {
     let (locked_tx, locked_rx) = mpsc::channel::<i32>();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let holder = {
-        let held = std::sync::Arc::clone(&held);
+        let held = std::sync::Arc::clone(held);
         std::thread::Builder::new()
             .name("lock-holder".into())
             .spawn(move || -> Result<()> {
@@ -136,10 +134,17 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
                 std::io::Error::other("it never took the lock"),
             )
         })?;
+    Ok((holder, release_tx, holder_tid))
+}
 
-    let pipes = SubjectPipes::new()?;
+/// The child's program: try the held mutex, then the free one, each for `timeout_ns`.
+fn try_both_locks(
+    pipes: &SubjectPipes,
+    held: &PthreadMutex,
+    free: &PthreadMutex,
+    timeout_ns: u64,
+) -> Vec<ChildOp<'static>> {
     let fd = pipes.child_report_fd();
-    let timeout_ns = TRY_FOR.as_nanos() as u64;
     let mut ops = pipes.prologue().to_vec();
     ops.push(ChildOp::TryLockFor {
         mutex: held.ptr() as usize,
@@ -152,6 +157,21 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
         fd,
     });
     ops.extend(pipes.epilogue());
+    ops
+}
+
+/// Run the experiment.
+///
+/// # Errors
+/// When the helper thread or the child cannot be started, or /proc cannot be read.
+pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
+    let held = std::sync::Arc::new(PthreadMutex::new());
+    let free = PthreadMutex::new();
+    let (holder, release_tx, holder_tid) = start_the_lock_holder(&held)?;
+
+    let pipes = SubjectPipes::new()?;
+    let timeout_ns = TRY_FOR.as_nanos() as u64;
+    let ops = try_both_locks(&pipes, &held, &free, timeout_ns);
     // Sampled just before the fork: the threads that exist at fork time.
     let parent_tasks = tasks(std::process::id() as i32)?;
     let forking_tid = nix::unistd::gettid().as_raw();

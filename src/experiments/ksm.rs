@@ -116,6 +116,9 @@ pub fn run(opts: &ExperimentOptions) -> Result<Outcome> {
     ))
 }
 
+/// Frames of an arena's pages: (PFN, kpageflags KSM bit).
+type Frames = Vec<(u64, bool)>;
+
 fn measure() -> Result<(bool, String, serde_json::Value)> {
     let page = crate::kernel::page_size();
     let cfg = ArenaConfig::new(PAGES * page)
@@ -123,76 +126,21 @@ fn measure() -> Result<(bool, String, serde_json::Value)> {
         .advise(Advice::Mergeable);
     let mut a = Arena::new(cfg.clone())?;
     let mut b = Arena::new(cfg)?;
-    // Identical in both arenas, different per page, never zero, unique to this run.
-    let nonce = format!(
-        "cowscope ksm pid {} t {:?} ",
-        std::process::id(),
-        std::time::SystemTime::now()
-    );
-    for arena in [&mut a, &mut b] {
-        let bytes = arena.bytes_mut();
-        for (k, chunk) in bytes.chunks_mut(page).enumerate() {
-            let pattern = format!("{nonce}page {k} ");
-            for (i, byte) in chunk.iter_mut().enumerate() {
-                *byte = pattern.as_bytes()[i % pattern.len()];
-            }
-        }
-    }
+    fill_identically(&mut a, &mut b, page);
     let pm = Pagemap::open(std::process::id() as i32)
         .map_err(|e| Error::io("opening /proc/self/pagemap", e))?;
     let kp = Kpage::open().map_err(|e| Error::io("opening /proc/kpageflags", e))?;
     let (a_base, b_base) = (a.base_addr(), b.base_addr());
     let before_a = frames(&pm, &kp, a_base, page)?;
     let before_b = frames(&pm, &kp, b_base, page)?;
-    // A control page that KSM must never touch (not MADV_MERGEABLE). If kpageflags calls it
-    // KSM, the bit is unreliable on this kernel: some kernels (seen on Debian's 6.12.117) set
-    // KPF_KSM for every anonymous page ("fs/proc: fix KPF_KSM reported for all anonymous
-    // pages" fixed it). Then only PFN equality and smaps judge the merge.
-    let mut control = Arena::new(ArenaConfig::new(page).advise(Advice::NoHugePage))?;
-    control.bytes_mut()[0] = 1;
-    let control_ksm = frames(&pm, &kp, control.base_addr(), page)?
-        .first()
-        .is_some_and(|f| f.1);
-    let bit_ok = !control_ksm;
+    let (bit_ok, _control) = ksm_bit_is_reliable(&pm, &kp, page)?;
     // With a reliable bit, require it (or its absence); otherwise ignore it.
     let is_ksm = |k: bool| !bit_ok || k;
     let not_ksm = |k: bool| !bit_ok || !k;
 
-    let t0 = Instant::now();
-    let merged = loop {
-        let fa = frames(&pm, &kp, a_base, page)?;
-        let fb = frames(&pm, &kp, b_base, page)?;
-        let all = fa
-            .iter()
-            .zip(&fb)
-            .all(|(x, y)| x.0 != 0 && x.0 == y.0 && is_ksm(x.1) && is_ksm(y.1));
-        if all {
-            break Some((fa, fb));
-        }
-        if t0.elapsed() >= MERGE_WAIT {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let waited_ms = t0.elapsed().as_millis() as u64;
+    let (merged, waited_ms) = wait_for_the_merge(&pm, &kp, (a_base, b_base), page, bit_ok)?;
     let Some((merged_a, merged_b)) = merged else {
-        let fa = frames(&pm, &kp, a_base, page)?;
-        let fb = frames(&pm, &kp, b_base, page)?;
-        return Ok((
-            false,
-            format!(
-                "ksmd did not merge the two arenas within {} s",
-                MERGE_WAIT.as_secs()
-            ),
-            json!({
-                "pages": PAGES,
-                "pfns_a": fa.iter().map(|f| f.0).collect::<Vec<_>>(),
-                "pfns_b": fb.iter().map(|f| f.0).collect::<Vec<_>>(),
-                "ksm_a": fa.iter().map(|f| f.1).collect::<Vec<_>>(),
-                "ksm_b": fb.iter().map(|f| f.1).collect::<Vec<_>>(),
-                "pages_sharing": read_setting(&ksm_file("pages_sharing")).ok(),
-            }),
-        ));
+        return not_merged(&pm, &kp, (a_base, b_base), page);
     };
     let shared_pfn = merged_a[0].0;
     let count_merged = kp
@@ -267,6 +215,93 @@ fn measure() -> Result<(bool, String, serde_json::Value)> {
                             "ksm_a": ksm(&after_a), "ksm_b": ksm(&after_b),
                             "kpagecount_of_old_page0": count_after.first(),
                             "contents_differ_only_at_byte_0": content_ok},
+        }),
+    ))
+}
+
+/// Both arenas: identical, different per page, never zero, unique to this run.
+fn fill_identically(a: &mut Arena, b: &mut Arena, page: usize) {
+    let nonce = format!(
+        "cowscope ksm pid {} t {:?} ",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    for arena in [a, b] {
+        let bytes = arena.bytes_mut();
+        for (k, chunk) in bytes.chunks_mut(page).enumerate() {
+            let pattern = format!("{nonce}page {k} ");
+            for (i, byte) in chunk.iter_mut().enumerate() {
+                *byte = pattern.as_bytes()[i % pattern.len()];
+            }
+        }
+    }
+}
+
+/// Whether kpageflags' KSM bit can be trusted here, from a control page that KSM must never
+/// touch (not MADV_MERGEABLE); the control arena is returned to live as long as the rest.
+/// If kpageflags calls it KSM, the bit is unreliable on this kernel: some kernels (seen on
+/// Debian's 6.12.117) set KPF_KSM for every anonymous page ("fs/proc: fix KPF_KSM reported
+/// for all anonymous pages" fixed it). Then only PFN equality and smaps judge the merge.
+fn ksm_bit_is_reliable(pm: &Pagemap, kp: &Kpage, page: usize) -> Result<(bool, Arena)> {
+    let mut control = Arena::new(ArenaConfig::new(page).advise(Advice::NoHugePage))?;
+    control.bytes_mut()[0] = 1;
+    let control_ksm = frames(pm, kp, control.base_addr(), page)?
+        .first()
+        .is_some_and(|f| f.1);
+    Ok((!control_ksm, control))
+}
+
+/// Poll every 20 ms until ksmd merged every page of both arenas (same PFN, KSM bit when it
+/// is reliable) or [`MERGE_WAIT`] passed; the frames at the merge and the milliseconds waited.
+fn wait_for_the_merge(
+    pm: &Pagemap,
+    kp: &Kpage,
+    (a_base, b_base): (usize, usize),
+    page: usize,
+    bit_ok: bool,
+) -> Result<(Option<(Frames, Frames)>, u64)> {
+    let is_ksm = |k: bool| !bit_ok || k;
+    let t0 = Instant::now();
+    let merged = loop {
+        let fa = frames(pm, kp, a_base, page)?;
+        let fb = frames(pm, kp, b_base, page)?;
+        let all = fa
+            .iter()
+            .zip(&fb)
+            .all(|(x, y)| x.0 != 0 && x.0 == y.0 && is_ksm(x.1) && is_ksm(y.1));
+        if all {
+            break Some((fa, fb));
+        }
+        if t0.elapsed() >= MERGE_WAIT {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok((merged, t0.elapsed().as_millis() as u64))
+}
+
+/// The failed verdict when ksmd did not merge in time, with the frames as they are.
+fn not_merged(
+    pm: &Pagemap,
+    kp: &Kpage,
+    (a_base, b_base): (usize, usize),
+    page: usize,
+) -> Result<(bool, String, serde_json::Value)> {
+    let fa = frames(pm, kp, a_base, page)?;
+    let fb = frames(pm, kp, b_base, page)?;
+    Ok((
+        false,
+        format!(
+            "ksmd did not merge the two arenas within {} s",
+            MERGE_WAIT.as_secs()
+        ),
+        json!({
+            "pages": PAGES,
+            "pfns_a": fa.iter().map(|f| f.0).collect::<Vec<_>>(),
+            "pfns_b": fb.iter().map(|f| f.0).collect::<Vec<_>>(),
+            "ksm_a": fa.iter().map(|f| f.1).collect::<Vec<_>>(),
+            "ksm_b": fb.iter().map(|f| f.1).collect::<Vec<_>>(),
+            "pages_sharing": read_setting(&ksm_file("pages_sharing")).ok(),
         }),
     ))
 }

@@ -17,7 +17,7 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 use serde_json::json;
 
 use super::{ExperimentOptions, Outcome};
-use crate::arena::{Arena, ArenaConfig, render_seed};
+use crate::arena::{Arena, ArenaConfig, GrowOutcome, render_seed};
 use crate::error::{Error, Result};
 use crate::mem::smaps::{self, SmapsEntry};
 
@@ -44,23 +44,7 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     let old_block_addr = old_base + block.offset();
     let guard = arena.guard_len();
 
-    // Block in-place growth: a page right after the end guard.
-    let blocker_at = old_base + arena.mapped_len() + guard;
-    let blocker = place_blocker(blocker_at, page);
-    let blocker_note = match &blocker {
-        Ok(_) => format!("mapped one page at {blocker_at:#x}, right after the end guard"),
-        Err(Errno::EEXIST) => {
-            format!("{blocker_at:#x} was already mapped: growth in place is blocked anyway")
-        }
-        Err(e) => format!("could not map at {blocker_at:#x}: {e}"),
-    };
-
-    let grown = arena.grow(GROW_PAGES * page);
-    if let Ok(p) = blocker {
-        // SAFETY: `p` is the blocker page mapped above, ours and unreferenced.
-        unsafe { munmap(p.cast(), page) }.map_err(|e| Error::io("unmapping the blocker", e))?;
-    }
-    let grown = grown?;
+    let (grown, blocker_note) = grow_past_a_blocker(&mut arena, page)?;
     let new_base = arena.base_addr();
     let survived = arena.bytes()[block.range()].to_vec();
 
@@ -150,6 +134,26 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
             },
         }),
     ))
+}
+
+/// Grow the arena by [`GROW_PAGES`] with a page mapped right after its end guard, so it
+/// cannot grow in place; the blocker is unmapped again. The outcome and what the blocker was.
+fn grow_past_a_blocker(arena: &mut Arena, page: usize) -> Result<(GrowOutcome, String)> {
+    let blocker_at = arena.base_addr() + arena.mapped_len() + arena.guard_len();
+    let blocker = place_blocker(blocker_at, page);
+    let blocker_note = match &blocker {
+        Ok(_) => format!("mapped one page at {blocker_at:#x}, right after the end guard"),
+        Err(Errno::EEXIST) => {
+            format!("{blocker_at:#x} was already mapped: growth in place is blocked anyway")
+        }
+        Err(e) => format!("could not map at {blocker_at:#x}: {e}"),
+    };
+    let grown = arena.grow(GROW_PAGES * page);
+    if let Ok(p) = blocker {
+        // SAFETY: `p` is the blocker page mapped above, ours and unreferenced.
+        unsafe { munmap(p.cast(), page) }.map_err(|e| Error::io("unmapping the blocker", e))?;
+    }
+    Ok((grown?, blocker_note))
 }
 
 /// Map one PROT_NONE page exactly at `addr`, never replacing anything.
