@@ -175,17 +175,17 @@ fn plain(e: std::io::Error, dir: &Path) -> std::io::Error {
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let ctx = || format!("writing {}", path.display());
     let (target, existing) = resolve(path).map_err(|e| Error::io(ctx(), e))?;
-    if let Some(m) = &existing {
-        if written_through(m, path, &target)? {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&target)
-                .map_err(|e| Error::io(ctx(), e))?;
-            return f
-                .write_all(contents)
-                .and_then(|()| f.flush())
-                .map_err(|e| Error::io(ctx(), e));
-        }
+    if let Some(m) = &existing
+        && written_through(m, path, &target)?
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .map_err(|e| Error::io(ctx(), e))?;
+        return f
+            .write_all(contents)
+            .and_then(|()| f.flush())
+            .map_err(|e| Error::io(ctx(), e));
     }
     let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

@@ -51,15 +51,14 @@ fn resolve(node: &Value) -> &Value {
         let name = r.trim_start_matches("#/$defs/");
         return resolve(&schema()["$defs"][name]);
     }
-    if let Some(branches) = node.get("anyOf").or_else(|| node.get("oneOf")) {
-        if let Some(b) = branches
+    if let Some(branches) = node.get("anyOf").or_else(|| node.get("oneOf"))
+        && let Some(b) = branches
             .as_array()
             .into_iter()
             .flatten()
             .find(|b| b.get("$ref").is_some() || b.get("properties").is_some())
-        {
-            return resolve(b);
-        }
+    {
+        return resolve(b);
     }
     node
 }

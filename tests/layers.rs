@@ -382,10 +382,10 @@ fn no_two_files_import_each_other() {
     let mut edges = std::collections::BTreeSet::new();
     for (i, f) in files.iter().enumerate() {
         for p in named_paths(&parse(f), &paths[i], &is_module) {
-            if let Some(j) = file_of(&p) {
-                if j != i {
-                    edges.insert((i, j));
-                }
+            if let Some(j) = file_of(&p)
+                && j != i
+            {
+                edges.insert((i, j));
             }
         }
     }

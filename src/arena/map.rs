@@ -255,7 +255,7 @@ pub(super) unsafe fn grow(
     align: usize,
     page: usize,
 ) -> Result<Grown, ArenaError> {
-    debug_assert!(new_len > m.len && new_len % page == 0);
+    debug_assert!(new_len > m.len && new_len.is_multiple_of(page));
     // SAFETY: the caller's guarantee, passed on.
     match unsafe { grow_in_place(m, new_len) }? {
         InPlace::Grown(g) => Ok(g),

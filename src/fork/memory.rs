@@ -338,10 +338,10 @@ pub fn prepare(
     if let Some(reason) = prove_formed(s, sys, &mut m, unit)? {
         return Ok(Prepared::Skip(reason));
     }
-    if let MemoryKind::Thp { layout } = s.memory {
-        if let Some(reason) = apply_layout(s, &mut m, layout, unit)? {
-            return Ok(Prepared::Skip(reason));
-        }
+    if let MemoryKind::Thp { layout } = s.memory
+        && let Some(reason) = apply_layout(s, &mut m, layout, unit)?
+    {
+        return Ok(Prepared::Skip(reason));
     }
 
     // ── the parent's before-fork steps ───────────────────────────────────────────────────
@@ -970,10 +970,10 @@ const IORING_REGISTER_BUFFERS: u32 = 0;
 /// Set up an io_uring instance and register `[base, base + len)` as a fixed buffer (FOLL_WRITE
 /// | FOLL_PIN | FOLL_LONGTERM). The reason on failure.
 fn register_fixed_buffer(base: usize, len: usize) -> std::result::Result<OwnedFd, String> {
-    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        if v.trim() == "2" {
-            return Err("io_uring is disabled (/proc/sys/kernel/io_uring_disabled is 2)".into());
-        }
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        && v.trim() == "2"
+    {
+        return Err("io_uring is disabled (/proc/sys/kernel/io_uring_disabled is 2)".into());
     }
     // struct io_uring_params is 120 bytes; zeroed asks for the defaults.
     let mut params = [0u8; 120];

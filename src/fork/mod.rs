@@ -492,14 +492,14 @@ pub fn select(opts: &ForkReportOptions) -> Result<Vec<scenarios::Scenario>> {
     }
     // Every page a plan names must exist in the (possibly shrunk) arena.
     for s in &chosen {
-        if let Some(m) = s.max_named_page() {
-            if m >= s.pages {
-                return Err(Error::usage(format!(
-                    "scenario '{}' names page {m}, so it needs --pages of at least {}",
-                    s.name,
-                    m + 1
-                )));
-            }
+        if let Some(m) = s.max_named_page()
+            && m >= s.pages
+        {
+            return Err(Error::usage(format!(
+                "scenario '{}' names page {m}, so it needs --pages of at least {}",
+                s.name,
+                m + 1
+            )));
         }
     }
     Ok(chosen)

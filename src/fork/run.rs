@@ -197,12 +197,12 @@ fn spawn(
         progress.phase(&format!("fork {}/{}", i + 1, s.children.len()));
         spawn_child(i, plan, mem, opts, track, &mut out)?;
     }
-    if out.soft_dirty_tracked {
-        if let Err(e) = crate::kernel::clear_soft_dirty(nix::unistd::getpid().as_raw()) {
-            out.notes
-                .push(format!("could not clear the parent's soft-dirty bits: {e}"));
-            out.soft_dirty_tracked = false;
-        }
+    if out.soft_dirty_tracked
+        && let Err(e) = crate::kernel::clear_soft_dirty(nix::unistd::getpid().as_raw())
+    {
+        out.notes
+            .push(format!("could not clear the parent's soft-dirty bits: {e}"));
+        out.soft_dirty_tracked = false;
     }
     // The parent's own steps come after every subject did its first part.
     for op in &s.parent.ops {
@@ -541,10 +541,10 @@ fn reap(sp: &mut Spawned, timeout: Duration) -> Reaped {
             exits[idx] = Some(e.clone());
             continue;
         }
-        if p.path.len() == 1 {
-            if let Some(sj) = p.subject.as_mut() {
-                exits[idx] = Some(sj.finish(Instant::now() + timeout));
-            }
+        if p.path.len() == 1
+            && let Some(sj) = p.subject.as_mut()
+        {
+            exits[idx] = Some(sj.finish(Instant::now() + timeout));
         }
     }
     for p in sp.procs.iter_mut().filter(|p| p.path.len() > 1) {

@@ -339,7 +339,7 @@ fn the_size_fits_the_kind(s: &Scenario) -> Checked {
                     "a huge page size is a power of two in kB".into(),
                 );
             }
-            if s.pages % want(size_kb) != 0 {
+            if !s.pages.is_multiple_of(want(size_kb)) {
                 return err(
                     ".pages",
                     format!(
@@ -380,13 +380,13 @@ fn the_mapping_fits_the_kind(s: &Scenario) -> Checked {
 /// Pages named in range, at most one grandchild per child, memory steps only in the parent.
 fn the_steps_fit_their_processes(s: &Scenario) -> Checked {
     let err = |f: &str, m: String| Err((f.to_string(), m));
-    if let Some(m) = s.max_named_page() {
-        if m >= s.pages {
-            return err(
-                "",
-                format!("a step names page {m}, but the arena has {} pages", s.pages),
-            );
-        }
+    if let Some(m) = s.max_named_page()
+        && m >= s.pages
+    {
+        return err(
+            "",
+            format!("a step names page {m}, but the arena has {} pages", s.pages),
+        );
     }
     for (i, c) in s.children.iter().enumerate() {
         if c.ops

@@ -175,7 +175,7 @@ impl MemoryKind {
         match self {
             MemoryKind::Thp {
                 layout: ThpLayout::SinglePte,
-            } => page % unit != 0,
+            } => !page.is_multiple_of(unit),
             MemoryKind::Thp {
                 layout: ThpLayout::PartialMremap,
             } => (unit / 2..unit).contains(&page),

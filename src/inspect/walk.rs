@@ -115,7 +115,7 @@ impl PairReader {
     ) -> Result<(), SideError> {
         let ps = crate::kernel::page_size() as u64;
         debug_assert!(
-            start % ps == 0 && end % ps == 0,
+            start.is_multiple_of(ps) && end.is_multiple_of(ps),
             "walk range must be page aligned"
         );
         let mut cur = start;

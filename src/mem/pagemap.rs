@@ -158,7 +158,7 @@ impl Pagemap {
     /// the end of the user address space; other kernel read errors as they come.
     pub fn read_into(&self, start: u64, out: &mut [u64]) -> io::Result<()> {
         let ps = crate::kernel::page_size() as u64;
-        if start % ps != 0 {
+        if !start.is_multiple_of(ps) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("pagemap start {start:#x} is not page aligned"),
@@ -191,7 +191,7 @@ impl Pagemap {
 }
 
 fn check_range(start: u64, end: u64, ps: u64) -> io::Result<()> {
-    if start % ps != 0 || end % ps != 0 {
+    if !start.is_multiple_of(ps) || !end.is_multiple_of(ps) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("range {start:#x}-{end:#x} is not page aligned"),

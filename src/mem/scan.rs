@@ -245,7 +245,7 @@ pub fn available() -> bool {
 /// `InvalidInput` for unaligned or reversed ranges; kernel errors from the ioctl or reads.
 pub fn scan(pm: &Pagemap, start: u64, end: u64, force_fallback: bool) -> io::Result<Scan> {
     let ps = crate::kernel::page_size() as u64;
-    if start % ps != 0 || end % ps != 0 || end < start {
+    if !start.is_multiple_of(ps) || !end.is_multiple_of(ps) || end < start {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("scan range {start:#x}-{end:#x} is unaligned or reversed"),
@@ -287,7 +287,7 @@ pub fn scan_matching(
     anyof: u64,
 ) -> io::Result<Option<Vec<PageRegion>>> {
     let ps = crate::kernel::page_size() as u64;
-    if start % ps != 0 || end % ps != 0 || end < start {
+    if !start.is_multiple_of(ps) || !end.is_multiple_of(ps) || end < start {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("scan range {start:#x}-{end:#x} is unaligned or reversed"),
@@ -519,7 +519,7 @@ fn pmd_sized_folio_at(pm: &Pagemap, k: &Kpage, block: u64) -> io::Result<bool> {
         return Ok(false); // block runs past the address space: cannot be a whole PMD
     }
     let head = PagemapEntry(raw[0]).pfn();
-    if head == 0 || head % n as u64 != 0 {
+    if head == 0 || !head.is_multiple_of(n as u64) {
         return Ok(false);
     }
     let contiguous = raw.iter().enumerate().all(|(i, &e)| {

@@ -105,14 +105,15 @@ fn who_sees_whose_writes(s: &Scenario, e: &Evidence, c: &mut ContentChecks) {
     let child_wrote: Vec<usize> = (0..s.children.len())
         .flat_map(|i| s.written_by(&[i]))
         .collect();
-    if let Some(ph) = par {
-        if !child_wrote.is_empty() && s.memory != MemoryKind::Seed09a {
-            c.parent_sees_child_writes = Some(child_wrote.iter().any(|&pg| {
-                pg * HEAD + HEAD <= ph.len()
-                    && (ph[pg * HEAD + STAMP_SIDE_OFFSET] == side::CHILD
-                        || ph[pg * HEAD + HEAD / 2] == side::CHILD)
-            }));
-        }
+    if let Some(ph) = par
+        && !child_wrote.is_empty()
+        && s.memory != MemoryKind::Seed09a
+    {
+        c.parent_sees_child_writes = Some(child_wrote.iter().any(|&pg| {
+            pg * HEAD + HEAD <= ph.len()
+                && (ph[pg * HEAD + STAMP_SIDE_OFFSET] == side::CHILD
+                    || ph[pg * HEAD + HEAD / 2] == side::CHILD)
+        }));
     }
     let parent_wrote = s.written_by(&[]);
     if let Some(ch) = first_child {

@@ -112,10 +112,10 @@ pub(super) fn smaps_matches_the_pages(s: &Scenario, e: &Evidence, j: &mut Judgem
                 x.private_kb
             ));
         }
-        if let Some(pss) = x.pss_kb {
-            if got.pss_kb.abs_diff(pss) > 1 {
-                bad.push(format!("Pss {} kB vs {pss} kB", got.pss_kb));
-            }
+        if let Some(pss) = x.pss_kb
+            && got.pss_kb.abs_diff(pss) > 1
+        {
+            bad.push(format!("Pss {} kB vs {pss} kB", got.pss_kb));
         }
         if !bad.is_empty() {
             j.file(Finding::disagree(
