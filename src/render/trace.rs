@@ -53,28 +53,52 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     let tracked = f.baseline.as_ref().map_or(c.total, |b| b.pages);
     let mut s = if pfn_visible {
         // The peak leads: what a side held while it ran, then what it still held at the end.
-        let side = |who: &str, held: u64, peak: Option<&crate::trace::Peak>| match peak {
-            Some(p) if p.pages > held => format!(
-                "the {who} copied up to {:.1} MiB while it ran ({:.3} s); {:.1} MiB still held \
-                 at {}",
-                mib(p.pages, ps),
-                p.at,
-                mib(held, ps),
-                fin.trigger
-            ),
-            _ => format!("the {who} copied {:.1} MiB", mib(held, ps)),
+        let side = |who: &str,
+                    held: u64,
+                    peak: Option<&crate::trace::Peak>,
+                    before: Option<&crate::trace::HeldBeforeExit>| {
+            let before = before
+                .filter(|b| b.pages != held && b.began != "pair_end")
+                .map(|b| {
+                    format!(
+                        "{:.1} MiB held before its exit began ({} at {:.3} s); ",
+                        mib(b.pages, ps),
+                        b.began.replace('_', " "),
+                        b.at
+                    )
+                })
+                .unwrap_or_default();
+            match peak {
+                Some(p) if p.pages > held => format!(
+                    "the {who} copied up to {:.1} MiB while it ran ({:.3} s{}); {before}{:.1} \
+                     MiB still held at {}",
+                    mib(p.pages, ps),
+                    p.at,
+                    if p.witness == crate::trace::history::BY_FAULTS {
+                        ", seen by its write faults"
+                    } else {
+                        ""
+                    },
+                    mib(held, ps),
+                    fin.trigger
+                ),
+                _ => format!("the {who} copied {:.1} MiB", mib(held, ps)),
+            }
         };
+        let before = f.peak.as_ref().and_then(|p| p.before_exit.as_ref());
         format!(
             "{} and {} of the {:.1} MiB mapped at the fork",
             side(
                 "child",
                 c.copied_by_child,
-                f.peak.as_ref().map(|p| &p.child)
+                f.peak.as_ref().map(|p| &p.child),
+                before.map(|b| &b.child)
             ),
             side(
                 "parent",
                 c.copied_by_parent,
-                f.peak.as_ref().map(|p| &p.parent)
+                f.peak.as_ref().map(|p| &p.parent),
+                before.map(|b| &b.parent)
             ),
             mib(tracked, ps)
         )
@@ -750,9 +774,15 @@ mod tests {
             child: crate::trace::Peak {
                 pages: 11553,
                 at: 4.5,
+                witness: "samples".into(),
             },
-            parent: crate::trace::Peak { pages: 0, at: 0.0 },
+            parent: crate::trace::Peak {
+                pages: 0,
+                at: 0.0,
+                witness: "samples".into(),
+            },
             before_end: None,
+            before_exit: None,
         });
         let s = sentence(&f, 4096, true).unwrap();
         assert!(

@@ -25,8 +25,11 @@
 //! Memory grows with the target: the baseline is per page by nature (which frame each page
 //! had at the fork, and what became of it). 8 bytes per baseline page hold the parent's
 //! entries, then, rewritten in place, the frames; 1 byte per page the history; 2 bits the
-//! release marks: 9.25 bytes per page at the peak (0.23% of the memory compared), plus two
-//! chunk buffers of 512 KiB while a pagemap is read. Samples keep totals only.
+//! release marks, 2 bits which pages a write could copy (anonymous / page cache) and 2 bits
+//! which the last sample called released (for the fault timeline): 9.75 bytes per page at the
+//! peak (0.24% of the memory compared), plus two chunk buffers of 512 KiB while a pagemap is
+//! read. Samples keep totals only; an ended pair keeps its 4 timeline bits per page
+//! ([`PageHistory`]) until the end of the run.
 
 use std::io;
 
@@ -232,6 +235,16 @@ impl Bits {
     pub fn get(&self, i: usize) -> bool {
         self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
+    fn clear(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w &= !(1u64 << (i % 64));
+        }
+    }
+
+    fn clear_all(&mut self) {
+        self.0.iter_mut().for_each(|w| *w = 0);
+    }
+
     /// Set bits `[a, b)`; returns how many were newly set.
     fn set_range(&mut self, a: usize, b: usize) -> u64 {
         let mut new = 0;
@@ -268,6 +281,139 @@ pub struct Baseline {
     /// copied_at_fork or diverged (in that order), so a copy later released still gets its
     /// stack.
     copies: Option<Box<[Bits; 4]>>,
+    /// Pages a write could copy, from the fork on: shared at the fork, anonymous (`[0]`) or
+    /// a page-cache page of a private file mapping (`[1]`). The fault timeline's candidates.
+    cow: [Bits; 2],
+    /// Pages the last sample called released by the parent (`[0]`: released_by_parent or
+    /// released_by_both) and by the child (`[1]`: released_by_child or released_by_both):
+    /// the fault timeline may prove a copy came first.
+    released_now: [Bits; 2],
+}
+
+/// What the fault timeline needs of an ended pair's baseline (4 bits per page, kept after
+/// the pagemaps are closed): where each page is, which a write could copy, and which the
+/// final sample called released.
+#[derive(Debug, Clone, Default)]
+pub struct PageHistory {
+    segs: Vec<Seg>,
+    cow: [Bits; 2],
+    released_now: [Bits; 2],
+}
+
+/// One page a write could have copied (see [`PageHistory::pages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CowPage {
+    /// Index in the per-page arrays.
+    pub index: usize,
+    /// Its address.
+    pub addr: u64,
+    /// The baseline VMA it lies in.
+    pub vma: usize,
+    /// A page-cache page at the fork (a private file mapping not yet written).
+    pub file: bool,
+    /// The final sample called it released by (parent, child).
+    pub released_now: (bool, bool),
+}
+
+impl PageHistory {
+    /// Build one by hand (tests): runs of `(start, pages, vma)`, which pages are anonymous /
+    /// page-cache candidates, and which the final sample called released by each side.
+    pub fn from_parts(
+        runs: &[(u64, usize, usize)],
+        file: &[usize],
+        released_parent: &[usize],
+        released_child: &[usize],
+    ) -> PageHistory {
+        let mut segs = Vec::new();
+        let mut first = 0;
+        for &(start, pages, vma) in runs {
+            segs.push(Seg {
+                start,
+                pages,
+                vma,
+                first,
+            });
+            first += pages;
+        }
+        let mut h = PageHistory {
+            segs,
+            cow: [Bits::new(first), Bits::new(first)],
+            released_now: [Bits::new(first), Bits::new(first)],
+        };
+        h.cow[0].set_range(0, first);
+        for &i in file {
+            h.cow[0].clear(i);
+            h.cow[1].set_range(i, i + 1);
+        }
+        for &i in released_parent {
+            h.released_now[0].set_range(i, i + 1);
+        }
+        for &i in released_child {
+            h.released_now[1].set_range(i, i + 1);
+        }
+        h
+    }
+
+    /// Every page a write could have copied, in address order.
+    pub fn pages(&self) -> impl Iterator<Item = CowPage> + '_ {
+        let ps = crate::kernel::page_size() as u64;
+        self.segs.iter().flat_map(move |s| {
+            (0..s.pages).filter_map(move |j| {
+                let i = s.first + j;
+                let (anon, file) = (self.cow[0].get(i), self.cow[1].get(i));
+                (anon || file).then(|| CowPage {
+                    index: i,
+                    addr: s.start + j as u64 * ps,
+                    vma: s.vma,
+                    file,
+                    released_now: (self.released_now[0].get(i), self.released_now[1].get(i)),
+                })
+            })
+        })
+    }
+
+    /// The index of the page at `addr`, if the baseline has it.
+    pub fn index(&self, addr: u64) -> Option<usize> {
+        let ps = crate::kernel::page_size() as u64;
+        let k = self
+            .segs
+            .partition_point(|s| s.start + s.pages as u64 * ps <= addr);
+        let s = self.segs.get(k)?;
+        (s.start <= addr).then(|| s.first + ((addr - s.start) / ps) as usize)
+    }
+
+    /// The indexes of the baseline pages in `[start, end)`, run by run.
+    pub fn ranges(&self, start: u64, end: u64) -> Vec<(usize, usize)> {
+        let ps = crate::kernel::page_size() as u64;
+        let from = self
+            .segs
+            .partition_point(|s| s.start + s.pages as u64 * ps <= start);
+        let mut out = Vec::new();
+        for s in &self.segs[from..] {
+            if s.start >= end {
+                break;
+            }
+            let a = start.max(s.start);
+            let b = end.min(s.start + s.pages as u64 * ps);
+            if a < b {
+                out.push((
+                    s.first + ((a - s.start) / ps) as usize,
+                    s.first + ((b - s.start) / ps) as usize,
+                ));
+            }
+        }
+        out
+    }
+
+    /// Pages in the per-page arrays.
+    pub fn len(&self) -> usize {
+        self.segs.last().map_or(0, |s| s.first + s.pages)
+    }
+
+    /// No pages.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What one sample found.
@@ -307,6 +453,7 @@ impl Baseline {
         let ps = crate::kernel::page_size() as u64;
         let mut tracked = 0;
         let mut copied_at_fork = 0;
+        let mut cow = [Bits::new(n), Bits::new(n)];
         let mut reader = PairReader::new();
         for s in &segs {
             let anon_only = vmas[s.vma].anon_only;
@@ -320,7 +467,11 @@ impl Baseline {
                         if anon_only && c.file {
                             c = Seen::default();
                         }
-                        let st = classify::baseline(Seen::from_entry(frames[i]), c, pfn_visible);
+                        let p = Seen::from_entry(frames[i]);
+                        let st = classify::baseline(p, c, pfn_visible);
+                        if st.hist == Hist::Shared {
+                            cow[usize::from(p.file && p.present)].set_range(i, i + 1);
+                        }
                         frames[i] = st.frame;
                         hist[i] = st.hist as u8;
                         if st.hist != Hist::Unborn {
@@ -346,7 +497,18 @@ impl Baseline {
             copied_at_fork,
             thp_from_zero: 0,
             copies: None,
+            cow,
+            released_now: [Bits::new(n), Bits::new(n)],
         })
+    }
+
+    /// What the fault timeline needs once the pair has ended (see [`PageHistory`]).
+    pub fn page_history(&self) -> PageHistory {
+        PageHistory {
+            segs: self.segs.clone(),
+            cow: self.cow.clone(),
+            released_now: self.released_now.clone(),
+        }
     }
 
     /// Pages with a frame at the fork.
@@ -479,8 +641,11 @@ impl Baseline {
             released_by_child,
             thp_from_zero,
             copies,
+            released_now,
             ..
         } = self;
+        released_now[0].clear_all();
+        released_now[1].clear_all();
         for s in segs.iter() {
             let anon_only = vmas[s.vma].anon_only;
             let file_backed = idents[s.vma].inode != 0;
@@ -629,6 +794,15 @@ impl Baseline {
                         frames[i] = st.frame;
                         hist[i] = st.hist as u8;
                         counts.add(class);
+                        match class {
+                            Class::ReleasedByParent => released_now[0].set_range(i, i + 1),
+                            Class::ReleasedByChild => released_now[1].set_range(i, i + 1),
+                            Class::ReleasedByBoth => {
+                                released_now[0].set_range(i, i + 1)
+                                    + released_now[1].set_range(i, i + 1)
+                            }
+                            _ => 0,
+                        };
                         if let Some(bits) = copies.as_mut() {
                             let which = match class {
                                 Class::CopiedByChild => Some(0),

@@ -20,7 +20,7 @@ use super::relation::{self, Baseline, SampleInput};
 use super::syscalls::{self, Traced};
 use super::{
     Attribution, BaselineInfo, FinalSample, ForkRecord, Live, PairEnd, ProcessRecord, ProgramExit,
-    ReleaseTracking, Sample, StacksInfo, Target, TraceBody, TraceOptions, VmaRow,
+    ReleaseTracking, Sample, Target, TraceBody, TraceOptions, VmaRow,
 };
 use crate::error::{EXIT_UNPROVEN, Error, Result};
 use crate::fork::child::{self, ChildOp};
@@ -31,6 +31,8 @@ use crate::mem::system::SystemInfo;
 
 #[path = "tracer_events.rs"]
 mod events;
+#[path = "tracer_history.rs"]
+mod history;
 
 const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 /// How long detaching (or killing, on error) may wait for tracees to stop or die.
@@ -102,9 +104,16 @@ struct Pair {
     /// A side's exit stop was sampled: its memory is being torn down from here on, so no
     /// later `--interval` sample may replace that one as the pair's last.
     exit_sampled: bool,
-    /// Release records of (parent, child) were lost since the fork: that side's copies are
-    /// `diverged`.
-    releases_lost: (bool, bool),
+    /// The end of the latest window of lost release records of (parent, child) since the
+    /// fork (CLOCK_MONOTONIC ns: the drain that found the LOST record).
+    lost_until: (Option<u64>, Option<u64>),
+    /// When the last sample began (after its releases were applied; the fork stop before
+    /// the first).
+    last_sample_ns: u64,
+    /// With the fault stream: the tracked releases, for the timeline of copies.
+    releases: Vec<super::timeline::Release>,
+    /// Each side's exit stop (parent, child), CLOCK_MONOTONIC ns.
+    exit_ns: (Option<u64>, Option<u64>),
 }
 
 struct SigmaskGuard(libc::sigset_t);
@@ -419,9 +428,11 @@ struct Tracer<'a> {
     /// Processes running a 32-bit program while releases were tracked (their releases were
     /// not).
     untracked_32bit: Vec<i32>,
-    /// `--stacks`: the fault stream, and each ended pair's copied pages.
+    /// The fault stream (every run where it opens: the history of copies; with `--stacks`
+    /// also their stacks), and each ended pair's copied pages (`--stacks`) and page history.
     faults: Option<super::faults::Recorder>,
     copies: Vec<super::attribute::PairCopies>,
+    ended: Vec<history::Ended>,
     /// `--pid`: releases from the syscall tracepoints.
     rel: Option<super::releases_perf::ReleaseEvents>,
 }
@@ -497,6 +508,7 @@ pub fn run(
             forks: Vec::new(),
             notes: rel_refused.into_iter().collect(),
             stacks: None,
+            fault_history: None,
         },
         root_exit: None,
         report_pipe: None,
@@ -523,11 +535,10 @@ pub fn run(
         untracked_32bit: Vec::new(),
         faults: None,
         copies: Vec::new(),
+        ended: Vec::new(),
         rel,
     };
-    if let Some(bytes) = opts.stacks {
-        t.start_fault_stream(bytes);
-    }
+    t.start_fault_stream(opts.stacks);
     match &opts.target {
         Target::Command(argv) => {
             // Orphans of the traced tree are reparented to us and reaped here: nothing is
@@ -609,6 +620,7 @@ fn empty_body() -> TraceBody {
         forks: Vec::new(),
         notes: Vec::new(),
         stacks: None,
+        fault_history: None,
     }
 }
 
@@ -1045,7 +1057,10 @@ impl Tracer<'_> {
                     last: None,
                     remapped: 0,
                     exit_sampled: false,
-                    releases_lost: (false, false),
+                    lost_until: (None, None),
+                    last_sample_ns: at_ns,
+                    releases: Vec::new(),
+                    exit_ns: (None, None),
                 });
             }
             Err(e) => self.body.forks[fork]
@@ -1196,10 +1211,14 @@ impl Tracer<'_> {
         if !members.is_empty() && process_is_ending(tgid, tid) {
             // The last name it had (a title set with setproctitle since its start).
             self.refresh_name(tgid);
+            let now = crate::perf::monotonic_ns();
             for i in members {
-                let trig = if self.pairs[i].child == tgid {
+                let pair = &mut self.pairs[i];
+                let trig = if pair.child == tgid {
+                    pair.exit_ns.1.get_or_insert(now);
                     "child_exit"
                 } else {
+                    pair.exit_ns.0.get_or_insert(now);
                     "parent_exit"
                 };
                 self.sample_pair(i, trig);
@@ -1304,10 +1323,22 @@ impl Tracer<'_> {
             let Some(base) = self.pairs[i].base.as_mut() else {
                 continue;
             };
-            let pages: u64 = ranges
-                .iter()
-                .map(|r| base.mark_released(r.start, r.end, by_child))
-                .sum();
+            let mut pages = 0;
+            let mut log = Vec::new();
+            for r in ranges {
+                let new = base.mark_released(r.start, r.end, by_child);
+                // Only a page's first release matters to the timeline.
+                if new > 0 && self.faults.is_some() {
+                    log.push(super::timeline::Release {
+                        time: at_ns.unwrap_or_else(crate::perf::monotonic_ns),
+                        by_child,
+                        start: r.start,
+                        end: r.end,
+                    });
+                }
+                pages += new;
+            }
+            self.pairs[i].releases.append(&mut log);
             let fork = self.pairs[i].fork;
             let rel = &mut self.body.forks[fork].releases;
             let side = if by_child {
@@ -1389,7 +1420,14 @@ impl Tracer<'_> {
         self.sync_releases();
         let whole = self.pair_is_whole_family(i);
         let at = self.now();
+        let now_ns = crate::perf::monotonic_ns();
         let pair = &mut self.pairs[i];
+        // Only copies not seen shared since a lost window ended may hide a lost release.
+        let releases_lost = (
+            super::classify::lost_window_matters(pair.lost_until.0, pair.last_sample_ns),
+            super::classify::lost_window_matters(pair.lost_until.1, pair.last_sample_ns),
+        );
+        pair.last_sample_ns = now_ns;
         let (Some(base), Some(pm_p), Some(pm_c)) = (
             pair.base.as_mut(),
             pair.pm_parent.as_ref(),
@@ -1404,7 +1442,7 @@ impl Tracer<'_> {
             kpage: self.kpage.as_ref(),
             zero: &self.zero,
             family_rule: whole && self.bit56.clear_means_mapped_twice() && !self.ksm_running,
-            releases_lost: pair.releases_lost,
+            releases_lost,
         };
         match base.sample(&inp) {
             Ok(out) => {
@@ -1472,11 +1510,14 @@ impl Tracer<'_> {
     }
 
     fn end_pair(&mut self, i: usize, by: &str) {
-        let at = self.now();
-        let pair = &mut self.pairs[i];
-        if !pair.live {
+        if !self.pairs[i].live {
             return;
         }
+        // The releases it made up to its end, for the timeline.
+        self.sync_releases();
+        self.keep_history(i);
+        let at = self.now();
+        let pair = &mut self.pairs[i];
         pair.live = false;
         let rec = &mut self.body.forks[pair.fork];
         rec.ended = Some(PairEnd {
@@ -1712,79 +1753,8 @@ impl Tracer<'_> {
         self.body.exit = program_exit(self.root_exit.clone(), detached);
         self.body.duration_s = self.now();
         self.fill_attribution();
-        self.attribute_copies();
+        self.finish_fault_stream();
         Ok(())
-    }
-
-    /// `--stacks`: open the fault stream, or say why it cannot be (the page classes stand).
-    fn start_fault_stream(&mut self, stack_bytes: u32) {
-        match super::faults::Recorder::start(stack_bytes) {
-            Ok(r) => {
-                self.body.stacks = Some(StacksInfo {
-                    recorded: true,
-                    event: Some(r.event_name()),
-                    reason: None,
-                    stack_bytes,
-                    samples: 0,
-                    outside: 0,
-                    distinct_stacks: 0,
-                    problems: Vec::new(),
-                });
-                self.faults = Some(r);
-            }
-            Err(reason) => {
-                self.body.stacks = Some(StacksInfo {
-                    recorded: false,
-                    event: None,
-                    reason: Some(reason),
-                    stack_bytes,
-                    samples: 0,
-                    outside: 0,
-                    distinct_stacks: 0,
-                    problems: Vec::new(),
-                });
-            }
-        }
-    }
-
-    /// `--stacks`: stop the fault stream and give every fork its stacks.
-    fn attribute_copies(&mut self) {
-        let Some(r) = self.faults.take() else {
-            return;
-        };
-        let problems = r.failures.clone();
-        let collected = r.finish();
-        let copies = std::mem::take(&mut self.copies);
-        let joins: Vec<_> = copies
-            .iter()
-            .map(|p| super::attribute::join(p, &collected))
-            .collect();
-        let named = super::attribute::name(&joins, &collected);
-        for ((p, j), stacks) in copies.iter().zip(joins).zip(named) {
-            let rec = &mut self.body.forks[p.fork];
-            if j.samples.lost > 0 {
-                rec.notes.push(format!(
-                    "{} fault record(s) were lost (a ring buffer was full): a copy whose fault \
-                     was lost is unattributed",
-                    j.samples.lost
-                ));
-            }
-            rec.stacks = Some(stacks);
-            rec.unattributed = Some(j.unattributed);
-            rec.stack_samples = Some(j.samples);
-        }
-        if let Some(info) = self.body.stacks.as_mut() {
-            info.samples = collected.samples;
-            info.outside = collected.outside;
-            info.distinct_stacks = collected.stacks.len() as u64;
-            info.problems = problems;
-            if collected.malformed > 0 {
-                info.problems.push(format!(
-                    "{} fault record(s) could not be parsed",
-                    collected.malformed
-                ));
-            }
-        }
     }
 
     fn fill_attribution(&mut self) {
