@@ -43,7 +43,7 @@ if ((alloc)); then
   command -v cc >/dev/null || { echo "bench-trace-attach.sh: needs cc" >&2; exit 2; }
   command -v jq >/dev/null || { echo "bench-trace-attach.sh: needs jq" >&2; exit 2; }
   cargo build --release --quiet --bin cowscope
-  bin=$PWD/target/release/cowscope
+  bin=${CARGO_TARGET_DIR:-$PWD/target}/release/cowscope
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   cc -O2 -o "$work/alloc_loop" tests/trace_programs/alloc_loop.c
@@ -95,7 +95,7 @@ for tool in redis-server redis-cli redis-benchmark jq; do
 done
 
 cargo build --release --quiet --bin cowscope
-bin=$PWD/target/release/cowscope
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release/cowscope
 work=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 redis_pid=

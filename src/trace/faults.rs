@@ -38,6 +38,9 @@ use crate::stacks::unwind::{Unwinder, UserRegs};
 
 /// Kernel-mode write faults at user addresses only (x86_64: below the canonical hole).
 const KERNEL_FAULT_FILTER: &str = "(error_code & 2) && address < 0x800000000000";
+/// The same, at present pages only (the history of copies without `--stacks`).
+const KERNEL_PRESENT_FAULT_FILTER: &str =
+    "(error_code & 1) && (error_code & 2) && address < 0x800000000000";
 
 /// Bytes of user stack copied per sample by default (`--stack-size`).
 pub const DEFAULT_STACK_BYTES: u32 = 16 * 1024;
@@ -494,8 +497,18 @@ impl Recorder {
     /// Open events on the threads of `pid` that have none (call while the process is held
     /// at a ptrace stop, before it runs on). Threads created later inherit them.
     pub fn open_process(&mut self, pid: i32, threads: &[i32]) {
-        let user_filter =
-            matches!(self.cfg.source, Source::Tracepoint(_)).then_some("error_code & 2");
+        // Without stacks only a write at a present page can be a copy the timeline counts
+        // (first touches of new memory, the bulk of an allocating program's faults, are at
+        // missing pages): the kernel drops the rest before a record is written.
+        let (user, kernel) = if self.stacks {
+            ("error_code & 2", KERNEL_FAULT_FILTER)
+        } else {
+            (
+                "(error_code & 1) && (error_code & 2)",
+                KERNEL_PRESENT_FAULT_FILTER,
+            )
+        };
+        let user_filter = matches!(self.cfg.source, Source::Tracepoint(_)).then_some(user);
         for &tid in threads {
             if self.opened.contains(&tid) {
                 continue;
@@ -516,7 +529,7 @@ impl Recorder {
                     }
                 }
                 if let Some(kc) = &self.kernel_cfg {
-                    match Stream::redirect(ring, kc, tid, *cpu, Some(KERNEL_FAULT_FILTER)) {
+                    match Stream::redirect(ring, kc, tid, *cpu, Some(kernel)) {
                         Ok(fd) => self.events.push(fd),
                         Err(e) => self.failures.push(format!(
                             "thread {tid} on CPU {cpu}: the page_fault_kernel tracepoint did \

@@ -12,7 +12,9 @@
 //!   was present (bit 0): a write at a present page that is still shared is copy-on-write; a
 //!   write at a missing anonymous page is a swap-in or a refault, not a copy, while at a
 //!   page-cache page of a private file mapping (fork copied no page table there) it copies
-//!   the page from the page cache. With the software event (no error code, read or write
+//!   the page from the page cache. (Without `--stacks` the kernel drops faults at missing
+//!   pages before they are recorded: the first touches of new memory are most of an
+//!   allocating program's faults. Such a page-cache copy is then seen by the samples only.) With the software event (no error code, read or write
 //!   unknown) only anonymous pages count: a page present in both at the fork faults only on
 //!   a write.
 //! - A fault at or after the side's own release of the page is a refault, not a copy.
