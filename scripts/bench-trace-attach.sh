@@ -6,29 +6,96 @@
 # ratio to untraced. Every round: BGSAVE, the write load while the child saves, wait for the
 # save to end, detach (SIGINT), check the server still answers.
 #
+# --alloc-loop: instead, the allocation loop (tests/trace_programs/alloc_loop.c: malloc, touch,
+# free, every free a munmap) with a live (parent, child) pair, untraced vs attached with the
+# tracepoints (releases tracked, the write-fault stream on) vs attached with --syscalls. The
+# program waits until it is attached before it forks and loops ("attached"; untraced it starts
+# at once) and times its own loop (ns per iteration). Modes interleaved round by round,
+# medians with the ratio to untraced, for two shapes: 1 MiB blocks with 256 pages touched
+# (faults dominate) and 256 KiB blocks with one page touched (the syscall dominates).
+#
 # usage: scripts/bench-trace-attach.sh [--runs N] [--keys N] [--requests N] [--no-syscalls]
+#                                      [--alloc-loop [--iterations N]]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runs=3
 keys=100000
 requests=20000
+iterations=3000
+alloc=0
 modes="untraced tracepoints syscalls"
 while (($#)); do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --keys) keys=$2; shift 2 ;;
     --requests) requests=$2; shift 2 ;;
+    --iterations) iterations=$2; shift 2 ;;
+    --alloc-loop) alloc=1; shift ;;
     --no-syscalls) modes="untraced tracepoints"; shift ;;
     *) echo "bench-trace-attach.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+if ((alloc)); then
+  command -v cc >/dev/null || { echo "bench-trace-attach.sh: needs cc" >&2; exit 2; }
+  command -v jq >/dev/null || { echo "bench-trace-attach.sh: needs jq" >&2; exit 2; }
+  cargo build --release --quiet --bin cowscope
+  bin=${CARGO_TARGET_DIR:-$PWD/target}/release/cowscope
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  cc -O2 -o "$work/alloc_loop" tests/trace_programs/alloc_loop.c
+  # One round of one mode: prints the loop's ns per iteration.
+  alloc_round() {
+    local mode=$1 kib=$2 touch=$3 lpid tpid
+    if [[ $mode == untraced ]]; then
+      "$work/alloc_loop" "$iterations" "$kib" "$touch" fork 2>&1 >/dev/null |
+        awk '/^ns_per_iteration/ {print $2}'
+      return
+    fi
+    "$work/alloc_loop" "$iterations" "$kib" "$touch" fork attached 2>"$work/loop.err" >/dev/null &
+    lpid=$!
+    local extra=()
+    [[ $mode == syscalls ]] && extra=(--syscalls)
+    "$bin" trace --pid "$lpid" "${extra[@]}" --out "$work/$mode.json" 2>/dev/null &
+    tpid=$!
+    wait "$lpid"
+    wait "$tpid" || true
+    awk '/^ns_per_iteration/ {print $2}' "$work/loop.err"
+  }
+  for shape in "1024 256" "256 1"; do
+    read -r kib touch <<<"$shape"
+    declare -A got=()
+    m=$modes
+    for n in $(seq "$runs"); do
+      for mode in $m; do
+        r=$(alloc_round "$mode" "$kib" "$touch")
+        echo "round $n $mode ${kib}KiB/$touch: $r ns/iteration" >&2
+        got[$mode]+="$r "
+      done
+      m="${m#* } ${m%% *}"
+    done
+    echo "== alloc/free loop attached: $iterations x malloc($kib KiB), touch $touch page(s), free (a munmap each), a live pair; ns per iteration, medians of $runs interleaved rounds"
+    base=$(tr ' ' '\n' <<<"${got[untraced]}" | grep . | median)
+    printf '%-12s %14s %8s\n' mode ns/iteration ratio
+    for mode in untraced tracepoints syscalls; do
+      [[ -n ${got[$mode]:-} ]] || continue
+      v=$(tr ' ' '\n' <<<"${got[$mode]}" | grep . | median)
+      printf '%-12s %14.0f %8s\n' "$mode" "$v" "$(awk -v a="$v" -v b="$base" 'BEGIN {printf "%.2fx", a / b}')"
+    done
+    [[ -f $work/tracepoints.json ]] && jq -r '"  last tracepoints run: \(.release_tracking.releases) releases, \(.release_tracking.events.lost) release records lost, \(.fault_history.faults) fault records (\(.fault_history.lost) lost), \(.release_tracking.stops) stops"' "$work/tracepoints.json"
+    unset got
+  done
+  exit 0
+fi
 for tool in redis-server redis-cli redis-benchmark jq; do
   command -v "$tool" >/dev/null || { echo "bench-trace-attach.sh: needs $tool" >&2; exit 2; }
 done
 
 cargo build --release --quiet --bin cowscope
-bin=$PWD/target/release/cowscope
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release/cowscope
 work=$(mktemp -d)
 port=$((20000 + RANDOM % 20000))
 redis_pid=
@@ -84,8 +151,6 @@ round() {
   [[ $(cli PING) == PONG ]] || { echo "bench-trace-attach.sh: redis stopped answering" >&2; exit 1; }
   echo "$rps"
 }
-
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 declare -A results
 for n in $(seq "$runs"); do

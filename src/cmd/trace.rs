@@ -106,6 +106,41 @@ pub fn report_with(opts: &TraceOptions, watch: &mut dyn FnMut(Live<'_>)) -> Resu
     Ok(Envelope::new(system, body))
 }
 
+/// `--out`'s directory exists (checked before the program runs, not after).
+fn check_out_dir(out: Option<&std::path::Path>) -> Result<()> {
+    if let Some(p) = out {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(Error::usage(format!(
+                "--out {}: the directory does not exist",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What the tracer tells while it runs, on stderr: the live status line, and each sample's
+/// line when `sample_lines`.
+fn show_live(progress: &Progress, sample_lines: bool, ev: Live<'_>) {
+    match ev {
+        Live::Status {
+            processes,
+            forks,
+            samples,
+            live_pairs,
+        } => progress.line(format!(
+            "tracing: {processes} process(es), {forks} fork(s), {live_pairs} live pair(s), \
+             {samples} sample(s)"
+        )),
+        Live::Sample { fork, sample } if sample_lines => {
+            progress.println(&crate::render::trace::sample_line(fork, sample));
+            let _ = std::io::stderr().flush();
+        }
+        Live::Sample { .. } => {}
+    }
+}
+
 /// Run the command; returns the traced program's exit status.
 ///
 /// # Errors
@@ -162,15 +197,7 @@ pub fn run(args: Args) -> Result<i32> {
         ));
     }
     // Check the output path before the program runs, not after.
-    if let Some(p) = &args.out {
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-        if dir.is_some_and(|d| !d.is_dir()) {
-            return Err(Error::usage(format!(
-                "--out {}: the directory does not exist",
-                p.display()
-            )));
-        }
-    }
+    check_out_dir(args.out.as_deref())?;
     // SIGINT/SIGTERM/SIGHUP/SIGQUIT stay blocked from here to the exit: the tracer takes
     // them itself (sigtimedwait); one that arrives after it stopped listening (a second
     // Ctrl-C while it detaches, `timeout -s INT` signalling cowscope and then its process
@@ -184,22 +211,7 @@ pub fn run(args: Args) -> Result<i32> {
     // Progress::untimed).
     let progress = Progress::untimed();
     let sample_lines = format == TraceFormat::Table && opts.interval.is_some();
-    let mut watch = |ev: Live<'_>| match ev {
-        Live::Status {
-            processes,
-            forks,
-            samples,
-            live_pairs,
-        } => progress.line(format!(
-            "tracing: {processes} process(es), {forks} fork(s), {live_pairs} live pair(s), \
-             {samples} sample(s)"
-        )),
-        Live::Sample { fork, sample } if sample_lines => {
-            progress.println(&crate::render::trace::sample_line(fork, sample));
-            let _ = std::io::stderr().flush();
-        }
-        Live::Sample { .. } => {}
-    };
+    let mut watch = |ev: Live<'_>| show_live(&progress, sample_lines, ev);
     let doc = report_with(&opts, &mut watch);
     progress.finish();
     let doc = doc?;

@@ -53,28 +53,52 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     let tracked = f.baseline.as_ref().map_or(c.total, |b| b.pages);
     let mut s = if pfn_visible {
         // The peak leads: what a side held while it ran, then what it still held at the end.
-        let side = |who: &str, held: u64, peak: Option<&crate::trace::Peak>| match peak {
-            Some(p) if p.pages > held => format!(
-                "the {who} copied up to {:.1} MiB while it ran ({:.3} s); {:.1} MiB still held \
-                 at {}",
-                mib(p.pages, ps),
-                p.at,
-                mib(held, ps),
-                fin.trigger
-            ),
-            _ => format!("the {who} copied {:.1} MiB", mib(held, ps)),
+        let side = |who: &str,
+                    held: u64,
+                    peak: Option<&crate::trace::Peak>,
+                    before: Option<&crate::trace::HeldBeforeExit>| {
+            let before = before
+                .filter(|b| b.pages != held && b.began != "pair_end")
+                .map(|b| {
+                    format!(
+                        "{:.1} MiB held before its exit began ({} at {:.3} s); ",
+                        mib(b.pages, ps),
+                        b.began.replace('_', " "),
+                        b.at
+                    )
+                })
+                .unwrap_or_default();
+            match peak {
+                Some(p) if p.pages > held => format!(
+                    "the {who} copied up to {:.1} MiB while it ran ({:.3} s{}); {before}{:.1} \
+                     MiB still held at {}",
+                    mib(p.pages, ps),
+                    p.at,
+                    if p.witness == crate::trace::history::BY_FAULTS {
+                        ", seen by its write faults"
+                    } else {
+                        ""
+                    },
+                    mib(held, ps),
+                    fin.trigger
+                ),
+                _ => format!("the {who} copied {:.1} MiB", mib(held, ps)),
+            }
         };
+        let before = f.peak.as_ref().and_then(|p| p.before_exit.as_ref());
         format!(
             "{} and {} of the {:.1} MiB mapped at the fork",
             side(
                 "child",
                 c.copied_by_child,
-                f.peak.as_ref().map(|p| &p.child)
+                f.peak.as_ref().map(|p| &p.child),
+                before.map(|b| &b.child)
             ),
             side(
                 "parent",
                 c.copied_by_parent,
-                f.peak.as_ref().map(|p| &p.parent)
+                f.peak.as_ref().map(|p| &p.parent),
+                before.map(|b| &b.parent)
             ),
             mib(tracked, ps)
         )
@@ -414,36 +438,7 @@ pub fn table_with(r: &TraceDoc, all_forks: bool) -> String {
     let b = &r.body;
     let ps = r.system.page_size;
     let mut s = String::new();
-    let what = match &b.command {
-        Some(c) => c.join(" "),
-        None => format!("pid {}", b.pid),
-    };
-    let how = match (&b.exit.code, &b.exit.signal) {
-        (Some(c), _) => format!("exit code {c}"),
-        (None, Some(sig)) => format!("killed by {sig}"),
-        _ => "still running".to_string(),
-    };
-    let _ = writeln!(
-        s,
-        "cowscope trace: {what}: {how}, ended by {}, {:.2} s",
-        b.ended_by, b.duration_s
-    );
-    let _ = writeln!(
-        s,
-        "releases tracked by {} ({} syscall stops, {} releases{}); PFNs {}",
-        b.release_tracking.method,
-        b.release_tracking.stops,
-        b.release_tracking.releases,
-        match &b.release_tracking.events {
-            Some(e) => format!(", {} syscall records read, {} lost", e.records, e.lost),
-            None => String::new(),
-        },
-        if b.attribution.pfn_visible {
-            "visible"
-        } else {
-            "hidden (who copied is unproven)"
-        }
-    );
+    header_lines(&mut s, b);
     let folded: Vec<&ForkRecord> = if all_forks {
         Vec::new()
     } else {
@@ -453,113 +448,7 @@ pub fn table_with(r: &TraceDoc, all_forks: bool) -> String {
         if !all_forks && exec_at_once(f) {
             continue;
         }
-        let _ = writeln!(
-            s,
-            "\nfork {}: {} -> {} ({}{}) at {:.3} s, parent held {} µs, child held {} µs",
-            n + 1,
-            who(b, f.parent),
-            who(b, f.child),
-            f.kind,
-            if f.shares_mm {
-                ", shares the parent's memory: no copy-on-write"
-            } else {
-                ""
-            },
-            f.at,
-            f.pause_us,
-            f.child_hold_us
-        );
-        if let Some(bl) = &f.baseline {
-            let _ = writeln!(
-                s,
-                "  baseline: {} ({:.1} MiB) in {} VMAs{}",
-                super::svg::pages(bl.pages),
-                mib(bl.pages, ps),
-                bl.vmas,
-                if bl.copied_at_fork > 0 {
-                    format!(
-                        ", {} already the child's own at its first instruction (its TID page, pinned pages)",
-                        bl.copied_at_fork
-                    )
-                } else {
-                    String::new()
-                }
-            );
-        }
-        if let Some(fin) = &f.final_sample {
-            let _ = writeln!(
-                s,
-                "  final ({} at {:.3} s, {} samples):",
-                fin.trigger,
-                fin.at,
-                f.samples.len()
-            );
-            for (name, v) in rows(&fin.counts) {
-                if v > 0 {
-                    let _ = writeln!(s, "{}", count_line(name, v, ps));
-                }
-            }
-            let mut top: Vec<_> = fin
-                .vmas
-                .iter()
-                .filter(|v| v.counts.total > v.counts.shared + v.counts.zero)
-                .collect();
-            top.sort_by_key(|v| {
-                std::cmp::Reverse(v.counts.total - v.counts.shared - v.counts.zero)
-            });
-            if !top.is_empty() {
-                let _ = writeln!(s, "  VMAs with most change:");
-            }
-            for v in top.iter().take(5) {
-                let c = &v.counts;
-                let (copy_label, copy_c, copy_p) = if b.attribution.pfn_visible {
-                    ("copied c/p", c.copied_by_child, c.copied_by_parent)
-                } else {
-                    ("diverged/unproven", c.diverged, c.unproven)
-                };
-                let _ = writeln!(
-                    s,
-                    "    {}-{} {} {:<28} {copy_label} {}/{}  released c/p {}/{}  other {}",
-                    v.vma.start,
-                    v.vma.end,
-                    v.vma.perms,
-                    if v.vma.pathname.is_empty() {
-                        "[anon]"
-                    } else {
-                        &v.vma.pathname
-                    },
-                    copy_c,
-                    copy_p,
-                    c.released_by_child,
-                    c.released_by_parent,
-                    c.total
-                        - c.shared
-                        - c.zero
-                        - copy_c
-                        - copy_p
-                        - c.released_by_child
-                        - c.released_by_parent
-                );
-            }
-            if let Some(line) = sentence(f, ps, b.attribution.pfn_visible) {
-                let _ = writeln!(s, "  => {line}");
-            }
-        }
-        let own = b
-            .processes
-            .iter()
-            .find(|p| p.pid == f.parent)
-            .map(|p| module_name(&p.exe))
-            .unwrap_or_default();
-        for line in stack_lines(f, &own, ps) {
-            let _ = writeln!(s, "{line}");
-        }
-        if let Some(e) = &f.ended {
-            let _ = writeln!(s, "  ended: {} at {:.3} s", e.by, e.at);
-        }
-        for n in &f.notes {
-            let _ = writeln!(s, "  note: {n}");
-        }
+        fork_lines(&mut s, b, n, f, ps);
     }
     if !folded.is_empty() {
         let mut names: Vec<String> = Vec::new();
@@ -618,6 +507,160 @@ pub fn table_with(r: &TraceDoc, all_forks: bool) -> String {
         let _ = writeln!(s, "note: {n}");
     }
     s
+}
+
+/// The run's first lines: what ran, how it ended, how releases were tracked.
+fn header_lines(s: &mut String, b: &crate::trace::TraceBody) {
+    let what = match &b.command {
+        Some(c) => c.join(" "),
+        None => format!("pid {}", b.pid),
+    };
+    let how = match (&b.exit.code, &b.exit.signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(sig)) => format!("killed by {sig}"),
+        _ => "still running".to_string(),
+    };
+    let _ = writeln!(
+        s,
+        "cowscope trace: {what}: {how}, ended by {}, {:.2} s",
+        b.ended_by, b.duration_s
+    );
+    let _ = writeln!(
+        s,
+        "releases tracked by {} ({} syscall stops, {} releases{}); PFNs {}",
+        b.release_tracking.method,
+        b.release_tracking.stops,
+        b.release_tracking.releases,
+        match &b.release_tracking.events {
+            Some(e) => format!(", {} syscall records read, {} lost", e.records, e.lost),
+            None => String::new(),
+        },
+        if b.attribution.pfn_visible {
+            "visible"
+        } else {
+            "hidden (who copied is unproven)"
+        }
+    );
+}
+
+/// One fork's section: both processes, the baseline, the final sample, stacks, notes.
+fn fork_lines(s: &mut String, b: &crate::trace::TraceBody, n: usize, f: &ForkRecord, ps: u64) {
+    let _ = writeln!(
+        s,
+        "\nfork {}: {} -> {} ({}{}) at {:.3} s, parent held {} µs, child held {} µs",
+        n + 1,
+        who(b, f.parent),
+        who(b, f.child),
+        f.kind,
+        if f.shares_mm {
+            ", shares the parent's memory: no copy-on-write"
+        } else {
+            ""
+        },
+        f.at,
+        f.pause_us,
+        f.child_hold_us
+    );
+    if let Some(bl) = &f.baseline {
+        let _ = writeln!(
+            s,
+            "  baseline: {} ({:.1} MiB) in {} VMAs{}",
+            super::svg::pages(bl.pages),
+            mib(bl.pages, ps),
+            bl.vmas,
+            if bl.copied_at_fork > 0 {
+                format!(
+                    ", {} already the child's own at its first instruction (its TID page, pinned pages)",
+                    bl.copied_at_fork
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(fin) = &f.final_sample {
+        final_lines(s, b, f, fin, ps);
+    }
+    let own = b
+        .processes
+        .iter()
+        .find(|p| p.pid == f.parent)
+        .map(|p| module_name(&p.exe))
+        .unwrap_or_default();
+    for line in stack_lines(f, &own, ps) {
+        let _ = writeln!(s, "{line}");
+    }
+    if let Some(e) = &f.ended {
+        let _ = writeln!(s, "  ended: {} at {:.3} s", e.by, e.at);
+    }
+    for n in &f.notes {
+        let _ = writeln!(s, "  note: {n}");
+    }
+}
+
+/// The final sample: its classes, the VMAs with most change, and the sentence.
+fn final_lines(
+    s: &mut String,
+    b: &crate::trace::TraceBody,
+    f: &ForkRecord,
+    fin: &crate::trace::FinalSample,
+    ps: u64,
+) {
+    let _ = writeln!(
+        s,
+        "  final ({} at {:.3} s, {} samples):",
+        fin.trigger,
+        fin.at,
+        f.samples.len()
+    );
+    for (name, v) in rows(&fin.counts) {
+        if v > 0 {
+            let _ = writeln!(s, "{}", count_line(name, v, ps));
+        }
+    }
+    let mut top: Vec<_> = fin
+        .vmas
+        .iter()
+        .filter(|v| v.counts.total > v.counts.shared + v.counts.zero)
+        .collect();
+    top.sort_by_key(|v| std::cmp::Reverse(v.counts.total - v.counts.shared - v.counts.zero));
+    if !top.is_empty() {
+        let _ = writeln!(s, "  VMAs with most change:");
+    }
+    for v in top.iter().take(5) {
+        let c = &v.counts;
+        let (copy_label, copy_c, copy_p) = if b.attribution.pfn_visible {
+            ("copied c/p", c.copied_by_child, c.copied_by_parent)
+        } else {
+            ("diverged/unproven", c.diverged, c.unproven)
+        };
+        let _ = writeln!(
+            s,
+            "    {}-{} {} {:<28} {copy_label} {}/{}  released c/p {}/{}  other {}",
+            v.vma.start,
+            v.vma.end,
+            v.vma.perms,
+            if v.vma.pathname.is_empty() {
+                "[anon]"
+            } else {
+                &v.vma.pathname
+            },
+            copy_c,
+            copy_p,
+            c.released_by_child,
+            c.released_by_parent,
+            c.total
+                - c.shared
+                - c.zero
+                - copy_c
+                - copy_p
+                - c.released_by_child
+                - c.released_by_parent
+        );
+    }
+    if let Some(line) = sentence(f, ps, b.attribution.pfn_visible) {
+        let _ = writeln!(s, "  => {line}");
+    }
 }
 
 /// One line for a sample as it is taken (`trace --interval --format table`): time, the pair,
@@ -750,9 +793,15 @@ mod tests {
             child: crate::trace::Peak {
                 pages: 11553,
                 at: 4.5,
+                witness: "samples".into(),
             },
-            parent: crate::trace::Peak { pages: 0, at: 0.0 },
+            parent: crate::trace::Peak {
+                pages: 0,
+                at: 0.0,
+                witness: "samples".into(),
+            },
             before_end: None,
+            before_exit: None,
         });
         let s = sentence(&f, 4096, true).unwrap();
         assert!(

@@ -232,9 +232,10 @@ pub struct Evidence {
     /// process lives in the address space's family, and KSM does not run (it merges pages
     /// across unrelated processes).
     pub family_rule: bool,
-    /// Release records of (parent, child) were lost since the fork (a ring buffer was
-    /// full): a new frame on that side may follow a release nobody saw, so it is `diverged`
-    /// (who is unknown), never that side's copy.
+    /// Release records of (parent, child) were lost in a window that ended after the
+    /// previous sample began ([`lost_window_matters`]): a copy of that side seen now may
+    /// follow a release nobody saw, so it is `diverged` (who is unknown), never that side's
+    /// copy, and stays so.
     pub releases_lost: (bool, bool),
 }
 
@@ -322,10 +323,27 @@ pub fn classify(
         classify_without_pfns(st, p, c, released_by_parent, released_by_child, ev)
     };
     Some(match class {
-        Class::CopiedByParent if ev.releases_lost.0 => Class::Diverged,
-        Class::CopiedByChild if ev.releases_lost.1 => Class::Diverged,
+        Class::CopiedByParent if ev.releases_lost.0 => {
+            st.hist = Hist::Diverged;
+            Class::Diverged
+        }
+        Class::CopiedByChild if ev.releases_lost.1 => {
+            st.hist = Hist::Diverged;
+            Class::Diverged
+        }
         k => k,
     })
+}
+
+/// Whether a window of lost release records of one side (ending at `lost_until`, the drain
+/// that found the LOST record) can hide a release behind a page that side's sample now calls
+/// copied: only when the window ended after the previous sample began (`prev_sample_ns`).
+/// A page seen shared at a sample that began after the window was not released in it (a
+/// release unmaps the page); a page copied before is `diverged` from the first sample after
+/// the window on (its history byte remembers it), so the rule applied at every sample
+/// catches every page whose last sighting as shared came before a window's end.
+pub fn lost_window_matters(lost_until: Option<u64>, prev_sample_ns: u64) -> bool {
+    lost_until.is_some_and(|b| b > prev_sample_ns)
 }
 
 fn by_release(rp: bool, rc: bool, h: Hist) -> Option<Class> {
@@ -1050,6 +1068,54 @@ mod tests {
             ..ROOT
         };
         assert_eq!(classify(&mut st, p, c, false, false, ev), Some(want));
+    }
+
+    /// Only pages whose class depends on the lost window become diverged. A synthetic run of
+    /// one pair: samples at 10, 20, 30, 40 (ns), a window of the child's lost release records
+    /// found at 25. Page A: the child's copy seen at 20 (before the window): a lost release
+    /// may hide behind it from the sample at 30 on. Page B: shared at 30 (a sample that
+    /// began after the window), copied by the child by 40: not released in the window, its
+    /// copy stands. Page C: the parent's copy: the child's loss does not touch it.
+    #[test]
+    fn a_lost_window_makes_diverged_only_the_pages_it_may_hide_a_release_of() {
+        let mut a = shared_state();
+        let mut b = shared_state();
+        let mut c = shared_state();
+        let lost_until = Some(25);
+        let samples = [10u64, 20, 30, 40];
+        let mut prev = 0u64;
+        let mut seen: Vec<[Class; 3]> = Vec::new();
+        for &at in &samples {
+            let known = lost_until.filter(|&u| u <= at);
+            let ev = Evidence {
+                releases_lost: (false, lost_window_matters(known, prev)),
+                ..ROOT
+            };
+            let child_a = if at >= 20 { on(7) } else { on(F) };
+            let child_b = if at >= 40 { on(8) } else { on(F) };
+            let parent_c = if at >= 20 { on(9) } else { on(F) };
+            seen.push([
+                classify(&mut a, on(F), child_a, false, false, ev).unwrap(),
+                classify(&mut b, on(F), child_b, false, false, ev).unwrap(),
+                classify(&mut c, parent_c, on(F), false, false, ev).unwrap(),
+            ]);
+            prev = at;
+        }
+        use Class::*;
+        assert_eq!(
+            seen,
+            [
+                [Shared, Shared, Shared],
+                [CopiedByChild, Shared, CopiedByParent],
+                [Diverged, Shared, CopiedByParent],
+                [Diverged, CopiedByChild, CopiedByParent],
+            ]
+        );
+        assert!(!lost_window_matters(None, 0), "nothing lost");
+        assert!(
+            !lost_window_matters(Some(25), 30),
+            "found before the last sample began"
+        );
     }
 
     #[test]

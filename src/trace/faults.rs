@@ -38,6 +38,9 @@ use crate::stacks::unwind::{Unwinder, UserRegs};
 
 /// Kernel-mode write faults at user addresses only (x86_64: below the canonical hole).
 const KERNEL_FAULT_FILTER: &str = "(error_code & 2) && address < 0x800000000000";
+/// The same, at present pages only (the history of copies without `--stacks`).
+const KERNEL_PRESENT_FAULT_FILTER: &str =
+    "(error_code & 1) && (error_code & 2) && address < 0x800000000000";
 
 /// Bytes of user stack copied per sample by default (`--stack-size`).
 pub const DEFAULT_STACK_BYTES: u32 = 16 * 1024;
@@ -51,6 +54,9 @@ const RING_PAGES_ROOT: usize = 8192;
 /// on Debian) bound all of a user's rings together; rings are halved from 8 MiB until they
 /// fit (4 MiB per CPU on 2 CPUs with those defaults).
 const RING_PAGES_USER: usize = 2048;
+/// Without stacks a record is ~80 bytes: 4 MiB per CPU hold ~50,000 faults between two
+/// drains of the collector (every 20 ms, or sooner at the watermark).
+const RING_PAGES_CHEAP: usize = 1024;
 
 /// How faults are recorded on this run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +139,20 @@ struct Kept {
     interval: u32,
     time: u64,
     stack: u32,
+    /// The tracepoint's `error_code & 1`: the fault was at a present page (a write to a
+    /// write-protected page: copy-on-write or reuse) rather than a missing one (`None`: the
+    /// software event does not say).
+    present: Option<bool>,
+}
+
+/// The first write fault a process took at a page after a fork (see
+/// [`Collected::first_write`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstWrite {
+    /// CLOCK_MONOTONIC ns.
+    pub time: u64,
+    /// At a present page (`error_code` bit 0), where the event says.
+    pub present: Option<bool>,
 }
 
 /// Per process, what the collector kept.
@@ -187,6 +207,24 @@ impl Collected {
             .map(|e| (e.time, e.stack))
     }
 
+    /// The first write fault (any fault, with the software event) at `page` in `pid` at or
+    /// after `since` (a fork time), and whether the page was present.
+    pub fn first_write(&self, pid: i32, page: u64, since: u64) -> Option<FirstWrite> {
+        let epochs = self.epochs.get(&pid)?;
+        let want = epochs.partition_point(|&e| e < since) + 1;
+        self.procs
+            .get(&pid)?
+            .pages
+            .get(&page)?
+            .iter()
+            .filter(|e| e.interval as usize >= want && e.time >= since)
+            .min_by_key(|e| e.interval)
+            .map(|e| FirstWrite {
+                time: e.time,
+                present: e.present,
+            })
+    }
+
     /// Samples at baseline pages of `pid` at or after `since`.
     pub fn recorded_since(&self, pid: i32, since: u64) -> u64 {
         let Some(p) = self.procs.get(&pid) else {
@@ -229,6 +267,9 @@ pub struct Recorder {
     /// Threads whose event could not be opened, and why.
     pub failures: Vec<String>,
     stack_bytes: u32,
+    /// Stacks are unwound (`--stacks`); else the records are cheap (time, tid, address,
+    /// error code): the history of copies only.
+    stacks: bool,
 }
 
 /// Commands are boxed so the channel's item stays small.
@@ -318,12 +359,15 @@ fn open_rings(cfg: &mut Config) -> io::Result<Vec<(i32, Stream)>> {
 
 impl Recorder {
     /// Choose the event (the write-fault tracepoint, else software page faults), check it
-    /// opens here, and start the collector thread.
+    /// opens here, and start the collector thread. `stacks`: the bytes of user stack to copy
+    /// per fault for unwinding (`--stacks`); `None`: cheap records, no unwinding (the
+    /// history of copies only).
     ///
     /// # Errors
     /// Neither event can be opened (`perf_event_open` refused): the sentence says why.
-    pub fn start(stack_bytes: u32) -> Result<Recorder, String> {
+    pub fn start(stacks: Option<u32>) -> Result<Recorder, String> {
         let privileged = nix::unistd::geteuid().is_root();
+        let stack_bytes = stacks.unwrap_or(0);
         let mut errors = Vec::new();
         let mut chosen = None;
         let mut kernel_cfg = None;
@@ -331,13 +375,13 @@ impl Recorder {
         let base = |source, kernel| Config {
             source,
             stack_bytes,
-            user_regs: true,
+            user_regs: stacks.is_some(),
             kernel,
             inherit_threads: true,
-            ring_pages: if privileged {
-                RING_PAGES_ROOT
-            } else {
-                RING_PAGES_USER
+            ring_pages: match (stacks.is_some(), privileged) {
+                (false, _) => RING_PAGES_CHEAP,
+                (true, true) => RING_PAGES_ROOT,
+                (true, false) => RING_PAGES_USER,
             },
         };
         match write_fault_fields() {
@@ -401,6 +445,7 @@ impl Recorder {
             scratch: Vec::new(),
             last_reread: HashMap::new(),
             page_mask: !(crate::kernel::page_size() as u64 - 1),
+            stacks: stacks.is_some(),
         };
         let handle = std::thread::Builder::new()
             .name("cowscope-faults".into())
@@ -419,6 +464,7 @@ impl Recorder {
             opened: Default::default(),
             failures: Vec::new(),
             stack_bytes,
+            stacks: stacks.is_some(),
         })
     }
 
@@ -451,8 +497,18 @@ impl Recorder {
     /// Open events on the threads of `pid` that have none (call while the process is held
     /// at a ptrace stop, before it runs on). Threads created later inherit them.
     pub fn open_process(&mut self, pid: i32, threads: &[i32]) {
-        let user_filter =
-            matches!(self.cfg.source, Source::Tracepoint(_)).then_some("error_code & 2");
+        // Without stacks only a write at a present page can be a copy the timeline counts
+        // (first touches of new memory, the bulk of an allocating program's faults, are at
+        // missing pages): the kernel drops the rest before a record is written.
+        let (user, kernel) = if self.stacks {
+            ("error_code & 2", KERNEL_FAULT_FILTER)
+        } else {
+            (
+                "(error_code & 1) && (error_code & 2)",
+                KERNEL_PRESENT_FAULT_FILTER,
+            )
+        };
+        let user_filter = matches!(self.cfg.source, Source::Tracepoint(_)).then_some(user);
         for &tid in threads {
             if self.opened.contains(&tid) {
                 continue;
@@ -473,7 +529,7 @@ impl Recorder {
                     }
                 }
                 if let Some(kc) = &self.kernel_cfg {
-                    match Stream::redirect(ring, kc, tid, *cpu, Some(KERNEL_FAULT_FILTER)) {
+                    match Stream::redirect(ring, kc, tid, *cpu, Some(kernel)) {
                         Ok(fd) => self.events.push(fd),
                         Err(e) => self.failures.push(format!(
                             "thread {tid} on CPU {cpu}: the page_fault_kernel tracepoint did \
@@ -516,6 +572,9 @@ impl Recorder {
             c.epochs.push(at_ns);
             c.add_ranges(ranges);
         }
+        if !self.stacks {
+            return;
+        }
         // The parent's modules now (it may have loaded some since), then the child's: the
         // same at the fork.
         self.send(Cmd::ReadMaps(parent));
@@ -524,11 +583,16 @@ impl Recorder {
 
     /// The process's code may have changed (exec, a module loaded): read its maps again.
     pub fn reread_maps(&self, pid: i32) {
-        self.send(Cmd::ReadMaps(pid));
+        if self.stacks {
+            self.send(Cmd::ReadMaps(pid));
+        }
     }
 
     /// The forking thread's user stack at its fork stop, for the pages fork itself copied.
     pub fn fork_stack(&self, fork: usize, pid: i32, tid: i32) {
+        if !self.stacks {
+            return;
+        }
         if let Some((regs, stack)) = stopped_stack(tid, self.stack_bytes as usize) {
             self.send(Cmd::ForkStack {
                 fork,
@@ -627,6 +691,7 @@ struct Collector {
     scratch: Vec<(Loc, bool)>,
     last_reread: HashMap<i32, std::time::Instant>,
     page_mask: u64,
+    stacks: bool,
 }
 
 /// One fault as the collector judges it.
@@ -636,6 +701,7 @@ struct Fault<'a> {
     addr: u64,
     ip: u64,
     write: Option<bool>,
+    present: Option<bool>,
     regs: Option<UserRegs>,
     stack: &'a [u8],
 }
@@ -710,14 +776,16 @@ impl Collector {
                 Record::Sample(smp) => {
                     self.out.samples += 1;
                     let Some(pid) = smp.pid else { return };
-                    let (addr, ip, write) = match (&self.fields, smp.raw) {
+                    let (addr, ip, ec) = match (&self.fields, smp.raw) {
                         (Some((a, i, ec)), Some(raw)) => (
                             perf::field_u64(&raw, a).unwrap_or(0),
                             perf::field_u64(&raw, i).unwrap_or(0),
-                            perf::field_u64(&raw, ec).map(|e| e & 2 != 0),
+                            perf::field_u64(&raw, ec),
                         ),
                         _ => (smp.addr.unwrap_or(0), smp.ip.unwrap_or(0), None),
                     };
+                    // x86 page-fault error code: bit 0 present, bit 1 write.
+                    let (write, present) = (ec.map(|e| e & 2 != 0), ec.map(|e| e & 1 != 0));
                     let regs = smp.user_regs.as_ref().and_then(|r| {
                         Some(UserRegs {
                             bp: r.get(6)?,
@@ -750,6 +818,7 @@ impl Collector {
                             addr,
                             ip,
                             write,
+                            present,
                             regs,
                             stack: &stack_bytes,
                         },
@@ -794,6 +863,19 @@ impl Collector {
         {
             return;
         }
+        if !self.stacks {
+            let k = Kept {
+                interval: interval as u32,
+                time: f.time,
+                stack: 0,
+                present: f.present,
+            };
+            match entries.iter_mut().find(|e| e.interval as usize == interval) {
+                Some(e) => *e = k,
+                None => entries.push(k),
+            }
+            return;
+        }
         // The first fault at this page in this interval: unwind it.
         let regs = f.regs.unwrap_or(UserRegs {
             ip: f.ip,
@@ -826,6 +908,7 @@ impl Collector {
             interval: interval as u32,
             time: f.time,
             stack,
+            present: f.present,
         };
         match entries.iter_mut().find(|e| e.interval as usize == interval) {
             Some(e) => *e = k,
@@ -904,11 +987,13 @@ mod tests {
                     interval: 1,
                     time: 150,
                     stack: 1,
+                    present: None,
                 },
                 Kept {
                     interval: 2,
                     time: 260,
                     stack: 2,
+                    present: None,
                 },
             ],
             vec![100, 200],
@@ -925,6 +1010,7 @@ mod tests {
                 interval: 3,
                 time: 350,
                 stack: 9,
+                present: None,
             }],
             vec![100, 200, 300],
         );

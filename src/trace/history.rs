@@ -6,7 +6,13 @@
 //! freed most of what it copied (CPython frees its objects at exit). What a worker cost is the
 //! most it held while it ran.
 
-use super::{Peak, Peaks, Sample};
+use super::timeline::{SideHistory, Timeline};
+use super::{BeforeExit, HeldBeforeExit, Peak, Peaks, Sample};
+
+/// The witness of a peak a sample saw.
+pub const BY_SAMPLES: &str = "samples";
+/// The witness of a peak only the write-fault timeline saw.
+pub const BY_FAULTS: &str = "faults";
 
 fn is_end(trigger: &str) -> bool {
     matches!(
@@ -21,22 +27,26 @@ pub fn peaks(samples: &[Sample]) -> Option<Peaks> {
     let mut child = Peak {
         pages: first.counts.copied_by_child,
         at: first.at,
+        witness: BY_SAMPLES.into(),
     };
     let mut parent = Peak {
         pages: first.counts.copied_by_parent,
         at: first.at,
+        witness: BY_SAMPLES.into(),
     };
     for s in samples {
         if s.counts.copied_by_child > child.pages {
             child = Peak {
                 pages: s.counts.copied_by_child,
                 at: s.at,
+                witness: BY_SAMPLES.into(),
             };
         }
         if s.counts.copied_by_parent > parent.pages {
             parent = Peak {
                 pages: s.counts.copied_by_parent,
                 at: s.at,
+                witness: BY_SAMPLES.into(),
             };
         }
     }
@@ -45,7 +55,40 @@ pub fn peaks(samples: &[Sample]) -> Option<Peaks> {
         child,
         parent,
         before_end,
+        before_exit: None,
     })
+}
+
+/// The peaks over the samples and the fault timeline together: per side the larger, with its
+/// witness (a tie keeps the sample's), and what each side held before its exit began.
+/// `secs` turns a CLOCK_MONOTONIC time into seconds since the start.
+pub fn with_timeline(samples: Option<Peaks>, t: &Timeline, secs: impl Fn(u64) -> f64) -> Peaks {
+    let pick = |from_samples: Option<Peak>, h: &SideHistory| match from_samples {
+        Some(p) if p.pages >= h.peak.pages => p,
+        _ => Peak {
+            pages: h.peak.pages,
+            at: secs(h.peak.at_ns),
+            witness: BY_FAULTS.into(),
+        },
+    };
+    let held = |h: &SideHistory| HeldBeforeExit {
+        pages: h.before_exit.pages,
+        at: secs(h.before_exit.at_ns),
+        began: h.exit_began.name().into(),
+    };
+    let (c, p, before_end) = match samples {
+        Some(s) => (Some(s.child), Some(s.parent), s.before_end),
+        None => (None, None, None),
+    };
+    Peaks {
+        child: pick(c, &t.child),
+        parent: pick(p, &t.parent),
+        before_end,
+        before_exit: Some(BeforeExit {
+            child: held(&t.child),
+            parent: held(&t.parent),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub mod ptrace;
 pub mod relation;
 pub mod releases_perf;
 pub mod syscalls;
+pub mod timeline;
 mod tracer;
 
 use std::ffi::OsString;
@@ -103,6 +104,9 @@ pub struct TraceBody {
     /// `--stacks`: how page faults were recorded, or why they could not be.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stacks: Option<StacksInfo>,
+    /// The write-fault stream behind the peaks (every run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_history: Option<FaultHistory>,
 }
 
 /// How `--stacks` recorded the faults behind the copies.
@@ -329,13 +333,59 @@ pub struct Sample {
     pub counts: Counts,
 }
 
-/// The most copied memory of one side over the samples.
+/// The most copied memory of one side, over the samples and the write-fault stream.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Peak {
-    /// `copied_by_child` (or `copied_by_parent`) at its largest.
+    /// Copied pages held at once, at their most: `copied_by_child` (or `copied_by_parent`)
+    /// of a sample, or the fault stream's count of copies not yet released.
     pub pages: u64,
-    /// Seconds since start of that sample.
+    /// Seconds since start of that sample (or fault).
     pub at: f64,
+    /// What saw it: `samples` (a pagemap sample) or `faults` (the write-fault stream's
+    /// timeline of copies and tracked releases, larger than every sample).
+    #[serde(default)]
+    pub witness: String,
+}
+
+/// Copied pages one side held just before it began to exit.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct HeldBeforeExit {
+    /// Pages (from the write-fault timeline).
+    pub pages: u64,
+    /// Seconds since start.
+    pub at: f64,
+    /// How the exit's beginning was found: `exit_stop` (PTRACE_EVENT_EXIT, after
+    /// `exit_group`), `release_storm` (right after its last copy: it then released a quarter
+    /// of its peak or more before the exit stop), `pair_end` (no exit stop seen).
+    pub began: String,
+}
+
+/// Per side, what it held before it began to exit (the fault stream only).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct BeforeExit {
+    /// The child.
+    pub child: HeldBeforeExit,
+    /// The parent.
+    pub parent: HeldBeforeExit,
+}
+
+/// The write-fault stream behind the peaks and the history of copies (opened on every run,
+/// also without `--stacks`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct FaultHistory {
+    /// Faults were recorded; false: `reason` says why, and peaks come from samples only.
+    pub recorded: bool,
+    /// The event (see [`StacksInfo::event`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// Why the events could not be opened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Fault records read.
+    pub faults: u64,
+    /// Fault records lost (ring buffers full): a copy among them is missing from the
+    /// timeline (the samples still see it if it was held at one).
+    pub lost: u64,
 }
 
 /// A pair's peaks.
@@ -349,6 +399,9 @@ pub struct Peaks {
     /// sides held while they still ran (`--interval` samples only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before_end: Option<Sample>,
+    /// From the write-fault timeline: what each side held just before it began to exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_exit: Option<BeforeExit>,
 }
 
 /// The final sample with per-VMA rows.

@@ -25,8 +25,11 @@
 //! Memory grows with the target: the baseline is per page by nature (which frame each page
 //! had at the fork, and what became of it). 8 bytes per baseline page hold the parent's
 //! entries, then, rewritten in place, the frames; 1 byte per page the history; 2 bits the
-//! release marks: 9.25 bytes per page at the peak (0.23% of the memory compared), plus two
-//! chunk buffers of 512 KiB while a pagemap is read. Samples keep totals only.
+//! release marks, 2 bits which pages a write could copy (anonymous / page cache) and 2 bits
+//! which the last sample called released (for the fault timeline): 9.75 bytes per page at the
+//! peak (0.24% of the memory compared), plus two chunk buffers of 512 KiB while a pagemap is
+//! read. Samples keep totals only; an ended pair keeps its 4 timeline bits per page
+//! ([`PageHistory`]) until the end of the run.
 
 use std::io;
 
@@ -232,6 +235,16 @@ impl Bits {
     pub fn get(&self, i: usize) -> bool {
         self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
+    fn clear(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w &= !(1u64 << (i % 64));
+        }
+    }
+
+    fn clear_all(&mut self) {
+        self.0.iter_mut().for_each(|w| *w = 0);
+    }
+
     /// Set bits `[a, b)`; returns how many were newly set.
     fn set_range(&mut self, a: usize, b: usize) -> u64 {
         let mut new = 0;
@@ -268,6 +281,139 @@ pub struct Baseline {
     /// copied_at_fork or diverged (in that order), so a copy later released still gets its
     /// stack.
     copies: Option<Box<[Bits; 4]>>,
+    /// Pages a write could copy, from the fork on: shared at the fork, anonymous (`[0]`) or
+    /// a page-cache page of a private file mapping (`[1]`). The fault timeline's candidates.
+    cow: [Bits; 2],
+    /// Pages the last sample called released by the parent (`[0]`: released_by_parent or
+    /// released_by_both) and by the child (`[1]`: released_by_child or released_by_both):
+    /// the fault timeline may prove a copy came first.
+    released_now: [Bits; 2],
+}
+
+/// What the fault timeline needs of an ended pair's baseline (4 bits per page, kept after
+/// the pagemaps are closed): where each page is, which a write could copy, and which the
+/// final sample called released.
+#[derive(Debug, Clone, Default)]
+pub struct PageHistory {
+    segs: Vec<Seg>,
+    cow: [Bits; 2],
+    released_now: [Bits; 2],
+}
+
+/// One page a write could have copied (see [`PageHistory::pages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CowPage {
+    /// Index in the per-page arrays.
+    pub index: usize,
+    /// Its address.
+    pub addr: u64,
+    /// The baseline VMA it lies in.
+    pub vma: usize,
+    /// A page-cache page at the fork (a private file mapping not yet written).
+    pub file: bool,
+    /// The final sample called it released by (parent, child).
+    pub released_now: (bool, bool),
+}
+
+impl PageHistory {
+    /// Build one by hand (tests): runs of `(start, pages, vma)`, which pages are anonymous /
+    /// page-cache candidates, and which the final sample called released by each side.
+    pub fn from_parts(
+        runs: &[(u64, usize, usize)],
+        file: &[usize],
+        released_parent: &[usize],
+        released_child: &[usize],
+    ) -> PageHistory {
+        let mut segs = Vec::new();
+        let mut first = 0;
+        for &(start, pages, vma) in runs {
+            segs.push(Seg {
+                start,
+                pages,
+                vma,
+                first,
+            });
+            first += pages;
+        }
+        let mut h = PageHistory {
+            segs,
+            cow: [Bits::new(first), Bits::new(first)],
+            released_now: [Bits::new(first), Bits::new(first)],
+        };
+        h.cow[0].set_range(0, first);
+        for &i in file {
+            h.cow[0].clear(i);
+            h.cow[1].set_range(i, i + 1);
+        }
+        for &i in released_parent {
+            h.released_now[0].set_range(i, i + 1);
+        }
+        for &i in released_child {
+            h.released_now[1].set_range(i, i + 1);
+        }
+        h
+    }
+
+    /// Every page a write could have copied, in address order.
+    pub fn pages(&self) -> impl Iterator<Item = CowPage> + '_ {
+        let ps = crate::kernel::page_size() as u64;
+        self.segs.iter().flat_map(move |s| {
+            (0..s.pages).filter_map(move |j| {
+                let i = s.first + j;
+                let (anon, file) = (self.cow[0].get(i), self.cow[1].get(i));
+                (anon || file).then(|| CowPage {
+                    index: i,
+                    addr: s.start + j as u64 * ps,
+                    vma: s.vma,
+                    file,
+                    released_now: (self.released_now[0].get(i), self.released_now[1].get(i)),
+                })
+            })
+        })
+    }
+
+    /// The index of the page at `addr`, if the baseline has it.
+    pub fn index(&self, addr: u64) -> Option<usize> {
+        let ps = crate::kernel::page_size() as u64;
+        let k = self
+            .segs
+            .partition_point(|s| s.start + s.pages as u64 * ps <= addr);
+        let s = self.segs.get(k)?;
+        (s.start <= addr).then(|| s.first + ((addr - s.start) / ps) as usize)
+    }
+
+    /// The indexes of the baseline pages in `[start, end)`, run by run.
+    pub fn ranges(&self, start: u64, end: u64) -> Vec<(usize, usize)> {
+        let ps = crate::kernel::page_size() as u64;
+        let from = self
+            .segs
+            .partition_point(|s| s.start + s.pages as u64 * ps <= start);
+        let mut out = Vec::new();
+        for s in &self.segs[from..] {
+            if s.start >= end {
+                break;
+            }
+            let a = start.max(s.start);
+            let b = end.min(s.start + s.pages as u64 * ps);
+            if a < b {
+                out.push((
+                    s.first + ((a - s.start) / ps) as usize,
+                    s.first + ((b - s.start) / ps) as usize,
+                ));
+            }
+        }
+        out
+    }
+
+    /// Pages in the per-page arrays.
+    pub fn len(&self) -> usize {
+        self.segs.last().map_or(0, |s| s.first + s.pages)
+    }
+
+    /// No pages.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What one sample found.
@@ -307,6 +453,7 @@ impl Baseline {
         let ps = crate::kernel::page_size() as u64;
         let mut tracked = 0;
         let mut copied_at_fork = 0;
+        let mut cow = [Bits::new(n), Bits::new(n)];
         let mut reader = PairReader::new();
         for s in &segs {
             let anon_only = vmas[s.vma].anon_only;
@@ -320,7 +467,11 @@ impl Baseline {
                         if anon_only && c.file {
                             c = Seen::default();
                         }
-                        let st = classify::baseline(Seen::from_entry(frames[i]), c, pfn_visible);
+                        let p = Seen::from_entry(frames[i]);
+                        let st = classify::baseline(p, c, pfn_visible);
+                        if st.hist == Hist::Shared {
+                            cow[usize::from(p.file && p.present)].set_range(i, i + 1);
+                        }
                         frames[i] = st.frame;
                         hist[i] = st.hist as u8;
                         if st.hist != Hist::Unborn {
@@ -346,7 +497,18 @@ impl Baseline {
             copied_at_fork,
             thp_from_zero: 0,
             copies: None,
+            cow,
+            released_now: [Bits::new(n), Bits::new(n)],
         })
+    }
+
+    /// What the fault timeline needs once the pair has ended (see [`PageHistory`]).
+    pub fn page_history(&self) -> PageHistory {
+        PageHistory {
+            segs: self.segs.clone(),
+            cow: self.cow.clone(),
+            released_now: self.released_now.clone(),
+        }
     }
 
     /// Pages with a frame at the fork.
@@ -465,191 +627,64 @@ impl Baseline {
             Some(self.still_mapped(inp.parent.pid(), inp.child.pid())?)
         };
         let scan = !inp.pfn_visible && crate::mem::scan::available();
-        // KPF_KSM counts only where it means merged (6.12.117/118 flag every anon page).
-        let ksm = crate::mem::kpage::ksm_flag_means_merged();
         let mut remapped = 0u64;
         let mut reader = PairReader::new();
-        let mut cands: Vec<u64> = Vec::new();
-        let mut cand_idx: Vec<(usize, bool)> = Vec::new();
-        let Baseline {
-            vmas,
-            idents,
-            segs,
-            frames,
-            hist,
-            released_by_parent,
-            released_by_child,
-            thp_from_zero,
-            copies,
-            ..
-        } = self;
-        for s in segs.iter() {
-            let anon_only = vmas[s.vma].anon_only;
-            let file_backed = idents[s.vma].inode != 0;
+        let mut flags = NonwriteFlags::default();
+        self.released_now[0].clear_all();
+        self.released_now[1].clear_all();
+        let segs = std::mem::take(&mut self.segs);
+        for s in &segs {
+            let vma = VmaFacts {
+                anon_only: self.vmas[s.vma].anon_only,
+                file_backed: self.idents[s.vma].inode != 0,
+            };
             let mut kept_cursor = Ranges::new(kept.as_ref().map(|k| k[s.vma].as_slice()));
             let end = s.start + s.pages as u64 * ps;
             let counts = &mut per_vma[s.vma];
-            reader
-                .walk(inp.parent, inp.child, s.start, end, |addr, bp, bc| {
-                    let k = bp.len();
-                    let base = s.first + ((addr - s.start) / ps) as usize;
-                    let chunk_end = addr + k as u64 * ps;
-                    let hidden_facts = |pm: &Pagemap, side: Side| -> Result<Facts, SideError> {
-                        if scan
-                            && let Some(r) = crate::mem::scan::scan_matching(
-                                pm,
-                                addr,
-                                chunk_end,
-                                PAGE_IS_PFNZERO | PAGE_IS_HUGE,
-                            )
-                            .map_err(|e| SideError::new(side, e))?
-                        {
-                            return Ok(Facts::regions(r));
-                        }
-                        Ok(Facts::Fixed(Default::default()))
-                    };
-                    let (mut pf, mut cf) = if inp.pfn_visible {
-                        (
-                            Facts::Fixed(Default::default()),
-                            Facts::Fixed(Default::default()),
-                        )
-                    } else {
-                        (
-                            hidden_facts(inp.parent, Side::Parent)?,
-                            hidden_facts(inp.child, Side::Child)?,
-                        )
-                    };
-                    // Which new frames need kpageflags (KSM, THP): only those that just left
-                    // the shared frame; everything else is decided by frame numbers alone.
-                    let mut flags: Vec<crate::mem::kpage::KpageFlags> = Vec::new();
-                    cands.clear();
-                    cand_idx.clear();
-                    if inp.pfn_visible
-                        && let Some(kp) = inp.kpage
-                    {
-                        for j in 0..k {
-                            let i = base + j;
-                            if Hist::from_u8(hist[i]) != Hist::Shared {
-                                continue;
-                            }
-                            let (p, c) = (PagemapEntry(bp[j]), PagemapEntry(bc[j]));
-                            if !(p.present() && c.present()) || p.pfn() == c.pfn() {
-                                continue;
-                            }
-                            for (e, is_child) in [(p, false), (c, true)] {
-                                if e.pfn() != frames[i] && !e.file_or_shared() {
-                                    cands.push(e.pfn());
-                                    cand_idx.push((j, is_child));
-                                }
-                            }
-                        }
-                        if !cands.is_empty() {
-                            flags = kp
-                                .flags(&cands)
-                                .map_err(|e| SideError::new(Side::Child, e))?;
-                        }
+            let walked = reader.walk(inp.parent, inp.child, s.start, end, |addr, bp, bc| {
+                let base = s.first + ((addr - s.start) / ps) as usize;
+                let chunk_end = addr + bp.len() as u64 * ps;
+                let (mut pf, mut cf) = if inp.pfn_visible {
+                    (
+                        Facts::Fixed(Default::default()),
+                        Facts::Fixed(Default::default()),
+                    )
+                } else {
+                    (
+                        scan_facts(scan, inp.parent, Side::Parent, addr, chunk_end)?,
+                        scan_facts(scan, inp.child, Side::Child, addr, chunk_end)?,
+                    )
+                };
+                flags.look_up(inp, &self.hist[base..], &self.frames[base..], bp, bc)?;
+                for j in 0..bp.len() {
+                    let i = base + j;
+                    let a = addr + j as u64 * ps;
+                    let (nw_p, nw_c) = flags.at(j);
+                    if Hist::from_u8(self.hist[i]) == Hist::Unborn {
+                        continue;
                     }
-                    let mut next_cand = 0;
-                    for j in 0..k {
-                        let i = base + j;
-                        let a = addr + j as u64 * ps;
-                        let mut st = PageState {
-                            frame: frames[i],
-                            hist: Hist::from_u8(hist[i]),
-                        };
-                        if st.hist == Hist::Unborn {
-                            while next_cand < cand_idx.len() && cand_idx[next_cand].0 == j {
-                                next_cand += 1;
-                            }
-                            continue;
-                        }
-                        let mut p = Seen::from_entry(bp[j]);
-                        let mut c = Seen::from_entry(bc[j]);
-                        if anon_only {
-                            // Read-only file VMA: its page-cache pages are outside the
-                            // comparison.
-                            if p.file {
-                                p = Seen::default();
-                            }
-                            if c.file {
-                                c = Seen::default();
-                            }
-                        }
-                        let mut ev = Evidence {
-                            pfn_visible: inp.pfn_visible,
-                            releases_lost: inp.releases_lost,
-                            ..Evidence::default()
-                        };
-                        if inp.pfn_visible {
-                            p.zero = Some(p.present && inp.zero.contains(p.pfn));
-                            c.zero = Some(c.present && inp.zero.contains(c.pfn));
-                            p.nonwrite = p.present && p.file && p.pfn != frames[i];
-                            c.nonwrite = c.present && c.file && c.pfn != frames[i];
-                            while next_cand < cand_idx.len() && cand_idx[next_cand].0 == j {
-                                let f = flags.get(next_cand).copied().unwrap_or_default();
-                                let nw = (ksm && f.ksm())
-                                    || f.thp()
-                                    || f.compound_head()
-                                    || f.compound_tail();
-                                if cand_idx[next_cand].1 {
-                                    c.nonwrite |= nw;
-                                } else {
-                                    p.nonwrite |= nw;
-                                }
-                                next_cand += 1;
-                            }
-                            ev.base_zero = st.hist == Hist::Shared && inp.zero.contains(st.frame);
-                        } else {
-                            let (x, y) = (pf.at(a), cf.at(a));
-                            p.zero = x.zero;
-                            p.pmd_mapped = x.pmd_mapped;
-                            c.zero = y.zero;
-                            c.pmd_mapped = y.pmd_mapped;
-                            ev.same_mapping = kept_cursor.contains(a);
-                            ev.file_backed = file_backed;
-                            ev.family_rule = inp.family_rule;
-                            if !ev.same_mapping {
-                                remapped += 1;
-                            }
-                        }
-                        let was_shared = st.hist == Hist::Shared;
-                        let Some(class) = classify::classify(
-                            &mut st,
-                            p,
-                            c,
-                            released_by_parent.get(i),
-                            released_by_child.get(i),
-                            ev,
-                        ) else {
-                            continue;
-                        };
-                        if was_shared
-                            && ev.base_zero
-                            && ((class == Class::CopiedByChild && c.nonwrite)
-                                || (class == Class::CopiedByParent && p.nonwrite))
-                        {
-                            *thp_from_zero += 1;
-                        }
-                        frames[i] = st.frame;
-                        hist[i] = st.hist as u8;
-                        counts.add(class);
-                        if let Some(bits) = copies.as_mut() {
-                            let which = match class {
-                                Class::CopiedByChild => Some(0),
-                                Class::CopiedByParent => Some(1),
-                                Class::CopiedAtFork => Some(2),
-                                Class::Diverged => Some(3),
-                                _ => None,
-                            };
-                            if let Some(w) = which {
-                                bits[w].set_range(i, i + 1);
-                            }
-                        }
+                    let (p, c, ev) = self.see_page(
+                        inp,
+                        i,
+                        Seen::from_entry(bp[j]),
+                        Seen::from_entry(bc[j]),
+                        vma,
+                        (nw_p, nw_c),
+                        || (pf.at(a), cf.at(a), kept_cursor.contains(a)),
+                    );
+                    if !inp.pfn_visible && !ev.same_mapping {
+                        remapped += 1;
                     }
-                    Ok(())
-                })
-                .map_err(side_err)?;
+                    self.classify_page(i, p, c, ev, counts);
+                }
+                Ok(())
+            });
+            if let Err(e) = walked {
+                self.segs = segs;
+                return Err(side_err(e));
+            }
         }
+        self.segs = segs;
         let mut total = Counts::default();
         for v in &per_vma {
             total.merge(v);
@@ -664,6 +699,209 @@ impl Baseline {
             per_vma,
             remapped,
         })
+    }
+
+    /// Both sides' view of page `i` and what else holds there: read-only file VMAs keep
+    /// anonymous pages only; with PFNs the zero frames and the frames no write makes
+    /// (`nonwrite`: kpageflags); without, PAGEMAP_SCAN's facts and whether both sides still
+    /// map the fork-time VMA (`hidden`: zero/PMD facts of each side, same mapping).
+    #[allow(clippy::too_many_arguments)]
+    fn see_page(
+        &self,
+        inp: &SampleInput<'_>,
+        i: usize,
+        mut p: Seen,
+        mut c: Seen,
+        vma: VmaFacts,
+        nonwrite: (bool, bool),
+        hidden: impl FnOnce() -> (
+            crate::inspect::classify::HiddenFacts,
+            crate::inspect::classify::HiddenFacts,
+            bool,
+        ),
+    ) -> (Seen, Seen, Evidence) {
+        if vma.anon_only {
+            // Read-only file VMA: its page-cache pages are outside the comparison.
+            if p.file {
+                p = Seen::default();
+            }
+            if c.file {
+                c = Seen::default();
+            }
+        }
+        let frame = self.frames[i];
+        let mut ev = Evidence {
+            pfn_visible: inp.pfn_visible,
+            releases_lost: inp.releases_lost,
+            ..Evidence::default()
+        };
+        if inp.pfn_visible {
+            p.zero = Some(p.present && inp.zero.contains(p.pfn));
+            c.zero = Some(c.present && inp.zero.contains(c.pfn));
+            p.nonwrite = (p.present && p.file && p.pfn != frame) || nonwrite.0;
+            c.nonwrite = (c.present && c.file && c.pfn != frame) || nonwrite.1;
+            ev.base_zero = Hist::from_u8(self.hist[i]) == Hist::Shared && inp.zero.contains(frame);
+        } else {
+            let (x, y, same_mapping) = hidden();
+            p.zero = x.zero;
+            p.pmd_mapped = x.pmd_mapped;
+            c.zero = y.zero;
+            c.pmd_mapped = y.pmd_mapped;
+            ev.same_mapping = same_mapping;
+            ev.file_backed = vma.file_backed;
+            ev.family_rule = inp.family_rule;
+        }
+        (p, c, ev)
+    }
+
+    /// Classify page `i` and remember it: its state, its count, the last sample's released
+    /// pages (for the fault timeline) and, with `--stacks`, every class of copy it had.
+    fn classify_page(&mut self, i: usize, p: Seen, c: Seen, ev: Evidence, counts: &mut Counts) {
+        let mut st = PageState {
+            frame: self.frames[i],
+            hist: Hist::from_u8(self.hist[i]),
+        };
+        let was_shared = st.hist == Hist::Shared;
+        let Some(class) = classify::classify(
+            &mut st,
+            p,
+            c,
+            self.released_by_parent.get(i),
+            self.released_by_child.get(i),
+            ev,
+        ) else {
+            return;
+        };
+        if was_shared
+            && ev.base_zero
+            && ((class == Class::CopiedByChild && c.nonwrite)
+                || (class == Class::CopiedByParent && p.nonwrite))
+        {
+            self.thp_from_zero += 1;
+        }
+        self.frames[i] = st.frame;
+        self.hist[i] = st.hist as u8;
+        counts.add(class);
+        match class {
+            Class::ReleasedByParent => self.released_now[0].set_range(i, i + 1),
+            Class::ReleasedByChild => self.released_now[1].set_range(i, i + 1),
+            Class::ReleasedByBoth => {
+                self.released_now[0].set_range(i, i + 1) + self.released_now[1].set_range(i, i + 1)
+            }
+            _ => 0,
+        };
+        if let Some(bits) = self.copies.as_mut() {
+            let which = match class {
+                Class::CopiedByChild => Some(0),
+                Class::CopiedByParent => Some(1),
+                Class::CopiedAtFork => Some(2),
+                Class::Diverged => Some(3),
+                _ => None,
+            };
+            if let Some(w) = which {
+                bits[w].set_range(i, i + 1);
+            }
+        }
+    }
+}
+
+/// What a page's VMA says about it.
+#[derive(Debug, Clone, Copy)]
+struct VmaFacts {
+    /// A read-only file mapping: only its anonymous pages take part.
+    anon_only: bool,
+    /// A file mapping (inode != 0).
+    file_backed: bool,
+}
+
+/// Without PFNs: PAGEMAP_SCAN's zero-page and PMD facts over one chunk of one side (fixed
+/// "unknown" facts where the scan is not available).
+fn scan_facts(
+    scan: bool,
+    pm: &Pagemap,
+    side: Side,
+    addr: u64,
+    chunk_end: u64,
+) -> Result<Facts, SideError> {
+    if scan
+        && let Some(r) =
+            crate::mem::scan::scan_matching(pm, addr, chunk_end, PAGE_IS_PFNZERO | PAGE_IS_HUGE)
+                .map_err(|e| SideError::new(side, e))?
+    {
+        return Ok(Facts::regions(r));
+    }
+    Ok(Facts::Fixed(Default::default()))
+}
+
+/// With PFNs, per page of a chunk, whether each side's frame is one no write makes (KSM,
+/// THP): kpageflags is read only for frames that just left the shared one, everything else is
+/// decided by frame numbers alone.
+#[derive(Debug, Default)]
+struct NonwriteFlags {
+    cands: Vec<u64>,
+    /// (page in the chunk, the child's frame) per candidate, in page order.
+    idx: Vec<(usize, bool)>,
+    flags: Vec<crate::mem::kpage::KpageFlags>,
+    next: usize,
+}
+
+impl NonwriteFlags {
+    /// Read the flags of the chunk's candidates (`hist`, `frames`: from the chunk's first
+    /// page on).
+    fn look_up(
+        &mut self,
+        inp: &SampleInput<'_>,
+        hist: &[u8],
+        frames: &[u64],
+        bp: &[u64],
+        bc: &[u64],
+    ) -> Result<(), SideError> {
+        self.cands.clear();
+        self.idx.clear();
+        self.flags.clear();
+        self.next = 0;
+        let Some(kp) = inp.kpage.filter(|_| inp.pfn_visible) else {
+            return Ok(());
+        };
+        for j in 0..bp.len() {
+            if Hist::from_u8(hist[j]) != Hist::Shared {
+                continue;
+            }
+            let (p, c) = (PagemapEntry(bp[j]), PagemapEntry(bc[j]));
+            if !(p.present() && c.present()) || p.pfn() == c.pfn() {
+                continue;
+            }
+            for (e, is_child) in [(p, false), (c, true)] {
+                if e.pfn() != frames[j] && !e.file_or_shared() {
+                    self.cands.push(e.pfn());
+                    self.idx.push((j, is_child));
+                }
+            }
+        }
+        if !self.cands.is_empty() {
+            self.flags = kp
+                .flags(&self.cands)
+                .map_err(|e| SideError::new(Side::Child, e))?;
+        }
+        Ok(())
+    }
+
+    /// Page `j`'s (parent, child) flags; pages are asked in increasing order.
+    fn at(&mut self, j: usize) -> (bool, bool) {
+        let mut out = (false, false);
+        while self.next < self.idx.len() && self.idx[self.next].0 == j {
+            let f = self.flags.get(self.next).copied().unwrap_or_default();
+            // KPF_KSM counts only where it means merged (6.12.117/118 flag every anon page).
+            let ksm = f.ksm() && crate::mem::kpage::ksm_flag_means_merged();
+            let nw = ksm || f.thp() || f.compound_head() || f.compound_tail();
+            if self.idx[self.next].1 {
+                out.1 |= nw;
+            } else {
+                out.0 |= nw;
+            }
+            self.next += 1;
+        }
+        out
     }
 }
 

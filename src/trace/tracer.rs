@@ -20,7 +20,7 @@ use super::relation::{self, Baseline, SampleInput};
 use super::syscalls::{self, Traced};
 use super::{
     Attribution, BaselineInfo, FinalSample, ForkRecord, Live, PairEnd, ProcessRecord, ProgramExit,
-    ReleaseTracking, Sample, StacksInfo, Target, TraceBody, TraceOptions, VmaRow,
+    ReleaseTracking, Sample, Target, TraceBody, TraceOptions, VmaRow,
 };
 use crate::error::{EXIT_UNPROVEN, Error, Result};
 use crate::fork::child::{self, ChildOp};
@@ -31,6 +31,10 @@ use crate::mem::system::SystemInfo;
 
 #[path = "tracer_events.rs"]
 mod events;
+#[path = "tracer_history.rs"]
+mod history;
+#[path = "tracer_stops.rs"]
+mod stops;
 
 const SYSCALL_STOP: i32 = libc::SIGTRAP | 0x80;
 /// How long detaching (or killing, on error) may wait for tracees to stop or die.
@@ -102,9 +106,16 @@ struct Pair {
     /// A side's exit stop was sampled: its memory is being torn down from here on, so no
     /// later `--interval` sample may replace that one as the pair's last.
     exit_sampled: bool,
-    /// Release records of (parent, child) were lost since the fork: that side's copies are
-    /// `diverged`.
-    releases_lost: (bool, bool),
+    /// The end of the latest window of lost release records of (parent, child) since the
+    /// fork (CLOCK_MONOTONIC ns: the drain that found the LOST record).
+    lost_until: (Option<u64>, Option<u64>),
+    /// When the last sample began (after its releases were applied; the fork stop before
+    /// the first).
+    last_sample_ns: u64,
+    /// With the fault stream: the tracked releases, for the timeline of copies.
+    releases: Vec<super::timeline::Release>,
+    /// Each side's exit stop (parent, child), CLOCK_MONOTONIC ns.
+    exit_ns: (Option<u64>, Option<u64>),
 }
 
 struct SigmaskGuard(libc::sigset_t);
@@ -419,9 +430,11 @@ struct Tracer<'a> {
     /// Processes running a 32-bit program while releases were tracked (their releases were
     /// not).
     untracked_32bit: Vec<i32>,
-    /// `--stacks`: the fault stream, and each ended pair's copied pages.
+    /// The fault stream (every run where it opens: the history of copies; with `--stacks`
+    /// also their stacks), and each ended pair's copied pages (`--stacks`) and page history.
     faults: Option<super::faults::Recorder>,
     copies: Vec<super::attribute::PairCopies>,
+    ended: Vec<history::Ended>,
     /// `--pid`: releases from the syscall tracepoints.
     rel: Option<super::releases_perf::ReleaseEvents>,
 }
@@ -460,44 +473,7 @@ pub fn run(
         vforks: HashMap::new(),
         families: HashMap::new(),
         next_family: 1,
-        body: TraceBody {
-            mode: match mode {
-                Mode::Command => "command".into(),
-                Mode::Attach => "attach".into(),
-            },
-            command: match &opts.target {
-                Target::Command(c) => Some(c.iter().map(|a| a.to_string_lossy().into()).collect()),
-                Target::Pid(_) => None,
-            },
-            pid: 0,
-            release_tracking: ReleaseTracking {
-                method: match tracking {
-                    Tracking::Seccomp => "seccomp",
-                    Tracking::Syscalls => "syscalls",
-                    Tracking::Tracepoints => "tracepoints",
-                    Tracking::None => "none",
-                }
-                .into(),
-                no_new_privs: false,
-                stops: 0,
-                releases: 0,
-                events: None,
-            },
-            attribution: Attribution {
-                pfn_visible: sys.pfn_visible,
-                releases_tracked: tracking != Tracking::None,
-                proven: Vec::new(),
-                unproven: Vec::new(),
-            },
-            interval_ms: opts.interval.map(|d| d.as_millis() as u64),
-            duration_s: 0.0,
-            ended_by: "exit".into(),
-            exit: ProgramExit::default(),
-            processes: Vec::new(),
-            forks: Vec::new(),
-            notes: rel_refused.into_iter().collect(),
-            stacks: None,
-        },
+        body: initial_body(opts, mode, tracking, sys, rel_refused),
         root_exit: None,
         report_pipe: None,
         interrupts: 0,
@@ -523,40 +499,11 @@ pub fn run(
         untracked_32bit: Vec::new(),
         faults: None,
         copies: Vec::new(),
+        ended: Vec::new(),
         rel,
     };
-    if let Some(bytes) = opts.stacks {
-        t.start_fault_stream(bytes);
-    }
-    match &opts.target {
-        Target::Command(argv) => {
-            // Orphans of the traced tree are reparented to us and reaped here: nothing is
-            // left behind as a zombie of an init that does not reap.
-            // SAFETY: prctl with plain integers.
-            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-            let (pid, pipe) = start_command(
-                argv,
-                tracking == Tracking::Seccomp,
-                // The command gets the mask cowscope was started with, not cmd's hold.
-                &crate::kernel::without_held(guard.0),
-            )?;
-            t.report_pipe = Some(pipe);
-            t.root = pid;
-            t.add_process(pid, None, true, pid);
-            t.tasks.insert(
-                pid,
-                Task {
-                    tgid: pid,
-                    ..Task::default()
-                },
-            );
-        }
-        Target::Pid(pid) => {
-            check_target(*pid)?;
-            t.root = *pid;
-            t.attach(*pid)?;
-        }
-    }
+    t.start_fault_stream(opts.stacks);
+    t.start_target(&guard)?;
     t.body.pid = t.root;
     let result = t.event_loop();
     if result.is_err() {
@@ -566,6 +513,91 @@ pub fn run(
     t.finish()?;
     drop(guard);
     Ok(std::mem::replace(&mut t.body, empty_body()))
+}
+
+impl Tracer<'_> {
+    /// Start the command (seized at its first instruction) or attach to the running process.
+    fn start_target(&mut self, guard: &SigmaskGuard) -> Result<()> {
+        match &self.opts.target {
+            Target::Command(argv) => {
+                // Orphans of the traced tree are reparented to us and reaped here: nothing is
+                // left behind as a zombie of an init that does not reap.
+                // SAFETY: prctl with plain integers.
+                unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+                let (pid, pipe) = start_command(
+                    argv,
+                    self.tracking == Tracking::Seccomp,
+                    // The command gets the mask cowscope was started with, not cmd's hold.
+                    &crate::kernel::without_held(guard.0),
+                )?;
+                self.report_pipe = Some(pipe);
+                self.root = pid;
+                self.add_process(pid, None, true, pid);
+                self.tasks.insert(
+                    pid,
+                    Task {
+                        tgid: pid,
+                        ..Task::default()
+                    },
+                );
+            }
+            Target::Pid(pid) => {
+                check_target(*pid)?;
+                self.root = *pid;
+                self.attach(*pid)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The report before anything was traced.
+fn initial_body(
+    opts: &TraceOptions,
+    mode: Mode,
+    tracking: Tracking,
+    sys: &SystemInfo,
+    rel_refused: Option<String>,
+) -> TraceBody {
+    TraceBody {
+        mode: match mode {
+            Mode::Command => "command".into(),
+            Mode::Attach => "attach".into(),
+        },
+        command: match &opts.target {
+            Target::Command(c) => Some(c.iter().map(|a| a.to_string_lossy().into()).collect()),
+            Target::Pid(_) => None,
+        },
+        pid: 0,
+        release_tracking: ReleaseTracking {
+            method: match tracking {
+                Tracking::Seccomp => "seccomp",
+                Tracking::Syscalls => "syscalls",
+                Tracking::Tracepoints => "tracepoints",
+                Tracking::None => "none",
+            }
+            .into(),
+            no_new_privs: false,
+            stops: 0,
+            releases: 0,
+            events: None,
+        },
+        attribution: Attribution {
+            pfn_visible: sys.pfn_visible,
+            releases_tracked: tracking != Tracking::None,
+            proven: Vec::new(),
+            unproven: Vec::new(),
+        },
+        interval_ms: opts.interval.map(|d| d.as_millis() as u64),
+        duration_s: 0.0,
+        ended_by: "exit".into(),
+        exit: ProgramExit::default(),
+        processes: Vec::new(),
+        forks: Vec::new(),
+        notes: rel_refused.into_iter().collect(),
+        stacks: None,
+        fault_history: None,
+    }
 }
 
 /// How the traced program ended, as cowscope reports it and exits: its own status when its
@@ -609,6 +641,7 @@ fn empty_body() -> TraceBody {
         forks: Vec::new(),
         notes: Vec::new(),
         stacks: None,
+        fault_history: None,
     }
 }
 
@@ -909,463 +942,6 @@ impl Tracer<'_> {
         true
     }
 
-    fn on_fork(&mut self, tid: i32, ev: i32) {
-        let stopped_at = Instant::now();
-        let at_ns = crate::perf::monotonic_ns();
-        let Ok(new) = ptrace::event_msg(tid).map(|m| m as i32) else {
-            self.resume(tid, 0);
-            return;
-        };
-        let ptgid = self.tasks.get(&tid).map_or(tid, |t| t.tgid);
-        if ev == event::CLONE && tgid_of(new).unwrap_or(ptgid) == ptgid {
-            // A thread.
-            self.tasks.entry(new).or_insert(Task {
-                tgid: ptgid,
-                ..Task::default()
-            });
-            if let Some(p) = self.procs.get_mut(&ptgid) {
-                p.threads.insert(new);
-            }
-            if let Some(r) = self.faults.as_mut() {
-                r.new_thread(ptgid, new);
-            }
-            self.release_events_new_thread(ptgid, new);
-            self.resume(tid, 0);
-            return;
-        }
-        let shares_mm =
-            ev == event::VFORK || crate::mem::process::same_address_space(tid, new) == Some(true);
-        let parent_mm = self.procs.get(&ptgid).map_or(ptgid, |p| p.mm);
-        if !self.procs.contains_key(&new) {
-            self.add_process(
-                new,
-                Some(ptgid),
-                true,
-                if shares_mm { parent_mm } else { new },
-            );
-        }
-        let child_task = self.tasks.entry(new).or_insert(Task {
-            tgid: new,
-            ..Task::default()
-        });
-        child_task.awaiting_baseline = true;
-        let fork = self.body.forks.len();
-        self.body.forks.push(ForkRecord {
-            parent: ptgid,
-            child: new,
-            thread: tid,
-            kind: match ev {
-                event::VFORK => "vfork",
-                event::CLONE => "clone",
-                _ => "fork",
-            }
-            .into(),
-            shares_mm,
-            at: self.now(),
-            pause_us: 0,
-            parent_read_us: 0,
-            child_hold_us: 0,
-            baseline: None,
-            samples: Vec::new(),
-            final_sample: None,
-            peak: None,
-            releases: Default::default(),
-            ended: None,
-            stacks: None,
-            unattributed: None,
-            stack_samples: None,
-            notes: Vec::new(),
-        });
-        if shares_mm {
-            self.resume(tid, 0);
-            self.body.forks[fork].pause_us = stopped_at.elapsed().as_micros() as u64;
-            self.vforks.insert(new, fork);
-            self.open_release_events_child(ptgid, new);
-            self.release_child(new, stopped_at, fork);
-            return;
-        }
-        // Phase 1 while the parent is held at its fork stop.
-        let parent_threads = thread_ids(ptgid).len().max(1);
-        let phase1 = Pagemap::open(tid).and_then(|pm| {
-            let snap = relation::read_parent(tid, &pm)?;
-            Ok((pm, snap))
-        });
-        if let (Ok((_, snap)), Some(r)) = (&phase1, self.faults.as_mut()) {
-            // Before the parent runs on: its faults from here belong to this fork.
-            r.fork(ptgid, new, at_ns, &snap.ranges());
-            let threads: Vec<i32> = self
-                .procs
-                .get(&ptgid)
-                .map(|p| p.threads.iter().copied().collect())
-                .unwrap_or_else(|| vec![tid]);
-            r.open_process(ptgid, &threads);
-            r.fork_stack(fork, ptgid, tid);
-        }
-        self.resume(tid, 0);
-        self.body.forks[fork].pause_us = stopped_at.elapsed().as_micros() as u64;
-        if let Ok((_, snap)) = &phase1 {
-            self.body.forks[fork].parent_read_us = snap.read_time().as_micros() as u64;
-        }
-        // Phase 2: the child has not run yet.
-        let built = phase1.and_then(|(pm_p, snap)| {
-            let pm_c = Pagemap::open(new)?;
-            let b = Baseline::complete(snap, &pm_c, self.pfn_visible)?;
-            Ok((pm_p, pm_c, b))
-        });
-        match built {
-            Ok((pm_p, pm_c, mut base)) => {
-                if let Some(r) = self.faults.as_mut() {
-                    // Before the child's first instruction.
-                    r.open_process(new, &[new]);
-                    base.track_copies();
-                }
-                self.body.forks[fork].baseline = Some(BaselineInfo {
-                    pages: base.tracked_pages(),
-                    copied_at_fork: base.copied_at_fork(),
-                    vmas: base.vmas().len(),
-                    parent_threads,
-                });
-                if parent_threads > 1 {
-                    self.body.forks[fork].notes.push(format!(
-                        "the parent had {parent_threads} threads at the fork: a write by another \
-                         parent thread between the fork and the reading of the parent's side \
-                         counts as copied_at_fork (the child's side is the fork-time copy \
-                         whatever the parent's threads do)"
-                    ));
-                }
-                self.pairs.push(Pair {
-                    fork,
-                    parent: ptgid,
-                    child: new,
-                    base: Some(base),
-                    pm_parent: Some(pm_p),
-                    pm_child: Some(pm_c),
-                    live: true,
-                    at_ns,
-                    last: None,
-                    remapped: 0,
-                    exit_sampled: false,
-                    releases_lost: (false, false),
-                });
-            }
-            Err(e) => self.body.forks[fork]
-                .notes
-                .push(format!("no baseline could be read: {e}")),
-        }
-        // Before the child's first instruction.
-        self.open_release_events_child(ptgid, new);
-        self.release_child(new, stopped_at, fork);
-    }
-
-    /// A new process whose parent's fork event never came (the parent was killed between
-    /// the fork and the event: a fatal signal skips the ptrace stop) must not stay stopped:
-    /// after a second, let it run without a baseline.
-    fn release_orphaned_holds(&mut self) {
-        let stale: Vec<i32> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| {
-                t.awaiting_baseline
-                    && t.held_since
-                        .is_some_and(|h| h.elapsed() > Duration::from_secs(1))
-            })
-            .map(|(&tid, _)| tid)
-            .collect();
-        for tid in stale {
-            let sig = self.tasks.get_mut(&tid).and_then(|t| {
-                t.awaiting_baseline = false;
-                t.held.take()
-            });
-            self.body.notes.push(format!(
-                "pid {tid} was forked but its parent's fork event never came (the parent died \
-                 first?): it runs on without a baseline"
-            ));
-            self.resume(tid, sig.unwrap_or(0));
-        }
-    }
-
-    fn release_child(&mut self, child: i32, stopped_at: Instant, fork: usize) {
-        let held = self.tasks.get_mut(&child).and_then(|t| {
-            t.awaiting_baseline = false;
-            t.held.take()
-        });
-        self.body.forks[fork].child_hold_us = stopped_at.elapsed().as_micros() as u64;
-        if let Some(sig) = held {
-            self.resume(child, sig);
-        }
-    }
-
-    fn members(&self, pid: i32) -> Vec<usize> {
-        self.pairs
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.live && (p.parent == pid || p.child == pid))
-            .map(|(i, _)| i)
-            .collect()
-    }
-
-    fn on_exec(&mut self, tid: i32) {
-        let former = ptrace::event_msg(tid).map_or(tid, |m| m as i32);
-        let tgid = tid; // after a successful exec the task is its group's leader
-        if former != tid {
-            self.tasks.remove(&former);
-        }
-        // The other threads are gone (their deaths may still be reported: ignored).
-        self.tasks.retain(|&t, task| task.tgid != tgid || t == tid);
-        self.tasks.insert(
-            tid,
-            Task {
-                tgid,
-                ..Task::default()
-            },
-        );
-        for i in self.members(tgid) {
-            let by = if self.pairs[i].child == tgid {
-                "child_exec"
-            } else {
-                "parent_exec"
-            };
-            self.end_pair(i, by);
-        }
-        if let Some(f) = self.vforks.remove(&tgid) {
-            self.body.forks[f].ended = Some(PairEnd {
-                at: self.now(),
-                by: "child_exec".into(),
-            });
-        }
-        let fam = self.new_family(true);
-        if let Some(p) = self.procs.get_mut(&tgid) {
-            p.family = fam;
-            p.mm = tgid;
-            p.threads = BTreeSet::from([tid]);
-            let rec = p.rec;
-            self.body.processes[rec].execs += 1;
-            self.body.processes[rec].exe = exe_of(tgid);
-            self.refresh_name(tgid);
-        }
-        if tgid == self.root {
-            self.read_report_pipe();
-        }
-        if let Some(r) = self.faults.as_ref() {
-            r.reread_maps(tgid);
-        }
-        self.release_events_exec(tgid);
-        if self.tracking != Tracking::None && is_32bit_elf(tgid) {
-            self.untracked_32bit.push(tgid);
-            self.body.notes.push(format!(
-                "pid {tgid} runs a 32-bit program ({}): its 32-bit syscalls are not decoded \
-                 (the seccomp filter and the --syscalls table know the native ABI only), so \
-                 its releases are not tracked",
-                exe_of(tgid)
-            ));
-        }
-        self.resume(tid, 0);
-    }
-
-    /// Messages the command's child side sent before its exec (close-on-exec pipe: at EOF by
-    /// the time the exec is reported).
-    fn read_report_pipe(&mut self) -> Vec<(u8, u64)> {
-        let Some(fd) = self.report_pipe.take() else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 256];
-        // SAFETY: fcntl on our own descriptor with plain integers.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-        while let Ok(n) = nix::unistd::read(&fd, &mut chunk) {
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        for m in buf.chunks_exact(child::MSG_LEN) {
-            let mut v = [0u8; 8];
-            v.copy_from_slice(&m[1..9]);
-            out.push((m[0], u64::from_le_bytes(v)));
-        }
-        if out.iter().any(|&(t, _)| t == child::TAG_NO_NEW_PRIVS) {
-            self.body.release_tracking.no_new_privs = true;
-        }
-        out
-    }
-
-    fn on_exit_stop(&mut self, tid: i32) {
-        let tgid = self.tasks.get(&tid).map_or(tid, |t| t.tgid);
-        let members = self.members(tgid);
-        if !members.is_empty() && process_is_ending(tgid, tid) {
-            // The last name it had (a title set with setproctitle since its start).
-            self.refresh_name(tgid);
-            for i in members {
-                let trig = if self.pairs[i].child == tgid {
-                    "child_exit"
-                } else {
-                    "parent_exit"
-                };
-                self.sample_pair(i, trig);
-                self.pairs[i].exit_sampled = true;
-            }
-        }
-        self.resume(tid, 0);
-    }
-
-    fn on_seccomp(&mut self, tid: i32) {
-        self.body.release_tracking.stops += 1;
-        let want_exit = match ptrace::syscall_info(tid) {
-            Ok(ptrace::SyscallInfo::Seccomp {
-                arch,
-                nr,
-                args,
-                ret_data,
-            }) => Traced::from_data(ret_data & 0xffff)
-                .or_else(|| syscalls::lookup(arch, nr))
-                .is_some_and(|t| self.on_syscall_entry(tid, t, args)),
-            _ => false,
-        };
-        if want_exit {
-            let _ = ptrace::syscall(tid, 0);
-        } else {
-            self.resume(tid, 0);
-        }
-    }
-
-    fn on_syscall_stop(&mut self, tid: i32) {
-        self.body.release_tracking.stops += 1;
-        match ptrace::syscall_info(tid) {
-            Ok(ptrace::SyscallInfo::Entry { arch, nr, args }) => {
-                if let Some(t) = syscalls::lookup(arch, nr).filter(|&t| syscalls::matters(t, &args))
-                {
-                    self.on_syscall_entry(tid, t, args);
-                }
-            }
-            Ok(ptrace::SyscallInfo::Exit { rval, is_error }) => {
-                if let Some(p) = self.tasks.get_mut(&tid).and_then(|t| t.pending.take()) {
-                    self.apply_release(p, rval, is_error);
-                }
-            }
-            _ => {}
-        }
-        self.resume(tid, 0);
-    }
-
-    /// At a releasing (or exec) syscall's entry. Returns true when its exit must be seen.
-    fn on_syscall_entry(&mut self, tid: i32, t: Traced, args: [u64; 6]) -> bool {
-        let tgid = self.tasks.get(&tid).map_or(tid, |t| t.tgid);
-        let mm = self.procs.get(&tgid).map_or(tgid, |p| p.mm);
-        if t == Traced::Exec {
-            if mm == tgid {
-                for i in self.members(tgid) {
-                    let trig = if self.pairs[i].child == tgid {
-                        "child_exec"
-                    } else {
-                        "parent_exec"
-                    };
-                    self.sample_pair(i, trig);
-                }
-            }
-            return false;
-        }
-        if self.members(mm).is_empty() {
-            return false;
-        }
-        let old_brk = if t == Traced::Brk {
-            heap_end(tgid)
-        } else {
-            None
-        };
-        if let Some(task) = self.tasks.get_mut(&tid) {
-            task.pending = Some(Pending {
-                t,
-                args,
-                old_brk,
-                mm,
-            });
-        }
-        true
-    }
-
-    fn apply_release(&mut self, p: Pending, rval: i64, is_error: bool) {
-        let ranges = syscalls::released(p.t, &p.args, rval, is_error, p.old_brk, self.ps);
-        self.apply_ranges(p.mm, p.t, &ranges, None);
-    }
-
-    /// Mark `ranges`, released by process `mm`'s address space with `t`, on every live pair
-    /// it is a side of (with `at_ns`: only pairs forked before it).
-    fn apply_ranges(&mut self, mm: i32, t: Traced, ranges: &[syscalls::Range], at_ns: Option<u64>) {
-        if ranges.is_empty() {
-            return;
-        }
-        self.body.release_tracking.releases += 1;
-        for i in self.members(mm) {
-            if at_ns.is_some_and(|t| t < self.pairs[i].at_ns) {
-                continue;
-            }
-            let by_child = self.pairs[i].child == mm;
-            let Some(base) = self.pairs[i].base.as_mut() else {
-                continue;
-            };
-            let pages: u64 = ranges
-                .iter()
-                .map(|r| base.mark_released(r.start, r.end, by_child))
-                .sum();
-            let fork = self.pairs[i].fork;
-            let rel = &mut self.body.forks[fork].releases;
-            let side = if by_child {
-                &mut rel.by_child
-            } else {
-                &mut rel.by_parent
-            };
-            side.calls += 1;
-            side.pages += pages;
-            *side.by_syscall.entry(t.name().to_string()).or_insert(0) += 1;
-        }
-    }
-
-    fn on_death(&mut self, tid: i32, code: Option<i32>, sig: Option<i32>) {
-        let Some(task) = self.tasks.remove(&tid) else {
-            return;
-        };
-        let tgid = task.tgid;
-        if tid != tgid {
-            if let Some(p) = self.procs.get_mut(&tgid) {
-                p.threads.remove(&tid);
-            }
-            return;
-        }
-        // The leader's death is reported last: the process is gone.
-        self.tasks.retain(|_, t| t.tgid != tgid);
-        self.release_events_gone(tgid);
-        let now = self.now();
-        if let Some(p) = self.procs.get_mut(&tgid) {
-            p.alive = false;
-            let r = &mut self.body.processes[p.rec];
-            r.exited_at = Some(now);
-            r.exit_code = code;
-            r.signal = sig.map(signal_name);
-        }
-        for i in self.members(tgid) {
-            let by = if self.pairs[i].child == tgid {
-                "child_exit"
-            } else {
-                "parent_exit"
-            };
-            self.end_pair(i, by);
-        }
-        if let Some(f) = self.vforks.remove(&tgid) {
-            self.body.forks[f].ended = Some(PairEnd {
-                at: now,
-                by: "child_exit".into(),
-            });
-        }
-        if tgid == self.root {
-            self.root_exit = Some(ProgramExit {
-                code,
-                signal: sig.map(signal_name),
-                status: code.unwrap_or_else(|| 128 + sig.unwrap_or(0)),
-            });
-        }
-    }
-
     /// Without PFNs: can "mapped twice" mean "mapped by both"? Only when the pair is all that
     /// lives of its address space's family, and the family began under our eyes.
     fn pair_is_whole_family(&self, i: usize) -> bool {
@@ -1389,7 +965,14 @@ impl Tracer<'_> {
         self.sync_releases();
         let whole = self.pair_is_whole_family(i);
         let at = self.now();
+        let now_ns = crate::perf::monotonic_ns();
         let pair = &mut self.pairs[i];
+        // Only copies not seen shared since a lost window ended may hide a lost release.
+        let releases_lost = (
+            super::classify::lost_window_matters(pair.lost_until.0, pair.last_sample_ns),
+            super::classify::lost_window_matters(pair.lost_until.1, pair.last_sample_ns),
+        );
+        pair.last_sample_ns = now_ns;
         let (Some(base), Some(pm_p), Some(pm_c)) = (
             pair.base.as_mut(),
             pair.pm_parent.as_ref(),
@@ -1404,7 +987,7 @@ impl Tracer<'_> {
             kpage: self.kpage.as_ref(),
             zero: &self.zero,
             family_rule: whole && self.bit56.clear_means_mapped_twice() && !self.ksm_running,
-            releases_lost: pair.releases_lost,
+            releases_lost,
         };
         match base.sample(&inp) {
             Ok(out) => {
@@ -1472,11 +1055,14 @@ impl Tracer<'_> {
     }
 
     fn end_pair(&mut self, i: usize, by: &str) {
-        let at = self.now();
-        let pair = &mut self.pairs[i];
-        if !pair.live {
+        if !self.pairs[i].live {
             return;
         }
+        // The releases it made up to its end, for the timeline.
+        self.sync_releases();
+        self.keep_history(i);
+        let at = self.now();
+        let pair = &mut self.pairs[i];
         pair.live = false;
         let rec = &mut self.body.forks[pair.fork];
         rec.ended = Some(PairEnd {
@@ -1534,6 +1120,7 @@ impl Tracer<'_> {
             _ => {}
         }
         if self.faults.is_some()
+            && self.opts.stacks.is_some()
             && let Some(base) = pair.base.as_ref()
         {
             self.copies.push(super::attribute::PairCopies {
@@ -1712,79 +1299,8 @@ impl Tracer<'_> {
         self.body.exit = program_exit(self.root_exit.clone(), detached);
         self.body.duration_s = self.now();
         self.fill_attribution();
-        self.attribute_copies();
+        self.finish_fault_stream();
         Ok(())
-    }
-
-    /// `--stacks`: open the fault stream, or say why it cannot be (the page classes stand).
-    fn start_fault_stream(&mut self, stack_bytes: u32) {
-        match super::faults::Recorder::start(stack_bytes) {
-            Ok(r) => {
-                self.body.stacks = Some(StacksInfo {
-                    recorded: true,
-                    event: Some(r.event_name()),
-                    reason: None,
-                    stack_bytes,
-                    samples: 0,
-                    outside: 0,
-                    distinct_stacks: 0,
-                    problems: Vec::new(),
-                });
-                self.faults = Some(r);
-            }
-            Err(reason) => {
-                self.body.stacks = Some(StacksInfo {
-                    recorded: false,
-                    event: None,
-                    reason: Some(reason),
-                    stack_bytes,
-                    samples: 0,
-                    outside: 0,
-                    distinct_stacks: 0,
-                    problems: Vec::new(),
-                });
-            }
-        }
-    }
-
-    /// `--stacks`: stop the fault stream and give every fork its stacks.
-    fn attribute_copies(&mut self) {
-        let Some(r) = self.faults.take() else {
-            return;
-        };
-        let problems = r.failures.clone();
-        let collected = r.finish();
-        let copies = std::mem::take(&mut self.copies);
-        let joins: Vec<_> = copies
-            .iter()
-            .map(|p| super::attribute::join(p, &collected))
-            .collect();
-        let named = super::attribute::name(&joins, &collected);
-        for ((p, j), stacks) in copies.iter().zip(joins).zip(named) {
-            let rec = &mut self.body.forks[p.fork];
-            if j.samples.lost > 0 {
-                rec.notes.push(format!(
-                    "{} fault record(s) were lost (a ring buffer was full): a copy whose fault \
-                     was lost is unattributed",
-                    j.samples.lost
-                ));
-            }
-            rec.stacks = Some(stacks);
-            rec.unattributed = Some(j.unattributed);
-            rec.stack_samples = Some(j.samples);
-        }
-        if let Some(info) = self.body.stacks.as_mut() {
-            info.samples = collected.samples;
-            info.outside = collected.outside;
-            info.distinct_stacks = collected.stacks.len() as u64;
-            info.problems = problems;
-            if collected.malformed > 0 {
-                info.problems.push(format!(
-                    "{} fault record(s) could not be parsed",
-                    collected.malformed
-                ));
-            }
-        }
     }
 
     fn fill_attribution(&mut self) {

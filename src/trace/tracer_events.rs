@@ -44,8 +44,8 @@ pub(super) fn attribution(a: &mut Attribution, rel: Option<&ReleaseEvents>) {
     {
         a.unproven.push(format!(
             "{} syscall record(s) were lost (a ring buffer was full): on the pairs they \
-             belong to, a side whose release may be among them has no copies, only \
-             `diverged` pages",
+             belong to, a page of a side whose release may be among them is `diverged`, never \
+             its copy, unless a sample saw it still shared after the loss was found",
             r.lost
         ));
     }
@@ -139,16 +139,20 @@ impl Tracer<'_> {
                         if time < pair.at_ns {
                             continue;
                         }
-                        if pair.child == mm {
-                            pair.releases_lost.1 = true;
+                        let until = if pair.child == mm {
+                            &mut pair.lost_until.1
                         } else {
-                            pair.releases_lost.0 = true;
-                        }
+                            &mut pair.lost_until.0
+                        };
+                        *until = Some(until.map_or(time, |u| u.max(time)));
                         let fork = pair.fork;
+                        let at = time.saturating_sub(pair.at_ns) as f64 / 1e9;
                         self.body.forks[fork].notes.push(format!(
                             "{records} syscall record(s) of pid {pid} were lost (its ring \
-                             buffer was full): a release among them cannot be placed, so that \
-                             side's new frames count as diverged, never as its copies"
+                             buffer was full; found {at:.3} s after the fork): a release among \
+                             them cannot be placed, so that side's pages not seen shared since \
+                             then count as diverged, never as its copies; pages it copied later \
+                             keep their class"
                         ));
                     }
                 }
