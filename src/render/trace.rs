@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use crate::doc::TraceDoc;
 use crate::stacks::symbols::Frame;
-use crate::trace::{Counts, ForkRecord, StackRecord};
+use crate::trace::{Counts, FinalSample, ForkRecord, StackRecord};
 
 fn mib(pages: u64, ps: u64) -> f64 {
     (pages * ps) as f64 / (1024.0 * 1024.0)
@@ -38,79 +38,104 @@ fn rows(c: &Counts) -> [(&'static str, u64); 16] {
     ]
 }
 
-/// One sentence a person can act on. Without PFNs nothing says who copied, so the sentence
-/// never names a side's copies (they are 0 by construction, not by proof): it gives what is
-/// proven apart (diverged) from what is not (unproven).
 /// One class's row: name, pages (singular for one), MiB; the columns stay in line.
 fn count_line(name: &str, v: u64, ps: u64) -> String {
     let unit = if v == 1 { "page" } else { "pages" };
     format!("    {name:<30} {v:>10} {unit:<5} {:>10.1} MiB", mib(v, ps))
 }
 
+/// One sentence a person can act on. Without PFNs nothing says who copied, so the sentence
+/// never names a side's copies (they are 0 by construction, not by proof): it gives what is
+/// proven apart (diverged) from what is not (unproven).
 fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
     let fin = f.final_sample.as_ref()?;
+    let mut s = who_copied(f, fin, ps, pfn_visible);
+    where_copied(fin, &mut s);
+    what_else(&fin.counts, ps, pfn_visible, &mut s);
+    s.push('.');
+    Some(s)
+}
+
+/// The sentence's lead: what each side copied (its peak first, then what it still held at the
+/// end), or, without PFNs, what is proven diverged and what is unproven.
+fn who_copied(f: &ForkRecord, fin: &FinalSample, ps: u64, pfn_visible: bool) -> String {
     let c = &fin.counts;
     let tracked = f.baseline.as_ref().map_or(c.total, |b| b.pages);
-    let mut s = if pfn_visible {
-        // The peak leads: what a side held while it ran, then what it still held at the end.
-        let side = |who: &str,
-                    held: u64,
-                    peak: Option<&crate::trace::Peak>,
-                    before: Option<&crate::trace::HeldBeforeExit>| {
-            let before = before
-                .filter(|b| b.pages != held && b.began != "pair_end")
-                .map(|b| {
-                    format!(
-                        "{:.1} MiB held before its exit began ({} at {:.3} s); ",
-                        mib(b.pages, ps),
-                        b.began.replace('_', " "),
-                        b.at
-                    )
-                })
-                .unwrap_or_default();
-            match peak {
-                Some(p) if p.pages > held => format!(
-                    "the {who} copied up to {:.1} MiB while it ran ({:.3} s{}); {before}{:.1} \
-                     MiB still held at {}",
-                    mib(p.pages, ps),
-                    p.at,
-                    if p.witness == crate::trace::history::BY_FAULTS {
-                        ", seen by its write faults"
-                    } else {
-                        ""
-                    },
-                    mib(held, ps),
-                    fin.trigger
-                ),
-                _ => format!("the {who} copied {:.1} MiB", mib(held, ps)),
-            }
-        };
-        let before = f.peak.as_ref().and_then(|p| p.before_exit.as_ref());
-        format!(
-            "{} and {} of the {:.1} MiB mapped at the fork",
-            side(
-                "child",
-                c.copied_by_child,
-                f.peak.as_ref().map(|p| &p.child),
-                before.map(|b| &b.child)
-            ),
-            side(
-                "parent",
-                c.copied_by_parent,
-                f.peak.as_ref().map(|p| &p.parent),
-                before.map(|b| &b.parent)
-            ),
-            mib(tracked, ps)
-        )
-    } else {
-        format!(
+    if !pfn_visible {
+        return format!(
             "who copied is unproven (PFNs hidden): of the {:.1} MiB mapped at the fork, {:.1} \
              MiB are proven diverged (no longer the same page) and {:.1} MiB are unproven",
             mib(tracked, ps),
             mib(c.diverged, ps),
             mib(c.unproven, ps)
-        )
-    };
+        );
+    }
+    let peak = f.peak.as_ref();
+    let before = peak.and_then(|p| p.before_exit.as_ref());
+    format!(
+        "{} and {} of the {:.1} MiB mapped at the fork",
+        side_copied(
+            "child",
+            c.copied_by_child,
+            peak.map(|p| &p.child),
+            before.map(|b| &b.child),
+            fin,
+            ps
+        ),
+        side_copied(
+            "parent",
+            c.copied_by_parent,
+            peak.map(|p| &p.parent),
+            before.map(|b| &b.parent),
+            fin,
+            ps
+        ),
+        mib(tracked, ps)
+    )
+}
+
+/// One side's clause: the peak leads (what it held while it ran), then what it held before its
+/// exit began where that differs, then what it still held at the end.
+fn side_copied(
+    who: &str,
+    held: u64,
+    peak: Option<&crate::trace::Peak>,
+    before: Option<&crate::trace::HeldBeforeExit>,
+    fin: &FinalSample,
+    ps: u64,
+) -> String {
+    let before = before
+        .filter(|b| b.pages != held && b.began != "pair_end")
+        .map(|b| {
+            format!(
+                "{:.1} MiB held before its exit began ({} at {:.3} s); ",
+                mib(b.pages, ps),
+                b.began.replace('_', " "),
+                b.at
+            )
+        })
+        .unwrap_or_default();
+    match peak {
+        Some(p) if p.pages > held => format!(
+            "the {who} copied up to {:.1} MiB while it ran ({:.3} s{}); {before}{:.1} MiB still \
+             held at {}",
+            mib(p.pages, ps),
+            p.at,
+            if p.witness == crate::trace::history::BY_FAULTS {
+                ", seen by its write faults"
+            } else {
+                ""
+            },
+            mib(held, ps),
+            fin.trigger
+        ),
+        _ => format!("the {who} copied {:.1} MiB", mib(held, ps)),
+    }
+}
+
+/// Where most of the copies are: the mapping with the most copied pages.
+fn where_copied(fin: &FinalSample, s: &mut String) {
+    let c = &fin.counts;
     let copied = c.copied_by_child + c.copied_by_parent;
     if copied > 0
         && let Some(top) = fin
@@ -130,6 +155,11 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
             100.0 * n as f64 / copied as f64
         );
     }
+}
+
+/// The rest of the partition a reader must not mistake for copies: copied and released
+/// again, released, diverged without proof of who, unproven.
+fn what_else(c: &Counts, ps: u64, pfn_visible: bool, s: &mut String) {
     let freed = c.copied_then_released_by_child + c.copied_then_released_by_parent;
     if freed > 0 {
         let _ = write!(
@@ -164,8 +194,6 @@ fn sentence(f: &ForkRecord, ps: u64, pfn_visible: bool) -> Option<String> {
             mib(c.unproven, ps)
         );
     }
-    s.push('.');
-    Some(s)
 }
 
 /// The stacks of every fork as the stack renderers take them: one group per fork, named by
