@@ -549,7 +549,8 @@ pub struct Arena {
     cold: Box<Cold>,
 }
 
-/// The arena's state that the allocation fast path never changes.
+/// The arena's state the ledger-off fast path never touches: the ledger (the ledger-on fast
+/// path appends its record here) and the label table.
 #[derive(Debug)]
 struct Cold {
     ledger: Option<Ledger>,
