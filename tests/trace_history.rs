@@ -49,6 +49,11 @@ fn programs() -> &'static Path {
 /// `cowscope trace --out <tmp> -- copy_release MODE N` (as uid 65534 when `unprivileged`):
 /// the report and the arena's start.
 fn trace(unprivileged: bool, mode: &str, n: u64) -> (Value, String) {
+    trace_with(unprivileged, &[], mode, n)
+}
+
+/// [`trace`] with more of cowscope's flags.
+fn trace_with(unprivileged: bool, flags: &[&str], mode: &str, n: u64) -> (Value, String) {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -67,7 +72,9 @@ fn trace(unprivileged: bool, mode: &str, n: u64) -> (Value, String) {
         Command::new(programs().join("cowscope"))
     };
     let out = cmd
-        .args(["trace", "--out"])
+        .arg("trace")
+        .args(flags)
+        .arg("--out")
         .arg(&out_path)
         .arg("--")
         .arg(programs().join("copy_release"))
@@ -147,6 +154,46 @@ fn a_copy_freed_between_two_samples_is_not_lost() {
     assert_eq!(peak["witness"], "faults", "no sample saw the copies");
     let fin = &f["final"];
     assert!(pages(&fin["copied_by_child"]) < n, "{fin:#}");
+}
+
+/// The same program with `--no-fault-history`: nothing records the faults, so the copies
+/// freed before the only sample are not seen (the peak is what that sample saw), and the
+/// report says why instead of claiming a history.
+#[test]
+fn without_the_fault_history_a_copy_freed_between_samples_is_not_claimed() {
+    if !is_root() {
+        eprintln!("SKIP: exact attribution needs root (PFNs)");
+        return;
+    }
+    let n = 500;
+    let (v, arena) = trace_with(false, &["--no-fault-history"], "free", n);
+    let h = &v["fault_history"];
+    assert_eq!(h["recorded"], false, "{h:#}");
+    assert!(
+        h["reason"].as_str().unwrap().contains("--no-fault-history"),
+        "{h:#}"
+    );
+    let f = the_fork(&v);
+    let row = arena_row(f, &arena);
+    assert_eq!(pages(&row["copied_then_released_by_child"]), 0, "{row:#}");
+    assert_eq!(pages(&row["released_by_child"]), n, "{row:#}");
+    assert_eq!(pages(&row["total"]), n + 64, "{row:#}");
+    let peak = &f["peak"]["child"];
+    assert_eq!(peak["witness"], "samples", "{:#}", f["peak"]);
+    assert!(pages(&peak["pages"]) < n, "{:#}", f["peak"]);
+    let notes = v["notes"].to_string();
+    assert!(notes.contains("--no-fault-history"), "{notes}");
+}
+
+#[test]
+fn stacks_without_the_fault_history_is_a_usage_error() {
+    let out = Command::new(bin())
+        .args(["trace", "--stacks", "--no-fault-history", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-fault-history"), "{err}");
 }
 
 /// The child holds N copies while it "serves", then its shutdown releases 3N/4 and it exits:

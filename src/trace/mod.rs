@@ -65,6 +65,9 @@ pub struct TraceOptions {
     /// Track releases with PTRACE_SYSCALL stops on every syscall instead of a seccomp filter
     /// (a command) or the syscall tracepoints (`--pid`); measurably slower.
     pub syscalls: bool,
+    /// Record the write faults after each fork for the history of copies (off with
+    /// `--no-fault-history`; `--stacks` needs them).
+    pub fault_history: bool,
     /// `--stacks`: record page faults after each fork and name the code behind each copy;
     /// the value is the bytes of user stack copied per fault (for DWARF unwinding).
     pub stacks: Option<u32>,

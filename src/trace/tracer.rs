@@ -502,7 +502,7 @@ pub fn run(
         ended: Vec::new(),
         rel,
     };
-    t.start_fault_stream(opts.stacks);
+    t.start_fault_stream(opts.stacks, opts.fault_history);
     t.start_target(&guard)?;
     t.body.pid = t.root;
     let result = t.event_loop();

@@ -29,8 +29,12 @@ pub(super) struct Ended {
 impl Tracer<'_> {
     /// Open the fault stream (with `--stacks`, with stack copies for unwinding), or say why
     /// it cannot be: the page classes stand, peaks come from samples only.
-    pub(super) fn start_fault_stream(&mut self, stacks: Option<u32>) {
-        let started = Recorder::start(stacks);
+    pub(super) fn start_fault_stream(&mut self, stacks: Option<u32>, wanted: bool) {
+        let started = if wanted || stacks.is_some() {
+            Recorder::start(stacks)
+        } else {
+            Err("turned off (--no-fault-history)".to_string())
+        };
         let (event, reason) = match &started {
             Ok(r) => (Some(r.event_name()), None),
             Err(why) => (None, Some(why.clone())),
@@ -48,10 +52,14 @@ impl Tracer<'_> {
             });
         }
         if let Some(why) = &reason {
+            let what = if wanted || stacks.is_some() {
+                format!("the write-fault events could not be opened ({why})")
+            } else {
+                "the write faults were not recorded (--no-fault-history)".to_string()
+            };
             self.body.notes.push(format!(
-                "the write-fault events could not be opened ({why}): peaks come from the \
-                 samples only, and a copy freed between two samples is not seen (--interval \
-                 samples more often)"
+                "{what}: peaks come from the samples only, and a copy freed between two \
+                 samples is not seen (--interval samples more often)"
             ));
         }
         self.body.fault_history = Some(FaultHistory {
