@@ -15,7 +15,10 @@
 # (faults dominate) and 256 KiB blocks with one page touched (the syscall dominates).
 #
 # usage: scripts/bench-trace-attach.sh [--runs N] [--keys N] [--requests N] [--no-syscalls]
-#                                      [--alloc-loop [--iterations N]]
+#                                      [--alloc-loop [--iterations N]] [--no-history-too]
+#
+# --no-history-too: also a fourth mode, attached with the tracepoints and --no-fault-history
+# (no write-fault stream: what the history of copies costs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +35,8 @@ while (($#)); do
     --requests) requests=$2; shift 2 ;;
     --iterations) iterations=$2; shift 2 ;;
     --alloc-loop) alloc=1; shift ;;
-    --no-syscalls) modes="untraced tracepoints"; shift ;;
+    --no-syscalls) modes=${modes/ syscalls/}; shift ;;
+    --no-history-too) modes+=" nohistory"; shift ;;
     *) echo "bench-trace-attach.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -59,6 +63,7 @@ if ((alloc)); then
     lpid=$!
     local extra=()
     [[ $mode == syscalls ]] && extra=(--syscalls)
+    [[ $mode == nohistory ]] && extra=(--no-fault-history)
     "$bin" trace --pid "$lpid" "${extra[@]}" --out "$work/$mode.json" 2>/dev/null &
     tpid=$!
     wait "$lpid"
@@ -80,7 +85,7 @@ if ((alloc)); then
     echo "== alloc/free loop attached: $iterations x malloc($kib KiB), touch $touch page(s), free (a munmap each), a live pair; ns per iteration, medians of $runs interleaved rounds"
     base=$(tr ' ' '\n' <<<"${got[untraced]}" | grep . | median)
     printf '%-12s %14s %8s\n' mode ns/iteration ratio
-    for mode in untraced tracepoints syscalls; do
+    for mode in untraced tracepoints nohistory syscalls; do
       [[ -n ${got[$mode]:-} ]] || continue
       v=$(tr ' ' '\n' <<<"${got[$mode]}" | grep . | median)
       printf '%-12s %14.0f %8s\n' "$mode" "$v" "$(awk -v a="$v" -v b="$base" 'BEGIN {printf "%.2fx", a / b}')"
@@ -125,6 +130,7 @@ round() {
   case "$mode" in
     tracepoints) "$bin" trace --pid "$redis_pid" --out "$work/$mode-$n.json" 2>/dev/null & tpid=$! ;;
     syscalls) "$bin" trace --pid "$redis_pid" --syscalls --out "$work/$mode-$n.json" 2>/dev/null & tpid=$! ;;
+    nohistory) "$bin" trace --pid "$redis_pid" --no-fault-history --out "$work/$mode-$n.json" 2>/dev/null & tpid=$! ;;
   esac
   if [[ -n $tpid ]]; then
     for _ in $(seq 500); do
@@ -166,7 +172,7 @@ done
 echo "== Redis SET/s during a BGSAVE ($keys keys x 4 KiB, $requests requests, medians of $runs rounds)"
 base=$(tr ' ' '\n' <<<"${results[untraced]}" | grep . | median)
 printf '%-12s %12s %8s\n' mode SET/s ratio
-for mode in untraced tracepoints syscalls; do
+for mode in untraced tracepoints nohistory syscalls; do
   [[ -n ${results[$mode]:-} ]] || continue
   m=$(tr ' ' '\n' <<<"${results[$mode]}" | grep . | median)
   printf '%-12s %12.0f %8s\n' "$mode" "$m" "$(awk -v a="$m" -v b="$base" 'BEGIN {printf "%.2fx", a / b}')"
