@@ -28,18 +28,7 @@ static long long now_ns(void) {
     return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-static int traced(void) {
-    char buf[4096];
-    FILE *f = fopen("/proc/self/status", "r");
-    int t = 0;
-    if (!f)
-        return 0;
-    while (fgets(buf, sizeof buf, f))
-        if (strncmp(buf, "TracerPid:", 10) == 0)
-            t = atoi(buf + 10) != 0;
-    fclose(f);
-    return t;
-}
+#include "traced.h"
 
 int main(int argc, char **argv) {
     long n = argc > 1 ? atol(argv[1]) : 10000;

@@ -42,18 +42,7 @@ static void release(long from, long to) {
     }
 }
 
-static int traced(void) {
-    char buf[4096];
-    FILE *f = fopen("/proc/self/status", "r");
-    int t = 0;
-    if (!f)
-        return 0;
-    while (fgets(buf, sizeof buf, f))
-        if (strncmp(buf, "TracerPid:", 10) == 0)
-            t = atoi(buf + 10) != 0;
-    fclose(f);
-    return t;
-}
+#include "traced.h"
 
 int main(int argc, char **argv) {
     long hold = argc > 1 ? atol(argv[1]) : 600;

@@ -33,18 +33,7 @@ static void nap(long ms) {
     nanosleep(&ts, NULL);
 }
 
-static int traced(void) {
-    char buf[4096];
-    FILE *f = fopen("/proc/self/status", "r");
-    int t = 0;
-    if (!f)
-        return 0;
-    while (fgets(buf, sizeof buf, f))
-        if (strncmp(buf, "TracerPid:", 10) == 0)
-            t = atoi(buf + 10) != 0;
-    fclose(f);
-    return t;
-}
+#include "traced.h"
 
 int main(int argc, char **argv) {
     if (argc < 3)
