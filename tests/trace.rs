@@ -7,7 +7,8 @@
 
 mod trace_support;
 use trace_support::{
-    bin, children, field, free_port, is_root, kill, redis_cli, status, wait_exit, wait_until,
+    assert_counts, bin, children, field, free_port, is_root, kill, redis_cli, status, vma_row,
+    wait_exit, wait_until,
 };
 
 use std::io::{BufRead, BufReader};
@@ -90,45 +91,6 @@ fn printed_start(stdout: &str, what: &str) -> String {
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("the program printed no {what} line: {stdout}"))
         .to_string()
-}
-
-fn vma_row<'a>(fork: &'a Value, start: &str) -> &'a Value {
-    fork["final"]["vmas"]
-        .as_array()
-        .expect("a final sample with VMA rows")
-        .iter()
-        .find(|v| v["start"] == start)
-        .unwrap_or_else(|| panic!("no row for {start} in {fork:#}"))
-}
-
-const CLASSES: [&str; 16] = [
-    "shared",
-    "zero",
-    "copied_by_child",
-    "copied_by_parent",
-    "copied_at_fork",
-    "copied_then_released_by_child",
-    "copied_then_released_by_parent",
-    "released_by_child",
-    "released_by_parent",
-    "released_by_both",
-    "moved",
-    "diverged",
-    "only_parent",
-    "only_child",
-    "absent",
-    "unproven",
-];
-
-/// Every class of `row` equals `want` (missing names: 0), and the classes sum to `total`.
-fn assert_counts(row: &Value, want: &[(&str, u64)]) {
-    let mut sum = 0;
-    for c in CLASSES {
-        let expected = want.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
-        assert_eq!(row[c].as_u64(), Some(expected), "{c} in {row:#}");
-        sum += expected;
-    }
-    assert_eq!(row["total"].as_u64(), Some(sum), "total in {row:#}");
 }
 
 /// The two ways every exact-count test runs: with PAGEMAP_SCAN where the kernel has it, and

@@ -6,7 +6,7 @@
 //! Run with `--test-threads=1`.
 
 mod trace_support;
-use trace_support::{bin, free_port, is_root, redis_cli, wait_until};
+use trace_support::{assert_counts, bin, free_port, is_root, redis_cli, vma_row, wait_until};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -38,36 +38,6 @@ fn attach_history() -> &'static Path {
         );
         exe
     })
-}
-
-const CLASSES: [&str; 16] = [
-    "shared",
-    "zero",
-    "copied_by_child",
-    "copied_by_parent",
-    "copied_at_fork",
-    "copied_then_released_by_child",
-    "copied_then_released_by_parent",
-    "released_by_child",
-    "released_by_parent",
-    "released_by_both",
-    "moved",
-    "diverged",
-    "only_parent",
-    "only_child",
-    "absent",
-    "unproven",
-];
-
-/// Every class of `row` equals `want` (missing names: 0), and the classes sum to `total`.
-fn assert_counts(row: &Value, want: &[(&str, u64)]) {
-    let mut sum = 0;
-    for c in CLASSES {
-        let expected = want.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
-        assert_eq!(row[c].as_u64(), Some(expected), "{c} in {row:#}");
-        sum += expected;
-    }
-    assert_eq!(row["total"].as_u64(), Some(sum), "total in {row:#}");
 }
 
 /// Start attach_history, attach `cowscope trace --pid` with `extra`, and return the report and
@@ -116,15 +86,6 @@ fn trace_attached(extra: &[&str]) -> (Value, String) {
     (v, arena)
 }
 
-fn arena_row<'a>(fork: &'a Value, start: &str) -> &'a Value {
-    fork["final"]["vmas"]
-        .as_array()
-        .expect("a final sample with VMA rows")
-        .iter()
-        .find(|v| v["start"] == start)
-        .unwrap_or_else(|| panic!("no row for {start} in {fork:#}"))
-}
-
 /// Releases of an attached program come from the syscall tracepoints (no stop): a page
 /// released and written again is a release, never a copy; the program was never stopped
 /// for a syscall.
@@ -145,7 +106,7 @@ fn attached_releases_are_tracked_without_syscall_stops() {
     let f = &forks[0];
     assert_eq!(f["final"]["trigger"], "child_exit");
     assert_counts(
-        arena_row(f, &arena),
+        vma_row(f, &arena),
         &[
             ("shared", 250),
             ("copied_by_child", 300),
@@ -203,7 +164,7 @@ fn attached_without_interval_the_write_faults_keep_the_history() {
         "no interval sample"
     );
     assert_counts(
-        arena_row(f, &arena),
+        vma_row(f, &arena),
         &[
             ("shared", 250),
             ("copied_by_child", 300),
@@ -234,7 +195,7 @@ fn syscalls_stays_the_ptrace_fallback() {
     assert_eq!(v["release_tracking"]["method"], "syscalls");
     assert!(v["release_tracking"]["stops"].as_u64() > Some(0));
     assert_counts(
-        arena_row(&v["forks"][0], &arena),
+        vma_row(&v["forks"][0], &arena),
         &[
             ("shared", 250),
             ("copied_by_child", 300),

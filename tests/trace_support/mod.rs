@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+
+use serde_json::Value;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -82,4 +84,46 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .output()
         .expect("redis-cli runs");
     String::from_utf8_lossy(&out.stdout).into()
+}
+
+/// The final sample's row of the VMA that starts at `start` (a hex string, as the document
+/// gives it).
+pub fn vma_row<'a>(fork: &'a Value, start: &str) -> &'a Value {
+    fork["final"]["vmas"]
+        .as_array()
+        .expect("a final sample with VMA rows")
+        .iter()
+        .find(|v| v["start"] == start)
+        .unwrap_or_else(|| panic!("no row for {start} in {fork:#}"))
+}
+
+/// Every class of a trace row but `total`, as the document names them.
+pub const CLASSES: [&str; 16] = [
+    "shared",
+    "zero",
+    "copied_by_child",
+    "copied_by_parent",
+    "copied_at_fork",
+    "copied_then_released_by_child",
+    "copied_then_released_by_parent",
+    "released_by_child",
+    "released_by_parent",
+    "released_by_both",
+    "moved",
+    "diverged",
+    "only_parent",
+    "only_child",
+    "absent",
+    "unproven",
+];
+
+/// Every class of `row` equals `want` (missing names: 0), and the classes sum to `total`.
+pub fn assert_counts(row: &Value, want: &[(&str, u64)]) {
+    let mut sum = 0;
+    for c in CLASSES {
+        let expected = want.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
+        assert_eq!(row[c].as_u64(), Some(expected), "{c} in {row:#}");
+        sum += expected;
+    }
+    assert_eq!(row["total"].as_u64(), Some(sum), "total in {row:#}");
 }
