@@ -147,47 +147,17 @@ pub fn build(cols: &[Column]) -> Comparison {
         ),
         (
             "pages with pagemap bit 56 (exclusively mapped) set: parent/child",
-            |sc| {
-                let p = number(sc.pointer("/parent/exclusive"));
-                let c = number(sc.pointer("/child/exclusive"));
-                if p == MISSING && c == MISSING {
-                    MISSING.to_string()
-                } else {
-                    format!("{p}/{c}")
-                }
-            },
+            |sc| parent_child(sc, "exclusive"),
         ),
         (
             "pages written since fork by soft-dirty (bit 55): parent/child",
-            |sc| {
-                let p = number(sc.pointer("/parent/written_since_fork"));
-                let c = number(sc.pointer("/child/written_since_fork"));
-                if p == MISSING && c == MISSING {
-                    MISSING.to_string()
-                } else {
-                    format!("{p}/{c}")
-                }
-            },
+            |sc| parent_child(sc, "written_since_fork"),
         ),
         ("verdict", verdict),
         ("evidence", evidence),
     ];
-    let mut sections = Vec::new();
     // What each kernel let cowscope see: this explains most differences below.
-    sections.push(Section {
-        title: "system".into(),
-        heading: "fact".into(),
-        rows: SYSTEM_FACTS
-            .iter()
-            .map(|key| {
-                let cells = cols
-                    .iter()
-                    .map(|c| scalar(c.doc.get("system").and_then(|s| s.get(*key))))
-                    .collect();
-                row(key.to_string(), cells)
-            })
-            .collect(),
-    });
+    let mut sections = vec![system_section(cols)];
     // The THP figure next: it is the one that changed most visibly across kernels (5.8).
     sections.push(Section {
         title: format!("bytes copied by one THP write ({THP_SCENARIO}: child writes one byte)"),
@@ -231,6 +201,17 @@ pub fn build(cols: &[Column]) -> Comparison {
             .collect(),
         sections,
         remarks: remarks(cols, &scenarios),
+    }
+}
+
+/// `parent/child` of one per-process figure of a scenario (`-` where neither has it).
+fn parent_child(sc: &Value, figure: &str) -> String {
+    let p = number(sc.pointer(&format!("/parent/{figure}")));
+    let c = number(sc.pointer(&format!("/child/{figure}")));
+    if p == MISSING && c == MISSING {
+        MISSING.to_string()
+    } else {
+        format!("{p}/{c}")
     }
 }
 

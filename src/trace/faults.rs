@@ -357,24 +357,23 @@ fn open_rings(cfg: &mut Config) -> io::Result<Vec<(i32, Stream)>> {
     }
 }
 
-impl Recorder {
-    /// Choose the event (the write-fault tracepoint, else software page faults), check it
-    /// opens here, and start the collector thread. `stacks`: the bytes of user stack to copy
-    /// per fault for unwinding (`--stacks`); `None`: cheap records, no unwinding (the
-    /// history of copies only).
-    ///
-    /// # Errors
-    /// Neither event can be opened (`perf_event_open` refused): the sentence says why.
-    pub fn start(stacks: Option<u32>) -> Result<Recorder, String> {
+/// The rings of the best write-fault event this process may open: the `page_fault_user`
+/// tracepoint (with `page_fault_kernel` joined where it exists), else the software
+/// page-faults event.
+struct Opened {
+    cfg: Config,
+    kernel_cfg: Option<Config>,
+    method: Method,
+    fields: Option<(Field, Field, Field)>,
+    rings: Vec<(i32, Stream)>,
+}
+
+impl Opened {
+    fn best(stacks: Option<u32>) -> Result<Opened, String> {
         let privileged = nix::unistd::geteuid().is_root();
-        let stack_bytes = stacks.unwrap_or(0);
-        let mut errors = Vec::new();
-        let mut chosen = None;
-        let mut kernel_cfg = None;
-        let mut rings = Vec::new();
         let base = |source, kernel| Config {
             source,
-            stack_bytes,
+            stack_bytes: stacks.unwrap_or(0),
             user_regs: stacks.is_some(),
             kernel,
             inherit_threads: true,
@@ -384,42 +383,68 @@ impl Recorder {
                 (true, false) => RING_PAGES_USER,
             },
         };
+        let mut errors = Vec::new();
         match write_fault_fields() {
             Ok((id, addr, ip, ec, kernel_id)) => {
                 let mut cfg = base(Source::Tracepoint(id), true);
                 match open_rings(&mut cfg) {
-                    Ok(r) => {
-                        rings = r;
-                        kernel_cfg = kernel_id.map(|id| Config {
-                            source: Source::Tracepoint(id),
-                            ..cfg
+                    Ok(rings) => {
+                        return Ok(Opened {
+                            kernel_cfg: kernel_id.map(|id| Config {
+                                source: Source::Tracepoint(id),
+                                ..cfg
+                            }),
+                            cfg,
+                            method: Method::Tracepoint,
+                            fields: Some((addr, ip, ec)),
+                            rings,
                         });
-                        chosen = Some((cfg, Method::Tracepoint, Some((addr, ip, ec))));
                     }
                     Err(e) => errors.push(format!("the page_fault_user tracepoint: {e}")),
                 }
             }
             Err(e) => errors.push(format!("the page_fault_user tracepoint: {e}")),
         }
-        if chosen.is_none() {
-            let mut cfg = base(Source::SoftwarePageFaults, false);
-            match open_rings(&mut cfg) {
-                Ok(r) => {
-                    rings = r;
-                    chosen = Some((cfg, Method::Software, None));
-                }
-                Err(e) => errors.push(format!("the software page-fault event: {e}")),
+        let mut cfg = base(Source::SoftwarePageFaults, false);
+        match open_rings(&mut cfg) {
+            Ok(rings) => {
+                return Ok(Opened {
+                    cfg,
+                    kernel_cfg: None,
+                    method: Method::Software,
+                    fields: None,
+                    rings,
+                });
             }
+            Err(e) => errors.push(format!("the software page-fault event: {e}")),
         }
-        let Some((cfg, method, fields)) = chosen else {
-            return Err(format!(
-                "perf_event_open refused every page-fault event ({}); perf_event_paranoid is {}",
-                errors.join("; "),
-                std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_else(|_| "unknown".into())
-            ));
-        };
+        Err(format!(
+            "perf_event_open refused every page-fault event ({}); perf_event_paranoid is {}",
+            errors.join("; "),
+            std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into())
+        ))
+    }
+}
+
+impl Recorder {
+    /// Choose the event (the write-fault tracepoint, else software page faults), check it
+    /// opens here, and start the collector thread. `stacks`: the bytes of user stack to copy
+    /// per fault for unwinding (`--stacks`); `None`: cheap records, no unwinding (the
+    /// history of copies only).
+    ///
+    /// # Errors
+    /// Neither event can be opened (`perf_event_open` refused): the sentence says why.
+    pub fn start(stacks: Option<u32>) -> Result<Recorder, String> {
+        let stack_bytes = stacks.unwrap_or(0);
+        let Opened {
+            cfg,
+            kernel_cfg,
+            method,
+            fields,
+            rings,
+        } = Opened::best(stacks)?;
         let (tx, rx) = channel::<CmdBox>();
         let wake = nix::sys::eventfd::EventFd::from_value_and_flags(
             0,
