@@ -50,8 +50,8 @@ pub struct Args {
     pub stacks: bool,
     /// Do not record the write faults after each fork (recorded by default where the events
     /// open: the history of copies, so a copy released between two samples still counts in
-    /// the peak). Each recorded fault costs the program about a microsecond; without them,
-    /// peaks and `copied_then_released_*` come from the samples only (see --interval).
+    /// the peak). Every fault of a traced process passes the event; without it, peaks and
+    /// `copied_then_released_*` come from the samples only (see --interval).
     #[arg(long, conflicts_with = "stacks")]
     pub no_fault_history: bool,
     /// With --stacks: bytes of user stack copied per fault for DWARF unwinding (deep stacks,
