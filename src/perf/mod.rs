@@ -353,6 +353,12 @@ impl Stream {
         }
     }
 
+    /// Bytes the kernel can still write before the reader frees some. A record longer than
+    /// this is dropped (counted in the LOST record the kernel writes once there is room).
+    pub fn room(&self) -> u64 {
+        self.data_size.saturating_sub(self.pending())
+    }
+
     /// Bytes waiting in the ring.
     pub fn pending(&self) -> u64 {
         let (head, tail) = self.head_tail();

@@ -8,8 +8,9 @@
 //!        │
 //!  collect(until)   drain every ring; pair each thread's enter with its exit; the exit's
 //!                   return value decides the released ranges (syscalls::released, the
-//!                   same decoding the seccomp and --syscalls paths use); LOST records
-//!                   become Lost events; events at or after `until` wait for the next call
+//!                   same decoding the seccomp and --syscalls paths use); LOST records,
+//!                   and rings found full, become Lost events, handed back at once;
+//!                   releases at or after `until` wait for the next call
 //!        │
 //!  tracer           marks the ranges on every live pair the process is a side of, for
 //!                   pairs forked before the event (one clock: CLOCK_MONOTONIC)
@@ -33,6 +34,13 @@ use crate::perf::{self, Config, Field, Record, Source, Stream};
 /// Ring pages per thread (root: CAP_IPC_LOCK lifts the locked-memory limit). A syscall record
 /// is about 80 bytes: 256 pages hold some 13,000 releases between two drains.
 const RING_PAGES: usize = 256;
+
+/// Room (bytes) under which a ring counts as full when it is read: more than the longest
+/// record these events write (header, ip, tid, time, addr and a raw `sys_enter` record of
+/// six arguments: about 112 bytes). A record that did not fit was dropped, and the kernel
+/// reports the drop only in a LOST record written before the *next* record that fits: after
+/// a burst that ends with a full ring and no later call, that record never comes.
+const FULL_ROOM: u64 = 512;
 
 /// `madvise` advices that zap page tables, as a tracepoint filter (see
 /// [`syscalls::RELEASING_ADVICE`]).
@@ -76,13 +84,16 @@ pub enum Event {
         /// The ranges it released.
         ranges: Vec<Range>,
     },
-    /// The ring of a thread of `pid` overflowed: records were dropped.
+    /// The ring of a thread of `pid` overflowed: records were dropped (a LOST record), or may
+    /// have been (the ring was found full).
     Lost {
-        /// When the loss was seen (the drain's time: the records carry none).
+        /// When the loss was seen (the drain's time: the records carry none). The records
+        /// were dropped before it, possibly long before (the kernel writes the LOST record
+        /// only at the first record that fits after the reader made room).
         time: u64,
         /// The process whose thread's ring overflowed.
         pid: i32,
-        /// Records dropped.
+        /// Records dropped; 0 when the ring was found full and the count is not known yet.
         records: u64,
     },
 }
@@ -112,6 +123,9 @@ pub struct ReleaseEvents {
     pub records: u64,
     /// Records the kernel dropped (full rings).
     pub lost: u64,
+    /// Drains that found a ring full (records may have been dropped that no LOST record
+    /// reports yet).
+    pub full: u64,
     /// Exit records whose entry was not seen (a call in progress at attach, or the entry
     /// was lost).
     pub unpaired: u64,
@@ -249,6 +263,7 @@ impl ReleaseEvents {
             ps: crate::kernel::page_size() as u64,
             records: 0,
             lost: 0,
+            full: 0,
             unpaired: 0,
             failures: Vec::new(),
         })
@@ -309,13 +324,16 @@ impl ReleaseEvents {
         Ok(s)
     }
 
-    /// Every event that happened before `until` (CLOCK_MONOTONIC ns), in time order; later
-    /// ones wait for the next call.
+    /// Every release that happened before `until` (CLOCK_MONOTONIC ns), and every loss found
+    /// so far, in time order; later releases wait for the next call.
+    ///
+    /// A loss never waits: this drain found it, so the records were dropped before the
+    /// drain, maybe before `until` (the drain's own time stamps it, which is after `until`).
+    /// Held back, it would be applied only after the sample the caller is about to take,
+    /// when that sample's copies are already called copies.
     pub fn collect(&mut self, until: u64) -> Vec<Event> {
         self.drain(None);
-        self.queue.sort_by_key(Event::time);
-        let n = self.queue.partition_point(|e| e.time() < until);
-        self.queue.drain(..n).collect()
+        due(&mut self.queue, until)
     }
 
     /// A process is gone: read what its rings still hold, then close them (each thread has a
@@ -344,6 +362,14 @@ impl ReleaseEvents {
             let owner = *owner;
             if only.is_some_and(|p| p != owner) {
                 continue;
+            }
+            if s.room() < FULL_ROOM {
+                self.full += 1;
+                self.queue.push(Event::Lost {
+                    time: perf::monotonic_ns(),
+                    pid: owner,
+                    records: 0,
+                });
             }
             s.drain(|r| match r {
                 Record::Lost(n) => {
@@ -443,9 +469,47 @@ impl ReleaseEvents {
     }
 }
 
+/// Take from `queue` what the tracer applies now: the releases before `until` and every loss,
+/// in time order; the rest stays queued.
+fn due(queue: &mut Vec<Event>, until: u64) -> Vec<Event> {
+    queue.sort_by_key(Event::time);
+    let (now, later): (Vec<Event>, Vec<Event>) = std::mem::take(queue)
+        .into_iter()
+        .partition(|e| matches!(e, Event::Lost { .. }) || e.time() < until);
+    *queue = later;
+    now
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn release(time: u64) -> Event {
+        Event::Release {
+            time,
+            pid: 1,
+            t: Traced::Munmap,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// A loss found by the drain is stamped after `until` (the drain runs after the caller
+    /// read the clock), yet it is applied now, before the sample that follows; a release
+    /// after `until` waits.
+    #[test]
+    fn a_loss_found_by_the_drain_is_never_held_for_the_next_call() {
+        let lost = Event::Lost {
+            time: 30,
+            pid: 1,
+            records: 5,
+        };
+        let mut q = vec![release(35), lost.clone(), release(10), release(25)];
+        let now = due(&mut q, 20);
+        assert_eq!(now, vec![release(10), lost]);
+        assert_eq!(q, vec![release(25), release(35)]);
+        assert_eq!(due(&mut q, 30), vec![release(25)]);
+        assert_eq!(q, vec![release(35)]);
+    }
 
     #[test]
     fn the_madvise_filter_names_every_releasing_advice() {

@@ -48,6 +48,15 @@ pub(super) fn attribution(a: &mut Attribution, rel: Option<&ReleaseEvents>) {
              its copy, unless a sample saw it still shared after the loss was found",
             r.lost
         ));
+    } else if let Some(r) = rel
+        && r.full > 0
+    {
+        a.unproven.push(
+            "a syscall ring buffer was found full (records may have been dropped that the \
+             kernel had not reported yet): on the pairs it belongs to, a page of that side not \
+             seen shared since then is `diverged`, never its copy"
+                .into(),
+        );
     }
 }
 
@@ -147,6 +156,20 @@ impl Tracer<'_> {
                         *until = Some(until.map_or(time, |u| u.max(time)));
                         let fork = pair.fork;
                         let at = time.saturating_sub(pair.at_ns) as f64 / 1e9;
+                        if records == 0 {
+                            // A full ring: the count comes with the LOST record, if ever.
+                            let note = format!(
+                                "the syscall ring buffer of pid {pid} was found full \
+                                 ({at:.3} s after the fork): release records may have been \
+                                 dropped, so that side's pages not seen shared since then \
+                                 count as diverged, never as its copies"
+                            );
+                            let notes = &mut self.body.forks[fork].notes;
+                            if !notes.iter().any(|n| n.contains("was found full")) {
+                                notes.push(note);
+                            }
+                            continue;
+                        }
                         self.body.forks[fork].notes.push(format!(
                             "{records} syscall record(s) of pid {pid} were lost (its ring \
                              buffer was full; found {at:.3} s after the fork): a release among \
