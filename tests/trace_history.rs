@@ -7,7 +7,7 @@
 //! Run with `--test-threads=1`.
 
 mod trace_support;
-use trace_support::{bin, is_root};
+use trace_support::{bin, is_root, vma_row};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -102,15 +102,6 @@ fn the_fork(v: &Value) -> &Value {
     &forks[0]
 }
 
-fn arena_row<'a>(fork: &'a Value, start: &str) -> &'a Value {
-    fork["final"]["vmas"]
-        .as_array()
-        .expect("a final sample with VMA rows")
-        .iter()
-        .find(|v| v["start"] == start)
-        .unwrap_or_else(|| panic!("no row for {start} in {fork:#}"))
-}
-
 fn pages(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("a number: {v}"))
 }
@@ -139,7 +130,7 @@ fn a_copy_freed_between_two_samples_is_not_lost() {
         1,
         "the exit sample only"
     );
-    let row = arena_row(f, &arena);
+    let row = vma_row(f, &arena);
     assert_eq!(pages(&row["copied_then_released_by_child"]), n, "{row:#}");
     assert_eq!(pages(&row["copied_by_child"]), 0, "{row:#}");
     assert_eq!(pages(&row["released_by_child"]), 0, "{row:#}");
@@ -174,7 +165,7 @@ fn without_the_fault_history_a_copy_freed_between_samples_is_not_claimed() {
         "{h:#}"
     );
     let f = the_fork(&v);
-    let row = arena_row(f, &arena);
+    let row = vma_row(f, &arena);
     assert_eq!(pages(&row["copied_then_released_by_child"]), 0, "{row:#}");
     assert_eq!(pages(&row["released_by_child"]), n, "{row:#}");
     assert_eq!(pages(&row["total"]), n + 64, "{row:#}");
@@ -208,7 +199,7 @@ fn before_exit_is_what_a_side_held_before_its_shutdown_released_it() {
     let n = 400;
     let (v, arena) = trace(false, "shutdown", n);
     let f = the_fork(&v);
-    let row = arena_row(f, &arena);
+    let row = vma_row(f, &arena);
     assert_eq!(pages(&row["copied_by_child"]), n / 4, "{row:#}");
     assert_eq!(
         pages(&row["copied_then_released_by_child"]),
@@ -264,7 +255,7 @@ fn without_privilege_the_software_event_still_gives_the_peak() {
         f["peak"]
     );
     assert_eq!(peak["witness"], "faults");
-    let row = arena_row(f, &arena);
+    let row = vma_row(f, &arena);
     assert!(pages(&row["copied_then_released_by_child"]) >= n, "{row:#}");
 }
 
@@ -328,7 +319,7 @@ fn lost_release_records_make_diverged_only_the_pages_copied_before_the_loss() {
         "{:#}",
         f["notes"]
     );
-    let row = arena_row(f, &arena);
+    let row = vma_row(f, &arena);
     assert_eq!(
         pages(&row["diverged"]),
         n,
