@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rstest::rstest;
 use serde_json::Value;
 
 fn attach_history() -> &'static Path {
@@ -38,6 +39,15 @@ fn attach_history() -> &'static Path {
         );
         exe
     })
+}
+
+/// `extra`, plus `--no-scan` when `no_scan`.
+fn with_scan_way<'a>(extra: &[&'a str], no_scan: bool) -> Vec<&'a str> {
+    let mut v = extra.to_vec();
+    if no_scan {
+        v.push("--no-scan");
+    }
+    v
 }
 
 /// Start attach_history, attach `cowscope trace --pid` with `extra`, and return the report and
@@ -89,13 +99,18 @@ fn trace_attached(extra: &[&str]) -> (Value, String) {
 /// Releases of an attached program come from the syscall tracepoints (no stop): a page
 /// released and written again is a release, never a copy; the program was never stopped
 /// for a syscall.
-#[test]
-fn attached_releases_are_tracked_without_syscall_stops() {
+/// Both ways: with PAGEMAP_SCAN and with `--no-scan` (the paths of a kernel before 6.7); the
+/// counts are the program's either way.
+#[rstest]
+fn attached_releases_are_tracked_without_syscall_stops(#[values(false, true)] no_scan: bool) {
     if !is_root() {
         eprintln!("SKIP: exact attribution and the syscall tracepoints need root");
         return;
     }
-    let (v, arena) = trace_attached(&["--interval", "100ms"]);
+    let (v, arena) = trace_attached(&with_scan_way(&["--interval", "100ms"], no_scan));
+    if no_scan {
+        assert_eq!(v["system"]["pagemap_scan"], false, "{:#}", v["system"]);
+    }
     let rt = &v["release_tracking"];
     assert_eq!(rt["method"], "tracepoints", "{v:#}");
     assert_eq!(rt["stops"], 0, "no ptrace stop per syscall");
@@ -141,13 +156,15 @@ fn attached_releases_are_tracked_without_syscall_stops() {
 /// Without `--interval` only the exit samples are taken, after the child released [300, 400):
 /// the write faults still show it copied those pages first (copied, then released) and held
 /// 400 at once; the parent's release-then-rewrite is no copy (its release came first).
-#[test]
-fn attached_without_interval_the_write_faults_keep_the_history() {
+#[rstest]
+fn attached_without_interval_the_write_faults_keep_the_history(
+    #[values(false, true)] no_scan: bool,
+) {
     if !is_root() {
         eprintln!("SKIP: exact attribution and the syscall tracepoints need root");
         return;
     }
-    let (v, arena) = trace_attached(&[]);
+    let (v, arena) = trace_attached(&with_scan_way(&[], no_scan));
     assert_eq!(
         v["fault_history"]["recorded"], true,
         "{:#}",

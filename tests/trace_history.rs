@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use rstest::rstest;
 use serde_json::Value;
 
 /// Pages the program's own stack, libc and loader may add to a side's copies outside the
@@ -96,6 +97,11 @@ fn trace_with(unprivileged: bool, flags: &[&str], mode: &str, n: u64) -> (Value,
     (v, arena)
 }
 
+/// `--no-scan` (the paths of a kernel without PAGEMAP_SCAN) when `no_scan`.
+fn scan_way(no_scan: bool) -> &'static [&'static str] {
+    if no_scan { &["--no-scan"] } else { &[] }
+}
+
 fn the_fork(v: &Value) -> &Value {
     let forks = v["forks"].as_array().unwrap();
     assert_eq!(forks.len(), 1, "{forks:#?}");
@@ -109,14 +115,15 @@ fn pages(v: &Value) -> u64 {
 /// The child copies N pages and releases them all before any sample: only the write
 /// faults and the release show the copies. Without `--interval` the peak is still N (plus
 /// the program's own few pages) and the N pages are copied, then released.
-#[test]
-fn a_copy_freed_between_two_samples_is_not_lost() {
+/// Both ways: with PAGEMAP_SCAN and with `--no-scan` (a kernel before 6.7).
+#[rstest]
+fn a_copy_freed_between_two_samples_is_not_lost(#[values(false, true)] no_scan: bool) {
     if !is_root() {
         eprintln!("SKIP: exact attribution needs root (PFNs)");
         return;
     }
     let n = 500;
-    let (v, arena) = trace(false, "free", n);
+    let (v, arena) = trace_with(false, scan_way(no_scan), "free", n);
     let h = &v["fault_history"];
     assert_eq!(h["recorded"], true, "{h:#}");
     assert!(
@@ -190,14 +197,16 @@ fn stacks_without_the_fault_history_is_a_usage_error() {
 /// The child holds N copies while it "serves", then its shutdown releases 3N/4 and it exits:
 /// the peak and "before exit" are N (the release storm began after its last copy), the exit
 /// sample N/4.
-#[test]
-fn before_exit_is_what_a_side_held_before_its_shutdown_released_it() {
+#[rstest]
+fn before_exit_is_what_a_side_held_before_its_shutdown_released_it(
+    #[values(false, true)] no_scan: bool,
+) {
     if !is_root() {
         eprintln!("SKIP: exact attribution needs root (PFNs)");
         return;
     }
     let n = 400;
-    let (v, arena) = trace(false, "shutdown", n);
+    let (v, arena) = trace_with(false, scan_way(no_scan), "shutdown", n);
     let f = the_fork(&v);
     let row = vma_row(f, &arena);
     assert_eq!(pages(&row["copied_by_child"]), n / 4, "{row:#}");
