@@ -7,8 +7,8 @@
 
 mod trace_support;
 use trace_support::{
-    assert_counts, bin, children, field, free_port, is_root, kill, redis_cli, status, vma_row,
-    wait_exit, wait_until,
+    assert_counts, bin, children, field, free_port, is_root, kill, redis_cli, redis_installed,
+    status, vma_row, wait_exit, wait_until,
 };
 
 use std::io::{BufRead, BufReader};
@@ -1251,12 +1251,7 @@ fn redis_bgsave_child_releases_what_it_saved() {
         eprintln!("SKIP: needs visible PFNs");
         return;
     }
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
+    if !redis_installed() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -6,9 +6,11 @@
 //! Run with `--test-threads=1`.
 
 mod trace_support;
-use trace_support::{assert_counts, bin, free_port, is_root, redis_cli, vma_row, wait_until};
+use trace_support::{
+    assert_counts, bin, free_port, is_root, redis_cli, redis_installed, spawn_reading_arena,
+    vma_row, wait_until,
+};
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -53,19 +55,7 @@ fn with_scan_way<'a>(extra: &[&'a str], no_scan: bool) -> Vec<&'a str> {
 /// Start attach_history, attach `cowscope trace --pid` with `extra`, and return the report and
 /// the arena's start address.
 fn trace_attached(extra: &[&str]) -> (Value, String) {
-    let mut prog = Command::new(attach_history())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(prog.stdout.take().unwrap()).lines();
-    let arena = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let (mut prog, mut lines, arena) = spawn_reading_arena(&mut Command::new(attach_history()));
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.json");
@@ -266,12 +256,7 @@ fn redis_attached_during_bgsave_counts_the_childs_releases_as_releases() {
         eprintln!("SKIP: needs visible PFNs and the syscall tracepoints (root)");
         return;
     }
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
+    if !redis_installed() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

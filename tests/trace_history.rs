@@ -7,7 +7,7 @@
 //! Run with `--test-threads=1`.
 
 mod trace_support;
-use trace_support::{bin, is_root, vma_row};
+use trace_support::{bin, cowscope_as, is_root, spawn_reading_arena, vma_row};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,19 +59,7 @@ fn trace_with(unprivileged: bool, flags: &[&str], mode: &str, n: u64) -> (Value,
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out_path = dir.path().join("t.json");
-    let mut cmd = if unprivileged {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(programs().join("cowscope"));
-        c
-    } else {
-        Command::new(programs().join("cowscope"))
-    };
+    let mut cmd = cowscope_as(unprivileged, &programs().join("cowscope"));
     let out = cmd
         .arg("trace")
         .args(flags)
@@ -274,27 +262,14 @@ fn without_privilege_the_software_event_still_gives_the_peak() {
 /// (`--pid`: releases from the syscall tracepoints), `--interval 50ms`.
 #[test]
 fn lost_release_records_make_diverged_only_the_pages_copied_before_the_loss() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     if !is_root() {
         eprintln!("SKIP: the syscall tracepoints and exact attribution need root");
         return;
     }
     let n = 200;
-    let mut prog = Command::new(programs().join("copy_release"))
-        .args(["lost", &n.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(prog.stdout.take().unwrap()).lines();
-    let arena = lines
-        .next()
-        .unwrap()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let (mut prog, _lines, arena) = spawn_reading_arena(
+        Command::new(programs().join("copy_release")).args(["lost", &n.to_string()]),
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("t.json");
     let c = Command::new(bin())

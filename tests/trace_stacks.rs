@@ -7,7 +7,7 @@
 //! Run with `--test-threads=1`.
 
 mod trace_support;
-use trace_support::{bin, free_port, is_root, redis_cli, wait_until};
+use trace_support::{bin, cowscope_as, free_port, is_root, redis_cli, redis_installed, wait_until};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -63,19 +63,12 @@ fn trace(unprivileged: bool, extra: &[&str], prog: &Path, args: &[&str]) -> Trac
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out_path = dir.path().join("trace.json");
-    let mut cmd = if unprivileged {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(programs().join("cowscope"));
-        c
+    let exe = if unprivileged {
+        programs().join("cowscope")
     } else {
-        Command::new(bin())
+        bin()
     };
+    let mut cmd = cowscope_as(unprivileged, &exe);
     let out = cmd
         .args(["trace", "--stacks", "--out"])
         .arg(&out_path)
@@ -522,12 +515,7 @@ fn redis_bgsave_parent_copies_come_from_the_command_path_and_child_releases_are_
         eprintln!("SKIP: needs visible PFNs");
         return;
     }
-    if Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
+    if !redis_installed() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

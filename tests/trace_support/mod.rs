@@ -127,3 +127,56 @@ pub fn assert_counts(row: &Value, want: &[(&str, u64)]) {
     }
     assert_eq!(row["total"].as_u64(), Some(sum), "total in {row:#}");
 }
+
+/// `exe` (a copy of cowscope in a world-readable directory when `unprivileged`), run as uid
+/// 65534 with no capabilities when `unprivileged`.
+pub fn cowscope_as(unprivileged: bool, exe: &std::path::Path) -> Command {
+    if unprivileged {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(exe);
+        c
+    } else {
+        Command::new(exe)
+    }
+}
+
+/// Start `cmd` with its stdout piped, and read its first line's second word (the test
+/// programs print `arena 0x<start> 0x<end>` first). The rest of stdout stays readable.
+pub fn spawn_reading_arena(
+    cmd: &mut Command,
+) -> (
+    Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    String,
+) {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let arena = lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    (child, lines, arena)
+}
+
+/// Whether Debian's redis-server is installed (`.ci/run` installs it); says so when not.
+pub fn redis_installed() -> bool {
+    let ok = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !ok {
+        eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
+    }
+    ok
+}
