@@ -80,6 +80,29 @@ fn judge(
     }
 }
 
+/// One `cowscope inspect ARGS` of the churning family: judged (0 read; 2 every pair was lost
+/// to exits, or no child lived at the moment of the plan, in one sentence; 3 incomplete), and
+/// nothing of the family left stopped.
+fn inspect_once(
+    label: &str,
+    args: &[&str],
+    parent: i32,
+    codes: &mut std::collections::BTreeMap<String, usize>,
+    failures: &mut Vec<String>,
+) {
+    let out = Command::new(cowscope_bin())
+        .arg("inspect")
+        .args(args)
+        .output()
+        .expect("run cowscope");
+    if let Err(e) = judge(&format!("{label} {args:?}"), &out, &[0, 2, 3], codes) {
+        failures.push(e);
+    }
+    if let Some(p) = left_stopped(parent) {
+        failures.push(format!("{label} {args:?} left {p} stopped"));
+    }
+}
+
 #[test]
 fn children_exiting_at_random_moments_never_panic_and_nothing_is_left_stopped() {
     let seed = std::env::var("COWSCOPE_RACE_SEED")
@@ -103,25 +126,14 @@ fn children_exiting_at_random_moments_never_panic_and_nothing_is_left_stopped() 
         }
         // A random pause, so the reads land at every phase of the children's lives.
         std::thread::sleep(Duration::from_micros(rng.u64(0..3000)));
-        let out = Command::new(cowscope_bin())
-            .arg("inspect")
-            .args(&args)
-            .output()
-            .expect("run cowscope");
         runs += 1;
-        // 0 read; 2 every pair was lost to exits, or no child lived at the moment of the plan
-        // (one sentence); 3 incomplete.
-        if let Err(e) = judge(
-            &format!("inspect #{i} {args:?}"),
-            &out,
-            &[0, 2, 3],
+        inspect_once(
+            &format!("inspect #{i}"),
+            &args,
+            fam.parent,
             &mut codes,
-        ) {
-            failures.push(e);
-        }
-        if let Some(p) = left_stopped(fam.parent) {
-            failures.push(format!("inspect #{i} {args:?} left {p} stopped"));
-        }
+            &mut failures,
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let prom = dir.path().join("cowscope.prom").display().to_string();
@@ -143,23 +155,14 @@ fn children_exiting_at_random_moments_never_panic_and_nothing_is_left_stopped() 
         if rng.bool() {
             args.push("--freeze");
         }
-        let out = Command::new(cowscope_bin())
-            .arg("inspect")
-            .args(&args)
-            .output()
-            .expect("run cowscope");
         runs += 1;
-        if let Err(e) = judge(
-            &format!("watch #{i} {args:?}"),
-            &out,
-            &[0, 2, 3],
+        inspect_once(
+            &format!("watch #{i}"),
+            &args,
+            fam.parent,
             &mut codes,
-        ) {
-            failures.push(e);
-        }
-        if let Some(p) = left_stopped(fam.parent) {
-            failures.push(format!("watch #{i} {args:?} left {p} stopped"));
-        }
+            &mut failures,
+        );
     }
     assert!(
         fam.end().is_some_and(|s| s.success()),

@@ -7,8 +7,8 @@
 
 mod trace_support;
 use trace_support::{
-    assert_counts, bin, children, field, free_port, is_root, kill, redis_cli, redis_installed,
-    status, vma_row, wait_exit, wait_until,
+    assert_counts, bgsave_under_set_load, bin, children, field, free_port, is_root, kill,
+    redis_cli, redis_installed, redis_populate, status, vma_row, wait_exit, wait_until,
 };
 
 use std::io::{BufRead, BufReader};
@@ -1284,21 +1284,9 @@ fn redis_bgsave_child_releases_what_it_saved() {
         redis_cli(port, &["PING"]).trim() == "PONG"
     });
     let redis_pid: i32 = children(c.id() as i32)[0];
-    assert!(redis_cli(port, &["DEBUG", "POPULATE", "100000", "key", "4096"]).contains("OK"));
-    redis_cli(port, &["CONFIG", "SET", "rdb-key-save-delay", "20"]);
-    assert!(redis_cli(port, &["BGSAVE"]).contains("started"));
+    redis_populate(port);
     // A write load on the parent while the child saves.
-    let mut writer = Command::new("redis-benchmark")
-        .args([
-            "-p", &port_s, "-t", "set", "-n", "20000", "-r", "100000", "-d", "4096", "-q",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("BGSAVE to finish", Duration::from_secs(60), || {
-        redis_cli(port, &["INFO", "persistence"]).contains("rdb_bgsave_in_progress:0")
-    });
-    let _ = writer.wait();
+    bgsave_under_set_load(port);
     kill(redis_pid, nix::sys::signal::Signal::SIGTERM);
     let code = wait_exit(&mut c, Duration::from_secs(30));
     assert_eq!(code, Some(0), "redis exits 0 on SIGTERM");

@@ -7,8 +7,8 @@
 
 mod trace_support;
 use trace_support::{
-    assert_counts, bin, free_port, is_root, redis_cli, redis_installed, spawn_reading_arena,
-    vma_row, wait_until,
+    assert_counts, bgsave_under_set_load, bin, free_port, is_root, redis_cli, redis_installed,
+    redis_populate, spawn_reading_arena, vma_row, wait_until,
 };
 
 use std::path::{Path, PathBuf};
@@ -284,8 +284,7 @@ fn redis_attached_during_bgsave_counts_the_childs_releases_as_releases() {
         redis_cli(port, &["PING"]).trim() == "PONG"
     });
     let pid = redis.0.id();
-    assert!(redis_cli(port, &["DEBUG", "POPULATE", "100000", "key", "4096"]).contains("OK"));
-    redis_cli(port, &["CONFIG", "SET", "rdb-key-save-delay", "20"]);
+    redis_populate(port);
     let out = dir.path().join("t.json");
     let mut c = Command::new(bin())
         .args([
@@ -306,18 +305,7 @@ fn redis_attached_during_bgsave_counts_the_childs_releases_as_releases() {
     });
     // The tracepoints are open once attach() returns; give it a moment beyond the seize.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(redis_cli(port, &["BGSAVE"]).contains("started"));
-    let mut writer = Command::new("redis-benchmark")
-        .args([
-            "-p", &port_s, "-t", "set", "-n", "20000", "-r", "100000", "-d", "4096", "-q",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("BGSAVE to finish", Duration::from_secs(90), || {
-        redis_cli(port, &["INFO", "persistence"]).contains("rdb_bgsave_in_progress:0")
-    });
-    let _ = writer.wait();
+    bgsave_under_set_load(port);
     std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(c.id() as i32),

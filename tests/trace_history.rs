@@ -7,7 +7,9 @@
 //! Run with `--test-threads=1`.
 
 mod trace_support;
-use trace_support::{bin, cowscope_as, is_root, spawn_reading_arena, vma_row};
+use trace_support::{
+    bin, can_run_unprivileged_events, cowscope_as, is_root, spawn_reading_arena, vma_row,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -224,17 +226,7 @@ fn before_exit_is_what_a_side_held_before_its_shutdown_released_it(
 /// pages and released them.
 #[test]
 fn without_privilege_the_software_event_still_gives_the_peak() {
-    if !is_root() {
-        eprintln!("SKIP: runs the unprivileged case through setpriv (needs root to switch)");
-        return;
-    }
-    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
-        .unwrap_or_default()
-        .trim()
-        .parse::<i32>()
-        .unwrap_or(2);
-    if paranoid > 2 {
-        eprintln!("SKIP: perf_event_paranoid {paranoid} refuses user events");
+    if !can_run_unprivileged_events() {
         return;
     }
     let n = 300;

@@ -7,7 +7,10 @@
 //! Run with `--test-threads=1`.
 
 mod trace_support;
-use trace_support::{bin, cowscope_as, free_port, is_root, redis_cli, redis_installed, wait_until};
+use trace_support::{
+    bgsave_under_set_load, bin, can_run_unprivileged_events, cowscope_as, free_port, is_root,
+    redis_cli, redis_installed, redis_populate, wait_until,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -245,17 +248,7 @@ fn refaults_after_a_release_and_first_touches_are_never_copies() {
 /// each diverged page names the side and the code.
 #[test]
 fn without_privilege_the_software_event_names_the_writers_of_diverged_pages() {
-    if !is_root() {
-        eprintln!("SKIP: runs the unprivileged case through setpriv (needs root to switch)");
-        return;
-    }
-    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
-        .unwrap_or_default()
-        .trim()
-        .parse::<i32>()
-        .unwrap_or(2);
-    if paranoid > 2 {
-        eprintln!("SKIP: perf_event_paranoid {paranoid} refuses user events");
+    if !can_run_unprivileged_events() {
         return;
     }
     let prog = programs().join("cow_stacks_nofp");
@@ -542,18 +535,8 @@ fn redis_bgsave_parent_copies_come_from_the_command_path_and_child_releases_are_
     wait_until("redis to answer", Duration::from_secs(20), || {
         redis_cli(port, &["PING"]).trim() == "PONG"
     });
-    assert!(redis_cli(port, &["DEBUG", "POPULATE", "100000", "key", "4096"]).contains("OK"));
-    redis_cli(port, &["CONFIG", "SET", "rdb-key-save-delay", "20"]);
-    assert!(redis_cli(port, &["BGSAVE"]).contains("started"));
-    let _ = Command::new("redis-benchmark")
-        .args([
-            "-p", &port_s, "-t", "set", "-n", "20000", "-r", "100000", "-d", "4096", "-q",
-        ])
-        .stdout(Stdio::null())
-        .status();
-    wait_until("BGSAVE to finish", Duration::from_secs(90), || {
-        redis_cli(port, &["INFO", "persistence"]).contains("rdb_bgsave_in_progress:0")
-    });
+    redis_populate(port);
+    bgsave_under_set_load(port);
     redis_cli(port, &["SHUTDOWN", "NOSAVE"]);
     let st = c.wait().unwrap();
     let err = std::io::read_to_string(c.stderr.take().unwrap()).unwrap_or_default();

@@ -180,3 +180,47 @@ pub fn redis_installed() -> bool {
     }
     ok
 }
+
+/// Fill the Redis at `port` with 100,000 keys of 4 KiB and slow its save to about 20 µs a key,
+/// so a BGSAVE outlasts the write load of [`bgsave_under_set_load`].
+pub fn redis_populate(port: u16) {
+    assert!(redis_cli(port, &["DEBUG", "POPULATE", "100000", "key", "4096"]).contains("OK"));
+    redis_cli(port, &["CONFIG", "SET", "rdb-key-save-delay", "20"]);
+}
+
+/// BGSAVE on the Redis at `port` and, while its child saves, 20,000 SETs of 4 KiB over the
+/// 100,000 keys (redis-benchmark); returns when the save and the load are both done.
+pub fn bgsave_under_set_load(port: u16) {
+    assert!(redis_cli(port, &["BGSAVE"]).contains("started"));
+    let port_s = port.to_string();
+    let mut writer = Command::new("redis-benchmark")
+        .args([
+            "-p", &port_s, "-t", "set", "-n", "20000", "-r", "100000", "-d", "4096", "-q",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-benchmark runs");
+    wait_until("BGSAVE to finish", Duration::from_secs(90), || {
+        redis_cli(port, &["INFO", "persistence"]).contains("rdb_bgsave_in_progress:0")
+    });
+    let _ = writer.wait();
+}
+
+/// Whether a test can run cowscope as uid 65534 with the software page-fault event: it needs
+/// root to switch (setpriv) and perf_event_paranoid at most 2; says why when not.
+pub fn can_run_unprivileged_events() -> bool {
+    if !is_root() {
+        eprintln!("SKIP: runs the unprivileged case through setpriv (needs root to switch)");
+        return false;
+    }
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .unwrap_or_default()
+        .trim()
+        .parse::<i32>()
+        .unwrap_or(2);
+    if paranoid > 2 {
+        eprintln!("SKIP: perf_event_paranoid {paranoid} refuses user events");
+        return false;
+    }
+    true
+}
