@@ -1,6 +1,6 @@
-//! Random alloc / alloc_aligned / reset / release sequences against a model computed in u128
-//! (so the model itself cannot wrap). 800 cases x at least 125 operations = at least 100,000
-//! operations per run.
+//! Random alloc / alloc_aligned / alloc_layout / reset / release sequences against a model
+//! computed in u128 (so the model itself cannot wrap). 800 cases x at least 125 operations = at
+//! least 100,000 operations per run.
 //!
 //! Properties: an allocation succeeds exactly when the model says it fits in the *logical*
 //! capacity (what was asked for, often not a page multiple: a block is refused at the logical
@@ -15,6 +15,8 @@
 //! the block's end and past the capacity, and `check` reports exactly the overflows and the
 //! slack damage the model predicts.
 
+use std::alloc::Layout;
+
 use cowscope::arena::{Arena, ArenaConfig, ArenaError, Block, OverflowSource};
 use proptest::prelude::*;
 
@@ -27,6 +29,8 @@ const MAX_OPS: usize = 200;
 enum Op {
     Alloc(usize),
     AllocAligned(usize, usize),
+    /// `alloc_layout`, for the sizes and alignments a `Layout` can hold (others are skipped).
+    AllocLayout(usize, usize),
     Reset(bool),
     ReleaseBlock(usize),
     WriteStale(usize),
@@ -75,6 +79,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         10 => len_strategy().prop_map(Op::Alloc),
         10 => (len_strategy(), align_strategy()).prop_map(|(l, a)| Op::AllocAligned(l, a)),
+        10 => (len_strategy(), align_strategy()).prop_map(|(l, a)| Op::AllocLayout(l, a)),
         1 => any::<bool>().prop_map(Op::Reset),
         3 => any::<usize>().prop_map(Op::ReleaseBlock),
         1 => any::<usize>().prop_map(Op::WriteStale),
@@ -124,18 +129,26 @@ proptest! {
         let mut last_end = 0usize; // end of the last block + its red zone, this generation
         let mut double_releases = 0usize;
         let mut uses_after_reset = 0usize;
+        // Blocks handed out so far: the next block's index (indices run on across resets).
+        let mut allocated = 0usize;
 
         for op in &ops {
             match *op {
-                Op::Alloc(len) | Op::AllocAligned(len, _) => {
-                    let align = if let Op::AllocAligned(_, al) = *op { al } else { 1 };
+                Op::Alloc(len) | Op::AllocAligned(len, _) | Op::AllocLayout(len, _) => {
+                    let align = match *op {
+                        Op::AllocAligned(_, al) | Op::AllocLayout(_, al) => al,
+                        _ => 1,
+                    };
                     let used = a.used();
                     prop_assert_eq!(used, last_end);
                     let fits = predict(base, used, cap, len, align, red_zone);
-                    let r = if let Op::AllocAligned(..) = *op {
-                        a.alloc_aligned(len, align)
-                    } else {
-                        a.alloc(len)
+                    let r = match *op {
+                        Op::AllocAligned(..) => a.alloc_aligned(len, align),
+                        Op::AllocLayout(..) => match Layout::from_size_align(len, align) {
+                            Ok(layout) => a.alloc_layout(layout),
+                            Err(_) => continue,
+                        },
+                        _ => a.alloc(len),
                     };
                     match r {
                         Ok(b) => {
@@ -146,7 +159,13 @@ proptest! {
                             prop_assert_eq!((base + b.offset()) % align, 0);
                             prop_assert_eq!(a.used(), b.end() + red_zone);
                             last_end = a.used();
-                            let fill = fill_of(b.index());
+                            prop_assert_eq!(
+                                a.index_of(&b),
+                                ledger.then_some(allocated),
+                                "the ledger derives the index; without it there is none"
+                            );
+                            let fill = fill_of(allocated);
+                            allocated += 1;
                             let out = a.write(&b, 0, &vec![fill; len]).expect("in-bounds write");
                             prop_assert_eq!(out.bytes_past_end, 0);
                             live.push(Live { block: b, fill, released: false });
@@ -199,8 +218,10 @@ proptest! {
                         continue;
                     }
                     let b = &stale[sel % stale.len()];
+                    let index = a.index_of(b);
+                    prop_assert_eq!(index.is_some(), ledger, "a stale block's index is derived too");
                     let r = a.write(b, 0, b"x");
-                    prop_assert!(matches!(r, Err(ArenaError::UseAfterReset { .. })), "{:?}", r);
+                    prop_assert!(matches!(r, Err(ArenaError::UseAfterReset { index: i, .. }) if i == index), "{:?}", r);
                     uses_after_reset += 1;
                 }
             }
@@ -209,7 +230,7 @@ proptest! {
         // Every live block still holds its own fill: no later block or red zone overlapped it.
         for l in &live {
             let bytes = &a.bytes()[l.block.range()];
-            prop_assert!(bytes.iter().all(|b| *b == l.fill), "block {} clobbered", l.block.index());
+            prop_assert!(bytes.iter().all(|b| *b == l.fill), "block at {} clobbered", l.block.offset());
         }
         prop_assert!(a.slack().iter().all(|b| *b == 0), "nothing reached the slack");
         let f = a.check();
@@ -290,7 +311,10 @@ proptest! {
         prop_assume!(!blocks.is_empty());
         let mut overflows: Vec<(usize, usize, usize)> = Vec::new();
         for (sel, target, len, byte) in writes {
-            let b = sel.get(&blocks).clone();
+            // The i-th block handed out is block i.
+            let pos = sel.index(blocks.len());
+            let b = blocks[pos];
+            prop_assert_eq!(a.index_of(&b), ledger.then_some(pos));
             let start = match target {
                 Target::InBlock(at) => b.offset() + at,
                 Target::NearCapacity(d) => (cap as i64 + d as i64).max(0) as usize,
@@ -312,7 +336,7 @@ proptest! {
                         "write {}..{} through block {:?}", start, end, b.range()
                     );
                     if past_end > 0 {
-                        overflows.push((b.index(), past_end, past_cap));
+                        overflows.push((pos, past_end, past_cap));
                     }
                 }
                 Err(e) => {

@@ -212,6 +212,11 @@ pub(super) struct Ledger {
     /// Blocks of the current generation, in allocation order (so offsets increase); record `i`
     /// is block `first_index + i`.
     pub records: Vec<Record>,
+    /// Offsets of the blocks of earlier generations, by index (`past_offsets[i]` is block
+    /// `i`'s): what derives a stale block's index (8 bytes per block, kept over resets).
+    pub past_offsets: Vec<usize>,
+    /// Index of the first block of each generation so far (`generation_starts[g]`).
+    pub generation_starts: Vec<usize>,
     /// Sorted, merged byte ranges written (or canary-filled) since the last reset.
     pub fresh: Vec<Range<usize>>,
     /// Bytes below this offset may hold content from before a non-zeroing reset.
@@ -231,21 +236,65 @@ impl Ledger {
     pub fn for_capacity(capacity: usize) -> Self {
         Ledger {
             records: Vec::with_capacity((capacity / 8).clamp(1, RESERVED_RECORDS_MAX)),
+            generation_starts: vec![0],
             ..Ledger::default()
         }
     }
 
     /// Append the record of a block just handed out (its index is `first_index +
-    /// records.len()`, which the caller keeps in step).
+    /// records.len()`).
     #[inline(always)]
     pub fn record(&mut self, offset: usize, len: usize) {
         self.records.push(Record::new(offset, len));
+    }
+
+    /// Start the next generation (a reset): the current blocks' offsets move to
+    /// `past_offsets`, the record buffer is emptied (its reservation kept).
+    pub fn start_generation(&mut self) {
+        self.past_offsets
+            .extend(self.records.iter().map(|r| r.offset));
+        self.first_index += self.records.len();
+        self.generation_starts.push(self.first_index);
+        self.records.clear();
+    }
+
+    /// The index of the block at `offset` of the current generation.
+    pub fn current_index(&self, offset: usize) -> Option<usize> {
+        let i = self
+            .records
+            .binary_search_by_key(&offset, |r| r.offset)
+            .ok()?;
+        Some(self.first_index + i)
+    }
+
+    /// The index of the block of generation `generation` at `offset`, the arena being at
+    /// generation `current` (blocks of one generation are in offset order, so a binary search
+    /// finds it; zero-length blocks are refused, so no two share an offset).
+    pub fn index_of(&self, generation: u32, current: u32, offset: usize) -> Option<usize> {
+        if generation == current {
+            return self.current_index(offset);
+        }
+        let g = usize::try_from(generation).ok()?;
+        let start = *self.generation_starts.get(g)?;
+        let end = *self.generation_starts.get(g + 1)?;
+        let i = self
+            .past_offsets
+            .get(start..end)?
+            .binary_search(&offset)
+            .ok()?;
+        Some(start + i)
     }
 
     /// The record of block `index` of the current generation.
     pub fn record_mut(&mut self, index: usize) -> Option<&mut Record> {
         let i = index.checked_sub(self.first_index)?;
         self.records.get_mut(i)
+    }
+
+    /// The record of block `index` of the current generation.
+    pub fn record_at(&self, index: usize) -> Option<&Record> {
+        let i = index.checked_sub(self.first_index)?;
+        self.records.get(i)
     }
 
     /// The blocks of the current generation as (index, record).
@@ -301,37 +350,41 @@ pub(super) fn block_ref(index: usize, r: &Record, label: Option<&'static str>) -
 
 /// The labels given to blocks (`Arena::alloc_labeled`), over the arena's whole life: a label
 /// names a block in findings also after a reset (a use after reset names the stale block's
-/// label). Each distinct label is stored once; each labeled block costs one (index, label
-/// number) pair, and an unlabeled block nothing.
+/// label). A block is named by its generation and offset (unique: zero-length blocks are
+/// refused), so labels work with the ledger off too. Each distinct label is stored once; each
+/// labeled block costs one (generation, offset, label number) entry, and an unlabeled block
+/// nothing.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Labels {
     /// Distinct labels, in order of first use.
     names: Vec<&'static str>,
     /// Label number (position in `names`) of each distinct label.
     numbers: HashMap<&'static str, usize>,
-    /// (block index, label number), indices increasing.
-    by_index: Vec<(usize, usize)>,
+    /// ((generation, offset), label number), keys increasing.
+    by_block: Vec<((u32, usize), usize)>,
 }
 
 impl Labels {
-    /// Give block `index` (larger than every index given before) the label `label`.
-    pub fn set(&mut self, index: usize, label: &'static str) {
-        debug_assert!(self.by_index.last().is_none_or(|(i, _)| *i < index));
+    /// Give the block of `generation` at `offset` (after every block labeled before) the
+    /// label `label`.
+    pub fn set(&mut self, generation: u32, offset: usize, label: &'static str) {
+        let key = (generation, offset);
+        debug_assert!(self.by_block.last().is_none_or(|(k, _)| *k < key));
         let names = &mut self.names;
         let n = *self.numbers.entry(label).or_insert_with(|| {
             names.push(label);
             names.len() - 1
         });
-        self.by_index.push((index, n));
+        self.by_block.push((key, n));
     }
 
-    /// Block `index`'s label, if it was given one.
-    pub fn get(&self, index: usize) -> Option<&'static str> {
+    /// The label of the block of `generation` at `offset`, if it was given one.
+    pub fn get(&self, generation: u32, offset: usize) -> Option<&'static str> {
         let i = self
-            .by_index
-            .binary_search_by_key(&index, |(i, _)| *i)
+            .by_block
+            .binary_search_by_key(&(generation, offset), |(k, _)| *k)
             .ok()?;
-        self.names.get(self.by_index[i].1).copied()
+        self.names.get(self.by_block[i].1).copied()
     }
 }
 
@@ -340,13 +393,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_are_found_by_index_and_stored_once() {
+    fn labels_are_found_by_generation_and_offset_and_stored_once() {
         let mut l = Labels::default();
-        l.set(0, "a");
-        l.set(3, "b");
-        l.set(7, "a");
+        l.set(0, 0, "a");
+        l.set(0, 3, "b");
+        l.set(1, 0, "a");
         assert_eq!(
-            (l.get(0), l.get(1), l.get(3), l.get(7), l.get(8)),
+            (
+                l.get(0, 0),
+                l.get(0, 1),
+                l.get(0, 3),
+                l.get(1, 0),
+                l.get(1, 3)
+            ),
             (Some("a"), None, Some("b"), Some("a"), None)
         );
         assert_eq!(l.names, vec!["a", "b"]);

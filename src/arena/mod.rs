@@ -30,7 +30,7 @@
 //! let leaked = arena.alloc(32).unwrap();
 //! arena.write(&a, 0, b"hi\0").unwrap();
 //! let findings = arena.check();
-//! assert_eq!(findings.leaks[0].index, leaked.index());
+//! assert_eq!(Some(findings.leaks[0].index), arena.index_of(&leaked));
 //! assert!(arena.dump().starts_with("hi."));
 //! ```
 
@@ -41,8 +41,10 @@ pub use ledger::{
     BlockRef, Findings, LedgerEntry, Misuse, Overflow, OverflowSource, SlackDamage, StaleRange,
 };
 
+use std::alloc::Layout;
 use std::fmt;
 use std::io;
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -133,11 +135,12 @@ pub enum ArenaError {
     },
     /// The block belongs to a generation before the last reset.
     #[error(
-        "use after reset: block {index} at offset {offset} is from generation {block_generation}, the arena (capacity {capacity}) is at generation {generation}"
+        "use after reset: {} at offset {offset} is from generation {block_generation}, the arena (capacity {capacity}) is at generation {generation}",
+        block_name(*index)
     )]
     UseAfterReset {
-        /// Block index.
-        index: usize,
+        /// Block index (`None` without the ledger, which is what derives it).
+        index: Option<usize>,
         /// Block offset.
         offset: usize,
         /// The block's generation.
@@ -160,10 +163,14 @@ pub enum ArenaError {
         capacity: usize,
     },
     /// The block was handed out by another arena (or forged).
-    #[error("block {index} at offset {offset} does not belong to this arena (capacity {capacity})")]
+    #[error(
+        "{} at offset {offset} does not belong to this arena (capacity {capacity})",
+        block_name(*index)
+    )]
     ForeignBlock {
-        /// Block index.
-        index: usize,
+        /// Block index, when this arena's ledger knows it (`None` for a block of another
+        /// arena: only its own arena can derive its index).
+        index: Option<usize>,
         /// Block offset.
         offset: usize,
         /// This arena's capacity.
@@ -229,6 +236,14 @@ pub enum ArenaError {
         /// The kernel's answer.
         errno: Errno,
     },
+}
+
+/// "block N", or "a block" when its index is unknown (ledger off, or another arena's block).
+fn block_name(index: Option<usize>) -> String {
+    match index {
+        Some(i) => format!("block {i}"),
+        None => "a block".to_string(),
+    }
 }
 
 /// Advice that cannot change what this process reads from the arena, so it is safe to give at
@@ -396,39 +411,40 @@ impl ArenaConfig {
     }
 }
 
-/// A block handed out by [`Arena::alloc`]. A plain description (index, offset, length, and
-/// the arena and generation it belongs to: 32 bytes); it does not borrow the arena. Writes go
-/// through [`Arena::write`], which checks it. Its label, if any, stays with the arena
-/// ([`Arena::label`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A block handed out by [`Arena::alloc`]. A plain description (offset, non-zero length, and a
+/// stamp: the arena's id and the generation it was allocated in, packed in one word: 24 bytes);
+/// it does not borrow the arena. Writes go
+/// through [`Arena::write`], which checks the stamp (a stale or foreign block is refused). Its
+/// index and label, if any, stay with the arena ([`Arena::index_of`], [`Arena::label`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Block {
-    index: usize,
     offset: usize,
-    len: usize,
-    arena: u32,
-    generation: u32,
+    len: NonZeroUsize,
+    stamp: u64,
+}
+
+/// The stamp of blocks allocated by arena `id` in generation `generation`.
+#[inline(always)]
+fn stamp(id: u32, generation: u32) -> u64 {
+    (u64::from(id) << 32) | u64::from(generation)
 }
 
 impl Block {
-    /// Unique (per arena) increasing index, never reused.
-    pub fn index(&self) -> usize {
-        self.index
-    }
     /// Offset of the first byte from the arena's base.
     pub fn offset(&self) -> usize {
         self.offset
     }
     /// Length in bytes (never zero).
     pub fn len(&self) -> usize {
-        self.len
+        self.len.get()
     }
     /// Always false: zero-length blocks are refused.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        false
     }
     /// One past the last byte.
     pub fn end(&self) -> usize {
-        self.offset + self.len
+        self.offset + self.len()
     }
     /// `offset..end`.
     pub fn range(&self) -> Range<usize> {
@@ -436,7 +452,11 @@ impl Block {
     }
     /// The arena generation (number of resets before this block was allocated).
     pub fn generation(&self) -> u32 {
-        self.generation
+        self.stamp as u32
+    }
+    /// The id of the arena that handed the block out.
+    fn arena(&self) -> u32 {
+        (self.stamp >> 32) as u32
     }
 }
 
@@ -518,19 +538,23 @@ enum Refusal {
 #[derive(Debug)]
 pub struct Arena {
     // Hot fields first: the allocation fast path reads only these.
-    /// Address of the next free byte (`base + used`). Bumping an address rather than an offset
-    /// takes one addition off the aligned fast path. Invariant: `base <= cur <= end`.
-    cur: usize,
-    /// `base + capacity`: the logical end, where allocation stops (not the mapping's end).
-    end: usize,
+    /// Address of the last byte in use: `base + used - 1` (`base - 1` when empty; the base is
+    /// never 0). Kept one below the next free byte because rounding up is then one `or`
+    /// (`(last | mask) + 1` is the next multiple of `mask + 1` at or after `last + 1`), so the
+    /// next aligned allocation waits for two operations, not four (see [`Arena::bump`]).
+    /// Invariant: `base - 1 <= last < base + capacity`.
+    last: usize,
+    /// Where the ledger-off fast path stops: `base + capacity` (the logical end, not the
+    /// mapping's) while allocation needs no bookkeeping (ledger off, no red zone, not
+    /// released), else 0, so that the path's only test is its room test.
+    fast_end: usize,
+    /// The same for the ledger-on fast path (ledger on, no red zone, not released), which
+    /// appends one ledger record and nothing else.
+    record_end: usize,
     /// What the caller asked for; `map.len` is this rounded up to whole pages.
     capacity: usize,
-    next_index: usize,
-    /// Ledger off, no red zone, not released: allocation needs no bookkeeping.
-    fast: bool,
-    /// Ledger on, no red zone, not released: allocation appends one ledger record, nothing
-    /// else.
-    recorded: bool,
+    /// The stamp of blocks handed out now (`stamp(id, generation)`).
+    stamp: u64,
     id: u32,
     generation: u32,
     map: Mapping,
@@ -545,7 +569,7 @@ pub struct Arena {
     advice: Vec<Advice>,
     /// What only the slow path and the ledger-on path change, out of line: the slow path is
     /// handed this box (and values), never the arena, so a caller's allocation loop can keep
-    /// the cursor and the index counter in registers (see [`Arena::alloc_slow`]).
+    /// the cursor in a register (see [`Arena::alloc_slow`]).
     cold: Box<Cold>,
 }
 
@@ -566,7 +590,7 @@ struct SlowInput {
     capacity: usize,
     red_zone: usize,
     released: bool,
-    next_index: usize,
+    generation: u32,
 }
 
 // SAFETY: the arena exclusively owns its mapping (no thread-local or shared state); moving it to
@@ -616,14 +640,17 @@ impl Arena {
             })?;
         let map = map::map(mapped, guard_len, align, page, cfg.shared)?;
         let base_addr = map.base.as_ptr() as usize;
+        // Linux maps user memory below TASK_SIZE (2^47, 2^56 with 5-level paging on x86-64;
+        // at most 2^52 on arm64), far below isize::MAX: the fast path's rounding relies on it.
+        debug_assert!(base_addr + mapped <= isize::MAX as usize);
+        let id = NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed);
         let mut arena = Arena {
-            cur: base_addr,
-            end: base_addr + capacity,
+            last: base_addr - 1,
+            fast_end: 0,
+            record_end: 0,
             capacity,
-            next_index: 0,
-            fast: !cfg.ledger && cfg.red_zone == 0,
-            recorded: cfg.ledger && cfg.red_zone == 0,
-            id: NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed),
+            stamp: stamp(id, 0),
+            id,
             generation: 0,
             map,
             released: false,
@@ -637,6 +664,7 @@ impl Arena {
                 labels: Labels::default(),
             }),
         };
+        arena.set_fast_ends();
         // On error below, dropping `arena` unmaps everything.
         for &a in &cfg.advice {
             map::madvise(&arena.map, a.as_raw()).map_err(|errno| ArenaError::Advise {
@@ -685,12 +713,22 @@ impl Arena {
     /// Bytes handed out so far (including alignment padding and red zones).
     #[inline(always)]
     pub fn used(&self) -> usize {
-        self.cur - self.base_addr()
+        self.last + 1 - self.base_addr()
+    }
+
+    /// Open the fast path the arena takes (ledger off or on; none with red zones or once
+    /// released) up to the logical end, and close the other.
+    fn set_fast_ends(&mut self) {
+        let end = self.base_addr() + self.capacity;
+        let plain = self.red_zone == 0 && !self.released;
+        let ledger = self.cold.ledger.is_some();
+        self.fast_end = if plain && !ledger { end } else { 0 };
+        self.record_end = if plain && ledger { end } else { 0 };
     }
 
     fn set_used(&mut self, used: usize) {
         debug_assert!(used <= self.capacity, "invariant: used <= capacity");
-        self.cur = self.base_addr() + used;
+        self.last = self.base_addr() + used - 1;
     }
 
     /// Pages in the arena's mapping (`mapped_len / page size`).
@@ -750,7 +788,7 @@ impl Arena {
                 offset: r.offset,
                 len: r.len,
                 red_zone: self.red_zone,
-                label: self.cold.labels.get(index),
+                label: self.cold.labels.get(self.generation, r.offset),
                 written: r.written,
                 released: r.released,
             })
@@ -760,10 +798,23 @@ impl Arena {
     /// The label `b` was allocated with ([`Arena::alloc_labeled`]), if any; also for a block
     /// of an earlier generation. `None` for a block of another arena.
     pub fn label(&self, b: &Block) -> Option<&'static str> {
-        if b.arena != self.id {
+        if b.arena() != self.id {
             return None;
         }
-        self.cold.labels.get(b.index)
+        self.cold.labels.get(b.generation(), b.offset)
+    }
+
+    /// The index of `b`: its place in allocation order over the arena's whole life (from 0,
+    /// increasing, never reused, also across resets), derived by the ledger from the block's
+    /// generation and offset (blocks of one generation are in offset order). `None` without the
+    /// ledger (nothing counts allocations then, so the fast path stores only the cursor), for a
+    /// block of another arena, and for a block this arena never handed out.
+    pub fn index_of(&self, b: &Block) -> Option<usize> {
+        if b.arena() != self.id {
+            return None;
+        }
+        let l = self.cold.ledger.as_ref()?;
+        l.index_of(b.generation(), self.generation, b.offset)
     }
 
     /// Give non-destructive advice for the whole arena.
@@ -805,21 +856,7 @@ impl Arena {
     #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
     #[inline(always)]
     pub fn alloc(&mut self, len: usize) -> Result<Block, ArenaError> {
-        let cur = self.cur;
-        debug_assert!(cur <= self.end, "invariant: cur <= end");
-        // `end - cur` cannot wrap (cur <= end), and `cur + len <= end`.
-        let start = if self.fast && len != 0 && len <= self.end - cur {
-            self.cur = cur + len;
-            cur - self.base_addr()
-        } else if self.recorded && len != 0 && len <= self.end - cur {
-            self.cur = cur + len;
-            let start = cur - self.base_addr();
-            self.record(start, len);
-            start
-        } else {
-            self.alloc_slow(len, 1, None)?
-        };
-        Ok(self.hand_out(start, len))
+        self.bump(len, 0)
     }
 
     /// Allocate `len` bytes whose address is a multiple of `align` (a power of two).
@@ -829,25 +866,53 @@ impl Arena {
     #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
     #[inline(always)]
     pub fn alloc_aligned(&mut self, len: usize, align: usize) -> Result<Block, ArenaError> {
-        let cur = self.cur;
-        debug_assert!(cur <= self.end, "invariant: cur <= end");
-        // (-cur) mod align: the padding up to the next multiple; < align, no overflow.
-        let pad = cur.wrapping_neg() & align.wrapping_sub(1);
-        let room = self.end - cur;
-        let fits =
-            |align: usize| align.is_power_of_two() && len != 0 && pad <= room && len <= room - pad;
-        let start = if self.fast && fits(align) {
-            let at = cur + pad;
-            self.cur = at + len;
-            at - self.base_addr()
-        } else if self.recorded && fits(align) {
-            let at = cur + pad;
-            self.cur = at + len;
-            let start = at - self.base_addr();
+        if align.is_power_of_two() {
+            self.bump(len, align - 1)
+        } else {
+            // Refused there, with the arena's offset and capacity in the error.
+            self.alloc_slow(len, align, None)
+                .map(|start| self.hand_out(start, len))
+        }
+    }
+
+    /// Allocate `layout.size()` bytes at a multiple of `layout.align()`: the same as
+    /// [`Arena::alloc_aligned`], for callers that hold a [`Layout`] (bumpalo's `alloc_layout`);
+    /// the alignment is a power of two by construction, so nothing checks it.
+    ///
+    /// # Errors
+    /// As [`Arena::alloc`].
+    #[must_use = "an allocation nobody keeps is the seed's 09b leak; the error must be looked at too"]
+    #[inline(always)]
+    pub fn alloc_layout(&mut self, layout: Layout) -> Result<Block, ArenaError> {
+        self.bump(layout.size(), layout.align() - 1)
+    }
+
+    /// The fast paths: bump the cursor to the next multiple of `mask + 1` (a power of two) and
+    /// past `len`, recording the block when the ledger is on; anything else (zero length, no
+    /// room, red zones, released) goes to the slow path, which refuses or does the bookkeeping.
+    ///
+    /// `t = last | mask` is the block's first address minus one, and the new `last` is
+    /// `t + len`: the next allocation waits for an `or` and an `add` (bumpalo, bumping down,
+    /// for a `sub` and an `and`). Nothing wraps: `last < end <= isize::MAX` (user mappings
+    /// lie below it, checked when the arena is made) and `mask < align <= 2^63`, so `t` fits;
+    /// once `t < end`, `end - 1 - t` is the room at the block's start, and `len - 1 < room`
+    /// (wrapping for `len == 0`) is `1 <= len <= room`. `end` is the path's own end, 0 when
+    /// the arena may not take it, so no flag is tested.
+    #[inline(always)]
+    fn bump(&mut self, len: usize, mask: usize) -> Result<Block, ArenaError> {
+        debug_assert!(self.last < self.base_addr() + self.capacity, "invariant");
+        let t = self.last | mask;
+        let fits = |end: usize| t < end && len.wrapping_sub(1) < end - 1 - t;
+        let start = if fits(self.fast_end) {
+            self.last = t + len;
+            t + 1 - self.base_addr()
+        } else if fits(self.record_end) {
+            self.last = t + len;
+            let start = t + 1 - self.base_addr();
             self.record(start, len);
             start
         } else {
-            self.alloc_slow(len, align, None)?
+            self.alloc_slow(len, mask + 1, None)?
         };
         Ok(self.hand_out(start, len))
     }
@@ -886,24 +951,23 @@ impl Arena {
     }
 
     #[inline(always)]
-    fn hand_out(&mut self, offset: usize, len: usize) -> Block {
-        let index = self.next_index;
-        // 2^64 allocations would take centuries; wrapping keeps the fast path branch-free.
-        self.next_index = index.wrapping_add(1);
+    fn hand_out(&self, offset: usize, len: usize) -> Block {
+        debug_assert!(len != 0, "every path to hand_out refuses a zero length");
         Block {
-            index,
             offset,
-            len,
-            arena: self.id,
-            generation: self.generation,
+            // SAFETY: every caller has checked `len != 0`: the fast paths in their condition,
+            // the slow path by refusing it (`Refusal::ZeroLength`) before returning a start.
+            len: unsafe { NonZeroUsize::new_unchecked(len) },
+            stamp: self.stamp,
         }
     }
 
     /// Everything the fast path skips, for the inlined call sites: the cold part takes only the
     /// boxed [`Cold`] state and values, and the arena's cursor is stored here, inline. Were the
-    /// arena itself handed to a call, a caller's loop could not keep `cur` and `next_index` in
-    /// registers across allocations (the call might change them): every allocation would load
-    /// and store them through memory, 1.8x bumpalo instead of 1.2x in `benches/alloc.rs`.
+    /// arena itself handed to a call, a caller's loop could not keep the cursor (`last`) in a
+    /// register across allocations (the call might change it): every allocation would load and
+    /// store the arena's fields through memory (1.8x bumpalo instead of 1.2x in
+    /// `benches/alloc.rs` when the block still carried an index).
     #[inline(always)]
     fn alloc_slow(
         &mut self,
@@ -917,7 +981,7 @@ impl Arena {
             capacity: self.capacity,
             red_zone: self.red_zone,
             released: self.released,
-            next_index: self.next_index,
+            generation: self.generation,
         };
         let (start, end) = alloc_cold(&mut self.cold, input, len, align, label)?;
         self.set_used(end);
@@ -1015,20 +1079,26 @@ impl Arena {
         let bytes_past_end = end.saturating_sub(past_start);
         let bytes_past_capacity = end.saturating_sub(start.max(capacity));
         let mut victims = Vec::new();
+        let label = self.cold.labels.get(block.generation(), block.offset);
         if let Some(ledger) = self.cold.ledger.as_mut() {
+            let index = ledger.current_index(block.offset);
+            if !bytes.is_empty()
+                && let Some(e) = index.and_then(|i| ledger.record_mut(i))
+            {
+                e.written = true;
+            }
             if !bytes.is_empty() {
                 ledger.mark_fresh(start..end);
-                if let Some(e) = ledger.record_mut(block.index) {
-                    e.written = true;
-                }
             }
-            if bytes_past_end > 0 {
-                victims = ledger.overlapping(&(past_start..end), block.index);
+            if bytes_past_end > 0
+                && let Some(index) = index
+            {
+                victims = ledger.overlapping(&(past_start..end), index);
                 ledger.overflows.push(Overflow {
-                    index: block.index,
+                    index,
                     offset: block.offset,
-                    len: block.len,
-                    label: self.cold.labels.get(block.index).map(str::to_string),
+                    len: block.len(),
+                    label: label.map(str::to_string),
                     bytes_past_end,
                     bytes_past_capacity,
                     write_offset: start,
@@ -1053,41 +1123,53 @@ impl Arena {
         if self.released {
             return Err(ArenaError::Released { op, capacity });
         }
-        if block.arena != self.id {
+        if block.arena() != self.id {
             return Err(ArenaError::ForeignBlock {
-                index: block.index,
+                index: None,
                 offset: block.offset,
                 capacity,
             });
         }
-        let misuse = || Misuse {
+        let index = self.index_of(block);
+        let misuse = |index: usize| Misuse {
             block: BlockRef {
-                index: block.index,
+                index,
                 offset: block.offset,
-                len: block.len,
-                label: self.cold.labels.get(block.index).map(str::to_string),
+                len: block.len(),
+                label: self
+                    .cold
+                    .labels
+                    .get(block.generation(), block.offset)
+                    .map(str::to_string),
             },
             op: op.to_string(),
         };
-        if block.generation != self.generation {
-            if let Some(l) = self.cold.ledger.as_mut() {
-                l.use_after_reset.push(misuse());
+        if block.generation() != self.generation {
+            if let Some(i) = index {
+                let m = misuse(i);
+                if let Some(l) = self.cold.ledger.as_mut() {
+                    l.use_after_reset.push(m);
+                }
             }
             return Err(ArenaError::UseAfterReset {
-                index: block.index,
+                index,
                 offset: block.offset,
-                block_generation: block.generation,
+                block_generation: block.generation(),
                 generation: self.generation,
                 capacity,
             });
         }
         if op == "write"
-            && let Some(l) = self.cold.ledger.as_mut()
-            && l.record_mut(block.index).is_some_and(|e| e.released)
+            && let Some(i) = index
+            && let Some(l) = self.cold.ledger.as_ref()
+            && l.record_at(i).is_some_and(|e| e.released)
         {
-            l.use_after_release.push(misuse());
+            let m = misuse(i);
+            if let Some(l) = self.cold.ledger.as_mut() {
+                l.use_after_release.push(m);
+            }
             return Err(ArenaError::UseAfterRelease {
-                index: block.index,
+                index: i,
                 offset: block.offset,
                 capacity,
             });
@@ -1109,21 +1191,24 @@ impl Arena {
                 op: "release_block",
             });
         };
-        let Some(e) = ledger.record_mut(b.index) else {
+        let found = ledger
+            .current_index(b.offset)
+            .and_then(|i| Some((i, ledger.record_mut(i)?)));
+        let Some((index, e)) = found else {
             return Err(ArenaError::ForeignBlock {
-                index: b.index,
+                index: None,
                 offset: b.offset,
                 capacity,
             });
         };
         if e.released {
-            let r = block_ref(b.index, e, self.cold.labels.get(b.index));
+            let r = block_ref(index, e, self.cold.labels.get(b.generation(), b.offset));
             ledger.double_releases.push(Misuse {
                 block: r,
                 op: "release_block".into(),
             });
             return Err(ArenaError::DoubleRelease {
-                index: b.index,
+                index,
                 offset: b.offset,
                 capacity,
             });
@@ -1161,9 +1246,9 @@ impl Arena {
         self.set_used(0);
         self.high_water = if zero { 0 } else { extent };
         self.generation = self.generation.wrapping_add(1);
+        self.stamp = stamp(self.id, self.generation);
         if let Some(l) = self.cold.ledger.as_mut() {
-            l.first_index = self.next_index;
-            l.records.clear();
+            l.start_generation();
             l.fresh.clear();
             l.stale_limit = if zero { 0 } else { l.stale_limit.max(extent) };
         }
@@ -1190,8 +1275,7 @@ impl Arena {
         // from `bytes()` is alive; after this the `released` flag stops every access.
         unsafe { map::unmap(&self.map) }?;
         self.released = true;
-        self.fast = false;
-        self.recorded = false;
+        self.set_fast_ends();
         self.set_used(0);
         Ok(())
     }
@@ -1264,7 +1348,11 @@ impl Arena {
         }
         self.capacity = new_capacity;
         let base = self.base_addr();
-        self.end = base + new_capacity;
+        debug_assert!(
+            base + rounded <= isize::MAX as usize,
+            "below TASK_SIZE, as in new"
+        );
+        self.set_fast_ends();
         self.set_used(used);
         out.new_base = base;
         Ok(out)
@@ -1331,7 +1419,7 @@ impl Arena {
         let leaks = l
             .indexed()
             .filter(|(_, e)| !e.written && !e.released)
-            .map(|(i, e)| block_ref(i, e, self.cold.labels.get(i)))
+            .map(|(i, e)| block_ref(i, e, self.cold.labels.get(self.generation, e.offset)))
             .collect();
         let mut overflows = l.overflows.clone();
         for (index, e) in l.indexed() {
@@ -1345,7 +1433,11 @@ impl Arena {
                     index,
                     offset: e.offset,
                     len: e.len,
-                    label: self.cold.labels.get(index).map(str::to_string),
+                    label: self
+                        .cold
+                        .labels
+                        .get(self.generation, e.offset)
+                        .map(str::to_string),
                     bytes_past_end: last + 1,
                     bytes_past_capacity: 0,
                     write_offset: damaged.start,
@@ -1443,8 +1535,7 @@ pub fn render_hex(bytes: &[u8]) -> String {
 }
 
 /// The slow path's checks that name the refusal, red zones, the ledger and labels. Returns the
-/// block's start and the new `used`; the caller sets the cursor and hands the block out (and
-/// counts its index). It is handed the [`Cold`] box and values, never the [`Arena`] (see
+/// block's start and the new `used`; the caller sets the cursor and hands the block out. It is handed the [`Cold`] box and values, never the [`Arena`] (see
 /// [`Arena::alloc_slow`]).
 #[cold]
 #[inline(never)]
@@ -1461,7 +1552,7 @@ fn alloc_cold(
         capacity,
         red_zone,
         released,
-        next_index,
+        generation,
     } = input;
     let refuse = |why| refusal(why, input, len, align);
     if released {
@@ -1498,7 +1589,7 @@ fn alloc_cold(
         ledger.record(start, len);
     }
     if let Some(label) = label {
-        cold.labels.set(next_index, label);
+        cold.labels.set(generation, start, label);
     }
     Ok((start, end))
 }
@@ -1544,10 +1635,10 @@ mod tests {
     }
 
     #[test]
-    fn a_block_is_four_words_and_a_ledger_record_three() {
+    fn a_block_is_three_words_and_a_ledger_record_three() {
         // The descriptor every allocation returns, and what the ledger appends per block:
         // their size is what the fast paths pay for (BENCHMARKS.md).
-        assert_eq!(size_of::<Block>(), 4 * size_of::<usize>());
+        assert_eq!(size_of::<Block>(), 3 * size_of::<usize>());
         assert_eq!(size_of::<ledger::Record>(), 3 * size_of::<usize>());
     }
 

@@ -16,7 +16,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::arena::{Arena, ArenaConfig, Block, Findings};
+use crate::arena::{Arena, ArenaConfig, ArenaError, Block, Findings};
 use crate::error::{Error, Result};
 
 /// One of the seed's reference cases.
@@ -260,7 +260,10 @@ impl Replay {
         };
         self.writes.push(BaselineWrite {
             call: format!("strcpy({dest}, \"{s}\")"),
-            block: block.index(),
+            block: self
+                .arena
+                .index_of(block)
+                .ok_or(ArenaError::NoLedger { op: "index_of" })?,
             offset_in_block: at,
             len: bytes.len(),
             bytes_past_end: out.bytes_past_end,

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{ExperimentOptions, Outcome};
-use crate::arena::{Arena, ArenaConfig, OverflowSource};
+use crate::arena::{Arena, ArenaConfig, ArenaError, OverflowSource};
 use crate::error::{Error, Result};
 
 /// The seed's block size.
@@ -110,17 +110,20 @@ fn red_zones() -> Result<(bool, Value)> {
     // Like C's strcpy: straight to memory, the ledger is not told.
     arena.bytes_mut()[start..start + CLOWN.len()].copy_from_slice(CLOWN);
     let findings = arena.check();
+    let c_index = arena
+        .index_of(&c)
+        .ok_or(ArenaError::NoLedger { op: "index_of" })?;
     let found = findings
         .overflows
         .iter()
-        .find(|o| o.index == c.index() && o.source == OverflowSource::RedZone);
+        .find(|o| o.index == c_index && o.source == OverflowSource::RedZone);
     let past = &arena.bytes()[c.end()..c.end() + PAST_END];
     let ok = findings.overflows.len() == 1
         && found.is_some_and(|o| o.offset == c.offset() && o.bytes_past_end == PAST_END)
         && past == &CLOWN[CLOWN.len() - PAST_END..];
     let evidence = json!({
         "red_zone": RED_ZONE,
-        "block": {"label": "c", "index": c.index(), "offset": c.offset(), "len": c.len()},
+        "block": {"label": "c", "index": c_index, "offset": c.offset(), "len": c.len()},
         "found": found,
         "overflows_found": findings.overflows.len(),
         "bytes_past_end_hex": hex_bytes(past),
