@@ -1,7 +1,8 @@
 //! The arena engine, case by case. Each case is named after what it proves.
 
 use cowscope::arena::{
-    Advice, Arena, ArenaConfig, ArenaError, Block, CANARY, OverflowSource, UncheckedAdvice,
+    Advice, Arena, ArenaConfig, ArenaError, Block, CANARY, MAX_CAPACITY, OverflowSource,
+    UncheckedAdvice,
 };
 use rstest::rstest;
 
@@ -68,6 +69,7 @@ fn the_capacity_is_what_was_asked_and_only_the_mapping_is_rounded_up_to_whole_pa
 #[rstest]
 #[case::zero_capacity(ArenaConfig::new(0))]
 #[case::capacity_that_cannot_round(ArenaConfig::new(usize::MAX))]
+#[case::capacity_above_what_a_block_holds(ArenaConfig::new(MAX_CAPACITY + 1))]
 #[case::non_power_of_two_alignment(ArenaConfig::new(4096).align(3 * 4096))]
 #[case::guard_pages_overflowing(ArenaConfig::new(4096).guard_pages(usize::MAX))]
 fn impossible_configurations_are_errors_not_panics(#[case] cfg: ArenaConfig) {

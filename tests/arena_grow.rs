@@ -4,7 +4,7 @@
 //! In its own test binary: the in-place case frees address space on purpose and looks at
 //! /proc/self/maps, which tests mapping memory on parallel threads could disturb.
 
-use cowscope::arena::{Arena, ArenaConfig, ArenaError};
+use cowscope::arena::{Arena, ArenaConfig, ArenaError, MAX_CAPACITY};
 
 /// The VMA of this process containing `addr`, as (start, end, perms).
 fn vma(addr: usize) -> Option<(usize, usize, String)> {
@@ -115,6 +115,14 @@ fn grow_refuses_what_it_cannot_do() {
         a.grow(usize::MAX),
         Err(ArenaError::BadConfig { .. })
     ));
+    // A block holds offsets and lengths in 40 bits: 1 TiB - 1 byte is the most.
+    match a.grow(MAX_CAPACITY + 1) {
+        Err(e @ ArenaError::BadConfig { value, .. }) => {
+            assert_eq!(value, MAX_CAPACITY + 1);
+            assert!(e.to_string().contains("1 TiB"), "{e}");
+        }
+        other => panic!("expected BadConfig, got {other:?}"),
+    }
     let same = a.grow(2 * page()).unwrap();
     assert!(!same.moved && same.new_base == same.old_base);
     let mut s = Arena::new(ArenaConfig::new(page()).shared()).unwrap();

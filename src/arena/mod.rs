@@ -44,7 +44,7 @@ pub use ledger::{
 use std::alloc::Layout;
 use std::fmt;
 use std::io;
-use std::num::NonZeroUsize;
+use std::num::NonZeroU64;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -411,32 +411,40 @@ impl ArenaConfig {
     }
 }
 
-/// A block handed out by [`Arena::alloc`]. A plain description (offset, non-zero length, and a
-/// stamp: the arena's id and the generation it was allocated in, packed in one word: 24 bytes);
-/// it does not borrow the arena. Writes go
-/// through [`Arena::write`], which checks the stamp (a stale or foreign block is refused). Its
-/// index and label, if any, stay with the arena ([`Arena::index_of`], [`Arena::label`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A block handed out by [`Arena::alloc`]. A plain description, 16 bytes (a slice's size): the
+/// offset and the arena's id in one word, the non-zero length and the generation it was
+/// allocated in in the other (offsets and lengths take the low [`SPAN_BITS`] bits, which is why
+/// a capacity is below [`MAX_CAPACITY`]; the id and generation the high [`TAG_BITS`], kept
+/// modulo 2^24). It does not borrow the arena. Writes go through [`Arena::write`], which checks
+/// the id and generation (a stale or foreign block is refused). Its index and label, if any,
+/// stay with the arena ([`Arena::index_of`], [`Arena::label`], [`Arena::generation_of`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Block {
-    offset: usize,
-    len: NonZeroUsize,
-    stamp: u64,
+    /// `offset | id << SPAN_BITS`.
+    offset_id: u64,
+    /// `len | generation << SPAN_BITS`; never zero because `len` is not.
+    len_generation: NonZeroU64,
 }
 
-/// The stamp of blocks allocated by arena `id` in generation `generation`.
-#[inline(always)]
-fn stamp(id: u32, generation: u32) -> u64 {
-    (u64::from(id) << 32) | u64::from(generation)
-}
+/// Bits of a [`Block`] word that hold its offset or length.
+pub const SPAN_BITS: u32 = 40;
+/// Bits of a [`Block`] word that hold its arena's id or its generation (modulo 2^24).
+pub const TAG_BITS: u32 = 64 - SPAN_BITS;
+const SPAN_MASK: u64 = (1 << SPAN_BITS) - 1;
+const TAG_MASK: u32 = (1 << TAG_BITS) - 1;
+/// The largest capacity an arena can have: one byte under 1 TiB, so that every offset and
+/// length fits a [`Block`]'s [`SPAN_BITS`].
+pub const MAX_CAPACITY: usize = (1 << SPAN_BITS) - 1;
+const TOO_LARGE: &str = "the capacity is above 1 TiB - 1 byte (MAX_CAPACITY: a block holds offsets and lengths in 40 bits)";
 
 impl Block {
     /// Offset of the first byte from the arena's base.
     pub fn offset(&self) -> usize {
-        self.offset
+        (self.offset_id & SPAN_MASK) as usize
     }
     /// Length in bytes (never zero).
     pub fn len(&self) -> usize {
-        self.len.get()
+        (self.len_generation.get() & SPAN_MASK) as usize
     }
     /// Always false: zero-length blocks are refused.
     pub fn is_empty(&self) -> bool {
@@ -444,19 +452,31 @@ impl Block {
     }
     /// One past the last byte.
     pub fn end(&self) -> usize {
-        self.offset + self.len()
+        self.offset() + self.len()
     }
     /// `offset..end`.
     pub fn range(&self) -> Range<usize> {
-        self.offset..self.end()
+        self.offset()..self.end()
     }
-    /// The arena generation (number of resets before this block was allocated).
-    pub fn generation(&self) -> u32 {
-        self.stamp as u32
+    /// The id of the arena that handed the block out (modulo 2^24).
+    fn arena_tag(&self) -> u32 {
+        (self.offset_id >> SPAN_BITS) as u32
     }
-    /// The id of the arena that handed the block out.
-    fn arena(&self) -> u32 {
-        (self.stamp >> 32) as u32
+    /// The generation the block was allocated in, modulo 2^24 ([`Arena::generation_of`] gives
+    /// it whole).
+    fn generation_tag(&self) -> u32 {
+        (self.len_generation.get() >> SPAN_BITS) as u32
+    }
+}
+
+impl fmt::Debug for Block {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Block")
+            .field("offset", &self.offset())
+            .field("len", &self.len())
+            .field("arena", &self.arena_tag())
+            .field("generation_tag", &self.generation_tag())
+            .finish()
     }
 }
 
@@ -553,8 +573,10 @@ pub struct Arena {
     record_end: usize,
     /// What the caller asked for; `map.len` is this rounded up to whole pages.
     capacity: usize,
-    /// The stamp of blocks handed out now (`stamp(id, generation)`).
-    stamp: u64,
+    /// The high bits of the blocks handed out now: `id << SPAN_BITS` (offset word) and
+    /// `generation << SPAN_BITS` (length word), each modulo 2^24.
+    id_bits: u64,
+    generation_bits: u64,
     id: u32,
     generation: u32,
     map: Mapping,
@@ -616,6 +638,12 @@ impl Arena {
                 value: 0,
             });
         }
+        if cfg.capacity > MAX_CAPACITY {
+            return Err(ArenaError::BadConfig {
+                reason: TOO_LARGE,
+                value: cfg.capacity,
+            });
+        }
         let capacity = cfg.capacity;
         let mapped = capacity
             .checked_next_multiple_of(page)
@@ -643,13 +671,14 @@ impl Arena {
         // Linux maps user memory below TASK_SIZE (2^47, 2^56 with 5-level paging on x86-64;
         // at most 2^52 on arm64), far below isize::MAX: the fast path's rounding relies on it.
         debug_assert!(base_addr + mapped <= isize::MAX as usize);
-        let id = NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_ARENA_ID.fetch_add(1, Ordering::Relaxed) & TAG_MASK;
         let mut arena = Arena {
             last: base_addr - 1,
             fast_end: 0,
             record_end: 0,
             capacity,
-            stamp: stamp(id, 0),
+            id_bits: u64::from(id) << SPAN_BITS,
+            generation_bits: 0,
             id,
             generation: 0,
             map,
@@ -798,10 +827,23 @@ impl Arena {
     /// The label `b` was allocated with ([`Arena::alloc_labeled`]), if any; also for a block
     /// of an earlier generation. `None` for a block of another arena.
     pub fn label(&self, b: &Block) -> Option<&'static str> {
-        if b.arena() != self.id {
+        if b.arena_tag() != self.id {
             return None;
         }
-        self.cold.labels.get(b.generation(), b.offset)
+        self.cold.labels.get(self.full_generation(b), b.offset())
+    }
+
+    /// The generation `b` was allocated in (the number of resets before it), or `None` for a
+    /// block of another arena. A block keeps its generation modulo 2^24; this arena
+    /// completes it from its own, so it is exact for any block less than 2^24 resets old.
+    pub fn generation_of(&self, b: &Block) -> Option<u32> {
+        (b.arena_tag() == self.id).then(|| self.full_generation(b))
+    }
+
+    /// [`Arena::generation_of`] for a block already known to be this arena's.
+    fn full_generation(&self, b: &Block) -> u32 {
+        let behind = self.generation.wrapping_sub(b.generation_tag()) & TAG_MASK;
+        self.generation.wrapping_sub(behind)
     }
 
     /// The index of `b`: its place in allocation order over the arena's whole life (from 0,
@@ -810,11 +852,11 @@ impl Arena {
     /// ledger (nothing counts allocations then, so the fast path stores only the cursor), for a
     /// block of another arena, and for a block this arena never handed out.
     pub fn index_of(&self, b: &Block) -> Option<usize> {
-        if b.arena() != self.id {
+        if b.arena_tag() != self.id {
             return None;
         }
         let l = self.cold.ledger.as_ref()?;
-        l.index_of(b.generation(), self.generation, b.offset)
+        l.index_of(self.full_generation(b), self.generation, b.offset())
     }
 
     /// Give non-destructive advice for the whole arena.
@@ -892,23 +934,25 @@ impl Arena {
     /// room, red zones, released) goes to the slow path, which refuses or does the bookkeeping.
     ///
     /// `t = last | mask` is the block's first address minus one, and the new `last` is
-    /// `t + len`: the next allocation waits for an `or` and an `add` (bumpalo, bumping down,
-    /// for a `sub` and an `and`). Nothing wraps: `last < end <= isize::MAX` (user mappings
-    /// lie below it, checked when the arena is made) and `mask < align <= 2^63`, so `t` fits;
-    /// once `t < end`, `end - 1 - t` is the room at the block's start, and `len - 1 < room`
-    /// (wrapping for `len == 0`) is `1 <= len <= room`. `end` is the path's own end, 0 when
-    /// the arena may not take it, so no flag is tested.
+    /// `next = t + len`: the next allocation waits for an `or` and an `add` (bumpalo, bumping
+    /// down, for a `sub` and an `and`). Nothing wraps: `last < end <= isize::MAX` (user
+    /// mappings lie below it, checked when the arena is made) and `mask < align <= 2^63`, so
+    /// `t < 2^63`, and the path is only taken for `0 < len < 2^63` (`len as isize > 0`, which
+    /// also refuses `len == 0`), so `t + len` fits a `usize`. The block's last byte is `next`,
+    /// so it fits when `next < end`; `end` is the path's own end, 0 when the arena may not take
+    /// it, so no flag is tested.
     #[inline(always)]
     fn bump(&mut self, len: usize, mask: usize) -> Result<Block, ArenaError> {
         debug_assert!(self.last < self.base_addr() + self.capacity, "invariant");
         let t = self.last | mask;
-        let fits = |end: usize| t < end && len.wrapping_sub(1) < end - 1 - t;
-        let start = if fits(self.fast_end) {
-            self.last = t + len;
-            t + 1 - self.base_addr()
-        } else if fits(self.record_end) {
-            self.last = t + len;
-            let start = t + 1 - self.base_addr();
+        let next = t.wrapping_add(len);
+        let sane = (len as isize) > 0;
+        let start = if sane && next < self.fast_end {
+            self.last = next;
+            t - (self.base_addr() - 1)
+        } else if sane && next < self.record_end {
+            self.last = next;
+            let start = t - (self.base_addr() - 1);
             self.record(start, len);
             start
         } else {
@@ -953,12 +997,16 @@ impl Arena {
     #[inline(always)]
     fn hand_out(&self, offset: usize, len: usize) -> Block {
         debug_assert!(len != 0, "every path to hand_out refuses a zero length");
+        debug_assert!(
+            offset as u64 | len as u64 <= SPAN_MASK,
+            "capacity <= MAX_CAPACITY"
+        );
         Block {
-            offset,
+            offset_id: offset as u64 | self.id_bits,
             // SAFETY: every caller has checked `len != 0`: the fast paths in their condition,
-            // the slow path by refusing it (`Refusal::ZeroLength`) before returning a start.
-            len: unsafe { NonZeroUsize::new_unchecked(len) },
-            stamp: self.stamp,
+            // the slow path by refusing it (`Refusal::ZeroLength`) before returning a start;
+            // `len` then stays non-zero under the `or`.
+            len_generation: unsafe { NonZeroU64::new_unchecked(len as u64 | self.generation_bits) },
         }
     }
 
@@ -1061,13 +1109,16 @@ impl Arena {
         self.vet(block, "write")?;
         let (capacity, mapped) = (self.capacity, self.map.len);
         let oob = || ArenaError::OutOfBounds {
-            block_offset: block.offset,
+            block_offset: block.offset(),
             offset_in_block,
             len: bytes.len(),
             capacity,
             mapped,
         };
-        let start = block.offset.checked_add(offset_in_block).ok_or_else(oob)?;
+        let start = block
+            .offset()
+            .checked_add(offset_in_block)
+            .ok_or_else(oob)?;
         let end = start
             .checked_add(bytes.len())
             .filter(|e| *e <= mapped)
@@ -1079,9 +1130,12 @@ impl Arena {
         let bytes_past_end = end.saturating_sub(past_start);
         let bytes_past_capacity = end.saturating_sub(start.max(capacity));
         let mut victims = Vec::new();
-        let label = self.cold.labels.get(block.generation(), block.offset);
+        let label = self
+            .cold
+            .labels
+            .get(self.full_generation(block), block.offset());
         if let Some(ledger) = self.cold.ledger.as_mut() {
-            let index = ledger.current_index(block.offset);
+            let index = ledger.current_index(block.offset());
             if !bytes.is_empty()
                 && let Some(e) = index.and_then(|i| ledger.record_mut(i))
             {
@@ -1096,7 +1150,7 @@ impl Arena {
                 victims = ledger.overlapping(&(past_start..end), index);
                 ledger.overflows.push(Overflow {
                     index,
-                    offset: block.offset,
+                    offset: block.offset(),
                     len: block.len(),
                     label: label.map(str::to_string),
                     bytes_past_end,
@@ -1123,10 +1177,10 @@ impl Arena {
         if self.released {
             return Err(ArenaError::Released { op, capacity });
         }
-        if block.arena() != self.id {
+        if block.arena_tag() != self.id {
             return Err(ArenaError::ForeignBlock {
                 index: None,
-                offset: block.offset,
+                offset: block.offset(),
                 capacity,
             });
         }
@@ -1134,17 +1188,17 @@ impl Arena {
         let misuse = |index: usize| Misuse {
             block: BlockRef {
                 index,
-                offset: block.offset,
+                offset: block.offset(),
                 len: block.len(),
                 label: self
                     .cold
                     .labels
-                    .get(block.generation(), block.offset)
+                    .get(self.full_generation(block), block.offset())
                     .map(str::to_string),
             },
             op: op.to_string(),
         };
-        if block.generation() != self.generation {
+        if self.full_generation(block) != self.generation {
             if let Some(i) = index {
                 let m = misuse(i);
                 if let Some(l) = self.cold.ledger.as_mut() {
@@ -1153,8 +1207,8 @@ impl Arena {
             }
             return Err(ArenaError::UseAfterReset {
                 index,
-                offset: block.offset,
-                block_generation: block.generation(),
+                offset: block.offset(),
+                block_generation: self.full_generation(block),
                 generation: self.generation,
                 capacity,
             });
@@ -1170,7 +1224,7 @@ impl Arena {
             }
             return Err(ArenaError::UseAfterRelease {
                 index: i,
-                offset: block.offset,
+                offset: block.offset(),
                 capacity,
             });
         }
@@ -1185,31 +1239,32 @@ impl Arena {
     /// [`ArenaError::UseAfterReset`], [`ArenaError::ForeignBlock`], [`ArenaError::Released`].
     pub fn release_block(&mut self, b: &Block) -> Result<(), ArenaError> {
         self.vet(b, "release_block")?;
-        let capacity = self.capacity;
+        // Vetted: `b` is of the current generation.
+        let (capacity, generation) = (self.capacity, self.generation);
         let Some(ledger) = self.cold.ledger.as_mut() else {
             return Err(ArenaError::NoLedger {
                 op: "release_block",
             });
         };
         let found = ledger
-            .current_index(b.offset)
+            .current_index(b.offset())
             .and_then(|i| Some((i, ledger.record_mut(i)?)));
         let Some((index, e)) = found else {
             return Err(ArenaError::ForeignBlock {
                 index: None,
-                offset: b.offset,
+                offset: b.offset(),
                 capacity,
             });
         };
         if e.released {
-            let r = block_ref(index, e, self.cold.labels.get(b.generation(), b.offset));
+            let r = block_ref(index, e, self.cold.labels.get(generation, b.offset()));
             ledger.double_releases.push(Misuse {
                 block: r,
                 op: "release_block".into(),
             });
             return Err(ArenaError::DoubleRelease {
                 index,
-                offset: b.offset,
+                offset: b.offset(),
                 capacity,
             });
         }
@@ -1246,7 +1301,7 @@ impl Arena {
         self.set_used(0);
         self.high_water = if zero { 0 } else { extent };
         self.generation = self.generation.wrapping_add(1);
-        self.stamp = stamp(self.id, self.generation);
+        self.generation_bits = u64::from(self.generation & TAG_MASK) << SPAN_BITS;
         if let Some(l) = self.cold.ledger.as_mut() {
             l.start_generation();
             l.fresh.clear();
@@ -1303,6 +1358,12 @@ impl Arena {
             return Err(ArenaError::Released {
                 op: "grow",
                 capacity: self.capacity,
+            });
+        }
+        if new_capacity > MAX_CAPACITY {
+            return Err(ArenaError::BadConfig {
+                reason: TOO_LARGE,
+                value: new_capacity,
             });
         }
         if new_capacity < self.capacity {
@@ -1635,11 +1696,59 @@ mod tests {
     }
 
     #[test]
-    fn a_block_is_three_words_and_a_ledger_record_three() {
+    fn a_block_is_two_words_and_a_ledger_record_three() {
         // The descriptor every allocation returns, and what the ledger appends per block:
         // their size is what the fast paths pay for (BENCHMARKS.md).
-        assert_eq!(size_of::<Block>(), 3 * size_of::<usize>());
+        assert_eq!(size_of::<Block>(), 2 * size_of::<usize>());
         assert_eq!(size_of::<ledger::Record>(), 3 * size_of::<usize>());
+    }
+
+    /// A fresh ledger-on arena whose generation is set to `g` as if `g` resets had happened
+    /// (16M real resets would take minutes).
+    fn arena_at_generation(g: u32) -> Arena {
+        let mut a = Arena::new(ArenaConfig::new(4096)).unwrap();
+        a.generation = g;
+        a.generation_bits = u64::from(g & TAG_MASK) << SPAN_BITS;
+        a
+    }
+
+    #[test]
+    fn a_block_keeps_the_largest_offset_and_length_beside_its_tags() {
+        let mut a = arena_at_generation(TAG_MASK);
+        a.id = TAG_MASK;
+        a.id_bits = u64::from(TAG_MASK) << SPAN_BITS;
+        // Every bit of both spans and both tags set: nothing spills into a neighbour.
+        let b = a.hand_out(MAX_CAPACITY, MAX_CAPACITY);
+        assert_eq!((b.offset(), b.len()), (MAX_CAPACITY, MAX_CAPACITY));
+        assert_eq!((b.arena_tag(), b.generation_tag()), (TAG_MASK, TAG_MASK));
+        let b = a.hand_out(0, 1);
+        assert_eq!((b.offset(), b.len(), b.end()), (0, 1, 1));
+        assert_eq!(a.generation_of(&b), Some(TAG_MASK));
+    }
+
+    #[test]
+    fn generations_past_2_pow_24_are_completed_from_the_arena() {
+        // A block keeps its generation modulo 2^24; the arena completes it from its own.
+        let wrap = 1u32 << TAG_BITS;
+        let mut a = arena_at_generation(wrap - 2);
+        let old = a.alloc(8).unwrap();
+        a.reset(false).unwrap();
+        a.reset(false).unwrap();
+        a.reset(false).unwrap();
+        assert_eq!(a.generation(), wrap + 1);
+        assert_eq!(a.generation_of(&old), Some(wrap - 2));
+        let new = a.alloc(8).unwrap();
+        assert_eq!(a.generation_of(&new), Some(wrap + 1));
+        // The stale block is still refused as stale, with its whole generation.
+        match a.write(&old, 0, b"x") {
+            Err(ArenaError::UseAfterReset {
+                block_generation,
+                generation,
+                ..
+            }) => assert_eq!((block_generation, generation), (wrap - 2, wrap + 1)),
+            other => panic!("expected UseAfterReset, got {other:?}"),
+        }
+        a.write(&new, 0, b"y").unwrap();
     }
 
     #[test]
