@@ -6,8 +6,8 @@
 //! the bookkeeping alone.
 //!
 //! What each iteration hands to `black_box` matters as much as the allocator: bumpalo returns a
-//! pointer (one register), cowscope a `Block` descriptor (offset, non-zero length, and its
-//! arena id and generation in one word: 24 bytes; the index and label stay in the arena). The
+//! pointer (one register), cowscope a `Block` descriptor (two words, 16 bytes: the offset
+//! with the arena id, the length with the generation; the index and label stay in the arena). The
 //! sizes ask for the same thing both ways: `alloc(16)` and a 16-byte, align-1 `Layout`;
 //! `alloc_layout(Layout::new::<u64>())` on both sides for u64s. So cowscope is measured:
 //!
