@@ -290,6 +290,13 @@ pub fn prepare(
         .pages
         .checked_mul(page)
         .ok_or_else(|| Error::usage(format!("{} pages overflow the address space", s.pages)))?;
+    if bytes > crate::arena::MAX_CAPACITY {
+        return Err(Error::usage(format!(
+            "{} pages of {page} bytes exceed the largest arena ({} bytes)",
+            s.pages,
+            crate::arena::MAX_CAPACITY
+        )));
+    }
     let mut guard = SysfsGuard::default();
     let mut changed = Vec::new();
     macro_rules! or_skip {

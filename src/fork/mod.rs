@@ -55,9 +55,11 @@ impl Default for ForkReportOptions {
     }
 }
 
-/// Largest `--pages`: 1 TiB of 4 KiB pages. The real bound is the memory the machine has
-/// available now ([`check_memory`]); this one only keeps sizes sane.
-pub const MAX_PAGES: usize = 1 << 28;
+/// Largest `--pages`: just under 1 TiB of 4 KiB pages, the most one arena holds
+/// ([`crate::arena::MAX_CAPACITY`]; with larger pages the scenario refuses what the arena
+/// cannot hold). The real bound is the memory the machine has available now
+/// ([`check_memory`]); this one only keeps sizes sane.
+pub const MAX_PAGES: usize = (1 << 28) - 1;
 /// Largest `--runs`.
 pub const MAX_RUNS: usize = 1000;
 
