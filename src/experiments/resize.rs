@@ -42,25 +42,19 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
     arena.write(&block, 0, CONTENT)?;
     let old_base = arena.base_addr();
     let old_block_addr = old_base + block.offset();
-    let guard = arena.guard_len();
 
     let (grown, blocker_note) = grow_past_a_blocker(&mut arena, page)?;
     let new_base = arena.base_addr();
     let survived = arena.bytes()[block.range()].to_vec();
 
-    let vmas = smaps::vma_bounds(pid).map_err(|e| Error::process_io(pid, "maps", e))?;
-    let find = |a: usize| vmas.iter().find(|v| v.contains(a as u64));
-    let describe =
-        |v: Option<&SmapsEntry>| v.map(|v| format!("{:#x}-{:#x} {}", v.start, v.end, v.perms));
-    let old_addr_vma = describe(find(old_block_addr));
-    let arena_vma = find(new_base);
-    let arena_exact = arena_vma.is_some_and(|v| {
-        v.start == new_base as u64 && v.end == (new_base + arena.mapped_len()) as u64
-    });
-    let guard_below = find(new_base - guard);
-    let guard_above = find(new_base + arena.mapped_len());
-    let is_guard = |v: Option<&SmapsEntry>| v.is_some_and(|v| v.perms.starts_with("---"));
-    let guards_ok = guard == 0 || (is_guard(guard_below) && is_guard(guard_above));
+    let Placement {
+        old_addr_vma,
+        arena_vma,
+        arena_exact,
+        guard_below,
+        guard_above,
+        guards_ok,
+    } = placement(pid, &arena, old_block_addr)?;
 
     // The old address in a child: it dangles, so the store faults.
     let FaultProbe {
@@ -127,13 +121,50 @@ pub fn run(_opts: &ExperimentOptions) -> Result<Outcome> {
                 "si_addr": si_addr.map(|a| format!("{a:#x}")),
             },
             "new_location": {
-                "arena_vma": describe(arena_vma),
+                "arena_vma": arena_vma,
                 "arena_vma_is_exactly_the_arena": arena_exact,
-                "guard_below": describe(guard_below),
-                "guard_above": describe(guard_above),
+                "guard_below": guard_below,
+                "guard_above": guard_above,
             },
         }),
     ))
+}
+
+/// Where the parent's VMAs put things after the move (each VMA as `start-end perms`).
+struct Placement {
+    /// The VMA holding the block's old address (none: it dangles).
+    old_addr_vma: Option<String>,
+    arena_vma: Option<String>,
+    /// The arena's VMA is exactly its mapping.
+    arena_exact: bool,
+    guard_below: Option<String>,
+    guard_above: Option<String>,
+    /// No guards asked for, or `---p` VMAs on both sides.
+    guards_ok: bool,
+}
+
+/// Read `/proc/<pid>/maps` and place the old block address, the arena and its guards.
+fn placement(pid: i32, arena: &Arena, old_block_addr: usize) -> Result<Placement> {
+    let (new_base, guard) = (arena.base_addr(), arena.guard_len());
+    let vmas = smaps::vma_bounds(pid).map_err(|e| Error::process_io(pid, "maps", e))?;
+    let find = |a: usize| vmas.iter().find(|v| v.contains(a as u64));
+    let describe =
+        |v: Option<&SmapsEntry>| v.map(|v| format!("{:#x}-{:#x} {}", v.start, v.end, v.perms));
+    let arena_vma = find(new_base);
+    let arena_exact = arena_vma.is_some_and(|v| {
+        v.start == new_base as u64 && v.end == (new_base + arena.mapped_len()) as u64
+    });
+    let guard_below = find(new_base - guard);
+    let guard_above = find(new_base + arena.mapped_len());
+    let is_guard = |v: Option<&SmapsEntry>| v.is_some_and(|v| v.perms.starts_with("---"));
+    Ok(Placement {
+        old_addr_vma: describe(find(old_block_addr)),
+        arena_vma: describe(arena_vma),
+        arena_exact,
+        guards_ok: guard == 0 || (is_guard(guard_below) && is_guard(guard_above)),
+        guard_below: describe(guard_below),
+        guard_above: describe(guard_above),
+    })
 }
 
 /// Grow the arena by [`GROW_PAGES`] with a page mapped right after its end guard, so it
