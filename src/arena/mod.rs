@@ -566,7 +566,7 @@ pub struct Arena {
     last: usize,
     /// Where the ledger-off fast path stops: `base + capacity` (the logical end, not the
     /// mapping's) while allocation needs no bookkeeping (ledger off, no red zone, not
-    /// released), else 0, so that the path's only test is its room test.
+    /// released), else 0, so that the path tests no flag: a closed path's room test fails.
     fast_end: usize,
     /// The same for the ledger-on fast path (ledger on, no red zone, not released), which
     /// appends one ledger record and nothing else.
