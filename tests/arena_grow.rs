@@ -4,18 +4,7 @@
 //! In its own test binary: the in-place case frees address space on purpose and looks at
 //! /proc/self/maps, which tests mapping memory on parallel threads could disturb.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use cowscope::arena::{Arena, ArenaConfig, ArenaError, MAX_CAPACITY};
-
-/// The tests here map pages next to an arena and check what the kernel did with the pages
-/// around it (free, taken, unmapped). Another test thread mapping or unmapping at the same time
-/// could take or free those pages, so they hold this lock: one at a time, also under
-/// `cargo test`'s default parallel threads.
-fn address_space() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The VMA of this process containing `addr`, as (start, end, perms).
 fn vma(addr: usize) -> Option<(usize, usize, String)> {
@@ -47,7 +36,6 @@ fn page() -> usize {
 
 #[test]
 fn grow_moves_when_the_next_pages_are_taken_and_keeps_the_bytes() {
-    let _serial = address_space();
     let mut a = Arena::new(ArenaConfig::new(page())).unwrap();
     let b = a.alloc(5).unwrap();
     a.write(&b, 0, b"keep\0").unwrap();
@@ -89,7 +77,6 @@ fn grow_moves_when_the_next_pages_are_taken_and_keeps_the_bytes() {
 
 #[test]
 fn grow_in_place_when_the_next_pages_are_free() {
-    let _serial = address_space();
     // Mappings go top-down into the highest gap that fits: an arena made right after a bigger
     // one usually lands just below it. Dropping the upper one then frees the pages after the
     // lower one's end guard. Gaps fill up as we go, so a few tries find such a pair.
@@ -122,7 +109,6 @@ fn grow_in_place_when_the_next_pages_are_free() {
 
 #[test]
 fn grow_refuses_what_it_cannot_do() {
-    let _serial = address_space();
     let mut a = Arena::new(ArenaConfig::new(2 * page())).unwrap();
     assert!(matches!(a.grow(page()), Err(ArenaError::BadConfig { .. })));
     assert!(matches!(
@@ -153,7 +139,6 @@ fn grow_refuses_what_it_cannot_do() {
 
 #[test]
 fn a_moved_arena_keeps_its_base_alignment_and_advice() {
-    let _serial = address_space();
     const ALIGN: usize = 1 << 16;
     let mut a = Arena::new(
         ArenaConfig::new(page())
@@ -176,7 +161,6 @@ fn a_moved_arena_keeps_its_base_alignment_and_advice() {
 
 #[test]
 fn growing_within_the_last_page_moves_only_the_logical_end() {
-    let _serial = address_space();
     let mut a = Arena::new(ArenaConfig::new(256)).unwrap();
     let b = a.alloc(256).unwrap();
     a.write(&b, 0, b"seed\0").unwrap();
@@ -210,7 +194,6 @@ fn growing_within_the_last_page_moves_only_the_logical_end() {
 
 #[test]
 fn growing_past_the_last_page_maps_whole_pages_and_keeps_the_capacity_exact() {
-    let _serial = address_space();
     let mut a = Arena::new(ArenaConfig::new(256)).unwrap();
     let b = a.alloc(5).unwrap();
     a.write(&b, 0, b"keep\0").unwrap();
@@ -227,7 +210,6 @@ fn growing_past_the_last_page_maps_whole_pages_and_keeps_the_capacity_exact() {
 
 #[test]
 fn a_shared_arena_grows_within_its_last_page_but_not_past_it() {
-    let _serial = address_space();
     let mut s = Arena::new(ArenaConfig::new(256).shared()).unwrap();
     let g = s.grow(page()).unwrap();
     assert_eq!(
